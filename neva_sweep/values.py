@@ -1,0 +1,89 @@
+"""Schwartz's ten basic values: circumplex order, higher-order groups, circular distance.
+
+Names follow pyvalues' ``OriginalValues`` fields; the order is the circumplex order
+used everywhere in neva_sweep (statistics rows, CSR vectors, report axes).
+"""
+
+from __future__ import annotations
+
+from pyvalues import OriginalValues
+
+VALUES: tuple[str, ...] = (
+    "self_direction",
+    "stimulation",
+    "hedonism",
+    "achievement",
+    "power",
+    "security",
+    "conformity",
+    "tradition",
+    "benevolence",
+    "universalism",
+)
+N_VALUES = len(VALUES)
+
+# Human-readable names, taken from pyvalues (e.g. "Self-direction").
+DISPLAY_NAMES: dict[str, str] = {
+    name: OriginalValues.model_fields[name].serialization_alias or name for name in VALUES
+}
+
+# Higher-order groups; hedonism belongs to two of them.
+GROUPS: dict[str, frozenset[str]] = {
+    "openness_to_change": frozenset({"self_direction", "stimulation", "hedonism"}),
+    "self_enhancement": frozenset({"hedonism", "achievement", "power"}),
+    "conservation": frozenset({"security", "conformity", "tradition"}),
+    "self_transcendence": frozenset({"benevolence", "universalism"}),
+}
+
+if set(VALUES) != set(OriginalValues.model_fields):  # pragma: no cover - guards a pyvalues change
+    raise ImportError(
+        f"pyvalues' OriginalValues fields {sorted(OriginalValues.model_fields)} "
+        f"no longer match neva_sweep's values {sorted(VALUES)}"
+    )
+
+
+def value_index(value: str) -> int:
+    """Position of ``value`` in the circumplex order.
+
+    >>> value_index("power")
+    4
+    """
+    try:
+        return VALUES.index(value)
+    except ValueError:
+        raise KeyError(f"unknown value {value!r}; valid values: {', '.join(VALUES)}") from None
+
+
+def check_value(value: str) -> str:
+    """Return ``value`` unchanged, or raise a KeyError listing the valid names."""
+    value_index(value)
+    return value
+
+
+def circular_distance(a: str | int, b: str | int) -> int:
+    """Steps between two values around the circumplex, 0..5.
+
+    >>> circular_distance("self_direction", "universalism")
+    1
+    >>> circular_distance("hedonism", "tradition")
+    5
+    """
+    i = a if isinstance(a, int) else value_index(a)
+    j = b if isinstance(b, int) else value_index(b)
+    d = abs(i - j) % N_VALUES
+    return min(d, N_VALUES - d)
+
+
+def groups_of(value: str) -> list[str]:
+    """Names of the higher-order groups that contain ``value``.
+
+    >>> groups_of("hedonism")
+    ['openness_to_change', 'self_enhancement']
+    """
+    check_value(value)
+    return [g for g, members in GROUPS.items() if value in members]
+
+
+def related_values(value: str) -> frozenset[str]:
+    """Values sharing at least one higher-order group with ``value`` (itself included)."""
+    return frozenset().union(*(GROUPS[g] for g in groups_of(value)))
