@@ -1,2 +1,31 @@
-"""neva_sweep: neuron-level value alignment (NeVA) as a research instrument."""
+"""neva_sweep: neuron-level value alignment (NeVA) as a research instrument.
+
+>>> import neva_sweep as nv
+>>> host = nv.load_model("tiny-llama")
+>>> stats = nv.collect_stats(host, nv.load_probes(), progress=False)
+>>> nmap = nv.select_neurons(stats, value="benevolence", sparsity=0.05)
+>>> with nv.edit(host, nmap, magnitude=2.0, rule="add"):
+...     out = host.model(**host.tokenize(["I help my neighbour."]))
+"""
+
+from .data import DataError, load_probes, load_records
+from .models import ModelHost, embedded_model_path, load_model
+from .stats import NeuronStats, StatsConfig, collect_stats
+from .values import GROUPS, VALUES, circular_distance
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "GROUPS",
+    "VALUES",
+    "DataError",
+    "ModelHost",
+    "NeuronStats",
+    "StatsConfig",
+    "circular_distance",
+    "collect_stats",
+    "embedded_model_path",
+    "load_model",
+    "load_probes",
+    "load_records",
+]

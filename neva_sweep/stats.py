@@ -1,0 +1,376 @@
+"""Streaming per-value neuron statistics: one pass over the probes, mergeable.
+
+For every value t (rows, circumplex order) and neuron i (columns, layer-major:
+global id = sum of earlier layer sizes + index within layer) we keep
+
+- ``count[t]``        tokens seen for value t (non-pad tokens only),
+- ``mean[t, i]``      running mean of the activation a_i,
+- ``m2[t, i]``        sum of squared deviations (Welford/Chan; var = m2 / (count - 1)),
+- ``positive[t, i]``  tokens with a_i > 0 (P(a > 0) = positive / count),
+- ``hist[t, i, b]``   counts on a fixed softsign grid, for the high quantile q_t(i).
+
+Memory is O(values x neurons x bins) and independent of the data size. Statistics from
+data shards combine with :func:`merge`; statistics from tensor-parallel ranks (each
+seeing a contiguous slice of every layer's neurons) combine with :func:`concat`.
+
+The histogram uses every ``hist_stride``-th token of each text (position % stride == 0):
+a deterministic subsample, so merges stay exact, at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .data import ProbeSet
+from .models.host import ModelHost
+from .values import N_VALUES, VALUES
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """How statistics are collected (part of the cache key)."""
+
+    batch_size: int = 16
+    max_length: int = 128
+    bins: int = 32  # histogram bins on the softsign grid
+    hist_scale: float = 0.1  # c in y = a / (|a| + c); bins are uniform in y (fine near |a| ~ c)
+    hist_stride: int = 3  # histogram sees positions 0, stride, 2*stride, ...
+    quantile: float = 0.95  # the high quantile q_t(i) used by the `set` rule
+
+
+@dataclass
+class NeuronStats:
+    """Per-value statistics for a set of neurons; see the module docstring."""
+
+    count: torch.Tensor  # (V,) float64
+    mean: torch.Tensor  # (V, N) float64
+    m2: torch.Tensor  # (V, N) float64
+    positive: torch.Tensor  # (V, N) float64
+    hist: torch.Tensor  # (V, N, B) int32
+    layer_sizes: list[int]
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def zeros(cls, layer_sizes: list[int], bins: int, meta: dict | None = None) -> NeuronStats:
+        n = sum(layer_sizes)
+        f = dict(dtype=torch.float64)
+        return cls(
+            torch.zeros(N_VALUES, **f),
+            torch.zeros(N_VALUES, n, **f),
+            torch.zeros(N_VALUES, n, **f),
+            torch.zeros(N_VALUES, n, **f),
+            torch.zeros(N_VALUES, n, bins, dtype=torch.int32),
+            list(layer_sizes),
+            dict(meta or {}),
+        )
+
+    @property
+    def n_neurons(self) -> int:
+        return self.mean.shape[1]
+
+    @property
+    def var(self) -> torch.Tensor:
+        """Unbiased variance, (V, N)."""
+        return self.m2 / (self.count[:, None] - 1).clamp(min=1)
+
+    @property
+    def prob(self) -> torch.Tensor:
+        """P(a > 0), (V, N)."""
+        return self.positive / self.count[:, None].clamp(min=1)
+
+    def quantile(self, q: float | None = None) -> torch.Tensor:
+        """High quantile per value and neuron from the histogram, (V, N)."""
+        q = self.meta.get("config", {}).get("quantile", 0.95) if q is None else q
+        scale = self.meta.get("config", {}).get("hist_scale", 1.0)
+        return histogram_quantile(self.hist, q, scale)
+
+    def layer_of(self) -> torch.Tensor:
+        """Layer of every neuron column, (N,)."""
+        return torch.repeat_interleave(
+            torch.arange(len(self.layer_sizes)), torch.tensor(self.layer_sizes)
+        )
+
+    def index_in_layer(self) -> torch.Tensor:
+        """Index of every neuron column within its layer (local to this object), (N,)."""
+        return torch.cat([torch.arange(w) for w in self.layer_sizes])
+
+    def save(self, path: str | Path) -> None:
+        """Write tensors and JSON metadata to a safetensors file."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        meta = {"layer_sizes": self.layer_sizes, "values": list(VALUES), **self.meta}
+        save_file(
+            {"count": self.count, "mean": self.mean, "m2": self.m2,
+             "positive": self.positive, "hist": self.hist},
+            str(path),
+            metadata={"neva_sweep": json.dumps(meta)},
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> NeuronStats:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["neva_sweep"])
+        t = load_file(str(path))
+        if meta.pop("values") != list(VALUES):
+            raise ValueError(f"{path}: statistics were saved with a different value order")
+        sizes = meta.pop("layer_sizes")
+        return cls(t["count"], t["mean"], t["m2"], t["positive"], t["hist"], sizes, meta)
+
+
+# --- pure maths -------------------------------------------------------------------------
+
+
+def softsign_bins(x: torch.Tensor, bins: int, scale: float) -> torch.Tensor:
+    """Bin index in [0, bins) of each activation on a grid uniform in y = x / (|x| + scale)."""
+    y = x / (x.abs() + scale)  # (-1, 1)
+    return y.mul_(bins / 2).add_(bins / 2).to(torch.int32).clamp_(0, bins - 1)
+
+
+def histogram_quantile(hist: torch.Tensor, q: float, scale: float) -> torch.Tensor:
+    """Quantile ``q`` of each histogram (..., B) by linear interpolation within the bin."""
+    bins = hist.shape[-1]
+    h = hist.to(torch.float64)
+    total = h.sum(-1, keepdim=True)
+    cum = h.cumsum(-1)
+    target = q * total
+    b = torch.searchsorted(cum, target).clamp(max=bins - 1)  # first bin with cum >= target
+    below = torch.where(b > 0, cum.gather(-1, (b - 1).clamp(min=0)), torch.zeros_like(target))
+    inside = h.gather(-1, b).clamp(min=1)
+    frac = ((target - below) / inside).clamp(0, 1)
+    y = (-1 + (b + frac) * (2 / bins)).clamp(-0.999, 0.999)
+    x = scale * y / (1 - y.abs())
+    return torch.where(total > 0, x, torch.zeros_like(x)).squeeze(-1)
+
+
+def merge(a: NeuronStats, b: NeuronStats) -> NeuronStats:
+    """Statistics of the union of two disjoint data shards (Chan et al. parallel update)."""
+    if a.layer_sizes != b.layer_sizes or a.hist.shape != b.hist.shape:
+        raise ValueError(
+            f"cannot merge statistics over different neurons: layer sizes {a.layer_sizes} "
+            f"vs {b.layer_sizes}"
+        )
+    n = a.count + b.count  # (V,)
+    safe = n.clamp(min=1)[:, None]
+    delta = b.mean - a.mean
+    mean = a.mean + delta * (b.count[:, None] / safe)
+    m2 = a.m2 + b.m2 + delta**2 * (a.count * b.count)[:, None] / safe
+    return NeuronStats(n, mean, m2, a.positive + b.positive, a.hist + b.hist,
+                       list(a.layer_sizes), dict(a.meta))
+
+
+def concat(shards: list[NeuronStats]) -> NeuronStats:
+    """Join neuron shards (tensor-parallel ranks, in rank order) into one object.
+
+    Each shard holds a contiguous slice of every layer; the result is layer-major.
+    """
+    first = shards[0]
+    if any(s.layer_sizes.__len__() != len(first.layer_sizes) for s in shards):
+        raise ValueError("cannot concat statistics with different numbers of layers")
+    if any(not torch.equal(s.count, first.count) for s in shards):
+        raise ValueError("cannot concat statistics computed on different tokens (counts differ)")
+
+    def join(name: str) -> torch.Tensor:
+        per_layer = [getattr(s, name).split(s.layer_sizes, dim=1) for s in shards]
+        return torch.cat([p for layer in zip(*per_layer) for p in layer], dim=1)
+
+    sizes = [sum(ws) for ws in zip(*(s.layer_sizes for s in shards))]
+    return NeuronStats(first.count.clone(), join("mean"), join("m2"), join("positive"),
+                       join("hist"), sizes, dict(first.meta))
+
+
+def select_columns(stats: NeuronStats, slices: list[tuple[int, int]]) -> NeuronStats:
+    """The statistics of neurons [start, stop) of every layer (a tensor-parallel shard's view)."""
+    offsets = [0]
+    for w in stats.layer_sizes[:-1]:
+        offsets.append(offsets[-1] + w)
+    cols = torch.cat([torch.arange(o + a, o + b) for o, (a, b) in zip(offsets, slices)])
+    return NeuronStats(stats.count.clone(), stats.mean[:, cols], stats.m2[:, cols],
+                       stats.positive[:, cols], stats.hist[:, cols],
+                       [b - a for a, b in slices], dict(stats.meta))
+
+
+def rest_stats(stats: NeuronStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Balanced "rest" statistics for every value: the other nine pooled with equal weight.
+
+    Returns (mean_rest, var_rest, prob_rest), each (V, N). The variance is that of the
+    equal-weight mixture: E[var_j + mu_j^2] - mu_rest^2.
+    """
+    v = N_VALUES
+    mean, var, prob = stats.mean, stats.var, stats.prob
+    mean_rest = (mean.sum(0, keepdim=True) - mean) / (v - 1)
+    second = var + mean**2
+    second_rest = (second.sum(0, keepdim=True) - second) / (v - 1)
+    var_rest = (second_rest - mean_rest**2).clamp(min=0)
+    prob_rest = (prob.sum(0, keepdim=True) - prob) / (v - 1)
+    return mean_rest, var_rest, prob_rest
+
+
+# --- the streaming pass (state at the edge) ----------------------------------------------
+
+
+class _Accumulator:
+    """Forward pre-hooks that fold each layer's neuron activations into NeuronStats."""
+
+    def __init__(self, host: ModelHost, cfg: StatsConfig):
+        widths = [b - a for a, b in host.neuron_slices]
+        self.cfg = cfg
+        self.stats = NeuronStats.zeros(widths, cfg.bins)
+        self.offsets = [0]
+        for w in widths[:-1]:
+            self.offsets.append(self.offsets[-1] + w)
+        self.widths = widths
+        self.handles = [
+            site.register_forward_pre_hook(self._hook(layer)) for layer, site in enumerate(host.sites)
+        ]
+
+    def set_batch(self, attention_mask: torch.Tensor, labels: torch.Tensor) -> None:
+        """Prepare per-batch token weights. attention_mask (B, S), labels (B,) value ids.
+
+        Work in the hooks is restricted to the values present in the batch (usually one,
+        since batches are grouped by value).
+        """
+        mask = attention_mask.bool()
+        bsz, seq = mask.shape
+        self.present = labels.unique().cpu()  # (P,)
+        rows_value = labels[:, None].expand(bsz, seq).reshape(-1)  # (B*S,)
+        flat_mask = mask.reshape(-1)
+        # w[p, row] = 1 for non-pad tokens of texts labelled present[p]; rows are B*S flattened.
+        w = (rows_value[None, :] == self.present[:, None].to(labels.device)) & flat_mask[None, :]
+        self.w = w.float()  # (P, B*S)
+        self.batch_count = self.w.sum(1).to(torch.float64).cpu()[:, None]  # (P, 1)
+        # Histogram rows: non-pad tokens at positions 0, stride, 2*stride ... within each text.
+        pos = (mask.long().cumsum(1) - 1).reshape(-1)  # position within the text (any padding)
+        sampled = flat_mask & (pos % self.cfg.hist_stride == 0)
+        self.hist_rows = [(sampled & (rows_value == v)).nonzero().squeeze(1)
+                          for v in self.present.tolist()]
+
+    def _hook(self, layer: int):
+        bins = self.cfg.bins
+
+        def hook(module, args):
+            x = args[0]
+            width = x.shape[-1]
+            x2 = x.reshape(-1, width).float()  # (B*S, I)
+            s = (self.w @ x2).double().cpu()  # (P, I) sums
+            ss = (self.w @ (x2 * x2)).double().cpu()
+            # gt into a float buffer is ~4x faster than (x2 > 0).float() on CPU.
+            pos = (self.w @ torch.gt(x2, 0, out=torch.empty_like(x2))).double().cpu()
+            st, o, vals = self.stats, self.offsets[layer], self.present
+            cols = slice(o, o + width)
+            n_a = st.count[vals][:, None]  # (P, 1)
+            n_b = self.batch_count
+            n = n_a + n_b
+            mean_b = s / n_b
+            m2_b = (ss - s * mean_b).clamp(min=0)
+            mean_a = st.mean[vals, cols]
+            delta = mean_b - mean_a
+            st.mean[vals, cols] = mean_a + delta * n_b / n
+            st.m2[vals, cols] += m2_b + delta**2 * n_a * n_b / n
+            st.positive[vals, cols] += pos
+            offsets = torch.arange(width, device=x2.device, dtype=torch.int32) * bins
+            for v, rows in zip(vals.tolist(), self.hist_rows):
+                b = softsign_bins(x2[rows], bins, self.cfg.hist_scale)  # (T_v, I) int32
+                b += offsets
+                counts = torch.bincount(b.view(-1), minlength=width * bins)
+                st.hist[v, cols] += counts.view(width, bins).to(torch.int32).cpu()
+
+        return hook
+
+    def end_batch(self) -> None:
+        self.stats.count[self.present] += self.batch_count[:, 0]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def forward_kwargs(host: ModelHost) -> dict:
+    """Keyword arguments that keep the LM head to the last position when the model allows it."""
+    import inspect
+
+    model = getattr(host.model, "module", host.model)
+    params = inspect.signature(model.forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+
+def length_sorted_batches(probes: ProbeSet, batch_size: int) -> list[list[int]]:
+    """Indices grouped by value, then by length, so most batches hold one value (cheaper
+    histograms) and little padding."""
+    order = sorted(range(len(probes)), key=lambda i: (probes.labels[i], len(probes.texts[i])))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def collect_stats(
+    host: ModelHost,
+    probes: ProbeSet,
+    config: StatsConfig | None = None,
+    progress: bool = True,
+) -> NeuronStats:
+    """One streaming pass over ``probes``: per-value statistics of every neuron of ``host``.
+
+    >>> import neva_sweep as nv
+    >>> host = nv.load_model("tiny-llama")
+    >>> stats = nv.collect_stats(host, nv.load_probes(), progress=False)
+    >>> stats.mean.shape
+    torch.Size([10, 192])
+    """
+    cfg = config or StatsConfig()
+    acc = _Accumulator(host, cfg)
+    kwargs = forward_kwargs(host)
+    batches = length_sorted_batches(probes, cfg.batch_size)
+    n_tokens = 0
+    try:
+        bar = tqdm(batches, desc=f"statistics {host.name}", unit="batch", disable=not progress)
+        for idx in bar:
+            enc = host.tokenize([probes.texts[i] for i in idx], max_length=cfg.max_length)
+            labels = torch.tensor([probes.labels[i] for i in idx], device=enc.input_ids.device)
+            acc.set_batch(enc.attention_mask, labels)
+            host.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, **kwargs)
+            acc.end_batch()
+            n_tokens += int(enc.attention_mask.sum())
+            bar.set_postfix(tokens=n_tokens)
+    finally:
+        acc.remove()
+    stats = acc.stats
+    stats.meta.update(
+        model=host.name,
+        model_meta=host.meta,
+        data_hash=probes.sha256,
+        neuron_slices=[list(s) for s in host.neuron_slices],
+        config=asdict(cfg),
+    )
+    return stats
+
+
+def cache_key(host: ModelHost, probes: ProbeSet, cfg: StatsConfig) -> str:
+    """Key of (model, data, statistics config) for the on-disk statistics cache."""
+    blob = json.dumps(
+        {"model": host.meta.get("spec", host.name), "dtype": host.meta.get("dtype"),
+         "slices": host.neuron_slices, "data": probes.sha256, "config": asdict(cfg)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cached_stats(
+    host: ModelHost, probes: ProbeSet, cfg: StatsConfig, cache_dir: str | Path | None,
+    progress: bool = True,
+) -> NeuronStats:
+    """:func:`collect_stats`, reusing ``cache_dir/<model>-<key>.safetensors`` when present."""
+    if cache_dir is None:
+        return collect_stats(host, probes, cfg, progress)
+    path = Path(cache_dir) / f"{host.name}-{cache_key(host, probes, cfg)}.safetensors"
+    if path.is_file():
+        return NeuronStats.load(path)
+    stats = collect_stats(host, probes, cfg, progress)
+    stats.save(path)
+    return stats
