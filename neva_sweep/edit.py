@@ -1,0 +1,227 @@
+"""Inference-time activation edits on selected neurons (forward pre-hooks, no weight updates).
+
+Rules, for a selected neuron i of value t with magnitude alpha (all three are one
+formula a' = max(a * (1 + s) + b, f) with per-neuron s, b, f):
+
+- ``add``:   a += alpha * (mu_t(i) - mu_rest(i))      (s = 0, b = alpha * delta, f = -inf)
+- ``scale``: a *= 1 + alpha                            (s = alpha, b = 0, f = -inf)
+- ``set``:   a = max(a, alpha * q_t(i))                (s = 0, b = 0, f = alpha * q_t)
+
+Positions: ``all`` tokens, or ``response``: the last prompt token and every generated
+token. A magnitude of 0 leaves the activations bitwise untouched (the edit is masked out).
+
+Edits are kept as tensors so that different rows of one batch can carry different edits
+(several sweep trials in one forward pass): ``row_groups[b]`` picks the edit of row b,
+-1 meaning "no edit".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from .models.host import ModelHost
+from .select import NeuronMap, ValueNeurons
+
+RULES = ("add", "scale", "set")
+POSITIONS = ("all", "response")
+DEFAULT_RULE = "add"
+DEFAULT_MAGNITUDE = 4.0  # chosen with benchmarks/steering_effect.py on the embedded model
+
+
+@dataclass(frozen=True)
+class EditSpec:
+    """One edit: the neurons of one value, a rule and a magnitude."""
+
+    neurons: ValueNeurons
+    rule: str = DEFAULT_RULE
+    magnitude: float = DEFAULT_MAGNITUDE
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise KeyError(f"unknown edit rule {self.rule!r} (edit.rule); valid choices: "
+                           f"{', '.join(RULES)}")
+        if not math.isfinite(self.magnitude):
+            raise ValueError(f"edit magnitude must be finite (edit.magnitude), got {self.magnitude}")
+        if len(self.neurons) == 0:
+            raise ValueError("the edit has no selected neurons; raise edit.sparsity or check "
+                             "the value's probes")
+
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(s, b, f) of a' = max(a * (1 + s) + b, f), each (k,)."""
+        k, a = len(self.neurons), float(self.magnitude)
+        zero, neg_inf = torch.zeros(k), torch.full((k,), -math.inf)
+        if self.rule == "add":
+            return zero, a * self.neurons.mean_diff.float(), neg_inf
+        if self.rule == "scale":
+            return torch.full((k,), a), zero, neg_inf
+        return zero, zero, a * self.neurons.quantile.float()
+
+
+@dataclass
+class _LayerEdit:
+    """Edits of one layer for G groups, over the union of their local neuron indices."""
+
+    idx: torch.Tensor  # (k,) local neuron indices in this shard
+    scale: torch.Tensor  # (G + 1, k); the last row is the "no edit" group
+    shift: torch.Tensor  # (G + 1, k)
+    floor: torch.Tensor  # (G + 1, k)
+    active: torch.Tensor  # (G + 1, k) bool
+
+
+def compile_edits(host: ModelHost, specs: Sequence[EditSpec]) -> dict[int, _LayerEdit]:
+    """Per-layer edit tensors for ``specs``, restricted to the neurons this host holds."""
+    per_layer: dict[int, list[tuple[int, torch.Tensor, torch.Tensor, tuple]]] = {}
+    for g, spec in enumerate(specs):
+        coef = spec.coefficients()
+        live = spec.magnitude != 0.0
+        for layer in spec.neurons.layer.unique().tolist():
+            start, stop = host.neuron_slices[layer]
+            sel = (spec.neurons.layer == layer) & (spec.neurons.index >= start) & (
+                spec.neurons.index < stop)
+            if sel.any() and live:
+                local = spec.neurons.index[sel] - start
+                per_layer.setdefault(layer, []).append((g, local, sel, coef))
+    device = host.device
+    out = {}
+    for layer, items in per_layer.items():
+        idx = torch.cat([local for _, local, _, _ in items]).unique()  # (k,) sorted
+        n_groups = len(specs) + 1
+        scale = torch.zeros(n_groups, idx.numel())
+        shift = torch.zeros(n_groups, idx.numel())
+        floor = torch.full((n_groups, idx.numel()), -math.inf)
+        active = torch.zeros(n_groups, idx.numel(), dtype=torch.bool)
+        for g, local, sel, (s, b, f) in items:
+            col = torch.searchsorted(idx, local)
+            scale[g, col], shift[g, col], floor[g, col] = s[sel], b[sel], f[sel]
+            active[g, col] = True
+        out[layer] = _LayerEdit(idx.to(device), scale.to(device), shift.to(device),
+                                floor.to(device), active.to(device))
+    return out
+
+
+class Editor:
+    """Installed edit hooks. Use through :func:`edit` or :func:`edit_rows`.
+
+    ``response_start`` (B,) may be set to the padded index of each row's first response
+    token when scoring prompt + response in one forward pass with ``positions="response"``.
+    Without it, a multi-token forward edits only its last position (the last prompt
+    token under left padding) and single-token forwards (generation steps) edit all.
+    """
+
+    def __init__(self, host: ModelHost, specs: Sequence[EditSpec], row_groups: torch.Tensor,
+                 positions: str = "all"):
+        if positions not in POSITIONS:
+            raise KeyError(f"unknown edit positions {positions!r} (edit.positions); valid "
+                           f"choices: {', '.join(POSITIONS)}")
+        if list(specs) and any(len(s.neurons) and int(s.neurons.layer.max()) >= host.n_layers
+                               for s in specs):
+            raise ValueError(f"edit refers to layers beyond the model's {host.n_layers}; "
+                             "was the neuron map built for another model?")
+        self.host = host
+        self.positions = positions
+        self.response_start: torch.Tensor | None = None
+        n_groups = len(specs)
+        groups = row_groups.to(torch.long)
+        if ((groups < -1) | (groups >= n_groups)).any():
+            raise ValueError(f"row_groups must be in -1..{n_groups - 1}")
+        self.row_groups = torch.where(groups < 0, n_groups, groups).to(host.device)  # (B,)
+        self.layers = compile_edits(host, specs)
+        self.handles = [host.sites[layer].register_forward_pre_hook(self._hook(le))
+                        for layer, le in self.layers.items()]
+
+    def _position_mask(self, bsz: int, seq: int, device) -> torch.Tensor | None:
+        """(B, S, 1) bool of edited positions, or None for all positions."""
+        if self.positions == "all":
+            return None
+        pos = torch.arange(seq, device=device)
+        if self.response_start is not None:
+            first = (self.response_start.to(device) - 1).clamp(min=0)  # last prompt token
+            return (pos[None, :] >= first[:, None])[:, :, None]
+        if seq == 1:
+            return None
+        return (pos == seq - 1)[None, :, None].expand(bsz, seq, 1)
+
+    def _hook(self, le: _LayerEdit):
+        def hook(module, args):
+            x = args[0]  # (B, S, I) neuron activations entering the down-projection
+            bsz, seq = x.shape[0], x.shape[1]
+            if self.row_groups.numel() not in (1, bsz):
+                raise ValueError(f"edit has {self.row_groups.numel()} row groups but the batch "
+                                 f"has {bsz} rows")
+            g = self.row_groups.expand(bsz)
+            xs = x[..., le.idx]  # (B, S, k)
+            scale, shift = le.scale[g][:, None, :], le.shift[g][:, None, :]  # (B, 1, k)
+            floor = le.floor[g][:, None, :]
+            new = torch.maximum(xs * (1 + scale) + shift, floor).to(x.dtype)
+            mask = le.active[g][:, None, :]  # (B, 1, k)
+            pos = self._position_mask(bsz, seq, x.device)
+            if pos is not None:
+                mask = mask & pos
+            out = x.clone()
+            out[..., le.idx] = torch.where(mask, new, xs)
+            return (out, *args[1:])
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+@contextmanager
+def edit_rows(host: ModelHost, specs: Sequence[EditSpec], row_groups: torch.Tensor,
+              positions: str = "all") -> Iterator[Editor]:
+    """Edit row b of every batch with ``specs[row_groups[b]]`` (-1 = unedited).
+
+    >>> import torch, neva_sweep as nv
+    >>> host = nv.load_model("tiny-llama")
+    >>> nmap = nv.select_neurons(nv.collect_stats(host, nv.load_probes(), progress=False),
+    ...                          sparsity=0.05)
+    >>> specs = [EditSpec(nmap["power"], "add", 2.0), EditSpec(nmap["security"], "scale", 1.0)]
+    >>> with edit_rows(host, specs, torch.tensor([0, 1, -1])):
+    ...     out = host.model(**host.tokenize(["a", "b", "c"]))
+    """
+    editor = Editor(host, specs, row_groups, positions)
+    try:
+        yield editor
+    finally:
+        editor.remove()
+
+
+@contextmanager
+def edit(
+    host: ModelHost,
+    nmap: NeuronMap,
+    magnitude: float = DEFAULT_MAGNITUDE,
+    rule: str = DEFAULT_RULE,
+    positions: str = "all",
+    value: str | None = None,
+) -> Iterator[Editor]:
+    """Edit ``value``'s neurons (the map's only value when None) for every row.
+
+    Hooks are installed on entry and always removed on exit, also on exceptions.
+
+    >>> import neva_sweep as nv
+    >>> host = nv.load_model("tiny-llama")
+    >>> stats = nv.collect_stats(host, nv.load_probes(), progress=False)
+    >>> nmap = nv.select_neurons(stats, value="benevolence", sparsity=0.05)
+    >>> with nv.edit(host, nmap, magnitude=2.0, rule="add"):
+    ...     out = host.model(**host.tokenize(["I help my neighbour."]))
+    """
+    if value is None:
+        if len(nmap.values) != 1:
+            raise ValueError(f"the neuron map holds {len(nmap.values)} values "
+                             f"({', '.join(nmap.values)}); pass value=... (edit.value)")
+        value = nmap.values[0]
+    if list(nmap.layer_sizes) != list(host.layer_sizes):
+        raise ValueError(f"neuron map layer sizes {nmap.layer_sizes[:3]}... do not match model "
+                         f"{host.name} ({host.layer_sizes[:3]}...); it was built for another model")
+    spec = EditSpec(nmap[value], rule, float(magnitude))
+    with edit_rows(host, [spec], torch.zeros(1, dtype=torch.long), positions) as editor:
+        yield editor

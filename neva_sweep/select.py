@@ -1,0 +1,247 @@
+"""Neuron selection: value-specificity scores, top-k by sparsity, and the NeuronMap type.
+
+Scores are (V, N) matrices computed for all values at once; higher = more specific
+to the value. ``k = ceil(sparsity * total MLP neurons)`` neurons are kept per value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .registry import Registry
+from .stats import NeuronStats, rest_stats
+from .values import N_VALUES, VALUES, check_value
+
+ScoreFn = Callable[[NeuronStats], torch.Tensor]
+SCORES: Registry[ScoreFn] = Registry("score")
+LAPE_MIN_PROB = 0.05
+DEFAULT_SPARSITY = 1e-3  # ~46 of SmolLM2's 46,080 neurons
+DEFAULT_SCORE = "mean_diff"  # lape ignores neurons that fire for less than 5% of the value's tokens
+
+
+@SCORES.add("mean_diff")
+def mean_diff_score(stats: NeuronStats) -> torch.Tensor:
+    """Cohen's d of value t against the balanced rest: (mu_t - mu_rest) / pooled std."""
+    mean_rest, var_rest, _ = rest_stats(stats)
+    pooled = ((stats.var + var_rest) / 2).sqrt().clamp(min=1e-8)
+    return (stats.mean - mean_rest) / pooled
+
+
+@SCORES.add("prob_diff")
+def prob_diff_score(stats: NeuronStats) -> torch.Tensor:
+    """p_t - p_rest with p = P(a > 0)."""
+    _, _, prob_rest = rest_stats(stats)
+    return stats.prob - prob_rest
+
+
+@SCORES.add("lape")
+def lape_score(stats: NeuronStats) -> torch.Tensor:
+    """Low activation-probability entropy, weighted by the value's share.
+
+    With share_t = p_t / sum_j p_j over the ten values and H the entropy of ``share``:
+    score_t = (log V - H) * V * share_t. Only neurons where share_t > 1/V and
+    p_t >= LAPE_MIN_PROB are eligible for t; the others score -inf and are never selected.
+    """
+    p = stats.prob  # (V, N)
+    share = p / p.sum(0, keepdim=True).clamp(min=1e-12)
+    entropy = -(share * share.clamp(min=1e-12).log()).sum(0)  # (N,)
+    score = (math.log(N_VALUES) - entropy) * N_VALUES * share  # (V, N)
+    eligible = (share > 1.0 / N_VALUES) & (p >= LAPE_MIN_PROB)
+    return torch.where(eligible, score, torch.full_like(score, -math.inf))
+
+
+@dataclass
+class ValueNeurons:
+    """The neurons selected for one value, with what the edit rules need (all shape (k,))."""
+
+    layer: torch.Tensor  # int64
+    index: torch.Tensor  # int64, index within the layer (global across shards)
+    score: torch.Tensor  # float32
+    mean_diff: torch.Tensor  # float32, mu_t - mu_rest: direction of the `add` rule
+    quantile: torch.Tensor  # float32, q_t: floor of the `set` rule
+
+    FIELDS = ("layer", "index", "score", "mean_diff", "quantile")
+
+    def __len__(self) -> int:
+        return self.layer.numel()
+
+
+@dataclass
+class NeuronMap:
+    """Selected neurons per value, for one model.
+
+    >>> import torch
+    >>> vn = ValueNeurons(*(torch.tensor([0, 1]) for _ in range(5)))
+    >>> NeuronMap({"power": vn}, layer_sizes=[4, 4]).layer_counts("power")
+    [1, 1]
+    """
+
+    neurons: dict[str, ValueNeurons]
+    layer_sizes: list[int]
+    meta: dict = field(default_factory=dict)
+
+    def __getitem__(self, value: str) -> ValueNeurons:
+        check_value(value)
+        if value not in self.neurons:
+            raise KeyError(
+                f"value {value!r} has no selected neurons in this map; "
+                f"it holds: {', '.join(self.neurons) or 'nothing'}"
+            )
+        return self.neurons[value]
+
+    @property
+    def values(self) -> list[str]:
+        return list(self.neurons)
+
+    def only(self, value: str) -> NeuronMap:
+        return NeuronMap({value: self[value]}, self.layer_sizes, dict(self.meta))
+
+    def layer_counts(self, value: str) -> list[int]:
+        """Selected neurons per layer for ``value``."""
+        return torch.bincount(self[value].layer, minlength=len(self.layer_sizes)).tolist()
+
+    def ids(self, value: str) -> set[tuple[int, int]]:
+        vn = self[value]
+        return set(zip(vn.layer.tolist(), vn.index.tolist()))
+
+    def jaccard(self) -> dict[str, dict[str, float]]:
+        """Jaccard overlap |A & B| / |A | B| between every pair of values' neuron sets."""
+        sets = {v: self.ids(v) for v in self.neurons}
+        return {
+            a: {b: len(sa & sb) / max(1, len(sa | sb)) for b, sb in sets.items()}
+            for a, sa in sets.items()
+        }
+
+    def summary(self, top: int = 20) -> dict:
+        """JSON-ready description: per value counts per layer and top neurons; Jaccard."""
+        per_value = {}
+        for v, vn in self.neurons.items():
+            order = vn.score.argsort(descending=True)[:top]
+            per_value[v] = {
+                "n_neurons": len(vn),
+                "per_layer": self.layer_counts(v),
+                "top": [
+                    {"layer": int(vn.layer[i]), "index": int(vn.index[i]),
+                     "score": round(float(vn.score[i]), 5),
+                     "mean_diff": round(float(vn.mean_diff[i]), 5)}
+                    for i in order
+                ],
+            }
+        return {"meta": self.meta, "layer_sizes": self.layer_sizes, "values": per_value,
+                "jaccard": self.jaccard()}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{v}.{f}": getattr(vn, f).contiguous()
+                   for v, vn in self.neurons.items() for f in ValueNeurons.FIELDS}
+        meta = {"layer_sizes": self.layer_sizes, "values": list(self.neurons), **self.meta}
+        save_file(tensors, str(path), metadata={"neva_sweep": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> NeuronMap:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["neva_sweep"])
+        t = load_file(str(path))
+        values = meta.pop("values")
+        sizes = meta.pop("layer_sizes")
+        neurons = {v: ValueNeurons(*(t[f"{v}.{f}"] for f in ValueNeurons.FIELDS)) for v in values}
+        return cls(neurons, sizes, meta)
+
+
+def _check_window(window: tuple[int, int] | list[int] | None, n_layers: int) -> tuple[int, int]:
+    if window is None:
+        return 0, n_layers
+    if len(window) != 2 or not 0 <= window[0] < window[1] <= n_layers:
+        raise ValueError(
+            f"layer_window must be [start, stop) with 0 <= start < stop <= {n_layers}, "
+            f"got {list(window)}"
+        )
+    return int(window[0]), int(window[1])
+
+
+def select_neurons(
+    stats: NeuronStats,
+    value: str | list[str] | None = None,
+    sparsity: float = DEFAULT_SPARSITY,
+    score: str = DEFAULT_SCORE,
+    layer_window: tuple[int, int] | list[int] | None = None,
+    exclusive: bool = False,
+) -> NeuronMap:
+    """Top ``ceil(sparsity * N)`` neurons per value by ``score``.
+
+    Args:
+        stats: statistics of the whole model (all layers, all shards joined).
+        value: one value, a list, or None for all ten.
+        sparsity: fraction of all MLP neurons to select, in (0, 1).
+        score: one of ``SCORES`` (mean_diff, prob_diff, lape).
+        layer_window: optional [start, stop) layers to select from.
+        exclusive: a neuron belongs to at most one value (the one it scores highest for).
+
+    >>> import neva_sweep as nv
+    >>> stats = nv.collect_stats(nv.load_model("tiny-llama"), nv.load_probes(), progress=False)
+    >>> len(select_neurons(stats, "power", sparsity=0.05)["power"])
+    10
+    """
+    if not 0 < sparsity < 1:
+        raise ValueError(f"sparsity must be in (0, 1) (edit.sparsity), got {sparsity}")
+    values = list(VALUES) if value is None else [value] if isinstance(value, str) else list(value)
+    for v in values:
+        check_value(v)
+    if (stats.count <= 1).any():
+        empty = [VALUES[i] for i in (stats.count <= 1).nonzero().flatten().tolist()]
+        raise ValueError(f"statistics have no probe tokens for values {empty}; check the probes")
+    scores = SCORES[score](stats).float()  # (V, N)
+    start, stop = _check_window(layer_window, len(stats.layer_sizes))
+    layer = stats.layer_of()
+    candidates = (layer >= start) & (layer < stop)  # (N,)
+    owner = scores.argmax(0) if exclusive else None
+    k = math.ceil(sparsity * stats.n_neurons)
+    mean_rest, _, _ = rest_stats(stats)
+    quant = stats.quantile()
+    index = stats.index_in_layer()
+    chosen = {}
+    for v in values:
+        t = VALUES.index(v)
+        s = scores[t].masked_fill(~candidates, -math.inf)
+        if owner is not None:
+            s = s.masked_fill(owner != t, -math.inf)
+        top = s.topk(min(k, int(candidates.sum()))).indices
+        top = top[torch.isfinite(s[top])]
+        chosen[v] = ValueNeurons(
+            layer[top].clone(), index[top].clone(), s[top].clone(),
+            (stats.mean[t, top] - mean_rest[t, top]).float(), quant[t, top].float(),
+        )
+    meta = {"score": score, "sparsity": sparsity, "k": k, "layer_window": [start, stop],
+            "exclusive": exclusive, "model": stats.meta.get("model"),
+            "data_hash": stats.meta.get("data_hash")}
+    return NeuronMap(chosen, list(stats.layer_sizes), meta)
+
+
+def random_neurons(
+    stats: NeuronStats, value: str, k: int, seed: int = 0,
+    layer_window: tuple[int, int] | list[int] | None = None,
+) -> ValueNeurons:
+    """``k`` neurons drawn uniformly at random (seeded), with ``value``'s edit quantities.
+
+    The control for selection: same count, same rule, no specificity.
+    """
+    t = VALUES.index(check_value(value))
+    start, stop = _check_window(layer_window, len(stats.layer_sizes))
+    layer = stats.layer_of()
+    pool = ((layer >= start) & (layer < stop)).nonzero().flatten()
+    gen = torch.Generator().manual_seed(seed)
+    top = pool[torch.randperm(pool.numel(), generator=gen)[:k]]
+    mean_rest, _, _ = rest_stats(stats)
+    return ValueNeurons(
+        layer[top].clone(), stats.index_in_layer()[top].clone(), torch.zeros(top.numel()),
+        (stats.mean[t, top] - mean_rest[t, top]).float(), stats.quantile()[t, top].float(),
+    )
