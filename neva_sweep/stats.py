@@ -337,7 +337,7 @@ def collect_stats(
             host.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, **kwargs)
             acc.end_batch()
             n_tokens += int(enc.attention_mask.sum())
-            bar.set_postfix(tokens=n_tokens)
+            bar.set_postfix(tokens=n_tokens, refresh=False)
     finally:
         acc.remove()
     stats = acc.stats
