@@ -43,7 +43,7 @@ class StatsSection:
     batch_size: int = 16
     max_length: int = 128
     bins: int = 32
-    hist_scale: float = 0.1
+    hist_scale: float = 0.2
     hist_stride: int = 3
     quantile: float = 0.95
 

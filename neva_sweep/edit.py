@@ -133,6 +133,17 @@ class Editor:
         self.layers = compile_edits(host, specs)
         self.handles = [host.sites[layer].register_forward_pre_hook(self._hook(le))
                         for layer, le in self.layers.items()]
+        # Some architectures (OPT) flatten (B, S) before the MLP; remember the batch shape.
+        self.batch_shape: tuple[int, int] | None = None
+        root = getattr(host.model, "module", host.model)
+        self.handles.append(root.register_forward_pre_hook(self._record_shape, with_kwargs=True))
+
+    def _record_shape(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if ids is not None:
+            self.batch_shape = (ids.shape[0], ids.shape[1])
 
     def _position_mask(self, bsz: int, seq: int, device) -> torch.Tensor | None:
         """(B, S, 1) bool of edited positions, or None for all positions."""
@@ -149,6 +160,9 @@ class Editor:
     def _hook(self, le: _LayerEdit):
         def hook(module, args):
             x = args[0]  # (B, S, I) neuron activations entering the down-projection
+            flat = x.dim() == 2  # (B*S, I) in architectures that flatten tokens
+            if flat:
+                x = x.view(*self.batch_shape, x.shape[-1])
             bsz, seq = x.shape[0], x.shape[1]
             if self.row_groups.numel() not in (1, bsz):
                 raise ValueError(f"edit has {self.row_groups.numel()} row groups but the batch "
@@ -164,7 +178,7 @@ class Editor:
                 mask = mask & pos
             out = x.clone()
             out[..., le.idx] = torch.where(mask, new, xs)
-            return (out, *args[1:])
+            return (out.view(-1, out.shape[-1]) if flat else out, *args[1:])
 
         return hook
 

@@ -7,7 +7,7 @@ global id = sum of earlier layer sizes + index within layer) we keep
 - ``mean[t, i]``      running mean of the activation a_i,
 - ``m2[t, i]``        sum of squared deviations (Welford/Chan; var = m2 / (count - 1)),
 - ``positive[t, i]``  tokens with a_i > 0 (P(a > 0) = positive / count),
-- ``hist[t, i, b]``   counts on a fixed softsign grid, for the high quantile q_t(i).
+- ``hist[t, i, b]``   counts on a fixed grid (see softsign_bins), for the high quantile q_t(i).
 
 Memory is O(values x neurons x bins) and independent of the data size. Statistics from
 data shards combine with :func:`merge`; statistics from tensor-parallel ranks (each
@@ -40,7 +40,7 @@ class StatsConfig:
     batch_size: int = 16
     max_length: int = 128
     bins: int = 32  # histogram bins on the softsign grid
-    hist_scale: float = 0.1  # c in y = a / (|a| + c); bins are uniform in y (fine near |a| ~ c)
+    hist_scale: float = 0.2  # c in y = a / (a + c); bins uniform in y (see softsign_bins)
     hist_stride: int = 3  # histogram sees positions 0, stride, 2*stride, ...
     quantile: float = 0.95  # the high quantile q_t(i) used by the `set` rule
 
@@ -88,7 +88,7 @@ class NeuronStats:
     def quantile(self, q: float | None = None) -> torch.Tensor:
         """High quantile per value and neuron from the histogram, (V, N)."""
         q = self.meta.get("config", {}).get("quantile", 0.95) if q is None else q
-        scale = self.meta.get("config", {}).get("hist_scale", 1.0)
+        scale = self.meta.get("config", {}).get("hist_scale", StatsConfig.hist_scale)
         return histogram_quantile(self.hist, q, scale)
 
     def layer_of(self) -> torch.Tensor:
@@ -129,13 +129,23 @@ class NeuronStats:
 
 
 def softsign_bins(x: torch.Tensor, bins: int, scale: float) -> torch.Tensor:
-    """Bin index in [0, bins) of each activation on a grid uniform in y = x / (|x| + scale)."""
-    y = x / (x.abs() + scale)  # (-1, 1)
-    return y.mul_(bins / 2).add_(bins / 2).to(torch.int32).clamp_(0, bins - 1)
+    """Histogram bin of each activation, int32 in [0, bins).
+
+    Bin 0 holds a <= 0; bins 1..B-1 are uniform in y = a / (a + scale) in (0, 1), which is
+    fine near a ~ scale and coarse in the far tail. High quantiles of MLP activations are
+    positive, so the negative side needs no resolution.
+    """
+    pos = x.clamp(min=0)
+    y = pos / (pos + scale)  # [0, 1)
+    b = y.mul_(bins - 1).to(torch.int32).add_(x > 0)
+    return b.clamp_(0, bins - 1)
 
 
 def histogram_quantile(hist: torch.Tensor, q: float, scale: float) -> torch.Tensor:
-    """Quantile ``q`` of each histogram (..., B) by linear interpolation within the bin."""
+    """Quantile ``q`` of each histogram (..., B), interpolated linearly (in y) within its bin.
+
+    Quantiles in bin 0 are reported as 0; in the open-ended top bin, as its lower edge.
+    """
     bins = hist.shape[-1]
     h = hist.to(torch.float64)
     total = h.sum(-1, keepdim=True)
@@ -145,8 +155,9 @@ def histogram_quantile(hist: torch.Tensor, q: float, scale: float) -> torch.Tens
     below = torch.where(b > 0, cum.gather(-1, (b - 1).clamp(min=0)), torch.zeros_like(target))
     inside = h.gather(-1, b).clamp(min=1)
     frac = ((target - below) / inside).clamp(0, 1)
-    y = (-1 + (b + frac) * (2 / bins)).clamp(-0.999, 0.999)
-    x = scale * y / (1 - y.abs())
+    frac = torch.where(b == bins - 1, torch.zeros_like(frac), frac)
+    y = ((b - 1).clamp(min=0) + frac) / (bins - 1)  # [0, 1)
+    x = torch.where(b > 0, scale * y / (1 - y), torch.zeros_like(y))
     return torch.where(total > 0, x, torch.zeros_like(x)).squeeze(-1)
 
 

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random models (tier 1) and the built-in probes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import neva_sweep as nv
+
+
+@pytest.fixture(scope="session")
+def probes() -> nv.data.ProbeSet:
+    return nv.load_probes(split="identify")
+
+
+@pytest.fixture(scope="session")
+def small_probes(probes) -> nv.data.ProbeSet:
+    """Six texts per value: enough for statistics, fast on a tiny model."""
+    return probes.shard(0, 6)
+
+
+@pytest.fixture(scope="session")
+def tiny_host() -> nv.ModelHost:
+    return nv.load_model("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_stats(tiny_host, small_probes) -> nv.NeuronStats:
+    return nv.collect_stats(tiny_host, small_probes, progress=False)
+
+
+@pytest.fixture
+def batch(tiny_host):
+    return tiny_host.tokenize(["I help my neighbour carry boxes.", "The capital is Paris."])
+
+
+def capture_site_inputs(host, fn) -> list[torch.Tensor]:
+    """Run ``fn()`` and return what each neuron site received (after any edit hooks)."""
+    seen: list[torch.Tensor] = [None] * host.n_layers
+
+    def make(layer):
+        def hook(module, args):
+            seen[layer] = args[0].detach().clone()
+
+        return hook
+
+    # Registered last, so it sees the input after edit hooks installed earlier.
+    handles = [s.register_forward_pre_hook(make(i)) for i, s in enumerate(host.sites)]
+    try:
+        fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen

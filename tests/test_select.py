@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+
+import neva_sweep as nv
+from neva_sweep.select import NeuronMap, lape_score, mean_diff_score, prob_diff_score
+from neva_sweep.stats import NeuronStats
+from neva_sweep.values import N_VALUES, VALUES
+
+
+def synthetic_stats() -> NeuronStats:
+    """Two layers of 3 neurons; neuron (layer 1, index 2) is specific to `power` (t = 4)."""
+    s = NeuronStats.zeros([3, 3], bins=8)
+    s.count[:] = 101.0
+    s.m2[:] = 100.0  # var = 1 for every value and neuron
+    s.positive[:] = 50.5  # p = 0.5
+    s.mean[4, 5] = 2.0
+    s.positive[4, 5] = 101.0  # p = 1 for power
+    s.mean[8, 0] = 1.0  # a weaker benevolence neuron
+    return s
+
+
+def test_mean_diff_is_cohens_d_against_balanced_rest():
+    s = synthetic_stats()
+    d = mean_diff_score(s)
+    # rest of power at neuron 5: mean 0, var 1 -> d = 2 / sqrt((1 + 1) / 2) = 2
+    assert d[4, 5].item() == pytest.approx(2.0)
+    # any other value at neuron 5: mean 0 vs rest mean 2/9, rest var = 1 + mean of m^2 - m_rest^2
+    rest_mean = 2.0 / 9
+    rest_var = 1 + 4.0 / 9 - rest_mean**2
+    assert d[0, 5].item() == pytest.approx(-rest_mean / math.sqrt((1 + rest_var) / 2))
+
+
+def test_prob_diff_and_lape():
+    s = synthetic_stats()
+    p = prob_diff_score(s)
+    assert p[4, 5].item() == pytest.approx(1.0 - 0.5)
+    lape = lape_score(s)
+    assert lape[4, 5] == lape[:, 5].max() and torch.isfinite(lape[4, 5])
+    assert torch.isneginf(lape[:, 0]).all() or lape[:, 0].max() < lape[4, 5]
+
+
+def test_top_k_by_sparsity_window_and_exclusivity(tiny_stats):
+    n = tiny_stats.n_neurons  # 192
+    nmap = nv.select_neurons(tiny_stats, sparsity=0.05)
+    k = math.ceil(0.05 * n)
+    assert all(len(nmap[v]) == k for v in VALUES)
+    scores = mean_diff_score(tiny_stats)
+    best = scores[VALUES.index("power")].topk(k).indices
+    assert set(zip(nmap["power"].layer.tolist(), nmap["power"].index.tolist())) == {
+        (int(i) // 96, int(i) % 96) for i in best}
+    windowed = nv.select_neurons(tiny_stats, sparsity=0.05, layer_window=[1, 2])
+    assert all((windowed[v].layer == 1).all() for v in VALUES)
+    excl = nv.select_neurons(tiny_stats, sparsity=0.05, exclusive=True)
+    ids = [excl.ids(v) for v in VALUES]
+    assert sum(len(a) for a in ids) == len(set().union(*ids))
+    assert all(excl.jaccard()[a][b] == 0 for a in VALUES for b in VALUES if a != b)
+    assert all(excl.jaccard()[v][v] == 1 for v in VALUES)
+
+
+def test_edit_quantities_carried_by_the_map(tiny_stats):
+    from neva_sweep.stats import rest_stats
+
+    vn = nv.select_neurons(tiny_stats, "security", sparsity=0.05)["security"]
+    t = VALUES.index("security")
+    cols = vn.layer * 96 + vn.index
+    mean_rest = rest_stats(tiny_stats)[0]
+    torch.testing.assert_close(vn.mean_diff, (tiny_stats.mean[t, cols] - mean_rest[t, cols]).float())
+    torch.testing.assert_close(vn.quantile, tiny_stats.quantile()[t, cols].float())
+
+
+def test_map_save_load_and_summary(tmp_path, tiny_stats):
+    nmap = nv.select_neurons(tiny_stats, ["power", "universalism"], sparsity=0.02)
+    nmap.save(tmp_path / "m.safetensors")
+    back = NeuronMap.load(tmp_path / "m.safetensors")
+    assert back.values == ["power", "universalism"] and back.meta == nmap.meta
+    for v in back.values:
+        for f in ("layer", "index", "score", "mean_diff", "quantile"):
+            assert torch.equal(getattr(back[v], f), getattr(nmap[v], f))
+    summary = nmap.summary(top=3)
+    assert sum(summary["values"]["power"]["per_layer"]) == len(nmap["power"])
+    assert len(summary["values"]["power"]["top"]) == 3
+    with pytest.raises(KeyError, match="holds: power, universalism"):
+        nmap["security"]
+
+
+def test_random_neurons_are_seeded(tiny_stats):
+    a = nv.random_neurons(tiny_stats, "power", 10, seed=1)
+    b = nv.random_neurons(tiny_stats, "power", 10, seed=1)
+    c = nv.random_neurons(tiny_stats, "power", 10, seed=2)
+    assert torch.equal(a.index, b.index) and not torch.equal(a.index, c.index)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(sparsity=0.0), "sparsity must be in \\(0, 1\\) \\(edit.sparsity\\)"),
+    (dict(sparsity=1.5), "edit.sparsity"),
+    (dict(score="cosine"), "unknown score 'cosine'; valid choices: mean_diff, prob_diff, lape"),
+    (dict(value="kindness"), "unknown value 'kindness'"),
+    (dict(layer_window=[1, 5]), "layer_window must be"),
+])
+def test_selection_errors(tiny_stats, kwargs, message):
+    with pytest.raises((ValueError, KeyError), match=message):
+        nv.select_neurons(tiny_stats, **kwargs)
+
+
+def test_all_scores_select_for_every_value(tiny_stats):
+    for score in nv.SCORES:
+        nmap = nv.select_neurons(tiny_stats, sparsity=0.05, score=score)
+        assert len(nmap.values) == N_VALUES
