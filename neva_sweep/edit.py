@@ -46,7 +46,9 @@ class EditSpec:
             raise KeyError(f"unknown edit rule {self.rule!r} (edit.rule); valid choices: "
                            f"{', '.join(RULES)}")
         if not math.isfinite(self.magnitude):
-            raise ValueError(f"edit magnitude must be finite (edit.magnitude), got {self.magnitude}")
+            raise ValueError(
+                f"edit magnitude must be finite (edit.magnitude), got {self.magnitude}"
+            )
         if len(self.neurons) == 0:
             raise ValueError("the edit has no selected neurons; raise edit.sparsity or check "
                              "the value's probes")

@@ -239,7 +239,8 @@ class _Accumulator:
             self.offsets.append(self.offsets[-1] + w)
         self.widths = widths
         self.handles = [
-            site.register_forward_pre_hook(self._hook(layer)) for layer, site in enumerate(host.sites)
+            site.register_forward_pre_hook(self._hook(layer))
+            for layer, site in enumerate(host.sites)
         ]
 
     def set_batch(self, attention_mask: torch.Tensor, labels: torch.Tensor) -> None:

@@ -66,7 +66,8 @@ def test_edit_quantities_carried_by_the_map(tiny_stats):
     t = VALUES.index("security")
     cols = vn.layer * 96 + vn.index
     mean_rest = rest_stats(tiny_stats)[0]
-    torch.testing.assert_close(vn.mean_diff, (tiny_stats.mean[t, cols] - mean_rest[t, cols]).float())
+    expected = (tiny_stats.mean[t, cols] - mean_rest[t, cols]).float()
+    torch.testing.assert_close(vn.mean_diff, expected)
     torch.testing.assert_close(vn.quantile, tiny_stats.quantile()[t, cols].float())
 
 

@@ -7,8 +7,15 @@ import torch
 
 import neva_sweep as nv
 from neva_sweep.stats import (
-    StatsConfig, cached_stats, concat, histogram_quantile, length_sorted_batches, merge,
-    rest_stats, select_columns, softsign_bins,
+    StatsConfig,
+    cached_stats,
+    concat,
+    histogram_quantile,
+    length_sorted_batches,
+    merge,
+    rest_stats,
+    select_columns,
+    softsign_bins,
 )
 from neva_sweep.values import N_VALUES
 from tests.conftest import capture_site_inputs
@@ -19,7 +26,7 @@ def brute_force(host, probes, cfg: StatsConfig):
     acts, labels, positions = [], [], []
     for idx in length_sorted_batches(probes, cfg.batch_size):
         enc = host.tokenize([probes.texts[i] for i in idx], max_length=cfg.max_length)
-        seen = capture_site_inputs(host, lambda: host.model(**enc))
+        seen = capture_site_inputs(host, lambda enc=enc: host.model(**enc))
         full = torch.cat(seen, dim=-1)  # (B, S, N)
         for row, i in enumerate(idx):
             n = int(enc.attention_mask[row].sum())

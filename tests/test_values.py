@@ -1,7 +1,12 @@
 import pytest
 
 from neva_sweep.values import (
-    GROUPS, VALUES, circular_distance, groups_of, related_values, value_index,
+    GROUPS,
+    VALUES,
+    circular_distance,
+    groups_of,
+    related_values,
+    value_index,
 )
 
 
