@@ -131,14 +131,13 @@ class NeuronStats:
 def softsign_bins(x: torch.Tensor, bins: int, scale: float) -> torch.Tensor:
     """Histogram bin of each activation, int32 in [0, bins).
 
-    Bin 0 holds a <= 0; bins 1..B-1 are uniform in y = a / (a + scale) in (0, 1), which is
+    Bin 0 holds a <= 0; bin b >= 1 holds y = a / (a + scale) in ((b-1)/(B-1), b/(B-1)],
     fine near a ~ scale and coarse in the far tail. High quantiles of MLP activations are
     positive, so the negative side needs no resolution.
     """
-    pos = x.clamp(min=0)
-    y = pos / (pos + scale)  # [0, 1)
-    b = y.mul_(bins - 1).to(torch.int32).add_(x > 0)
-    return b.clamp_(0, bins - 1)
+    y = x.clamp(min=0)
+    y.div_(y + scale).mul_(bins - 1).ceil_()  # 0 for a <= 0, else 1..B-1 (a finite)
+    return y.to(torch.int32)
 
 
 def histogram_quantile(hist: torch.Tensor, q: float, scale: float) -> torch.Tensor:
