@@ -12,6 +12,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .data import load_probes
@@ -27,9 +28,7 @@ TASKS: Registry[Callable[[DictConfig, Path], None]] = Registry("task")
 
 
 def host_from_config(cfg: DictConfig) -> ModelHost:
-    m = cfg.model
-    return load_model(m.name, dtype=m.dtype, device=m.device,
-                      trust_remote_code=m.trust_remote_code, name=m.short_name)
+    return load_model(cfg.model)
 
 
 def stats_from_config(cfg: DictConfig, host: ModelHost) -> NeuronStats:
@@ -90,8 +89,6 @@ def steer(cfg: DictConfig, out: Path) -> None:
     nmap: NeuronMap = select_neurons(stats_from_config(cfg, host), value, **selection_kwargs(cfg))
     spec = EditSpec(nmap[value], cfg.edit.rule, float(cfg.edit.magnitude))
     base = greedy_replies(host, [cfg.prompt], cfg.max_new_tokens)[0]
-    import torch
-
     with edit_rows(host, [spec], torch.zeros(1, dtype=torch.long), cfg.edit.positions):
         edited = greedy_replies(host, [cfg.prompt], cfg.max_new_tokens)[0]
     print(f"prompt: {cfg.prompt}\n")

@@ -62,3 +62,10 @@ def test_padding_and_masks(tiny_host):
         n = int(right.attention_mask[0].sum())
         ro = tiny_host.model(**right).logits[0, n - 1]
     torch.testing.assert_close(lo, ro, atol=1e-4, rtol=1e-4)
+
+
+def test_load_by_model_config():
+    from neva_sweep.config import ModelConfig
+
+    host = nv.load_model(ModelConfig(name="tiny-qwen2", short_name="q"))
+    assert host.name == "q" and host.model.config.model_type == "qwen2"

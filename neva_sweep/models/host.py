@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -94,21 +95,28 @@ def host_from_model(model: nn.Module, tokenizer, name: str, meta: dict | None = 
 
 
 def load_model(
-    spec: str,
+    spec: str | Any,
     dtype: str = "float32",
     device: str = "cpu",
     trust_remote_code: bool = False,
     name: str | None = None,
 ) -> ModelHost:
-    """Load a model by registry name, Hugging Face id or local path.
+    """Load a model by registry name, Hugging Face id, local path, or model config.
 
-    Registry names: ``smollm2-135m`` (the embedded GGUF model) and ``tiny-<arch>``
+    A model config is any object with the fields of ``neva_sweep.config.ModelConfig``
+    (``name``, ``dtype``, ``device``, ``trust_remote_code``, ``short_name``); its fields
+    override the keyword arguments. Registry names: ``smollm2-135m`` (the embedded GGUF model) and ``tiny-<arch>``
     random models for tests (see ``neva_sweep.models.registry.MODELS``).
 
     >>> host = load_model("tiny-llama")
     >>> host.n_layers, host.layer_sizes
     (2, [96, 96])
     """
+    if not isinstance(spec, (str, Path)):
+        return load_model(spec.name, dtype=spec.dtype, device=spec.device,
+                          trust_remote_code=spec.trust_remote_code,
+                          name=getattr(spec, "short_name", None))
+    spec = str(spec)
     if dtype not in DTYPES:
         raise KeyError(f"unknown dtype {dtype!r} (model.dtype); valid choices: {', '.join(DTYPES)}")
     torch_dtype = DTYPES[dtype]
