@@ -105,8 +105,8 @@ def load_model(
 
     A model config is any object with the fields of ``neva_sweep.config.ModelConfig``
     (``name``, ``dtype``, ``device``, ``trust_remote_code``, ``short_name``); its fields
-    override the keyword arguments. Registry names: ``smollm2-135m`` (the embedded GGUF model) and ``tiny-<arch>``
-    random models for tests (see ``neva_sweep.models.registry.MODELS``).
+    override the keyword arguments. Registry names: ``smollm2-135m`` (the embedded GGUF
+    model) and ``tiny-<arch>`` random models for tests (see ``neva_sweep.models.registry.MODELS``).
 
     >>> host = load_model("tiny-llama")
     >>> host.n_layers, host.layer_sizes
