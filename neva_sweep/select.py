@@ -22,7 +22,7 @@ from .values import N_VALUES, VALUES, check_value
 ScoreFn = Callable[[NeuronStats], torch.Tensor]
 SCORES: Registry[ScoreFn] = Registry("score")
 LAPE_MIN_PROB = 0.05
-DEFAULT_SPARSITY = 1e-3  # ~46 of SmolLM2's 46,080 neurons
+DEFAULT_SPARSITY = 2e-3  # 93 of SmolLM2's 46,080 neurons (benchmarks/steering_effect.py)
 DEFAULT_SCORE = "mean_diff"  # lape ignores neurons that fire for less than 5% of the value's tokens
 
 
