@@ -1,11 +1,7 @@
 """neva_sweep: neuron-level value alignment (NeVA) as a research instrument.
 
->>> import neva_sweep as nv
->>> host = nv.load_model("tiny-llama")
->>> stats = nv.collect_stats(host, nv.load_probes(), progress=False)
->>> nmap = nv.select_neurons(stats, value="benevolence", sparsity=0.05)
->>> with nv.edit(host, nmap, magnitude=2.0, rule="add"):
-...     out = host.model(**host.tokenize(["I help my neighbour."]))
+The public API: ``load_model`` -> ``collect_stats`` -> ``select_neurons`` -> ``edit``
+(see README.md; :func:`neva_sweep.edit.edit` carries the runnable example).
 """
 
 from .data import DataError, load_probes, load_records

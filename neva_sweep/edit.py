@@ -79,13 +79,14 @@ def compile_edits(host: ModelHost, specs: Sequence[EditSpec]) -> dict[int, _Laye
     """Per-layer edit tensors for ``specs``, restricted to the neurons this host holds."""
     per_layer: dict[int, list[tuple[int, torch.Tensor, torch.Tensor, tuple]]] = {}
     for g, spec in enumerate(specs):
+        if spec.magnitude == 0.0:
+            continue
         coef = spec.coefficients()
-        live = spec.magnitude != 0.0
         for layer in spec.neurons.layer.unique().tolist():
             start, stop = host.neuron_slices[layer]
             sel = (spec.neurons.layer == layer) & (spec.neurons.index >= start) & (
                 spec.neurons.index < stop)
-            if sel.any() and live:
+            if sel.any():
                 local = spec.neurons.index[sel] - start
                 per_layer.setdefault(layer, []).append((g, local, sel, coef))
     device = host.device
@@ -120,8 +121,7 @@ class Editor:
         if positions not in POSITIONS:
             raise KeyError(f"unknown edit positions {positions!r} (edit.positions); valid "
                            f"choices: {', '.join(POSITIONS)}")
-        if list(specs) and any(len(s.neurons) and int(s.neurons.layer.max()) >= host.n_layers
-                               for s in specs):
+        if any(int(s.neurons.layer.max()) >= host.n_layers for s in specs):
             raise ValueError(f"edit refers to layers beyond the model's {host.n_layers}; "
                              "was the neuron map built for another model?")
         self.host = host

@@ -20,6 +20,7 @@ a deterministic subsample, so merges stay exact, at a fraction of the cost.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -182,7 +183,7 @@ def concat(shards: list[NeuronStats]) -> NeuronStats:
     Each shard holds a contiguous slice of every layer; the result is layer-major.
     """
     first = shards[0]
-    if any(s.layer_sizes.__len__() != len(first.layer_sizes) for s in shards):
+    if any(len(s.layer_sizes) != len(first.layer_sizes) for s in shards):
         raise ValueError("cannot concat statistics with different numbers of layers")
     if any(not torch.equal(s.count, first.count) for s in shards):
         raise ValueError("cannot concat statistics computed on different tokens (counts differ)")
@@ -196,11 +197,14 @@ def concat(shards: list[NeuronStats]) -> NeuronStats:
                        join("hist"), sizes, dict(first.meta))
 
 
+def layer_offsets(layer_sizes: list[int]) -> list[int]:
+    """First column of each layer in the layer-major neuron layout."""
+    return [sum(layer_sizes[:i]) for i in range(len(layer_sizes))]
+
+
 def select_columns(stats: NeuronStats, slices: list[tuple[int, int]]) -> NeuronStats:
     """The statistics of neurons [start, stop) of every layer (a tensor-parallel shard's view)."""
-    offsets = [0]
-    for w in stats.layer_sizes[:-1]:
-        offsets.append(offsets[-1] + w)
+    offsets = layer_offsets(stats.layer_sizes)
     cols = torch.cat([torch.arange(o + a, o + b) for o, (a, b) in zip(offsets, slices)])
     return NeuronStats(stats.count.clone(), stats.mean[:, cols], stats.m2[:, cols],
                        stats.positive[:, cols], stats.hist[:, cols],
@@ -233,10 +237,7 @@ class _Accumulator:
         widths = [b - a for a, b in host.neuron_slices]
         self.cfg = cfg
         self.stats = NeuronStats.zeros(widths, cfg.bins)
-        self.offsets = [0]
-        for w in widths[:-1]:
-            self.offsets.append(self.offsets[-1] + w)
-        self.widths = widths
+        self.offsets = layer_offsets(widths)
         self.handles = [
             site.register_forward_pre_hook(self._hook(layer))
             for layer, site in enumerate(host.sites)
@@ -305,8 +306,6 @@ class _Accumulator:
 
 def forward_kwargs(host: ModelHost) -> dict:
     """Keyword arguments that keep the LM head to the last position when the model allows it."""
-    import inspect
-
     model = getattr(host.model, "module", host.model)
     params = inspect.signature(model.forward).parameters
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
