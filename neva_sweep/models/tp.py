@@ -1,0 +1,178 @@
+"""Tensor-parallel model shards with DeepSpeed AutoTP (inference only, no kernel injection).
+
+SPMD contract: every rank of a process group of size ``tp_size`` runs the *same* code
+on the *same* inputs in the same order. Each rank holds a contiguous slice of every
+layer's MLP neurons (``host.neuron_slices``) and of the attention heads; the
+down-projections all-reduce their outputs, so every rank ends a forward pass with the
+full hidden states and full logits. Statistics hooks and edit hooks on a rank only see
+(and only touch) that rank's neurons; :func:`neva_sweep.stats.concat` joins per-rank
+statistics, and :mod:`neva_sweep.edit` maps global neuron ids to local ones through
+``neuron_slices``. A rank that skips or reorders a forward pass deadlocks the others.
+
+Shard widths may be uneven (DeepSpeed splits MLP widths in grains of 64 and gives the
+remainder to the last rank: tiny-llama's 96 neurons become 64 + 32 on 2 ranks), so
+slices are computed from the gathered widths of all ranks, never from ``width // tp_size``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from .arch import neuron_sites, site_width
+from .host import DTYPES, ModelHost, load_model
+
+# Architectures DeepSpeed AutoTP cannot shard (GPT-2's Conv1D projections).
+NOT_SHARDABLE = ("gpt2",)
+
+
+def init_process_group(
+    rank: int, world_size: int, master_addr: str, master_port: int, backend: str | None = None
+) -> str:
+    """Join the torch.distributed group of one model replica; returns the backend used.
+
+    gloo on CPU, nccl when CUDA is available (``backend`` overrides). The usual env
+    variables are set too, because DeepSpeed reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``.
+    One process per rank; every rank must call this with the same address and port.
+    """
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR=master_addr,
+                      MASTER_PORT=str(master_port))
+    # Ray gives each shard actor exactly one visible GPU, so the local device is always 0.
+    os.environ.setdefault("LOCAL_RANK", "0")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}",
+                            rank=rank, world_size=world_size)
+    return backend
+
+
+def load_tp_host(
+    model_cfg_or_spec: str | Any,
+    tp_size: int,
+    dtype: str = "float32",
+    device: str = "cpu",
+    name: str | None = None,
+) -> ModelHost:
+    """This rank's shard of a model, inside an initialised process group of size ``tp_size``.
+
+    ``model_cfg_or_spec`` is what :func:`~neva_sweep.models.host.load_model` accepts; a
+    model config's fields override ``dtype``/``device``/``name``. ``tp_size == 1`` is
+    plain :func:`load_model` (no process group needed). Otherwise every rank loads the
+    full model on CPU, DeepSpeed AutoTP keeps this rank's slice, and the host's
+    ``neuron_slices`` say which global neurons that is. ``host.model`` is the sharded
+    transformers module (``engine.module``): hooks registered on it fire, and its
+    forward pass runs the all-reduces, so call it on every rank (see the module docstring).
+    """
+    spec, dtype, device, name, trust = _resolve(model_cfg_or_spec, dtype, device, name)
+    if tp_size == 1:
+        return load_model(spec, dtype=dtype, device=device, trust_remote_code=trust, name=name)
+    if tp_size < 1:
+        raise ValueError(f"model.tp_size must be >= 1, got {tp_size}")
+    if not dist.is_initialized() or dist.get_world_size() != tp_size:
+        size = dist.get_world_size() if dist.is_initialized() else "no group"
+        raise RuntimeError(
+            f"load_tp_host needs an initialised process group of size model.tp_size={tp_size} "
+            f"(found: {size}); call init_process_group on every rank first"
+        )
+    full = load_model(spec, dtype=dtype, device="cpu", trust_remote_code=trust, name=name)
+    model_type = full.model.config.model_type
+    if model_type in NOT_SHARDABLE:
+        raise ValueError(f"model {spec!r} ({model_type}) cannot be sharded by DeepSpeed AutoTP; "
+                         "set model.tp_size=1")
+    module = _autotp(full.model, tp_size, DTYPES[dtype], device)
+    sites = neuron_sites(module)
+    widths = [_local_width(s) for s in sites]
+    slices, sizes = shard_slices(_all_gather_widths(widths), dist.get_rank())
+    if sizes != full.layer_sizes:
+        raise ValueError(
+            f"model {spec!r} ({model_type}): DeepSpeed AutoTP did not split the MLP neurons "
+            f"(shard widths sum to {sizes[:2]}..., the model has {full.layer_sizes[:2]}...); "
+            "set model.tp_size=1"
+        )
+    meta = dict(full.meta, tp_size=tp_size, rank=dist.get_rank())
+    return ModelHost(module, full.tokenizer, full.name, sites, slices, sizes, meta)
+
+
+def shard_slices(
+    widths: list[list[int]], rank: int
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """(this rank's per-layer (start, stop), global per-layer sizes) from every rank's widths.
+
+    ``widths[r][layer]`` is rank r's local width; ranks hold consecutive slices in rank order.
+
+    >>> shard_slices([[64, 64], [32, 32]], rank=1)  # tiny-llama (96 neurons) over 2 ranks
+    ([(64, 96), (64, 96)], [96, 96])
+    """
+    sizes = [sum(ws) for ws in zip(*widths)]
+    starts = [sum(w[layer] for w in widths[:rank]) for layer in range(len(sizes))]
+    slices = [(s, s + w) for s, w in zip(starts, widths[rank])]
+    return slices, sizes
+
+
+def _resolve(spec: str | Any, dtype: str, device: str, name: str | None):
+    """(spec, dtype, device, name, trust_remote_code), a model config overriding the kwargs."""
+    if isinstance(spec, (str, Path)):
+        return str(spec), dtype, device, name, False
+    if isinstance(spec, Mapping):
+        spec = SimpleNamespace(**spec)
+    return (spec.name, getattr(spec, "dtype", dtype), getattr(spec, "device", device),
+            name or getattr(spec, "short_name", None), getattr(spec, "trust_remote_code", False))
+
+
+def _local_width(site: nn.Module) -> int:
+    """Input width of a (possibly DeepSpeed-replaced) down-projection on this rank."""
+    if isinstance(site, nn.Linear) or type(site).__name__ == "Conv1D":
+        return site_width(site)
+    # DeepSpeed's LinearAllreduce keeps the Linear weight layout (out, in_local).
+    return site.weight.shape[-1]
+
+
+def _all_gather_widths(widths: list[int]) -> list[list[int]]:
+    """Every rank's per-layer widths, in rank order."""
+    out: list[list[int]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(out, widths)
+    return out
+
+
+def _autotp(model: nn.Module, tp_size: int, dtype: torch.dtype, device: str) -> nn.Module:
+    """Shard ``model`` with DeepSpeed AutoTP and return the sharded transformers module."""
+    on_cpu = device == "cpu"
+    # Read at DeepSpeed's first import; a process can only use one accelerator.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if on_cpu else "cuda")
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    accel = get_accelerator().device_name()
+    if accel != ("cpu" if on_cpu else "cuda"):
+        raise RuntimeError(f"DeepSpeed was initialised for {accel!r} in this process but "
+                           f"model.device is {device!r}; set DS_ACCELERATOR before importing it")
+    if on_cpu:
+        _disable_shm_allreduce()
+    engine = deepspeed.init_inference(
+        model,
+        tensor_parallel={"tp_size": tp_size},
+        # Kernel injection replaces the HF MLP modules, so neuron hooks would never fire.
+        replace_with_kernel_inject=False,
+        dtype=dtype,  # init_inference defaults to fp16
+    )
+    return engine.module.eval()
+
+
+def _disable_shm_allreduce() -> None:
+    """Make DeepSpeed use gloo all-reduce on CPU: its shared-memory op segfaults here.
+
+    ``import deepspeed.comm.torch`` binds the name to PyTorch (``deepspeed.comm`` has a
+    ``torch`` attribute), so the module is patched through ``sys.modules``.
+    """
+    import deepspeed.comm  # noqa: F401  (registers deepspeed.comm.torch in sys.modules)
+
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None

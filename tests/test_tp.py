@@ -1,0 +1,149 @@
+"""Tensor parallelism on a real local Ray cluster with real DeepSpeed AutoTP (gloo, CPU).
+
+tiny-llama has 96 neurons per layer; AutoTP over 2 ranks splits them 64 + 32 (grains of
+64, remainder to the last rank), so these tests run with uneven shards.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import ray
+import torch
+from ray import cloudpickle
+
+import neva_sweep as nv
+from neva_sweep.edit import EditSpec, edit_rows
+from neva_sweep.models.tp import load_tp_host
+from neva_sweep.replica import Replica
+from neva_sweep.select import ValueNeurons
+from neva_sweep.stats import StatsConfig
+
+# The shard actors cannot import this test module: send its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+MODEL = {"name": "tiny-llama"}
+ENV = {"HF_HUB_OFFLINE": "1"}  # unknown model names fail at once instead of retrying the hub
+TEXTS = ["I help my neighbour carry boxes.", "Power and wealth matter most.", "Hi"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # address="local": always a fresh cluster, never one another process started here.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tp1(cluster) -> Replica:
+    rep = Replica(MODEL, tp_size=1, env=ENV)
+    yield rep
+    rep.kill()
+
+
+@pytest.fixture(scope="module")
+def tp2(cluster) -> Replica:
+    rep = Replica(MODEL, tp_size=2, env=ENV)
+    yield rep
+    rep.kill()
+
+
+@pytest.fixture(scope="module")
+def specs() -> list[EditSpec]:
+    """Edits on neurons 3, 40 (rank 0) and 70, 95 (rank 1) of both layers."""
+    layer = torch.tensor([0, 0, 0, 1, 1, 1])
+    index = torch.tensor([3, 40, 70, 3, 70, 95])
+    gen = torch.Generator().manual_seed(0)
+    mean_diff = torch.randn(6, generator=gen)
+    quantile = torch.rand(6, generator=gen) + 0.5
+    neurons = ValueNeurons(layer, index, torch.ones(6), mean_diff, quantile)
+    return [EditSpec(neurons, "add", 3.0), EditSpec(neurons, "set", 2.0)]
+
+
+# --- functions run on every shard (SPMD) -------------------------------------------------
+
+
+def _layout(host: nv.ModelHost) -> tuple[list[tuple[int, int]], list[int]]:
+    return host.neuron_slices, host.layer_sizes
+
+
+def _logits(host: nv.ModelHost, specs: list[EditSpec], texts: list[str]) -> torch.Tensor:
+    """(G + 1, B, S, V): unedited logits, then the logits under each edit."""
+    enc = host.tokenize(texts)
+    out = [host.model(**enc).logits]
+    for g in range(len(specs)):
+        with edit_rows(host, specs, torch.full((len(texts),), g)):
+            out.append(host.model(**enc).logits)
+    return torch.stack(out)
+
+
+def _boom(host: nv.ModelHost) -> None:
+    raise ValueError(f"boom on {host.name}")
+
+
+# --- tests --------------------------------------------------------------------------------
+
+
+def test_shards_partition_layers_unevenly(tp1, tp2):
+    (full_slices, sizes), = ray.get(tp1.call_all(_layout))
+    (s0, sizes0), (s1, sizes1) = ray.get(tp2.call_all(_layout))
+    assert sizes0 == sizes1 == sizes == [96, 96] and full_slices == [(0, 96), (0, 96)]
+    for (a0, b0), (a1, b1), size in zip(s0, s1, sizes):
+        assert a0 == 0 and b0 == a1 and b1 == size
+        assert b0 - a0 != b1 - a1  # uneven (64 + 32)
+
+
+@torch.inference_mode()
+def test_edited_logits_match_tp1(tp1, tp2, specs):
+    ref = ray.get(tp1.call(_logits, specs, TEXTS))
+    out = ray.get(tp2.call(_logits, specs, TEXTS))
+    assert not torch.allclose(ref[0], ref[1]) and not torch.allclose(ref[0], ref[2])
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+
+
+def test_collect_stats_matches_tp1(tp1, tp2, small_probes):
+    probes = small_probes.shard(0, 3)  # two texts per value
+    cfg = StatsConfig(batch_size=8, max_length=32)
+    ref, got = tp1.collect_stats(probes, cfg), tp2.collect_stats(probes, cfg)
+    assert got.layer_sizes == ref.layer_sizes == [96, 96]
+    assert ref.count.min() > 0
+    torch.testing.assert_close(got.count, ref.count)
+    for name in ("mean", "m2", "positive"):
+        torch.testing.assert_close(getattr(got, name), getattr(ref, name), atol=1e-4, rtol=1e-4)
+    # Histogram bins may differ where an activation sits on a bin edge (rounding).
+    assert (got.hist != ref.hist).float().mean() < 1e-3
+
+
+def test_call_error_carries_message(tp2):
+    with pytest.raises(ray.exceptions.RayTaskError, match="boom on tiny-llama"):
+        ray.get(tp2.call(_boom))
+    assert tp2.alive()  # every rank raised before any collective: still usable
+
+
+def test_startup_error_names_the_model(cluster):
+    with pytest.raises(RuntimeError) as err:
+        Replica({"name": "no-such-model"}, tp_size=1, num_cpus=0.5, env=ENV)
+    head = str(err.value).splitlines()[0]
+    assert head.startswith("cannot start shard 0/1 of model 'no-such-model' (model.name")
+    assert "OSError: cannot load model 'no-such-model' (model.name)" in head
+
+
+def _load_gpt2(host: nv.ModelHost) -> None:
+    load_tp_host("tiny-gpt2", tp_size=2)  # inside the shard's process group
+
+
+def test_gpt2_is_not_shardable(tp2):
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"set model\.tp_size=1"):
+        ray.get(tp2.call(_load_gpt2))
+
+
+def test_restart_after_killed_shard(tp2, specs):
+    ray.kill(tp2.actors[1], no_restart=True)
+    assert not tp2.alive(timeout_s=5)
+    tp2.restart()
+    assert tp2.alive()
+    out = ray.get(tp2.call(_logits, specs[:1], TEXTS[:1]))
+    assert out.shape[0] == 2 and torch.isfinite(out).all()
