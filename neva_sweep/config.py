@@ -23,6 +23,7 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device: str = "cpu"
     trust_remote_code: bool = False
+    tp_size: int = 1  # tensor-parallel degree: GPUs (or CPU processes) per model replica
 
 
 @dataclass
