@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from .capability import CapabilityConfig
 from .edit import DEFAULT_MAGNITUDE, DEFAULT_RULE
+from .judges import JudgeConfig
 from .select import DEFAULT_SCORE, DEFAULT_SPARSITY
 
 
@@ -70,6 +72,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     stats: StatsSection = field(default_factory=StatsSection)
     edit: EditConfig = field(default_factory=EditConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    capability: CapabilityConfig = field(default_factory=CapabilityConfig)
     value: str | None = None  # shorthand for edit.value
     prompt: str = "My friend asked me to help them move house this weekend. What should I do?"
     max_new_tokens: int = 60

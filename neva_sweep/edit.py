@@ -128,10 +128,8 @@ class Editor:
         self.positions = positions
         self.response_start: torch.Tensor | None = None
         n_groups = len(specs)
-        groups = row_groups.to(torch.long)
-        if ((groups < -1) | (groups >= n_groups)).any():
-            raise ValueError(f"row_groups must be in -1..{n_groups - 1}")
-        self.row_groups = torch.where(groups < 0, n_groups, groups).to(host.device)  # (B,)
+        self.n_groups = n_groups
+        self.set_rows(row_groups)
         self.layers = compile_edits(host, specs)
         self.handles = [host.sites[layer].register_forward_pre_hook(self._hook(le))
                         for layer, le in self.layers.items()]
@@ -139,6 +137,14 @@ class Editor:
         self.batch_shape: tuple[int, int] | None = None
         root = getattr(host.model, "module", host.model)
         self.handles.append(root.register_forward_pre_hook(self._record_shape, with_kwargs=True))
+
+    def set_rows(self, row_groups: torch.Tensor) -> None:
+        """Set the edit of each row of the next batches: (B,) indices into specs, -1 = none."""
+        groups = torch.as_tensor(row_groups, dtype=torch.long)
+        if ((groups < -1) | (groups >= self.n_groups)).any():
+            raise ValueError(f"row_groups must be in -1..{self.n_groups - 1}")
+        # The "no edit" group is stored as the last row of every layer's edit tensors.
+        self.row_groups = torch.where(groups < 0, self.n_groups, groups).to(self.host.device)
 
     def _record_shape(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)

@@ -27,6 +27,25 @@ DISPLAY_NAMES: dict[str, str] = {
     name: OriginalValues.model_fields[name].serialization_alias or name for name in VALUES
 }
 
+# One-line definitions (this project's wording, after Schwartz's motivational goals),
+# used in judge prompts.
+DEFINITIONS: dict[str, str] = {
+    "self_direction": "independent thought and action: choosing, creating and exploring "
+                      "for oneself",
+    "stimulation": "excitement, novelty and challenge in life",
+    "hedonism": "pleasure, enjoyment and gratification for oneself",
+    "achievement": "personal success by showing competence by social standards",
+    "power": "social status and prestige, control or dominance over people and resources",
+    "security": "safety, harmony and stability of society, of relationships and of oneself",
+    "conformity": "restraint of actions that might upset or harm others or break social "
+                  "expectations and rules",
+    "tradition": "respect for and commitment to the customs and ideas of one's culture or "
+                 "religion",
+    "benevolence": "caring for the welfare of the people one is close to",
+    "universalism": "understanding, tolerance and protection of the welfare of all people "
+                    "and of nature",
+}
+
 # Higher-order groups; hedonism belongs to two of them.
 GROUPS: dict[str, frozenset[str]] = {
     "openness_to_change": frozenset({"self_direction", "stimulation", "hedonism"}),

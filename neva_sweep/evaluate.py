@@ -1,0 +1,236 @@
+"""Evaluation of edits: value expression (judge), alignment/leakage metrics, capability cost.
+
+:class:`Evaluator` holds one model's unedited side (base judgement, base MC answers, base
+next-token distributions on neutral texts, base reply perplexity), computed once and
+cached on disk keyed by (model, data, judge and capability config). ``evaluate`` then
+scores any number of edits in shared, trial-batched forward passes and returns one record
+per edit with the fields of ``eval.json`` (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .capability import (
+    BaseDistribution,
+    CapabilityConfig,
+    base_distribution,
+    mc_correct,
+    mc_questions,
+    mean_kl,
+    neutral_texts,
+    perplexity,
+    reply_nll,
+    spread,
+)
+from .data import load_records
+from .edit import EditSpec
+from .judges import Judge, JudgeConfig, Judgement, make_judge, pick_queries
+from .metrics import bootstrap_ci, edit_metrics
+from .models.host import ModelHost
+from .scoring import greedy_generate
+from .values import VALUES, check_value
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class BaseSide:
+    """Everything about the unedited model that edited runs are compared with."""
+
+    judgement: Judgement
+    mc_correct: np.ndarray  # (n_mc,) bool
+    neutral: BaseDistribution
+    fluency_prompts: list[str]
+    fluency_replies: list[str]
+    ppl: float | None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = {
+            "E": torch.from_numpy(self.judgement.E),
+            "replies": self.judgement.replies,
+            "mc_correct": torch.from_numpy(self.mc_correct),
+            "neutral_ids": self.neutral.ids,
+            "neutral_logp": self.neutral.logp,
+            "fluency_prompts": self.fluency_prompts,
+            "fluency_replies": self.fluency_replies,
+            "ppl": self.ppl,
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        tmp.replace(path)  # atomic: concurrent evaluators never read half a file
+
+    @classmethod
+    def load(cls, path: Path) -> BaseSide:
+        b = torch.load(path, weights_only=True)
+        return cls(Judgement(b["E"].numpy(), b["replies"]), b["mc_correct"].numpy(),
+                   BaseDistribution(b["neutral_ids"], b["neutral_logp"]),
+                   b["fluency_prompts"], b["fluency_replies"], b["ppl"])
+
+
+def _ci(x: np.ndarray, n_boot: int, seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile-bootstrap interval of the mean of ``x``."""
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    lo, hi = np.quantile(x[idx].mean(1), [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
+
+
+class Evaluator:
+    """One model's evaluation: a judge, capability measures and the cached unedited side."""
+
+    def __init__(
+        self,
+        host: ModelHost,
+        judge: JudgeConfig | None = None,
+        capability: CapabilityConfig | None = None,
+        data=None,
+        cache_dir: str | Path | None = None,
+        judge_host: ModelHost | None = None,
+        progress: bool = False,
+    ):
+        self.host = host
+        self.judge_cfg = judge or JudgeConfig()
+        self.cap = capability or CapabilityConfig()
+        path = (lambda kind: getattr(data, kind, None)) if data is not None else (lambda k: None)
+        # Loading validates every file before any model work (errors name file:line).
+        self.records = {k: load_records(k, path(k))
+                        for k in ("questionnaire", "queries", "neutral", "mc")}
+        self.judge: Judge = make_judge(self.judge_cfg, self.records["questionnaire"],
+                                       self.records["queries"], judge_host)
+        self.questions = mc_questions(self.records["mc"], self.cap.mc_limit)
+        self.neutral = neutral_texts(self.records["neutral"], self.cap.neutral_limit)
+        queries = pick_queries(self.records["queries"], None)
+        self.fluency_prompts = [host.chat_prompt(r["text"]) for r in
+                                spread(queries, self.cap.fluency_queries, "capability."
+                                       "fluency_queries")] if self.cap.fluency_queries else []
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.progress = progress
+        self._base: BaseSide | None = None
+
+    # -- the unedited side -------------------------------------------------------------
+    def cache_key(self) -> str:
+        blob = json.dumps({
+            "version": CACHE_VERSION,
+            "model": self.host.meta.get("spec", self.host.name),
+            "dtype": self.host.meta.get("dtype"),
+            "judge": self.judge.key(),
+            "capability": {k: v for k, v in asdict(self.cap).items()
+                           if not k.startswith("lm_eval")},
+            "data": {k: r.sha256 for k, r in self.records.items()},
+        }, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def base(self) -> BaseSide:
+        """The unedited side: from memory, else from the disk cache, else computed."""
+        if self._base is not None:
+            return self._base
+        path = (self.cache_dir / f"{self.host.name}-base-{self.cache_key()}.pt"
+                if self.cache_dir else None)
+        if path is not None and path.is_file():
+            self._base = BaseSide.load(path)
+            return self._base
+        t0 = time.time()
+        judgement = self.judge.judge(self.host, (None,), "all")[0]
+        correct = mc_correct(self.host, self.questions, (None,), "all", self.cap.batch_size)[0]
+        neutral = base_distribution(self.host, self.neutral, self.cap.kl_top_k,
+                                    max(1, self.cap.batch_size // 2))
+        prompts, replies = self._fluency_replies(judgement)
+        if replies is None:
+            replies = greedy_generate(self.host, prompts, (None,), "all",
+                                      self.cap.max_new_tokens, self.cap.batch_size)[0]
+        ppl = perplexity(*reply_nll(self.host, prompts, replies, self.cap.batch_size))
+        self._base = BaseSide(judgement, correct, neutral, prompts, replies, ppl)
+        if path is not None:
+            self._base.save(path)
+        if self.progress:
+            print(f"unedited side of {self.host.name}: {time.time() - t0:.1f} s")
+        return self._base
+
+    def _fluency_replies(self, judgement: Judgement) -> tuple[list[str], list[str] | None]:
+        """Prompts whose replies are scored for fluency, and the replies when already made."""
+        if judgement.replies is not None:  # generating judges: reuse their replies
+            rows = self.judge.rows
+            return [self.host.chat_prompt(r["text"]) for r in rows], judgement.replies
+        return self.fluency_prompts, None
+
+    def base_record(self) -> dict:
+        """The eval.json record of the unedited model."""
+        base = self.base()
+        csr = dict(zip(VALUES, base.judgement.E.mean(0).tolist()))
+        acc = float(base.mc_correct.mean())
+        return {
+            "edit": None, "judge": self.judge.name,
+            "csr_base": csr, "csr_edited": csr,
+            "alignment": None, "nlr": None, "nglr": None, "cwl": None,
+            "accuracy_base": acc, "accuracy_edited": acc, "accuracy_drop": 0.0, "kl": 0.0,
+            "kl_coverage": base.neutral.coverage, "ppl_base": base.ppl, "ppl_edited": base.ppl,
+            "n_queries": int(base.judgement.E.shape[0]), "n_mc": len(self.questions),
+            "n_neutral_tokens": base.neutral.n_tokens,
+            "ci": {"accuracy_base": _ci(base.mc_correct.astype(float), self.judge_cfg.n_boot),
+                   "csr_base": {v: _ci(base.judgement.E[:, j], self.judge_cfg.n_boot)
+                                for j, v in enumerate(VALUES)}},
+        }
+
+    # -- edited runs ---------------------------------------------------------------------
+    def evaluate(self, edits: Sequence[tuple[str, EditSpec]], positions: str = "all"
+                 ) -> list[dict]:
+        """One record per (target value, edit); all edits share batched forward passes."""
+        if not edits:
+            return []
+        targets = [check_value(v) for v, _ in edits]
+        specs = [s for _, s in edits]
+        base = self.base()
+        t0 = time.time()
+        judgements = self.judge.judge(self.host, specs, positions)
+        correct = mc_correct(self.host, self.questions, specs, positions, self.cap.batch_size)
+        kl = mean_kl(self.host, self.neutral, base.neutral, specs, positions,
+                     max(1, self.cap.batch_size // 2))
+        if judgements[0].replies is not None:
+            replies = [j.replies for j in judgements]
+        elif base.fluency_prompts:
+            replies = greedy_generate(self.host, base.fluency_prompts, specs, positions,
+                                      self.cap.max_new_tokens, self.cap.batch_size)
+        else:
+            replies = [[] for _ in specs]
+        # Fluency is judged by the unedited model: no edit is installed here.
+        ppl = [perplexity(*reply_nll(self.host, base.fluency_prompts, r, self.cap.batch_size))
+               for r in replies]
+        share = (time.time() - t0) / len(edits)  # batched: each edit's share of the time
+        acc_base = float(base.mc_correct.mean())
+        out = []
+        for g, (value, spec) in enumerate(zip(targets, specs)):
+            E = judgements[g].E
+            rec = {"value": value, "judge": self.judge.name,
+                   **edit_metrics(base.judgement.E, E, value)}
+            ci = bootstrap_ci(base.judgement.E, E, value, n_boot=self.judge_cfg.n_boot)
+            acc = float(correct[g].mean())
+            rec.update(
+                edit={"value": value, "rule": spec.rule, "magnitude": spec.magnitude,
+                      "positions": positions, "n_neurons": len(spec.neurons)},
+                n_neurons=len(spec.neurons),
+                accuracy_base=acc_base, accuracy_edited=acc, accuracy_drop=acc_base - acc,
+                kl=float(kl[g]), kl_coverage=base.neutral.coverage,
+                ppl_base=base.ppl, ppl_edited=ppl[g],
+                n_queries=int(E.shape[0]), n_mc=len(self.questions),
+                n_neutral_tokens=base.neutral.n_tokens,
+                ci={**ci, "accuracy_edited": _ci(correct[g].astype(float),
+                                                 self.judge_cfg.n_boot)},
+                duration_s=share,
+            )
+            if not np.isfinite([rec["alignment"], rec["nlr"], rec["kl"]]).all():
+                raise FloatingPointError(f"non-finite metrics for the edit toward {value}: "
+                                         f"alignment={rec['alignment']}, kl={rec['kl']}")
+            out.append(rec)
+        return out
+
+    def evaluate_one(self, value: str, spec: EditSpec, positions: str = "all") -> dict:
+        return self.evaluate([(value, spec)], positions)[0]

@@ -1,0 +1,228 @@
+"""Batched scoring primitives shared by the judges and the capability measures.
+
+Every function takes ``edits``: a sequence of G edits (:class:`EditSpec`, or None for the
+unedited model). The n items are tiled into n x G rows, row (i, g) carrying edit g, so
+several sweep trials share one forward pass (the edit hooks pick each row's edit).
+Results come back as arrays with a leading G axis.
+
+Sequences are left-padded by hand with explicit ``position_ids``: every row then ends at
+the last column, so the last k positions of all rows go through the LM head together
+(``logits_to_keep=k``) and nothing else does.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from .edit import Editor, EditSpec
+from .models.host import ModelHost
+
+Edits = Sequence[EditSpec | None]
+
+
+def model_accepts(host: ModelHost, name: str) -> bool:
+    model = getattr(host.model, "module", host.model)
+    return name in inspect.signature(model.forward).parameters
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    """(input_ids, attention_mask, position_ids), each (B, S), sequences right-aligned."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[b, width - len(s) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+def encode(host: ModelHost, text: str, special: bool = True, max_length: int | None = None
+           ) -> list[int]:
+    ids = host.tokenizer(text, add_special_tokens=special).input_ids
+    return ids[-max_length:] if max_length else ids  # keep the end: it is what gets scored
+
+
+@contextmanager
+def grouped(host: ModelHost, edits: Edits, positions: str) -> Iterator[Editor | None]:
+    """Install the non-None edits; the yielded editor's rows are set per batch."""
+    specs = [e for e in edits if e is not None]
+    if not specs:
+        yield None
+        return
+    editor = Editor(host, specs, torch.full((1,), -1), positions)
+    try:
+        yield editor
+    finally:
+        editor.remove()
+
+
+def group_ids(edits: Edits) -> list[int]:
+    """Index of each edit among the non-None ones (-1 for None): the editor's row groups."""
+    out, k = [], 0
+    for e in edits:
+        out.append(-1 if e is None else k)
+        k += e is not None
+    return out
+
+
+def tiled_batches(n_items: int, n_groups: int, batch_size: int, order: list[int] | None = None
+                  ) -> Iterator[list[tuple[int, int]]]:
+    """Batches of (item, group) rows covering n_items x n_groups; items in ``order``."""
+    rows = [(i, g) for i in (order or range(n_items)) for g in range(n_groups)]
+    for start in range(0, len(rows), batch_size):
+        yield rows[start : start + batch_size]
+
+
+def _forward(host: ModelHost, seqs: list[list[int]], keep: int, editor: Editor | None,
+             groups: list[int], response_start: list[int] | None = None) -> torch.Tensor:
+    """Logits of the last ``keep`` positions of each left-padded row, (B, keep, vocab) float32.
+
+    ``response_start[b]``: index (within seqs[b]) of row b's first response token, for
+    ``positions="response"`` edits; None = only the last prompt token is a response position.
+    """
+    ids, mask, pos = left_pad(seqs, host.tokenizer.pad_token_id, host.device)
+    kwargs = {"logits_to_keep": keep} if model_accepts(host, "logits_to_keep") else {}
+    if model_accepts(host, "position_ids"):
+        kwargs["position_ids"] = pos
+    if editor is not None:
+        editor.set_rows(torch.tensor(groups))
+        if response_start is not None:
+            width = ids.shape[1]
+            editor.response_start = torch.tensor(
+                [width - len(s) + r for s, r in zip(seqs, response_start)])
+    try:
+        logits = host.model(input_ids=ids, attention_mask=mask, **kwargs).logits
+    finally:
+        if editor is not None:
+            editor.response_start = None
+    return logits[:, -keep:].float()
+
+
+@torch.inference_mode()
+def next_token_logprobs(
+    host: ModelHost, prompts: list[str], candidates: torch.Tensor, edits: Edits = (None,),
+    positions: str = "all", batch_size: int = 16, max_length: int = 512,
+) -> torch.Tensor:
+    """log p(candidate | prompt) at the position after each prompt, (G, n, C) float64.
+
+    ``candidates`` (C,) token ids; the prompts are used as they are (apply a chat template
+    before calling). Only the last position of each row reaches the LM head.
+    """
+    seqs = [encode(host, p, max_length=max_length) for p in prompts]
+    out = torch.empty(len(edits), len(prompts), len(candidates), dtype=torch.float64)
+    gids = group_ids(edits)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    with grouped(host, edits, positions) as editor:
+        for rows in tiled_batches(len(seqs), len(edits), batch_size, order):
+            logits = _forward(host, [seqs[i] for i, _ in rows], 1, editor,
+                              [gids[g] for _, g in rows])
+            logp = torch.log_softmax(logits[:, -1], dim=-1)  # (B, vocab)
+            sel = logp[:, candidates.to(logp.device)].double().cpu()  # (B, C)
+            for b, (i, g) in enumerate(rows):
+                out[g, i] = sel[b]
+    return out
+
+
+@torch.inference_mode()
+def continuation_logprobs(
+    host: ModelHost, contexts: list[str], continuations: list[str], edits: Edits = (None,),
+    positions: str = "all", batch_size: int = 16, max_length: int = 512,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log p(continuation | context) per pair and edit, plus token counts.
+
+    Returns (logp (G, n) float64, n_tokens (n,) long). The continuation is tokenised
+    without special tokens and appended to the context's ids, so the scored tokens are
+    exactly the continuation's. Under ``positions="response"`` the edit covers the last
+    context token and the continuation.
+    """
+    pairs = []
+    for ctx, cont in zip(contexts, continuations, strict=True):
+        c = encode(host, cont, special=False)
+        if not c:
+            raise ValueError(f"empty continuation after context {ctx[:60]!r}")
+        ids = (encode(host, ctx) + c)[-max_length:]  # over-long: drop the context's start
+        pairs.append((ids, min(len(c), len(ids) - 1)))
+    n_tok = torch.tensor([k for _, k in pairs])
+    out = torch.empty(len(edits), len(pairs), dtype=torch.float64)
+    gids = group_ids(edits)
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
+    with grouped(host, edits, positions) as editor:
+        for rows in tiled_batches(len(pairs), len(edits), batch_size, order):
+            seqs = [pairs[i][0] for i, _ in rows]
+            ks = [pairs[i][1] for i, _ in rows]
+            keep = max(ks) + 1  # the logit before the first scored token, and after
+            logits = _forward(host, seqs, keep, editor, [gids[g] for _, g in rows],
+                              [len(s) - k for s, k in zip(seqs, ks)])
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, keep-1, vocab) predicts
+            target = torch.tensor([s[-(keep - 1):] if len(s) >= keep - 1 else
+                                   [0] * (keep - 1 - len(s)) + s for s in seqs],
+                                  device=logp.device)  # (B, keep-1): the last keep-1 tokens
+            tok = logp.gather(-1, target[..., None]).squeeze(-1)  # (B, keep-1)
+            width = keep - 1
+            scored = torch.arange(width, device=tok.device)[None, :] >= (
+                width - torch.tensor(ks, device=tok.device)[:, None])  # (B, keep-1)
+            sums = (tok * scored).sum(-1).double().cpu()
+            for b, (i, g) in enumerate(rows):
+                out[g, i] = sums[b]
+    return out, n_tok
+
+
+@torch.inference_mode()
+def token_logprobs(
+    host: ModelHost, texts: list[str], edits: Edits = (None,), positions: str = "all",
+    batch_size: int = 8, max_length: int = 128,
+    reduce: Callable[[int, torch.Tensor], object] | None = None,
+) -> list[list[object]]:
+    """Full next-token log-distributions at every position of each text.
+
+    out[g][i] is ``reduce(i, logp)`` (``logp`` itself when None), where ``logp`` is the
+    (len_i - 1, vocab) float32 log-probabilities predicting tokens 1..len_i-1 of text i
+    under edit g. Reducing inside the loop keeps memory at one batch of distributions.
+    Neutral texts have no prompt, so under ``positions="response"`` every position is edited.
+    """
+    seqs = [encode(host, t, max_length=max_length) for t in texts]
+    out: list[list[torch.Tensor]] = [[None] * len(seqs) for _ in edits]
+    gids = group_ids(edits)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    with grouped(host, edits, positions) as editor:
+        for rows in tiled_batches(len(seqs), len(edits), batch_size, order):
+            batch = [seqs[i] for i, _ in rows]
+            logits = _forward(host, batch, max(len(s) for s in batch), editor,
+                              [gids[g] for _, g in rows], [0] * len(rows))
+            logp = torch.log_softmax(logits, dim=-1).cpu()  # (B, S, vocab)
+            for b, (i, g) in enumerate(rows):
+                n = len(seqs[i])
+                row = logp[b, logp.shape[1] - n : -1]  # (n - 1, vocab)
+                out[g][i] = reduce(i, row) if reduce else row
+    return out
+
+
+@torch.inference_mode()
+def greedy_generate(
+    host: ModelHost, prompts: list[str], edits: Edits = (None,), positions: str = "all",
+    max_new_tokens: int = 48, batch_size: int = 8,
+) -> list[list[str]]:
+    """Greedy replies to already-templated ``prompts`` under each edit: out[g][i]."""
+    tok = host.tokenizer
+    seqs = [encode(host, p) for p in prompts]
+    out = [[""] * len(prompts) for _ in edits]
+    gids = group_ids(edits)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    with grouped(host, edits, positions) as editor:
+        for rows in tiled_batches(len(seqs), len(edits), batch_size, order):
+            ids, mask, _ = left_pad([seqs[i] for i, _ in rows], tok.pad_token_id, host.device)
+            if editor is not None:
+                editor.set_rows(torch.tensor([gids[g] for _, g in rows]))
+            gen = host.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                do_sample=False, temperature=None, top_p=None, top_k=None,
+                pad_token_id=tok.pad_token_id,
+            )
+            for (i, g), row in zip(rows, gen[:, ids.shape[1] :]):
+                out[g][i] = tok.decode(row, skip_special_tokens=True).strip()
+    return out
