@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .capability import CapabilityConfig
 from .data import load_probes
 from .edit import EditSpec, edit_rows
+from .evaluate import Evaluator
 from .generate import greedy_replies
+from .judges import JudgeConfig
 from .models.host import ModelHost, load_model
 from .registry import Registry
 from .select import NeuronMap, select_neurons
@@ -97,6 +101,81 @@ def steer(cfg: DictConfig, out: Path) -> None:
     print(side_by_side(base, edited, ("unedited", title)))
 
 
+def evaluator_from_config(cfg: DictConfig, host: ModelHost) -> Evaluator:
+    judge = JudgeConfig(**OmegaConf.to_container(cfg.judge))
+    cap = CapabilityConfig(**OmegaConf.to_container(cfg.capability))
+    cache = Path(cfg.cache_dir) / "eval" if cfg.cache_dir else None
+    return Evaluator(host, judge, cap, cfg.data, cache, progress=cfg.progress)
+
+
+def format_eval(rec: dict) -> str:
+    """A readable table of one eval.json record."""
+    lines = [f"{'value':<16}{'CSR base':>10}{'CSR edited':>12}{'dCSR':>9}"]
+    for v in rec["csr_base"]:
+        b, e = rec["csr_base"][v], rec["csr_edited"][v]
+        mark = "  <- target" if rec.get("edit") and rec["edit"]["value"] == v else ""
+        lines.append(f"{v:<16}{b:>10.3f}{e:>12.3f}{e - b:>+9.3f}{mark}")
+    if rec.get("edit"):
+        lo, hi = rec["ci"]["alignment"]
+        lines.append(f"\nalignment {rec['alignment']:+.3f} (95% CI {lo:+.3f}..{hi:+.3f})   "
+                     f"NLR {rec['nlr']:.3f}   NGLR {rec['nglr']:.3f}   CWL {rec['cwl']:.3f}")
+    ci = rec["ci"].get("accuracy_edited", rec["ci"].get("accuracy_base"))
+    lines.append(f"MC accuracy {rec['accuracy_base']:.3f} -> {rec['accuracy_edited']:.3f} "
+                 f"(edited 95% CI {ci[0]:.3f}..{ci[1]:.3f}, n={rec['n_mc']})   "
+                 f"KL {rec['kl']:.4f} nats/token   perplexity "
+                 + (f"{rec['ppl_base']:.1f} -> {rec['ppl_edited']:.1f}" if rec["ppl_base"]
+                    else "n/a"))
+    return "\n".join(lines)
+
+
+def evaluate_config(cfg: DictConfig, host: ModelHost | None = None) -> dict:
+    """The eval.json record for the model and (optional) edit described by ``cfg``.
+
+    The same numbers as ``python -m neva_sweep task=evaluate`` with the same overrides.
+    """
+    host = host or host_from_config(cfg)
+    value = cfg.value if cfg.value is not None else cfg.edit.value
+    if value is not None:
+        value = check_value(value)
+    evaluator = evaluator_from_config(cfg, host)  # validates data and judge before work
+    t0 = time.time()
+    if value is None:
+        rec = evaluator.base_record()
+        specs = None
+    else:
+        nmap = select_neurons(stats_from_config(cfg, host), value, **selection_kwargs(cfg))
+        spec = EditSpec(nmap[value], cfg.edit.rule, float(cfg.edit.magnitude))
+        rec = evaluator.evaluate_one(value, spec, cfg.edit.positions)
+        rec["edit"].update(sparsity=float(cfg.edit.sparsity), score=cfg.edit.score,
+                           layer_window=selection_kwargs(cfg)["layer_window"])
+        specs = [spec]
+    cap = cfg.capability
+    if cap.lm_eval_tasks:
+        from .lm_eval_adapter import lm_eval_drop, lm_eval_scores
+
+        kw = dict(include_path=cap.lm_eval_include, limit=cap.lm_eval_limit,
+                  batch_size=cap.batch_size)
+        base = lm_eval_scores(host, list(cap.lm_eval_tasks), **kw)
+        rec["lm_eval_base"] = base
+        if specs:
+            edited = lm_eval_scores(host, list(cap.lm_eval_tasks), edit=specs,
+                                    positions=cfg.edit.positions, **kw)
+            rec["lm_eval_edited"], rec["lm_eval_drop"] = edited, lm_eval_drop(base, edited)
+    rec["model"] = host.name
+    rec["duration_s"] = time.time() - t0
+    return rec
+
+
+@TASKS.add("evaluate")
+def evaluate(cfg: DictConfig, out: Path) -> None:
+    """Evaluate the base model or ``edit.*`` -> eval.json and a printed table."""
+    rec = evaluate_config(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(rec, indent=2))
+    print(format_eval(rec))
+    print(f"wrote {out / 'eval.json'} ({rec['duration_s']:.1f} s)")
+
+
 def not_yet(name: str) -> Callable[[DictConfig, Path], None]:
     def run(cfg: DictConfig, out: Path) -> None:
         raise SystemExit(f"task={name} is not available yet in this version of neva_sweep; "
@@ -105,7 +184,7 @@ def not_yet(name: str) -> Callable[[DictConfig, Path], None]:
     return run
 
 
-PENDING = ("evaluate", "sweep", "report")
+PENDING = ("sweep", "report")
 for _name in PENDING:
     TASKS.register(_name, not_yet(_name))
 

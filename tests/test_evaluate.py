@@ -1,0 +1,117 @@
+"""The Evaluator and task=evaluate on tiny models: records, caching, batching, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+import neva_sweep as nv
+from neva_sweep.capability import CapabilityConfig
+from neva_sweep.config import register_configs
+from neva_sweep.edit import EditSpec
+from neva_sweep.evaluate import Evaluator
+from neva_sweep.judges import JudgeConfig
+from neva_sweep.tasks import evaluate_config
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+FIELDS = {"csr_base", "csr_edited", "alignment", "nlr", "nglr", "cwl", "accuracy_base",
+          "accuracy_edited", "kl", "n_queries", "n_mc"}
+FAST = ["judge.n_boot=100", "capability.mc_limit=12", "capability.neutral_limit=4",
+        "capability.fluency_queries=2", "capability.max_new_tokens=4", "progress=false"]
+
+
+def small_evaluator(host, cache_dir=None, judge="questionnaire") -> Evaluator:
+    return Evaluator(host, JudgeConfig(name=judge, queries_per_value=1, max_new_tokens=4,
+                                       n_boot=100),
+                     CapabilityConfig(mc_limit=12, neutral_limit=4, fluency_queries=2,
+                                      max_new_tokens=4), cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def nmap(tiny_stats):
+    return nv.select_neurons(tiny_stats, sparsity=0.1)
+
+
+def test_record_fields_and_ranges(tiny_host, nmap) -> None:
+    ev = small_evaluator(tiny_host)
+    rec = ev.evaluate_one("power", EditSpec(nmap["power"], "scale", 10.0))
+    assert FIELDS <= rec.keys()
+    assert list(rec["csr_base"]) == list(nv.VALUES)
+    assert rec["accuracy_drop"] == pytest.approx(rec["accuracy_base"] - rec["accuracy_edited"])
+    lo, hi = rec["ci"]["alignment"]
+    assert lo <= rec["alignment"] + 1e-12 and rec["alignment"] <= hi + 1e-12
+    assert rec["kl"] > 0 and rec["n_mc"] == 12 and rec["ppl_edited"] > 1
+    base = ev.base_record()
+    assert FIELDS <= base.keys() and base["alignment"] is None and base["kl"] == 0.0
+
+
+def test_trial_batching_matches_one_by_one(tiny_host, nmap) -> None:
+    ev = small_evaluator(tiny_host, judge="lexicon")
+    edits = [("power", EditSpec(nmap["power"], "add", 6.0)),
+             ("benevolence", EditSpec(nmap["benevolence"], "scale", 4.0)),
+             ("tradition", EditSpec(nmap["tradition"], "set", 2.0))]
+    together = ev.evaluate(edits)
+    for (v, spec), rec in zip(edits, together):
+        alone = ev.evaluate_one(v, spec)
+        for key in ("alignment", "nlr", "kl", "accuracy_edited", "ppl_edited"):
+            assert rec[key] == pytest.approx(alone[key], abs=1e-5), key
+
+
+def test_base_side_is_cached_on_disk(tiny_host, nmap, tmp_path) -> None:
+    first = small_evaluator(tiny_host, tmp_path)
+    rec1 = first.evaluate_one("power", EditSpec(nmap["power"], "add", 5.0))
+    files = list(tmp_path.glob("*-base-*.pt"))
+    assert len(files) == 1
+    second = small_evaluator(tiny_host, tmp_path)
+    second.judge.judge = None  # a cache hit must not judge the base model again
+    base = second.base()
+    np.testing.assert_array_equal(base.judgement.E, first.base().judgement.E)
+    second.judge = first.judge
+    rec2 = second.evaluate_one("power", EditSpec(nmap["power"], "add", 5.0))
+    assert rec2["alignment"] == rec1["alignment"] and rec2["kl"] == rec1["kl"]
+    other = Evaluator(tiny_host, JudgeConfig(n_boot=100), CapabilityConfig(mc_limit=11),
+                      cache_dir=tmp_path)
+    assert other.cache_key() != first.cache_key()  # config is part of the key
+
+
+def test_edit_without_neurons_names_the_key(nmap) -> None:
+    empty = nmap["power"].__class__(*(x[:0] for x in (nmap["power"].layer, nmap["power"].index,
+                                                       nmap["power"].score,
+                                                       nmap["power"].mean_diff,
+                                                       nmap["power"].quantile)))
+    with pytest.raises(ValueError, match="edit.sparsity"):
+        EditSpec(empty)
+
+
+def compose_cfg(overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_unknown_value_and_judge_are_named(tiny_host) -> None:
+    with pytest.raises(KeyError, match="valid values"):
+        evaluate_config(compose_cfg(["model=tiny_llama", "edit.value=kindness"]), tiny_host)
+    with pytest.raises(KeyError, match="judge"):
+        evaluate_config(compose_cfg(["model=tiny_llama", "judge.name=oracle"]), tiny_host)
+
+
+def test_cli_matches_python_function(tiny_host, tmp_path) -> None:
+    overrides = ["model=tiny_llama", "edit.value=benevolence", "edit.sparsity=0.05",
+                 "edit.magnitude=8", f"cache_dir={tmp_path / 'cache'}", *FAST]
+    subprocess.run([sys.executable, "-m", "neva_sweep", "task=evaluate",
+                    f"hydra.run.dir={tmp_path / 'run'}", *overrides],
+                   check=True, capture_output=True, text=True)
+    on_disk = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert FIELDS <= on_disk.keys()
+    in_process = evaluate_config(compose_cfg(overrides))
+    for key in ("alignment", "nlr", "nglr", "cwl", "kl", "accuracy_edited"):
+        assert on_disk[key] == pytest.approx(in_process[key], abs=1e-9), key
+    assert on_disk["csr_edited"] == pytest.approx(in_process["csr_edited"], abs=1e-9)
