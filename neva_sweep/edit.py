@@ -107,8 +107,8 @@ def compile_edits(host: ModelHost, specs: Sequence[EditSpec]) -> dict[int, _Laye
     return out
 
 
-class Editor:
-    """Installed edit hooks. Use through :func:`edit` or :func:`edit_rows`.
+class RowEditor:
+    """Base of installed edit hooks: per-row edit groups and edited positions.
 
     ``response_start`` (B,) may be set to the padded index of each row's first response
     token when scoring prompt + response in one forward pass with ``positions="response"``.
@@ -116,27 +116,17 @@ class Editor:
     token under left padding) and single-token forwards (generation steps) edit all.
     """
 
-    def __init__(self, host: ModelHost, specs: Sequence[EditSpec], row_groups: torch.Tensor,
+    def __init__(self, host: ModelHost, n_groups: int, row_groups: torch.Tensor,
                  positions: str = "all"):
         if positions not in POSITIONS:
             raise KeyError(f"unknown edit positions {positions!r} (edit.positions); valid "
                            f"choices: {', '.join(POSITIONS)}")
-        if any(int(s.neurons.layer.max()) >= host.n_layers for s in specs):
-            raise ValueError(f"edit refers to layers beyond the model's {host.n_layers}; "
-                             "was the neuron map built for another model?")
         self.host = host
         self.positions = positions
         self.response_start: torch.Tensor | None = None
-        n_groups = len(specs)
         self.n_groups = n_groups
         self.set_rows(row_groups)
-        self.layers = compile_edits(host, specs)
-        self.handles = [host.sites[layer].register_forward_pre_hook(self._hook(le))
-                        for layer, le in self.layers.items()]
-        # Some architectures (OPT) flatten (B, S) before the MLP; remember the batch shape.
-        self.batch_shape: tuple[int, int] | None = None
-        root = getattr(host.model, "module", host.model)
-        self.handles.append(root.register_forward_pre_hook(self._record_shape, with_kwargs=True))
+        self.handles: list = []
 
     def set_rows(self, row_groups: torch.Tensor) -> None:
         """Set the edit of each row of the next batches: (B,) indices into specs, -1 = none."""
@@ -146,12 +136,12 @@ class Editor:
         # The "no edit" group is stored as the last row of every layer's edit tensors.
         self.row_groups = torch.where(groups < 0, self.n_groups, groups).to(self.host.device)
 
-    def _record_shape(self, module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is None:
-            ids = kwargs.get("inputs_embeds")
-        if ids is not None:
-            self.batch_shape = (ids.shape[0], ids.shape[1])
+    def rows_of(self, bsz: int) -> torch.Tensor:
+        """The (B,) edit group of every row of a batch of ``bsz`` rows."""
+        if self.row_groups.numel() not in (1, bsz):
+            raise ValueError(f"edit has {self.row_groups.numel()} row groups but the batch "
+                             f"has {bsz} rows")
+        return self.row_groups.expand(bsz)
 
     def _position_mask(self, bsz: int, seq: int, device) -> torch.Tensor | None:
         """(B, S, 1) bool of edited positions, or None for all positions."""
@@ -165,6 +155,36 @@ class Editor:
             return None
         return (pos == seq - 1)[None, :, None].expand(bsz, seq, 1)
 
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+class Editor(RowEditor):
+    """Installed neuron edit hooks. Use through :func:`edit` or :func:`edit_rows`."""
+
+    def __init__(self, host: ModelHost, specs: Sequence[EditSpec], row_groups: torch.Tensor,
+                 positions: str = "all"):
+        super().__init__(host, len(specs), row_groups, positions)
+        if any(int(s.neurons.layer.max()) >= host.n_layers for s in specs):
+            raise ValueError(f"edit refers to layers beyond the model's {host.n_layers}; "
+                             "was the neuron map built for another model?")
+        self.layers = compile_edits(host, specs)
+        self.handles = [host.sites[layer].register_forward_pre_hook(self._hook(le))
+                        for layer, le in self.layers.items()]
+        # Some architectures (OPT) flatten (B, S) before the MLP; remember the batch shape.
+        self.batch_shape: tuple[int, int] | None = None
+        root = getattr(host.model, "module", host.model)
+        self.handles.append(root.register_forward_pre_hook(self._record_shape, with_kwargs=True))
+
+    def _record_shape(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if ids is not None:
+            self.batch_shape = (ids.shape[0], ids.shape[1])
+
     def _hook(self, le: _LayerEdit):
         def hook(module, args):
             x = args[0]  # (B, S, I) neuron activations entering the down-projection
@@ -172,10 +192,7 @@ class Editor:
             if flat:
                 x = x.view(*self.batch_shape, x.shape[-1])
             bsz, seq = x.shape[0], x.shape[1]
-            if self.row_groups.numel() not in (1, bsz):
-                raise ValueError(f"edit has {self.row_groups.numel()} row groups but the batch "
-                                 f"has {bsz} rows")
-            g = self.row_groups.expand(bsz)
+            g = self.rows_of(bsz)
             xs = x[..., le.idx]  # (B, S, k)
             scale, shift = le.scale[g][:, None, :], le.shift[g][:, None, :]  # (B, 1, k)
             floor = le.floor[g][:, None, :]
@@ -189,11 +206,6 @@ class Editor:
             return (out.view(-1, out.shape[-1]) if flat else out, *args[1:])
 
         return hook
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
 
 
 @contextmanager

@@ -21,7 +21,7 @@ import torch
 from .edit import Editor, EditSpec
 from .models.host import ModelHost
 
-Edits = Sequence[EditSpec | None]
+Edits = Sequence[object | None]  # EditSpec, ResidualSpec or PromptSpec; None = unedited
 
 
 def model_accepts(host: ModelHost, name: str) -> bool:
@@ -47,27 +47,50 @@ def encode(host: ModelHost, text: str, special: bool = True, max_length: int | N
     return ids[-max_length:] if max_length else ids  # keep the end: it is what gets scored
 
 
+class EditGroup:
+    """G edits of any kind installed at once; each batch row picks one (or none).
+
+    Neuron edits (:class:`EditSpec`) and residual edits (:class:`ResidualSpec`) are hooks;
+    prompt edits (:class:`PromptSpec`) are token prefixes that the scoring functions
+    prepend to the edited rows' sequences.
+    """
+
+    def __init__(self, host: ModelHost, edits: Edits, positions: str):
+        from .caa import PromptSpec, ResidualEditor, ResidualSpec
+
+        self.editors = []  # (editor, local group of every edit or -1)
+        for kind, cls in ((EditSpec, Editor), (ResidualSpec, ResidualEditor)):
+            if any(isinstance(e, kind) for e in edits):
+                local, k = [], 0
+                for e in edits:
+                    local.append(k if isinstance(e, kind) else -1)
+                    k += isinstance(e, kind)
+                mine = [e for e in edits if isinstance(e, kind)]
+                self.editors.append((cls(host, mine, torch.full((1,), -1), positions), local))
+        self.prefixes = [encode(host, e.text, special=False) if isinstance(e, PromptSpec)
+                         else [] for e in edits]
+
+    def set_rows(self, groups: list[int]) -> None:
+        for editor, local in self.editors:
+            editor.set_rows(torch.tensor([local[g] for g in groups]))
+
+    def set_response_start(self, start: torch.Tensor | None) -> None:
+        for editor, _ in self.editors:
+            editor.response_start = start
+
+    def remove(self) -> None:
+        for editor, _ in self.editors:
+            editor.remove()
+
+
 @contextmanager
-def grouped(host: ModelHost, edits: Edits, positions: str) -> Iterator[Editor | None]:
-    """Install the non-None edits; the yielded editor's rows are set per batch."""
-    specs = [e for e in edits if e is not None]
-    if not specs:
-        yield None
-        return
-    editor = Editor(host, specs, torch.full((1,), -1), positions)
+def grouped(host: ModelHost, edits: Edits, positions: str) -> Iterator[EditGroup]:
+    """Install ``edits`` (None = unedited); hooks are removed on exit."""
+    group = EditGroup(host, list(edits), positions)
     try:
-        yield editor
+        yield group
     finally:
-        editor.remove()
-
-
-def group_ids(edits: Edits) -> list[int]:
-    """Index of each edit among the non-None ones (-1 for None): the editor's row groups."""
-    out, k = [], 0
-    for e in edits:
-        out.append(-1 if e is None else k)
-        k += e is not None
-    return out
+        group.remove()
 
 
 def tiled_batches(n_items: int, n_groups: int, batch_size: int, order: list[int] | None = None
@@ -78,28 +101,30 @@ def tiled_batches(n_items: int, n_groups: int, batch_size: int, order: list[int]
         yield rows[start : start + batch_size]
 
 
-def _forward(host: ModelHost, seqs: list[list[int]], keep: int, editor: Editor | None,
+def _forward(host: ModelHost, seqs: list[list[int]], keep: int, group: EditGroup,
              groups: list[int], response_start: list[int] | None = None) -> torch.Tensor:
     """Logits of the last ``keep`` positions of each left-padded row, (B, keep, vocab) float32.
 
-    ``response_start[b]``: index (within seqs[b]) of row b's first response token, for
-    ``positions="response"`` edits; None = only the last prompt token is a response position.
+    ``groups[b]``: the edit of row b (index into the group's edits). Prompt edits'
+    prefixes are prepended here. ``response_start[b]``: index (within seqs[b]) of row b's
+    first response token, for ``positions="response"``; None = only the last prompt token.
     """
+    seqs = [group.prefixes[g] + s for s, g in zip(seqs, groups)]
+    if response_start is not None:
+        response_start = [r + len(group.prefixes[g]) for r, g in zip(response_start, groups)]
     ids, mask, pos = left_pad(seqs, host.tokenizer.pad_token_id, host.device)
     kwargs = {"logits_to_keep": keep} if model_accepts(host, "logits_to_keep") else {}
     if model_accepts(host, "position_ids"):
         kwargs["position_ids"] = pos
-    if editor is not None:
-        editor.set_rows(torch.tensor(groups))
-        if response_start is not None:
-            width = ids.shape[1]
-            editor.response_start = torch.tensor(
-                [width - len(s) + r for s, r in zip(seqs, response_start)])
+    group.set_rows(groups)
+    if response_start is not None:
+        width = ids.shape[1]
+        group.set_response_start(torch.tensor(
+            [width - len(s) + r for s, r in zip(seqs, response_start)]))
     try:
         logits = host.model(input_ids=ids, attention_mask=mask, **kwargs).logits
     finally:
-        if editor is not None:
-            editor.response_start = None
+        group.set_response_start(None)
     return logits[:, -keep:].float()
 
 
@@ -115,12 +140,11 @@ def next_token_logprobs(
     """
     seqs = [encode(host, p, max_length=max_length) for p in prompts]
     out = torch.empty(len(edits), len(prompts), len(candidates), dtype=torch.float64)
-    gids = group_ids(edits)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    with grouped(host, edits, positions) as editor:
+    with grouped(host, edits, positions) as group:
         for rows in tiled_batches(len(seqs), len(edits), batch_size, order):
-            logits = _forward(host, [seqs[i] for i, _ in rows], 1, editor,
-                              [gids[g] for _, g in rows])
+            logits = _forward(host, [seqs[i] for i, _ in rows], 1, group,
+                              [g for _, g in rows])
             logp = torch.log_softmax(logits[:, -1], dim=-1)  # (B, vocab)
             sel = logp[:, candidates.to(logp.device)].double().cpu()  # (B, C)
             for b, (i, g) in enumerate(rows):
@@ -149,14 +173,13 @@ def continuation_logprobs(
         pairs.append((ids, min(len(c), len(ids) - 1)))
     n_tok = torch.tensor([k for _, k in pairs])
     out = torch.empty(len(edits), len(pairs), dtype=torch.float64)
-    gids = group_ids(edits)
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
-    with grouped(host, edits, positions) as editor:
+    with grouped(host, edits, positions) as group:
         for rows in tiled_batches(len(pairs), len(edits), batch_size, order):
             seqs = [pairs[i][0] for i, _ in rows]
             ks = [pairs[i][1] for i, _ in rows]
             keep = max(ks) + 1  # the logit before the first scored token, and after
-            logits = _forward(host, seqs, keep, editor, [gids[g] for _, g in rows],
+            logits = _forward(host, seqs, keep, group, [g for _, g in rows],
                               [len(s) - k for s, k in zip(seqs, ks)])
             logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, keep-1, vocab) predicts
             target = torch.tensor([s[-(keep - 1):] if len(s) >= keep - 1 else
@@ -187,13 +210,12 @@ def token_logprobs(
     """
     seqs = [encode(host, t, max_length=max_length) for t in texts]
     out: list[list[torch.Tensor]] = [[None] * len(seqs) for _ in edits]
-    gids = group_ids(edits)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    with grouped(host, edits, positions) as editor:
+    with grouped(host, edits, positions) as group:
         for rows in tiled_batches(len(seqs), len(edits), batch_size, order):
             batch = [seqs[i] for i, _ in rows]
-            logits = _forward(host, batch, max(len(s) for s in batch), editor,
-                              [gids[g] for _, g in rows], [0] * len(rows))
+            logits = _forward(host, batch, max(len(s) for s in batch), group,
+                              [g for _, g in rows], [0] * len(rows))
             logp = torch.log_softmax(logits, dim=-1).cpu()  # (B, S, vocab)
             for b, (i, g) in enumerate(rows):
                 n = len(seqs[i])
@@ -211,13 +233,12 @@ def greedy_generate(
     tok = host.tokenizer
     seqs = [encode(host, p) for p in prompts]
     out = [[""] * len(prompts) for _ in edits]
-    gids = group_ids(edits)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    with grouped(host, edits, positions) as editor:
+    with grouped(host, edits, positions) as group:
         for rows in tiled_batches(len(seqs), len(edits), batch_size, order):
-            ids, mask, _ = left_pad([seqs[i] for i, _ in rows], tok.pad_token_id, host.device)
-            if editor is not None:
-                editor.set_rows(torch.tensor([gids[g] for _, g in rows]))
+            batch = [group.prefixes[g] + seqs[i] for i, g in rows]
+            ids, mask, _ = left_pad(batch, tok.pad_token_id, host.device)
+            group.set_rows([g for _, g in rows])
             gen = host.model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                 do_sample=False, temperature=None, top_p=None, top_k=None,

@@ -9,6 +9,10 @@ global id = sum of earlier layer sizes + index within layer) we keep
 - ``positive[t, i]``  tokens with a_i > 0 (P(a > 0) = positive / count),
 - ``hist[t, i, b]``   counts on a fixed grid (see softsign_bins), for the high quantile q_t(i).
 
+The same pass also sums each layer's residual-stream output (the decoder block's output
+hidden state) per value, ``resid_sum[t, l, h]``, from which the contrastive
+activation-addition baseline (caa.py) takes its steering vectors.
+
 Memory is O(values x neurons x bins) and independent of the data size. Statistics from
 data shards combine with :func:`merge`; statistics from tensor-parallel ranks (each
 seeing a contiguous slice of every layer's neurons) combine with :func:`concat`.
@@ -30,8 +34,12 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .data import ProbeSet
+from .models.arch import residual_sites
 from .models.host import ModelHost
 from .values import N_VALUES, VALUES
+
+
+STATS_VERSION = 2  # bump when the statistics' content changes (invalidates caches)
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,7 @@ class NeuronStats:
     hist: torch.Tensor  # (V, N, B) int32
     layer_sizes: list[int]
     meta: dict = field(default_factory=dict)
+    resid_sum: torch.Tensor | None = None  # (V, L, H) float64; same on every TP rank
 
     @classmethod
     def zeros(cls, layer_sizes: list[int], bins: int, meta: dict | None = None) -> NeuronStats:
@@ -71,6 +80,14 @@ class NeuronStats:
             list(layer_sizes),
             dict(meta or {}),
         )
+
+    @property
+    def resid_mean(self) -> torch.Tensor:
+        """Mean residual-stream output per value and layer, (V, L, H)."""
+        if self.resid_sum is None:
+            raise ValueError("these statistics hold no residual-stream sums (collected by an "
+                             "older neva_sweep); delete the cached file to recollect")
+        return self.resid_sum / self.count.clamp(min=1)[:, None, None]
 
     @property
     def n_neurons(self) -> int:
@@ -106,9 +123,12 @@ class NeuronStats:
         """Write tensors and JSON metadata to a safetensors file."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         meta = {"layer_sizes": self.layer_sizes, "values": list(VALUES), **self.meta}
+        tensors = {"count": self.count, "mean": self.mean, "m2": self.m2,
+                   "positive": self.positive, "hist": self.hist}
+        if self.resid_sum is not None:
+            tensors["resid_sum"] = self.resid_sum
         save_file(
-            {"count": self.count, "mean": self.mean, "m2": self.m2,
-             "positive": self.positive, "hist": self.hist},
+            tensors,
             str(path),
             metadata={"neva_sweep": json.dumps(meta)},
         )
@@ -123,7 +143,8 @@ class NeuronStats:
         if meta.pop("values") != list(VALUES):
             raise ValueError(f"{path}: statistics were saved with a different value order")
         sizes = meta.pop("layer_sizes")
-        return cls(t["count"], t["mean"], t["m2"], t["positive"], t["hist"], sizes, meta)
+        return cls(t["count"], t["mean"], t["m2"], t["positive"], t["hist"], sizes, meta,
+                   t.get("resid_sum"))
 
 
 # --- pure maths -------------------------------------------------------------------------
@@ -173,8 +194,10 @@ def merge(a: NeuronStats, b: NeuronStats) -> NeuronStats:
     delta = b.mean - a.mean
     mean = a.mean + delta * (b.count[:, None] / safe)
     m2 = a.m2 + b.m2 + delta**2 * (a.count * b.count)[:, None] / safe
+    resid = (a.resid_sum + b.resid_sum if a.resid_sum is not None and b.resid_sum is not None
+             else None)
     return NeuronStats(n, mean, m2, a.positive + b.positive, a.hist + b.hist,
-                       list(a.layer_sizes), dict(a.meta))
+                       list(a.layer_sizes), dict(a.meta), resid)
 
 
 def concat(shards: list[NeuronStats]) -> NeuronStats:
@@ -193,8 +216,9 @@ def concat(shards: list[NeuronStats]) -> NeuronStats:
         return torch.cat([p for layer in zip(*per_layer) for p in layer], dim=1)
 
     sizes = [sum(ws) for ws in zip(*(s.layer_sizes for s in shards))]
+    # The residual stream is replicated across ranks: every shard holds the same sums.
     return NeuronStats(first.count.clone(), join("mean"), join("m2"), join("positive"),
-                       join("hist"), sizes, dict(first.meta))
+                       join("hist"), sizes, dict(first.meta), first.resid_sum)
 
 
 def layer_offsets(layer_sizes: list[int]) -> list[int]:
@@ -208,7 +232,7 @@ def select_columns(stats: NeuronStats, slices: list[tuple[int, int]]) -> NeuronS
     cols = torch.cat([torch.arange(o + a, o + b) for o, (a, b) in zip(offsets, slices)])
     return NeuronStats(stats.count.clone(), stats.mean[:, cols], stats.m2[:, cols],
                        stats.positive[:, cols], stats.hist[:, cols],
-                       [b - a for a, b in slices], dict(stats.meta))
+                       [b - a for a, b in slices], dict(stats.meta), stats.resid_sum)
 
 
 def rest_stats(stats: NeuronStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -242,6 +266,10 @@ class _Accumulator:
             site.register_forward_pre_hook(self._hook(layer))
             for layer, site in enumerate(host.sites)
         ]
+        blocks = residual_sites(host.model)
+        self.stats.resid_sum = None  # sized on the first block output (hidden size H)
+        self.handles += [block.register_forward_hook(self._resid_hook(layer, len(blocks)))
+                         for layer, block in enumerate(blocks)]
 
     def set_batch(self, attention_mask: torch.Tensor, labels: torch.Tensor) -> None:
         """Prepare per-batch token weights. attention_mask (B, S), labels (B,) value ids.
@@ -293,6 +321,17 @@ class _Accumulator:
                 b += offsets
                 counts = torch.bincount(b.view(-1), minlength=width * bins)
                 st.hist[v, cols] += counts.view(width, bins).to(torch.int32).cpu()
+
+        return hook
+
+    def _resid_hook(self, layer: int, n_layers: int):
+        def hook(module, args, output):
+            h = output[0] if isinstance(output, tuple) else output  # (B, S, H)
+            h = h.reshape(-1, h.shape[-1]).float()  # (B*S, H)
+            if self.stats.resid_sum is None:
+                self.stats.resid_sum = torch.zeros(N_VALUES, n_layers, h.shape[-1],
+                                                   dtype=torch.float64)
+            self.stats.resid_sum[self.present, layer] += (self.w @ h).double().cpu()  # (P, H)
 
         return hook
 
@@ -364,7 +403,8 @@ def collect_stats(
 def cache_key(host: ModelHost, probes: ProbeSet, cfg: StatsConfig) -> str:
     """Key of (model, data, statistics config) for the on-disk statistics cache."""
     blob = json.dumps(
-        {"model": host.meta.get("spec", host.name), "dtype": host.meta.get("dtype"),
+        {"version": STATS_VERSION,
+         "model": host.meta.get("spec", host.name), "dtype": host.meta.get("dtype"),
          "slices": host.neuron_slices, "data": probes.sha256, "config": asdict(cfg)},
         sort_keys=True,
     )

@@ -57,6 +57,12 @@ def neuron_sites(model: nn.Module) -> list[nn.Module]:
     return [block.get_submodule(arch.site) for block in blocks]
 
 
+def residual_sites(model: nn.Module) -> list[nn.Module]:
+    """The decoder blocks, in layer order: their outputs are the residual stream."""
+    model = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF module
+    return list(model.get_submodule(arch_of(model).layers))
+
+
 def site_width(site: nn.Module) -> int:
     """Number of neurons entering a down-projection (its input features, local to a shard)."""
     if isinstance(site, nn.Linear):
