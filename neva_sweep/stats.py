@@ -38,7 +38,6 @@ from .models.arch import residual_sites
 from .models.host import ModelHost
 from .values import N_VALUES, VALUES
 
-
 STATS_VERSION = 2  # bump when the statistics' content changes (invalidates caches)
 
 
