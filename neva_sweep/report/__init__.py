@@ -1,0 +1,13 @@
+"""The sweep report: a run directory -> ``report/index.html`` with figures and tables.
+
+Stages, one file each: ``load`` (trials.csv or an Optuna storage, pareto.json,
+best_edits.json, neuron maps, the Hydra config -> a :class:`Run` that lists what is
+missing), ``figures`` (Pareto fronts, leakage matrices, value profiles, neuron maps,
+optimisation history; PNG + SVG), ``tables`` (chosen edits, model comparison, studies;
+CSV), ``html`` (one self-contained page) and ``build`` (:func:`build_report`).
+"""
+
+from .build import build_report
+from .load import Run, load_run
+
+__all__ = ["Run", "build_report", "load_run"]

@@ -1,0 +1,178 @@
+"""Stage 3 of the report: tables (written as CSV, shown in the HTML) from a :class:`Run`.
+
+- ``chosen_edits.csv``: per (model, value, method) the chosen edit, its parameters, every
+  metric and the bootstrap intervals the sweep recorded (``<metric>_ci_lo``/``_ci_hi``);
+  studies without an edit are listed with the reason.
+- ``model_comparison.csv`` and ``model_comparison_by_value.csv`` (several models only).
+- ``studies.csv``: trial counts by state, feasible trials, front size, best alignment and
+  the last error of every study.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .load import Run, feasible, is_complete, num
+
+PARAMS = ("sparsity", "magnitude", "rule", "score", "positions", "layer_window")
+METRICS = ("n_neurons", "alignment", "nlr", "nglr", "cwl", "accuracy_base", "accuracy_edited",
+           "accuracy_drop", "kl", "ppl_edited")
+SUMMARY = ("alignment", "nlr", "nglr", "cwl", "accuracy_drop", "kl")
+
+
+@dataclass
+class Table:
+    id: str
+    title: str
+    intro: str
+    columns: list[str]
+    rows: list[list[Any]]  # raw values, as in the CSV
+    csv: Path
+    notes: list[str] = field(default_factory=list)
+    ci: dict[str, str] = field(default_factory=dict)  # column -> its CI column prefix
+
+
+def fmt(x: Any) -> str:
+    """A cell for people: 3 decimals, scientific when tiny, '—' when missing.
+
+    >>> fmt(0.12345), fmt(5e-4), fmt(None), fmt(3), fmt(True)
+    ('0.123', '5.00e-04', '—', '3', 'yes')
+    """
+    if x is None or x == "":
+        return "—"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return f"{x:.2e}" if x != 0 and abs(x) < 1e-2 else f"{x:.3f}"
+    return str(x)
+
+
+def _write(path: Path, columns: list[str], rows: list[list[Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        w.writerows([["" if x is None else x for x in r] for r in rows])
+
+
+def chosen_table(run: Run, out: Path) -> Table:
+    edits = [run.chosen[k] for k in run.keys() if k in run.chosen]
+    params = [p for p in PARAMS if any(p in e["params"] for e in edits)]
+    params += sorted({p for e in edits for p in e["params"]} - set(params))
+    columns = ["model", "value", "method", "trial", *params]
+    ci: dict[str, str] = {}
+    # the headline metrics always; the others (perplexity, ...) when some edit has them
+    metrics = [m for m in METRICS if m in SUMMARY or any(e.get(m) is not None for e in edits)]
+    for m in metrics:
+        columns.append(m)
+        if any(isinstance(e["ci"].get(m), list | tuple) for e in edits):
+            columns += [f"{m}_ci_lo", f"{m}_ci_hi"]
+            ci[m] = m
+    columns += ["chosen_by", "note"]
+    rows = []
+    for k in run.keys():
+        e = run.chosen.get(k)
+        if e is None:
+            reason = run.no_edit.get(k, "no chosen edit")
+            rows.append([*k, *[None] * (len(columns) - 4), reason])
+            continue
+        row = [*k, e.get("trial"), *[e["params"].get(p) for p in params]]
+        for m in metrics:
+            row.append(e.get(m))
+            if m in ci:
+                lo_hi = e["ci"].get(m)
+                row += list(lo_hi)[:2] if isinstance(lo_hi, list | tuple) else [None, None]
+        row += [e.get("source"), None]
+        rows.append(row)
+    notes = [] if edits else ["no chosen edits (no study has a feasible COMPLETE trial)."]
+    if edits and not ci:
+        notes.append("no confidence intervals recorded (best_edits.json without 'ci', or the "
+                     "edits were chosen from trials.csv).")
+    path = out / "chosen_edits.csv"
+    _write(path, columns, rows)
+    return Table("chosen", "Chosen edits",
+                 "The chosen edit of each (model, value, method) study: parameters, alignment "
+                 "(ΔCSR of the target), leakage ratios (NLR, NGLR, CWL), capability cost "
+                 "(accuracy drop, KL) and 95% bootstrap intervals where recorded.",
+                 columns, rows, path, notes, ci)
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def comparison_tables(run: Run, out: Path) -> list[Table]:
+    """Model comparison tables; none when the sweep has a single model."""
+    if len(run.models) < 2:
+        return []
+    columns = ["model", "method", "values", "edits",
+               *(f"mean_{m}" for m in SUMMARY), "max_accuracy_drop"]
+    rows = []
+    for model in run.models:
+        for method in run.methods:
+            keys = [k for k in run.keys() if k[0] == model and k[2] == method]
+            if not keys:
+                continue
+            edits = [run.chosen[k] for k in keys if k in run.chosen]
+            drops = [num(e.get("accuracy_drop")) for e in edits]
+            rows.append([model, method, len(keys), len(edits),
+                         *(_mean([num(e.get(m)) for e in edits]) for m in SUMMARY),
+                         max((d for d in drops if d is not None), default=None)])
+    path = out / "model_comparison.csv"
+    _write(path, columns, rows)
+    overall = Table("models", "Model comparison",
+                    "Per model and method: how many values have a chosen edit, and the mean "
+                    "metrics of those edits.", columns, rows, path)
+    by_value_cols = ["value", "method", *(f"{m}:{k}" for m in run.models
+                                          for k in ("alignment", "nlr", "accuracy_drop"))]
+    by_value = []
+    for value in run.values:
+        for method in run.methods:
+            cells = [num(run.chosen.get((m, value, method), {}).get(k)) for m in run.models
+                     for k in ("alignment", "nlr", "accuracy_drop")]
+            if any(c is not None for c in cells):
+                by_value.append([value, method, *cells])
+    path2 = out / "model_comparison_by_value.csv"
+    _write(path2, by_value_cols, by_value)
+    return [overall, Table("models_by_value", "Model comparison by value",
+                           "The chosen edits' alignment, NLR and accuracy drop, side by side "
+                           "per model.", by_value_cols, by_value, path2)]
+
+
+def studies_table(run: Run, out: Path) -> Table:
+    columns = ["model", "value", "method", "trials", "complete", "failed", "other", "feasible",
+               "pareto", "best_alignment", "median_duration_s", "last_error"]
+    rows = []
+    for k in run.keys():
+        trials = run.trials(k)
+        done = [r for r in trials if is_complete(r)]
+        failed = [r for r in trials if r.get("state") == "FAIL"]
+        aligns = [a for r in done if (a := num(r.get("alignment"))) is not None]
+        durations = [d for r in done if (d := num(r.get("duration_s"))) is not None]
+        errors = [str(r["error"]) for r in sorted(trials, key=lambda r: r["trial"])
+                  if r.get("error")]
+        rows.append([*k, len(trials), len(done), len(failed),
+                     len(trials) - len(done) - len(failed),
+                     sum(feasible(r, run.constraints) for r in done),
+                     len(run.fronts.get(k, [])), max(aligns, default=None),
+                     statistics.median(durations) if durations else None,
+                     errors[-1][:300] if errors else None])
+    path = out / "studies.csv"
+    _write(path, columns, rows)
+    notes = [] if rows else ["no studies found."]
+    return Table("studies", "Studies",
+                 "Every Optuna study: trials by state (other = RUNNING, WAITING or PRUNED), "
+                 "trials within the budgets, Pareto front size, best alignment and the last "
+                 "error message.", columns, rows, path, notes)
+
+
+def make_tables(run: Run, out: Path) -> list[Table]:
+    """Every table, written as CSV under ``out``."""
+    return [chosen_table(run, out), *comparison_tables(run, out), studies_table(run, out)]

@@ -1,0 +1,302 @@
+"""The sweep report from fabricated run directories (no model, no Ray, a few seconds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neva_sweep.metrics import cwl, nglr, nlr
+from neva_sweep.report import build_report, load_run
+from neva_sweep.report.load import pareto_trials
+from neva_sweep.values import VALUES, related_values
+
+MODELS = ("tiny-a", "tiny-b")
+METHODS = ("neva", "random")
+SWEPT = ("hedonism", "power", "benevolence")
+CONFIG = """task: sweep
+search:
+  storage: null
+  objectives: {alignment: maximize, nlr: minimize}
+  max_accuracy_drop: 0.1
+  max_kl: null
+  best_max_nlr: 1.0
+logger:
+  kind: wandb_offline
+  base_url: https://api.wandb.ai
+"""
+
+
+def _trial(rng, model: str, value: str, method: str, number: int, base: np.ndarray) -> dict:
+    """One plausible COMPLETE trial: stronger edits align more, leak more and cost more."""
+    sparsity = float(10 ** rng.uniform(-3.3, -2))
+    magnitude = float(rng.uniform(1, 8))
+    strength = magnitude * sparsity * 120 * (1.0 if method == "neva" else 0.4)
+    t = VALUES.index(value)
+    dcsr = rng.normal(0, 0.01, len(VALUES))  # (V,)
+    dcsr[t] = 0.25 * np.tanh(strength) + rng.normal(0, 0.02)
+    near = [VALUES.index(v) for v in related_values(value) if v != value]
+    dcsr[near] += 0.3 * dcsr[t] * rng.uniform(0, 1, len(near))
+    edited = np.clip(base + dcsr, 0, 1)
+    d = edited - base
+    return {"model": model, "value": value, "method": method,
+            "study": f"{model}/{value}/{method}", "trial": number,
+            "state": "COMPLETE", "sparsity": sparsity, "magnitude": magnitude, "rule": "add",
+            "score": "mean_diff", "positions": "all", "layer_window": "all",
+            "alignment": float(d[t]), "nlr": nlr(d, value), "nglr": nglr(d, value),
+            "cwl": cwl(d, value), "accuracy_base": 0.5, "accuracy_edited": 0.5 - strength / 20,
+            "accuracy_drop": strength / 20, "kl": strength / 10, "n_neurons": int(sparsity * 4608),
+            "duration_s": float(rng.uniform(1, 3)), "error": None,
+            **{f"csr_{v}": float(x) for v, x in zip(VALUES, edited)}}
+
+
+def fabricate_run(run_dir: Path, models=MODELS, methods=METHODS, values=SWEPT,
+                  n_trials: int = 8, fail_all: bool = False, neuron_files: bool = True,
+                  seed: int = 0) -> Path:
+    """A run directory like a finished sweep's: trials.csv, pareto.json, best_edits.json,
+    .hydra/config.yaml, neurons/<first model>.json and (optionally) the neuron files of the
+    second model's chosen neva edits; every study has n_trials COMPLETE trials (none with
+    ``fail_all``) and one FAIL trial."""
+    rng = np.random.default_rng(seed)
+    rows, studies, edits, missing = [], [], [], []
+    for model in models:
+        base = rng.uniform(0.1, 0.5, len(VALUES))  # the unedited CSR, same for the whole model
+        for value in values:
+            for method in methods:
+                trials = [] if fail_all else [_trial(rng, model, value, method, i, base)
+                                              for i in range(n_trials)]
+                fail = dict(trials[0] if trials else {"model": model, "value": value,
+                                                       "method": method, "study": "s"})
+                fail.update(trial=len(trials), state="FAIL", alignment=None, nlr=None,
+                            error="RuntimeError: CUDA out of memory (see https://example.org)")
+                rows += trials + [fail]
+                ok = [r for r in trials if r["accuracy_drop"] <= 0.1]
+                front = pareto_trials(ok, {"alignment": "maximize", "nlr": "minimize"})
+                entries = [{"trial": r["trial"], "params": {"sparsity": r["sparsity"]},
+                            **{k: r[k] for k in ("alignment", "nlr", "accuracy_drop")}}
+                           for r in trials if r["trial"] in front]
+                studies.append({"model": model, "value": value, "method": method,
+                                "n_trials": len(trials) + 1, "n_complete": len(trials),
+                                "n_feasible": len(ok), "pareto": entries})
+                if not front:
+                    missing.append({"model": model, "value": value, "method": method,
+                                    "reason": "no COMPLETE trial"})
+                    continue
+                best = max((r for r in trials if r["trial"] in front),
+                           key=lambda r: r["alignment"])
+                params = {k: best[k] for k in ("sparsity", "magnitude", "rule", "score",
+                                               "positions", "layer_window")}
+                a = best["alignment"]
+                metrics = {**{k: best[k] for k in ("alignment", "nlr", "nglr", "cwl",
+                                                   "accuracy_base", "accuracy_edited",
+                                                   "accuracy_drop", "kl", "n_neurons")},
+                           "trial": best["trial"], "params": params,
+                           "csr_edited": {v: best[f"csr_{v}"] for v in VALUES},
+                           "ci": {"alignment": [a - 0.03, a + 0.03],
+                                  "accuracy_edited": [0.4, 0.5]}}
+                edits.append({"model": model, "value": value, "method": method,
+                              "trial": best["trial"], **params, "params": params,
+                              "metrics": metrics})
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(CONFIG)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- sweep=smoke\n")
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with (run_dir / "trials.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    constraints = {"max_accuracy_drop": 0.1, "max_kl": None}
+    (run_dir / "pareto.json").write_text(json.dumps(
+        {"objectives": {"alignment": "maximize", "nlr": "minimize"},
+         "constraints": constraints, "studies": studies}))
+    (run_dir / "best_edits.json").write_text(json.dumps(
+        {"rule": "test", "best_max_nlr": 1.0, "constraints": constraints, "edits": edits,
+         "missing": missing}))
+    _neurons(run_dir, rng, models, edits if neuron_files else [])
+    return run_dir
+
+
+def _neurons(run_dir: Path, rng, models, edits: list[dict]) -> None:
+    """neurons/<first model>.json as task=identify writes it, and the neuron files of the
+    second model's chosen neva edits."""
+    import torch
+
+    from neva_sweep import NeuronMap, ValueNeurons
+
+    sets = {v: {(int(rng.integers(4)), int(rng.integers(40))) for _ in range(12)}
+            for v in VALUES}
+    per_value = {v: {"n_neurons": len(s), "per_layer": [sum(li == i for li, _ in s)
+                                                         for i in range(4)], "top": []}
+                 for v, s in sets.items()}
+    jac = {a: {b: len(sets[a] & sets[b]) / len(sets[a] | sets[b]) for b in VALUES}
+           for a in VALUES}
+    (run_dir / "neurons").mkdir(exist_ok=True)
+    (run_dir / "neurons" / f"{models[0]}.json").write_text(json.dumps(
+        {"meta": {}, "layer_sizes": [40] * 4, "values": per_value, "jaccard": jac}))
+    for e in edits:
+        if e["model"] != models[-1] or e["method"] != "neva" or len(models) < 2:
+            continue
+        ids = sorted(sets[e["value"]])
+        n = len(ids)
+        vn = ValueNeurons(torch.tensor([i for i, _ in ids]), torch.tensor([j for _, j in ids]),
+                          torch.ones(n), torch.ones(n), torch.ones(n))
+        rel = Path("best_edits") / e["model"] / f"{e['value']}-neva.safetensors"
+        NeuronMap({e["value"]: vn}, [40] * 4, {"trial": e["trial"]}).save(run_dir / rel)
+        e["neurons"] = str(rel)
+    if edits:
+        best = json.loads((run_dir / "best_edits.json").read_text())
+        best["edits"] = edits
+        (run_dir / "best_edits.json").write_text(json.dumps(best))
+
+
+def referenced_files(page: str) -> list[str]:
+    """Every src/href of the page that is not an in-page anchor or a data URI."""
+    refs = re.findall(r'(?:src|href)="([^"]*)"', page)
+    return [r for r in refs if not r.startswith(("#", "data:"))]
+
+
+def assert_offline(page: str) -> None:
+    assert not re.search(r"https?://", page, re.IGNORECASE)
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    assert not re.search(r'(?:src|href)="//', page)
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory) -> Path:
+    run_dir = fabricate_run(tmp_path_factory.mktemp("sweep"))
+    return build_report(run_dir)
+
+
+def test_report_from_a_synthetic_sweep(full_report):
+    report = full_report.parent
+    page = full_report.read_text()
+    assert full_report == report.parent / "report" / "index.html"
+    assert "<title>neva_sweep report: sweep" in page
+    figures = {p.stem for p in (report / "figures").glob("*.png")}
+    assert {p.stem for p in (report / "figures").glob("*.svg")} == figures
+    assert {f"pareto_{v}" for v in SWEPT} <= figures
+    assert {f"{kind}_{m}_{k}" for kind in ("leakage", "profiles") for m in MODELS
+            for k in METHODS} <= figures
+    assert {"history_tiny-a", "history_tiny-b"} <= figures
+    assert sum(f.startswith("neurons_") for f in figures) == 2  # identify json + chosen files
+    assert page.count('<img src="data:image/png;base64,') == len(figures)
+    for section in ("chosen", "models", "pareto", "leakage", "profiles", "neurons", "history",
+                    "studies", "config", "versions", "reproduce"):
+        assert f'<section id="{section}"' in page
+    assert "python -m neva_sweep task=report run_dir=" in page
+    assert "python -m neva_sweep sweep=smoke hydra.run.dir=" in page
+    assert "matplotlib" in page and "max_accuracy_drop: 0.1" in page
+
+
+def test_every_referenced_file_exists_and_no_external_urls(full_report):
+    page = full_report.read_text()
+    refs = referenced_files(page)
+    assert any(r.endswith(".svg") for r in refs) and any(r.endswith(".csv") for r in refs)
+    for ref in refs:
+        assert (full_report.parent / ref).is_file(), ref
+    assert_offline(page)  # the config's wandb URL and the error's URL are escaped
+
+
+def test_tables(full_report):
+    tables = full_report.parent / "tables"
+    with (tables / "chosen_edits.csv").open() as f:
+        chosen = list(csv.DictReader(f))
+    assert len(chosen) == len(MODELS) * len(METHODS) * len(SWEPT)
+    edited = [r for r in chosen if r["trial"]]
+    assert edited and all(r["alignment_ci_lo"] <= r["alignment"] for r in edited)
+    assert {"nlr", "nglr", "cwl", "accuracy_drop", "kl", "sparsity"} <= set(chosen[0])
+    with (tables / "model_comparison.csv").open() as f:
+        assert {(r["model"], r["method"]) for r in csv.DictReader(f)} == {
+            (m, k) for m in MODELS for k in METHODS}
+    with (tables / "studies.csv").open() as f:
+        studies = list(csv.DictReader(f))
+    assert all(r["failed"] == "1" and "out of memory" in r["last_error"] for r in studies)
+
+
+def test_base_csr_and_leakage_from_the_trials(tmp_path):
+    run = load_run(fabricate_run(tmp_path, neuron_files=False))
+    assert set(run.base_csr["tiny-a"]) == set(SWEPT)  # only the swept values are derivable
+    e = run.chosen["tiny-a", "power", "neva"]
+    assert run.dcsr("tiny-a", e["csr_edited"])["power"] == pytest.approx(e["alignment"])
+    assert any("unedited CSR of tiny-a is unknown" in m for m in run.missing)
+
+
+def test_empty_run_dir_says_what_is_missing(tmp_path):
+    page = build_report(tmp_path).read_text()
+    assert "What is missing" in page and "no trials.csv" in page
+    assert "no .hydra/config.yaml" in page
+    for ref in referenced_files(page):
+        assert (tmp_path / "report" / ref).is_file(), ref
+    assert_offline(page)
+
+
+SMALL = {"models": ("tiny-a",), "methods": ("neva",), "values": ("power", "benevolence")}
+
+
+def test_all_failed_sweep(tmp_path):
+    page = build_report(fabricate_run(tmp_path, fail_all=True, **SMALL)).read_text()
+    assert "What is missing" in page and "no COMPLETE trial" in page
+    assert "Pareto fronts: alignment vs leakage" in page
+    assert "<img" in page  # the history still shows the failed trials
+    for ref in referenced_files(page):
+        assert (tmp_path / "report" / ref).is_file(), ref
+
+
+def test_missing_pareto_and_best_edits_are_recomputed(tmp_path):
+    run_dir = fabricate_run(tmp_path, **SMALL)
+    with_files = load_run(run_dir)
+    (run_dir / "pareto.json").unlink()
+    (run_dir / "best_edits.json").unlink()
+    page = build_report(run_dir).read_text()
+    assert "pareto.json is missing" in page and "best_edits.json is missing" in page
+    run = load_run(run_dir)
+    assert run.fronts == with_files.fronts
+    assert {k: e["trial"] for k, e in run.chosen.items()} == {
+        k: e["trial"] for k, e in with_files.chosen.items()}
+    assert all(e["params"]["sparsity"] == with_files.chosen[k]["params"]["sparsity"]
+               for k, e in run.chosen.items())
+
+
+def test_missing_columns_are_named(tmp_path):
+    run_dir = fabricate_run(tmp_path, **SMALL)
+    (run_dir / "best_edits.json").unlink()
+    path = run_dir / "trials.csv"
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    keep = [k for k in rows[0] if not k.startswith("csr_") and k != "accuracy_drop"]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keep, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    page = build_report(run_dir).read_text()
+    assert "no csr_&lt;value&gt; columns" in page and "no &#x27;accuracy_drop&#x27;" in page
+
+
+def test_trials_from_an_optuna_storage(tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    study = optuna.create_study(storage=url, study_name="tiny-a/power/neva",
+                                directions=["maximize", "minimize"])
+    for attr, v in (("model", "tiny-a"), ("value", "power"), ("method", "neva")):
+        study.set_user_attr(attr, v)
+    base = {v: 0.2 for v in VALUES}
+    for i in range(3):
+        t = study.ask()
+        t.suggest_float("magnitude", 1, 8)
+        edited = {**base, "power": 0.2 + 0.1 * (i + 1), "achievement": 0.25}
+        for k, x in {"alignment": 0.1 * (i + 1), "nlr": 0.05, "accuracy_drop": 0.0,
+                     "csr_base": base, "csr_edited": edited}.items():
+            t.set_user_attr(k, x)
+        study.tell(t, [0.1 * (i + 1), 0.05])
+    page = build_report(tmp_path, storage=url).read_text()
+    run = load_run(tmp_path, storage=url)
+    assert len(run.rows) == 3 and run.fronts[("tiny-a", "power", "neva")] == [2]
+    assert run.chosen["tiny-a", "power", "neva"]["trial"] == 2
+    assert run.dcsr("tiny-a", run.chosen["tiny-a", "power", "neva"]["csr_edited"])[
+        "achievement"] == pytest.approx(0.05)
+    assert "leakage_tiny-a_neva.png" in page and "search.storage=sqlite:&#47;&#47;" in page
