@@ -77,6 +77,21 @@ class BaseSide:
                    b["fluency_prompts"], b["fluency_replies"], b["ppl"])
 
 
+def describe_edit(spec) -> dict:
+    """The JSON-able description of an edit of any kind (neurons, residual, prompt)."""
+    from .caa import PromptSpec, ResidualSpec
+
+    if isinstance(spec, EditSpec):
+        return {"kind": "neurons", "rule": spec.rule, "magnitude": spec.magnitude,
+                "n_neurons": len(spec.neurons)}
+    if isinstance(spec, ResidualSpec):
+        return {"kind": "residual", "layers": list(spec.layers),
+                "coefficient": spec.coefficient}
+    if isinstance(spec, PromptSpec):
+        return {"kind": "prompt", "prefix": spec.text.strip()}
+    raise TypeError(f"unknown edit type {type(spec).__name__}")
+
+
 def _ci(x: np.ndarray, n_boot: int, seed: int = 0, level: float = 0.95) -> list[float]:
     """Percentile-bootstrap interval of the mean of ``x``."""
     idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
@@ -181,9 +196,13 @@ class Evaluator:
         }
 
     # -- edited runs ---------------------------------------------------------------------
-    def evaluate(self, edits: Sequence[tuple[str, EditSpec]], positions: str = "all"
+    def evaluate(self, edits: Sequence[tuple[str, object]], positions: str = "all"
                  ) -> list[dict]:
-        """One record per (target value, edit); all edits share batched forward passes."""
+        """One record per (target value, edit); all edits share batched forward passes.
+
+        An edit is an :class:`EditSpec` (neurons), a :class:`~neva_sweep.caa.ResidualSpec`
+        (steering vectors) or a :class:`~neva_sweep.caa.PromptSpec` (prompt prefix).
+        """
         if not edits:
             return []
         targets = [check_value(v) for v, _ in edits]
@@ -214,9 +233,8 @@ class Evaluator:
             ci = bootstrap_ci(base.judgement.E, E, value, n_boot=self.judge_cfg.n_boot)
             acc = float(correct[g].mean())
             rec.update(
-                edit={"value": value, "rule": spec.rule, "magnitude": spec.magnitude,
-                      "positions": positions, "n_neurons": len(spec.neurons)},
-                n_neurons=len(spec.neurons),
+                edit={"value": value, "positions": positions, **describe_edit(spec)},
+                n_neurons=describe_edit(spec).get("n_neurons", 0),
                 accuracy_base=acc_base, accuracy_edited=acc, accuracy_drop=acc_base - acc,
                 kl=float(kl[g]), kl_coverage=base.neutral.coverage,
                 ppl_base=base.ppl, ppl_edited=ppl[g],
