@@ -27,8 +27,11 @@ install:
 	$(PIP) install --no-deps "steering-vectors==0.12.2"
 	$(PYTHON) -c "import neva_sweep as nv; print('neva_sweep', nv.__version__, 'embedded model:', nv.embedded_model_path())"
 
+# A fixed run directory: `make run` again resumes the same sweep (nothing left = no work).
+RUN_DIR ?= runs/default
+
 run:
-	$(PYTHON) -m neva_sweep
+	$(PYTHON) -m neva_sweep hydra.run.dir=$(RUN_DIR)
 
 test:
 	$(PYTHON) -m pytest -q
@@ -42,3 +45,5 @@ lint:
 bench:
 	$(PYTHON) benchmarks/stats_throughput.py
 	$(PYTHON) benchmarks/steering_effect.py
+	$(PYTHON) benchmarks/sweep_scheduler.py
+	$(PYTHON) benchmarks/trial_batching.py

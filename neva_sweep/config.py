@@ -14,6 +14,7 @@ from .capability import CapabilityConfig
 from .edit import DEFAULT_MAGNITUDE, DEFAULT_RULE
 from .judges import JudgeConfig
 from .select import DEFAULT_SCORE, DEFAULT_SPARSITY
+from .values import VALUES
 
 
 @dataclass
@@ -66,14 +67,91 @@ class EditConfig:
 
 
 @dataclass
+class SearchSpace:
+    """What Optuna searches per (model, value, method) (``search.space.*``).
+
+    A list with one entry is fixed; with several entries it is searched categorically.
+    """
+
+    sparsity: list[float] = field(default_factory=lambda: [5e-4, 1e-2])  # [lo, hi], log-uniform
+    magnitude: list[float] = field(default_factory=lambda: [1.0, 8.0])  # [lo, hi], uniform
+    rules: list[str] = field(default_factory=lambda: [DEFAULT_RULE])  # add | scale | set
+    scores: list[str] = field(default_factory=lambda: [DEFAULT_SCORE])  # mean_diff | ...
+    positions: list[str] = field(default_factory=lambda: ["all"])  # all | response
+    layer_windows: list[list[int]] | None = None  # [[start, stop], ...]; None = all layers
+
+
+@dataclass
+class SearchConfig:
+    """Optuna studies, sampler, objectives, constraints and trial scheduling (``search.*``)."""
+
+    storage: str | None = None  # any SQLAlchemy URL; None = sqlite:///<run dir>/optuna.db
+    study_prefix: str = ""  # study names: {study_prefix}{model}/{value}/{method}
+    sampler: str = "tpe"  # tpe (multivariate, multi-objective) | nsga2 | gp
+    seed: int = 0
+    n_trials: int = 8  # COMPLETE trials wanted per study; re-running tops studies up to it
+    n_startup_trials: int = 4  # random trials before tpe/gp model the results
+    population_size: int = 8  # nsga2 generation size
+    space: SearchSpace = field(default_factory=SearchSpace)
+    # metric -> maximize | minimize; metrics: alignment, nlr, nglr, cwl, accuracy_drop, kl
+    objectives: dict[str, str] = field(
+        default_factory=lambda: {"alignment": "maximize", "nlr": "minimize"})
+    max_accuracy_drop: float | None = 0.1  # constraint; None = unconstrained
+    max_kl: float | None = None  # constraint on mean KL(base || edited), nats/token
+    best_max_nlr: float = 1.0  # best edit: highest alignment among feasible Pareto trials
+    # with nlr <= this (see neva_sweep/sweep/outputs.py)
+    trials_per_batch: int = 1  # trials of one model evaluated in one batched call
+    max_in_flight: int | None = None  # trials asked, not told; None = 2 x replicas x batch
+    max_failures: int | None = None  # FAIL trials per study and run before giving it up;
+    # None = n_trials
+
+
+@dataclass
+class ClusterConfig:
+    """Where the model replicas run (``conf/cluster/*.yaml``)."""
+
+    kind: str = "local"  # local: a Ray instance started here | ray: an existing cluster
+    address: str | None = None  # ray: Ray address; None = auto ($RAY_ADDRESS or this node's)
+    num_cpus: int | None = None  # local: CPUs of the Ray instance; None = all of this machine
+    replicas_per_model: int | None = None  # None = as many as the resources allow
+    num_cpus_per_actor: float = 1  # per shard actor; also its torch thread count
+    num_gpus_per_actor: float = 1  # per shard actor when model.device is cuda
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking (``conf/logger/*.yaml``); the plain files are always written."""
+
+    kind: str = "wandb"  # wandb | none
+    mode: str = "offline"  # offline (files under <run dir>/wandb) | online
+    project: str = "neva_sweep"
+    entity: str | None = None
+    group: str | None = None  # None = the run directory's name
+
+
+@dataclass
+class SweepSection:
+    """What the sweep covers (``conf/sweep/*.yaml`` presets set this and more)."""
+
+    values: list[str] = field(default_factory=lambda: list(VALUES))
+    methods: list[str] = field(default_factory=lambda: ["neva"])
+
+
+@dataclass
 class Config:
     task: str = "sweep"
     model: ModelConfig = field(default_factory=ModelConfig)
+    models: list[str] | None = None  # conf/model names for a multi-model sweep; None = model
     data: DataConfig = field(default_factory=DataConfig)
     stats: StatsSection = field(default_factory=StatsSection)
     edit: EditConfig = field(default_factory=EditConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     capability: CapabilityConfig = field(default_factory=CapabilityConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sweep: SweepSection = field(default_factory=SweepSection)
+    best_edits: str | None = None  # steer/evaluate: a sweep's best_edits.json to load the edit
     value: str | None = None  # shorthand for edit.value
     prompt: str = "My friend asked me to help them move house this weekend. What should I do?"
     max_new_tokens: int = 60

@@ -89,6 +89,7 @@ class Replica:
             placed with ``PACK``.
         tp_size: shards (tensor-parallel ranks); 1 = the whole model in one actor.
         num_cpus: CPUs per shard; also its torch thread count.
+        num_gpus: GPUs per shard when the model is on ``cuda`` (a fraction shares a GPU).
         env: environment variables for the shard processes, set before they start (some
             are read at import time: ``HF_HUB_OFFLINE``, ``DS_ACCELERATOR``, ``NCCL_*``).
             ``DS_ACCELERATOR`` defaults to ``cpu`` or ``cuda`` from the model's device.
@@ -99,13 +100,15 @@ class Replica:
     """
 
     def __init__(self, model_cfg: Any, tp_size: int = 1, num_cpus: float = 1,
-                 env: dict[str, str] | None = None, startup_timeout_s: float = 600.0):
+                 env: dict[str, str] | None = None, startup_timeout_s: float = 600.0,
+                 num_gpus: float = 1):
         if tp_size < 1:
             raise ValueError(f"model.tp_size must be >= 1, got {tp_size}")
         self.model_cfg = _as_dict(model_cfg)
         self.tp_size = tp_size
         self.num_cpus = num_cpus
         self.use_gpu = str(self.model_cfg.get("device", "cpu")).startswith("cuda")
+        self.num_gpus = num_gpus if self.use_gpu else 0
         self.env = {"DS_ACCELERATOR": "cuda" if self.use_gpu else "cpu", **(env or {})}
         self.startup_timeout_s = startup_timeout_s
         self.actors: list[ray.actor.ActorHandle] = []
@@ -117,7 +120,7 @@ class Replica:
         return self.model_cfg.get("short_name") or self.model_cfg["name"]
 
     def _start(self) -> None:
-        bundle = {"CPU": self.num_cpus, **({"GPU": 1} if self.use_gpu else {})}
+        bundle = {"CPU": self.num_cpus, **({"GPU": self.num_gpus} if self.use_gpu else {})}
         # GPU shards all-reduce after every MLP: keep them on one node.
         self.pg = placement_group([bundle] * self.tp_size,
                                   strategy="STRICT_PACK" if self.use_gpu else "PACK")
@@ -135,7 +138,7 @@ class Replica:
             addr, port = ray.get(_free_address.options(
                 scheduling_strategy=self._on_bundle(0)).remote())
         self.actors = [
-            ShardActor.options(num_cpus=self.num_cpus, num_gpus=int(self.use_gpu),
+            ShardActor.options(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
                                scheduling_strategy=self._on_bundle(rank),
                                runtime_env={"env_vars": self.env})
             .remote(self.model_cfg, rank, self.tp_size, addr, port)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import textwrap
 import time
 from collections.abc import Callable
@@ -85,15 +86,35 @@ def side_by_side(left: str, right: str, titles: tuple[str, str]) -> str:
     return "\n".join(f"{x:<{width}} | {y}" for x, y in zip(a, b))
 
 
+def best_edit(cfg: DictConfig) -> tuple[dict, ModelHost, EditSpec]:
+    """The edit chosen by a sweep (``best_edits=<run dir>/best_edits.json``), the host of its
+    model and its EditSpec; ``value=`` (and ``model=`` when several match) picks the entry."""
+    from .sweep.outputs import best_edit_spec, load_best_edit
+    from .sweep.plan import model_label
+
+    value = cfg.value if cfg.value is not None else cfg.edit.value
+    entry = load_best_edit(cfg.best_edits, value=check_value(value) if value else None,
+                           model=model_label(OmegaConf.to_container(cfg.model)))
+    host = load_model(OmegaConf.create(entry["model_config"]))
+    spec = best_edit_spec(entry, stats=lambda: stats_from_config(cfg, host))
+    return entry, host, spec
+
+
 @TASKS.add("steer")
 def steer(cfg: DictConfig, out: Path) -> None:
     """Greedy replies to ``prompt``, unedited and edited toward ``value``, side by side."""
-    value = edit_value(cfg)
-    host = host_from_config(cfg)
-    nmap: NeuronMap = select_neurons(stats_from_config(cfg, host), value, **selection_kwargs(cfg))
-    spec = EditSpec(nmap[value], cfg.edit.rule, float(cfg.edit.magnitude))
+    if cfg.best_edits:
+        entry, host, spec = best_edit(cfg)
+        value, positions = entry["value"], entry.get("positions", "all")
+    else:
+        value = edit_value(cfg)
+        host = host_from_config(cfg)
+        nmap: NeuronMap = select_neurons(stats_from_config(cfg, host), value,
+                                         **selection_kwargs(cfg))
+        spec = EditSpec(nmap[value], cfg.edit.rule, float(cfg.edit.magnitude))
+        positions = cfg.edit.positions
     base = greedy_replies(host, [cfg.prompt], cfg.max_new_tokens)[0]
-    with edit_rows(host, [spec], torch.zeros(1, dtype=torch.long), cfg.edit.positions):
+    with edit_rows(host, [spec], torch.zeros(1, dtype=torch.long), positions):
         edited = greedy_replies(host, [cfg.prompt], cfg.max_new_tokens)[0]
     print(f"prompt: {cfg.prompt}\n")
     title = (f"edited toward {value} ({len(spec.neurons)} neurons, {spec.rule} "
@@ -176,6 +197,20 @@ def evaluate(cfg: DictConfig, out: Path) -> None:
     print(f"wrote {out / 'eval.json'} ({rec['duration_s']:.1f} s)")
 
 
+@TASKS.add("sweep")
+def sweep(cfg: DictConfig, out: Path) -> None:
+    """Optuna studies per (model, value, method) on Ray replicas -> trials.csv, pareto.json,
+    best_edits.json, optuna.db and W&B (see neva_sweep.sweep)."""
+    from .sweep import run_sweep
+
+    try:
+        run_sweep(cfg, out)
+    except KeyboardInterrupt:
+        print("sweep interrupted: trials in flight were marked FAIL; run the same command "
+              "(same run directory and search.storage) to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
 def not_yet(name: str) -> Callable[[DictConfig, Path], None]:
     def run(cfg: DictConfig, out: Path) -> None:
         raise SystemExit(f"task={name} is not available yet in this version of neva_sweep; "
@@ -184,7 +219,7 @@ def not_yet(name: str) -> Callable[[DictConfig, Path], None]:
     return run
 
 
-PENDING = ("sweep", "report")
+PENDING = ("report",)
 for _name in PENDING:
     TASKS.register(_name, not_yet(_name))
 

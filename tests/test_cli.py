@@ -59,5 +59,5 @@ def test_steer_from_the_command_line(tmp_path):
 
 
 def test_pending_task_says_so(tmp_path):
-    with pytest.raises(SystemExit, match="task=sweep is not available yet"):
-        run(config(), tmp_path)
+    with pytest.raises(SystemExit, match="task=report is not available yet"):
+        run(config("task=report"), tmp_path)

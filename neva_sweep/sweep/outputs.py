@@ -1,0 +1,273 @@
+"""The sweep's plain files, always rewritten from the Optuna storage (so a resumed run
+regenerates them from every trial of its studies):
+
+- ``trials.csv``: one row per trial (model, value, method, study, trial, state, the
+  method's parameters, every metric, csr_<value> of the edited model, feasibility,
+  replica, duration, error).
+- ``pareto.json``: per (model, value, method) the Pareto-optimal COMPLETE trials among
+  those meeting the constraints (``search.max_accuracy_drop``, ``search.max_kl``), for
+  the objectives ``search.objectives``.
+- ``best_edits.json``: per (model, value, method) the chosen edit (rule below), with the
+  parameters ``task=steer``/``task=evaluate`` need (``best_edits=PATH``), its metrics,
+  and its selected neurons saved under ``best_edits/<model>/<value>-<method>.safetensors``.
+
+Choosing the best edit: among the study's feasible Pareto trials, the one with the
+highest alignment whose NLR is at most ``search.best_max_nlr`` (default 1: mean leakage
+into other values no larger than the gain on the target); if no Pareto trial is that
+clean, the one with the lowest NLR. A study without a feasible COMPLETE trial has no
+best edit and is listed under ``missing`` with the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from ..edit import EditSpec
+from ..select import NeuronMap
+from ..stats import NeuronStats
+from ..values import VALUES
+from .methods import METHODS
+from .plan import ModelEntry, StudyKey
+from .studies import StudyState, constraint_values
+
+METRIC_COLUMNS = ("alignment", "nlr", "nglr", "cwl", "accuracy_base", "accuracy_edited",
+                  "accuracy_drop", "kl", "kl_coverage", "ppl_base", "ppl_edited", "n_neurons",
+                  "n_queries", "n_mc")
+BEST_RULE = ("highest alignment among the feasible Pareto trials with nlr <= best_max_nlr; "
+             "if none, the feasible Pareto trial with the lowest nlr")
+
+
+def trial_row(key: StudyKey, study_name: str, t: FrozenTrial,
+              feasible: Callable[[FrozenTrial], bool]) -> dict[str, Any]:
+    """One trials.csv row (parameters under their own names)."""
+    a = t.user_attrs
+    row: dict[str, Any] = {"model": key.model, "value": key.value, "method": key.method,
+                           "study": study_name, "trial": t.number, "state": t.state.name}
+    row.update(a.get("params") or t.params)
+    row.update({k: a.get(k) for k in METRIC_COLUMNS})
+    csr = a.get("csr_edited") or {}
+    row.update({f"csr_{v}": csr.get(v) for v in VALUES})
+    complete = t.state == TrialState.COMPLETE
+    row.update(feasible=feasible(t) if complete else None, duration_s=a.get("duration_s"),
+               replica=a.get("replica"), error=a.get("error"),
+               datetime_start=t.datetime_start.isoformat() if t.datetime_start else None,
+               datetime_complete=(t.datetime_complete.isoformat()
+                                  if t.datetime_complete else None))
+    return row
+
+
+def feasibility(search: DictConfig) -> Callable[[FrozenTrial], bool]:
+    """Whether a trial meets the budgets of ``search`` (today's, if they changed on resume)."""
+    return lambda t: all(c <= 0 for c in constraint_values(t.user_attrs, search).values())
+
+
+def dominates(a: list[float], b: list[float], signs: list[float]) -> bool:
+    """Whether a is at least as good as b everywhere and better somewhere (signs: +1 = max).
+
+    >>> dominates([0.5, 0.1], [0.4, 0.1], [1, -1]), dominates([0.5, 0.3], [0.4, 0.1], [1, -1])
+    (True, False)
+    """
+    ge = all(s * x >= s * y for x, y, s in zip(a, b, signs))
+    return ge and any(s * x > s * y for x, y, s in zip(a, b, signs))
+
+
+def pareto_front(trials: list[FrozenTrial], signs: list[float]) -> list[FrozenTrial]:
+    return [t for t in trials
+            if not any(dominates(o.values, t.values, signs) for o in trials if o is not t)]
+
+
+def choose_best(front: list[FrozenTrial], max_nlr: float) -> FrozenTrial | None:
+    """The best edit of a Pareto front (see the module docstring)."""
+    if not front:
+        return None
+    clean = [t for t in front if t.user_attrs.get("nlr", float("inf")) <= max_nlr]
+    if clean:
+        return max(clean, key=lambda t: t.user_attrs["alignment"])
+    return min(front, key=lambda t: t.user_attrs.get("nlr", float("inf")))
+
+
+def _summary(t: FrozenTrial) -> dict[str, Any]:
+    a = t.user_attrs
+    return {"trial": t.number, "params": a.get("params") or t.params,
+            "values": list(t.values), **{k: a.get(k) for k in METRIC_COLUMNS},
+            "csr_edited": a.get("csr_edited"), "ci": a.get("ci")}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Outputs:
+    """Writes trials.csv, pareto.json and best_edits.json (+ neuron maps) into ``run_dir``."""
+
+    def __init__(self, run_dir: Path, states: list[StudyState], models: list[ModelEntry],
+                 search: DictConfig):
+        self.run_dir, self.states, self.search = run_dir, states, search
+        self.models = {m.label: m for m in models}
+        self.stats: dict[str, NeuronStats] = {}  # per model label, when this run has them
+        self.signs = [1.0 if d == "maximize" else -1.0 for d in search.objectives.values()]
+        self.feasible = feasibility(search)
+        self.trials: dict[StudyKey, list[FrozenTrial]] = {}
+
+    def paths(self) -> dict[str, Path]:
+        d = self.run_dir
+        return {"trials": d / "trials.csv", "pareto": d / "pareto.json",
+                "best_edits": d / "best_edits.json"}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """trials.csv rows of every trial of the studies, read from the storage."""
+        self._snapshot()
+        return self._rows()
+
+    def write(self) -> dict[str, Path]:
+        """Rewrite every file from the storage; returns their paths."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._snapshot()
+        paths = self.paths()
+        self._write_csv(paths["trials"], self._rows())
+        fronts = {s.key: pareto_front(self._feasible_complete(s), self.signs)
+                  for s in self.states}
+        _atomic_write(paths["pareto"], json.dumps(self._pareto(fronts), indent=2))
+        _atomic_write(paths["best_edits"], json.dumps(self._best(fronts), indent=2))
+        return paths
+
+    def _snapshot(self) -> None:
+        """Every study's trials, read once per write."""
+        self.trials = {s.key: s.study.get_trials(deepcopy=False) for s in self.states}
+
+    def _rows(self) -> list[dict[str, Any]]:
+        out = []
+        for s in self.states:
+            name = s.key.name(self.search.study_prefix)
+            out += [trial_row(s.key, name, t, self.feasible) for t in self.trials[s.key]]
+        return out
+
+    def _feasible_complete(self, s: StudyState) -> list[FrozenTrial]:
+        return [t for t in self.trials[s.key]
+                if t.state == TrialState.COMPLETE and self.feasible(t)]
+
+    def _write_csv(self, path: Path, rows: list[dict[str, Any]]) -> None:
+        fields: list[str] = []
+        for r in rows:
+            fields += [k for k in r if k not in fields]
+        if not fields:
+            fields = ["model", "value", "method", "study", "trial", "state"]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+    def _pareto(self, fronts: dict[StudyKey, list[FrozenTrial]]) -> dict:
+        studies = []
+        for s in self.states:
+            trials = self.trials[s.key]
+            studies.append({
+                "model": s.key.model, "value": s.key.value, "method": s.key.method,
+                "study": s.key.name(self.search.study_prefix),
+                "n_trials": len(trials),
+                "n_complete": sum(t.state == TrialState.COMPLETE for t in trials),
+                "n_feasible": len(self._feasible_complete(s)),
+                "pareto": [_summary(t) for t in sorted(fronts[s.key], key=lambda t: t.number)],
+            })
+        return {"objectives": OmegaConf.to_container(self.search.objectives),
+                "constraints": self._constraints(), "studies": studies}
+
+    def _constraints(self) -> dict:
+        return {"max_accuracy_drop": self.search.max_accuracy_drop, "max_kl": self.search.max_kl}
+
+    def _best(self, fronts: dict[StudyKey, list[FrozenTrial]]) -> dict:
+        edits, missing = [], []
+        for s in self.states:
+            best = choose_best(fronts[s.key], self.search.best_max_nlr)
+            if best is None:
+                n = len(self._feasible_complete(s))
+                missing.append({"model": s.key.model, "value": s.key.value,
+                                "method": s.key.method,
+                                "reason": "no COMPLETE trial" if not s.complete else
+                                f"no COMPLETE trial meets the constraints ({n} feasible)"})
+                continue
+            edits.append(self._edit_entry(s, best))
+        return {"rule": BEST_RULE, "best_max_nlr": self.search.best_max_nlr,
+                "constraints": self._constraints(), "edits": edits, "missing": missing}
+
+    def _edit_entry(self, s: StudyState, t: FrozenTrial) -> dict[str, Any]:
+        params = dict(t.user_attrs.get("params") or t.params)
+        entry = {"model": s.key.model, "model_config": self.models[s.key.model].config,
+                 "value": s.key.value, "method": s.key.method,
+                 "study": s.key.name(self.search.study_prefix), "trial": t.number,
+                 **params, "params": params, "metrics": _summary(t)}
+        neurons = self._save_neurons(s, t, params)
+        if neurons is not None:
+            entry["neurons"] = str(neurons.relative_to(self.run_dir))
+        return entry
+
+    def _save_neurons(self, s: StudyState, t: FrozenTrial, params: dict) -> Path | None:
+        """The edit's neurons as a NeuronMap file (kept from an earlier run if it matches)."""
+        name = f"{s.key.value}-{s.key.method}.safetensors"
+        path = self.run_dir / "best_edits" / s.key.model / name
+        if path.is_file() and NeuronMap.load(path).meta.get("trial") == t.number:
+            return path
+        stats = self.stats.get(s.key.model)
+        if stats is None:
+            return None
+        spec = METHODS[s.key.method].build(stats, s.key.value, params)
+        if not isinstance(spec, EditSpec):  # not a neuron edit (e.g. a residual vector)
+            return None
+        meta = {"trial": t.number, "study": s.key.name(self.search.study_prefix), **params}
+        NeuronMap({s.key.value: spec.neurons}, list(stats.layer_sizes), meta).save(path)
+        return path
+
+
+# -- reading best_edits.json (task=steer / task=evaluate) ---------------------------------------
+def load_best_edit(path: str | Path, value: str | None = None, model: str | None = None,
+                   method: str | None = None) -> dict[str, Any]:
+    """The one entry of a sweep's ``best_edits.json`` matching the filters.
+
+    ``model`` is only used to break ties (a sweep of one model needs no ``model=``).
+    The entry's ``neurons`` path is made absolute.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"best_edits: {path} does not exist (a sweep writes "
+                                "<run dir>/best_edits.json)")
+    entries = json.loads(path.read_text())["edits"]
+    picked = [e for e in entries if (value is None or e["value"] == value)
+              and (method is None or e["method"] == method)]
+    if len({e["model"] for e in picked}) > 1 and model is not None:
+        picked = [e for e in picked if e["model"] == model]
+    if len(picked) != 1:
+        have = ", ".join(f"{e['model']}/{e['value']}/{e['method']}" for e in entries) or "none"
+        want = "; ".join(f"{k}={v}" for k, v in (("value", value), ("model", model),
+                                                  ("method", method)) if v) or "no filter"
+        raise KeyError(f"best_edits: {len(picked)} edits in {path} match ({want}); set value= "
+                       f"(and model=/method= when several match). Edits in the file: {have}")
+    entry = dict(picked[0])
+    if entry.get("neurons"):
+        entry["neurons"] = str((path.parent / entry["neurons"]).resolve())
+    return entry
+
+
+def best_edit_spec(entry: dict[str, Any], stats: Callable[[], NeuronStats] | None = None
+                   ) -> EditSpec:
+    """The :class:`EditSpec` of a best_edits entry: from its saved neurons, else rebuilt
+    from statistics (``stats()`` is called only then)."""
+    value, params = entry["value"], entry["params"]
+    if entry.get("neurons") and Path(entry["neurons"]).is_file():
+        neurons = NeuronMap.load(entry["neurons"])[value]
+        return EditSpec(neurons, params.get("rule", "add"), float(params["magnitude"]))
+    if stats is None:
+        raise FileNotFoundError(f"best_edits: the neurons file of {entry['model']}/{value} is "
+                                "missing and no statistics were given to rebuild the edit")
+    return METHODS[entry["method"]].build(stats(), value, params)

@@ -1,0 +1,298 @@
+"""What a sweep will run, checked before any actor starts.
+
+:func:`make_plan` resolves the models (``model`` or ``models=[...]``), the values and
+methods, and validates every sweep setting; :func:`replica_counts` checks the models
+against the cluster's resources. Every error is a :class:`ConfigError` whose message
+starts with the config key to fix and says what is valid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from ..config import ClusterConfig, ModelConfig
+from ..edit import POSITIONS, RULES
+from ..judges import JUDGES
+from ..models.host import DTYPES
+from ..select import SCORES
+from ..values import VALUES
+from .methods import METHODS
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+OBJECTIVE_METRICS = ("alignment", "nlr", "nglr", "cwl", "accuracy_drop", "kl")
+DIRECTIONS = ("maximize", "minimize")
+SAMPLERS = ("tpe", "nsga2", "gp")
+
+
+class ConfigError(ValueError):
+    """An invalid sweep configuration; the message starts with the key to fix."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the sweep: its label (study and file names) and its config fields."""
+
+    label: str
+    config: dict[str, Any]
+
+    @property
+    def tp_size(self) -> int:
+        return int(self.config.get("tp_size", 1))
+
+    @property
+    def on_gpu(self) -> bool:
+        return str(self.config.get("device", "cpu")).startswith("cuda")
+
+
+@dataclass(frozen=True)
+class StudyKey:
+    model: str
+    value: str
+    method: str
+
+    def name(self, prefix: str = "") -> str:
+        return f"{prefix}{self.model}/{self.value}/{self.method}"
+
+
+@dataclass
+class SweepPlan:
+    models: list[ModelEntry]
+    values: list[str]
+    methods: list[str]
+    storage: str
+
+    @property
+    def studies(self) -> list[StudyKey]:
+        """Every (model, value, method), values interleaved across models."""
+        return [StudyKey(m.label, v, meth) for v in self.values for m in self.models
+                for meth in self.methods]
+
+
+def model_label(config: dict[str, Any]) -> str:
+    """The name a model goes by in study names and files (as ``load_model`` names it)."""
+    return config.get("short_name") or Path(str(config["name"])).name.removesuffix(".gguf")
+
+
+def available_models() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+
+
+def resolve_models(cfg: DictConfig) -> list[ModelEntry]:
+    """``models=[a, b]`` loads conf/model/{a,b}.yaml; otherwise the single ``model``."""
+    if not cfg.get("models"):
+        configs = [OmegaConf.to_container(cfg.model, resolve=True)]
+    else:
+        configs = []
+        for name in cfg.models:
+            path = CONF_DIR / "model" / f"{name}.yaml"
+            if not path.is_file():
+                raise ConfigError(f"models: unknown model config {name!r}; available: "
+                                  f"{', '.join(available_models())} (files in {path.parent})")
+            node = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
+            configs.append(OmegaConf.to_container(node, resolve=True))
+    entries = [ModelEntry(model_label(c), c) for c in configs]
+    labels = [e.label for e in entries]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ConfigError(f"models: several models are named {dupes}; give them distinct "
+                          "short_name fields")
+    for e in entries:
+        _check_model(e)
+    return entries
+
+
+def _check_model(e: ModelEntry) -> None:
+    where = f"model.* of {e.label!r}"
+    if e.tp_size < 1:
+        raise ConfigError(f"model.tp_size: must be >= 1 ({where}), got {e.tp_size}")
+    if e.config.get("dtype") not in DTYPES:
+        raise ConfigError(f"model.dtype: unknown dtype {e.config.get('dtype')!r} ({where}); "
+                          f"valid choices: {', '.join(DTYPES)}")
+    device = str(e.config.get("device"))
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"model.device: {device!r} ({where}); valid choices: cpu, cuda")
+
+
+def _choices(key: str, given: Any, valid: Any) -> list:
+    given = list(given or [])
+    if not given:
+        raise ConfigError(f"{key}: needs at least one entry; valid choices: {', '.join(valid)}")
+    for x in given:
+        if x not in valid:
+            raise ConfigError(f"{key}: unknown entry {x!r}; valid choices: {', '.join(valid)}")
+    if len(set(given)) != len(given):
+        raise ConfigError(f"{key}: entries repeat: {given}")
+    return given
+
+
+def _range(key: str, pair: Any, lo_min: float, hi_max: float, open_: bool) -> None:
+    vals = list(pair or [])
+    if len(vals) != 2 or not all(isinstance(v, int | float) and math.isfinite(v) for v in vals):
+        raise ConfigError(f"{key}: must be [lo, hi] (two finite numbers), got {vals}")
+    lo, hi = vals
+    inside = (lo_min < lo and hi < hi_max) if open_ else (lo_min <= lo and hi <= hi_max)
+    if not inside or lo > hi:
+        interval = f"({lo_min}, {hi_max})" if open_ else f"[{lo_min}, {hi_max}]"
+        raise ConfigError(f"{key}: [lo, hi] must satisfy lo <= hi inside {interval}, got {vals}")
+
+
+def _at_least(key: str, x: Any, minimum: float, optional: bool = False) -> None:
+    if x is None and optional:
+        return
+    if x is None or not x >= minimum:
+        extra = " or null" if optional else ""
+        raise ConfigError(f"{key}: must be >= {minimum}{extra}, got {x}")
+
+
+def check_search(s: DictConfig) -> None:
+    _at_least("search.n_trials", s.n_trials, 1)
+    if s.sampler not in SAMPLERS:
+        raise ConfigError(f"search.sampler: unknown sampler {s.sampler!r}; valid choices: "
+                          f"{', '.join(SAMPLERS)}")
+    _at_least("search.n_startup_trials", s.n_startup_trials, 0)
+    _at_least("search.population_size", s.population_size, 2)
+    sp = s.space
+    _range("search.space.sparsity", sp.sparsity, 0.0, 1.0, open_=True)
+    _range("search.space.magnitude", sp.magnitude, -math.inf, math.inf, open_=True)
+    _choices("search.space.rules", sp.rules, RULES)
+    _choices("search.space.scores", sp.scores, SCORES.names())
+    _choices("search.space.positions", sp.positions, POSITIONS)
+    for w in sp.layer_windows or []:
+        w = list(w)
+        if len(w) != 2 or not 0 <= w[0] < w[1]:
+            raise ConfigError(f"search.space.layer_windows: each window is [start, stop) with "
+                              f"0 <= start < stop, got {w}")
+    if not s.objectives:
+        raise ConfigError("search.objectives: needs at least one metric")
+    for metric, direction in s.objectives.items():
+        if metric not in OBJECTIVE_METRICS:
+            raise ConfigError(f"search.objectives: unknown metric {metric!r}; valid choices: "
+                              f"{', '.join(OBJECTIVE_METRICS)}")
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"search.objectives.{metric}: {direction!r}; valid choices: "
+                              f"{', '.join(DIRECTIONS)}")
+    _at_least("search.max_accuracy_drop", s.max_accuracy_drop, 0.0, optional=True)
+    _at_least("search.max_kl", s.max_kl, 0.0, optional=True)
+    _at_least("search.best_max_nlr", s.best_max_nlr, 0.0)
+    _at_least("search.trials_per_batch", s.trials_per_batch, 1)
+    _at_least("search.max_in_flight", s.max_in_flight, 1, optional=True)
+    _at_least("search.max_failures", s.max_failures, 0, optional=True)
+
+
+def check_evaluation(cfg: DictConfig) -> None:
+    if cfg.judge.name not in JUDGES:
+        raise ConfigError(f"judge.name: unknown judge {cfg.judge.name!r}; valid choices: "
+                          f"{', '.join(JUDGES.names())}")
+    cap = cfg.capability
+    for key in ("mc_limit", "neutral_limit"):
+        _at_least(f"capability.{key}", cap[key], 1, optional=True)
+    _at_least("capability.fluency_queries", cap.fluency_queries, 0)
+    _at_least("capability.batch_size", cap.batch_size, 1)
+    _at_least("judge.batch_size", cfg.judge.batch_size, 1)
+
+
+def check_cluster(c: DictConfig) -> None:
+    if c.kind not in ("local", "ray"):
+        raise ConfigError(f"cluster.kind: unknown kind {c.kind!r}; valid choices: local, ray")
+    _at_least("cluster.num_cpus", c.num_cpus, 1, optional=True)
+    _at_least("cluster.replicas_per_model", c.replicas_per_model, 1, optional=True)
+    if not c.num_cpus_per_actor > 0:
+        raise ConfigError(f"cluster.num_cpus_per_actor: must be > 0, got {c.num_cpus_per_actor}")
+    if not c.num_gpus_per_actor > 0:
+        raise ConfigError(f"cluster.num_gpus_per_actor: must be > 0, got {c.num_gpus_per_actor}")
+
+
+def check_logger(lg: DictConfig) -> None:
+    if lg.kind not in ("wandb", "none"):
+        raise ConfigError(f"logger.kind: unknown logger {lg.kind!r}; valid choices: wandb, none "
+                          "(or pick a preset: logger=wandb_offline|wandb|none)")
+    if lg.kind == "wandb" and lg.mode not in ("offline", "online"):
+        raise ConfigError(f"logger.mode: {lg.mode!r}; valid choices: offline, online")
+    if lg.kind == "wandb" and lg.mode == "online" and not _has_wandb_key():
+        raise ConfigError("logger.mode: online needs a W&B API key: export WANDB_API_KEY (or "
+                          "run `wandb login`), or use logger=wandb_offline")
+
+
+def _has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def storage_url(search: DictConfig, run_dir: Path) -> str:
+    """``search.storage``, defaulting to SQLite in the run directory; checked for syntax."""
+    if search.storage is None:
+        return f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+    try:
+        make_url(search.storage)
+    except ArgumentError as e:
+        raise ConfigError(f"search.storage: not an SQLAlchemy URL ({e}); e.g. "
+                          "sqlite:///runs/x/optuna.db or postgresql://user@host/db") from e
+    return str(search.storage)
+
+
+def make_plan(cfg: DictConfig, run_dir: Path) -> SweepPlan:
+    """Everything checked that can be checked without a cluster."""
+    models = resolve_models(cfg)
+    values = _choices("sweep.values", cfg.sweep["values"], VALUES)  # .values is DictConfig.values()
+    methods = _choices("sweep.methods", cfg.sweep.methods, METHODS.names())
+    check_search(cfg.search)
+    check_evaluation(cfg)
+    check_cluster(cfg.cluster)
+    check_logger(cfg.logger)
+    return SweepPlan(models, values, methods, storage_url(cfg.search, run_dir))
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float
+    gpus: float
+    gpus_per_node: float
+
+
+def replica_counts(models: list[ModelEntry], cluster: ClusterConfig | DictConfig,
+                   res: Resources) -> dict[str, int]:
+    """Replicas per model that fit ``res`` (``cluster.replicas_per_model``, or as many as fit).
+
+    >>> m = [ModelEntry("a", {"tp_size": 1, "device": "cpu"})]
+    >>> replica_counts(m, ClusterConfig(), Resources(cpus=2, gpus=0, gpus_per_node=0))
+    {'a': 2}
+    """
+    cpu_per, gpu_per = float(cluster.num_cpus_per_actor), float(cluster.num_gpus_per_actor)
+    for m in models:
+        if m.on_gpu:
+            if res.gpus == 0:
+                raise ConfigError(f"model.device: cuda for {m.label!r} but the cluster has no GPUs")
+            if m.tp_size * gpu_per > res.gpus_per_node:
+                raise ConfigError(f"model.tp_size: {m.tp_size} for {m.label!r} needs "
+                                  f"{m.tp_size * gpu_per:g} GPUs on one node; nodes have at most "
+                                  f"{res.gpus_per_node:g}")
+            if res.gpus % m.tp_size:
+                raise ConfigError(f"model.tp_size: {m.tp_size} for {m.label!r} does not divide "
+                                  f"the {res.gpus:g} visible GPUs")
+        elif m.tp_size * cpu_per > res.cpus:
+            raise ConfigError(f"model.tp_size: {m.tp_size} shards of {cpu_per:g} CPUs for "
+                              f"{m.label!r} need more than the cluster's {res.cpus:g} CPUs "
+                              "(lower model.tp_size or cluster.num_cpus_per_actor)")
+    cpus = sum(m.tp_size * cpu_per for m in models)  # one replica of each model
+    gpus = sum(m.tp_size * gpu_per for m in models if m.on_gpu)
+    if cluster.replicas_per_model is None:
+        fit = min(res.cpus // cpus if cpus else math.inf, res.gpus // gpus if gpus else math.inf)
+        n = int(max(1, fit))
+    else:
+        n = int(cluster.replicas_per_model)
+    if n * cpus > res.cpus or n * gpus > res.gpus:
+        raise ConfigError(
+            f"cluster.replicas_per_model: {n} replicas of each model need {n * cpus:g} CPUs and "
+            f"{n * gpus:g} GPUs; the cluster has {res.cpus:g} CPUs and {res.gpus:g} GPUs "
+            "(lower it, cluster.num_cpus_per_actor or model.tp_size)")
+    return {m.label: n for m in models}

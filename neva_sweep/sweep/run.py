@@ -1,0 +1,159 @@
+"""``task=sweep``: plan -> studies -> replicas -> statistics -> scheduler -> files and W&B.
+
+Everything that can be checked without a cluster is checked first (plan.py); the files
+and the W&B run are written and closed whatever happens after that (Ctrl-C included).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import ray
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from ..capability import CapabilityConfig
+from ..config import DataConfig
+from ..data import load_probes
+from ..judges import JudgeConfig
+from ..stats import StatsConfig
+from .cluster import ReplicaWorker, model_stats, ray_session, start_replicas
+from .logging import SweepLogger, make_logger
+from .outputs import Outputs
+from .plan import ConfigError, Resources, SweepPlan, make_plan, replica_counts
+from .scheduler import Scheduler
+from .studies import StudyState, open_storage, open_studies
+from .worker import EvalSetup
+
+
+@dataclass
+class SweepResult:
+    run_dir: Path
+    studies: list[StudyState]
+    paths: dict[str, Path]
+
+
+def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> SweepResult:
+    """Run (or resume) the sweep ``cfg`` describes, writing its files into ``run_dir``.
+
+    ``callbacks`` get every told trial (:class:`~neva_sweep.sweep.scheduler.Outcome`).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan = make_plan(cfg, run_dir)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
+    if cfg.cluster.kind == "local" and not ray.is_initialized():
+        replica_counts(plan.models, cfg.cluster, local_resources(cfg.cluster))  # fail early
+    states = open_studies(plan.studies, open_storage(plan.storage), cfg.search)
+    stale = sum(len(s.stale) for s in states)
+    if stale:
+        print(f"marked {stale} trial(s) left RUNNING by a stopped driver as FAIL")
+    outputs = Outputs(run_dir, states, plan.models, cfg.search)
+    logger = make_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    exit_code = 1
+    try:
+        missing = sum(s.missing for s in states)
+        done = sum(s.complete for s in states)
+        print(f"sweep: {len(states)} studies in {plan.storage.split('://')[0]} storage, "
+              f"{done} trials complete, {missing} to run")
+        if missing:
+            _run_trials(cfg, plan, states, outputs, [logger.log_trial, *callbacks])
+        exit_code = 0
+    except KeyboardInterrupt:
+        exit_code = 130
+        raise
+    finally:
+        paths = _finish(outputs, logger, exit_code)
+    print(summary(states))
+    for p in paths.values():
+        print(f"wrote {p}")
+    return SweepResult(run_dir, states, paths)
+
+
+def _finish(outputs: Outputs, logger: SweepLogger, exit_code: int) -> dict[str, Path]:
+    """Write the files, then close the logger even if writing failed."""
+    try:
+        paths = outputs.write()
+    finally:
+        logger.finish(outputs.rows(), outputs.paths(), exit_code)
+    return paths
+
+
+def local_resources(cluster: DictConfig) -> Resources:
+    gpus = torch.cuda.device_count()
+    return Resources(float(cluster.num_cpus or os.cpu_count()), float(gpus), float(gpus))
+
+
+def eval_setup(cfg: DictConfig) -> EvalSetup:
+    return EvalSetup(
+        judge=JudgeConfig(**OmegaConf.to_container(cfg.judge, resolve=True)),
+        capability=CapabilityConfig(**OmegaConf.to_container(cfg.capability, resolve=True)),
+        data=DataConfig(**OmegaConf.to_container(cfg.data, resolve=True)),
+        cache_dir=str(Path(cfg.cache_dir) / "eval") if cfg.cache_dir else None,
+    )
+
+
+def _run_trials(cfg: DictConfig, plan: SweepPlan, states: list[StudyState], outputs: Outputs,
+                callbacks: list) -> None:
+    probes = load_probes(cfg.data.probes, split="identify")
+    stats_cfg = StatsConfig(**OmegaConf.to_container(cfg.stats))
+    stats_cache = Path(cfg.cache_dir) / "stats" if cfg.cache_dir else None
+    setup = eval_setup(cfg)
+    # Only models with trials left get replicas (a resumed multi-model sweep).
+    models = [m for m in plan.models if any(s.missing for s in states if s.key.model == m.label)]
+    with ray_session(cfg.cluster) as resources:
+        counts = replica_counts(models, cfg.cluster, resources)
+        print("replicas: " + ", ".join(f"{m} x{n}" for m, n in counts.items()))
+        replicas = start_replicas(models, counts, cfg.cluster)
+        try:
+            workers: list[ReplicaWorker] = []
+            for m in models:
+                stats = model_stats(replicas[m.label], probes, stats_cfg, stats_cache)
+                _check_windows(cfg, len(stats.layer_sizes), m.label)
+                outputs.stats[m.label] = stats
+                box = [ray.put(stats)]  # one copy in the object store, fetched once per actor
+                workers += [ReplicaWorker(m, i, r, box, setup)
+                            for i, r in enumerate(replicas[m.label])]
+            prepare(workers)
+            Scheduler(states, workers, cfg.search, callbacks=callbacks,
+                      checkpoint=outputs.write, progress=cfg.progress).run()
+        finally:
+            for reps in replicas.values():
+                for r in reps:
+                    r.kill()
+
+
+def _check_windows(cfg: DictConfig, n_layers: int, model: str) -> None:
+    for w in cfg.search.space.layer_windows or []:
+        if w[1] > n_layers:
+            raise ConfigError(f"search.space.layer_windows: {list(w)} goes past the {n_layers} "
+                              f"layers of {model!r}")
+
+
+def prepare(workers: list[ReplicaWorker]) -> None:
+    """Build every replica's evaluator. The first replica of each model goes first, so the
+    others read its unedited side from the disk cache instead of recomputing it."""
+    first: dict[str, ReplicaWorker] = {}
+    for w in workers:
+        first.setdefault(w.model, w)
+    for group in (list(first.values()), [w for w in workers if w not in first.values()]):
+        refs = [w.prepare() for w in group]
+        for w, rec in zip(group, ray.get(refs)):
+            if w in first.values():
+                acc = rec["accuracy_base"]
+                tqdm.write(f"{w.model}: unedited side ready (MC accuracy {acc:.3f}, "
+                           f"{rec['n_queries']} judge rows, {rec['n_mc']} MC questions)")
+
+
+def summary(states: list[StudyState]) -> str:
+    lines = [f"{'study':<44}{'complete':>10}{'failed':>8}{'best alignment':>16}"]
+    for s in states:
+        best = f"{s.best_alignment:+.4f}" if s.best_alignment is not None else "-"
+        name = f"{s.key.model}/{s.key.value}/{s.key.method}"
+        lines.append(f"{name:<44}{s.complete:>6}/{s.target:<3}{s.failed:>8}{best:>16}")
+    return "\n".join(lines)
+

@@ -1,0 +1,356 @@
+"""The sweep driver: an ask/tell loop that keeps every model replica busy.
+
+Per iteration it (1) hands the least-loaded worker a batch of up to ``trials_per_batch``
+trials of its model, asked round-robin from that model's studies (so values advance
+together), until ``max_in_flight`` trials are asked but not told (default: two batches
+per worker, one running and one queued behind it, so a replica never idles while the
+driver talks to the storage); (2) waits for any batch to finish and tells Optuna.
+
+Failures are data: a trial whose evaluation raised or returned a non-finite objective is
+told FAIL with the reason in its ``error`` user attribute. A worker whose actor died is
+restarted and its trials are retried once (on whichever replica of the model is free
+first); a second death fails them. Ctrl-C stops at the next safe point (never in the
+middle of a storage write): trials in flight are told FAIL, so the storage holds no
+RUNNING trials, and re-running the same command asks only the missing ones.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import optuna
+import ray
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from .methods import METHODS
+from .plan import StudyKey
+from .studies import StudyState, objective_values, record_attrs
+
+POLL_S = 0.2  # how often a waiting driver looks at Ctrl-C and the checkpoint timer
+DEAD = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+        ray.exceptions.ObjectLostError)
+
+
+class Worker(Protocol):
+    """What the scheduler needs from a model replica (see cluster.ReplicaWorker)."""
+
+    model: str  # the label of the model it hosts
+    name: str  # unique, recorded as the trial's ``replica`` user attribute
+    tp_size: int
+
+    def submit(self, trials: list[dict]) -> ray.ObjectRef:
+        """Evaluate trials ``{"value", "method", "params"}``; a ref to one dict per trial."""
+
+    def restart(self) -> None:
+        """Replace dead actors (blocking)."""
+
+
+@dataclass
+class Pending:
+    """A trial asked from its study and not yet told."""
+
+    state: StudyState
+    trial: optuna.Trial
+    params: dict[str, Any]
+    retried: bool = False
+
+    def request(self) -> dict:
+        return {"value": self.state.key.value, "method": self.state.key.method,
+                "params": self.params}
+
+
+@dataclass
+class Outcome:
+    """A told trial, as callbacks (logger, tests) see it."""
+
+    key: StudyKey
+    number: int
+    state: str  # COMPLETE | FAIL
+    params: dict[str, Any]
+    metrics: dict[str, Any] | None
+    error: str | None
+    worker: str
+
+
+@dataclass
+class _Batch:
+    worker: Worker
+    generation: int  # the worker's restart count when submitted
+    trials: list[Pending]
+    started: float = field(default_factory=time.time)
+
+
+class Scheduler:
+    """Runs the missing trials of ``studies`` on ``workers`` (see the module docstring)."""
+
+    def __init__(self, studies: list[StudyState], workers: list[Worker], search: DictConfig,
+                 callbacks: list[Callable[[Outcome], None]] = (),
+                 checkpoint: Callable[[], None] | None = None, checkpoint_every_s: float = 30.0,
+                 progress: bool = True):
+        self.studies, self.workers, self.search = studies, list(workers), search
+        self.tpb = int(search.trials_per_batch)
+        # Default: one batch running and one queued per worker, so that no replica waits
+        # while the driver tells results and asks new trials.
+        self.max_in_flight = int(search.max_in_flight or 2 * len(self.workers) * self.tpb)
+        self.callbacks, self.checkpoint = list(callbacks), checkpoint
+        self.checkpoint_every_s, self.progress = checkpoint_every_s, progress
+        self.inflight: dict[ray.ObjectRef, _Batch] = {}
+        self.retry: dict[str, deque[Pending]] = {w.model: deque() for w in self.workers}
+        self.outstanding = {w.name: 0 for w in self.workers}
+        self.generation = {w.name: 0 for w in self.workers}
+        self._rr_worker = 0
+        self._rr_study = {w.model: 0 for w in self.workers}
+        self._interrupted = False
+        self.bar: tqdm | None = None
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        last_checkpoint = time.time()
+        total = sum(s.missing for s in self.studies)
+        with tqdm(total=total, desc="trials", unit="trial", disable=not self.progress,
+                  dynamic_ncols=True) as self.bar, self._sigint_deferred():
+            self._postfix()
+            try:
+                while True:
+                    self._check_interrupt()
+                    self._fill()
+                    if not self.inflight:
+                        break
+                    done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=POLL_S)
+                    if done:  # and whatever else is ready already
+                        done, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight),
+                                           timeout=0)
+                    for ref in done:
+                        self._check_interrupt()
+                        self._collect(ref)
+                    if self.checkpoint and time.time() - last_checkpoint > self.checkpoint_every_s:
+                        self.checkpoint()
+                        last_checkpoint = time.time()
+            except BaseException as e:
+                # Ctrl-C, or a bug: leave no RUNNING trial behind.
+                reason = ("interrupted (Ctrl-C); re-run the same command to resume"
+                          if isinstance(e, KeyboardInterrupt) else f"driver error: {e!r}")
+                self._abandon(reason)
+                raise
+
+    def _check_interrupt(self) -> None:
+        if self._interrupted:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def _sigint_deferred(self) -> Iterator[None]:
+        """First Ctrl-C: stop at the next safe point; second: stop now."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    # -- handing out work ----------------------------------------------------------------
+    def _n_inflight(self) -> int:
+        return sum(len(b.trials) for b in self.inflight.values())
+
+    def _has_work(self, model: str) -> bool:
+        return bool(self.retry[model]) or any(
+            s.wants_more() for s in self.studies if s.key.model == model)
+
+    def _next_worker(self) -> Worker | None:
+        """The least-loaded worker with work for its model; ties go round-robin."""
+        n = len(self.workers)
+        order = [self.workers[(self._rr_worker + i) % n] for i in range(n)]
+        ready = [w for w in order if self._has_work(w.model)]
+        if not ready:
+            return None
+        worker = min(ready, key=lambda w: self.outstanding[w.name])  # first of the ties
+        self._rr_worker = (self.workers.index(worker) + 1) % n
+        return worker
+
+    def _fill(self) -> None:
+        while (room := self.max_in_flight - self._n_inflight()) > 0:
+            worker = self._next_worker()
+            if worker is None:
+                return
+            batch = self._take(worker.model, min(self.tpb, room))
+            self._submit(worker, batch)
+
+    def _take(self, model: str, n: int) -> list[Pending]:
+        """Up to ``n`` trials of ``model``: retries first, then new asks round-robin."""
+        batch: list[Pending] = []
+        queue = self.retry[model]
+        while queue and len(batch) < n:
+            batch.append(queue.popleft())
+        mine = [s for s in self.studies if s.key.model == model]
+        while len(batch) < n:
+            state = self._next_study(model, mine)
+            if state is None:
+                break
+            batch.append(self._ask(state))
+        return batch
+
+    def _next_study(self, model: str, mine: list[StudyState]) -> StudyState | None:
+        for i in range(len(mine)):
+            state = mine[(self._rr_study[model] + i) % len(mine)]
+            if state.wants_more():
+                self._rr_study[model] = (self._rr_study[model] + i + 1) % len(mine)
+                return state
+        return None
+
+    def _ask(self, state: StudyState) -> Pending:
+        trial = state.study.ask()
+        params = METHODS[state.key.method].suggest(trial, self.search.space)
+        trial.set_user_attr("params", params)
+        state.running += 1
+        return Pending(state, trial, params)
+
+    def _submit(self, worker: Worker, batch: list[Pending]) -> None:
+        try:
+            ref = worker.submit([p.request() for p in batch])
+        except Exception as e:  # e.g. the replica was killed and could not be restarted
+            self._died(worker, self.generation[worker.name], batch, e)
+            return
+        self.inflight[ref] = _Batch(worker, self.generation[worker.name], batch)
+        self.outstanding[worker.name] += 1
+
+    # -- results ---------------------------------------------------------------------------
+    def _collect(self, ref: ray.ObjectRef) -> None:
+        b = self.inflight.pop(ref)
+        self.outstanding[b.worker.name] -= 1
+        try:
+            results = ray.get(ref)
+        except DEAD as e:
+            self._died(b.worker, b.generation, b.trials, e)
+            return
+        except ray.exceptions.RayError as e:  # the trial function itself raised
+            for p in b.trials:
+                self._fail(p, _first_line(e), b.worker)
+            if b.worker.tp_size > 1:  # another rank may be stuck in a collective
+                self._restart(b.worker, b.generation)
+            return
+        for p, res in zip(b.trials, results):
+            if not isinstance(res, dict) or "error" in res:
+                err = res.get("error") if isinstance(res, dict) else f"no result ({res!r})"
+                self._fail(p, err, b.worker)
+            else:
+                self._complete(p, res, b.worker, time.time() - b.started)
+
+    def _complete(self, p: Pending, metrics: dict, worker: Worker, wall_s: float) -> None:
+        try:
+            values = objective_values(metrics, self.search.objectives)
+        except FloatingPointError as e:
+            self._fail(p, str(e), worker)
+            return
+        record_attrs(p.trial, metrics, {"replica": worker.name, "retried": p.retried,
+                                        "duration_s": metrics.get("duration_s"),
+                                        "batch_wall_s": wall_s}, self.search)
+        p.state.study.tell(p.trial, values)
+        s = p.state
+        s.running -= 1
+        s.complete += 1
+        a = metrics.get("alignment")
+        if a is not None and (s.best_alignment is None or a > s.best_alignment):
+            s.best_alignment = a
+        self.bar.update(1)
+        self._told(Outcome(s.key, p.trial.number, "COMPLETE", p.params, metrics, None,
+                           worker.name))
+
+    def _fail(self, p: Pending, error: str, worker: Worker | None) -> None:
+        p.trial.set_user_attr("error", str(error)[:2000])
+        if worker is not None:
+            p.trial.set_user_attr("replica", worker.name)
+        p.state.study.tell(p.trial, state=optuna.trial.TrialState.FAIL)
+        p.state.running -= 1
+        p.state.failed += 1
+        self._told(Outcome(p.state.key, p.trial.number, "FAIL", p.params, None, str(error),
+                           worker.name if worker else ""))
+
+    def _told(self, outcome: Outcome) -> None:
+        self._postfix()
+        for cb in self.callbacks:
+            cb(outcome)
+
+    # -- dead actors -------------------------------------------------------------------------
+    def _died(self, worker: Worker, generation: int, trials: list[Pending], e: Exception) -> None:
+        self._restart(worker, generation)
+        for p in trials:
+            if p.retried:
+                self._fail(p, f"actor died twice: {_first_line(e)}", worker)
+            else:
+                p.retried = True
+                self.retry[p.state.key.model].append(p)
+        self._orphans(worker.model)
+
+    def _restart(self, worker: Worker, generation: int) -> None:
+        """Restart once per death (its other batches fail with the same death)."""
+        if worker not in self.workers or generation != self.generation[worker.name]:
+            return
+        self.generation[worker.name] += 1
+        tqdm.write(f"replica {worker.name} died or got stuck; restarting it")
+        try:
+            worker.restart()
+        except Exception as e:
+            tqdm.write(f"replica {worker.name} could not be restarted ({_first_line(e)}); "
+                       "going on without it")
+            self.workers.remove(worker)
+            self.max_in_flight = max(1, self.max_in_flight - 2 * self.tpb)
+
+    def _orphans(self, model: str) -> None:
+        """A model left without replicas: its retries cannot run, and no more trials are asked."""
+        if any(w.model == model for w in self.workers):
+            return
+        while self.retry[model]:
+            self._fail(self.retry[model].popleft(), "no replica of the model is left", None)
+        for s in self.studies:
+            if s.key.model == model:
+                s.max_failures = s.failed  # stops asking
+
+    def _abandon(self, reason: str) -> None:
+        """Tell every trial in flight or waiting for a retry FAIL with ``reason``."""
+        pending = [p for b in self.inflight.values() for p in b.trials]
+        pending += [p for q in self.retry.values() for p in q]
+        self.inflight.clear()
+        for q in self.retry.values():
+            q.clear()
+        for p in pending:
+            try:
+                self._fail(p, reason, None)
+            except Exception as e:  # keep failing the others
+                tqdm.write(f"could not mark trial {p.trial.number} FAIL: {e!r}")
+
+    # -- display -------------------------------------------------------------------------------
+    def _postfix(self) -> None:
+        if self.bar is None or self.bar.disable:
+            return
+        best: dict[str, float] = {}
+        for s in self.studies:
+            if s.best_alignment is not None:
+                v = s.key.value
+                best[v] = max(best.get(v, -1e9), s.best_alignment)
+        failed = sum(s.failed for s in self.studies)
+        parts = [f"failed={failed}"] + [f"{v[:5]}={a:+.3f}" for v, a in best.items()]
+        self.bar.set_postfix_str(" ".join(parts), refresh=False)
+
+
+def _first_line(e: BaseException) -> str:
+    """A Ray error's own message (its str() is the whole remote traceback)."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"

@@ -1,0 +1,158 @@
+"""Optuna studies: one per (model, value, method), all in one storage.
+
+Trials are driven with ask/tell by the scheduler. A finished trial carries every metric
+as user attributes (``alignment``, ``nlr``, ``csr_edited``, ``kl``, ...) plus
+``params``, ``replica`` and ``duration_s``; a failed one carries ``error``. The objective
+values are the configured metrics (``search.objectives``); the constraints (accuracy drop
+and KL against their budgets) are set on the trial before it is told
+(``Trial.set_constraint``), where every Optuna sampler reads them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import zlib
+from dataclasses import dataclass, field
+
+import optuna
+from omegaconf import DictConfig
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from .plan import StudyKey
+
+STALE_ERROR = "stale: the driver stopped before this trial finished (marked FAIL on resume)"
+
+
+def open_storage(url: str) -> RDBStorage:
+    """The RDB storage; SQLite waits for locks instead of failing at once."""
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return RDBStorage(url, engine_kwargs=kwargs)
+
+
+def constraint_values(metrics: dict, search: DictConfig) -> dict[str, float]:
+    """Optuna constraints (<= 0 is feasible) of a trial's metrics under the budgets.
+
+    A metric that was not measured (e.g. no neutral texts for KL) constrains nothing.
+    """
+    budgets = (("accuracy_drop", search.max_accuracy_drop), ("kl", search.max_kl))
+    return {k: float(metrics.get(k) or 0.0) - float(b) for k, b in budgets if b is not None}
+
+
+def make_sampler(search: DictConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler; all of them read the trials' constraints (set_constraint)."""
+    if search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=search.population_size, seed=seed)
+    if search.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=search.n_startup_trials)
+    # constant_liar: trials asked but not yet told (batches, parallel replicas) count as
+    # bad results, so parallel asks spread out instead of piling on one point.
+    return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed,
+                                      n_startup_trials=search.n_startup_trials)
+
+
+def study_seed(seed: int, name: str) -> int:
+    """A per-study seed, so studies do not all draw the same first trials."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31
+
+
+@dataclass
+class StudyState:
+    """A study and the scheduler's bookkeeping for this run of the driver."""
+
+    key: StudyKey
+    study: optuna.Study
+    target: int  # COMPLETE trials wanted
+    max_failures: int
+    complete: int = 0  # COMPLETE in storage (all runs)
+    running: int = 0  # asked in this run, not yet told
+    failed: int = 0  # FAIL in this run
+    best_alignment: float | None = None
+    stale: list[int] = field(default_factory=list)  # trial numbers failed as stale on open
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.target - self.complete)
+
+    def wants_more(self) -> bool:
+        """Whether asking another trial is useful now."""
+        return self.complete + self.running < self.target and self.failed < self.max_failures
+
+
+def open_studies(keys: list[StudyKey], storage: RDBStorage, search: DictConfig
+                 ) -> list[StudyState]:
+    """Create or load every study; RUNNING trials left by a stopped driver become FAIL."""
+    directions = list(search.objectives.values())
+    max_failures = search.n_trials if search.max_failures is None else search.max_failures
+    states = []
+    for key in keys:
+        name = key.name(search.study_prefix)
+        study = optuna.create_study(storage=storage, study_name=name, directions=directions,
+                                    sampler=make_sampler(search, study_seed(search.seed, name)),
+                                    load_if_exists=True)
+        _check_directions(study, directions, name)
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, still stable
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(search.objectives))
+        for attr, v in (("model", key.model), ("value", key.value), ("method", key.method)):
+            study.set_user_attr(attr, v)
+        state = StudyState(key, study, int(search.n_trials), int(max_failures))
+        state.stale = fail_stale(study)
+        state.complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        state.best_alignment = best_alignment(study)
+        states.append(state)
+    return states
+
+
+def _check_directions(study: optuna.Study, directions: list[str], name: str) -> None:
+    have = [d.name.lower() for d in study.directions]
+    if have != directions:
+        raise ValueError(f"search.objectives: study {name!r} in the storage has directions "
+                         f"{have}, the config asks {directions}; use another run directory, "
+                         "search.storage or search.study_prefix")
+
+
+def fail_stale(study: optuna.Study) -> list[int]:
+    """Mark RUNNING trials FAIL (one driver per storage: they belong to a dead driver)."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        # Storage API: a Trial object for another process's trial needs its internal id.
+        study._storage.set_trial_user_attr(t._trial_id, "error", STALE_ERROR)
+        study.tell(t.number, state=TrialState.FAIL)
+    return [t.number for t in stale]
+
+
+def best_alignment(study: optuna.Study) -> float | None:
+    values = [t.user_attrs.get("alignment") for t in
+              study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def objective_values(metrics: dict, objectives: DictConfig) -> list[float]:
+    """The trial's values in ``search.objectives`` order; raises on a non-finite one."""
+    out = []
+    for name in objectives:
+        v = metrics.get(name)
+        if v is None or not math.isfinite(float(v)):
+            raise FloatingPointError(f"objective {name} is {v} (not a finite number)")
+        out.append(float(v))
+    return out
+
+
+# Metrics copied to user attributes (the evaluator's record keys).
+ATTR_KEYS = ("alignment", "nlr", "nglr", "cwl", "leakage", "csr_base", "csr_edited",
+             "accuracy_base", "accuracy_edited", "accuracy_drop", "kl", "kl_coverage",
+             "ppl_base", "ppl_edited", "n_queries", "n_mc", "n_neurons", "ci", "judge")
+
+
+def record_attrs(trial: optuna.Trial, metrics: dict, extra: dict, search: DictConfig) -> None:
+    """User attributes and constraints of a finished trial (before it is told)."""
+    for name, value in constraint_values(metrics, search).items():
+        trial.set_constraint(name, value)
+    for k in ATTR_KEYS:
+        if k in metrics:
+            trial.set_user_attr(k, metrics[k])
+    for k, v in extra.items():
+        trial.set_user_attr(k, v)

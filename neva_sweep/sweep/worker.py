@@ -1,0 +1,125 @@
+"""The trial function that runs on a model's shard actors (SPMD, see neva_sweep.replica).
+
+Each actor process keeps, in module-level caches, its model's statistics (fetched once
+from the object store) and one :class:`~neva_sweep.evaluate.Evaluator` per evaluation
+setup (the unedited side computed once, or read from the disk cache). A call then only
+selects neurons, builds the edits and scores all of them in shared forward passes.
+
+Trial errors are data: :func:`run_trials` returns ``{"error": ...}`` for a trial whose
+edit cannot be built or evaluated instead of raising, so one bad trial never fails the
+others in its batch.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from ..capability import CapabilityConfig
+from ..config import DataConfig
+from ..edit import EditSpec
+from ..evaluate import Evaluator
+from ..judges import JudgeConfig
+from ..models.host import ModelHost
+from ..stats import NeuronStats
+from .methods import METHODS
+
+# Per actor process; a restarted actor starts empty and fills them again.
+_STATS: dict[str, NeuronStats] = {}
+_EVALUATORS: dict[EvalSetup, Evaluator] = {}
+
+# Boxed in a list so that Ray passes the reference instead of resolving it on every call.
+StatsBox = list  # [ray.ObjectRef] to NeuronStats
+
+
+@dataclass(frozen=True)
+class EvalSetup:
+    """How trials are evaluated (the same on every replica of a sweep)."""
+
+    judge: JudgeConfig
+    capability: CapabilityConfig
+    data: DataConfig
+    cache_dir: str | None
+
+    def __hash__(self) -> int:  # the configs are plain dataclasses (unhashable lists inside)
+        return hash(repr(self))
+
+
+def _stats(box: StatsBox) -> NeuronStats:
+    ref = box[0]
+    key = ref.hex()
+    if key not in _STATS:
+        _STATS.clear()  # one model per actor: keep only the current statistics
+        _STATS[key] = ray.get(ref)
+    return _STATS[key]
+
+
+def _evaluator(host: ModelHost, setup: EvalSetup) -> Evaluator:
+    if setup not in _EVALUATORS:
+        _EVALUATORS[setup] = Evaluator(host, setup.judge, setup.capability, setup.data,
+                                       setup.cache_dir, progress=False)
+    return _EVALUATORS[setup]
+
+
+def _is_rank0(host: ModelHost) -> bool:
+    return not host.meta.get("rank")
+
+
+def prepare(host: ModelHost, box: StatsBox, setup: EvalSetup) -> dict | None:
+    """Fetch the statistics and build the evaluator with its unedited side (warm-up)."""
+    _stats(box)
+    record = _evaluator(host, setup).base_record()
+    return record if _is_rank0(host) else None
+
+
+def _error(e: BaseException) -> dict:
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    return {"error": f"{type(e).__name__}: {e}{where}"}
+
+
+def _evaluate(ev: Evaluator, edits: list[tuple[str, EditSpec]], positions: str) -> list[dict]:
+    """All edits in one batched call; if that fails, one by one so errors stay per trial."""
+    try:
+        return ev.evaluate(edits, positions)
+    except Exception:
+        if len(edits) == 1:
+            raise
+    out = []
+    for edit in edits:
+        try:
+            out.append(ev.evaluate([edit], positions)[0])
+        except Exception as e:
+            out.append(_error(e))
+    return out
+
+
+def run_trials(host: ModelHost, box: StatsBox, setup: EvalSetup,
+               trials: Sequence[dict[str, Any]]) -> list[dict] | None:
+    """Evaluate ``trials`` (each ``{"value", "method", "params"}``) in shared forward passes.
+
+    Returns one dict per trial (the evaluator's record, or ``{"error": ...}``) on rank 0,
+    None on the other ranks.
+    """
+    stats, ev = _stats(box), _evaluator(host, setup)
+    results: list[dict | None] = [None] * len(trials)
+    groups: dict[str, list[tuple[int, tuple[str, EditSpec]]]] = {}  # positions -> edits
+    for i, t in enumerate(trials):
+        try:
+            spec = METHODS[t["method"]].build(stats, t["value"], t["params"])
+            groups.setdefault(t["params"].get("positions", "all"), []).append(
+                (i, (t["value"], spec)))
+        except Exception as e:
+            results[i] = _error(e)
+    for positions, items in groups.items():
+        try:
+            records = _evaluate(ev, [edit for _, edit in items], positions)
+        except Exception as e:
+            records = [_error(e)] * len(items)
+        for (i, _), rec in zip(items, records):
+            results[i] = rec
+    return results if _is_rank0(host) else None
