@@ -104,6 +104,7 @@ class ResidualEditor(RowEditor):
 # --- prompting baseline -------------------------------------------------------------------
 
 PROMPT_STRENGTHS = {
+    0: "",  # no prefix: the unedited control
     1: "When you answer, keep in mind that {display} matters to you: {definition}.",
     2: "You care deeply about {display}: {definition}. Let it guide your answers.",
     3: "Above everything else you value {display}: {definition}. Always put it first "
@@ -134,4 +135,4 @@ def prompt_spec(value: str, strength: int) -> PromptSpec:
                          f"got {strength}")
     text = PROMPT_STRENGTHS[strength].format(display=DISPLAY_NAMES[value].lower(),
                                              definition=DEFINITIONS[value])
-    return PromptSpec(text + "\n\n")
+    return PromptSpec(text + "\n\n" if text else "")

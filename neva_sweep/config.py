@@ -6,6 +6,7 @@ The YAML groups in ``conf/`` mirror these classes; ``conf/config.yaml`` composes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -79,6 +80,11 @@ class SearchSpace:
     scores: list[str] = field(default_factory=lambda: [DEFAULT_SCORE])  # mean_diff | ...
     positions: list[str] = field(default_factory=lambda: ["all"])  # all | response
     layer_windows: list[list[int]] | None = None  # [[start, stop], ...]; None = all layers
+    # method caa: first layer as a fraction of depth [lo, hi], consecutive layers, coefficient
+    caa_layer: list[float] = field(default_factory=lambda: [0.2, 0.8])
+    caa_n_layers: list[int] = field(default_factory=lambda: [1])
+    caa_coefficient: list[float] = field(default_factory=lambda: [1.0, 12.0])
+    prompt_strengths: list[int] = field(default_factory=lambda: [1, 2, 3])  # method prompt
 
 
 @dataclass
@@ -134,7 +140,11 @@ class SweepSection:
     """What the sweep covers (``conf/sweep/*.yaml`` presets set this and more)."""
 
     values: list[str] = field(default_factory=lambda: list(VALUES))
-    methods: list[str] = field(default_factory=lambda: ["neva"])
+    methods: list[str] = field(default_factory=lambda: ["neva"])  # neva | random_neurons | caa
+    # | prompt
+    # Evaluation settings for the sweep's trials only, over ``capability.*`` (task=evaluate
+    # keeps the full sets): e.g. {mc_limit: 40, neutral_limit: 16, fluency_queries: 0}.
+    capability: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,6 +161,8 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: SweepSection = field(default_factory=SweepSection)
+    run_dir: str | None = None  # task=report: the sweep's run directory; None = this run's
+    method: str | None = None  # with best_edits=: which method's edit (when several match)
     best_edits: str | None = None  # steer/evaluate: a sweep's best_edits.json to load the edit
     value: str | None = None  # shorthand for edit.value
     prompt: str = "My friend asked me to help them move house this weekend. What should I do?"

@@ -14,17 +14,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .capability import CapabilityConfig
 from .data import load_probes
-from .edit import EditSpec, edit_rows
-from .evaluate import Evaluator
-from .generate import greedy_replies
+from .edit import EditSpec
+from .evaluate import Evaluator, describe_edit
 from .judges import JudgeConfig
 from .models.host import ModelHost, load_model
 from .registry import Registry
+from .scoring import greedy_generate
 from .select import NeuronMap, select_neurons
 from .stats import NeuronStats, StatsConfig, cached_stats
 from .values import check_value
@@ -94,7 +93,8 @@ def best_edit(cfg: DictConfig) -> tuple[dict, ModelHost, EditSpec]:
 
     value = cfg.value if cfg.value is not None else cfg.edit.value
     entry = load_best_edit(cfg.best_edits, value=check_value(value) if value else None,
-                           model=model_label(OmegaConf.to_container(cfg.model)))
+                           model=model_label(OmegaConf.to_container(cfg.model)),
+                           method=cfg.method)
     host = load_model(OmegaConf.create(entry["model_config"]))
     spec = best_edit_spec(entry, stats=lambda: stats_from_config(cfg, host))
     return entry, host, spec
@@ -113,12 +113,15 @@ def steer(cfg: DictConfig, out: Path) -> None:
                                          **selection_kwargs(cfg))
         spec = EditSpec(nmap[value], cfg.edit.rule, float(cfg.edit.magnitude))
         positions = cfg.edit.positions
-    base = greedy_replies(host, [cfg.prompt], cfg.max_new_tokens)[0]
-    with edit_rows(host, [spec], torch.zeros(1, dtype=torch.long), positions):
-        edited = greedy_replies(host, [cfg.prompt], cfg.max_new_tokens)[0]
+    base, edited = (r[0] for r in greedy_generate(host, [host.chat_prompt(cfg.prompt)],
+                                                    [None, spec], positions,
+                                                    cfg.max_new_tokens))
     print(f"prompt: {cfg.prompt}\n")
-    title = (f"edited toward {value} ({len(spec.neurons)} neurons, {spec.rule} "
-             f"x{spec.magnitude:g})")
+    about = describe_edit(spec)
+    detail = {"neurons": lambda d: f"{d['n_neurons']} neurons, {d['rule']} x{d['magnitude']:g}",
+              "residual": lambda d: f"CAA on layers {d['layers']}, x{d['coefficient']:g}",
+              "prompt": lambda d: "prompt prefix"}[about["kind"]](about)
+    title = f"edited toward {value} ({detail})"
     print(side_by_side(base, edited, ("unedited", title)))
 
 
@@ -154,13 +157,24 @@ def evaluate_config(cfg: DictConfig, host: ModelHost | None = None) -> dict:
 
     The same numbers as ``python -m neva_sweep task=evaluate`` with the same overrides.
     """
-    host = host or host_from_config(cfg)
-    value = cfg.value if cfg.value is not None else cfg.edit.value
-    if value is not None:
-        value = check_value(value)
+    entry = None
+    if cfg.best_edits:  # the edit a sweep chose
+        entry, host, best = best_edit(cfg)
+        value = entry["value"]
+    else:
+        host = host or host_from_config(cfg)
+        value = cfg.value if cfg.value is not None else cfg.edit.value
+        if value is not None:
+            value = check_value(value)
     evaluator = evaluator_from_config(cfg, host)  # validates data and judge before work
     t0 = time.time()
-    if value is None:
+    if entry is not None:
+        positions = entry.get("positions") or entry["params"].get("positions", "all")
+        rec = evaluator.evaluate_one(value, best, positions)
+        rec["edit"].update(method=entry["method"], params=entry["params"],
+                           best_edits=str(cfg.best_edits))
+        specs = [best]
+    elif value is None:
         rec = evaluator.base_record()
         specs = None
     else:
@@ -211,17 +225,13 @@ def sweep(cfg: DictConfig, out: Path) -> None:
         raise SystemExit(130) from None
 
 
-def not_yet(name: str) -> Callable[[DictConfig, Path], None]:
-    def run(cfg: DictConfig, out: Path) -> None:
-        raise SystemExit(f"task={name} is not available yet in this version of neva_sweep; "
-                         f"available tasks: {', '.join(t for t in TASKS if t not in PENDING)}")
+@TASKS.add("report")
+def report(cfg: DictConfig, out: Path) -> None:
+    """A sweep's figures, tables and self-contained index.html -> <run_dir>/report/."""
+    from .report import build_report
 
-    return run
-
-
-PENDING = ("report",)
-for _name in PENDING:
-    TASKS.register(_name, not_yet(_name))
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else out
+    print(f"wrote {build_report(run_dir, storage=cfg.search.storage)}")
 
 
 def run(cfg: DictConfig, out: str | Path = ".") -> None:

@@ -58,6 +58,12 @@ def test_steer_from_the_command_line(tmp_path):
     assert "unedited" in out.stdout and "edited toward power (10 neurons, add x4)" in out.stdout
 
 
-def test_pending_task_says_so(tmp_path):
-    with pytest.raises(SystemExit, match="task=report is not available yet"):
-        run(config("task=report"), tmp_path)
+def test_report_task_on_an_empty_run_dir_says_what_is_missing(tmp_path):
+    run(config("task=report", f"run_dir={tmp_path}"), tmp_path / "report_run")
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "trials.csv" in html and "missing" in html.lower()
+
+
+def test_unknown_task_lists_choices(tmp_path):
+    with pytest.raises(KeyError, match="identify.*steer.*evaluate.*sweep.*report"):
+        run(config("task=train"), tmp_path)

@@ -36,8 +36,9 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 FAST = ["model=tiny_llama", "sweep.values=[benevolence,power]", "search.n_trials=3",
-        "search.n_startup_trials=2", "capability.mc_limit=8", "capability.neutral_limit=4",
-        "capability.fluency_queries=0", "judge.n_boot=50", "logger=none", "progress=false",
+        "search.n_startup_trials=2", "sweep.capability.mc_limit=8",
+        "sweep.capability.neutral_limit=4", "sweep.capability.fluency_queries=0",
+        "judge.n_boot=50", "logger=none", "progress=false",
         "cluster.replicas_per_model=2", "cluster.num_cpus_per_actor=1"]
 
 
@@ -281,6 +282,21 @@ def test_two_models_get_their_own_studies(cluster, cache, tmp_path):
     assert {r["replica"] for r in rows} == {"tiny-llama#0", "tiny-qwen2#0"}
     best = json.loads((run / "best_edits.json").read_text())
     assert {e["model"] for e in best["edits"]} == {"tiny-llama", "tiny-qwen2"}
+
+
+def test_methods_get_their_own_studies(cluster, cache, tmp_path):
+    run = tmp_path / "run"
+    run_sweep(sweep_cfg(cache, "sweep.methods=[neva,caa,prompt,random_neurons]",
+                        "sweep.values=[security]", "search.n_trials=1",
+                        "search.n_startup_trials=1", "cluster.replicas_per_model=1"), run)
+    rows = trials(run)
+    assert {(r["study"], r["state"]) for r in rows} == {
+        (f"tiny-llama/security/{m}", "COMPLETE") for m in ("neva", "caa", "prompt",
+                                                           "random_neurons")}
+    best = json.loads((run / "best_edits.json").read_text())
+    assert {e["method"] for e in best["edits"]} == {"neva", "caa", "prompt", "random_neurons"}
+    caa = next(r for r in rows if r["method"] == "caa")
+    assert caa["coefficient"] and caa["layer_frac"] and caa["n_neurons"] in ("0", 0)
 
 
 def test_tensor_parallel_sweep_matches_tp1(cluster, cache, tmp_path):

@@ -8,6 +8,7 @@ samplers, constraints), ``cluster`` (Ray, replicas, statistics once per model),
 (``task=sweep``).
 """
 
+from . import baselines  # noqa: F401,I001  (registers random_neurons, caa and prompt)
 from .methods import METHODS, Method
 from .outputs import best_edit_spec, load_best_edit
 from .plan import ConfigError, make_plan

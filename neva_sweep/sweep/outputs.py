@@ -53,8 +53,9 @@ def trial_row(key: StudyKey, study_name: str, t: FrozenTrial,
                            "study": study_name, "trial": t.number, "state": t.state.name}
     row.update(a.get("params") or t.params)
     row.update({k: a.get(k) for k in METRIC_COLUMNS})
-    csr = a.get("csr_edited") or {}
+    csr, base = a.get("csr_edited") or {}, a.get("csr_base") or {}
     row.update({f"csr_{v}": csr.get(v) for v in VALUES})
+    row.update({f"csr_base_{v}": base.get(v) for v in VALUES})
     complete = t.state == TrialState.COMPLETE
     row.update(feasible=feasible(t) if complete else None, duration_s=a.get("duration_s"),
                replica=a.get("replica"), error=a.get("error"),
@@ -98,7 +99,7 @@ def _summary(t: FrozenTrial) -> dict[str, Any]:
     a = t.user_attrs
     return {"trial": t.number, "params": a.get("params") or t.params,
             "values": list(t.values), **{k: a.get(k) for k in METRIC_COLUMNS},
-            "csr_edited": a.get("csr_edited"), "ci": a.get("ci")}
+            "csr_base": a.get("csr_base"), "csr_edited": a.get("csr_edited"), "ci": a.get("ci")}
 
 
 def _atomic_write(path: Path, text: str) -> None:

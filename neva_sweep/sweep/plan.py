@@ -191,7 +191,12 @@ def check_evaluation(cfg: DictConfig) -> None:
     if cfg.judge.name not in JUDGES:
         raise ConfigError(f"judge.name: unknown judge {cfg.judge.name!r}; valid choices: "
                           f"{', '.join(JUDGES.names())}")
-    cap = cfg.capability
+    from .run import trial_capability
+
+    try:
+        cap = OmegaConf.create(trial_capability(cfg))
+    except KeyError as e:
+        raise ConfigError(str(e).strip('"')) from None
     for key in ("mc_limit", "neutral_limit"):
         _at_least(f"capability.{key}", cap[key], 1, optional=True)
     _at_least("capability.fluency_queries", cap.fluency_queries, 0)

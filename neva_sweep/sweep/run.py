@@ -7,6 +7,7 @@ and the W&B run are written and closed whatever happens after that (Ctrl-C inclu
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,12 @@ def _finish(outputs: Outputs, logger: SweepLogger, exit_code: int) -> dict[str, 
     """Write the files, then close the logger even if writing failed."""
     try:
         paths = outputs.write()
+        try:  # the report is a view of the files: never let it fail the sweep
+            from ..report import build_report
+
+            paths["report"] = build_report(outputs.run_dir)
+        except Exception as e:
+            print(f"report not written: {type(e).__name__}: {e}", file=sys.stderr)
     finally:
         logger.finish(outputs.rows(), outputs.paths(), exit_code)
     return paths
@@ -88,10 +95,21 @@ def local_resources(cluster: DictConfig) -> Resources:
     return Resources(float(cluster.num_cpus or os.cpu_count()), float(gpus), float(gpus))
 
 
+def trial_capability(cfg: DictConfig) -> dict:
+    """``capability.*`` with the sweep's own overrides (``sweep.capability``) on top."""
+    cap = OmegaConf.to_container(cfg.capability, resolve=True)
+    extra = OmegaConf.to_container(cfg.sweep.capability, resolve=True) or {}
+    unknown = sorted(set(extra) - set(cap))
+    if unknown:
+        raise KeyError(f"sweep.capability: unknown keys {unknown}; valid keys: "
+                       f"{', '.join(cap)}")
+    return {**cap, **extra}
+
+
 def eval_setup(cfg: DictConfig) -> EvalSetup:
     return EvalSetup(
         judge=JudgeConfig(**OmegaConf.to_container(cfg.judge, resolve=True)),
-        capability=CapabilityConfig(**OmegaConf.to_container(cfg.capability, resolve=True)),
+        capability=CapabilityConfig(**trial_capability(cfg)),
         data=DataConfig(**OmegaConf.to_container(cfg.data, resolve=True)),
         cache_dir=str(Path(cfg.cache_dir) / "eval") if cfg.cache_dir else None,
     )

@@ -1,0 +1,69 @@
+"""Method contract (tier 2), over every registered steering method on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import neva_sweep as nv
+from neva_sweep.caa import PromptSpec, ResidualSpec
+from neva_sweep.edit import EditSpec
+from neva_sweep.scoring import next_token_logprobs
+from neva_sweep.sweep import METHODS
+
+# Per method: parameters of a strong edit, and the key that sets its strength to zero.
+PARAMS = {
+    "neva": ({"sparsity": 0.05, "magnitude": 6.0, "rule": "add", "score": "mean_diff",
+              "positions": "all", "layer_window": "all"}, "magnitude"),
+    "random_neurons": ({"sparsity": 0.05, "magnitude": 6.0, "rule": "scale", "seed": 3,
+                        "positions": "all", "layer_window": "all"}, "magnitude"),
+    "caa": ({"layer_frac": 0.5, "n_layers": 1, "coefficient": 8.0, "positions": "all"},
+            "coefficient"),
+    "prompt": ({"strength": 3, "positions": "all"}, "strength"),
+}
+PROMPTS = ["Is this person like you?", "What should I do this weekend?"]
+CANDIDATES = torch.arange(200)
+
+
+def test_every_registered_method_is_covered() -> None:
+    assert set(METHODS) == set(PARAMS)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_zero_strength_is_identity_and_strength_moves_logits(name, tiny_host, tiny_stats
+                                                             ) -> None:
+    params, knob = PARAMS[name]
+    method = METHODS[name]
+    strong = method.build(tiny_stats, "tradition", params)
+    zero = method.build(tiny_stats, "tradition", {**params, knob: 0})
+    assert isinstance(strong, (EditSpec, ResidualSpec, PromptSpec))
+    # Same batch composition for each run, so any difference comes from the edit alone.
+    base, z, s = (next_token_logprobs(tiny_host, PROMPTS, CANDIDATES, [e])[0]
+                  for e in (None, zero, strong))
+    torch.testing.assert_close(z, base, atol=0, rtol=0)
+    assert (s - base).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_build_is_deterministic(name, tiny_stats) -> None:
+    params, _ = PARAMS[name]
+    a = METHODS[name].build(tiny_stats, "power", params)
+    b = METHODS[name].build(tiny_stats, "power", params)
+    assert repr(a) == repr(b)
+
+
+def test_random_neurons_follow_the_seed_and_neva_count(tiny_stats) -> None:
+    params, _ = PARAMS["random_neurons"]
+    a = METHODS["random_neurons"].build(tiny_stats, "power", params)
+    b = METHODS["random_neurons"].build(tiny_stats, "power", {**params, "seed": 4})
+    neva = METHODS["neva"].build(tiny_stats, "power", PARAMS["neva"][0])
+    assert len(a.neurons) == len(neva.neurons)  # same count at the same sparsity
+    ids = lambda s: set(zip(s.neurons.layer.tolist(), s.neurons.index.tolist()))  # noqa: E731
+    assert ids(a) != ids(b)
+
+
+def test_caa_layer_fraction_maps_onto_depth(tiny_stats) -> None:
+    build = METHODS["caa"].build
+    first = build(tiny_stats, "power", {**PARAMS["caa"][0], "layer_frac": 0.0})
+    last = build(tiny_stats, "power", {**PARAMS["caa"][0], "layer_frac": 1.0, "n_layers": 3})
+    assert first.layers == (0,) and last.layers == (nv.load_model("tiny-llama").n_layers - 1,)
