@@ -83,7 +83,7 @@ class SearchSpace:
     # method caa: first layer as a fraction of depth [lo, hi], consecutive layers, coefficient
     caa_layer: list[float] = field(default_factory=lambda: [0.2, 0.8])
     caa_n_layers: list[int] = field(default_factory=lambda: [1])
-    caa_coefficient: list[float] = field(default_factory=lambda: [1.0, 12.0])
+    caa_coefficient: list[float] = field(default_factory=lambda: [0.5, 6.0])
     prompt_strengths: list[int] = field(default_factory=lambda: [1, 2, 3])  # method prompt
 
 
