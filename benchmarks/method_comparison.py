@@ -8,7 +8,8 @@ For every (value, method): the best alignment among COMPLETE trials that meet th
 capability constraints (the ``feasible`` column), with its NLR and NGLR; then, at a
 matched alignment (the lowest positive best alignment among the methods for that value),
 each method's NLR interpolated linearly along its feasible Pareto front of
-(alignment up, NLR down). A method whose front does not reach that alignment gets "–".
+(alignment up, NLR down); below the front's lowest alignment the NLR of that lowest point
+is used. A method whose front does not reach that alignment gets "–".
 """
 
 from __future__ import annotations
