@@ -228,13 +228,14 @@ class Evaluator:
         out = []
         for g, (value, spec) in enumerate(zip(targets, specs)):
             E = judgements[g].E
+            about = describe_edit(spec)
             rec = {"value": value, "judge": self.judge.name,
                    **edit_metrics(base.judgement.E, E, value)}
             ci = bootstrap_ci(base.judgement.E, E, value, n_boot=self.judge_cfg.n_boot)
             acc = float(correct[g].mean())
             rec.update(
-                edit={"value": value, "positions": positions, **describe_edit(spec)},
-                n_neurons=describe_edit(spec).get("n_neurons", 0),
+                edit={"value": value, "positions": positions, **about},
+                n_neurons=about.get("n_neurons", 0),
                 accuracy_base=acc_base, accuracy_edited=acc, accuracy_drop=acc_base - acc,
                 kl=float(kl[g]), kl_coverage=base.neutral.coverage,
                 ppl_base=base.ppl, ppl_edited=ppl[g],
