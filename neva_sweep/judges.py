@@ -93,6 +93,11 @@ def yes_probability(host: ModelHost, prompts: list[str], edits: Edits, positions
     return torch.sigmoid(lse_yes - lse_no).numpy()  # (G, n)
 
 
+def split_sentences(text: str) -> list[str]:
+    """The non-blank sentences of ``text`` (split after . ! ? and at line breaks)."""
+    return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
+
+
 def pick_queries(queries: Records, per_value: int | None) -> list[dict]:
     """The first ``per_value`` queries of each value (all when None), in file order."""
     if not queries.rows:
@@ -159,7 +164,7 @@ class LexiconJudge:
 
     def expression(self, reply: str) -> np.ndarray:
         """Share of the reply's sentences whose words the dictionary ties to each value, (V,)."""
-        sentences = [s for s in re.split(r"(?<=[.!?])\s+|\n+", reply) if s.strip()]
+        sentences = split_sentences(reply)
         E = np.zeros(N_VALUES)
         if not sentences:
             return E
