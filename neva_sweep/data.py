@@ -1,4 +1,5 @@
-"""Value data: probes, queries, questionnaire items, neutral texts, multiple-choice set.
+"""Value data: probes, queries, questionnaire items, neutral texts, multiple-choice set,
+forced-choice scenarios.
 
 Every file is JSON Lines, one record per line, with exactly the keys of its schema
 (see ``SCHEMAS`` and docs/data.md). Loading validates each line and raises
@@ -27,6 +28,8 @@ SCHEMAS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "questionnaire": {"value": str, "text": str},
     "neutral": {"text": str},
     "mc": {"subject": str, "question": str, "choices": list, "answer": int},
+    # ``options`` is an object keyed by value: one first-person continuation per value.
+    "scenarios": {"id": str, "scenario": str, "options": dict},
 }
 SPLITS = ("identify", "validate")
 
@@ -69,7 +72,8 @@ def _check_record(kind: str, rec: object, where: str) -> dict:
         )
     for key, typ in schema.items():
         if not isinstance(rec[key], typ) or isinstance(rec[key], bool):
-            raise DataError(f"{where}: key {key!r} must be {typ.__name__}, got {rec[key]!r}")
+            name = "an object keyed by value" if typ is dict else typ.__name__
+            raise DataError(f"{where}: key {key!r} must be {name}, got {rec[key]!r}")
         if isinstance(rec[key], str) and not rec[key].strip():
             raise DataError(f"{where}: key {key!r} is empty")
     if "value" in rec and rec["value"] not in VALUES:
@@ -89,7 +93,28 @@ def _check_record(kind: str, rec: object, where: str) -> dict:
                 f"{where}: 'answer' must index 'choices' (0..{len(choices) - 1}), "
                 f"got {rec['answer']}"
             )
+    if kind == "scenarios":
+        rec["options"] = _check_options(rec["options"], where)
     return rec
+
+
+def _check_options(options: dict, where: str) -> dict:
+    """One non-empty string per value; returned in circumplex order."""
+    unknown = [k for k in options if k not in VALUES]
+    if unknown:
+        raise DataError(
+            f"{where}: unknown value {', '.join(map(repr, unknown))} in 'options'; "
+            f"valid values: {', '.join(VALUES)}"
+        )
+    missing = [v for v in VALUES if v not in options]
+    if missing:
+        raise DataError(f"{where}: 'options' lacks the value(s) {', '.join(missing)}")
+    for v in VALUES:
+        if not isinstance(options[v], str):
+            raise DataError(f"{where}: option {v!r} must be str, got {options[v]!r}")
+        if not options[v].strip():
+            raise DataError(f"{where}: option {v!r} is empty")
+    return {v: options[v] for v in VALUES}
 
 
 def load_records(kind: str, path: str | Path | None = None) -> Records:
@@ -103,8 +128,16 @@ def load_records(kind: str, path: str | Path | None = None) -> Records:
     if not p.is_file():
         raise DataError(f"{p}: {kind} file not found")
     raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = raw[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{p}:{lineno}: not UTF-8 text (invalid byte at offset {e.start})"
+        ) from None
     rows = []
-    for lineno, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+    first_line: dict[str, int] = {}  # id -> line of its first occurrence (kinds with ids)
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{p}:{lineno}"
@@ -112,10 +145,31 @@ def load_records(kind: str, path: str | Path | None = None) -> Records:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-        rows.append(_check_record(kind, rec, where))
+        rec = _check_record(kind, rec, where)
+        if "id" in SCHEMAS[kind]:
+            if rec["id"] in first_line:
+                raise DataError(
+                    f"{where}: duplicate id {rec['id']!r} (first used on line "
+                    f"{first_line[rec['id']]})"
+                )
+            first_line[rec["id"]] = lineno
+        rows.append(rec)
     if not rows:
         raise DataError(f"{p}: no {kind} records (the file is empty)")
     return Records(kind, p, tuple(rows), hashlib.sha256(raw).hexdigest())
+
+
+def load_scenarios(path: str | Path | None = None) -> Records:
+    """Load forced-choice scenarios (built-in or ``path``).
+
+    Each row has a unique ``id``, a second-person ``scenario`` and ``options``: one
+    first-person continuation per value, in circumplex order.
+
+    >>> s = load_scenarios()
+    >>> list(s.rows[0]["options"]) == list(VALUES)
+    True
+    """
+    return load_records("scenarios", path)
 
 
 @dataclass(frozen=True)
