@@ -4,6 +4,7 @@ import json
 import re
 import statistics
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +80,22 @@ def test_options_share_no_8_word_sequence_with_other_value_texts(scenarios):
         for row in load_records(kind).rows:
             other |= ngrams(row["text"])
     shared = [(r["id"], v) for r in scenarios.rows for v, t in r["options"].items()
+              if ngrams(t) & other]
+    assert not shared
+
+
+def test_builtin_scenarios_stay_apart_from_the_held_out_benchmark(scenarios):
+    held_out = Path(__file__).parents[1] / "benchmarks" / "data" / "heldout_scenarios.jsonl"
+    if not held_out.is_file():
+        pytest.skip(f"{held_out} not present (source checkouts only)")
+    other: set[tuple[str, ...]] = set()
+    for line in held_out.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            for text in [row["scenario"], *row["options"].values()]:
+                other |= ngrams(text)
+    shared = [(r["id"], key) for r in scenarios.rows
+              for key, t in [("scenario", r["scenario"]), *r["options"].items()]
               if ngrams(t) & other]
     assert not shared
 
