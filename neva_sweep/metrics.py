@@ -16,9 +16,12 @@ All functions are pure; torch tensors are accepted and converted to float64 nump
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+from .registry import Registry
 from .values import N_VALUES, VALUES, circular_distance, related_values, value_index
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -218,3 +221,123 @@ def bootstrap_ci(
         "csr_edited": {v: [lo, hi] for v, lo, hi in intervals},
         "alignment": [float(align_lo), float(align_hi)],
     }
+
+
+# -- the metric schema ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Metric:
+    """One metric of an evaluation record, declared once in :data:`METRICS`.
+
+    Every list of metrics is read from the schema: the trials.csv columns and pareto.json
+    summaries, the Optuna user attributes, the valid ``search.objectives`` and constraint
+    budgets (``search.max_<name>``), what W&B logs per trial, the report's tables and the
+    ``task=evaluate`` printout. A new metric is its computation (a record key) plus one
+    :func:`register_metric` call here.
+    """
+
+    name: str  # the record key (and trials.csv column of a scalar metric)
+    label: str  # for people: tables and the eval printout
+    direction: str | None = None  # "maximize" | "minimize": the better side; None = neither
+    objective: bool = False  # may be a key of search.objectives
+    constraint: bool = False  # may have a budget search.max_<name> (feasible: value <= budget)
+    fmt: str = ".3f"  # format spec of one value
+    per_value: bool = False  # a {value: float} dict over the ten values
+    prefix: str | None = None  # per-value: trials.csv columns <prefix><value>; None = none
+    headline: bool = False  # always in the report's tables, logged per trial to W&B
+    report: bool = True  # in the report's chosen-edit table (headline ones always)
+    group: str = "judge"  # line of the eval printout: judge | capability | size
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("maximize", "minimize", None):
+            raise ValueError(f"metric {self.name}: direction must be maximize, minimize or "
+                             f"None, got {self.direction!r}")
+        if (self.objective or self.constraint) and self.per_value:
+            raise ValueError(f"metric {self.name}: a per-value metric cannot be an objective "
+                             "or a constraint")
+        if self.objective and self.direction is None:
+            raise ValueError(f"metric {self.name}: an objective needs a direction")
+
+    @property
+    def columns(self) -> list[str]:
+        """Its trials.csv columns: the name, one per value, or none."""
+        if not self.per_value:
+            return [self.name]
+        return [f"{self.prefix}{v}" for v in VALUES] if self.prefix is not None else []
+
+    def format(self, x: float | None) -> str:
+        """One value for people; '—' when missing.
+
+        >>> METRICS["alignment"].format(0.1234), METRICS["n_mc"].format(None)
+        ('+0.123', '—')
+        """
+        if x is None:
+            return "—"
+        try:
+            return format(int(x) if self.fmt.endswith("d") else x, self.fmt)
+        except (TypeError, ValueError):
+            return str(x)
+
+
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def register_metric(name: str, label: str, **fields) -> Metric:
+    """Declare a metric (see :class:`Metric`); the order of declaration is the column order."""
+    return METRICS.register(name, Metric(name, label, **fields))
+
+
+def all_metrics() -> list[Metric]:
+    """Every metric, in declaration order."""
+    return [METRICS[n] for n in METRICS]
+
+
+def scalar_metrics() -> list[Metric]:
+    """The metrics that are one number per record, in declaration order."""
+    return [m for m in all_metrics() if not m.per_value]
+
+
+def objective_metrics() -> list[str]:
+    """Names valid in ``search.objectives``."""
+    return [n for n in METRICS if METRICS[n].objective]
+
+
+def constraint_metrics() -> list[str]:
+    """Names that may have a budget ``search.max_<name>``."""
+    return [n for n in METRICS if METRICS[n].constraint]
+
+
+def trial_columns() -> list[str]:
+    """Every trials.csv column the metrics fill, scalar ones first."""
+    per_value = [m for m in all_metrics() if m.per_value]
+    return [c for m in (*scalar_metrics(), *per_value) for c in m.columns]
+
+
+_MAX, _MIN = "maximize", "minimize"
+# Alignment and leakage (from the judge's expression matrices).
+register_metric("alignment", "alignment", direction=_MAX, objective=True, fmt="+.3f",
+                headline=True)
+register_metric("nlr", "NLR", direction=_MIN, objective=True, headline=True)
+register_metric("nglr", "NGLR", direction=_MIN, objective=True, headline=True)
+register_metric("cwl", "CWL", direction=_MIN, objective=True, headline=True)
+register_metric("acquiescence", "acquiescence", direction=_MIN, objective=True,
+                constraint=True, fmt="+.3f", headline=True)
+register_metric("nlr_floor", "NLR floor", fmt=".3g")
+# Capability.
+register_metric("accuracy_base", "MC accuracy, base", group="capability")
+register_metric("accuracy_edited", "MC accuracy, edited", direction=_MAX, group="capability")
+register_metric("accuracy_drop", "accuracy drop", direction=_MIN, objective=True,
+                constraint=True, fmt="+.3f", headline=True, group="capability")
+register_metric("kl", "KL (nats/token)", direction=_MIN, objective=True, constraint=True,
+                fmt=".4f", headline=True, group="capability")
+register_metric("kl_coverage", "KL coverage", report=False, group="capability")
+register_metric("ppl_base", "perplexity, base", fmt=".2f", report=False, group="capability")
+register_metric("ppl_edited", "perplexity, edited", direction=_MIN, fmt=".2f",
+                group="capability")
+# Sizes.
+register_metric("n_neurons", "neurons", fmt="d", group="size")
+register_metric("n_queries", "judge rows", fmt="d", report=False, group="size")
+register_metric("n_mc", "MC questions", fmt="d", report=False, group="size")
+# Per value (circumplex order).
+register_metric("csr_edited", "CSR, edited", per_value=True, prefix="csr_")
+register_metric("csr_base", "CSR, base", per_value=True, prefix="csr_base_")
+register_metric("leakage", "leakage", per_value=True)

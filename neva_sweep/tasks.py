@@ -133,22 +133,38 @@ def evaluator_from_config(cfg: DictConfig, host: ModelHost) -> Evaluator:
 
 
 def format_eval(rec: dict) -> str:
-    """A readable table of one eval.json record."""
+    """A readable table of one eval.json record: CSR per value, then every metric of the
+    schema (:data:`neva_sweep.metrics.METRICS`) the record has, a line per group, with its
+    95% bootstrap interval where the record carries one."""
+    from .metrics import scalar_metrics
+
     lines = [f"{'value':<16}{'CSR base':>10}{'CSR edited':>12}{'dCSR':>9}"]
+    target = rec["edit"]["value"] if rec.get("edit") else None
     for v in rec["csr_base"]:
         b, e = rec["csr_base"][v], rec["csr_edited"][v]
-        mark = "  <- target" if rec.get("edit") and rec["edit"]["value"] == v else ""
+        mark = "  <- target" if v == target else ""
         lines.append(f"{v:<16}{b:>10.3f}{e:>12.3f}{e - b:>+9.3f}{mark}")
-    if rec.get("edit"):
-        lo, hi = rec["ci"]["alignment"]
-        lines.append(f"\nalignment {rec['alignment']:+.3f} (95% CI {lo:+.3f}..{hi:+.3f})   "
-                     f"NLR {rec['nlr']:.3f}   NGLR {rec['nglr']:.3f}   CWL {rec['cwl']:.3f}")
-    ci = rec["ci"].get("accuracy_edited", rec["ci"].get("accuracy_base"))
-    lines.append(f"MC accuracy {rec['accuracy_base']:.3f} -> {rec['accuracy_edited']:.3f} "
-                 f"(edited 95% CI {ci[0]:.3f}..{ci[1]:.3f}, n={rec['n_mc']})   "
-                 f"KL {rec['kl']:.4f} nats/token   perplexity "
-                 + (f"{rec['ppl_base']:.1f} -> {rec['ppl_edited']:.1f}" if rec["ppl_base"]
-                    else "n/a"))
+    groups: dict[str, list[str]] = {}
+    ci = rec.get("ci") or {}
+    for m in scalar_metrics():
+        x = rec.get(m.name)
+        if x is None:
+            continue
+        cell = f"{m.label} {m.format(x)}"
+        lo_hi = ci.get(m.name)
+        if isinstance(lo_hi, list | tuple) and len(lo_hi) == 2:
+            cell += f" (95% CI {m.format(lo_hi[0])}..{m.format(lo_hi[1])})"
+        groups.setdefault(m.group, []).append(cell)
+    lines.append("")
+    for cells in groups.values():  # one group per line, wrapped at 96 characters
+        line = cells[0]
+        for cell in cells[1:]:
+            if len(line) + 3 + len(cell) > 96:
+                lines.append(line)
+                line = "  " + cell
+            else:
+                line += "   " + cell
+        lines.append(line)
     return "\n".join(lines)
 
 

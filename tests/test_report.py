@@ -8,11 +8,18 @@ import re
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
+import yaml
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
 
+from neva_sweep.config import SearchConfig
 from neva_sweep.metrics import cwl, nglr, nlr
 from neva_sweep.report import build_report, load_run
-from neva_sweep.report.load import pareto_trials
+from neva_sweep.sweep.outputs import Outputs
+from neva_sweep.sweep.plan import ModelEntry, StudyKey
+from neva_sweep.sweep.studies import open_studies
 from neva_sweep.values import VALUES, related_values
 
 MODELS = ("tiny-a", "tiny-b")
@@ -31,8 +38,9 @@ logger:
 """
 
 
-def _trial(rng, model: str, value: str, method: str, number: int, base: np.ndarray) -> dict:
-    """One plausible COMPLETE trial: stronger edits align more, leak more and cost more."""
+def _trial(rng, value: str, method: str, base: np.ndarray):
+    """One plausible COMPLETE trial (as the scheduler stores it): stronger edits align
+    more, leak more and cost more."""
     sparsity = float(10 ** rng.uniform(-3.3, -2))
     magnitude = float(rng.uniform(1, 8))
     strength = magnitude * sparsity * 120 * (1.0 if method == "neva" else 0.4)
@@ -43,86 +51,63 @@ def _trial(rng, model: str, value: str, method: str, number: int, base: np.ndarr
     dcsr[near] += 0.3 * dcsr[t] * rng.uniform(0, 1, len(near))
     edited = np.clip(base + dcsr, 0, 1)
     d = edited - base
-    return {"model": model, "value": value, "method": method,
-            "study": f"{model}/{value}/{method}", "trial": number,
-            "state": "COMPLETE", "sparsity": sparsity, "magnitude": magnitude, "rule": "add",
-            "score": "mean_diff", "positions": "all", "layer_window": "all",
-            "alignment": float(d[t]), "nlr": nlr(d, value), "nglr": nglr(d, value),
-            "cwl": cwl(d, value), "accuracy_base": 0.5, "accuracy_edited": 0.5 - strength / 20,
-            "accuracy_drop": strength / 20, "kl": strength / 10, "n_neurons": int(sparsity * 4608),
-            "duration_s": float(rng.uniform(1, 3)), "error": None,
-            **{f"csr_{v}": float(x) for v, x in zip(VALUES, edited)}}
+    a = float(d[t])
+    attrs = {"params": {"sparsity": sparsity, "magnitude": magnitude, "rule": "add",
+                        "score": "mean_diff", "positions": "all", "layer_window": "all"},
+             "alignment": a, "nlr": nlr(d, value), "nglr": nglr(d, value),
+             "cwl": cwl(d, value), "accuracy_base": 0.5, "accuracy_edited": 0.5 - strength / 20,
+             "accuracy_drop": strength / 20, "kl": strength / 10,
+             "n_neurons": int(sparsity * 4608), "duration_s": float(rng.uniform(1, 3)),
+             "csr_base": dict(zip(VALUES, base.tolist())),
+             "csr_edited": dict(zip(VALUES, edited.tolist())), "replica": "tiny#0",
+             "ci": {"alignment": [a - 0.03, a + 0.03], "accuracy_edited": [0.4, 0.5]}}
+    if method == "neva":  # a newer metric: the other method's records predate it
+        attrs.update(acquiescence=float(d.mean()), nlr_floor=0.01)
+    return optuna.trial.create_trial(values=[a, attrs["nlr"]], user_attrs=attrs)
+
+
+def _failed():
+    return optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={
+        "params": {"sparsity": 0.001, "magnitude": 2.0}, "replica": "tiny#0",
+        "error": "RuntimeError: CUDA out of memory (see https://example.org)"})
 
 
 def fabricate_run(run_dir: Path, models=MODELS, methods=METHODS, values=SWEPT,
                   n_trials: int = 8, fail_all: bool = False, neuron_files: bool = True,
                   seed: int = 0) -> Path:
-    """A run directory like a finished sweep's: trials.csv, pareto.json, best_edits.json,
-    .hydra/config.yaml, neurons/<first model>.json and (optionally) the neuron files of the
-    second model's chosen neva edits; every study has n_trials COMPLETE trials (none with
-    ``fail_all``) and one FAIL trial."""
+    """A run directory like a finished sweep's, written by the sweep's own writer from
+    Optuna studies: trials.csv, pareto.json, best_edits.json, .hydra/config.yaml,
+    neurons/<first model>.json and (optionally) the neuron files of the second model's
+    chosen neva edits. Every study has n_trials COMPLETE trials (none with ``fail_all``)
+    and one FAIL trial."""
     rng = np.random.default_rng(seed)
-    rows, studies, edits, missing = [], [], [], []
-    for model in models:
-        base = rng.uniform(0.1, 0.5, len(VALUES))  # the unedited CSR, same for the whole model
-        for value in values:
-            for method in methods:
-                trials = [] if fail_all else [_trial(rng, model, value, method, i, base)
-                                              for i in range(n_trials)]
-                fail = dict(trials[0] if trials else {"model": model, "value": value,
-                                                       "method": method, "study": "s"})
-                fail.update(trial=len(trials), state="FAIL", alignment=None, nlr=None,
-                            error="RuntimeError: CUDA out of memory (see https://example.org)")
-                rows += trials + [fail]
-                ok = [r for r in trials if r["accuracy_drop"] <= 0.1]
-                front = pareto_trials(ok, {"alignment": "maximize", "nlr": "minimize"})
-                entries = [{"trial": r["trial"], "params": {"sparsity": r["sparsity"]},
-                            **{k: r[k] for k in ("alignment", "nlr", "accuracy_drop")}}
-                           for r in trials if r["trial"] in front]
-                studies.append({"model": model, "value": value, "method": method,
-                                "n_trials": len(trials) + 1, "n_complete": len(trials),
-                                "n_feasible": len(ok), "pareto": entries})
-                if not front:
-                    missing.append({"model": model, "value": value, "method": method,
-                                    "reason": "no COMPLETE trial"})
-                    continue
-                best = max((r for r in trials if r["trial"] in front),
-                           key=lambda r: r["alignment"])
-                params = {k: best[k] for k in ("sparsity", "magnitude", "rule", "score",
-                                               "positions", "layer_window")}
-                a = best["alignment"]
-                metrics = {**{k: best[k] for k in ("alignment", "nlr", "nglr", "cwl",
-                                                   "accuracy_base", "accuracy_edited",
-                                                   "accuracy_drop", "kl", "n_neurons")},
-                           "trial": best["trial"], "params": params,
-                           "csr_edited": {v: best[f"csr_{v}"] for v in VALUES},
-                           "ci": {"alignment": [a - 0.03, a + 0.03],
-                                  "accuracy_edited": [0.4, 0.5]}}
-                edits.append({"model": model, "value": value, "method": method,
-                              "trial": best["trial"], **params, "params": params,
-                              "metrics": metrics})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    search = OmegaConf.merge(OmegaConf.structured(SearchConfig),
+                             yaml.safe_load(CONFIG)["search"])  # the config below
+    keys = [StudyKey(m, v, k) for m in models for v in values for k in methods]
+    states = open_studies(keys, optuna.storages.InMemoryStorage(), search)
+    bases = {m: rng.uniform(0.1, 0.5, len(VALUES)) for m in models}  # unedited CSR per model
+    for state in states:
+        model, value, method = state.key.model, state.key.value, state.key.method
+        trials = [] if fail_all else [_trial(rng, value, method, bases[model])
+                                      for _ in range(n_trials)]
+        for t in [*trials, _failed()]:
+            state.study.add_trial(t)
+        state.complete = len(trials)
+    outputs = Outputs(run_dir, states, [ModelEntry(m, {"name": m}) for m in models], search)
+    outputs.write()
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     (run_dir / ".hydra" / "config.yaml").write_text(CONFIG)
-    (run_dir / ".hydra" / "overrides.yaml").write_text("- sweep=smoke\n")
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with (run_dir / "trials.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    constraints = {"max_accuracy_drop": 0.1, "max_kl": None}
-    (run_dir / "pareto.json").write_text(json.dumps(
-        {"objectives": {"alignment": "maximize", "nlr": "minimize"},
-         "constraints": constraints, "studies": studies}))
-    (run_dir / "best_edits.json").write_text(json.dumps(
-        {"rule": "test", "best_max_nlr": 1.0, "constraints": constraints, "edits": edits,
-         "missing": missing}))
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- experiment=smoke\n")
+    edits = json.loads((run_dir / "best_edits.json").read_text())["edits"]
     _neurons(run_dir, rng, models, edits if neuron_files else [])
+    outputs.write()  # picks up the chosen edits' neuron files
     return run_dir
 
 
 def _neurons(run_dir: Path, rng, models, edits: list[dict]) -> None:
     """neurons/<first model>.json as task=identify writes it, and the neuron files of the
-    second model's chosen neva edits."""
+    second model's chosen neva edits (where the sweep keeps them)."""
     import torch
 
     from neva_sweep import NeuronMap, ValueNeurons
@@ -144,13 +129,8 @@ def _neurons(run_dir: Path, rng, models, edits: list[dict]) -> None:
         n = len(ids)
         vn = ValueNeurons(torch.tensor([i for i, _ in ids]), torch.tensor([j for _, j in ids]),
                           torch.ones(n), torch.ones(n), torch.ones(n))
-        rel = Path("best_edits") / e["model"] / f"{e['value']}-neva.safetensors"
-        NeuronMap({e["value"]: vn}, [40] * 4, {"trial": e["trial"]}).save(run_dir / rel)
-        e["neurons"] = str(rel)
-    if edits:
-        best = json.loads((run_dir / "best_edits.json").read_text())
-        best["edits"] = edits
-        (run_dir / "best_edits.json").write_text(json.dumps(best))
+        path = run_dir / "best_edits" / e["model"] / f"{e['value']}-neva.safetensors"
+        NeuronMap({e["value"]: vn}, [40] * 4, {"trial": e["trial"]}).save(path)
 
 
 def referenced_files(page: str) -> list[str]:
@@ -188,7 +168,7 @@ def test_report_from_a_synthetic_sweep(full_report):
                     "studies", "config", "versions", "reproduce"):
         assert f'<section id="{section}"' in page
     assert "python -m neva_sweep task=report run_dir=" in page
-    assert "python -m neva_sweep sweep=smoke hydra.run.dir=" in page
+    assert "python -m neva_sweep experiment=smoke hydra.run.dir=" in page
     assert "matplotlib" in page and "max_accuracy_drop: 0.1" in page
 
 
@@ -209,9 +189,15 @@ def test_tables(full_report):
     edited = [r for r in chosen if r["trial"]]
     assert edited and all(r["alignment_ci_lo"] <= r["alignment"] for r in edited)
     assert {"nlr", "nglr", "cwl", "accuracy_drop", "kl", "sparsity"} <= set(chosen[0])
+    assert all(r["acquiescence"] and r["nlr_floor"] == "0.01" for r in edited
+               if r["method"] == "neva")
+    assert all(r["acquiescence"] == r["nlr_floor"] == "" for r in chosen
+               if r["method"] == "random")
     with (tables / "model_comparison.csv").open() as f:
-        assert {(r["model"], r["method"]) for r in csv.DictReader(f)} == {
-            (m, k) for m in MODELS for k in METHODS}
+        comparison = list(csv.DictReader(f))
+    assert {(r["model"], r["method"]) for r in comparison} == {
+        (m, k) for m in MODELS for k in METHODS}
+    assert all(bool(r["mean_acquiescence"]) == (r["method"] == "neva") for r in comparison)
     with (tables / "studies.csv").open() as f:
         studies = list(csv.DictReader(f))
     assert all(r["failed"] == "1" and "out of memory" in r["last_error"] for r in studies)
@@ -219,10 +205,40 @@ def test_tables(full_report):
 
 def test_base_csr_and_leakage_from_the_trials(tmp_path):
     run = load_run(fabricate_run(tmp_path, neuron_files=False))
-    assert set(run.base_csr["tiny-a"]) == set(SWEPT)  # only the swept values are derivable
+    assert set(run.base_csr["tiny-a"]) == set(VALUES)  # csr_base_<value> columns
+    e = run.chosen["tiny-a", "power", "neva"]
+    dcsr = run.dcsr("tiny-a", e["csr_edited"])
+    assert dcsr["power"] == pytest.approx(e["alignment"])
+    assert not any("unedited CSR" in m for m in run.missing)
+
+
+def test_base_csr_of_trials_without_base_columns(tmp_path):
+    """Only the swept values' unedited CSR is derivable (csr_t - alignment)."""
+    run_dir = fabricate_run(tmp_path, neuron_files=False)
+    rows = _rewrite_trials(run_dir, lambda k: not k.startswith("csr_base_"))
+    assert rows and "csr_power" in rows[0]
+    best = json.loads((run_dir / "best_edits.json").read_text())
+    for e in best["edits"]:
+        del e["metrics"]["csr_base"]
+    (run_dir / "best_edits.json").write_text(json.dumps(best))
+    run = load_run(run_dir)
+    assert set(run.base_csr["tiny-a"]) == set(SWEPT)
     e = run.chosen["tiny-a", "power", "neva"]
     assert run.dcsr("tiny-a", e["csr_edited"])["power"] == pytest.approx(e["alignment"])
     assert any("unedited CSR of tiny-a is unknown" in m for m in run.missing)
+
+
+def _rewrite_trials(run_dir: Path, keep) -> list[dict]:
+    """Rewrite trials.csv with only the columns ``keep(name)`` accepts; returns the rows."""
+    path = run_dir / "trials.csv"
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    fields = [k for k in rows[0] if keep(k)]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return [{k: r[k] for k in fields} for r in rows]
 
 
 def test_empty_run_dir_says_what_is_missing(tmp_path):
@@ -264,14 +280,7 @@ def test_missing_pareto_and_best_edits_are_recomputed(tmp_path):
 def test_missing_columns_are_named(tmp_path):
     run_dir = fabricate_run(tmp_path, **SMALL)
     (run_dir / "best_edits.json").unlink()
-    path = run_dir / "trials.csv"
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    keep = [k for k in rows[0] if not k.startswith("csr_") and k != "accuracy_drop"]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keep, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    _rewrite_trials(run_dir, lambda k: not k.startswith("csr_") and k != "accuracy_drop")
     page = build_report(run_dir).read_text()
     assert "no csr_&lt;value&gt; columns" in page and "no &#x27;accuracy_drop&#x27;" in page
 

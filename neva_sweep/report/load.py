@@ -4,12 +4,14 @@ Every input is optional. A missing file, column or study becomes a sentence in
 ``Run.missing`` (shown at the top of the report) instead of an exception, so a running,
 empty or partly failed sweep still gets a report that says what it lacks.
 
-Sources, in the layout of DESIGN.md section 4:
+Sources, the files a sweep writes (:mod:`neva_sweep.sweep.outputs`):
 
 - trials: ``trials.csv`` (default) or an Optuna storage URL (``storage=``; also used when
   the run directory has ``optuna.db`` but no ``trials.csv``);
 - Pareto fronts: ``pareto.json``, else recomputed from the trials;
-- chosen edits: ``best_edits.json``, else chosen from the fronts with the sweep's rule;
+- chosen edits: ``best_edits.json``, else chosen from the fronts with the sweep's rule
+  (feasibility, fronts, the rule and the rows read from a storage are those of
+  :mod:`neva_sweep.sweep.front`, the sweep's own);
 - neuron maps: ``neurons/<model>.json`` (``task=identify``) and the chosen edits' neuron
   files (``best_edits/<model>/<value>-<method>.safetensors``);
 - the run's config: ``.hydra/config.yaml`` and ``.hydra/overrides.yaml``.
@@ -19,37 +21,36 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..metrics import METRICS as SCHEMA
+from ..metrics import scalar_metrics
+from ..select import NeuronMap
+from ..sweep.front import (
+    DEFAULT_BEST_MAX_NLR,
+    DEFAULT_OBJECTIVES,
+    budgets,
+    choose_best,
+    is_feasible,
+    num,
+    pareto_front,
+    per_value_columns,
+    trial_row,
+)
 from ..values import VALUES
 
 Key = tuple[str, str, str]  # (model, value, method): one Optuna study
-DEFAULT_OBJECTIVES = {"alignment": "maximize", "nlr": "minimize"}
-DEFAULT_BEST_MAX_NLR = 1.0  # the sweep's default search.best_max_nlr
-METRICS = ("alignment", "nlr", "nglr", "cwl", "accuracy_base", "accuracy_edited",
-           "accuracy_drop", "kl", "kl_coverage", "ppl_base", "ppl_edited", "n_neurons",
-           "n_queries", "n_mc", "duration_s")
+# The scalar metrics of the schema, plus the trial's duration (trials.csv, chosen edits).
+METRICS = (*(m.name for m in scalar_metrics()), "duration_s")
+CSR_PREFIX = SCHEMA["csr_edited"].prefix  # csr_<value>: the edited model's CSR
+BASE_PREFIX = SCHEMA["csr_base"].prefix  # csr_base_<value>: the unedited model's CSR
 # trials.csv columns that are neither parameters nor metrics
 ROW_FIELDS = frozenset({"model", "value", "method", "study", "trial", "state", "feasible",
                         "replica", "error", "datetime_start", "datetime_complete", "ci"})
-
-
-def num(x: Any) -> float | None:
-    """A finite float, or None for anything else (missing, text, NaN).
-
-    >>> num("0.5"), num(None), num(float("nan")), num("add")
-    (0.5, None, None, None)
-    """
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _cell(s: str) -> Any:
@@ -149,9 +150,10 @@ def _index(seq: list[str], x: str) -> int:
     return seq.index(x) if x in seq else len(seq)
 
 
-def csr_of(row: dict[str, Any]) -> dict[str, float | None]:
-    """The edited model's CSR per value from a trials row's ``csr_<value>`` columns."""
-    return {v: num(row.get(f"csr_{v}")) for v in VALUES}
+def csr_of(row: dict[str, Any], prefix: str = CSR_PREFIX) -> dict[str, float | None]:
+    """CSR per value from a trials row's ``csr_<value>`` columns (``prefix=BASE_PREFIX``:
+    the unedited model's, ``csr_base_<value>``)."""
+    return {v: num(row.get(f"{prefix}{v}")) for v in VALUES}
 
 
 def is_complete(row: dict[str, Any]) -> bool:
@@ -167,7 +169,8 @@ def read_trials_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def read_storage(url: str) -> list[dict[str, Any]]:
-    """trials.csv-like rows (plus ``csr_base_<value>``) from every study in an Optuna storage."""
+    """trials.csv rows (the sweep's own row builder, plus ``ci``) of every study in an Optuna
+    storage."""
     import optuna
 
     rows = []
@@ -178,14 +181,9 @@ def read_storage(url: str) -> list[dict[str, Any]]:
         key = [ua.get(k) or (parts[i] if len(parts) == 3 else name)
                for i, k in enumerate(("model", "value", "method"))]
         for t in study.get_trials(deepcopy=False):
-            a = t.user_attrs
-            row = dict(zip(("model", "value", "method"), key), study=name, trial=t.number,
-                       state=t.state.name)
-            row.update(a.get("params") or t.params)
-            row.update({k: a.get(k) for k in METRICS})
-            for side, prefix in (("csr_edited", "csr_"), ("csr_base", "csr_base_")):
-                row.update({f"{prefix}{v}": (a.get(side) or {}).get(v) for v in VALUES})
-            row.update(error=a.get("error"), ci=a.get("ci"))
+            # feasibility: from the budgets, once they are known (_load_fronts_and_edits)
+            row = trial_row(key, name, t, budgets=None)
+            row["ci"] = t.user_attrs.get("ci")
             rows.append(row)
     return rows
 
@@ -259,43 +257,22 @@ def _key(d: dict) -> Key:
 
 
 def feasible(row: dict[str, Any], constraints: dict[str, float | None]) -> bool:
-    """The sweep's feasibility (its ``feasible`` column, else the budgets; unmeasured = 0)."""
+    """The sweep's feasibility: its ``feasible`` column, else the budgets ``constraints``
+    (pareto.json's ``{max_<metric>: budget}``)."""
     if isinstance(row.get("feasible"), bool):
         return row["feasible"]
-    return all((num(row.get(k.removeprefix("max_"))) or 0.0) <= float(b)
-               for k, b in constraints.items() if b is not None)
+    return is_feasible(row, budgets(constraints))
 
 
 def pareto_trials(rows: list[dict[str, Any]], objectives: dict[str, str]) -> list[int]:
-    """Trial numbers of the non-dominated rows (rows with every objective measured).
+    """Trial numbers of the rows on the Pareto front (the sweep's rule).
 
     >>> rows = [{"trial": 0, "alignment": 0.2, "nlr": 0.5}, {"trial": 1, "alignment": 0.1,
     ...         "nlr": 0.9}, {"trial": 2, "alignment": 0.3, "nlr": 0.8}]
     >>> pareto_trials(rows, {"alignment": "maximize", "nlr": "minimize"})
     [0, 2]
     """
-    signs = [1.0 if d == "maximize" else -1.0 for d in objectives.values()]
-    pts = [(r["trial"], [s * num(r.get(k)) for k, s in zip(objectives, signs)]) for r in rows
-           if all(num(r.get(k)) is not None for k in objectives)]
-    return sorted(t for t, p in pts
-                  if not any(all(a >= b for a, b in zip(q, p)) and q != p for _, q in pts))
-
-
-def choose(front: list[dict[str, Any]], max_nlr: float) -> dict[str, Any] | None:
-    """The sweep's rule: highest alignment among front rows with nlr <= max_nlr, else lowest nlr.
-
-    >>> choose([{"alignment": 0.1, "nlr": 0.0}, {"alignment": 0.3, "nlr": 2.0}], 1.0)
-    {'alignment': 0.1, 'nlr': 0.0}
-    """
-    front = [r for r in front if num(r.get("alignment")) is not None]
-    def nlr(r: dict[str, Any]) -> float:
-        x = num(r.get("nlr"))
-        return math.inf if x is None else x
-
-    clean = [r for r in front if nlr(r) <= max_nlr]
-    if clean:
-        return max(clean, key=lambda r: r["alignment"])
-    return min(front, key=nlr) if front else None
+    return sorted(r["trial"] for r in pareto_front(rows, objectives))
 
 
 def params_of(row: dict[str, Any]) -> dict[str, Any]:
@@ -305,7 +282,7 @@ def params_of(row: dict[str, Any]) -> dict[str, Any]:
     {'sparsity': 0.001}
     """
     return {k: v for k, v in row.items() if k not in ROW_FIELDS and k not in METRICS
-            and not k.startswith(("csr_", "dcsr_"))}
+            and not k.startswith(per_value_columns())}
 
 
 def _flat_edit(entry: dict[str, Any], source: str) -> dict[str, Any]:
@@ -356,7 +333,7 @@ def _load_fronts_and_edits(run: Run) -> None:
                            f"the report with the sweep's rule (best_max_nlr={max_nlr:g}).")
     for key in sorted(keys | set(run.fronts)):
         front = [r for r in run.trials(key) if r["trial"] in set(run.fronts.get(key, []))]
-        pick = choose(front, max_nlr)
+        pick = choose_best(front, max_nlr)
         if pick is None:
             run.no_edit[key] = "no feasible COMPLETE trial"
         else:
@@ -366,25 +343,20 @@ def _load_fronts_and_edits(run: Run) -> None:
 def _estimate_base_csr(run: Run) -> None:
     """The unedited model's CSR per value (same for every trial of a model).
 
-    From ``csr_base_<v>`` or ``dcsr_<v>`` columns when the trials have them, else from
-    each study's own target (``csr_t - alignment``: only the swept values), and for the
-    values still unknown from the run directory's ``optuna.db`` when it has one.
+    From the ``csr_base_<v>`` columns when the trials have them, else from each study's
+    own target (``csr_t - alignment``: only the swept values), and for the values still
+    unknown from the run directory's ``optuna.db`` when it has one.
     """
     seen: dict[str, dict[str, list[float]]] = {}
-    samples = [(r["model"], r, r.get("value")) for r in run.rows if is_complete(r)]
-    samples += [(e["model"], {**{f"csr_base_{v}": x for v, x in e.get("csr_base", {}).items()},
-                              **{f"csr_{v}": x for v, x in e["csr_edited"].items()},
-                              "alignment": e.get("alignment")}, e["value"])
-                for e in run.chosen.values()]
-    for model, r, target in samples:
+    samples = [(r["model"], csr_of(r), csr_of(r, BASE_PREFIX), r.get("value"),
+                r.get("alignment")) for r in run.rows if is_complete(r)]
+    samples += [(e["model"], e["csr_edited"], e.get("csr_base") or {}, e["value"],
+                 e.get("alignment")) for e in run.chosen.values()]
+    for model, edited, base_csr, target, a in samples:
         for v in VALUES:
-            csr, base, d = num(r.get(f"csr_{v}")), num(r.get(f"csr_base_{v}")), num(
-                r.get(f"dcsr_{v}"))
-            if base is None and csr is not None and d is not None:
-                base = csr - d
-            if base is None and v == target and csr is not None:
-                a = num(r.get("alignment"))
-                base = None if a is None else csr - a
+            csr, base = num(edited.get(v)), num(base_csr.get(v))
+            if base is None and v == target and csr is not None and num(a) is not None:
+                base = csr - num(a)
             if base is not None:
                 seen.setdefault(model, {}).setdefault(v, []).append(base)
     run.base_csr = {m: {v: statistics.median(x) for v, x in per.items()} for m, per in
@@ -402,22 +374,12 @@ def _estimate_base_csr(run: Run) -> None:
         if unknown and any(r["model"] == m and is_complete(r) for r in run.rows):
             run.missing.append(
                 f"unedited CSR of {m} is unknown for {', '.join(unknown)} (the trials carry "
-                "no csr_base_<value>/dcsr_<value> columns and there is no optuna.db, so it is "
+                "no csr_base_<value> columns and there is no optuna.db, so it is "
                 "only known for swept values): those cells of the leakage matrix and value "
                 "profile are blank.")
 
 
 # -- neuron maps ----------------------------------------------------------------------------------
-def jaccard(sets: dict[str, set]) -> dict[str, dict[str, float]]:
-    """Pairwise |A & B| / |A | B| (1 on the diagonal, 0 for two empty sets).
-
-    >>> jaccard({"a": {1, 2}, "b": {2, 3}})["a"]["b"]
-    0.3333333333333333
-    """
-    return {a: {b: (len(sa & sb) / len(sa | sb) if sa | sb else float(a == b))
-                for b, sb in sets.items()} for a, sa in sets.items()}
-
-
 def _load_neuron_maps(run: Run) -> None:
     for path in sorted((run.run_dir / "neurons").glob("*.json")):
         try:
@@ -433,23 +395,21 @@ def _load_neuron_maps(run: Run) -> None:
         if e.get("neurons"):
             groups.setdefault((e["model"], e["method"]), []).append(e)
     for (model, method), edits in groups.items():
-        counts, ids, files = {}, {}, []
+        neurons, layer_sizes = {}, None
         for e in sorted(edits, key=lambda e: value_order(e["value"])):
-            path = run.run_dir / e["neurons"]
             try:
-                from ..select import NeuronMap  # torch + safetensors: only when files exist
-
-                nmap = NeuronMap.load(path)
-                counts[e["value"]], ids[e["value"]] = (nmap.layer_counts(e["value"]),
-                                                       nmap.ids(e["value"]))
-                files.append(e["neurons"])
+                nmap = NeuronMap.load(run.run_dir / e["neurons"])
+                neurons[e["value"]] = nmap[e["value"]]
+                layer_sizes = layer_sizes or nmap.layer_sizes
             except Exception as err:  # a missing or foreign file: say so, keep going
                 run.missing.append(f"neurons of the chosen {model}/{e['value']}/{method} edit "
                                    f"({e['neurons']}) are unreadable: {type(err).__name__}")
-        if counts:
+        if neurons:  # one map of the chosen edits: counts and Jaccard as task=identify's
+            chosen = NeuronMap(neurons, list(layer_sizes))
             run.neuron_maps.append(NeuronCounts(
                 f"{model} / {method}: neurons of the chosen edits",
-                f"{len(files)} files under best_edits/{model}/", counts, jaccard(ids)))
+                f"{len(neurons)} files under best_edits/{model}/",
+                {v: chosen.layer_counts(v) for v in neurons}, chosen.jaccard()))
     if not run.neuron_maps:
         run.missing.append("no neuron maps: no neurons/<model>.json (task=identify) and no "
                            "readable neuron files of chosen edits (best_edits/<model>/).")

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..metrics import scalar_metrics
 from .load import Run, feasible, is_complete, num
 
 PARAMS = ("sparsity", "magnitude", "rule", "score", "positions", "layer_window")
-METRICS = ("n_neurons", "alignment", "nlr", "nglr", "cwl", "accuracy_base", "accuracy_edited",
-           "accuracy_drop", "kl", "ppl_edited")
-SUMMARY = ("alignment", "nlr", "nglr", "cwl", "accuracy_drop", "kl")
+# From the metric schema: the chosen-edit table's metrics, and the headline ones among them
+# (always shown; averaged in the model comparison).
+METRICS = tuple(m.name for m in scalar_metrics() if m.report or m.headline)
+SUMMARY = tuple(m.name for m in scalar_metrics() if m.headline)
 
 
 @dataclass

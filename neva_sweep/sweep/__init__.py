@@ -4,16 +4,31 @@ Stages, one file each: ``plan`` (config checks, models, study keys), ``methods``
 (what a trial searches and how it becomes an edit), ``studies`` (Optuna storage,
 samplers, constraints), ``cluster`` (Ray, replicas, statistics once per model),
 ``worker`` (the trial function on the actors), ``scheduler`` (the ask/tell driver),
-``outputs`` (trials.csv, pareto.json, best_edits.json), ``logging`` (W&B) and ``run``
-(``task=sweep``).
+``front`` (feasibility, Pareto fronts, the best-edit rule and trials rows, on plain data:
+shared with the report), ``outputs`` (trials.csv, pareto.json, best_edits.json),
+``logging`` (W&B) and ``run`` (``task=sweep``).
+
+The methods are registered on import; the driver's modules (and Ray) load on first use
+of the names below, so the report can use ``front`` without them.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from . import baselines  # noqa: F401,I001  (registers random_neurons, caa and prompt)
 from .methods import METHODS, Method
-from .outputs import best_edit_spec, load_best_edit
-from .plan import ConfigError, make_plan
-from .run import SweepResult, run_sweep
-from .scheduler import Outcome, Scheduler
+
+_LAZY = {"ConfigError": "plan", "make_plan": "plan", "Outcome": "scheduler",
+         "Scheduler": "scheduler", "SweepResult": "run", "run_sweep": "run",
+         "best_edit_spec": "outputs", "load_best_edit": "outputs"}
 
 __all__ = ["METHODS", "ConfigError", "Method", "Outcome", "Scheduler", "SweepResult",
            "best_edit_spec", "load_best_edit", "make_plan", "run_sweep"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

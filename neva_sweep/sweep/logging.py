@@ -5,8 +5,9 @@ directory's name), so a resumed sweep shows up as a second run of the same group
 run rather than one per study because every study shares the driver, and tens of
 concurrent W&B runs cost more than the trials on a small machine. Inside the run:
 
-- per trial: ``<model>/<value>/<method>/<metric>`` for alignment, nlr, nglr, cwl,
-  accuracy_drop, kl and the parameters, plus ``trials/complete`` and ``trials/failed``;
+- per trial: ``<model>/<value>/<method>/<metric>`` for the headline metrics of the schema
+  (:data:`neva_sweep.metrics.METRICS`: alignment, nlr, nglr, cwl, acquiescence,
+  accuracy_drop, kl) and the parameters, plus ``trials/complete`` and ``trials/failed``;
 - at the end: the ``trials`` table (every trial of the studies, as in trials.csv), a
   Pareto plot per (model, method) (alignment vs NLR, Pareto-optimal trials ringed), the
   best edit of each study in the run summary, and an artifact ``best-edits`` holding
@@ -24,9 +25,10 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig
 
+from ..metrics import all_metrics
 from .scheduler import Outcome
 
-TRIAL_METRICS = ("alignment", "nlr", "nglr", "cwl", "accuracy_drop", "kl")
+TRIAL_METRICS = tuple(m.name for m in all_metrics() if m.headline)
 
 
 class SweepLogger(Protocol):
@@ -100,7 +102,7 @@ class WandbLogger:
         best = json.loads(path.read_text())
         for e in best["edits"]:
             key = f"best/{e['model']}/{e['value']}/{e['method']}"
-            for k in ("alignment", "nlr", "nglr", "cwl", "accuracy_drop", "kl"):
+            for k in TRIAL_METRICS:
                 self.run.summary[f"{key}/{k}"] = e["metrics"].get(k)
         art = self.wandb.Artifact("best-edits", type="neuron_maps",
                                   description="best_edits.json and each best edit's neurons")

@@ -2,20 +2,18 @@
 regenerates them from every trial of its studies):
 
 - ``trials.csv``: one row per trial (model, value, method, study, trial, state, the
-  method's parameters, every metric, csr_<value> of the edited model, feasibility,
-  replica, duration, error).
+  method's parameters, every metric of the schema in :mod:`neva_sweep.metrics`,
+  csr_<value> and csr_base_<value>, feasibility, duration, replica, error).
 - ``pareto.json``: per (model, value, method) the Pareto-optimal COMPLETE trials among
-  those meeting the constraints (``search.max_accuracy_drop``, ``search.max_kl``), for
-  the objectives ``search.objectives``.
-- ``best_edits.json``: per (model, value, method) the chosen edit (rule below), with the
+  those meeting the constraints (``search.max_<metric>`` budgets: ``max_accuracy_drop``,
+  ``max_kl``, ...), for the objectives ``search.objectives``.
+- ``best_edits.json``: per (model, value, method) the chosen edit (see below), with the
   parameters ``task=steer``/``task=evaluate`` need (``best_edits=PATH``), its metrics,
   and its selected neurons saved under ``best_edits/<model>/<value>-<method>.safetensors``.
 
-Choosing the best edit: among the study's feasible Pareto trials, the one with the
-highest alignment whose NLR is at most ``search.best_max_nlr`` (default 1: mean leakage
-into other values no larger than the gain on the target); if no Pareto trial is that
-clean, the one with the lowest NLR. A study without a feasible COMPLETE trial has no
-best edit and is listed under ``missing`` with the reason.
+Feasibility, the Pareto front, the best-edit rule and the rows are those of
+:mod:`neva_sweep.sweep.front` (the report applies the same). A study without a feasible
+COMPLETE trial has no best edit and is listed under ``missing`` with the reason.
 """
 
 from __future__ import annotations
@@ -33,73 +31,23 @@ from optuna.trial import FrozenTrial, TrialState
 from ..edit import EditSpec
 from ..select import NeuronMap
 from ..stats import NeuronStats
-from ..values import VALUES
+from .front import (
+    BEST_RULE,
+    budgets,
+    choose_best,
+    constraint_settings,
+    is_feasible,
+    pareto_front,
+    trial_row,
+    trial_summary,
+)
 from .methods import METHODS
 from .plan import ModelEntry, StudyKey
-from .studies import StudyState, constraint_values
-
-METRIC_COLUMNS = ("alignment", "nlr", "nglr", "cwl", "accuracy_base", "accuracy_edited",
-                  "accuracy_drop", "kl", "kl_coverage", "ppl_base", "ppl_edited", "n_neurons",
-                  "n_queries", "n_mc")
-BEST_RULE = ("highest alignment among the feasible Pareto trials with nlr <= best_max_nlr; "
-             "if none, the feasible Pareto trial with the lowest nlr")
+from .studies import StudyState
 
 
-def trial_row(key: StudyKey, study_name: str, t: FrozenTrial,
-              feasible: Callable[[FrozenTrial], bool]) -> dict[str, Any]:
-    """One trials.csv row (parameters under their own names)."""
-    a = t.user_attrs
-    row: dict[str, Any] = {"model": key.model, "value": key.value, "method": key.method,
-                           "study": study_name, "trial": t.number, "state": t.state.name}
-    row.update(a.get("params") or t.params)
-    row.update({k: a.get(k) for k in METRIC_COLUMNS})
-    csr, base = a.get("csr_edited") or {}, a.get("csr_base") or {}
-    row.update({f"csr_{v}": csr.get(v) for v in VALUES})
-    row.update({f"csr_base_{v}": base.get(v) for v in VALUES})
-    complete = t.state == TrialState.COMPLETE
-    row.update(feasible=feasible(t) if complete else None, duration_s=a.get("duration_s"),
-               replica=a.get("replica"), error=a.get("error"),
-               datetime_start=t.datetime_start.isoformat() if t.datetime_start else None,
-               datetime_complete=(t.datetime_complete.isoformat()
-                                  if t.datetime_complete else None))
-    return row
-
-
-def feasibility(search: DictConfig) -> Callable[[FrozenTrial], bool]:
-    """Whether a trial meets the budgets of ``search`` (today's, if they changed on resume)."""
-    return lambda t: all(c <= 0 for c in constraint_values(t.user_attrs, search).values())
-
-
-def dominates(a: list[float], b: list[float], signs: list[float]) -> bool:
-    """Whether a is at least as good as b everywhere and better somewhere (signs: +1 = max).
-
-    >>> dominates([0.5, 0.1], [0.4, 0.1], [1, -1]), dominates([0.5, 0.3], [0.4, 0.1], [1, -1])
-    (True, False)
-    """
-    ge = all(s * x >= s * y for x, y, s in zip(a, b, signs))
-    return ge and any(s * x > s * y for x, y, s in zip(a, b, signs))
-
-
-def pareto_front(trials: list[FrozenTrial], signs: list[float]) -> list[FrozenTrial]:
-    return [t for t in trials
-            if not any(dominates(o.values, t.values, signs) for o in trials if o is not t)]
-
-
-def choose_best(front: list[FrozenTrial], max_nlr: float) -> FrozenTrial | None:
-    """The best edit of a Pareto front (see the module docstring)."""
-    if not front:
-        return None
-    clean = [t for t in front if t.user_attrs.get("nlr", float("inf")) <= max_nlr]
-    if clean:
-        return max(clean, key=lambda t: t.user_attrs["alignment"])
-    return min(front, key=lambda t: t.user_attrs.get("nlr", float("inf")))
-
-
-def _summary(t: FrozenTrial) -> dict[str, Any]:
-    a = t.user_attrs
-    return {"trial": t.number, "params": a.get("params") or t.params,
-            "values": list(t.values), **{k: a.get(k) for k in METRIC_COLUMNS},
-            "csr_base": a.get("csr_base"), "csr_edited": a.get("csr_edited"), "ci": a.get("ci")}
+def _attrs(t: FrozenTrial) -> dict[str, Any]:
+    return t.user_attrs
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -116,8 +64,8 @@ class Outputs:
         self.run_dir, self.states, self.search = run_dir, states, search
         self.models = {m.label: m for m in models}
         self.stats: dict[str, NeuronStats] = {}  # per model label, when this run has them
-        self.signs = [1.0 if d == "maximize" else -1.0 for d in search.objectives.values()]
-        self.feasible = feasibility(search)
+        self.objectives = dict(search.objectives)
+        self.budgets = budgets(search)  # today's, if they changed on resume
         self.trials: dict[StudyKey, list[FrozenTrial]] = {}
 
     def paths(self) -> dict[str, Path]:
@@ -136,7 +84,7 @@ class Outputs:
         self._snapshot()
         paths = self.paths()
         self._write_csv(paths["trials"], self._rows())
-        fronts = {s.key: pareto_front(self._feasible_complete(s), self.signs)
+        fronts = {s.key: pareto_front(self._feasible_complete(s), self.objectives, _attrs)
                   for s in self.states}
         _atomic_write(paths["pareto"], json.dumps(self._pareto(fronts), indent=2))
         _atomic_write(paths["best_edits"], json.dumps(self._best(fronts), indent=2))
@@ -150,12 +98,13 @@ class Outputs:
         out = []
         for s in self.states:
             name = s.key.name(self.search.study_prefix)
-            out += [trial_row(s.key, name, t, self.feasible) for t in self.trials[s.key]]
+            key = (s.key.model, s.key.value, s.key.method)
+            out += [trial_row(key, name, t, self.budgets) for t in self.trials[s.key]]
         return out
 
     def _feasible_complete(self, s: StudyState) -> list[FrozenTrial]:
         return [t for t in self.trials[s.key]
-                if t.state == TrialState.COMPLETE and self.feasible(t)]
+                if t.state == TrialState.COMPLETE and is_feasible(t.user_attrs, self.budgets)]
 
     def _write_csv(self, path: Path, rows: list[dict[str, Any]]) -> None:
         fields: list[str] = []
@@ -180,18 +129,19 @@ class Outputs:
                 "n_trials": len(trials),
                 "n_complete": sum(t.state == TrialState.COMPLETE for t in trials),
                 "n_feasible": len(self._feasible_complete(s)),
-                "pareto": [_summary(t) for t in sorted(fronts[s.key], key=lambda t: t.number)],
+                "pareto": [trial_summary(t)
+                           for t in sorted(fronts[s.key], key=lambda t: t.number)],
             })
         return {"objectives": OmegaConf.to_container(self.search.objectives),
                 "constraints": self._constraints(), "studies": studies}
 
     def _constraints(self) -> dict:
-        return {"max_accuracy_drop": self.search.max_accuracy_drop, "max_kl": self.search.max_kl}
+        return constraint_settings(self.search)
 
     def _best(self, fronts: dict[StudyKey, list[FrozenTrial]]) -> dict:
         edits, missing = [], []
         for s in self.states:
-            best = choose_best(fronts[s.key], self.search.best_max_nlr)
+            best = choose_best(fronts[s.key], self.search.best_max_nlr, _attrs)
             if best is None:
                 n = len(self._feasible_complete(s))
                 missing.append({"model": s.key.model, "value": s.key.value,
@@ -208,7 +158,7 @@ class Outputs:
         entry = {"model": s.key.model, "model_config": self.models[s.key.model].config,
                  "value": s.key.value, "method": s.key.method,
                  "study": s.key.name(self.search.study_prefix), "trial": t.number,
-                 **params, "params": params, "metrics": _summary(t)}
+                 **params, "params": params, "metrics": trial_summary(t)}
         neurons = self._save_neurons(s, t, params)
         if neurons is not None:
             entry["neurons"] = str(neurons.relative_to(self.run_dir))

@@ -21,13 +21,13 @@ from sqlalchemy.exc import ArgumentError
 from ..config import ClusterConfig, ModelConfig
 from ..edit import POSITIONS, RULES
 from ..judges import JUDGES
+from ..metrics import METRICS, constraint_metrics, objective_metrics
 from ..models.host import DTYPES
 from ..select import SCORES
 from ..values import VALUES
 from .methods import METHODS
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-OBJECTIVE_METRICS = ("alignment", "nlr", "nglr", "cwl", "accuracy_drop", "kl")
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "gp")
 
@@ -170,29 +170,56 @@ def check_search(s: DictConfig) -> None:
         if len(w) != 2 or not 0 <= w[0] < w[1]:
             raise ConfigError(f"search.space.layer_windows: each window is [start, stop) with "
                               f"0 <= start < stop, got {w}")
-    if not s.objectives:
-        raise ConfigError("search.objectives: needs at least one metric")
-    for metric, direction in s.objectives.items():
-        if metric not in OBJECTIVE_METRICS:
-            raise ConfigError(f"search.objectives: unknown metric {metric!r}; valid choices: "
-                              f"{', '.join(OBJECTIVE_METRICS)}")
-        if direction not in DIRECTIONS:
-            raise ConfigError(f"search.objectives.{metric}: {direction!r}; valid choices: "
-                              f"{', '.join(DIRECTIONS)}")
-    _at_least("search.max_accuracy_drop", s.max_accuracy_drop, 0.0, optional=True)
-    _at_least("search.max_kl", s.max_kl, 0.0, optional=True)
+    check_objectives(s)
+    check_constraints(s)
     _at_least("search.best_max_nlr", s.best_max_nlr, 0.0)
     _at_least("search.trials_per_batch", s.trials_per_batch, 1)
     _at_least("search.max_in_flight", s.max_in_flight, 1, optional=True)
     _at_least("search.max_failures", s.max_failures, 0, optional=True)
 
 
+def check_objectives(s: DictConfig) -> None:
+    """``search.objectives``: metrics the schema lets be objectives, each with a direction."""
+    valid = objective_metrics()
+    if not s.objectives:
+        raise ConfigError("search.objectives: needs at least one metric")
+    for metric, direction in s.objectives.items():
+        if metric not in valid:
+            listed = ", ".join(f"{m} ({METRICS[m].direction})" for m in valid)
+            raise ConfigError(f"search.objectives: unknown metric {metric!r}; valid choices "
+                              f"(usual direction): {listed}")
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"search.objectives.{metric}: {direction!r}; valid choices: "
+                              f"{', '.join(DIRECTIONS)}")
+
+
+def check_constraints(s: DictConfig) -> None:
+    """Budgets ``search.max_<metric>`` (>= 0 or null), only for metrics that can be constraints."""
+    valid = constraint_metrics()
+    for key in s:
+        metric = str(key).removeprefix("max_")
+        if key.startswith("max_") and metric in METRICS and metric not in valid:
+            raise ConfigError(f"search.{key}: {metric} cannot be a constraint; metrics with a "
+                              f"budget search.max_<metric>: {', '.join(valid)}")
+    for metric in valid:
+        _at_least(f"search.max_{metric}", s.get(f"max_{metric}"), 0.0, optional=True)
+
+
+def trial_capability(cfg: DictConfig) -> dict:
+    """``capability.*`` with the sweep's own overrides (``sweep.capability``) on top."""
+    cap = OmegaConf.to_container(cfg.capability, resolve=True)
+    extra = OmegaConf.to_container(cfg.sweep.capability, resolve=True) or {}
+    unknown = sorted(set(extra) - set(cap))
+    if unknown:
+        raise KeyError(f"sweep.capability: unknown keys {unknown}; valid keys: "
+                       f"{', '.join(cap)}")
+    return {**cap, **extra}
+
+
 def check_evaluation(cfg: DictConfig) -> None:
     if cfg.judge.name not in JUDGES:
         raise ConfigError(f"judge.name: unknown judge {cfg.judge.name!r}; valid choices: "
                           f"{', '.join(JUDGES.names())}")
-    from .run import trial_capability
-
     try:
         cap = OmegaConf.create(trial_capability(cfg))
     except KeyError as e:

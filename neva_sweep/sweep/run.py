@@ -25,7 +25,14 @@ from ..stats import StatsConfig
 from .cluster import ReplicaWorker, model_stats, ray_session, start_replicas
 from .logging import SweepLogger, make_logger
 from .outputs import Outputs
-from .plan import ConfigError, Resources, SweepPlan, make_plan, replica_counts
+from .plan import (
+    ConfigError,
+    Resources,
+    SweepPlan,
+    make_plan,
+    replica_counts,
+    trial_capability,
+)
 from .scheduler import Scheduler
 from .studies import StudyState, open_storage, open_studies
 from .worker import EvalSetup
@@ -93,17 +100,6 @@ def _finish(outputs: Outputs, logger: SweepLogger, exit_code: int) -> dict[str, 
 def local_resources(cluster: DictConfig) -> Resources:
     gpus = torch.cuda.device_count()
     return Resources(float(cluster.num_cpus or os.cpu_count()), float(gpus), float(gpus))
-
-
-def trial_capability(cfg: DictConfig) -> dict:
-    """``capability.*`` with the sweep's own overrides (``sweep.capability``) on top."""
-    cap = OmegaConf.to_container(cfg.capability, resolve=True)
-    extra = OmegaConf.to_container(cfg.sweep.capability, resolve=True) or {}
-    unknown = sorted(set(extra) - set(cap))
-    if unknown:
-        raise KeyError(f"sweep.capability: unknown keys {unknown}; valid keys: "
-                       f"{', '.join(cap)}")
-    return {**cap, **extra}
 
 
 def eval_setup(cfg: DictConfig) -> EvalSetup:

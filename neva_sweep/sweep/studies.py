@@ -1,10 +1,11 @@
 """Optuna studies: one per (model, value, method), all in one storage.
 
 Trials are driven with ask/tell by the scheduler. A finished trial carries every metric
-as user attributes (``alignment``, ``nlr``, ``csr_edited``, ``kl``, ...) plus
-``params``, ``replica`` and ``duration_s``; a failed one carries ``error``. The objective
-values are the configured metrics (``search.objectives``); the constraints (accuracy drop
-and KL against their budgets) are set on the trial before it is told
+of the schema (:data:`neva_sweep.metrics.METRICS`: ``alignment``, ``nlr``, ``csr_edited``,
+``kl``, ...) as user attributes, plus ``ci``, ``judge``, ``params``, ``replica`` and
+``duration_s``; a failed one carries ``error``. The objective values are the configured
+metrics (``search.objectives``); the constraints (each budgeted metric against its
+``search.max_<metric>``) are set on the trial before it is told
 (``Trial.set_constraint``), where every Optuna sampler reads them.
 """
 
@@ -20,6 +21,8 @@ from omegaconf import DictConfig
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from ..metrics import METRICS
+from .front import budgets, constraint_values
 from .plan import StudyKey
 
 STALE_ERROR = "stale: the driver stopped before this trial finished (marked FAIL on resume)"
@@ -29,15 +32,6 @@ def open_storage(url: str) -> RDBStorage:
     """The RDB storage; SQLite waits for locks instead of failing at once."""
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     return RDBStorage(url, engine_kwargs=kwargs)
-
-
-def constraint_values(metrics: dict, search: DictConfig) -> dict[str, float]:
-    """Optuna constraints (<= 0 is feasible) of a trial's metrics under the budgets.
-
-    A metric that was not measured (e.g. no neutral texts for KL) constrains nothing.
-    """
-    budgets = (("accuracy_drop", search.max_accuracy_drop), ("kl", search.max_kl))
-    return {k: float(metrics.get(k) or 0.0) - float(b) for k, b in budgets if b is not None}
 
 
 def make_sampler(search: DictConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -70,6 +64,7 @@ class StudyState:
     failed: int = 0  # FAIL in this run
     best_alignment: float | None = None
     stale: list[int] = field(default_factory=list)  # trial numbers failed as stale on open
+    stopped: str | None = None  # why no more trials are asked in this run (None: not stopped)
 
     @property
     def missing(self) -> int:
@@ -77,7 +72,8 @@ class StudyState:
 
     def wants_more(self) -> bool:
         """Whether asking another trial is useful now."""
-        return self.complete + self.running < self.target and self.failed < self.max_failures
+        return (self.stopped is None and self.complete + self.running < self.target
+                and self.failed < self.max_failures)
 
 
 def open_studies(keys: list[StudyKey], storage: RDBStorage, search: DictConfig
@@ -141,15 +137,13 @@ def objective_values(metrics: dict, objectives: DictConfig) -> list[float]:
     return out
 
 
-# Metrics copied to user attributes (the evaluator's record keys).
-ATTR_KEYS = ("alignment", "nlr", "nglr", "cwl", "leakage", "csr_base", "csr_edited",
-             "accuracy_base", "accuracy_edited", "accuracy_drop", "kl", "kl_coverage",
-             "ppl_base", "ppl_edited", "n_queries", "n_mc", "n_neurons", "ci", "judge")
+# Record keys copied to user attributes: every metric of the schema, its intervals, the judge.
+ATTR_KEYS = (*METRICS, "ci", "judge")
 
 
 def record_attrs(trial: optuna.Trial, metrics: dict, extra: dict, search: DictConfig) -> None:
     """User attributes and constraints of a finished trial (before it is told)."""
-    for name, value in constraint_values(metrics, search).items():
+    for name, value in constraint_values(metrics, budgets(search)).items():
         trial.set_constraint(name, value)
     for k in ATTR_KEYS:
         if k in metrics:
