@@ -3,7 +3,7 @@
 The same trials (NeVA edits over several values, sparsities and magnitudes) are evaluated
 one call per trial and four trials per call, alternating the two modes so that machine
 load affects both alike; the metrics must agree. Evaluation settings are the sweep's
-defaults (conf/sweep/default.yaml).
+defaults (conf/experiment/default.yaml).
 
     python benchmarks/trial_batching.py [--trials 8] [--threads 2]
 """

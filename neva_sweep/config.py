@@ -15,6 +15,7 @@ from .capability import CapabilityConfig
 from .edit import DEFAULT_MAGNITUDE, DEFAULT_RULE
 from .judges import JudgeConfig
 from .select import DEFAULT_SCORE, DEFAULT_SPARSITY
+from .stats import StatsConfig
 from .values import VALUES
 
 
@@ -39,18 +40,6 @@ class DataConfig:
     questionnaire: str | None = None
     neutral: str | None = None
     mc: str | None = None
-
-
-@dataclass
-class StatsSection:
-    """Mirrors :class:`neva_sweep.stats.StatsConfig`."""
-
-    batch_size: int = 16
-    max_length: int = 128
-    bins: int = 32
-    hist_scale: float = 0.2
-    hist_stride: int = 3
-    quantile: float = 0.95
 
 
 @dataclass
@@ -153,7 +142,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     models: list[str] | None = None  # conf/model names for a multi-model sweep; None = model
     data: DataConfig = field(default_factory=DataConfig)
-    stats: StatsSection = field(default_factory=StatsSection)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     edit: EditConfig = field(default_factory=EditConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     capability: CapabilityConfig = field(default_factory=CapabilityConfig)

@@ -41,9 +41,10 @@ from .values import N_VALUES, VALUES
 STATS_VERSION = 2  # bump when the statistics' content changes (invalidates caches)
 
 
-@dataclass(frozen=True)
+@dataclass
 class StatsConfig:
-    """How statistics are collected (part of the cache key)."""
+    """How statistics are collected (part of the cache key); also the ``stats.*`` config
+    schema (:class:`neva_sweep.config.Config`)."""
 
     batch_size: int = 16
     max_length: int = 128
