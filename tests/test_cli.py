@@ -3,29 +3,28 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from neva_sweep.config import register_configs
-from neva_sweep.tasks import run
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from neva_sweep.tasks import format_eval, run
+from neva_sweep.values import VALUES
 
 
-def config(*overrides):
-    register_configs()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def test_default_config_is_the_embedded_model():
+def test_default_config_is_the_embedded_model(config):
     cfg = config()
     assert cfg.model.name == "smollm2-135m" and cfg.task == "sweep"
+    assert cfg.sweep["values"] == VALUES and cfg.sweep.capability.mc_limit == 40
 
 
-def test_identify_writes_statistics_and_summary(tmp_path):
+def test_experiment_presets_and_one_stats_schema(config):
+    smoke = config("experiment=smoke", "stats.batch_size=8")
+    assert list(smoke.sweep["values"]) == ["benevolence", "power"]
+    assert smoke.search.trials_per_batch == 2 and smoke.stats.batch_size == 8
+    with pytest.raises(Exception, match="batch_size"):
+        config("stats.batch_size=many")
+
+
+def test_identify_writes_statistics_and_summary(tmp_path, config):
     cfg = config("task=identify", "model=tiny_llama", "edit.sparsity=0.05",
                  f"cache_dir={tmp_path / 'cache'}", "progress=false")
     run(cfg, tmp_path)
@@ -40,8 +39,9 @@ def test_identify_writes_statistics_and_summary(tmp_path):
     assert stats.meta["model"] == "tiny-llama" and stats.mean.shape == (10, 192)
 
 
-def test_unknown_task_and_value_errors(tmp_path):
-    with pytest.raises(KeyError, match="unknown task 'train'; valid choices: identify, steer"):
+def test_unknown_task_and_value_errors(tmp_path, config):
+    with pytest.raises(KeyError, match="unknown task 'train'; valid choices: "
+                                       "identify, steer, evaluate, .*sweep, report"):
         run(config("task=train"), tmp_path)
     with pytest.raises(KeyError, match="unknown value 'kindness'"):
         run(config("task=steer", "model=tiny_llama", "value=kindness"), tmp_path)
@@ -58,12 +58,21 @@ def test_steer_from_the_command_line(tmp_path):
     assert "unedited" in out.stdout and "edited toward power (10 neurons, add x4)" in out.stdout
 
 
-def test_report_task_on_an_empty_run_dir_says_what_is_missing(tmp_path):
+def test_report_task_on_an_empty_run_dir_says_what_is_missing(tmp_path, config):
     run(config("task=report", f"run_dir={tmp_path}"), tmp_path / "report_run")
     html = (tmp_path / "report" / "index.html").read_text()
     assert "trials.csv" in html and "missing" in html.lower()
 
 
-def test_unknown_task_lists_choices(tmp_path):
-    with pytest.raises(KeyError, match="identify.*steer.*evaluate.*sweep.*report"):
-        run(config("task=train"), tmp_path)
+def test_format_eval_shows_every_metric_the_record_has():
+    rec = {"edit": {"value": "power"}, "csr_base": dict.fromkeys(VALUES, 0.5),
+           "csr_edited": {**dict.fromkeys(VALUES, 0.5), "power": 0.6}, "alignment": 0.1,
+           "nlr": 0.2, "acquiescence": 0.012, "accuracy_base": 0.5, "accuracy_edited": 0.45,
+           "accuracy_drop": 0.05, "kl": 0.0123, "ppl_base": None, "n_mc": 40,
+           "ci": {"alignment": [0.05, 0.15], "csr_base": {}}}
+    text = format_eval(rec)
+    assert "power                0.500       0.600   +0.100  <- target" in text
+    assert "alignment +0.100 (95% CI +0.050..+0.150)" in text
+    assert "acquiescence +0.012" in text and "KL (nats/token) 0.0123" in text
+    assert "MC questions 40" in text
+    assert "NGLR" not in text and "perplexity" not in text  # not in the record: not shown

@@ -7,6 +7,7 @@ Ray worker process by ``worker_process_setup_hook``, the way a user's method wou
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import json
 import os
@@ -18,12 +19,10 @@ import optuna
 import psutil
 import pytest
 import ray
-from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 from ray import cloudpickle
 
 import neva_sweep as nv
-from neva_sweep.config import register_configs
 from neva_sweep.sweep import ConfigError, load_best_edit, run_sweep
 from neva_sweep.sweep.methods import NeVA
 from neva_sweep.sweep.plan import ModelEntry, Resources, make_plan, replica_counts
@@ -34,18 +33,12 @@ from neva_sweep.tasks import run as run_task
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = Path(__file__).resolve().parents[1] / "conf"
 FAST = ["model=tiny_llama", "sweep.values=[benevolence,power]", "search.n_trials=3",
         "search.n_startup_trials=2", "sweep.capability.mc_limit=8",
         "sweep.capability.neutral_limit=4", "sweep.capability.fluency_queries=0",
         "judge.n_boot=50", "logger=none", "progress=false",
         "cluster.replicas_per_model=2", "cluster.num_cpus_per_actor=1"]
-
-
-def config(*overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 class Explode(NeVA):
@@ -84,8 +77,10 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def sweep_cfg(cache: Path, *overrides: str):
-    return config(*FAST, f"cache_dir={cache}", *overrides)
+@pytest.fixture(scope="module")
+def sweep_cfg(config, cache):
+    """``sweep_cfg(*overrides)``: a fast sweep on tiny-llama sharing the module's cache."""
+    return lambda *overrides: config(*FAST, f"cache_dir={cache}", *overrides)
 
 
 def trials(run_dir: Path) -> list[dict]:
@@ -120,7 +115,7 @@ def states_by_study(storage_url: str) -> dict[str, list[TrialState]]:
     ("search.storage=nonsense", "search.storage"),
     ("model.tp_size=3", "model.tp_size"),
 ])
-def test_config_errors_name_the_key(tmp_path, override, key):
+def test_config_errors_name_the_key(tmp_path, override, key, config):
     assert not ray.is_initialized()
     cfg = config(*FAST, "cluster.num_cpus=2", override)
     with pytest.raises(ConfigError, match=f"^{key}"):
@@ -128,26 +123,26 @@ def test_config_errors_name_the_key(tmp_path, override, key):
     assert not ray.is_initialized()  # nothing was started
 
 
-def test_unknown_model_lists_the_available_ones(tmp_path):
+def test_unknown_model_lists_the_available_ones(tmp_path, config):
     with pytest.raises(ConfigError, match="available: .*smollm2_135m.*tiny_llama"):
         make_plan(config(*FAST, "models=[nope]"), tmp_path)
 
 
-def test_launcher_entrypoint_is_a_valid_sweep(tmp_path, monkeypatch):
+def test_launcher_entrypoint_is_a_valid_sweep(tmp_path, monkeypatch, config):
     """The KubeRay entrypoint's overrides compose and pass every check that needs no cluster."""
     monkeypatch.setenv("WANDB_API_KEY", "not-a-key")  # logger=wandb checks that one is set
     import shlex
 
     import yaml
 
-    docs = yaml.safe_load_all((Path(CONF).parent / "launch" / "kuberay-rayjob.yaml").read_text())
+    docs = yaml.safe_load_all((CONF.parent / "launch" / "kuberay-rayjob.yaml").read_text())
     (job,) = [d for d in docs if d and d.get("kind") == "RayJob"]
     args = shlex.split(job["spec"]["entrypoint"])[3:]  # after python -m neva_sweep
     plan = make_plan(config(*[a for a in args if not a.startswith("hydra.")]), tmp_path)
     assert plan.studies and all(m.on_gpu for m in plan.models)
 
 
-def test_replica_counts_fill_the_cluster_or_fail():
+def test_replica_counts_fill_the_cluster_or_fail(config):
     cpu = [ModelEntry("a", {"tp_size": 1, "device": "cpu"}),
            ModelEntry("b", {"tp_size": 2, "device": "cpu"})]
     cluster = config().cluster
@@ -162,9 +157,10 @@ def test_replica_counts_fill_the_cluster_or_fail():
 
 
 # -- the sweep --------------------------------------------------------------------------------
-def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, tmp_path, capsys):
+def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sweep_cfg, config,
+                                                              tmp_path, capsys):
     run = tmp_path / "run"
-    run_sweep(sweep_cfg(cache, "logger=wandb_offline", "search.trials_per_batch=2"), run)
+    run_sweep(sweep_cfg("logger=wandb_offline", "search.trials_per_batch=2"), run)
     rows = trials(run)
     assert len(rows) == 6 and {r["state"] for r in rows} == {"COMPLETE"}
     for col in ("model", "value", "method", "trial", "state", "sparsity", "magnitude", "rule",
@@ -190,16 +186,16 @@ def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, tm
     assert "edited toward power" in capsys.readouterr().out
 
     # Re-running finds nothing to do and starts no actor.
-    run_sweep(sweep_cfg(cache, "logger=wandb_offline"), run)
+    run_sweep(sweep_cfg("logger=wandb_offline"), run)
     assert len(trials(run)) == 6
     assert "0 to run" in capsys.readouterr().out
 
 
-def test_failing_trials_are_recorded_and_the_sweep_goes_on(cluster, cache, tmp_path):
+def test_failing_trials_are_recorded_and_the_sweep_goes_on(cluster, sweep_cfg, tmp_path):
     run = tmp_path / "run"
     # Random sampling (Optuna's samplers ignore FAIL trials, so TPE would keep proposing
     # the failing region until search.max_failures stops the study).
-    run_sweep(sweep_cfg(cache, "sweep.methods=[explode]", "sweep.values=[power]",
+    run_sweep(sweep_cfg("sweep.methods=[explode]", "sweep.values=[power]",
                         "search.n_trials=4", "search.n_startup_trials=1000",
                         "search.max_failures=50", "search.space.magnitude=[1.0,8.0]"), run)
     rows = trials(run)
@@ -215,7 +211,7 @@ def shard_pids() -> list[int]:
             if (p.cmdline() or [""])[0].startswith("ray::ShardActor")]
 
 
-def test_killed_actor_is_restarted_and_its_trial_retried(cluster, cache, tmp_path):
+def test_killed_actor_is_restarted_and_its_trial_retried(cluster, sweep_cfg, tmp_path):
     killed: list[int] = []
 
     def kill_one_shard(outcome):  # at the first result, the other replica is mid-trial
@@ -225,7 +221,7 @@ def test_killed_actor_is_restarted_and_its_trial_retried(cluster, cache, tmp_pat
             killed.append(pid)
 
     run = tmp_path / "run"
-    res = run_sweep(sweep_cfg(cache, "search.n_trials=4"), run, callbacks=[kill_one_shard])
+    res = run_sweep(sweep_cfg("search.n_trials=4"), run, callbacks=[kill_one_shard])
     assert killed
     rows = trials(run)
     assert all(s.complete == 4 for s in res.studies)
@@ -235,9 +231,9 @@ def test_killed_actor_is_restarted_and_its_trial_retried(cluster, cache, tmp_pat
     assert retried and all(t.state == TrialState.COMPLETE for t in retried)
 
 
-def test_interrupt_then_resume_neither_loses_nor_duplicates(cluster, cache, tmp_path):
+def test_interrupt_then_resume_neither_loses_nor_duplicates(cluster, sweep_cfg, tmp_path):
     run = tmp_path / "run"
-    cfg = sweep_cfg(cache, "search.n_trials=4")
+    cfg = sweep_cfg("search.n_trials=4")
     seen = []
 
     def interrupt_after_three(outcome):  # a real SIGINT, as from Ctrl-C
@@ -271,9 +267,9 @@ def test_interrupt_then_resume_neither_loses_nor_duplicates(cluster, cache, tmp_
     assert sum(len(s.stale) for s in res.studies) == 1
 
 
-def test_two_models_get_their_own_studies(cluster, cache, tmp_path):
+def test_two_models_get_their_own_studies(cluster, sweep_cfg, tmp_path):
     run = tmp_path / "run"
-    run_sweep(sweep_cfg(cache, "models=[tiny_llama,tiny_qwen2]", "sweep.values=[security]",
+    run_sweep(sweep_cfg("models=[tiny_llama,tiny_qwen2]", "sweep.values=[security]",
                         "search.n_trials=2", "cluster.replicas_per_model=1"), run)
     rows = trials(run)
     assert {(r["study"], r["state"]) for r in rows} == {
@@ -284,9 +280,9 @@ def test_two_models_get_their_own_studies(cluster, cache, tmp_path):
     assert {e["model"] for e in best["edits"]} == {"tiny-llama", "tiny-qwen2"}
 
 
-def test_methods_get_their_own_studies(cluster, cache, tmp_path):
+def test_methods_get_their_own_studies(cluster, sweep_cfg, tmp_path):
     run = tmp_path / "run"
-    run_sweep(sweep_cfg(cache, "sweep.methods=[neva,caa,prompt,random_neurons]",
+    run_sweep(sweep_cfg("sweep.methods=[neva,caa,prompt,random_neurons]",
                         "sweep.values=[security]", "search.n_trials=1",
                         "search.n_startup_trials=1", "cluster.replicas_per_model=1"), run)
     rows = trials(run)
@@ -299,12 +295,12 @@ def test_methods_get_their_own_studies(cluster, cache, tmp_path):
     assert caa["coefficient"] and caa["layer_frac"] and caa["n_neurons"] in ("0", 0)
 
 
-def test_tensor_parallel_sweep_matches_tp1(cluster, cache, tmp_path):
+def test_tensor_parallel_sweep_matches_tp1(cluster, sweep_cfg, tmp_path):
     """tp_size=2 (two shard actors, DeepSpeed AutoTP over gloo) reproduces tp_size=1: the
     seeded sampler proposes the same trials, and their metrics agree."""
     rows = {}
     for tp in (1, 2):
-        cfg = sweep_cfg(cache, f"model.tp_size={tp}", "sweep.values=[power]",
+        cfg = sweep_cfg(f"model.tp_size={tp}", "sweep.values=[power]",
                         "search.n_trials=2", "cluster.replicas_per_model=1")
         run_sweep(cfg, tmp_path / f"tp{tp}")
         rows[tp] = trials(tmp_path / f"tp{tp}")
@@ -317,10 +313,10 @@ def test_tensor_parallel_sweep_matches_tp1(cluster, cache, tmp_path):
 
 
 # -- trial batching ----------------------------------------------------------------------------
-def test_batched_trials_equal_one_by_one(cluster, cache, tiny_host, small_probes):
+def test_batched_trials_equal_one_by_one(cluster, sweep_cfg, tiny_host, small_probes):
     stats = nv.collect_stats(tiny_host, small_probes, progress=False)
     box = [ray.put(stats)]
-    setup = eval_setup(sweep_cfg(cache))
+    setup = eval_setup(sweep_cfg())
     params = [{"sparsity": s, "magnitude": m, "rule": r, "score": "mean_diff",
                "positions": "all", "layer_window": "all"}
               for s, m, r in ((0.02, 3.0, "add"), (0.05, 6.0, "add"), (0.01, 0.5, "scale"),
@@ -345,16 +341,182 @@ def frozen(number: int, alignment: float, nlr: float, drop: float = 0.0):
     return t
 
 
-def test_pareto_and_best_edit_rule():
-    from neva_sweep.sweep.outputs import choose_best, feasibility, pareto_front
+def test_pareto_and_best_edit_rule(config):
+    from neva_sweep.sweep.front import budgets, choose_best, is_feasible, pareto_front
 
     trials = [frozen(0, 0.30, 2.0), frozen(1, 0.20, 0.5), frozen(2, 0.10, 0.4),
               frozen(3, 0.05, 0.9), frozen(4, 0.40, 0.1, drop=0.5)]
-    ok = feasibility(config().search)  # max_accuracy_drop 0.1
-    feasible = [t for t in trials if ok(t)]
+    limits = budgets(config().search)  # max_accuracy_drop 0.1
+    assert limits == {"accuracy_drop": 0.1}
+    feasible = [t for t in trials if is_feasible(t.user_attrs, limits)]
     assert [t.number for t in feasible] == [0, 1, 2, 3]
-    front = pareto_front(feasible, [1.0, -1.0])
+    attrs = lambda t: t.user_attrs  # noqa: E731
+    front = pareto_front(feasible, {"alignment": "maximize", "nlr": "minimize"}, attrs)
     assert sorted(t.number for t in front) == [0, 1, 2]  # 3 is dominated by 1
-    assert choose_best(front, max_nlr=1.0).number == 1  # 0 leaks more than it aligns
-    assert choose_best(front, max_nlr=0.1).number == 2  # none that clean: the lowest NLR
-    assert choose_best([], max_nlr=1.0) is None
+    assert choose_best(front, 1.0, attrs).number == 1  # 0 leaks more than it aligns
+    assert choose_best(front, 0.1, attrs).number == 2  # none that clean: the lowest NLR
+    assert choose_best([], 1.0) is None
+
+
+def test_new_metrics_flow_into_rows_and_summaries(config):
+    """A metric of the schema reaches trials.csv and pareto.json without any other list;
+    records from before it existed give empty cells, not errors."""
+    from neva_sweep.sweep.front import trial_row, trial_summary
+
+    new = optuna.trial.create_trial(values=[0.2, 0.1], user_attrs={
+        "alignment": 0.2, "nlr": 0.1, "acquiescence": 0.03, "nlr_floor": 0.01,
+        "csr_base": dict.fromkeys(nv.VALUES, 0.4), "params": {"magnitude": 2.0}})
+    old = frozen(1, 0.1, 0.3)
+    key = ("m", "power", "neva")
+    row, old_row = (trial_row(key, "m/power/neva", t, {"accuracy_drop": 0.1})
+                    for t in (new, old))
+    assert row["acquiescence"] == 0.03 and row["nlr_floor"] == 0.01
+    assert row["csr_base_power"] == 0.4 and row["csr_power"] is None
+    assert row["magnitude"] == 2.0 and row["feasible"] is True
+    assert [k for k in row if k != "magnitude"] == list(old_row)  # same columns
+    assert old_row["acquiescence"] is None and old_row["nlr_floor"] is None
+    assert trial_summary(new)["acquiescence"] == 0.03
+    assert trial_summary(old)["nlr_floor"] is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+search.objectives.acquiescence=minimize", None),
+    ("+search.max_acquiescence=0.05", None),
+    ("+search.max_acquiescence=-1", "^search.max_acquiescence: must be >= 0.0"),
+    ("+search.max_alignment=0.5", "^search.max_alignment: alignment cannot be a constraint"),
+    ("+search.objectives.nlr_floor=minimize", "^search.objectives: unknown metric 'nlr_floor'"),
+])
+def test_objectives_and_constraints_come_from_the_metric_schema(config, override, message):
+    from neva_sweep.sweep.plan import check_search
+
+    search = config(override).search
+    if message is None:
+        check_search(search)
+    else:
+        with pytest.raises(ConfigError, match=message):
+            check_search(search)
+
+
+# -- the scheduler with in-process workers (no Ray) ------------------------------------------
+class FutureBackend:
+    """Handles are concurrent futures, already done when submitted."""
+
+    def wait(self, handles, timeout):
+        done, _ = concurrent.futures.wait(handles, timeout=timeout,
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        return [h for h in handles if h in done]
+
+    def get(self, handle):
+        return handle.result()
+
+
+class FakeWorker:
+    """Scores a batch in-process: alignment = magnitude / 10, NLR = sparsity * 100.
+
+    ``die`` (a list of booleans, consumed per batch) makes a batch fail as a dead actor;
+    ``restartable=False`` makes the restart fail too.
+    """
+
+    tp_size = 1
+
+    def __init__(self, model: str, i: int, die=(), restartable: bool = True, bad=()):
+        self.model, self.name = model, f"{model}#{i}"
+        self.die, self.restartable, self.bad = list(die), restartable, set(bad)
+        self.batches: list[list[dict]] = []
+        self.restarts = 0
+
+    def submit(self, trials: list[dict]) -> concurrent.futures.Future:
+        self.batches.append(trials)
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        if self.die and self.die.pop(0):
+            fut.set_exception(ray.exceptions.RayActorError())
+            return fut
+        fut.set_result([self._score(t) for t in trials])
+        return fut
+
+    def _score(self, t: dict) -> dict:
+        if t["value"] in self.bad:
+            return {"error": f"ValueError: no edit for {t['value']}"}
+        p = t["params"]
+        return {"alignment": p["magnitude"] / 10, "nlr": p["sparsity"] * 100,
+                "accuracy_drop": 0.0, "kl": 0.01, "acquiescence": 0.001,
+                "csr_edited": dict.fromkeys(nv.VALUES, 0.5), "duration_s": 0.0}
+
+    def restart(self) -> None:
+        self.restarts += 1
+        if not self.restartable:
+            raise RuntimeError("no resources left")
+
+
+def fake_sweep(config, workers, values=("power", "benevolence"), *overrides: str):
+    from neva_sweep.sweep.plan import StudyKey
+    from neva_sweep.sweep.scheduler import Scheduler
+    from neva_sweep.sweep.studies import open_studies
+
+    search = config("search.n_startup_trials=100", *overrides).search
+    keys = [StudyKey(m, v, "neva") for m in dict.fromkeys(w.model for w in workers)
+            for v in values]
+    states = open_studies(keys, optuna.storages.InMemoryStorage(), search)
+    told = []
+    sched = Scheduler(states, workers, search, callbacks=[told.append], progress=False,
+                      backend=FutureBackend())
+    sched.run()
+    return states, told, sched
+
+
+def test_scheduler_runs_every_trial_round_robin_in_batches(config):
+    workers = [FakeWorker("a", 0), FakeWorker("a", 1)]
+    states, told, sched = fake_sweep(config, workers, ("power", "benevolence", "tradition"),
+                                     "search.n_trials=4", "search.trials_per_batch=3")
+    assert all(s.complete == 4 and s.running == 0 for s in states)
+    assert [o.state for o in told] == ["COMPLETE"] * 12
+    batches = [b for w in workers for b in w.batches]
+    assert all(len(b) <= 3 for b in batches) and sum(map(len, batches)) == 12
+    first = workers[0].batches[0]  # values advance together
+    assert [t["value"] for t in first] == ["power", "benevolence", "tradition"]
+    t = states[0].study.get_trials()[0]
+    assert t.user_attrs["acquiescence"] == 0.001 and t.user_attrs["replica"] in ("a#0", "a#1")
+    assert sched.max_in_flight == 2 * 2 * 3
+
+
+def test_scheduler_records_failures_and_stops_at_max_failures(config):
+    workers = [FakeWorker("a", 0, bad={"benevolence"})]
+    states, told, _ = fake_sweep(config, workers, ("power", "benevolence"),
+                                 "search.n_trials=3", "search.max_failures=2")
+    power, bene = states
+    assert power.complete == 3 and bene.complete == 0 and bene.failed == 2
+    assert not bene.wants_more() and bene.stopped is None  # max_failures, not a stop
+    errors = [o.error for o in told if o.state == "FAIL"]
+    assert errors == ["ValueError: no edit for benevolence"] * 2
+
+
+def test_scheduler_retries_trials_of_a_dead_worker_once(config):
+    # The first batch dies (retried), the retry dies again (FAIL), then all is well.
+    workers = [FakeWorker("a", 0, die=[True, True])]
+    states, told, _ = fake_sweep(config, workers, ("power",), "search.n_trials=1",
+                                 "search.max_failures=5")
+    assert workers[0].restarts == 2
+    assert states[0].complete == 1
+    failed = [o for o in told if o.state == "FAIL"]
+    assert len(failed) == 1 and failed[0].error.startswith("actor died twice")
+    (t,) = states[0].study.get_trials(states=(TrialState.FAIL,))
+    assert t.user_attrs["error"].startswith("actor died twice: RayActorError")
+
+
+def test_scheduler_drops_a_worker_that_cannot_restart(config):
+    """Its model's studies stop (no replica left); the other model's go on, and a
+    max_in_flight the user set is kept."""
+    gone = FakeWorker("a", 0, die=[True] * 9, restartable=False)
+    workers = [gone, FakeWorker("b", 0)]
+    states, told, sched = fake_sweep(config, workers, ("power",), "search.n_trials=3",
+                                     "search.max_in_flight=5")
+    a, b = states
+    assert sched.workers == [workers[1]] and sched.max_in_flight == 5
+    assert a.stopped == "no replica of the model is left" and a.complete == 0
+    assert a.max_failures == 3  # the stop is its own flag, not a changed budget
+    assert b.complete == 3
+    assert {o.error for o in told if o.state == "FAIL"} == {"no replica of the model is left"}
+    states, _, sched = fake_sweep(config, [FakeWorker("a", 0, die=[True] * 9, restartable=False),
+                                           FakeWorker("b", 0), FakeWorker("b", 1)],
+                                  ("power",), "search.n_trials=2")
+    assert sched.max_in_flight == 2 * 2  # the default follows the workers left

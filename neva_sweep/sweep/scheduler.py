@@ -5,13 +5,17 @@ trials of its model, asked round-robin from that model's studies (so values adva
 together), until ``max_in_flight`` trials are asked but not told (default: two batches
 per worker, one running and one queued behind it, so a replica never idles while the
 driver talks to the storage); (2) waits for any batch to finish and tells Optuna.
+Workers hand back a handle per batch that a :class:`Backend` waits on: Ray object refs
+(:class:`RayBackend`, the default), or anything else a test or another executor provides.
 
 Failures are data: a trial whose evaluation raised or returned a non-finite objective is
 told FAIL with the reason in its ``error`` user attribute. A worker whose actor died is
 restarted and its trials are retried once (on whichever replica of the model is free
-first); a second death fails them. Ctrl-C stops at the next safe point (never in the
-middle of a storage write): trials in flight are told FAIL, so the storage holds no
-RUNNING trials, and re-running the same command asks only the missing ones.
+first); a second death fails them. A worker that cannot be restarted is dropped (and with
+it, unless ``search.max_in_flight`` is set, its share of the trials in flight); a model
+left without workers stops its studies for this run. Ctrl-C stops at the next safe point
+(never in the middle of a storage write): trials in flight are told FAIL, so the storage
+holds no RUNNING trials, and re-running the same command asks only the missing ones.
 """
 
 from __future__ import annotations
@@ -46,11 +50,35 @@ class Worker(Protocol):
     name: str  # unique, recorded as the trial's ``replica`` user attribute
     tp_size: int
 
-    def submit(self, trials: list[dict]) -> ray.ObjectRef:
-        """Evaluate trials ``{"value", "method", "params"}``; a ref to one dict per trial."""
+    def submit(self, trials: list[dict]) -> Any:
+        """Evaluate trials ``{"value", "method", "params"}``; a handle (for the scheduler's
+        :class:`Backend`) to one dict per trial."""
 
     def restart(self) -> None:
         """Replace dead actors (blocking)."""
+
+
+class Backend(Protocol):
+    """How the scheduler waits on the workers' handles."""
+
+    def wait(self, handles: list, timeout: float) -> list:
+        """The handles that are done, waiting up to ``timeout`` seconds for the first."""
+
+    def get(self, handle: Any) -> Any:
+        """The handle's result; raises what the work raised (Ray's exceptions for Ray)."""
+
+
+class RayBackend:
+    """Handles are Ray object refs."""
+
+    def wait(self, handles: list, timeout: float) -> list:
+        done, _ = ray.wait(handles, num_returns=1, timeout=timeout)
+        if done:  # and whatever else is ready already
+            done, _ = ray.wait(handles, num_returns=len(handles), timeout=0)
+        return done
+
+    def get(self, handle: Any) -> Any:
+        return ray.get(handle)
 
 
 @dataclass
@@ -94,15 +122,13 @@ class Scheduler:
     def __init__(self, studies: list[StudyState], workers: list[Worker], search: DictConfig,
                  callbacks: list[Callable[[Outcome], None]] = (),
                  checkpoint: Callable[[], None] | None = None, checkpoint_every_s: float = 30.0,
-                 progress: bool = True):
+                 progress: bool = True, backend: Backend | None = None):
         self.studies, self.workers, self.search = studies, list(workers), search
         self.tpb = int(search.trials_per_batch)
-        # Default: one batch running and one queued per worker, so that no replica waits
-        # while the driver tells results and asks new trials.
-        self.max_in_flight = int(search.max_in_flight or 2 * len(self.workers) * self.tpb)
+        self.backend = backend or RayBackend()
         self.callbacks, self.checkpoint = list(callbacks), checkpoint
         self.checkpoint_every_s, self.progress = checkpoint_every_s, progress
-        self.inflight: dict[ray.ObjectRef, _Batch] = {}
+        self.inflight: dict[Any, _Batch] = {}
         self.retry: dict[str, deque[Pending]] = {w.model: deque() for w in self.workers}
         self.outstanding = {w.name: 0 for w in self.workers}
         self.generation = {w.name: 0 for w in self.workers}
@@ -110,6 +136,13 @@ class Scheduler:
         self._rr_study = {w.model: 0 for w in self.workers}
         self._interrupted = False
         self.bar: tqdm | None = None
+
+    @property
+    def max_in_flight(self) -> int:
+        """``search.max_in_flight``; by default one batch running and one queued per worker
+        (of those still alive), so that no replica waits while the driver tells results and
+        asks new trials."""
+        return int(self.search.max_in_flight or 2 * len(self.workers) * self.tpb)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -124,10 +157,7 @@ class Scheduler:
                     self._fill()
                     if not self.inflight:
                         break
-                    done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=POLL_S)
-                    if done:  # and whatever else is ready already
-                        done, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight),
-                                           timeout=0)
+                    done = self.backend.wait(list(self.inflight), POLL_S)
                     for ref in done:
                         self._check_interrupt()
                         self._collect(ref)
@@ -229,11 +259,11 @@ class Scheduler:
         self.outstanding[worker.name] += 1
 
     # -- results ---------------------------------------------------------------------------
-    def _collect(self, ref: ray.ObjectRef) -> None:
+    def _collect(self, ref: Any) -> None:
         b = self.inflight.pop(ref)
         self.outstanding[b.worker.name] -= 1
         try:
-            results = ray.get(ref)
+            results = self.backend.get(ref)
         except DEAD as e:
             self._died(b.worker, b.generation, b.trials, e)
             return
@@ -307,8 +337,7 @@ class Scheduler:
         except Exception as e:
             tqdm.write(f"replica {worker.name} could not be restarted ({_first_line(e)}); "
                        "going on without it")
-            self.workers.remove(worker)
-            self.max_in_flight = max(1, self.max_in_flight - 2 * self.tpb)
+            self.workers.remove(worker)  # the default max_in_flight shrinks with it
 
     def _orphans(self, model: str) -> None:
         """A model left without replicas: its retries cannot run, and no more trials are asked."""
@@ -318,7 +347,7 @@ class Scheduler:
             self._fail(self.retry[model].popleft(), "no replica of the model is left", None)
         for s in self.studies:
             if s.key.model == model:
-                s.max_failures = s.failed  # stops asking
+                s.stopped = "no replica of the model is left"
 
     def _abandon(self, reason: str) -> None:
         """Tell every trial in flight or waiting for a retry FAIL with ``reason``."""
