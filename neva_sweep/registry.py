@@ -9,17 +9,22 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A name -> object table for one plug-in family.
+    """Named plug-ins of one kind (``kind`` names it in errors), in registration order.
 
-    >>> rules = Registry("edit rule")
-    >>> rules.register("add", 1)
-    1
-    >>> rules["add"]
-    1
-    >>> rules["nope"]
+    Plug-ins are added with :meth:`register` or the :meth:`add` decorator; a name can be
+    registered once. Looking up an unknown name raises a ``KeyError`` that lists every
+    registered name, so a config error says what is valid.
+
+    >>> scores = Registry("score")
+    >>> @scores.add("ones")
+    ... def ones(x):
+    ...     return 1.0
+    >>> scores["ones"](0.5), "ones" in scores, scores.names()
+    (1.0, True, ['ones'])
+    >>> scores["nope"]
     Traceback (most recent call last):
     ...
-    KeyError: "unknown edit rule 'nope'; valid choices: add"
+    KeyError: "unknown score 'nope'; valid choices: ones"
     """
 
     def __init__(self, kind: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -49,7 +51,34 @@ def test_build_is_deterministic(name, tiny_stats) -> None:
     params, _ = PARAMS[name]
     a = METHODS[name].build(tiny_stats, "power", params)
     b = METHODS[name].build(tiny_stats, "power", params)
-    assert repr(a) == repr(b)
+    assert same(a, b)
+
+
+def same(a, b) -> bool:
+    """Equal field by field, tensors compared exactly (values, dtype and shape)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if dataclasses.is_dataclass(a):
+        return all(same(getattr(a, f.name), getattr(b, f.name))
+                   for f in dataclasses.fields(a))
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def test_same_compares_tensors_exactly(tiny_stats) -> None:
+    params, _ = PARAMS["neva"]
+    a = METHODS["neva"].build(tiny_stats, "power", params)
+    b = METHODS["neva"].build(tiny_stats, "power", {**params, "magnitude": 5.0})
+    nudged = a.neurons.mean_diff.clone()
+    nudged[0] += 1e-6  # a change too small for a tensor's repr
+    c = dataclasses.replace(a, neurons=dataclasses.replace(a.neurons, mean_diff=nudged))
+    assert repr(c) == repr(a) and not same(a, c)
+    assert not same(a, b) and same(a, dataclasses.replace(a))
 
 
 def test_random_neurons_follow_the_seed_and_neva_count(tiny_stats) -> None:
