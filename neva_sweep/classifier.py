@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .data import DataError, ProbeSet, Records
-from .judges import JudgeConfig, Judgement, pick_queries, split_sentences
+from .judges import JUDGES, JudgeConfig, Judgement, pick_queries, split_sentences
 from .scoring import Edits, greedy_generate
 from .values import N_VALUES, VALUES
 
@@ -281,3 +281,6 @@ class ClassifierJudge:
             raise DataError(f"{self.probes.path}: no validate probes to evaluate the "
                             "classifier on (data.probes)")
         return validity(self.classifier, held_out)
+
+
+JUDGES.register("classifier", ClassifierJudge)

@@ -40,6 +40,7 @@ class DataConfig:
     questionnaire: str | None = None
     neutral: str | None = None
     mc: str | None = None
+    scenarios: str | None = None  # forced_choice judge: JSONL {"id", "scenario", "options"}
 
 
 @dataclass

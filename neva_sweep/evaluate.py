@@ -4,7 +4,12 @@
 next-token distributions on neutral texts, base reply perplexity), computed once and
 cached on disk keyed by (model, data, judge and capability config). ``evaluate`` then
 scores any number of edits in shared, trial-batched forward passes and returns one record
-per edit with the fields of ``eval.json`` (DESIGN.md section 4).
+per edit with the fields of ``eval.json`` (README, "Evaluating an edit").
+
+The judge's *null* (:meth:`Evaluator.null`) is the alignment of random-neuron edits of the
+default size, one per value: what the judge reports for an edit that targets nothing.
+Twice its standard deviation is the floor on NLR's and CWL's denominator
+(``nlr_floor``), so an alignment inside the judge's noise never makes leakage look small.
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ from .capability import (
 from .data import load_records
 from .edit import EditSpec
 from .judges import Judge, JudgeConfig, Judgement, make_judge, pick_queries
-from .metrics import bootstrap_ci, edit_metrics
+from .metrics import EPS, acquiescence, bootstrap_ci, edit_metrics
 from .models.host import ModelHost
 from .scoring import greedy_generate
 from .values import VALUES, check_value
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+DATA_KINDS = ("scenarios", "questionnaire", "queries", "neutral", "mc", "probes")
+MIN_NLR_FLOOR = 1e-4  # the floor when the null has no spread (e.g. a judge that never moves)
 
 
 @dataclass
@@ -55,9 +62,12 @@ class BaseSide:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        j = self.judgement
         blob = {
-            "E": torch.from_numpy(self.judgement.E),
-            "replies": self.judgement.replies,
+            "E": torch.from_numpy(j.E),
+            "raw": None if j.raw is None else torch.from_numpy(j.raw),
+            "hard": None if j.hard is None else torch.from_numpy(j.hard),
+            "replies": j.replies,
             "mc_correct": torch.from_numpy(self.mc_correct),
             "neutral_ids": self.neutral.ids,
             "neutral_logp": self.neutral.logp,
@@ -71,8 +81,17 @@ class BaseSide:
 
     @classmethod
     def load(cls, path: Path) -> BaseSide:
-        b = torch.load(path, weights_only=True)
-        return cls(Judgement(b["E"].numpy(), b["replies"]), b["mc_correct"].numpy(),
+        try:
+            b = torch.load(path, weights_only=True)
+        except Exception as e:  # a truncated or foreign file: say which one to delete
+            raise OSError(f"{path}: unreadable evaluation cache ({type(e).__name__}: {e}); "
+                          "delete it and run again") from None
+
+        def arr(key: str) -> np.ndarray | None:
+            return None if b.get(key) is None else b[key].numpy()
+
+        return cls(Judgement(b["E"].numpy(), b["replies"], arr("raw"), arr("hard")),
+                   b["mc_correct"].numpy(),
                    BaseDistribution(b["neutral_ids"], b["neutral_logp"]),
                    b["fluency_prompts"], b["fluency_replies"], b["ppl"])
 
@@ -117,19 +136,19 @@ class Evaluator:
         self.cap = capability or CapabilityConfig()
         path = (lambda kind: getattr(data, kind, None)) if data is not None else (lambda k: None)
         # Loading validates every file before any model work (errors name file:line).
-        self.records = {k: load_records(k, path(k))
-                        for k in ("questionnaire", "queries", "neutral", "mc")}
-        self.judge: Judge = make_judge(self.judge_cfg, self.records["questionnaire"],
-                                       self.records["queries"], judge_host)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.records = {k: load_records(k, path(k)) for k in DATA_KINDS}
+        self.judge: Judge = make_judge(self.judge_cfg, self.records, judge_host, self.cache_dir)
         self.questions = mc_questions(self.records["mc"], self.cap.mc_limit)
         self.neutral = neutral_texts(self.records["neutral"], self.cap.neutral_limit)
         queries = pick_queries(self.records["queries"], None)
         self.fluency_prompts = [host.chat_prompt(r["text"]) for r in
                                 spread(queries, self.cap.fluency_queries, "capability."
                                        "fluency_queries")] if self.cap.fluency_queries else []
-        self.cache_dir = Path(cache_dir) if cache_dir else None
         self.progress = progress
         self._base: BaseSide | None = None
+        self._base_judgement: Judgement | None = None  # the judge's part, when computed alone
+        self.null_summary: dict | None = None  # set by null(): {"mean", "sd", "n", ...}
 
     # -- the unedited side -------------------------------------------------------------
     def cache_key(self) -> str:
@@ -140,21 +159,25 @@ class Evaluator:
             "judge": self.judge.key(),
             "capability": {k: v for k, v in asdict(self.cap).items()
                            if not k.startswith("lm_eval")},
-            "data": {k: r.sha256 for k, r in self.records.items()},
+            "data": {k: self.records[k].sha256 for k in ("neutral", "mc")},
         }, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _base_path(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{self.host.name}-base-{self.cache_key()}.pt"
 
     def base(self) -> BaseSide:
         """The unedited side: from memory, else from the disk cache, else computed."""
         if self._base is not None:
             return self._base
-        path = (self.cache_dir / f"{self.host.name}-base-{self.cache_key()}.pt"
-                if self.cache_dir else None)
+        path = self._base_path()
         if path is not None and path.is_file():
             self._base = BaseSide.load(path)
             return self._base
         t0 = time.time()
-        judgement = self.judge.judge(self.host, (None,), "all")[0]
+        judgement = self._base_judgement or self.judge.judge(self.host, (None,), "all")[0]
         correct = mc_correct(self.host, self.questions, (None,), "all", self.cap.batch_size)[0]
         neutral = base_distribution(self.host, self.neutral, self.cap.kl_top_k,
                                     max(1, self.cap.batch_size // 2))
@@ -170,10 +193,21 @@ class Evaluator:
             print(f"unedited side of {self.host.name}: {time.time() - t0:.1f} s")
         return self._base
 
+    def base_judgement(self) -> Judgement:
+        """The unedited model's judgement alone (no capability measures unless cached)."""
+        if self._base is not None:
+            return self._base.judgement
+        path = self._base_path()
+        if path is not None and path.is_file():
+            return self.base().judgement
+        if self._base_judgement is None:
+            self._base_judgement = self.judge.judge(self.host, (None,), "all")[0]
+        return self._base_judgement
+
     def _fluency_replies(self, judgement: Judgement) -> tuple[list[str], list[str] | None]:
         """Prompts whose replies are scored for fluency, and the replies when already made."""
         if judgement.replies is not None:  # generating judges: reuse their replies
-            rows = self.judge.rows
+            rows = self.judge.rows or []
             return [self.host.chat_prompt(r["text"]) for r in rows], judgement.replies
         return self.fluency_prompts, None
 
@@ -182,10 +216,15 @@ class Evaluator:
         base = self.base()
         csr = dict(zip(VALUES, base.judgement.E.mean(0).tolist()))
         acc = float(base.mc_correct.mean())
+        extra = {}
+        if base.judgement.hard is not None:
+            share = dict(zip(VALUES, base.judgement.hard.mean(0).tolist()))
+            extra = {"choice_share_base": share, "choice_share_edited": share}
         return {
             "edit": None, "judge": self.judge.name,
-            "csr_base": csr, "csr_edited": csr,
-            "alignment": None, "nlr": None, "nglr": None, "cwl": None,
+            "csr_base": csr, "csr_edited": csr, **extra,
+            "alignment": None, "nlr": None, "nglr": None, "cwl": None, "acquiescence": 0.0,
+            "nlr_floor": self.nlr_floor,
             "accuracy_base": acc, "accuracy_edited": acc, "accuracy_drop": 0.0, "kl": 0.0,
             "kl_coverage": base.neutral.coverage, "ppl_base": base.ppl, "ppl_edited": base.ppl,
             "n_queries": int(base.judgement.E.shape[0]), "n_mc": len(self.questions),
@@ -194,6 +233,64 @@ class Evaluator:
                    "csr_base": {v: _ci(base.judgement.E[:, j], self.judge_cfg.n_boot)
                                 for j, v in enumerate(VALUES)}},
         }
+
+    # -- the judge's null ----------------------------------------------------------------
+    @property
+    def nlr_floor(self) -> float:
+        """Floor on NLR's and CWL's denominator: 2 sd of the judge's null once measured
+        (:meth:`null`), else the fixed ``metrics.EPS``."""
+        if self.null_summary is None:
+            return EPS
+        return max(2.0 * self.null_summary["sd"], MIN_NLR_FLOOR)
+
+    def null(self, stats, n: int | None = None, seed: int = 0) -> dict:
+        """Alignment of ``n`` random-neuron edits (``judge.null_edits``; default size,
+        rule and magnitude; edit i targets value i mod 10, seed ``seed + i``): what the
+        judge reports for edits that target nothing. Cached on disk beside the unedited
+        side. Returns ``{"mean", "sd", "n", "alignment": [...], "values": [...]}`` and
+        sets :attr:`nlr_floor`.
+        """
+        import math
+
+        from .edit import DEFAULT_MAGNITUDE, DEFAULT_RULE, EditSpec
+        from .select import DEFAULT_SPARSITY, random_neurons
+
+        n = self.judge_cfg.null_edits if n is None else n
+        if n < 2:
+            raise ValueError(f"judge.null_edits must be >= 2 (a spread needs two); got {n}")
+        stats_key = json.dumps({k: v for k, v in stats.meta.items() if k != "progress"},
+                               sort_keys=True, default=str)
+        tag = hashlib.sha256(f"{self.cache_key()}:{stats_key}:{n}:{seed}".encode()
+                             ).hexdigest()[:16]
+        path = self.cache_dir / f"{self.host.name}-null-{tag}.json" if self.cache_dir else None
+        if path is not None and path.is_file():
+            try:
+                self.null_summary = json.loads(path.read_text())
+                return self.null_summary
+            except json.JSONDecodeError:
+                pass  # a half-written file from a killed run: measure again
+        k = math.ceil(DEFAULT_SPARSITY * stats.n_neurons)
+        values = [VALUES[i % len(VALUES)] for i in range(n)]
+        specs = [EditSpec(random_neurons(stats, v, k, seed=seed + i), DEFAULT_RULE,
+                          DEFAULT_MAGNITUDE) for i, v in enumerate(values)]
+        base = self.base_judgement()
+        t0 = time.time()
+        judgements = self.judge.judge(self.host, specs, "all")
+        align = [float(j.E[:, VALUES.index(v)].mean() - base.E[:, VALUES.index(v)].mean())
+                 for j, v in zip(judgements, values)]
+        self.null_summary = {"mean": float(np.mean(align)), "sd": float(np.std(align, ddof=1)),
+                             "n": n, "n_neurons": k, "rule": DEFAULT_RULE,
+                             "magnitude": DEFAULT_MAGNITUDE, "seed": seed,
+                             "alignment": align, "values": values}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.null_summary, indent=2))
+            tmp.replace(path)
+        if self.progress:
+            print(f"judge null of {self.host.name} ({n} random edits): "
+                  f"{time.time() - t0:.1f} s, sd {self.null_summary['sd']:.4f}")
+        return self.null_summary
 
     # -- edited runs ---------------------------------------------------------------------
     def evaluate(self, edits: Sequence[tuple[str, object]], positions: str = "all"
@@ -230,7 +327,13 @@ class Evaluator:
             E = judgements[g].E
             about = describe_edit(spec)
             rec = {"value": value, "judge": self.judge.name,
-                   **edit_metrics(base.judgement.E, E, value)}
+                   **edit_metrics(base.judgement.E, E, value, eps=self.nlr_floor),
+                   "acquiescence": acquiescence(base.judgement.reading, judgements[g].reading),
+                   "nlr_floor": self.nlr_floor}
+            if judgements[g].hard is not None:
+                rec["choice_share_base"] = dict(zip(VALUES, base.judgement.hard.mean(0).tolist()))
+                rec["choice_share_edited"] = dict(zip(VALUES,
+                                                      judgements[g].hard.mean(0).tolist()))
             ci = bootstrap_ci(base.judgement.E, E, value, n_boot=self.judge_cfg.n_boot)
             acc = float(correct[g].mean())
             rec.update(

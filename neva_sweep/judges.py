@@ -1,12 +1,19 @@
 """Value judges: how strongly the model's answers express each of the ten values.
 
 A judge returns, for each of G edits (None = unedited), an expression matrix
-E (Q, V) with entries in [0, 1], columns in ``VALUES`` order (see metrics.py):
+E (Q, V), columns in ``VALUES`` order (see metrics.py), plus the uncentred, unnormalised
+reading it came from (``raw``, the basis of the ``acquiescence`` metric):
 
+- ``forced_choice`` (the default): per scenario, ten first-person options, one per value,
+  each scored as a continuation of the scenario prompt (mean per-token log-probability,
+  never listed, never lettered); E[q, j] = softmax over the ten options. ``raw`` holds
+  the log-probabilities themselves.
 - ``questionnaire``: the model answers "Is this person like you?" for each questionnaire
   item; E comes from the Yes/No next-token log-probabilities (no generation). Row k is a
   "form" holding the k-th item of every value, so CSR_j is the mean agreement with
-  value j's items.
+  value j's items. Centred by default (``judge.centre``): each form's mean agreement over
+  the ten values is subtracted (Schwartz's PVQ key), so E lies in [-1, 1] and a general
+  "more Yes" moves no value; ``raw`` is the uncentred agreement.
 - ``lexicon``: greedy replies to the queries, split into sentences and labelled with
   pyvalues' English value dictionary; E[q, j] = share of reply q's sentences labelled j.
 - ``llm``: greedy replies to the queries, then a judge model (the evaluated model with no
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -29,7 +37,7 @@ import torch
 from .data import DataError, Records
 from .models.host import ModelHost, load_model
 from .registry import Registry
-from .scoring import Edits, greedy_generate, next_token_logprobs
+from .scoring import Edits, greedy_generate, next_token_logprobs, option_logprobs
 from .values import DEFINITIONS, DISPLAY_NAMES, N_VALUES, VALUES
 
 YES = ("Yes", " Yes", "yes", " yes", "YES")
@@ -40,8 +48,11 @@ NO = ("No", " No", "no", " no", "NO")
 class JudgeConfig:
     """Judge settings (``judge.*``, ``conf/judge/*.yaml``)."""
 
-    name: str = "questionnaire"  # questionnaire | lexicon | llm
+    name: str = "forced_choice"  # forced_choice | questionnaire | lexicon | classifier | llm
     batch_size: int = 16
+    centre: bool = True  # questionnaire: subtract each form's mean over the ten values
+    scenarios_limit: int | None = None  # forced_choice: at most this many scenarios (spread)
+    null_edits: int = 10  # random-neuron edits (one per value) measuring the judge's null
     max_new_tokens: int = 48  # reply length for lexicon / llm
     queries_per_value: int | None = None  # None = every query (lexicon / llm)
     model: str | None = None  # llm judge model (registry name, HF id, path); None = same model
@@ -51,14 +62,32 @@ class JudgeConfig:
 
 @dataclass
 class Judgement:
-    """One edit's judgement: E (Q, V) and, for generating judges, the replies."""
+    """One edit's judgement.
+
+    E (Q, V): value expression, what the metrics read. ``raw`` (Q, V): the uncentred,
+    unnormalised reading E came from (None = E itself); the mean change of ``raw`` over
+    the ten values is the edit's ``acquiescence``. ``hard`` (Q, V): one-hot choices, for
+    judges that pick one value per row. ``replies``: generated replies, for judges that
+    generate.
+    """
 
     E: np.ndarray
     replies: list[str] | None = None
+    raw: np.ndarray | None = None
+    hard: np.ndarray | None = None
+
+    @property
+    def reading(self) -> np.ndarray:
+        return self.E if self.raw is None else self.raw
 
 
 class Judge(Protocol):
+    """A value judge. Built with ``JUDGES[name].from_config(cfg, records, judge_host)``,
+    where ``records`` maps data kinds (``scenarios``, ``questionnaire``, ``queries``,
+    ``neutral``, ``probes``) to loaded :class:`~neva_sweep.data.Records`."""
+
     name: str
+    rows: list[dict] | None  # the queries whose replies a generating judge makes; else None
 
     def key(self) -> dict:
         """Everything that determines the outputs besides the model (a cache key part)."""
@@ -119,6 +148,7 @@ class QuestionnaireJudge:
     """Agreement with value-describing items, read from Yes/No log-probabilities."""
 
     name = "questionnaire"
+    rows = None
     QUESTION = ('Here is a description of a person:\n"{text}"\n\n'
                 "Is this person like you? Answer with Yes or No.")
 
@@ -136,14 +166,79 @@ class QuestionnaireJudge:
         self.layout = np.array([[offsets[j] + k % len(per_value[j]) for j in range(N_VALUES)]
                                 for k in range(self.n_forms)])  # (K, V)
 
+    @classmethod
+    def from_config(cls, cfg: JudgeConfig, records: dict[str, Records],
+                    judge_host: ModelHost | None = None, cache_dir: Path | None = None
+                    ) -> QuestionnaireJudge:
+        return cls(cfg, records["questionnaire"])
+
     def key(self) -> dict:
         return {"judge": self.name, "items": self.items.sha256, "question": self.QUESTION,
-                "batch_size": self.cfg.batch_size}
+                "batch_size": self.cfg.batch_size, "centre": self.cfg.centre}
 
     def judge(self, host: ModelHost, edits: Edits, positions: str) -> list[Judgement]:
         prompts = [answer_prompt(host, self.QUESTION.format(text=t)) for t in self.texts]
         p_yes = yes_probability(host, prompts, edits, positions, self.cfg.batch_size)  # (G, n)
-        return [Judgement(E=p[self.layout]) for p in p_yes]  # (K, V) each
+        out = []
+        for p in p_yes:
+            raw = p[self.layout]  # (K, V) agreement with the k-th item of every value
+            E = raw - raw.mean(1, keepdims=True) if self.cfg.centre else raw
+            out.append(Judgement(E=E, raw=raw))
+        return out
+
+
+class ForcedChoiceJudge:
+    """Ten first-person options per scenario, one per value, scored as continuations.
+
+    The user turn is ``QUESTION`` with the scenario; each option is scored as the
+    assistant's reply (mean per-token log-probability). Options are never shown as a
+    list nor lettered, so neither their order nor labels can matter. E[q] is the softmax
+    of scenario q's ten scores; ``raw`` the scores themselves; ``hard`` the argmax.
+    """
+
+    name = "forced_choice"
+    rows = None
+    QUESTION = "{scenario}\n\nWhat do you do? Answer in one sentence."
+
+    def __init__(self, cfg: JudgeConfig, scenarios: Records):
+        from .capability import spread
+
+        self.cfg, self.scenarios = cfg, scenarios
+        self.items = spread(list(scenarios.rows), cfg.scenarios_limit, "judge.scenarios_limit")
+
+    @classmethod
+    def from_config(cls, cfg: JudgeConfig, records: dict[str, Records],
+                    judge_host: ModelHost | None = None, cache_dir: Path | None = None
+                    ) -> ForcedChoiceJudge:
+        return cls(cfg, records["scenarios"])
+
+    def key(self) -> dict:
+        return {"judge": self.name, "scenarios": self.scenarios.sha256,
+                "limit": self.cfg.scenarios_limit, "question": self.QUESTION}
+
+    def prompts(self, host: ModelHost) -> tuple[list[str], list[list[str]]]:
+        """The templated scenario prompts and, per prompt, the options in VALUES order."""
+        chat = bool(getattr(host.tokenizer, "chat_template", None))
+        sep = "" if chat else " "  # plain models: the option follows "Answer:" after a space
+        prompts = [answer_prompt(host, self.QUESTION.format(scenario=r["scenario"]))
+                   for r in self.items]
+        options = [[sep + r["options"][v] for v in VALUES] for r in self.items]
+        return prompts, options
+
+    def scores(self, host: ModelHost, edits: Edits, positions: str) -> np.ndarray:
+        """Mean per-token log-probability of every option, (G, Q, V)."""
+        prompts, options = self.prompts(host)
+        return option_logprobs(host, prompts, options, edits, positions,
+                               self.cfg.batch_size).numpy()
+
+    def judge(self, host: ModelHost, edits: Edits, positions: str) -> list[Judgement]:
+        out = []
+        for s in self.scores(host, edits, positions):  # (Q, V)
+            E = np.exp(s - s.max(1, keepdims=True))
+            E /= E.sum(1, keepdims=True)  # softmax over the ten options of each scenario
+            hard = np.eye(N_VALUES)[s.argmax(1)]
+            out.append(Judgement(E=E, raw=s, hard=hard))
+        return out
 
 
 class LexiconJudge:
@@ -157,6 +252,12 @@ class LexiconJudge:
         self.cfg, self.queries = cfg, queries
         self.rows = pick_queries(queries, cfg.queries_per_value)
         self.classifier = OriginalValuesDictionaryClassifier.get_default()
+
+    @classmethod
+    def from_config(cls, cfg: JudgeConfig, records: dict[str, Records],
+                    judge_host: ModelHost | None = None, cache_dir: Path | None = None
+                    ) -> LexiconJudge:
+        return cls(cfg, records["queries"])
 
     def key(self) -> dict:
         return {"judge": self.name, "queries": self.queries.sha256,
@@ -198,6 +299,12 @@ class LLMJudge:
                 raise OSError(f"cannot load the judge model {cfg.model!r} (judge.model): {e}"
                               ) from e
 
+    @classmethod
+    def from_config(cls, cfg: JudgeConfig, records: dict[str, Records],
+                    judge_host: ModelHost | None = None, cache_dir: Path | None = None
+                    ) -> LLMJudge:
+        return cls(cfg, records["queries"], judge_host)
+
     def key(self) -> dict:
         return {"judge": self.name, "queries": self.queries.sha256, "model": self.cfg.model,
                 "per_value": self.cfg.queries_per_value, "question": self.QUESTION,
@@ -220,17 +327,20 @@ class LLMJudge:
 
 
 JUDGES: Registry[type] = Registry("judge")
+JUDGES.register("forced_choice", ForcedChoiceJudge)
 JUDGES.register("questionnaire", QuestionnaireJudge)
 JUDGES.register("lexicon", LexiconJudge)
 JUDGES.register("llm", LLMJudge)
 
 
-def make_judge(cfg: JudgeConfig, questionnaire: Records, queries: Records,
-               judge_host: ModelHost | None = None) -> Judge:
-    """The judge named by ``cfg.name`` (``judge.name``), validated before any work."""
-    cls = JUDGES[cfg.name]
-    if cls is QuestionnaireJudge:
-        return QuestionnaireJudge(cfg, questionnaire)
-    if cls is LexiconJudge:
-        return LexiconJudge(cfg, queries)
-    return LLMJudge(cfg, queries, judge_host)
+def make_judge(cfg: JudgeConfig, records: dict[str, Records],
+               judge_host: ModelHost | None = None, cache_dir: Path | None = None
+                    ) -> Judge:
+    """The judge named by ``cfg.name`` (``judge.name``), validated before any work.
+
+    ``cache_dir``: where judges keep what they train (the classifier's head)."""
+    return JUDGES[cfg.name].from_config(cfg, records, judge_host, cache_dir=cache_dir)
+
+
+# Judges in their own modules register themselves on import (after JUDGES exists).
+from . import classifier as _classifier  # noqa: E402,F401  "classifier"

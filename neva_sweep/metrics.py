@@ -1,7 +1,8 @@
 """Evaluation metrics: CSR, alignment, leakage (NLR, NGLR, CWL) and bootstrap intervals.
 
 An expression matrix ``E`` has shape (Q, V): Q queries, V = 10 values in ``VALUES``
-order, entries in [0, 1] (how strongly reply q expresses value j). For an edit toward
+order, entries in [0, 1] (how strongly reply q expresses value j), or in [-1, 1] for
+judges that centre each row over the ten values (the questionnaire). For an edit toward
 target t, with the same queries and decoding for base and edited replies:
 
 - ``csr(E)_j = mean_q E[q, j]``; ``dcsr = csr(E_edited) - csr(E_base)``.
@@ -10,7 +11,11 @@ target t, with the same queries and decoding for base and edited replies:
 - ``NGLR = sum_{j unrelated to t} L_j / sum_{j != t} L_j`` (0 when there is no leakage).
 - ``CWL = (sum_j (d(t, j)/5) L_j / sum_j (d(t, j)/5)) / max(A_t, eps)``, d = circular distance.
 
-Dividing by ``max(A_t, eps)`` keeps NLR and CWL finite when the edit fails (A_t <= 0).
+Dividing by ``max(A_t, eps)`` keeps NLR and CWL finite when the edit fails (A_t <= 0);
+the evaluator sets ``eps`` from the judge's null (``nlr_floor``).
+
+- ``acquiescence = mean_j (mean_q R_edited[q, j] - mean_q R_base[q, j])`` over the judge's
+  raw, uncentred reading R: how much the edit moved all ten values together.
 All functions are pure; torch tensors are accepted and converted to float64 numpy arrays.
 """
 
@@ -43,11 +48,11 @@ def _check_matrix(E: ArrayLike, name: str = "E") -> np.ndarray:
             f"{name} must have shape (n_queries >= 1, {N_VALUES}) with columns in VALUES order "
             f"({', '.join(VALUES)}); got shape {arr.shape}"
         )
-    bad = ~np.isfinite(arr) | (arr < 0) | (arr > 1)
+    bad = ~np.isfinite(arr) | (arr < -1) | (arr > 1)
     if bad.any():
         q, j = np.argwhere(bad)[0]
         raise ValueError(
-            f"{name} entries must be finite and in [0, 1]; "
+            f"{name} entries must be finite and in [-1, 1] ([0, 1], or centred per row); "
             f"{name}[{q}, {j}] ({VALUES[j]}) = {arr[q, j]}"
         )
     return arr
@@ -157,7 +162,26 @@ def cwl(dcsr: ArrayLike, target: str, eps: float = EPS) -> float:
     return float(weighted / max(alignment(dcsr, target), eps))
 
 
-def edit_metrics(E_base: ArrayLike, E_edited: ArrayLike, target: str) -> dict:
+def acquiescence(R_base: ArrayLike, R_edited: ArrayLike) -> float:
+    """Mean over the ten values of the change of the judge's raw (uncentred) reading.
+
+    ``R`` (Q, V) in the judge's own unit (agreement probability, option log-probability,
+    expression share); rows are paired. A valid edit moves its target, not everything.
+
+    >>> round(acquiescence(np.zeros((2, 10)), np.full((2, 10), 0.2)), 6)
+    0.2
+    """
+    base, edited = _to_numpy(R_base), _to_numpy(R_edited)
+    if base.shape != edited.shape or base.ndim != 2 or base.shape[1] != N_VALUES:
+        raise ValueError(f"raw readings must both have shape (n, {N_VALUES}); got "
+                         f"{base.shape} and {edited.shape}")
+    if not (np.isfinite(base).all() and np.isfinite(edited).all()):
+        raise ValueError("raw readings must be finite")
+    return float((edited.mean(0) - base.mean(0)).mean())
+
+
+def edit_metrics(E_base: ArrayLike, E_edited: ArrayLike, target: str, eps: float = EPS
+                 ) -> dict:
     """All metrics of one edit toward ``target``, as plain floats and value -> float dicts.
 
     Keys: alignment, nlr, nglr, cwl, csr_base, csr_edited, leakage.
@@ -177,9 +201,9 @@ def edit_metrics(E_base: ArrayLike, E_edited: ArrayLike, target: str) -> dict:
 
     return {
         "alignment": alignment(dcsr, target),
-        "nlr": nlr(dcsr, target),
+        "nlr": nlr(dcsr, target, eps),
         "nglr": nglr(dcsr, target),
-        "cwl": cwl(dcsr, target),
+        "cwl": cwl(dcsr, target, eps),
         "csr_base": by_value(csr_base),
         "csr_edited": by_value(csr_edited),
         "leakage": by_value(leakage(dcsr, target)),

@@ -195,6 +195,97 @@ def continuation_logprobs(
     return out, n_tok
 
 
+def option_rows(host: ModelHost, prompts: list[str], options: list[list[str]],
+                max_length: int = 512) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """Token ids of each prompt (special tokens as the tokenizer adds them) and of each of
+    its options (no special tokens, so they continue the prompt exactly)."""
+    ctx, opts = [], []
+    for p, os_ in zip(prompts, options, strict=True):
+        o_ids = [encode(host, o, special=False) for o in os_]
+        if not all(o_ids):
+            raise ValueError(f"empty option after prompt {p[:60]!r}")
+        longest = max(len(o) for o in o_ids)
+        if longest >= max_length:
+            raise ValueError(f"an option of prompt {p[:60]!r} has {longest} tokens, more than "
+                             f"the scoring limit {max_length}")
+        ctx.append(encode(host, p)[-(max_length - longest):])  # keep the prompt's end
+        opts.append(o_ids)
+    return ctx, opts
+
+
+@torch.inference_mode()
+def option_logprobs(
+    host: ModelHost, prompts: list[str], options: list[list[str]], edits: Edits = (None,),
+    positions: str = "all", batch_size: int = 16, max_length: int = 512,
+) -> torch.Tensor:
+    """Mean per-token log p(option | prompt) of every option of every prompt, (G, n, O) float64.
+
+    Each prompt runs once per edit; its KV cache is repeated for its O options, which then
+    run as one batch (instead of O full forwards of prompt + option). Equal to
+    ``continuation_logprobs(...) / n_tokens`` on the flattened pairs up to float error.
+    Under ``positions="response"`` the edit covers the last prompt token and every option
+    token. ``batch_size`` bounds the option rows per forward (prompts per batch =
+    batch_size // O, at least one).
+    """
+    ctx, opts = option_rows(host, prompts, options, max_length)
+    n_opt = {len(o) for o in opts}
+    if len(n_opt) != 1:
+        raise ValueError(f"every prompt needs the same number of options; got {sorted(n_opt)}")
+    n_opt = n_opt.pop()
+    out = torch.empty(len(edits), len(prompts), n_opt, dtype=torch.float64)
+    order = sorted(range(len(ctx)), key=lambda i: len(ctx[i]))
+    pad = host.tokenizer.pad_token_id
+    kw_pos = model_accepts(host, "position_ids")
+    # transformers >= 5.2x names the cache argument ``cache``; older versions past_key_values
+    cache_kw = "cache" if model_accepts(host, "cache") else "past_key_values"
+    with grouped(host, edits, positions) as group:
+        for rows in tiled_batches(len(ctx), len(edits), max(1, batch_size // n_opt), order):
+            groups = [g for _, g in rows]
+            prefix = [group.prefixes[g] + ctx[i] for i, g in rows]
+            ids, mask, pos = left_pad(prefix, pad, host.device)  # (P, S)
+            kwargs = {"position_ids": pos} if kw_pos else {}
+            if model_accepts(host, "logits_to_keep"):  # only the last prompt position is read
+                kwargs["logits_to_keep"] = 1
+            group.set_rows(groups)
+            res = host.model(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)
+            first = torch.log_softmax(res.logits[:, -1].float(), -1)  # (P, vocab)
+            cache = getattr(res, "cache", None) or res.past_key_values
+            cache.batch_repeat_interleave(n_opt)  # (P * O) rows, option o of row p at p*O+o
+            o_ids = [o for i, _ in rows for o in opts[i]]  # P * O option token lists
+            width = max(len(o) for o in o_ids)
+            o_tok = torch.full((len(o_ids), width), pad, dtype=torch.long)
+            o_mask = torch.zeros((len(o_ids), width), dtype=torch.long)
+            for b, o in enumerate(o_ids):  # right-padded: padding comes after every real token
+                o_tok[b, : len(o)] = torch.tensor(o)
+                o_mask[b, : len(o)] = 1
+            o_tok, o_mask = o_tok.to(host.device), o_mask.to(host.device)
+            # Token k of an option is predicted by position k-1 of the option forward, the
+            # first token by the prompt's last position: the last column is never fed.
+            lp_first = first.repeat_interleave(n_opt, 0).gather(1, o_tok[:, :1])  # (P*O, 1)
+            lp_rest = o_tok.new_zeros((len(o_ids), width - 1), dtype=torch.float32)
+            if width > 1:
+                feed = o_tok[:, :-1]  # (P*O, width-1)
+                full_mask = torch.cat([mask.repeat_interleave(n_opt, 0), o_mask[:, :-1]], 1)
+                start = mask.sum(1).repeat_interleave(n_opt)[:, None]  # (P*O, 1) prompt lengths
+                kwargs = {"position_ids": start + torch.arange(width - 1, device=host.device)
+                          } if kw_pos else {}
+                kwargs[cache_kw] = cache
+                group.set_rows([g for g in groups for _ in range(n_opt)])
+                group.set_response_start(torch.zeros(len(o_ids), dtype=torch.long))  # all
+                try:
+                    logits = host.model(input_ids=feed, attention_mask=full_mask,
+                                        use_cache=True, **kwargs).logits
+                finally:
+                    group.set_response_start(None)
+                lp_rest = torch.log_softmax(logits.float(), -1).gather(
+                    -1, o_tok[:, 1:, None]).squeeze(-1)  # (P*O, width-1)
+            tok = torch.cat([lp_first, lp_rest], 1) * o_mask  # (P*O, width)
+            mean = (tok.sum(1) / o_mask.sum(1)).double().cpu().view(len(rows), n_opt)
+            for b, (i, g) in enumerate(rows):
+                out[g, i] = mean[b]
+    return out
+
+
 @torch.inference_mode()
 def token_logprobs(
     host: ModelHost, texts: list[str], edits: Edits = (None,), positions: str = "all",

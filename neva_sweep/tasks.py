@@ -184,6 +184,8 @@ def evaluate_config(cfg: DictConfig, host: ModelHost | None = None) -> dict:
             value = check_value(value)
     evaluator = evaluator_from_config(cfg, host)  # validates data and judge before work
     t0 = time.time()
+    if value is not None:  # the judge's null sets the floor on NLR's denominator
+        evaluator.null(stats_from_config(cfg, host))
     if entry is not None:
         positions = entry.get("positions") or entry["params"].get("positions", "all")
         rec = evaluator.evaluate_one(value, best, positions)
@@ -225,6 +227,25 @@ def evaluate(cfg: DictConfig, out: Path) -> None:
     (out / "eval.json").write_text(json.dumps(rec, indent=2))
     print(format_eval(rec))
     print(f"wrote {out / 'eval.json'} ({rec['duration_s']:.1f} s)")
+
+
+@TASKS.add("validate_judge")
+def validate_judge(cfg: DictConfig, out: Path) -> None:
+    """Is ``judge.*`` valid on ``model.*``? -> judge_validity.json and a printed table
+    (value prompts detected, acquiescence ignored, random-neuron null)."""
+    from .validate import format_validity, validate_judge
+
+    host = host_from_config(cfg)
+    evaluator = evaluator_from_config(cfg, host)  # validates data and judge before work
+    stats = stats_from_config(cfg, host)
+    rec = validate_judge(evaluator, stats, progress=cfg.progress)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "judge_validity.json"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(rec, indent=2))
+    tmp.replace(path)
+    print(format_validity(rec))
+    print(f"wrote {path} ({rec['duration_s']:.1f} s)")
 
 
 @TASKS.add("sweep")

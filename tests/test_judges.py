@@ -9,13 +9,27 @@ import torch
 import neva_sweep as nv
 from neva_sweep.data import load_records
 from neva_sweep.edit import EditSpec
+from neva_sweep.evaluate import DATA_KINDS
 from neva_sweep.judges import JUDGES, JudgeConfig, LexiconJudge, make_judge
-from neva_sweep.scoring import continuation_logprobs, encode, greedy_generate, next_token_logprobs
+from neva_sweep.scoring import (
+    continuation_logprobs,
+    encode,
+    greedy_generate,
+    next_token_logprobs,
+    option_logprobs,
+)
+
+ARCHS = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-gptneox", "tiny-opt", "tiny-gemma2"]
+
+
+def records(**paths) -> dict:
+    return {k: load_records(k, paths.get(k)) for k in DATA_KINDS}
 
 
 def judge(name: str, **kw):
-    cfg = JudgeConfig(name=name, queries_per_value=1, max_new_tokens=6, **kw)
-    return make_judge(cfg, load_records("questionnaire"), load_records("queries"))
+    cfg = JudgeConfig(name=name, queries_per_value=1, max_new_tokens=6, scenarios_limit=6,
+                      **kw)
+    return make_judge(cfg, records())
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +48,72 @@ def test_judge_contract(name, tiny_host, edits) -> None:
     (q, v), = shapes
     assert v == 10 and q >= 1
     for o in out:
-        assert np.isfinite(o.E).all() and (o.E >= 0).all() and (o.E <= 1).all()
-        if name != "questionnaire":
+        low = -1 if name == "questionnaire" else 0  # centred per form by default
+        assert np.isfinite(o.E).all() and (o.E >= low).all() and (o.E <= 1).all()
+        assert o.reading.shape == (q, v) and np.isfinite(o.reading).all()
+        if name not in ("questionnaire", "forced_choice"):
             assert o.replies is not None and len(o.replies) == q
     again = j.judge(tiny_host, edits, "all")
     for a, b in zip(out, again):  # deterministic for a fixed config
         np.testing.assert_array_equal(a.E, b.E)
     # Magnitude 0 reproduces the unedited judgement (up to batch-composition rounding).
     np.testing.assert_allclose(out[2].E, out[0].E, atol=1e-5)
-    if name == "questionnaire":  # a strong edit moves the answer probabilities
-        assert np.abs(out[1].E - out[0].E).max() > 1e-4
+    if name in ("questionnaire", "forced_choice"):  # a strong edit moves the scores
+        assert np.abs(out[1].reading - out[0].reading).max() > 1e-4
+
+
+def test_forced_choice_rows_are_softmax_of_option_scores(tiny_host, edits) -> None:
+    j = judge("forced_choice")
+    out = j.judge(tiny_host, edits[:2], "all")
+    for o in out:
+        np.testing.assert_allclose(o.E.sum(1), 1.0, atol=1e-9)
+        e = np.exp(o.raw - o.raw.max(1, keepdims=True))
+        np.testing.assert_allclose(o.E, e / e.sum(1, keepdims=True), atol=1e-12)
+        assert (o.hard.sum(1) == 1).all() and (o.hard.argmax(1) == o.raw.argmax(1)).all()
+        assert (o.raw < 0).all()  # mean per-token log-probabilities
+
+
+def test_forced_choice_scores_do_not_depend_on_option_order(tiny_host, edits) -> None:
+    j = judge("forced_choice")
+    prompts, options = j.prompts(tiny_host)
+    perm = np.random.default_rng(0).permutation(10)
+    shuffled = [[opts[k] for k in perm] for opts in options]
+    a = option_logprobs(tiny_host, prompts, options, edits[:2])
+    b = option_logprobs(tiny_host, prompts, shuffled, edits[:2])
+    torch.testing.assert_close(b, a[..., perm], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("positions", ["all", "response"])
+def test_prefix_cached_option_scores_equal_naive(arch, positions, small_probes) -> None:
+    """One prompt forward + a cached batch of options == full prompt+option forwards, for
+    every architecture, with left padding (prompts of different lengths) and per-row edits
+    of every kind."""
+    from neva_sweep.caa import prompt_spec
+
+    host = nv.load_model(arch)
+    nmap = nv.select_neurons(nv.collect_stats(host, small_probes.shard(0, 3), progress=False),
+                             sparsity=0.1)
+    edits = [None, EditSpec(nmap["power"], "add", 3.0), prompt_spec("power", 3)]
+    prompts = [host.chat_prompt("You find a wallet on the street."),
+               host.chat_prompt("A friend asks to borrow money.\n\nWhat do you do?")]
+    opts = [["I keep it.", "I hand it in at the police station nearby.", "I call my mum."],
+            ["I lend it gladly.", "No.", "I ask why they need it so badly today."]]
+    cached = option_logprobs(host, prompts, opts, edits, positions, batch_size=6)
+    ctx = [p for p, os_ in zip(prompts, opts) for _ in os_]
+    lp, n = continuation_logprobs(host, ctx, [o for os_ in opts for o in os_], edits,
+                                  positions, batch_size=5)
+    torch.testing.assert_close(cached, (lp / n).view(len(edits), 2, 3), atol=1e-4, rtol=0)
+    assert (cached[1] - cached[0]).abs().max() > 1e-4  # the edit acts
+
+
+def test_questionnaire_centring(tiny_host, edits) -> None:
+    centred = judge("questionnaire").judge(tiny_host, edits[:2], "all")
+    raw = judge("questionnaire", centre=False).judge(tiny_host, edits[:2], "all")
+    for c, r in zip(centred, raw):
+        np.testing.assert_allclose(c.E.sum(1), 0.0, atol=1e-12)  # each form sums to 0
+        np.testing.assert_allclose(c.E, r.E - r.E.mean(1, keepdims=True), atol=1e-12)
+        np.testing.assert_array_equal(c.raw, r.E)
 
 
 def test_questionnaire_forms_cover_every_value() -> None:
@@ -78,8 +148,7 @@ def test_empty_query_file_is_named(tmp_path) -> None:
     path = tmp_path / "queries.jsonl"
     path.write_text("")
     with pytest.raises(nv.DataError, match="queries.jsonl"):
-        make_judge(JudgeConfig(name="lexicon"), load_records("questionnaire"),
-                   load_records("queries", path))
+        make_judge(JudgeConfig(name="lexicon"), records(queries=path))
 
 
 def test_continuation_logprobs_match_one_sequence_forward(tiny_host) -> None:
