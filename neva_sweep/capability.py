@@ -29,7 +29,7 @@ N_CHOICES = 4
 class CapabilityConfig:
     """Capability settings (``capability.*``)."""
 
-    mc_limit: int | None = None  # use every k-th MC question so that at most this many remain
+    mc_limit: int | None = None  # at most this many MC questions, evenly spread; 0 = no MC
     neutral_limit: int | None = None  # at most this many neutral texts for KL
     kl_top_k: int = 256  # base tokens kept per position for KL (see module docstring)
     fluency_queries: int = 8  # replies generated for perplexity when the judge makes none
@@ -67,6 +67,8 @@ def mc_questions(mc: Records, limit: int | None = None) -> list[dict]:
 def mc_correct(host: ModelHost, questions: list[dict], edits: Edits = (None,),
                positions: str = "all", batch_size: int = 16) -> np.ndarray:
     """Whether each edit's best-scoring option is the right one, (G, n) bool."""
+    if not questions:  # capability.mc_limit = 0
+        return np.zeros((len(edits), 0), dtype=bool)
     contexts, conts = [], []
     for q in questions:
         for choice in q["choices"]:

@@ -92,8 +92,9 @@ class SearchConfig:
     # metric -> maximize | minimize; metrics: alignment, nlr, nglr, cwl, accuracy_drop, kl
     objectives: dict[str, str] = field(
         default_factory=lambda: {"alignment": "maximize", "nlr": "minimize"})
-    max_accuracy_drop: float | None = 0.1  # constraint; None = unconstrained
-    max_kl: float | None = None  # constraint on mean KL(base || edited), nats/token
+    max_accuracy_drop: float | None = None  # constraint; None = unconstrained; needs >= 100
+    # MC questions per trial (40 questions give +-0.15 intervals)
+    max_kl: float | None = 0.1  # constraint on mean KL(base || edited), nats/token
     best_max_nlr: float = 1.0  # best edit: highest alignment among feasible Pareto trials
     # with nlr <= this (see neva_sweep/sweep/outputs.py)
     trials_per_batch: int = 1  # trials of one model evaluated in one batched call
@@ -127,7 +128,7 @@ class LoggerConfig:
 
 @dataclass
 class SweepSection:
-    """What the sweep covers (``conf/sweep/*.yaml`` presets set this and more)."""
+    """What the sweep covers (``conf/experiment/*.yaml`` presets set this and more)."""
 
     values: list[str] = field(default_factory=lambda: list(VALUES))
     methods: list[str] = field(default_factory=lambda: ["neva"])  # neva | random_neurons | caa
@@ -135,6 +136,8 @@ class SweepSection:
     # Evaluation settings for the sweep's trials only, over ``capability.*`` (task=evaluate
     # keeps the full sets): e.g. {mc_limit: 40, neutral_limit: 16, fluency_queries: 0}.
     capability: dict[str, Any] = field(default_factory=dict)
+    # Judge settings for the sweep's trials only, over ``judge.*``: e.g. {scenarios_limit: 36}.
+    judge: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

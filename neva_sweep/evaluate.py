@@ -139,7 +139,9 @@ class Evaluator:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.records = {k: load_records(k, path(k)) for k in DATA_KINDS}
         self.judge: Judge = make_judge(self.judge_cfg, self.records, judge_host, self.cache_dir)
-        self.questions = mc_questions(self.records["mc"], self.cap.mc_limit)
+        # capability.mc_limit = 0: no multiple choice (accuracy fields are None)
+        self.questions = (mc_questions(self.records["mc"], self.cap.mc_limit)
+                          if self.cap.mc_limit != 0 else [])
         self.neutral = neutral_texts(self.records["neutral"], self.cap.neutral_limit)
         queries = pick_queries(self.records["queries"], None)
         self.fluency_prompts = [host.chat_prompt(r["text"]) for r in
@@ -215,7 +217,7 @@ class Evaluator:
         """The eval.json record of the unedited model."""
         base = self.base()
         csr = dict(zip(VALUES, base.judgement.E.mean(0).tolist()))
-        acc = float(base.mc_correct.mean())
+        acc = float(base.mc_correct.mean()) if self.questions else None
         extra = {}
         if base.judgement.hard is not None:
             share = dict(zip(VALUES, base.judgement.hard.mean(0).tolist()))
@@ -225,11 +227,13 @@ class Evaluator:
             "csr_base": csr, "csr_edited": csr, **extra,
             "alignment": None, "nlr": None, "nglr": None, "cwl": None, "acquiescence": 0.0,
             "nlr_floor": self.nlr_floor,
-            "accuracy_base": acc, "accuracy_edited": acc, "accuracy_drop": 0.0, "kl": 0.0,
+            "accuracy_base": acc, "accuracy_edited": acc,
+            "accuracy_drop": 0.0 if self.questions else None, "kl": 0.0,
             "kl_coverage": base.neutral.coverage, "ppl_base": base.ppl, "ppl_edited": base.ppl,
             "n_queries": int(base.judgement.E.shape[0]), "n_mc": len(self.questions),
             "n_neutral_tokens": base.neutral.n_tokens,
-            "ci": {"accuracy_base": _ci(base.mc_correct.astype(float), self.judge_cfg.n_boot),
+            "ci": {"accuracy_base": _ci(base.mc_correct.astype(float), self.judge_cfg.n_boot)
+                   if self.questions else None,
                    "csr_base": {v: _ci(base.judgement.E[:, j], self.judge_cfg.n_boot)
                                 for j, v in enumerate(VALUES)}},
         }
@@ -321,7 +325,7 @@ class Evaluator:
         ppl = [perplexity(*reply_nll(self.host, base.fluency_prompts, r, self.cap.batch_size))
                for r in replies]
         share = (time.time() - t0) / len(edits)  # batched: each edit's share of the time
-        acc_base = float(base.mc_correct.mean())
+        acc_base = float(base.mc_correct.mean()) if self.questions else None
         out = []
         for g, (value, spec) in enumerate(zip(targets, specs)):
             E = judgements[g].E
@@ -335,17 +339,18 @@ class Evaluator:
                 rec["choice_share_edited"] = dict(zip(VALUES,
                                                       judgements[g].hard.mean(0).tolist()))
             ci = bootstrap_ci(base.judgement.E, E, value, n_boot=self.judge_cfg.n_boot)
-            acc = float(correct[g].mean())
+            acc = float(correct[g].mean()) if self.questions else None
             rec.update(
                 edit={"value": value, "positions": positions, **about},
                 n_neurons=about.get("n_neurons", 0),
-                accuracy_base=acc_base, accuracy_edited=acc, accuracy_drop=acc_base - acc,
+                accuracy_base=acc_base, accuracy_edited=acc,
+                accuracy_drop=None if acc is None else acc_base - acc,
                 kl=float(kl[g]), kl_coverage=base.neutral.coverage,
                 ppl_base=base.ppl, ppl_edited=ppl[g],
                 n_queries=int(E.shape[0]), n_mc=len(self.questions),
                 n_neutral_tokens=base.neutral.n_tokens,
-                ci={**ci, "accuracy_edited": _ci(correct[g].astype(float),
-                                                 self.judge_cfg.n_boot)},
+                ci={**ci, "accuracy_edited": _ci(correct[g].astype(float), self.judge_cfg.n_boot)
+                    if self.questions else None},
                 duration_s=share,
             )
             if not np.isfinite([rec["alignment"], rec["nlr"], rec["kl"]]).all():

@@ -49,12 +49,15 @@ def paired_interval(base: np.ndarray, edited: np.ndarray, n_boot: int, seed: int
 
 
 def rank_of_target(dcsr: np.ndarray, t: int) -> int:
-    """How many values rose more than the target (0 = the target rose most).
+    """How many other values rose at least as much as the target (0 = the target rose most;
+    a tie counts against the target, so moving every value alike is never a detection).
 
-    >>> rank_of_target(np.array([0.1, 0.3, 0.2]), 1), rank_of_target(np.array([0.1, 0.3, 0.2]), 0)
-    (0, 2)
+    >>> d = np.array([0.1, 0.3, 0.2])
+    >>> rank_of_target(d, 1), rank_of_target(d, 0), rank_of_target(np.full(3, 0.2), 0)
+    (0, 2, 2)
     """
-    return int((dcsr > dcsr[t]).sum())
+    others = np.delete(np.asarray(dcsr), t)
+    return int((others >= dcsr[t]).sum())
 
 
 def distance_correlation(matrix: np.ndarray) -> float | None:

@@ -22,16 +22,18 @@ from neva_sweep.tasks import evaluate_config
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 FIELDS = {"csr_base", "csr_edited", "alignment", "nlr", "nglr", "cwl", "accuracy_base",
-          "accuracy_edited", "kl", "n_queries", "n_mc"}
-FAST = ["judge.n_boot=100", "capability.mc_limit=12", "capability.neutral_limit=4",
+          "accuracy_edited", "kl", "n_queries", "n_mc", "judge", "acquiescence", "nlr_floor"}
+FAST = ["judge.n_boot=100", "judge.scenarios_limit=6", "judge.null_edits=3",
+        "capability.mc_limit=12", "capability.neutral_limit=4",
         "capability.fluency_queries=2", "capability.max_new_tokens=4", "progress=false"]
 
 
-def small_evaluator(host, cache_dir=None, judge="questionnaire") -> Evaluator:
+def small_evaluator(host, cache_dir=None, judge="questionnaire", **cap) -> Evaluator:
+    cap = {"mc_limit": 12, **cap}
     return Evaluator(host, JudgeConfig(name=judge, queries_per_value=1, max_new_tokens=4,
-                                       n_boot=100),
-                     CapabilityConfig(mc_limit=12, neutral_limit=4, fluency_queries=2,
-                                      max_new_tokens=4), cache_dir=cache_dir)
+                                       n_boot=100, scenarios_limit=6),
+                     CapabilityConfig(neutral_limit=4, fluency_queries=2, max_new_tokens=4,
+                                      **cap), cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,32 @@ def test_record_fields_and_ranges(tiny_host, nmap) -> None:
     assert rec["kl"] > 0 and rec["n_mc"] == 12 and rec["ppl_edited"] > 1
     base = ev.base_record()
     assert FIELDS <= base.keys() and base["alignment"] is None and base["kl"] == 0.0
+
+
+def test_forced_choice_record_null_floor_and_acquiescence(tiny_host, nmap, tiny_stats) -> None:
+    ev = small_evaluator(tiny_host, judge="forced_choice")
+    assert ev.nlr_floor == 0.01  # the fixed floor until the null is measured
+    null = ev.null(tiny_stats, n=3)
+    assert null["n"] == 3 and len(null["alignment"]) == 3
+    assert null["sd"] == pytest.approx(np.std(null["alignment"], ddof=1))
+    assert ev.nlr_floor == pytest.approx(max(2 * null["sd"], 1e-4))
+    spec = EditSpec(nmap["power"], "scale", 10.0)
+    rec = ev.evaluate_one("power", spec)
+    assert rec["judge"] == "forced_choice" and rec["nlr_floor"] == ev.nlr_floor
+    assert sum(rec["choice_share_edited"].values()) == pytest.approx(1.0)
+    base, edited = ev.base().judgement, ev.judge.judge(tiny_host, [spec], "all")[0]
+    by_hand = float((edited.raw.mean(0) - base.raw.mean(0)).mean())
+    assert rec["acquiescence"] == pytest.approx(by_hand, abs=1e-9)
+    d = {v: rec["csr_edited"][v] - rec["csr_base"][v] for v in nv.VALUES}
+    leak = np.mean([max(0.0, x) for v, x in d.items() if v != "power"])
+    assert rec["nlr"] == pytest.approx(leak / max(rec["alignment"], ev.nlr_floor))
+
+
+def test_no_multiple_choice_gives_no_accuracy(tiny_host, nmap) -> None:
+    ev = small_evaluator(tiny_host, mc_limit=0)
+    rec = ev.evaluate_one("power", EditSpec(nmap["power"], "add", 3.0))
+    assert rec["n_mc"] == 0 and rec["accuracy_edited"] is None and rec["accuracy_drop"] is None
+    assert ev.base_record()["accuracy_base"] is None and rec["kl"] > 0
 
 
 def test_trial_batching_matches_one_by_one(tiny_host, nmap) -> None:

@@ -205,15 +205,29 @@ def check_constraints(s: DictConfig) -> None:
         _at_least(f"search.max_{metric}", s.get(f"max_{metric}"), 0.0, optional=True)
 
 
-def trial_capability(cfg: DictConfig) -> dict:
-    """``capability.*`` with the sweep's own overrides (``sweep.capability``) on top."""
-    cap = OmegaConf.to_container(cfg.capability, resolve=True)
-    extra = OmegaConf.to_container(cfg.sweep.capability, resolve=True) or {}
-    unknown = sorted(set(extra) - set(cap))
+def trial_section(cfg: DictConfig, section: str) -> dict:
+    """``<section>.*`` (capability or judge) with the sweep's own overrides
+    (``sweep.<section>``) on top: what the sweep's trials are evaluated with."""
+    base = OmegaConf.to_container(cfg[section], resolve=True)
+    extra = OmegaConf.to_container(cfg.sweep[section], resolve=True) or {}
+    unknown = sorted(set(extra) - set(base))
     if unknown:
-        raise KeyError(f"sweep.capability: unknown keys {unknown}; valid keys: "
-                       f"{', '.join(cap)}")
-    return {**cap, **extra}
+        raise KeyError(f"sweep.{section}: unknown keys {unknown}; valid keys: "
+                       f"{', '.join(base)}")
+    return {**base, **extra}
+
+
+def trial_capability(cfg: DictConfig) -> dict:
+    """``capability.*`` with ``sweep.capability`` on top."""
+    return trial_section(cfg, "capability")
+
+
+def trial_judge(cfg: DictConfig) -> dict:
+    """``judge.*`` with ``sweep.judge`` on top."""
+    return trial_section(cfg, "judge")
+
+
+MIN_MC_FOR_CONSTRAINT = 100  # fewer questions give accuracy intervals wider than any budget
 
 
 def check_evaluation(cfg: DictConfig) -> None:
@@ -222,10 +236,22 @@ def check_evaluation(cfg: DictConfig) -> None:
                           f"{', '.join(JUDGES.names())}")
     try:
         cap = OmegaConf.create(trial_capability(cfg))
+        judge = OmegaConf.create(trial_judge(cfg))
     except KeyError as e:
         raise ConfigError(str(e).strip('"')) from None
-    for key in ("mc_limit", "neutral_limit"):
-        _at_least(f"capability.{key}", cap[key], 1, optional=True)
+    if judge.name not in JUDGES:
+        raise ConfigError(f"sweep.judge.name: unknown judge {judge.name!r}; valid choices: "
+                          f"{', '.join(JUDGES.names())}")
+    _at_least("capability.mc_limit", cap.mc_limit, 0, optional=True)
+    _at_least("capability.neutral_limit", cap.neutral_limit, 1, optional=True)
+    _at_least("judge.scenarios_limit", judge.get("scenarios_limit"), 1, optional=True)
+    _at_least("judge.null_edits", judge.get("null_edits"), 2)
+    n_mc = cap.mc_limit if cap.mc_limit is not None else MIN_MC_FOR_CONSTRAINT
+    if cfg.search.get("max_accuracy_drop") is not None and n_mc < MIN_MC_FOR_CONSTRAINT:
+        raise ConfigError(
+            f"search.max_accuracy_drop: an accuracy budget needs >= {MIN_MC_FOR_CONSTRAINT} "
+            f"MC questions per trial (sweep.capability.mc_limit is {cap.mc_limit}; 40 "
+            "questions give +-0.15 intervals); raise it, or constrain search.max_kl instead")
     _at_least("capability.fluency_queries", cap.fluency_queries, 0)
     _at_least("capability.batch_size", cap.batch_size, 1)
     _at_least("judge.batch_size", cfg.judge.batch_size, 1)

@@ -32,6 +32,7 @@ from .plan import (
     make_plan,
     replica_counts,
     trial_capability,
+    trial_judge,
 )
 from .scheduler import Scheduler
 from .studies import StudyState, open_storage, open_studies
@@ -104,7 +105,7 @@ def local_resources(cluster: DictConfig) -> Resources:
 
 def eval_setup(cfg: DictConfig) -> EvalSetup:
     return EvalSetup(
-        judge=JudgeConfig(**OmegaConf.to_container(cfg.judge, resolve=True)),
+        judge=JudgeConfig(**trial_judge(cfg)),
         capability=CapabilityConfig(**trial_capability(cfg)),
         data=DataConfig(**OmegaConf.to_container(cfg.data, resolve=True)),
         cache_dir=str(Path(cfg.cache_dir) / "eval") if cfg.cache_dir else None,
@@ -159,8 +160,10 @@ def prepare(workers: list[ReplicaWorker]) -> None:
         for w, rec in zip(group, ray.get(refs)):
             if w in first.values():
                 acc = rec["accuracy_base"]
-                tqdm.write(f"{w.model}: unedited side ready (MC accuracy {acc:.3f}, "
-                           f"{rec['n_queries']} judge rows, {rec['n_mc']} MC questions)")
+                acc = "no MC" if acc is None else f"MC accuracy {acc:.3f}"
+                tqdm.write(f"{w.model}: unedited side ready ({acc}, {rec['n_queries']} judge "
+                           f"rows, {rec['n_mc']} MC questions, nlr_floor "
+                           f"{rec['nlr_floor']:.4f} from the judge's null)")
 
 
 def summary(states: list[StudyState]) -> str:

@@ -70,9 +70,12 @@ def _is_rank0(host: ModelHost) -> bool:
 
 
 def prepare(host: ModelHost, box: StatsBox, setup: EvalSetup) -> dict | None:
-    """Fetch the statistics and build the evaluator with its unedited side (warm-up)."""
-    _stats(box)
-    record = _evaluator(host, setup).base_record()
+    """Fetch the statistics and build the evaluator with its unedited side and the judge's
+    null (which sets the trials' ``nlr_floor``) (warm-up; both are cached on disk)."""
+    stats = _stats(box)
+    ev = _evaluator(host, setup)
+    ev.null(stats)
+    record = ev.base_record()
     return record if _is_rank0(host) else None
 
 
