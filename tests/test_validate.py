@@ -38,7 +38,7 @@ def test_target_raised_most_is_detected() -> None:
         prompted.append(e)
     det = prompt_detection(base, prompted, n_boot=200)
     assert det["detected"] == N_VALUES
-    for t, v in enumerate(VALUES):
+    for v in VALUES:
         r = det["per_value"][v]
         assert r["rank"] == 0 and r["ci"][0] > 0
         assert r["alignment"] == pytest.approx(det["matrix"][v][v])
