@@ -247,7 +247,7 @@ class Evaluator:
             return EPS
         return max(2.0 * self.null_summary["sd"], MIN_NLR_FLOOR)
 
-    def null(self, stats, n: int | None = None, seed: int = 0) -> dict:
+    def null(self, stats, n: int | None = None, seed: int = 0, progress: bool = False) -> dict:
         """Alignment of ``n`` random-neuron edits (``judge.null_edits``; default size,
         rule and magnitude; edit i targets value i mod 10, seed ``seed + i``): what the
         judge reports for edits that target nothing. Cached on disk beside the unedited
@@ -279,7 +279,13 @@ class Evaluator:
                           DEFAULT_MAGNITUDE) for i, v in enumerate(values)]
         base = self.base_judgement()
         t0 = time.time()
-        judgements = self.judge.judge(self.host, specs, "all")
+        if progress:  # one edit per call under a progress bar
+            from tqdm.auto import tqdm
+
+            judgements = [self.judge.judge(self.host, [s], "all")[0]
+                          for s in tqdm(specs, desc="judge null", unit="edit")]
+        else:
+            judgements = self.judge.judge(self.host, specs, "all")
         align = [float(j.E[:, VALUES.index(v)].mean() - base.E[:, VALUES.index(v)].mean())
                  for j, v in zip(judgements, values)]
         self.null_summary = {"mean": float(np.mean(align)), "sd": float(np.std(align, ddof=1)),
@@ -291,7 +297,7 @@ class Evaluator:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(self.null_summary, indent=2))
             tmp.replace(path)
-        if self.progress:
+        if self.progress or progress:
             print(f"judge null of {self.host.name} ({n} random edits): "
                   f"{time.time() - t0:.1f} s, sd {self.null_summary['sd']:.4f}")
         return self.null_summary

@@ -185,7 +185,7 @@ def evaluate_config(cfg: DictConfig, host: ModelHost | None = None) -> dict:
     evaluator = evaluator_from_config(cfg, host)  # validates data and judge before work
     t0 = time.time()
     if value is not None:  # the judge's null sets the floor on NLR's denominator
-        evaluator.null(stats_from_config(cfg, host))
+        evaluator.null(stats_from_config(cfg, host), progress=cfg.progress)
     if entry is not None:
         positions = entry.get("positions") or entry["params"].get("positions", "all")
         rec = evaluator.evaluate_one(value, best, positions)

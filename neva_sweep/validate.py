@@ -97,7 +97,7 @@ def validate_judge(evaluator: Evaluator, stats, progress: bool = False) -> dict:
     base = evaluator.base_judgement()  # the judge alone: no capability measures needed
     edits = [prompt_spec(v, max(PROMPT_STRENGTHS)) for v in VALUES]
     edits.append(PromptSpec(ACQUIESCENCE_PROMPT))
-    judged = judge.judge(host, edits, "all")  # 11 edits in shared forward passes
+    judged = judge_each(evaluator, edits, "validate_judge: prompts", progress)
     n_boot = evaluator.judge_cfg.n_boot
     detection = prompt_detection(base.E, [j.E for j in judged[:N_VALUES]], n_boot)
     acq = judged[N_VALUES]
@@ -108,7 +108,7 @@ def validate_judge(evaluator: Evaluator, stats, progress: bool = False) -> dict:
                "acquiescence": acquiescence(base.reading, acq.reading)}
     for rec, j in zip(detection["per_value"].values(), judged[:N_VALUES]):
         rec["acquiescence"] = acquiescence(base.reading, j.reading)
-    null = evaluator.null(stats)
+    null = evaluator.null(stats, progress=progress)
     out = {
         "judge": judge.name, "model": host.name, "n_rows": int(base.E.shape[0]),
         "prompt_detection": detection, "detected": detection["detected"],
@@ -125,6 +125,17 @@ def validate_judge(evaluator: Evaluator, stats, progress: bool = False) -> dict:
         out["text_validity"] = text
     out["duration_s"] = time.time() - t0
     return out
+
+
+def judge_each(evaluator: Evaluator, edits: list, desc: str, progress: bool) -> list:
+    """The judge's Judgement of every edit; with ``progress``, one edit per call under a
+    progress bar (on CPU batching edits saves nothing; on GPU pass progress=False)."""
+    host, judge = evaluator.host, evaluator.judge
+    if not progress:
+        return judge.judge(host, edits, "all")  # all edits in shared forward passes
+    from tqdm.auto import tqdm
+
+    return [judge.judge(host, [e], "all")[0] for e in tqdm(edits, desc=desc, unit="edit")]
 
 
 def text_validity(evaluator: Evaluator) -> dict | None:
