@@ -36,6 +36,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FAST = ["model=tiny_llama", "sweep.values=[benevolence,power]", "search.n_trials=3",
         "search.n_startup_trials=2", "sweep.capability.mc_limit=8",
+        "sweep.judge.scenarios_limit=4", "sweep.judge.null_edits=2",
         "sweep.capability.neutral_limit=4", "sweep.capability.fluency_queries=0",
         "judge.n_boot=50", "logger=none", "progress=false",
         "cluster.replicas_per_model=2", "cluster.num_cpus_per_actor=1"]
@@ -114,6 +115,9 @@ def states_by_study(storage_url: str) -> dict[str, list[TrialState]]:
     ("logger.kind=mlflow", "logger.kind"),
     ("search.storage=nonsense", "search.storage"),
     ("model.tp_size=3", "model.tp_size"),
+    ("search.max_accuracy_drop=0.1", "search.max_accuracy_drop"),  # 8 MC questions
+    ("sweep.judge.scenarios_limit=0", "judge.scenarios_limit"),
+    ("+sweep.judge.centred=true", "sweep.judge"),  # not a judge.* key
 ])
 def test_config_errors_name_the_key(tmp_path, override, key, config):
     assert not ray.is_initialized()
@@ -346,7 +350,8 @@ def test_pareto_and_best_edit_rule(config):
 
     trials = [frozen(0, 0.30, 2.0), frozen(1, 0.20, 0.5), frozen(2, 0.10, 0.4),
               frozen(3, 0.05, 0.9), frozen(4, 0.40, 0.1, drop=0.5)]
-    limits = budgets(config().search)  # max_accuracy_drop 0.1
+    assert budgets(config().search) == {"kl": 0.1}  # the default budget
+    limits = budgets(config("search.max_accuracy_drop=0.1", "search.max_kl=null").search)
     assert limits == {"accuracy_drop": 0.1}
     feasible = [t for t in trials if is_feasible(t.user_attrs, limits)]
     assert [t.number for t in feasible] == [0, 1, 2, 3]
