@@ -13,6 +13,9 @@
 - ``acquiescence_control``: an "always agree / answer Yes" system-style prefix pushes
   agreement but no value; a valid judge barely moves: ``max_abs_dcsr`` over the ten
   values (and the raw ``acquiescence``, which may move).
+- ``raw_reading``: the same two manipulations read on the judge's raw scale (the
+  uncentred questionnaire agreement, the forced-choice option log-probabilities), for
+  judges that have one.
 - ``null``: the alignment of random-neuron edits (default size, one per value, seeded),
   ``mean``, ``sd``, ``n``; later alignments can be read as z-scores against it, and
   2 sd is the floor on NLR's denominator.
@@ -108,6 +111,12 @@ def validate_judge(evaluator: Evaluator, stats, progress: bool = False) -> dict:
                "acquiescence": acquiescence(base.reading, acq.reading)}
     for rec, j in zip(detection["per_value"].values(), judged[:N_VALUES]):
         rec["acquiescence"] = acquiescence(base.reading, j.reading)
+    raw = None
+    if base.raw is not None:  # the same manipulations read uncentred / unnormalised
+        raw = prompt_detection(base.raw, [j.raw for j in judged[:N_VALUES]], n_boot)
+        raw_dcsr = acq.raw.mean(0) - base.raw.mean(0)
+        raw["acquiescence_control"] = {"max_abs_dcsr": float(np.abs(raw_dcsr).max()),
+                                       "dcsr": dict(zip(VALUES, raw_dcsr.tolist()))}
     null = evaluator.null(stats, progress=progress)
     out = {
         "judge": judge.name, "model": host.name, "n_rows": int(base.E.shape[0]),
@@ -115,6 +124,7 @@ def validate_judge(evaluator: Evaluator, stats, progress: bool = False) -> dict:
         "acquiescence_control": control,
         "null": {k: null[k] for k in ("mean", "sd", "n", "n_neurons", "alignment", "values")},
         "nlr_floor": evaluator.nlr_floor,
+        "raw_reading": raw,
         "criteria": {"min_detected": VALID_MIN_DETECTED,
                      "max_acquiescence_dcsr": VALID_MAX_ACQUIESCENCE_DCSR},
     }
@@ -192,6 +202,10 @@ def format_validity(rec: dict) -> str:
               f"(raw acquiescence {acq['acquiescence']:+.4f})",
               f"null (random neurons, n={null['n']}): mean {null['mean']:+.4f}, "
               f"sd {null['sd']:.4f} -> nlr_floor {rec['nlr_floor']:.4f}"]
+    if rec.get("raw_reading"):
+        raw = rec["raw_reading"]
+        lines.append(f"raw reading (uncentred): detected {raw['detected']}/10, acquiescence "
+                     f"control max |change| {raw['acquiescence_control']['max_abs_dcsr']:.4f}")
     if "text_validity" in rec:
         tv = rec["text_validity"]
         lines.append(f"validate probes: accuracy {tv['accuracy']:.3f}, macro-F1 "

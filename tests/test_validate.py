@@ -88,6 +88,8 @@ def test_validate_judge_record_on_tiny_model(judge, tiny_host, tiny_stats) -> No
         max(2 * rec["null"]["sd"], 1e-4))
     assert rec["valid"] == (rec["detected"] >= VALID_MIN_DETECTED and
                             rec["acquiescence_control"]["max_abs_dcsr"] <= 0.02)
+    if judge == "forced_choice":  # the raw reading: option log-probabilities
+        assert rec["raw_reading"]["detected"] <= N_VALUES
     if judge == "lexicon":  # text judges: accuracy on the validate probes
         tv = rec["text_validity"]
         assert tv["n"] == 120 and 0 <= tv["accuracy"] <= 1
