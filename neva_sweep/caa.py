@@ -19,16 +19,24 @@ definitions coincide, which tests/test_caa.py checks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from .edit import RowEditor
+from .edit import RowEditor, check_positions
 from .models.arch import residual_sites
 from .models.host import ModelHost
+from .prompting import PROMPT_STRENGTHS, PromptEdit, prompt_edit
 from .stats import NeuronStats
 from .values import N_VALUES, value_index
+
+# The prompting baseline lives in neva_sweep/prompting.py; its former names stay importable.
+PromptSpec, prompt_spec = PromptEdit, prompt_edit
+__all__ = ["PROMPT_STRENGTHS", "PromptEdit", "PromptSpec", "ResidualEdit", "ResidualEditor",
+           "ResidualSpec", "caa_edit", "caa_spec", "caa_vectors", "prompt_edit", "prompt_spec"]
 
 
 def caa_vectors(stats: NeuronStats, value: str) -> torch.Tensor:
@@ -40,38 +48,66 @@ def caa_vectors(stats: NeuronStats, value: str) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class ResidualSpec:
-    """Add ``coefficient * vectors[i]`` to the output of layer ``layers[i]``."""
+class ResidualEdit:
+    """Add ``coefficient * vectors[i]`` to the output of layer ``layers[i]``.
+
+    ``positions`` (optional) is where the edit was meant to apply (a sweep trial's
+    ``positions``); :func:`neva_sweep.edits.apply` uses it when not told otherwise.
+    """
 
     vectors: torch.Tensor  # (k, H)
     layers: tuple[int, ...]
     coefficient: float
+    positions: str | None = None
+
+    kind: ClassVar[str] = "residual"
+    prefix: ClassVar[str] = ""  # no token prefix: the edit is hooks
+    n_neurons: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
         if len(self.layers) == 0 or self.vectors.shape[0] != len(self.layers):
             raise ValueError("a residual edit needs one vector per layer and at least one "
                              "layer (method.caa layer settings)")
+        if not math.isfinite(self.coefficient):
+            raise ValueError(f"CAA coefficient must be finite, got {self.coefficient}")
+        if self.positions is not None:
+            check_positions(self.positions)
 
-    @property
-    def size(self) -> int:
-        return len(self.layers)
+    def describe(self) -> dict:
+        return {"kind": self.kind, "layers": list(self.layers),
+                "coefficient": self.coefficient}
+
+    def title(self) -> str:
+        return f"CAA on layers {list(self.layers)}, x{self.coefficient:g}"
+
+    @classmethod
+    def install(cls, host: ModelHost, edits: Sequence[ResidualEdit], row_groups: torch.Tensor,
+                positions: str = "all") -> ResidualEditor:
+        return ResidualEditor(host, edits, row_groups, positions)
 
 
-def caa_spec(stats: NeuronStats, value: str, layers: Sequence[int], coefficient: float
-             ) -> ResidualSpec:
+ResidualSpec = ResidualEdit  # the former name, kept for scripts
+
+
+def caa_edit(stats: NeuronStats, value: str, layers: Sequence[int], coefficient: float,
+             positions: str | None = None) -> ResidualEdit:
     """The CAA edit toward ``value`` on ``layers`` (indices into the model's blocks)."""
     vectors = caa_vectors(stats, value)
     n = vectors.shape[0]
     bad = [layer for layer in layers if not 0 <= layer < n]
     if bad:
         raise ValueError(f"CAA layers {bad} outside the model's 0..{n - 1}")
-    return ResidualSpec(vectors[list(layers)], tuple(int(x) for x in layers), float(coefficient))
+    return ResidualEdit(vectors[list(layers)], tuple(int(x) for x in layers), float(coefficient),
+                        positions)
+
+
+caa_spec = caa_edit  # the former name, kept for scripts
 
 
 class ResidualEditor(RowEditor):
     """Forward hooks adding each row's steering vectors to the chosen blocks' outputs."""
 
-    def __init__(self, host: ModelHost, specs: Sequence[ResidualSpec],
+    def __init__(self, host: ModelHost, specs: Sequence[ResidualEdit],
                  row_groups: torch.Tensor, positions: str = "all"):
         super().__init__(host, len(specs), row_groups, positions)
         blocks = residual_sites(host.model)
@@ -99,40 +135,3 @@ class ResidualEditor(RowEditor):
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return hook
-
-
-# --- prompting baseline -------------------------------------------------------------------
-
-PROMPT_STRENGTHS = {
-    0: "",  # no prefix: the unedited control
-    1: "When you answer, keep in mind that {display} matters to you: {definition}.",
-    2: "You care deeply about {display}: {definition}. Let it guide your answers.",
-    3: "Above everything else you value {display}: {definition}. Always put it first "
-       "in what you say and choose.",
-}
-
-
-@dataclass(frozen=True)
-class PromptSpec:
-    """A text prefix asking the model to prioritise a value (the no-internals baseline).
-
-    The prefix is prepended, as tokens, to every sequence the edited rows see (prompts,
-    questionnaire items, MC questions, neutral texts); only the original tokens are scored.
-    """
-
-    text: str
-
-    @property
-    def size(self) -> int:
-        return 0
-
-
-def prompt_spec(value: str, strength: int) -> PromptSpec:
-    from .values import DEFINITIONS, DISPLAY_NAMES
-
-    if strength not in PROMPT_STRENGTHS:
-        raise ValueError(f"prompt strength must be one of {sorted(PROMPT_STRENGTHS)}; "
-                         f"got {strength}")
-    text = PROMPT_STRENGTHS[strength].format(display=DISPLAY_NAMES[value].lower(),
-                                             definition=DEFINITIONS[value])
-    return PromptSpec(text + "\n\n" if text else "")

@@ -7,6 +7,8 @@ formula a' = max(a * (1 + s) + b, f) with per-neuron s, b, f):
 - ``scale``: a *= 1 + alpha                            (s = alpha, b = 0, f = -inf)
 - ``set``:   a = max(a, alpha * q_t(i))                (s = 0, b = 0, f = alpha * q_t)
 
+Each rule is registered once in :data:`RULES` with its (s, b, f) formula.
+
 Positions: ``all`` tokens, or ``response``: the last prompt token and every generated
 token. A magnitude of 0 leaves the activations bitwise untouched (the edit is masked out).
 
@@ -18,28 +20,71 @@ Edits are kept as tensors so that different rows of one batch can carry differen
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from .models.host import ModelHost
+from .registry import Registry
 from .select import NeuronMap, ValueNeurons
 
-RULES = ("add", "scale", "set")
 POSITIONS = ("all", "response")
 DEFAULT_RULE = "add"
 DEFAULT_MAGNITUDE = 4.0  # chosen with benchmarks/steering_effect.py on the embedded model
 
+Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+RuleFn = Callable[[ValueNeurons, float], Coefficients]
+RULES: Registry[RuleFn] = Registry("edit rule")
+"""Edit rules: ``RULES[name](neurons, alpha)`` gives the (s, b, f) of
+a' = max(a * (1 + s) + b, f), each (k,) float32."""
+
+
+@RULES.add("add")
+def add_rule(neurons: ValueNeurons, alpha: float) -> Coefficients:
+    """a += alpha * (mu_t - mu_rest)."""
+    k = len(neurons)
+    return torch.zeros(k), alpha * neurons.mean_diff.float(), torch.full((k,), -math.inf)
+
+
+@RULES.add("scale")
+def scale_rule(neurons: ValueNeurons, alpha: float) -> Coefficients:
+    """a *= 1 + alpha."""
+    k = len(neurons)
+    return torch.full((k,), alpha), torch.zeros(k), torch.full((k,), -math.inf)
+
+
+@RULES.add("set")
+def set_rule(neurons: ValueNeurons, alpha: float) -> Coefficients:
+    """a = max(a, alpha * q_t)."""
+    k = len(neurons)
+    return torch.zeros(k), torch.zeros(k), alpha * neurons.quantile.float()
+
+
+def check_positions(positions: str) -> str:
+    if positions not in POSITIONS:
+        raise KeyError(f"unknown edit positions {positions!r} (edit.positions); valid "
+                       f"choices: {', '.join(POSITIONS)}")
+    return positions
+
 
 @dataclass(frozen=True)
-class EditSpec:
-    """One edit: the neurons of one value, a rule and a magnitude."""
+class NeuronEdit:
+    """One neuron edit: the neurons of one value, a rule and a magnitude.
+
+    ``positions`` (optional) is where the edit was meant to apply (a sweep trial's
+    ``positions``); :func:`neva_sweep.edits.apply` uses it when not told otherwise.
+    """
 
     neurons: ValueNeurons
     rule: str = DEFAULT_RULE
     magnitude: float = DEFAULT_MAGNITUDE
+    positions: str | None = None
+
+    kind: ClassVar[str] = "neurons"
+    prefix: ClassVar[str] = ""  # no token prefix: the edit is hooks
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -52,16 +97,31 @@ class EditSpec:
         if len(self.neurons) == 0:
             raise ValueError("the edit has no selected neurons; raise edit.sparsity or check "
                              "the value's probes")
+        if self.positions is not None:
+            check_positions(self.positions)
 
-    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @property
+    def n_neurons(self) -> int:
+        return len(self.neurons)
+
+    def coefficients(self) -> Coefficients:
         """(s, b, f) of a' = max(a * (1 + s) + b, f), each (k,)."""
-        k, a = len(self.neurons), float(self.magnitude)
-        zero, neg_inf = torch.zeros(k), torch.full((k,), -math.inf)
-        if self.rule == "add":
-            return zero, a * self.neurons.mean_diff.float(), neg_inf
-        if self.rule == "scale":
-            return torch.full((k,), a), zero, neg_inf
-        return zero, zero, a * self.neurons.quantile.float()
+        return RULES[self.rule](self.neurons, float(self.magnitude))
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "rule": self.rule, "magnitude": self.magnitude,
+                "n_neurons": self.n_neurons}
+
+    def title(self) -> str:
+        return f"{self.n_neurons} neurons, {self.rule} x{self.magnitude:g}"
+
+    @classmethod
+    def install(cls, host: ModelHost, edits: Sequence[NeuronEdit], row_groups: torch.Tensor,
+                positions: str = "all") -> Editor:
+        return Editor(host, edits, row_groups, positions)
+
+
+EditSpec = NeuronEdit  # the former name, kept for scripts
 
 
 @dataclass
@@ -75,7 +135,7 @@ class _LayerEdit:
     active: torch.Tensor  # (G + 1, k) bool
 
 
-def compile_edits(host: ModelHost, specs: Sequence[EditSpec]) -> dict[int, _LayerEdit]:
+def compile_edits(host: ModelHost, specs: Sequence[NeuronEdit]) -> dict[int, _LayerEdit]:
     """Per-layer edit tensors for ``specs``, restricted to the neurons this host holds."""
     per_layer: dict[int, list[tuple[int, torch.Tensor, torch.Tensor, tuple]]] = {}
     for g, spec in enumerate(specs):
@@ -118,11 +178,8 @@ class RowEditor:
 
     def __init__(self, host: ModelHost, n_groups: int, row_groups: torch.Tensor,
                  positions: str = "all"):
-        if positions not in POSITIONS:
-            raise KeyError(f"unknown edit positions {positions!r} (edit.positions); valid "
-                           f"choices: {', '.join(POSITIONS)}")
         self.host = host
-        self.positions = positions
+        self.positions = check_positions(positions)
         self.response_start: torch.Tensor | None = None
         self.n_groups = n_groups
         self.set_rows(row_groups)
@@ -164,7 +221,7 @@ class RowEditor:
 class Editor(RowEditor):
     """Installed neuron edit hooks. Use through :func:`edit` or :func:`edit_rows`."""
 
-    def __init__(self, host: ModelHost, specs: Sequence[EditSpec], row_groups: torch.Tensor,
+    def __init__(self, host: ModelHost, specs: Sequence[NeuronEdit], row_groups: torch.Tensor,
                  positions: str = "all"):
         super().__init__(host, len(specs), row_groups, positions)
         if any(int(s.neurons.layer.max()) >= host.n_layers for s in specs):
@@ -209,7 +266,7 @@ class Editor(RowEditor):
 
 
 @contextmanager
-def edit_rows(host: ModelHost, specs: Sequence[EditSpec], row_groups: torch.Tensor,
+def edit_rows(host: ModelHost, specs: Sequence[NeuronEdit], row_groups: torch.Tensor,
               positions: str = "all") -> Iterator[Editor]:
     """Edit row b of every batch with ``specs[row_groups[b]]`` (-1 = unedited).
 
@@ -217,7 +274,8 @@ def edit_rows(host: ModelHost, specs: Sequence[EditSpec], row_groups: torch.Tens
     >>> host = nv.load_model("tiny-llama")
     >>> nmap = nv.select_neurons(nv.collect_stats(host, nv.load_probes(), progress=False),
     ...                          sparsity=0.05)
-    >>> specs = [EditSpec(nmap["power"], "add", 2.0), EditSpec(nmap["security"], "scale", 1.0)]
+    >>> specs = [NeuronEdit(nmap["power"], "add", 2.0),
+    ...          NeuronEdit(nmap["security"], "scale", 1.0)]
     >>> with edit_rows(host, specs, torch.tensor([0, 1, -1])):
     ...     out = host.model(**host.tokenize(["a", "b", "c"]))
     """
@@ -256,6 +314,6 @@ def edit(
     if list(nmap.layer_sizes) != list(host.layer_sizes):
         raise ValueError(f"neuron map layer sizes {nmap.layer_sizes[:3]}... do not match model "
                          f"{host.name} ({host.layer_sizes[:3]}...); it was built for another model")
-    spec = EditSpec(nmap[value], rule, float(magnitude))
+    spec = NeuronEdit(nmap[value], rule, float(magnitude))
     with edit_rows(host, [spec], torch.zeros(1, dtype=torch.long), positions) as editor:
         yield editor

@@ -38,6 +38,7 @@ from .capability import (
 )
 from .data import load_records
 from .edit import EditSpec
+from .edits import EditKind
 from .judges import Judge, JudgeConfig, Judgement, make_judge, pick_queries
 from .metrics import EPS, acquiescence, bootstrap_ci, edit_metrics
 from .models.host import ModelHost
@@ -96,19 +97,9 @@ class BaseSide:
                    b["fluency_prompts"], b["fluency_replies"], b["ppl"])
 
 
-def describe_edit(spec) -> dict:
-    """The JSON-able description of an edit of any kind (neurons, residual, prompt)."""
-    from .caa import PromptSpec, ResidualSpec
-
-    if isinstance(spec, EditSpec):
-        return {"kind": "neurons", "rule": spec.rule, "magnitude": spec.magnitude,
-                "n_neurons": len(spec.neurons)}
-    if isinstance(spec, ResidualSpec):
-        return {"kind": "residual", "layers": list(spec.layers),
-                "coefficient": spec.coefficient}
-    if isinstance(spec, PromptSpec):
-        return {"kind": "prompt", "prefix": spec.text.strip()}
-    raise TypeError(f"unknown edit type {type(spec).__name__}")
+def describe_edit(spec: EditKind) -> dict:
+    """The JSON-able description of an edit of any kind (its own ``describe()``)."""
+    return spec.describe()
 
 
 def _ci(x: np.ndarray, n_boot: int, seed: int = 0, level: float = 0.95) -> list[float]:

@@ -1,13 +1,15 @@
 """Capability on lm-evaluation-harness tasks (MMLU, HellaSwag, local YAML tasks), edited or not.
 
 The harness runs on the host's already-loaded model through its ``HFLM`` wrapper, so an edit
-is just hooks installed around the evaluation. Everything runs offline: a task whose dataset
+of any kind is installed around the evaluation by its own ``install`` (hooks), and a prompt
+edit's prefix is prepended to every request. Everything runs offline: a task whose dataset
 is not in the local Hugging Face cache (or in local files) fails with an error naming it,
 instead of a download. ``lm_eval`` is an optional dependency, imported only when used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import random
@@ -21,7 +23,8 @@ from unittest import mock
 import numpy as np
 import torch
 
-from .edit import POSITIONS, Editor, EditSpec, edit_rows
+from .edit import RowEditor, check_positions
+from .edits import EditKind
 from .models.host import ModelHost
 
 Scores = dict[str, dict[str, float]]
@@ -54,17 +57,23 @@ def _task_manager(include: tuple[str, ...]):
 @lru_cache(maxsize=1)
 def _host_lm_class() -> type:
     """``HFLM`` that, under ``positions="response"``, tells the editors where each scored
-    continuation starts (the harness hands ``_model_call`` only right-padded token ids)."""
+    continuation starts (the harness hands ``_model_call`` only right-padded token ids),
+    and prepends ``prefix`` (prompt edits) to every request: as token ids before each
+    log-likelihood context, as text before each generation context."""
     from lm_eval.models.huggingface import HFLM
 
     class HostLM(HFLM):
         def __init__(self, host: ModelHost, batch_size: int) -> None:
             super().__init__(pretrained=host.model, tokenizer=host.tokenizer,
                              batch_size=batch_size)
-            self.editors: list[Editor] = []
+            self.editors: list[RowEditor] = []
+            self.prefix = ""
             self._starts: dict[tuple[int, ...], int] = {}
 
         def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
+            if self.prefix:  # also reached by loglikelihood_rolling's windows
+                ids = self.tokenizer(self.prefix, add_special_tokens=False).input_ids
+                requests = [(key, ids + list(ctx), cont) for key, ctx, cont in requests]
             if any(e.positions == "response" for e in self.editors):
                 # The harness feeds (context + continuation)[-(max_length + 1):][:-1]; the
                 # continuation's first token sits len(cont) - 1 positions before its end.
@@ -75,6 +84,12 @@ def _host_lm_class() -> type:
                 return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
             finally:
                 self._starts = {}
+
+        def generate_until(self, requests, disable_tqdm=False):
+            if self.prefix:
+                requests = [dataclasses.replace(r, arguments=(self.prefix + r.args[0],
+                                                              *r.args[1:])) for r in requests]
+            return super().generate_until(requests, disable_tqdm)
 
         def _row_start(self, row: list[int]) -> int | None:
             n = len(row)
@@ -189,8 +204,8 @@ def _flatten(results: dict[str, dict], n_samples: dict[str, dict]) -> Scores:
 def lm_eval_scores(
     host: ModelHost,
     tasks: Sequence[str],
-    edit: Sequence[EditSpec] | None = None,
-    positions: str = "all",
+    edit: Sequence[EditKind] | None = None,
+    positions: str | None = None,
     include_path: str | Path | Sequence[str | Path] | None = None,
     limit: int | float | None = None,
     batch_size: int = 8,
@@ -198,14 +213,16 @@ def lm_eval_scores(
 ) -> Scores:
     """Scores of ``host`` on lm-evaluation-harness ``tasks``, with ``edit`` active if given.
 
-    Every EditSpec of ``edit`` applies to every row (in order, composed), at ``positions``;
-    under ``"response"`` a scored continuation is edited from the last context token on.
+    Every edit of ``edit`` (any kind: neurons, steering vectors, a prompt) applies to every
+    row, composed in order, at ``positions`` (default: each edit's own positions, else
+    ``all``); under ``"response"`` a scored continuation is edited from the last context
+    token on. Prompt edits' prefixes precede every request.
     ``include_path`` adds directories of task YAMLs; ``limit`` caps documents per task (a
     float < 1 is a fraction). Returns ``{task: {metric: value}}`` with ``<metric>_stderr``
     and ``n_samples``; groups (e.g. ``mmlu``) appear with each of their subtasks.
 
     >>> base = lm_eval_scores(host, ["mmlu"], limit=20)  # doctest: +SKIP
-    >>> power = [EditSpec(nmap["power"], "add", 4.0)]  # doctest: +SKIP
+    >>> power = [nv.make_edit(stats, "power", magnitude=4.0)]  # doctest: +SKIP
     >>> edited = lm_eval_scores(host, ["mmlu"], power, limit=20)  # doctest: +SKIP
     >>> lm_eval_drop(base, edited)["mmlu"]["acc"]  # doctest: +SKIP
     0.0125
@@ -214,9 +231,8 @@ def lm_eval_scores(
     names = [tasks] if isinstance(tasks, str) else list(tasks)
     if not names:
         raise ValueError("no lm-eval tasks given (capability.lm_eval_tasks)")
-    if positions not in POSITIONS:
-        raise KeyError(f"unknown edit positions {positions!r} (edit.positions); valid choices: "
-                       f"{', '.join(POSITIONS)}")
+    if positions is not None:
+        check_positions(positions)
     if any(tuple(s) != (0, n) for s, n in zip(host.neuron_slices, host.layer_sizes)):
         raise ValueError(f"{host.name} is a tensor-parallel shard; lm-eval scoring needs the "
                          "whole model on one host (model.tp_size = 1)")
@@ -233,9 +249,12 @@ def lm_eval_scores(
         built = _load_tasks(manager, names)
         lm = _host_lm_class()(host, batch_size)
         with ExitStack() as stack:
-            for spec in edit or ():
-                lm.editors.append(stack.enter_context(
-                    edit_rows(host, [spec], torch.zeros(1, dtype=torch.long), positions)))
+            for e in edit or ():
+                editor = type(e).install(host, [e], torch.zeros(1, dtype=torch.long),
+                                         positions or e.positions or "all")
+                stack.callback(editor.remove)
+                lm.editors.append(editor)
+            lm.prefix = "".join(e.prefix for e in edit or ())
             out = lm_eval.simple_evaluate(lm, tasks=built, task_manager=manager, limit=limit,
                                           num_fewshot=num_fewshot, log_samples=False)
     return _flatten(out["results"], out.get("n-samples", {}))

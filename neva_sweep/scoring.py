@@ -1,8 +1,9 @@
 """Batched scoring primitives shared by the judges and the capability measures.
 
-Every function takes ``edits``: a sequence of G edits (:class:`EditSpec`, or None for the
-unedited model). The n items are tiled into n x G rows, row (i, g) carrying edit g, so
-several sweep trials share one forward pass (the edit hooks pick each row's edit).
+Every function takes ``edits``: a sequence of G edits of any kind
+(:class:`~neva_sweep.edits.EditKind`), None meaning the unedited model. The n items are
+tiled into n x G rows, row (i, g) carrying edit g, so several sweep trials share one
+forward pass (the edit hooks pick each row's edit).
 Results come back as arrays with a leading G axis.
 
 Sequences are left-padded by hand with explicit ``position_ids``: every row then ends at
@@ -18,10 +19,11 @@ from contextlib import contextmanager
 
 import torch
 
-from .edit import Editor, EditSpec
+from .edit import RowEditor
+from .edits import EditKind
 from .models.host import ModelHost
 
-Edits = Sequence[object | None]  # EditSpec, ResidualSpec or PromptSpec; None = unedited
+Edits = Sequence[EditKind | None]  # None = unedited
 
 
 def model_accepts(host: ModelHost, name: str) -> bool:
@@ -50,24 +52,22 @@ def encode(host: ModelHost, text: str, special: bool = True, max_length: int | N
 class EditGroup:
     """G edits of any kind installed at once; each batch row picks one (or none).
 
-    Neuron edits (:class:`EditSpec`) and residual edits (:class:`ResidualSpec`) are hooks;
-    prompt edits (:class:`PromptSpec`) are token prefixes that the scoring functions
-    prepend to the edited rows' sequences.
+    Each kind installs its own edits (``type(e).install``, one editor per kind, with the
+    kind's edits indexed locally); ``prefixes[g]`` are the token ids of edit g's
+    ``prefix`` (prompt edits), which the scoring functions prepend to its rows' sequences.
     """
 
     def __init__(self, host: ModelHost, edits: Edits, positions: str):
-        from .caa import PromptSpec, ResidualEditor, ResidualSpec
-
-        self.editors = []  # (editor, local group of every edit or -1)
-        for kind, cls in ((EditSpec, Editor), (ResidualSpec, ResidualEditor)):
-            if any(isinstance(e, kind) for e in edits):
-                local, k = [], 0
-                for e in edits:
-                    local.append(k if isinstance(e, kind) else -1)
-                    k += isinstance(e, kind)
-                mine = [e for e in edits if isinstance(e, kind)]
-                self.editors.append((cls(host, mine, torch.full((1,), -1), positions), local))
-        self.prefixes = [encode(host, e.text, special=False) if isinstance(e, PromptSpec)
+        self.editors: list[tuple[RowEditor, list[int]]] = []  # (editor, local group or -1)
+        for kind in dict.fromkeys(type(e) for e in edits if e is not None):
+            local, mine = [], []
+            for e in edits:
+                local.append(len(mine) if type(e) is kind else -1)
+                if type(e) is kind:
+                    mine.append(e)
+            self.editors.append((kind.install(host, mine, torch.full((1,), -1), positions),
+                                 local))
+        self.prefixes = [encode(host, e.prefix, special=False) if e is not None and e.prefix
                          else [] for e in edits]
 
     def set_rows(self, groups: list[int]) -> None:

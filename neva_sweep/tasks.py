@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .capability import CapabilityConfig
 from .data import load_probes
-from .edit import EditSpec
-from .evaluate import Evaluator, describe_edit
+from .edit import NeuronEdit
+from .edits import EditKind
+from .evaluate import Evaluator
 from .judges import JudgeConfig
 from .models.host import ModelHost, load_model
 from .registry import Registry
@@ -85,9 +86,10 @@ def side_by_side(left: str, right: str, titles: tuple[str, str]) -> str:
     return "\n".join(f"{x:<{width}} | {y}" for x, y in zip(a, b))
 
 
-def best_edit(cfg: DictConfig) -> tuple[dict, ModelHost, EditSpec]:
+def best_edit(cfg: DictConfig) -> tuple[dict, ModelHost, EditKind]:
     """The edit chosen by a sweep (``best_edits=<run dir>/best_edits.json``), the host of its
-    model and its EditSpec; ``value=`` (and ``model=`` when several match) picks the entry."""
+    model and the edit (any kind, carrying its positions); ``value=`` (and ``model=`` when
+    several match) picks the entry."""
     from .sweep.outputs import best_edit_spec, load_best_edit
     from .sweep.plan import model_label
 
@@ -105,23 +107,20 @@ def steer(cfg: DictConfig, out: Path) -> None:
     """Greedy replies to ``prompt``, unedited and edited toward ``value``, side by side."""
     if cfg.best_edits:
         entry, host, spec = best_edit(cfg)
-        value, positions = entry["value"], entry.get("positions", "all")
+        value, positions = entry["value"], spec.positions or "all"
     else:
         value = edit_value(cfg)
         host = host_from_config(cfg)
         nmap: NeuronMap = select_neurons(stats_from_config(cfg, host), value,
                                          **selection_kwargs(cfg))
-        spec = EditSpec(nmap[value], cfg.edit.rule, float(cfg.edit.magnitude))
+        spec = NeuronEdit(nmap[value], cfg.edit.rule, float(cfg.edit.magnitude),
+                          cfg.edit.positions)
         positions = cfg.edit.positions
     base, edited = (r[0] for r in greedy_generate(host, [host.chat_prompt(cfg.prompt)],
                                                     [None, spec], positions,
                                                     cfg.max_new_tokens))
     print(f"prompt: {cfg.prompt}\n")
-    about = describe_edit(spec)
-    detail = {"neurons": lambda d: f"{d['n_neurons']} neurons, {d['rule']} x{d['magnitude']:g}",
-              "residual": lambda d: f"CAA on layers {d['layers']}, x{d['coefficient']:g}",
-              "prompt": lambda d: "prompt prefix"}[about["kind"]](about)
-    title = f"edited toward {value} ({detail})"
+    title = f"edited toward {value} ({spec.title()})"
     print(side_by_side(base, edited, ("unedited", title)))
 
 
@@ -187,8 +186,7 @@ def evaluate_config(cfg: DictConfig, host: ModelHost | None = None) -> dict:
     if value is not None:  # the judge's null sets the floor on NLR's denominator
         evaluator.null(stats_from_config(cfg, host), progress=cfg.progress)
     if entry is not None:
-        positions = entry.get("positions") or entry["params"].get("positions", "all")
-        rec = evaluator.evaluate_one(value, best, positions)
+        rec = evaluator.evaluate_one(value, best, best.positions or "all")
         rec["edit"].update(method=entry["method"], params=entry["params"],
                            best_edits=str(cfg.best_edits))
         specs = [best]
@@ -197,7 +195,8 @@ def evaluate_config(cfg: DictConfig, host: ModelHost | None = None) -> dict:
         specs = None
     else:
         nmap = select_neurons(stats_from_config(cfg, host), value, **selection_kwargs(cfg))
-        spec = EditSpec(nmap[value], cfg.edit.rule, float(cfg.edit.magnitude))
+        spec = NeuronEdit(nmap[value], cfg.edit.rule, float(cfg.edit.magnitude),
+                          cfg.edit.positions)
         rec = evaluator.evaluate_one(value, spec, cfg.edit.positions)
         rec["edit"].update(sparsity=float(cfg.edit.sparsity), score=cfg.edit.score,
                            layer_window=selection_kwargs(cfg)["layer_window"])
@@ -210,9 +209,8 @@ def evaluate_config(cfg: DictConfig, host: ModelHost | None = None) -> dict:
                   batch_size=cap.batch_size)
         base = lm_eval_scores(host, list(cap.lm_eval_tasks), **kw)
         rec["lm_eval_base"] = base
-        if specs:
-            edited = lm_eval_scores(host, list(cap.lm_eval_tasks), edit=specs,
-                                    positions=cfg.edit.positions, **kw)
+        if specs:  # any kind of edit, at its own positions
+            edited = lm_eval_scores(host, list(cap.lm_eval_tasks), edit=specs, **kw)
             rec["lm_eval_edited"], rec["lm_eval_drop"] = edited, lm_eval_drop(base, edited)
     rec["model"] = host.name
     rec["duration_s"] = time.time() - t0

@@ -101,3 +101,13 @@ def test_prompt_prefix_changes_only_edited_rows(tiny_host) -> None:
     assert "tradition" in prompt_spec("tradition", 1).text.lower()
     with pytest.raises(ValueError, match="strength"):
         prompt_spec("tradition", 9)
+
+
+def test_former_names_are_the_edit_kinds() -> None:
+    """Scripts that import the former names keep working."""
+    from neva_sweep import caa, prompting
+
+    assert nv.EditSpec is nv.NeuronEdit and caa.ResidualSpec is nv.ResidualEdit
+    assert caa.PromptSpec is prompting.PromptEdit is nv.PromptEdit
+    assert caa.caa_spec is caa.caa_edit and caa.prompt_spec is prompting.prompt_edit
+    assert prompt_spec("power", 0) == nv.PromptEdit("")

@@ -1,11 +1,17 @@
-"""Edit contract, parametrised over every rule and position mode."""
+"""Edit contract, parametrised over every rule and position mode, and over every edit kind."""
+
+import json
 
 import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.edit import POSITIONS, RULES, EditSpec, edit_rows
+from neva_sweep.caa import caa_edit
+from neva_sweep.edit import POSITIONS, RULES, EditSpec, NeuronEdit, edit_rows
+from neva_sweep.prompting import PromptEdit, prompt_edit
+from neva_sweep.scoring import next_token_logprobs
 from tests.conftest import capture_site_inputs
+from tests.test_methods import same
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +44,13 @@ def test_edit_changes_only_selected_neurons(tiny_host, nmap, batch, rule):
             assert not changed[:, ~selected].any()
         if selected.any() and rule != "set":
             assert changed[:, selected].any()
-    # Layer 0 selected neurons follow the rule exactly.
+    # Layer 0 selected neurons follow the rule's a' = max(a * (1 + s) + b, f) exactly.
     sel0 = vn.layer == 0
     idx = vn.index[sel0]
     a = before[0][..., idx]
-    b = after[0][..., idx]
-    if rule == "add":
-        torch.testing.assert_close(b, a + 3.0 * vn.mean_diff[sel0])
-    elif rule == "scale":
-        torch.testing.assert_close(b, a * 4.0)
-    else:
-        torch.testing.assert_close(b, torch.maximum(a, 3.0 * vn.quantile[sel0]))
+    s, b, f = NeuronEdit(vn, rule, 3.0).coefficients()
+    torch.testing.assert_close(after[0][..., idx],
+                               torch.maximum(a * (1 + s[sel0]) + b[sel0], f[sel0]))
 
 
 def test_response_positions_edit_last_prompt_token_and_generation(tiny_host, nmap):
@@ -115,3 +117,117 @@ def test_default_edit_and_errors(tiny_host, nmap, batch):
     with pytest.raises(ValueError, match="built for another model"):
         with nv.edit(other, nmap, value="power"):
             pass
+
+
+# -- the contract of every edit kind (neurons, residual vectors, prompt prefixes) -------------
+KIND_PROMPTS = ["I help my friends.", "Rules keep order.", "Plain text."]
+KIND_CANDIDATES = torch.arange(128)
+
+
+def _kinds(stats, nmap) -> dict[str, tuple]:
+    """Per kind: (edit of strength x, rebuild(describe(), edit) -> an equal edit)."""
+    return {
+        "neurons": (lambda x: NeuronEdit(nmap["power"], "add", x, "all"),
+                    lambda d, e: NeuronEdit(e.neurons, d["rule"], d["magnitude"], e.positions)),
+        "residual": (lambda x: caa_edit(stats, "power", [1], x, "all"),
+                     lambda d, e: caa_edit(stats, "power", d["layers"], d["coefficient"],
+                                           e.positions)),
+        "prompt": (lambda x: prompt_edit("power", int(x)) if x else PromptEdit(""),
+                   lambda d, e: PromptEdit(d["prefix"])),
+    }
+
+
+KINDS = ("neurons", "residual", "prompt")
+
+
+def n_hooks(host) -> int:
+    """Forward hooks of every module (transformers may keep its own: compare counts)."""
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in host.model.modules())
+
+
+def test_every_edit_kind_is_covered(tiny_stats, nmap):
+    kinds = _kinds(tiny_stats, nmap)
+    assert set(kinds) == set(KINDS)
+    assert {kinds[k][0](3).kind for k in KINDS} == set(KINDS)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_edit_kind_contract(kind, tiny_host, tiny_stats, nmap):
+    make, rebuild = _kinds(tiny_stats, nmap)[kind]
+    strong, zero, other = make(3), make(0), make(2)
+
+    # Size, title, description: JSON-able, and enough to rebuild the edit.
+    assert strong.n_neurons == (len(nmap["power"]) if kind == "neurons" else 0)
+    assert strong.title() and "\n" not in strong.title()
+    about = json.loads(json.dumps(strong.describe()))
+    assert about == strong.describe() and about["kind"] == kind
+    assert same(rebuild(about, strong), strong)
+
+    # Installs its hooks (prompt edits have none) and removes them on exit.
+    before = n_hooks(tiny_host)
+    with nv.apply(tiny_host, strong) as group:
+        assert (n_hooks(tiny_host) > before) == (kind != "prompt")
+        assert group.prefixes == [tiny_host.tokenizer(strong.prefix,
+                                                      add_special_tokens=False).input_ids
+                                  if strong.prefix else []]
+    assert n_hooks(tiny_host) == before
+
+    # Strength 0 (an empty prompt) is bitwise the unedited model; a strong edit is not.
+    base = next_token_logprobs(tiny_host, KIND_PROMPTS, KIND_CANDIDATES, [None])[0]
+    z = next_token_logprobs(tiny_host, KIND_PROMPTS, KIND_CANDIDATES, [zero])[0]
+    s = next_token_logprobs(tiny_host, KIND_PROMPTS, KIND_CANDIDATES, [strong])[0]
+    assert torch.equal(z, base)
+    assert (s - base).abs().max() > 1e-4
+    batch = tiny_host.tokenize(KIND_PROMPTS)
+    plain = tiny_host.model(**batch).logits
+    with nv.apply(tiny_host, zero):
+        assert torch.equal(tiny_host.model(**batch).logits, plain)
+
+    # Per-row groups: several edits of the kind (and none) in one batch, as one by one.
+    together = next_token_logprobs(tiny_host, KIND_PROMPTS, KIND_CANDIDATES,
+                                   [strong, None, other])
+    for g, e in enumerate([strong, None, other]):
+        alone = next_token_logprobs(tiny_host, KIND_PROMPTS, KIND_CANDIDATES, [e])[0]
+        torch.testing.assert_close(together[g], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_apply_removes_hooks_after_exception(kind, tiny_host, tiny_stats, nmap):
+    edit = _kinds(tiny_stats, nmap)[kind][0](3)
+    before = n_hooks(tiny_host)
+    with pytest.raises(RuntimeError, match="boom"):
+        with nv.apply(tiny_host, edit):
+            raise RuntimeError("boom")
+    assert n_hooks(tiny_host) == before
+
+
+def test_apply_positions_default_to_the_edit_s_own(tiny_host, nmap):
+    enc = tiny_host.tokenize(["first prompt here", "second"], padding_side="left")
+    layer = int(nmap["power"].layer[0])
+    before = capture_site_inputs(tiny_host, lambda: tiny_host.model(**enc))
+    response = NeuronEdit(nmap["power"], "scale", 5.0, "response")
+    for positions, only_last in ((None, True), ("all", False)):
+        with nv.apply(tiny_host, response, positions):
+            after = capture_site_inputs(tiny_host, lambda: tiny_host.model(**enc))
+        diff = (before[layer] != after[layer]).any(-1)  # (B, S)
+        assert diff[:, -1].all() and diff[:, :-1].any() != only_last
+    with nv.apply(tiny_host, NeuronEdit(nmap["power"], "scale", 5.0)) as group:
+        assert group.editors[0][0].positions == "all"  # no positions of its own: all
+
+
+def test_rules_are_a_registry_with_their_formula(nmap):
+    vn = nmap["power"]
+    for rule in RULES:
+        s, b, f = NeuronEdit(vn, rule, 2.0).coefficients()
+        assert s.shape == b.shape == f.shape == (len(vn),)
+    neg_inf = torch.full((len(vn),), -torch.inf)
+    zero = torch.zeros(len(vn))
+    expected = {"add": (zero, 2.0 * vn.mean_diff.float(), neg_inf),  # a += 2 (mu_t - mu_rest)
+                "scale": (torch.full((len(vn),), 2.0), zero, neg_inf),  # a *= 1 + 2
+                "set": (zero, zero, 2.0 * vn.quantile.float())}  # a = max(a, 2 q_t)
+    assert set(expected) == set(RULES)  # every registered rule has its formula checked
+    for rule, coef in expected.items():
+        assert all(torch.equal(x, y) for x, y in zip(RULES[rule](vn, 2.0), coef)), rule
+    with pytest.raises(KeyError, match=r"unknown edit rule 'shift' \(edit.rule\); valid "
+                                       r"choices: add, scale, set"):
+        NeuronEdit(vn, "shift")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import sys
@@ -11,8 +12,11 @@ import pytest
 import torch
 
 import neva_sweep as nv
+from neva_sweep.caa import caa_edit
 from neva_sweep.edit import Editor
 from neva_sweep.lm_eval_adapter import N_SAMPLES, lm_eval_drop, lm_eval_scores
+from neva_sweep.prompting import prompt_edit
+from tests.test_edit import n_hooks
 
 TASK_DIR = Path(__file__).parent / "lm_eval_task"
 TASK = "neva_general_knowledge"
@@ -57,8 +61,12 @@ def base(tiny_host, task_dir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def power(tiny_host) -> nv.ValueNeurons:
-    stats = nv.collect_stats(tiny_host, nv.load_probes().shard(0, 4), progress=False)
+def stats(tiny_host) -> nv.NeuronStats:
+    return nv.collect_stats(tiny_host, nv.load_probes().shard(0, 4), progress=False)
+
+
+@pytest.fixture(scope="module")
+def power(stats) -> nv.ValueNeurons:
     return nv.select_neurons(stats, value="power", sparsity=0.2)["power"]
 
 
@@ -116,6 +124,63 @@ def test_response_positions_start_at_the_last_context_token(tiny_host, task_dir,
                    include_path=task_dir, limit=3)
     assert seen and all(start is not None for start, _ in seen)
     assert all(1 <= int(start.min()) and int(start.max()) <= seq for start, seq in seen)
+
+
+def test_an_edit_s_own_positions_are_used(tiny_host, task_dir, power, strong):
+    own = nv.NeuronEdit(power, "scale", 50.0, "response")
+    assert lm_eval_scores(tiny_host, [TASK], [own], include_path=task_dir) == strong["response"]
+
+
+@pytest.mark.parametrize("kind", ["residual", "prompt"])
+def test_residual_and_prompt_edits(kind, tiny_host, task_dir, base, stats):
+    """Steering vectors are hooks, a prompt is a prefix to every request: strength 0 (an
+    empty prompt) gives the base scores, a strong edit other ones."""
+    zero, strong = {"residual": (caa_edit(stats, "power", [1], 0.0),
+                                 caa_edit(stats, "power", [1], 8.0)),
+                    "prompt": (nv.PromptEdit(""), prompt_edit("power", 3))}[kind]
+    hooks = n_hooks(tiny_host)
+    assert lm_eval_scores(tiny_host, [TASK], [zero], include_path=task_dir) == base
+    edited = lm_eval_scores(tiny_host, [TASK], [strong], include_path=task_dir)
+    assert abs(lm_eval_drop(base, edited)[TASK]["brier_score"]) > 1e-4
+    assert n_hooks(tiny_host) == hooks  # removed again
+
+
+def test_evaluate_with_a_caa_best_edit_scores_lm_eval_with_it(tiny_host, task_dir, tmp_path,
+                                                              monkeypatch):
+    """task=evaluate best_edits=... with a steering-vector edit, lm-eval tasks included: the
+    lm-eval side runs the chosen edit at its own positions."""
+    from omegaconf import OmegaConf
+
+    from neva_sweep import tasks
+    from tests.conftest import compose_config
+
+    monkeypatch.setattr(tasks, "load_model", lambda cfg: tiny_host)  # the entry's model
+
+    probes = Path(nv.data.__file__).with_name("data") / "probes.jsonl"
+    rows, per_value = [], {}
+    for line in probes.read_text().splitlines():  # three identify probes per value: fast
+        row = json.loads(line)
+        if row["split"] == "identify" and per_value.get(row["value"], 0) < 3:
+            per_value[row["value"]] = per_value.get(row["value"], 0) + 1
+            rows.append(line)
+    (tmp_path / "probes.jsonl").write_text("\n".join(rows) + "\n")
+    fast = ["model=tiny_llama", f"cache_dir={tmp_path / 'cache'}", "progress=false",
+            f"data.probes={tmp_path / 'probes.jsonl'}",
+            "judge.n_boot=50", "judge.scenarios_limit=4", "judge.null_edits=2",
+            "capability.mc_limit=4", "capability.neutral_limit=2",
+            "capability.fluency_queries=0", f"capability.lm_eval_include={task_dir}",
+            f"capability.lm_eval_tasks=[{TASK}]", "capability.lm_eval_limit=4"]
+    cfg = compose_config(*fast)
+    params = {"layer_frac": 1.0, "n_layers": 1, "coefficient": 8.0, "positions": "response"}
+    entry = {"model": "tiny-llama", "model_config": OmegaConf.to_container(cfg.model),
+             "value": "power", "method": "caa", "params": params, **params}
+    best = tmp_path / "best_edits.json"
+    best.write_text(json.dumps({"edits": [entry]}))
+    rec = tasks.evaluate_config(compose_config(*fast, f"best_edits={best}"))
+    assert rec["edit"]["kind"] == "residual" and rec["edit"]["positions"] == "response"
+    assert rec["edit"]["layers"] == [1] and rec["edit"]["method"] == "caa"
+    assert rec["lm_eval_edited"][TASK][N_SAMPLES] == 4
+    assert rec["lm_eval_edited"] != rec["lm_eval_base"]
 
 
 def test_unknown_task_raises_keyerror(tiny_host, task_dir):

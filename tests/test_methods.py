@@ -11,7 +11,7 @@ import neva_sweep as nv
 from neva_sweep.caa import PromptSpec, ResidualSpec
 from neva_sweep.edit import EditSpec
 from neva_sweep.scoring import next_token_logprobs
-from neva_sweep.sweep import METHODS
+from neva_sweep.sweep import METHODS, best_edit_spec
 
 # Per method: parameters of a strong edit, and the key that sets its strength to zero.
 PARAMS = {
@@ -96,3 +96,58 @@ def test_caa_layer_fraction_maps_onto_depth(tiny_stats) -> None:
     first = build(tiny_stats, "power", {**PARAMS["caa"][0], "layer_frac": 0.0})
     last = build(tiny_stats, "power", {**PARAMS["caa"][0], "layer_frac": 1.0, "n_layers": 3})
     assert first.layers == (0,) and last.layers == (nv.load_model("tiny-llama").n_layers - 1,)
+
+
+# -- nv.make_edit: every method, with its documented defaults or given parameters -----------
+DEFAULTS = {
+    "neva": {"sparsity": 2e-3, "magnitude": 4.0, "rule": "add", "score": "mean_diff",
+             "positions": "all", "layer_window": "all"},
+    "random_neurons": {"sparsity": 2e-3, "magnitude": 4.0, "rule": "add", "positions": "all",
+                       "layer_window": "all", "seed": 0},
+    "caa": {"layer_frac": 0.5, "n_layers": 1, "coefficient": 2.0, "positions": "all"},
+    "prompt": {"strength": 3, "positions": "all"},
+}
+
+
+def test_documented_defaults() -> None:
+    assert {name: METHODS[name].defaults for name in METHODS} == DEFAULTS
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_make_edit_with_defaults_and_with_params(name, tiny_stats) -> None:
+    method = METHODS[name]
+    default = nv.make_edit(tiny_stats, "power", name)
+    assert same(default, method.build(tiny_stats, "power", DEFAULTS[name]))
+    params, knob = PARAMS[name]
+    given = nv.make_edit(tiny_stats, "power", name, **params)
+    assert same(given, method.build(tiny_stats, "power", params))
+    one = {knob: params[knob]}  # one parameter given, the rest defaults
+    assert same(nv.make_edit(tiny_stats, "power", name, **one),
+                method.build(tiny_stats, "power", {**DEFAULTS[name], **one}))
+    assert given.positions in ("all", None) and given.describe()["kind"] == given.kind
+
+
+def test_make_edit_errors_name_what_is_valid(tiny_stats) -> None:
+    with pytest.raises(TypeError, match="magnitud .*'neva'.*valid: sparsity, magnitude"):
+        nv.make_edit(tiny_stats, "power", magnitud=3.0)
+    with pytest.raises(KeyError, match="unknown method 'steer'; valid choices: neva"):
+        nv.make_edit(tiny_stats, "power", "steer")
+    with pytest.raises(KeyError, match="kindness"):
+        nv.make_edit(tiny_stats, "kindness")
+    neva = nv.make_edit(tiny_stats, "power", layer_window=[1, 2], sparsity=0.05)
+    assert set(neva.neurons.layer.tolist()) == {1}  # a [start, stop) list works too
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_best_edit_entries_rebuild_with_defaults_for_absent_params(name, tiny_stats, tmp_path
+                                                                    ) -> None:
+    """An older best_edits.json entry that lacks some parameters still loads."""
+    params, knob = PARAMS[name]
+    entry = {"model": "tiny-llama", "value": "power", "method": name,
+             "params": {knob: params[knob]}}
+    edit = best_edit_spec(entry, stats=lambda: tiny_stats)
+    assert same(edit, nv.make_edit(tiny_stats, "power", name, **entry["params"]))
+    if edit.n_neurons:  # from the saved neurons, without statistics
+        path = tmp_path / "power.safetensors"
+        nv.NeuronMap({"power": edit.neurons}, list(tiny_stats.layer_sizes)).save(path)
+        assert same(best_edit_spec({**entry, "neurons": str(path)}), edit)

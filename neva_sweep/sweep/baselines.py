@@ -7,28 +7,33 @@
   searched over the layer (as a fraction of depth, so one space fits every model), the
   number of consecutive layers and the coefficient.
 - ``prompt``: a prefix asking the model to prioritise the value, at one of three
-  strengths (the no-internals baseline).
+  strengths (the no-internals baseline; neva_sweep/prompting.py).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
-
-from ..caa import PromptSpec, ResidualSpec, caa_spec, prompt_spec
-from ..config import SearchSpace
-from ..edit import EditSpec
+from ..caa import ResidualEdit, caa_edit
+from ..edit import NeuronEdit
+from ..prompting import DEFAULT_STRENGTH, PromptEdit, prompt_edit
 from ..select import random_neurons
 from ..stats import NeuronStats
 from .methods import METHODS, NeVA, choose, parse_window
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ..config import SearchSpace
 
 
 class RandomNeurons(NeVA):
     """NeVA's count, rule and magnitude on uniformly drawn neurons."""
 
     name = "random_neurons"
+    defaults: dict[str, Any] = {**{k: v for k, v in NeVA.defaults.items() if k != "score"},
+                                "seed": 0}
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         params = super().suggest(trial, space)
@@ -36,17 +41,24 @@ class RandomNeurons(NeVA):
         params["seed"] = int(trial.number)  # recorded, so the edit can be rebuilt
         return params
 
-    def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> EditSpec:
+    def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> NeuronEdit:
         k = math.ceil(float(params["sparsity"]) * stats.n_neurons)
         neurons = random_neurons(stats, value, k, seed=int(params["seed"]),
                                  layer_window=parse_window(params["layer_window"]))
-        return EditSpec(neurons, params["rule"], float(params["magnitude"]))
+        return NeuronEdit(neurons, params["rule"], float(params["magnitude"]),
+                          params.get("positions"))
 
 
 class CAA:
-    """Residual-stream steering vectors (mean difference of value vs rest activations)."""
+    """Residual-stream steering vectors (mean difference of value vs rest activations).
+
+    Defaults: one layer at the middle of the depth, coefficient 2 (inside the searched
+    range; a starting point, not a tuned value).
+    """
 
     name = "caa"
+    defaults: dict[str, Any] = {"layer_frac": 0.5, "n_layers": 1, "coefficient": 2.0,
+                                "positions": "all"}
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         return {
@@ -56,24 +68,26 @@ class CAA:
             "positions": choose(trial, "positions", list(space.positions)),
         }
 
-    def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> ResidualSpec:
+    def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> ResidualEdit:
         n = len(stats.layer_sizes)
         first = min(n - 1, max(0, round(float(params["layer_frac"]) * (n - 1))))
         layers = list(range(first, min(n, first + int(params["n_layers"]))))
-        return caa_spec(stats, value, layers, float(params["coefficient"]))
+        return caa_edit(stats, value, layers, float(params["coefficient"]),
+                        params.get("positions"))
 
 
 class Prompt:
     """A system-style prefix asking the model to put the value first."""
 
     name = "prompt"
+    defaults: dict[str, Any] = {"strength": DEFAULT_STRENGTH, "positions": "all"}
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         return {"strength": choose(trial, "strength", list(space.prompt_strengths)),
                 "positions": "all"}
 
-    def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> PromptSpec:
-        return prompt_spec(value, int(params["strength"]))
+    def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> PromptEdit:
+        return prompt_edit(value, int(params["strength"]))
 
 
 METHODS.register("random_neurons", RandomNeurons())

@@ -3,33 +3,39 @@
 A method has two halves that run in different processes:
 
 - ``suggest(trial, space)`` on the driver: draws the trial's parameters from Optuna;
-- ``build(stats, value, params)`` on the model's actors: turns them into an
-  :class:`~neva_sweep.edit.EditSpec` for the shared, trial-batched evaluation.
+- ``build(stats, value, params)`` on the model's actors: turns them into an edit (an
+  :class:`~neva_sweep.edits.EditKind`) for the shared, trial-batched evaluation.
 
 Parameters are a plain JSON-able dict (they are stored as Optuna params and written to
 trials.csv and best_edits.json); ``params["positions"]`` says where the edit applies.
+``defaults`` holds every parameter of the method with its documented default, which
+:func:`neva_sweep.make_edit` fills in for absent ones.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import optuna
-
-from ..config import SearchSpace
-from ..edit import EditSpec
+from ..edit import DEFAULT_MAGNITUDE, DEFAULT_RULE, NeuronEdit
+from ..edits import EditKind
 from ..registry import Registry
-from ..select import select_neurons
+from ..select import DEFAULT_SCORE, DEFAULT_SPARSITY, select_neurons
 from ..stats import NeuronStats
+
+if TYPE_CHECKING:  # optuna and the config schema load with the sweep, not with the API
+    import optuna
+
+    from ..config import SearchSpace
 
 
 class Method(Protocol):
     name: str
+    defaults: dict[str, Any]  # every parameter, with its default
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         """The trial's parameters (``trial.suggest_*`` for searched ones)."""
 
-    def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> EditSpec:
+    def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> EditKind:
         """The edit toward ``value`` that ``params`` describe."""
 
 
@@ -45,22 +51,27 @@ def window_label(window: list[int] | None) -> str:
     return "all" if window is None else f"{window[0]}-{window[1]}"
 
 
-def parse_window(label: str | None) -> list[int] | None:
-    """Inverse of :func:`window_label`.
+def parse_window(label: str | list[int] | None) -> list[int] | None:
+    """Inverse of :func:`window_label` (a ``[start, stop]`` list passes through).
 
-    >>> parse_window("10-30"), parse_window("all")
-    ([10, 30], None)
+    >>> parse_window("10-30"), parse_window("all"), parse_window([2, 4])
+    ([10, 30], None, [2, 4])
     """
     if label in (None, "all"):
         return None
+    if isinstance(label, list | tuple):
+        return [int(label[0]), int(label[1])]
     start, stop = label.split("-")
     return [int(start), int(stop)]
 
 
 class NeVA:
-    """Top-k value neurons by a specificity score, edited with one rule (DESIGN.md 3)."""
+    """Top-k value neurons by a specificity score, edited with one rule."""
 
     name = "neva"
+    defaults: dict[str, Any] = {"sparsity": DEFAULT_SPARSITY, "magnitude": DEFAULT_MAGNITUDE,
+                                "rule": DEFAULT_RULE, "score": DEFAULT_SCORE,
+                                "positions": "all", "layer_window": "all"}
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         windows = [window_label(w) for w in (space.layer_windows or [None])]
@@ -73,10 +84,11 @@ class NeVA:
             "layer_window": choose(trial, "layer_window", windows),
         }
 
-    def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> EditSpec:
+    def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> NeuronEdit:
         nmap = select_neurons(stats, value, sparsity=params["sparsity"], score=params["score"],
                               layer_window=parse_window(params["layer_window"]))
-        return EditSpec(nmap[value], params["rule"], float(params["magnitude"]))
+        return NeuronEdit(nmap[value], params["rule"], float(params["magnitude"]),
+                          params.get("positions"))
 
 
 METHODS: Registry[Method] = Registry("method")

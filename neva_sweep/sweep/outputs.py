@@ -28,7 +28,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from ..edit import EditSpec
+from ..edit import NeuronEdit
+from ..edits import EditKind
 from ..select import NeuronMap
 from ..stats import NeuronStats
 from .front import (
@@ -173,11 +174,11 @@ class Outputs:
         stats = self.stats.get(s.key.model)
         if stats is None:
             return None
-        spec = METHODS[s.key.method].build(stats, s.key.value, params)
-        if not isinstance(spec, EditSpec):  # not a neuron edit (e.g. a residual vector)
+        edit = METHODS[s.key.method].build(stats, s.key.value, params)
+        if edit.n_neurons == 0:  # no neurons to save (e.g. steering vectors, a prompt)
             return None
         meta = {"trial": t.number, "study": s.key.name(self.search.study_prefix), **params}
-        NeuronMap({s.key.value: spec.neurons}, list(stats.layer_sizes), meta).save(path)
+        NeuronMap({s.key.value: edit.neurons}, list(stats.layer_sizes), meta).save(path)
         return path
 
 
@@ -211,14 +212,17 @@ def load_best_edit(path: str | Path, value: str | None = None, model: str | None
 
 
 def best_edit_spec(entry: dict[str, Any], stats: Callable[[], NeuronStats] | None = None
-                   ) -> EditSpec:
-    """The :class:`EditSpec` of a best_edits entry: from its saved neurons, else rebuilt
-    from statistics (``stats()`` is called only then)."""
-    value, params = entry["value"], entry["params"]
+                   ) -> EditKind:
+    """The edit of a best_edits entry: a neuron edit from its saved neurons, else rebuilt
+    from statistics (``stats()`` is called only then). Parameters an older entry lacks take
+    the method's defaults (``METHODS[method].defaults``)."""
+    value, method = entry["value"], entry["method"]
+    params = {**METHODS[method].defaults, **entry["params"]}
     if entry.get("neurons") and Path(entry["neurons"]).is_file():
         neurons = NeuronMap.load(entry["neurons"])[value]
-        return EditSpec(neurons, params.get("rule", "add"), float(params["magnitude"]))
+        return NeuronEdit(neurons, params["rule"], float(params["magnitude"]),
+                          params.get("positions"))
     if stats is None:
         raise FileNotFoundError(f"best_edits: the neurons file of {entry['model']}/{value} is "
                                 "missing and no statistics were given to rebuild the edit")
-    return METHODS[entry["method"]].build(stats(), value, params)
+    return METHODS[method].build(stats(), value, params)

@@ -1,0 +1,99 @@
+"""Edits of every kind behind one interface: :class:`EditKind`, :func:`make_edit`, :func:`apply`.
+
+An edit kind is a small frozen dataclass that carries its own behaviour, so that scoring,
+evaluation records, ``task=steer``, sweep outputs and lm-eval never switch on its type:
+
+- ``install(host, edits, row_groups, positions)`` (classmethod): hooks for G edits of the
+  kind on ``host``, row b of a batch taking edit ``row_groups[b]`` (-1 = none); returns a
+  :class:`~neva_sweep.edit.RowEditor` (``set_rows``, ``response_start``, ``remove``);
+- ``prefix``: text prepended, as tokens, to every sequence of the edited rows ("" = none);
+- ``describe()``: the JSON-able record of the edit (``kind`` plus its own fields), and
+  ``title()``: one line for people;
+- ``n_neurons``: how many MLP neurons it edits (0 for other kinds);
+- ``positions``: where it was meant to apply, or None.
+
+The kinds: :class:`~neva_sweep.edit.NeuronEdit` (NeVA, random neurons),
+:class:`~neva_sweep.caa.ResidualEdit` (CAA steering vectors) and
+:class:`~neva_sweep.prompting.PromptEdit` (prompt prefixes). Batched scoring installs a
+list of them with :func:`neva_sweep.scoring.grouped`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+
+from .edit import RowEditor
+from .models.host import ModelHost
+
+if TYPE_CHECKING:
+    from .scoring import EditGroup
+    from .stats import NeuronStats
+
+
+class EditKind(Protocol):
+    kind: ClassVar[str]  # "neurons", "residual", "prompt": the ``kind`` of describe()
+
+    @property
+    def positions(self) -> str | None: ...
+
+    @property
+    def prefix(self) -> str: ...
+
+    @property
+    def n_neurons(self) -> int: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def title(self) -> str: ...
+
+    @classmethod
+    def install(cls, host: ModelHost, edits: Sequence[Any], row_groups: torch.Tensor,
+                positions: str = "all") -> RowEditor: ...
+
+
+def make_edit(stats: NeuronStats, value: str, method: str = "neva", **params: Any) -> EditKind:
+    """The edit of ``method`` toward ``value``; absent ``params`` take the method's defaults.
+
+    ``method`` is a name of :data:`neva_sweep.sweep.METHODS` (neva, random_neurons, caa,
+    prompt); ``params`` are that method's sweep parameters (as in trials.csv and
+    best_edits.json), and ``METHODS[method].defaults`` lists them with their defaults.
+
+    >>> import neva_sweep as nv
+    >>> host = nv.load_model("tiny-llama")
+    >>> stats = nv.collect_stats(host, nv.load_probes().shard(0, 2), progress=False)
+    >>> edit = nv.make_edit(stats, "power", "caa", coefficient=1.5, layer_frac=1.0)
+    >>> edit.describe()
+    {'kind': 'residual', 'layers': [1], 'coefficient': 1.5}
+    >>> with nv.apply(host, edit):  # every row edited; hooks removed on exit
+    ...     out = host.model(**host.tokenize(["I help my neighbour."]))
+    """
+    from .sweep.methods import METHODS
+    from .values import check_value
+
+    m = METHODS[method]
+    unknown = sorted(set(params) - set(m.defaults))
+    if unknown:
+        raise TypeError(f"unknown parameter(s) {', '.join(unknown)} of method {method!r}; "
+                        f"valid: {', '.join(m.defaults)}")
+    return m.build(stats, check_value(value), {**m.defaults, **params})
+
+
+@contextmanager
+def apply(host: ModelHost, edit: EditKind, positions: str | None = None
+          ) -> Iterator[EditGroup]:
+    """Install ``edit`` for every row of every batch; hooks are removed on exit.
+
+    ``positions``: ``all`` or ``response``; by default the edit's own positions, else
+    ``all``. A prompt edit installs no hooks: it acts through the token prefix, which the
+    scoring functions of :mod:`neva_sweep.scoring` prepend when given the edit; with a plain
+    ``host.model(...)`` call, prepend ``group.prefixes[0]`` to each sequence's ids.
+    """
+    from .scoring import grouped
+
+    with grouped(host, [edit], positions or edit.positions or "all") as group:
+        group.set_rows([0])  # one row group: every row of any batch
+        yield group
