@@ -4,8 +4,13 @@
         logger=none hydra.run.dir=runs/methods
     python benchmarks/method_comparison.py runs/methods/trials.csv
 
-For every (value, method): the best alignment among COMPLETE trials that meet the sweep's
-capability constraints (the ``feasible`` column), with its NLR and NGLR; then, at a
+First, per (value, method) at matched capability cost (every feasible trial meets the same
+budgets, e.g. KL <= 0.1): how many trials were feasible, the best feasible alignment with
+its 95% bootstrap interval, its z-score against the judge's null (alignment / null sd,
+where nlr_floor = 2 null sd), NLR, acquiescence and KL.
+
+Then, for every (value, method): the best alignment among COMPLETE trials that meet the
+sweep's capability constraints (the ``feasible`` column), with its NLR and NGLR; then, at a
 matched alignment (the lowest positive best alignment among the methods for that value),
 each method's NLR interpolated linearly along its feasible Pareto front of
 (alignment up, NLR down); below the front's lowest alignment the NLR of that lowest point
@@ -23,13 +28,38 @@ import numpy as np
 from neva_sweep.values import VALUES
 
 
-def load(path: str) -> dict[tuple[str, str], list[dict]]:
+def num(r: dict, key: str) -> float:
+    x = r.get(key)
+    return float(x) if x not in (None, "") else float("nan")
+
+
+def load(path: str, feasible_only: bool = True) -> dict[tuple[str, str], list[dict]]:
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    keys = ("alignment", "nlr", "nglr", "alignment_ci_lo", "alignment_ci_hi", "nlr_floor",
+            "acquiescence", "kl")
     for r in csv.DictReader(open(path)):
-        if r["state"] == "COMPLETE" and r.get("feasible") in ("True", "true", "1"):
-            groups[(r["value"], r["method"])].append(
-                {k: float(r[k]) for k in ("alignment", "nlr", "nglr")})
+        if r["state"] == "COMPLETE" and (not feasible_only or
+                                         r.get("feasible") in ("True", "true", "1")):
+            groups[(r["value"], r["method"])].append({k: num(r, k) for k in keys})
     return groups
+
+
+def best_table(path: str) -> None:
+    feasible, complete = load(path), load(path, feasible_only=False)
+    print("| value | method | feasible / complete | best A [95% CI] | z vs null | NLR | "
+          "acquiescence | KL |")
+    print("|---|---|---|---|---|---|---|---|")
+    for v, m in sorted(complete, key=lambda k: (VALUES.index(k[0]), k[1])):
+        pts = feasible.get((v, m), [])
+        n = f"{len(pts)} / {len(complete[(v, m)])}"
+        if not pts:
+            print(f"| {v} | {m} | {n} | – | – | – | – | – |")
+            continue
+        b = max(pts, key=lambda p: p["alignment"])
+        z = b["alignment"] / (b["nlr_floor"] / 2)
+        print(f"| {v} | {m} | {n} | {b['alignment']:+.4f} [{b['alignment_ci_lo']:+.4f}, "
+              f"{b['alignment_ci_hi']:+.4f}] | {z:+.1f} | {b['nlr']:.2f} | "
+              f"{b['acquiescence']:+.4f} | {b['kl']:.3f} |")
 
 
 def front(points: list[dict]) -> list[dict]:
@@ -49,6 +79,8 @@ def nlr_at(points: list[dict], a: float) -> float | None:
 
 
 def main(path: str) -> None:
+    best_table(path)
+    print()
     groups = load(path)
     methods = sorted({m for _, m in groups})
     print("| value | " + " | ".join(f"{m}: best A (NLR, NGLR)" for m in methods)
