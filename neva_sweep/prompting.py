@@ -1,8 +1,9 @@
 """The prompting baseline: a text prefix asking the model to put a value first.
 
-No internals are touched: the prefix is prepended, as tokens, to every sequence the
-edited rows see (prompts, questionnaire items, MC questions, neutral texts), and only
-the original tokens are scored. An empty prefix is the unedited model.
+No internals are touched. In a chat-templated sequence (judge prompts, queries) the text
+becomes the system turn, replacing the template's default one, as a user would instruct
+a chat model; any other sequence (MC questions, neutral texts) gets it prepended as plain
+tokens. Only the original tokens are scored. An empty prompt is the unedited model.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ DEFAULT_STRENGTH = 3
 class PromptEdit:
     """A text prefix asking the model to prioritise a value (the no-internals baseline).
 
-    ``text`` is prepended as it is (with its separator) to every edited sequence.
+    ``text`` is the system turn of chat-templated sequences and is prepended as it is (with
+    its separator) to any other edited sequence.
     """
 
     text: str

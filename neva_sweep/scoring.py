@@ -53,8 +53,8 @@ class EditGroup:
     """G edits of any kind installed at once; each batch row picks one (or none).
 
     Each kind installs its own edits (``type(e).install``, one editor per kind, with the
-    kind's edits indexed locally); ``prefixes[g]`` are the token ids of edit g's
-    ``prefix`` (prompt edits), which the scoring functions prepend to its rows' sequences.
+    kind's edits indexed locally). Edits with a ``prefix`` (prompt edits) change the
+    tokens of their rows, see :meth:`with_prompt`.
     """
 
     def __init__(self, host: ModelHost, edits: Edits, positions: str):
@@ -69,7 +69,26 @@ class EditGroup:
                                  local))
         self.prefixes = [encode(host, e.prefix, special=False) if e is not None and e.prefix
                          else [] for e in edits]
+        # Chat-templated sequences get the prompt as their system turn instead: the token
+        # ids of the template's head (up to the user text) with the default system turn,
+        # and with edit g's prompt as the system turn.
+        self.heads: list[tuple[list[int], list[int]] | None] = [None] * len(edits)
+        if getattr(host.tokenizer, "chat_template", None):
+            mark = "\x00"
+            default = encode(host, host.chat_prompt(mark).split(mark)[0])
+            for g, e in enumerate(edits):
+                if e is not None and e.prefix:
+                    system = host.chat_prompt(mark, system=e.prefix.strip()).split(mark)[0]
+                    self.heads[g] = (default, encode(host, system))
 
+    def with_prompt(self, g: int, ids: list[int]) -> list[int]:
+        """``ids`` as edit g's rows see them: a chat-templated sequence gets edit g's prompt
+        as its system turn (replacing the default one), any other sequence gets the prompt
+        prepended as plain tokens; unchanged for edits without a prompt."""
+        head = self.heads[g]
+        if head is not None and ids[: len(head[0])] == head[0]:
+            return head[1] + ids[len(head[0]):]
+        return self.prefixes[g] + ids
     def set_rows(self, groups: list[int]) -> None:
         for editor, local in self.editors:
             editor.set_rows(torch.tensor([local[g] for g in groups]))
@@ -105,13 +124,15 @@ def _forward(host: ModelHost, seqs: list[list[int]], keep: int, group: EditGroup
              groups: list[int], response_start: list[int] | None = None) -> torch.Tensor:
     """Logits of the last ``keep`` positions of each left-padded row, (B, keep, vocab) float32.
 
-    ``groups[b]``: the edit of row b (index into the group's edits). Prompt edits'
-    prefixes are prepended here. ``response_start[b]``: index (within seqs[b]) of row b's
-    first response token, for ``positions="response"``; None = only the last prompt token.
+    ``groups[b]``: the edit of row b (index into the group's edits). Prompt edits are
+    applied here (:meth:`EditGroup.with_prompt`). ``response_start[b]``: index (within
+    seqs[b]) of row b's first response token, for ``positions="response"``; None = only
+    the last prompt token.
     """
-    seqs = [group.prefixes[g] + s for s, g in zip(seqs, groups)]
-    if response_start is not None:
-        response_start = [r + len(group.prefixes[g]) for r, g in zip(response_start, groups)]
+    edited = [group.with_prompt(g, s) for s, g in zip(seqs, groups)]
+    if response_start is not None:  # shifted by what the prompt added in front
+        response_start = [r + len(e) - len(s) for r, e, s in zip(response_start, edited, seqs)]
+    seqs = edited
     ids, mask, pos = left_pad(seqs, host.tokenizer.pad_token_id, host.device)
     kwargs = {"logits_to_keep": keep} if model_accepts(host, "logits_to_keep") else {}
     if model_accepts(host, "position_ids"):
@@ -241,7 +262,7 @@ def option_logprobs(
     with grouped(host, edits, positions) as group:
         for rows in tiled_batches(len(ctx), len(edits), max(1, batch_size // n_opt), order):
             groups = [g for _, g in rows]
-            prefix = [group.prefixes[g] + ctx[i] for i, g in rows]
+            prefix = [group.with_prompt(g, ctx[i]) for i, g in rows]
             ids, mask, pos = left_pad(prefix, pad, host.device)  # (P, S)
             kwargs = {"position_ids": pos} if kw_pos else {}
             if model_accepts(host, "logits_to_keep"):  # only the last prompt position is read
@@ -327,7 +348,7 @@ def greedy_generate(
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     with grouped(host, edits, positions) as group:
         for rows in tiled_batches(len(seqs), len(edits), batch_size, order):
-            batch = [group.prefixes[g] + seqs[i] for i, g in rows]
+            batch = [group.with_prompt(g, seqs[i]) for i, g in rows]
             ids, mask, _ = left_pad(batch, tok.pad_token_id, host.device)
             group.set_rows([g for _, g in rows])
             gen = host.model.generate(

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 import neva_sweep as nv
+from neva_sweep.caa import prompt_spec
 from neva_sweep.capability import mc_correct, mc_questions
 from neva_sweep.data import load_records
 from neva_sweep.edit import EditSpec
-from neva_sweep.evaluate import _ci
+from neva_sweep.evaluate import DATA_KINDS, _ci
 from neva_sweep.judges import JUDGES, JudgeConfig, make_judge
 from neva_sweep.likelihood import mean_token_logprob
 
@@ -59,17 +60,26 @@ def test_mc_accuracy_clearly_above_chance(smollm):
 
 @pytest.mark.parametrize("name", list(JUDGES))
 def test_judges_on_embedded_model(smollm, stats, name):
-    cfg = JudgeConfig(name=name, queries_per_value=1, max_new_tokens=24)
-    judge = make_judge(cfg, load_records("questionnaire"), load_records("queries"))
+    cfg = JudgeConfig(name=name, queries_per_value=1, max_new_tokens=24, scenarios_limit=24)
+    judge = make_judge(cfg, {k: load_records(k) for k in DATA_KINDS})
     nmap = nv.select_neurons(stats, "benevolence")
-    base, edited = judge.judge(smollm, [None, EditSpec(nmap["benevolence"])], "all")
-    for j in (base, edited):
-        assert j.E.shape[1] == 10 and ((j.E >= 0) & (j.E <= 1)).all()
+    edits = [None, EditSpec(nmap["benevolence"])]
+    if name == "forced_choice":
+        edits.append(prompt_spec("benevolence", 3))  # an explicit value prompt
+    out = judge.judge(smollm, edits, "all")
+    base, edited = out[0], out[1]
+    b = nv.VALUES.index("benevolence")
+    for j in out:
+        low = -1 if name == "questionnaire" else 0  # centred per form
+        assert j.E.shape[1] == 10 and ((j.E >= low) & (j.E <= 1)).all()
     if name == "questionnaire":
-        # The default edit raises agreement with benevolence items (measured +0.25 on the
-        # eight forms; it raises the other values' items almost as much: see docs/results.md).
-        b = nv.VALUES.index("benevolence")
-        assert edited.E[:, b].mean() - base.E[:, b].mean() > 0.05
+        # The default edit raises the raw agreement with benevolence items (measured +0.25
+        # on the eight forms) and every other value's almost as much: see docs/results.md.
+        assert edited.raw[:, b].mean() - base.raw[:, b].mean() > 0.05
+    elif name == "forced_choice":
+        # A valid judge sees an explicit benevolence prompt: benevolence rises most.
+        d = out[2].E.mean(0) - base.E.mean(0)
+        assert d.argmax() == b and d[b] > 0.005, d
     else:
         assert any(r.strip() for r in edited.replies)
         assert edited.replies != base.replies
