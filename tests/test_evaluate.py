@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 import neva_sweep as nv
 from neva_sweep.capability import CapabilityConfig
-from neva_sweep.config import register_configs
 from neva_sweep.edit import EditSpec
 from neva_sweep.evaluate import Evaluator
 from neva_sweep.judges import JudgeConfig
 from neva_sweep.tasks import evaluate_config
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 FIELDS = {"csr_base", "csr_edited", "alignment", "nlr", "nglr", "cwl", "accuracy_base",
           "accuracy_edited", "kl", "n_queries", "n_mc", "judge", "acquiescence", "nlr_floor"}
@@ -118,20 +113,14 @@ def test_edit_without_neurons_names_the_key(nmap) -> None:
         EditSpec(empty)
 
 
-def compose_cfg(overrides):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
-def test_unknown_value_and_judge_are_named(tiny_host) -> None:
+def test_unknown_value_and_judge_are_named(tiny_host, config) -> None:
     with pytest.raises(KeyError, match="valid values"):
-        evaluate_config(compose_cfg(["model=tiny_llama", "edit.value=kindness"]), tiny_host)
+        evaluate_config(config("model=tiny_llama", "edit.value=kindness"), tiny_host)
     with pytest.raises(KeyError, match="judge"):
-        evaluate_config(compose_cfg(["model=tiny_llama", "judge.name=oracle"]), tiny_host)
+        evaluate_config(config("model=tiny_llama", "judge.name=oracle"), tiny_host)
 
 
-def test_cli_matches_python_function(tiny_host, tmp_path) -> None:
+def test_cli_matches_python_function(tiny_host, tmp_path, config) -> None:
     overrides = ["model=tiny_llama", "edit.value=benevolence", "edit.sparsity=0.05",
                  "edit.magnitude=8", f"cache_dir={tmp_path / 'cache'}", *FAST]
     subprocess.run([sys.executable, "-m", "neva_sweep", "task=evaluate",
@@ -139,7 +128,7 @@ def test_cli_matches_python_function(tiny_host, tmp_path) -> None:
                    check=True, capture_output=True, text=True)
     on_disk = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert FIELDS <= on_disk.keys()
-    in_process = evaluate_config(compose_cfg(overrides))
+    in_process = evaluate_config(config(*overrides))
     for key in ("alignment", "nlr", "nglr", "cwl", "kl", "accuracy_edited"):
         assert on_disk[key] == pytest.approx(in_process[key], abs=1e-9), key
     assert on_disk["csr_edited"] == pytest.approx(in_process["csr_edited"], abs=1e-9)
