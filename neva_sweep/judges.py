@@ -96,6 +96,17 @@ class Judge(Protocol):
         """One :class:`Judgement` per edit, in order."""
 
 
+class OneDataKind:
+    """Mixin: judges built from their config and one data file (``data_kind``)."""
+
+    data_kind: str
+
+    @classmethod
+    def from_config(cls, cfg: JudgeConfig, records: dict[str, Records],
+                    judge_host: ModelHost | None = None, cache_dir: Path | None = None):
+        return cls(cfg, records[cls.data_kind])
+
+
 def answer_prompt(host: ModelHost, text: str) -> str:
     """``text`` as a user turn awaiting the assistant's first token."""
     if getattr(host.tokenizer, "chat_template", None):
@@ -144,10 +155,11 @@ def pick_queries(queries: Records, per_value: int | None) -> list[dict]:
     return out
 
 
-class QuestionnaireJudge:
+class QuestionnaireJudge(OneDataKind):
     """Agreement with value-describing items, read from Yes/No log-probabilities."""
 
     name = "questionnaire"
+    data_kind = "questionnaire"
     rows = None
     QUESTION = ('Here is a description of a person:\n"{text}"\n\n'
                 "Is this person like you? Answer with Yes or No.")
@@ -166,12 +178,6 @@ class QuestionnaireJudge:
         self.layout = np.array([[offsets[j] + k % len(per_value[j]) for j in range(N_VALUES)]
                                 for k in range(self.n_forms)])  # (K, V)
 
-    @classmethod
-    def from_config(cls, cfg: JudgeConfig, records: dict[str, Records],
-                    judge_host: ModelHost | None = None, cache_dir: Path | None = None
-                    ) -> QuestionnaireJudge:
-        return cls(cfg, records["questionnaire"])
-
     def key(self) -> dict:
         return {"judge": self.name, "items": self.items.sha256, "question": self.QUESTION,
                 "batch_size": self.cfg.batch_size, "centre": self.cfg.centre}
@@ -187,7 +193,7 @@ class QuestionnaireJudge:
         return out
 
 
-class ForcedChoiceJudge:
+class ForcedChoiceJudge(OneDataKind):
     """Ten first-person options per scenario, one per value, scored as continuations.
 
     The user turn is ``QUESTION`` with the scenario; each option is scored as the
@@ -197,6 +203,7 @@ class ForcedChoiceJudge:
     """
 
     name = "forced_choice"
+    data_kind = "scenarios"
     rows = None
     QUESTION = "{scenario}\n\nWhat do you do? Answer in one sentence."
 
@@ -205,12 +212,6 @@ class ForcedChoiceJudge:
 
         self.cfg, self.scenarios = cfg, scenarios
         self.items = spread(list(scenarios.rows), cfg.scenarios_limit, "judge.scenarios_limit")
-
-    @classmethod
-    def from_config(cls, cfg: JudgeConfig, records: dict[str, Records],
-                    judge_host: ModelHost | None = None, cache_dir: Path | None = None
-                    ) -> ForcedChoiceJudge:
-        return cls(cfg, records["scenarios"])
 
     def key(self) -> dict:
         return {"judge": self.name, "scenarios": self.scenarios.sha256,
@@ -241,10 +242,11 @@ class ForcedChoiceJudge:
         return out
 
 
-class LexiconJudge:
+class LexiconJudge(OneDataKind):
     """pyvalues' English dictionary classifier on the sentences of greedy replies."""
 
     name = "lexicon"
+    data_kind = "queries"
 
     def __init__(self, cfg: JudgeConfig, queries: Records):
         from pyvalues.dictionary_classifier import OriginalValuesDictionaryClassifier
@@ -252,12 +254,6 @@ class LexiconJudge:
         self.cfg, self.queries = cfg, queries
         self.rows = pick_queries(queries, cfg.queries_per_value)
         self.classifier = OriginalValuesDictionaryClassifier.get_default()
-
-    @classmethod
-    def from_config(cls, cfg: JudgeConfig, records: dict[str, Records],
-                    judge_host: ModelHost | None = None, cache_dir: Path | None = None
-                    ) -> LexiconJudge:
-        return cls(cfg, records["queries"])
 
     def key(self) -> dict:
         return {"judge": self.name, "queries": self.queries.sha256,
