@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import torch
 
-from .edit import RowEditor, check_positions
+from .edit import HookedEdit, RowEditor, check_positions
 from .models.arch import residual_sites
 from .models.host import ModelHost
 from .prompting import PROMPT_STRENGTHS, PromptEdit, prompt_edit
@@ -48,7 +48,7 @@ def caa_vectors(stats: NeuronStats, value: str) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class ResidualEdit:
+class ResidualEdit(HookedEdit):
     """Add ``coefficient * vectors[i]`` to the output of layer ``layers[i]``.
 
     ``positions`` (optional) is where the edit was meant to apply (a sweep trial's
@@ -80,10 +80,6 @@ class ResidualEdit:
     def title(self) -> str:
         return f"CAA on layers {list(self.layers)}, x{self.coefficient:g}"
 
-    @classmethod
-    def install(cls, host: ModelHost, edits: Sequence[ResidualEdit], row_groups: torch.Tensor,
-                positions: str = "all") -> ResidualEditor:
-        return ResidualEditor(host, edits, row_groups, positions)
 
 
 ResidualSpec = ResidualEdit  # the former name, kept for scripts
@@ -135,3 +131,6 @@ class ResidualEditor(RowEditor):
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return hook
+
+
+ResidualEdit.editor = ResidualEditor

@@ -70,8 +70,20 @@ def check_positions(positions: str) -> str:
     return positions
 
 
+class HookedEdit:
+    """Mixin of edit kinds installed as hooks of one :class:`RowEditor` subclass
+    (``editor``, set once that class exists): ``install`` builds it for G edits."""
+
+    editor: ClassVar[type[RowEditor]]
+
+    @classmethod
+    def install(cls, host: ModelHost, edits: Sequence, row_groups: torch.Tensor,
+                positions: str = "all") -> RowEditor:
+        return cls.editor(host, edits, row_groups, positions)
+
+
 @dataclass(frozen=True)
-class NeuronEdit:
+class NeuronEdit(HookedEdit):
     """One neuron edit: the neurons of one value, a rule and a magnitude.
 
     ``positions`` (optional) is where the edit was meant to apply (a sweep trial's
@@ -115,10 +127,6 @@ class NeuronEdit:
     def title(self) -> str:
         return f"{self.n_neurons} neurons, {self.rule} x{self.magnitude:g}"
 
-    @classmethod
-    def install(cls, host: ModelHost, edits: Sequence[NeuronEdit], row_groups: torch.Tensor,
-                positions: str = "all") -> Editor:
-        return Editor(host, edits, row_groups, positions)
 
 
 EditSpec = NeuronEdit  # the former name, kept for scripts
@@ -263,6 +271,9 @@ class Editor(RowEditor):
             return (out.view(-1, out.shape[-1]) if flat else out, *args[1:])
 
         return hook
+
+
+NeuronEdit.editor = Editor
 
 
 @contextmanager

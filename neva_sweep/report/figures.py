@@ -71,6 +71,13 @@ def _save(fig: Figure, out: Path, name: str, title: str, caption: str) -> Plot:
     return Plot(name, title, caption, png, svg)
 
 
+def _save_study(fig: Figure, out: Path, kind: str, title: str, model: str, method: str,
+                caption: str) -> Plot:
+    """:func:`_save` for a figure of one (model, method): file ``<kind>_<model>_<method>``."""
+    return _save(fig, out, f"{kind}_{_safe(model)}_{_safe(method)}",
+                 f"{title}: {model} / {method}", caption)
+
+
 def _safe(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
 
@@ -245,9 +252,8 @@ def _leakage_plot(m: np.ndarray, targets: list[str], model: str, method: str, ma
                      extend="both")
         name = f"{model} / {method}" if many else method
         fig.suptitle(f"Leakage of the chosen edits: {name}")
-    return _save(fig, out, f"leakage_{_safe(model)}_{_safe(method)}",
-                 f"Leakage matrix: {model} / {method}",
-                 "ΔCSR of every value (columns) under each value's chosen edit (rows).")
+    return _save_study(fig, out, "leakage", "Leakage matrix", model, method,
+                       "ΔCSR of every value (columns) under each value's chosen edit (rows).")
 
 
 # -- value profiles (radar) -----------------------------------------------------------------------
@@ -308,9 +314,8 @@ def _radar_plot(profiles: dict[str, dict], base: dict[str, float], colour: str, 
                    Line2D([], [], color=colour, lw=2, label="chosen edit")]
         fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
         fig.suptitle(f"Value profiles (CSR per value): {model} / {method}")
-    return _save(fig, out, f"profiles_{_safe(model)}_{_safe(method)}",
-                 f"Value profiles: {model} / {method}",
-                 "CSR per value, unedited vs each value's chosen edit.")
+    return _save_study(fig, out, "profiles", "Value profiles", model, method,
+                       "CSR per value, unedited vs each value's chosen edit.")
 
 
 # -- neuron maps ----------------------------------------------------------------------------------
