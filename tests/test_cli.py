@@ -13,7 +13,10 @@ from neva_sweep.values import VALUES
 def test_default_config_is_the_embedded_model(config):
     cfg = config()
     assert cfg.model.name == "smollm2-135m" and cfg.task == "sweep"
-    assert cfg.sweep["values"] == VALUES and cfg.sweep.capability.mc_limit == 40
+    assert cfg.sweep["values"] == VALUES and cfg.judge.name == "forced_choice"
+    # trials: no MC (40 questions give +-0.15 intervals), a KL budget instead
+    assert cfg.sweep.capability.mc_limit == 0 and cfg.search.max_kl == 0.1
+    assert cfg.search.max_accuracy_drop is None and cfg.sweep.judge.scenarios_limit == 24
 
 
 def test_experiment_presets_and_one_stats_schema(config):
