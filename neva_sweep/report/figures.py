@@ -62,6 +62,44 @@ class Section:
     notes: list[str] = field(default_factory=list)
 
 
+# Section id -> (title, introduction).
+SECTION_TEXT: dict[str, tuple[str, str]] = {
+    "pareto": ("Pareto fronts: alignment vs leakage",
+               "Per target value: every trial (grey), each study's Pareto front (line, one "
+               "series per model and method; points coloured by accuracy drop) and the chosen "
+               "edit (star). Up and left is better."),
+    "leakage": ("Leakage matrices",
+               "Rows: the target value of each chosen edit; columns: every value, in circumplex "
+               "order; cell: ΔCSR (edited − unedited; grey = unknown). The colour scale follows "
+               "the leakage, so the target cells (outlined) saturate. Brackets mark the "
+               "higher-order groups: leakage that stays near the target and inside its groups "
+               "is the benign kind."),
+    "profiles": ("Value profiles",
+               "CSR of all ten values around the circumplex (pyvalues' radar axes): the unedited "
+               "model (dashed) against each value's chosen edit (filled); the target's label is "
+               "in colour."),
+    "neurons": ("Neuron maps",
+               "Left: selected neurons per layer for each value. Right: Jaccard overlap between "
+               "the values' neuron sets, in circumplex order with the higher-order groups "
+               "marked."),
+    "history": ("Optimisation history",
+               "Per study: each COMPLETE trial's alignment (dots), the best so far (steps) and "
+               "failed trials (× on the bottom edge), against the trial number."),
+}
+
+
+def _section(sid: str) -> Section:
+    title, intro = SECTION_TEXT[sid]
+    return Section(sid, title, intro)
+
+
+def _done(sec: Section, has_data: bool, what: str) -> Section:
+    """``sec``, with a note when there was nothing to plot."""
+    if not has_data:
+        sec.notes.append(f"no {what}: nothing to plot.")
+    return sec
+
+
 def _save(fig: Figure, out: Path, name: str, title: str, caption: str) -> Plot:
     out.mkdir(parents=True, exist_ok=True)
     png, svg = out / f"{name}.png", out / f"{name}.svg"
@@ -131,10 +169,7 @@ def _annotate(ax, m: np.ndarray, fmt: str, norm) -> None:
 
 # -- Pareto fronts --------------------------------------------------------------------------------
 def pareto_section(run: Run, out: Path) -> Section:
-    sec = Section("pareto", "Pareto fronts: alignment vs leakage",
-                  "Per target value: every trial (grey), each study's Pareto front (line, one "
-                  "series per model and method; points coloured by accuracy drop) and the "
-                  "chosen edit (star). Up and left is better.")
+    sec = _section("pareto")
     drops = [d for r in run.rows if (d := num(r.get("accuracy_drop"))) is not None]
     budget = num(run.constraints.get("max_accuracy_drop"))
     norm = Normalize(min([0.0, *drops]), max([1e-3, *drops, *([budget] if budget else [])]))
@@ -157,9 +192,7 @@ def pareto_section(run: Run, out: Path) -> Section:
             sec.plots.append(_save(fig, out, f"pareto_{_safe(value)}",
                                    f"Pareto front: {DISPLAY_NAMES.get(value, value)}",
                                    "Alignment (ΔCSR of the target) against NLR."))
-    if not run.values:
-        sec.notes.append("no studies: nothing to plot.")
-    return sec
+    return _done(sec, bool(run.values), "studies")
 
 
 def _pareto_axes(ax, run: Run, keys: list[Key], rows: list[dict], series, norm) -> None:
@@ -200,12 +233,7 @@ def _pareto_axes(ax, run: Run, keys: list[Key], rows: list[dict], series, norm) 
 
 # -- leakage matrices -----------------------------------------------------------------------------
 def leakage_section(run: Run, out: Path) -> Section:
-    sec = Section("leakage", "Leakage matrices",
-                  "Rows: the target value of each chosen edit; columns: every value, in "
-                  "circumplex order; cell: ΔCSR (edited − unedited; grey = unknown). The "
-                  "colour scale follows the leakage, so the target cells (outlined) saturate. "
-                  "Brackets mark the higher-order groups: leakage that stays near the target "
-                  "and inside its groups is the benign kind.")
+    sec = _section("leakage")
     for model in run.models:
         for method in run.methods:
             targets = [v for v in VALUES if (model, v, method) in run.chosen]
@@ -219,9 +247,7 @@ def leakage_section(run: Run, out: Path) -> Section:
                                  "unknown unedited CSR).")
                 continue
             sec.plots.append(_leakage_plot(m, targets, model, method, len(run.models) > 1, out))
-    if not sec.plots and not sec.notes:
-        sec.notes.append("no chosen edits: nothing to plot.")
-    return sec
+    return _done(sec, bool(sec.plots or sec.notes), "chosen edits")
 
 
 def _leakage_plot(m: np.ndarray, targets: list[str], model: str, method: str, many: bool,
@@ -258,10 +284,7 @@ def _leakage_plot(m: np.ndarray, targets: list[str], model: str, method: str, ma
 
 # -- value profiles (radar) -----------------------------------------------------------------------
 def radar_section(run: Run, out: Path) -> Section:
-    sec = Section("profiles", "Value profiles",
-                  "CSR of all ten values around the circumplex (pyvalues' radar axes): the "
-                  "unedited model (dashed) against each value's chosen edit (filled); the "
-                  "target's label is in colour.")
+    sec = _section("profiles")
     series = _series(run)
     for model in run.models:
         for method in run.methods:
@@ -276,9 +299,7 @@ def radar_section(run: Run, out: Path) -> Section:
             colour = series[model, method][1]
             sec.plots.append(_radar_plot(profiles, run.base_csr.get(model, {}), colour,
                                          model, method, out))
-    if not sec.plots and not sec.notes:
-        sec.notes.append("no chosen edits: nothing to plot.")
-    return sec
+    return _done(sec, bool(sec.plots or sec.notes), "chosen edits")
 
 
 def _radar_plot(profiles: dict[str, dict], base: dict[str, float], colour: str, model: str,
@@ -320,10 +341,7 @@ def _radar_plot(profiles: dict[str, dict], base: dict[str, float], colour: str, 
 
 # -- neuron maps ----------------------------------------------------------------------------------
 def neurons_section(run: Run, out: Path) -> Section:
-    sec = Section("neurons", "Neuron maps",
-                  "Left: selected neurons per layer for each value. Right: Jaccard overlap "
-                  "between the values' neuron sets, in circumplex order with the higher-order "
-                  "groups marked.")
+    sec = _section("neurons")
     for i, nm in enumerate(run.neuron_maps):
         values = sorted(nm.layer_counts, key=value_order)
         counts = np.array([nm.layer_counts[v] for v in values], dtype=float)  # (values, L)
@@ -360,9 +378,7 @@ def neurons_section(run: Run, out: Path) -> Section:
 
 # -- optimisation history -------------------------------------------------------------------------
 def history_section(run: Run, out: Path) -> Section:
-    sec = Section("history", "Optimisation history",
-                  "Per study: each COMPLETE trial's alignment (dots), the best so far (steps) "
-                  "and failed trials (× on the bottom edge), against the trial number.")
+    sec = _section("history")
     series = _series(run)
     for model in run.models:
         values = [v for v in run.values if any(k[0] == model and k[1] == v for k in run.keys())]
@@ -398,9 +414,7 @@ def history_section(run: Run, out: Path) -> Section:
         sec.plots.append(_save(fig, out, f"history_{_safe(model)}",
                                f"Optimisation history: {model}",
                                "Best-so-far alignment per study against the trial number."))
-    if not run.rows:
-        sec.notes.append("no trials: nothing to plot.")
-    return sec
+    return _done(sec, bool(run.rows), "trials")
 
 
 def _history_axes(ax, rows: list[dict], style: tuple[str, str, str]) -> None:
