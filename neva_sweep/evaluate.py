@@ -229,6 +229,16 @@ class Evaluator:
                                 for j, v in enumerate(VALUES)}},
         }
 
+    def judge_edits(self, edits: list, desc: str, progress: bool = False) -> list[Judgement]:
+        """The judge's Judgement of every edit (all positions); with ``progress``, one edit
+        per call under a progress bar (on CPU batching edits saves nothing)."""
+        if not progress:
+            return self.judge.judge(self.host, edits, "all")  # shared forward passes
+        from tqdm.auto import tqdm
+
+        return [self.judge.judge(self.host, [e], "all")[0]
+                for e in tqdm(edits, desc=desc, unit="edit")]
+
     # -- the judge's null ----------------------------------------------------------------
     @property
     def nlr_floor(self) -> float:
@@ -270,13 +280,7 @@ class Evaluator:
                           DEFAULT_MAGNITUDE) for i, v in enumerate(values)]
         base = self.base_judgement()
         t0 = time.time()
-        if progress:  # one edit per call under a progress bar
-            from tqdm.auto import tqdm
-
-            judgements = [self.judge.judge(self.host, [s], "all")[0]
-                          for s in tqdm(specs, desc="judge null", unit="edit")]
-        else:
-            judgements = self.judge.judge(self.host, specs, "all")
+        judgements = self.judge_edits(specs, "judge null", progress)
         align = [float(j.E[:, VALUES.index(v)].mean() - base.E[:, VALUES.index(v)].mean())
                  for j, v in zip(judgements, values)]
         self.null_summary = {"mean": float(np.mean(align)), "sd": float(np.std(align, ddof=1)),

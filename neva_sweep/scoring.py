@@ -257,6 +257,7 @@ def option_logprobs(
     order = sorted(range(len(ctx)), key=lambda i: len(ctx[i]))
     pad = host.tokenizer.pad_token_id
     kw_pos = model_accepts(host, "position_ids")
+    kw_keep = model_accepts(host, "logits_to_keep")
     # transformers >= 5.2x names the cache argument ``cache``; older versions past_key_values
     cache_kw = "cache" if model_accepts(host, "cache") else "past_key_values"
     with grouped(host, edits, positions) as group:
@@ -265,7 +266,7 @@ def option_logprobs(
             prefix = [group.with_prompt(g, ctx[i]) for i, g in rows]
             ids, mask, pos = left_pad(prefix, pad, host.device)  # (P, S)
             kwargs = {"position_ids": pos} if kw_pos else {}
-            if model_accepts(host, "logits_to_keep"):  # only the last prompt position is read
+            if kw_keep:  # only the last prompt position is read
                 kwargs["logits_to_keep"] = 1
             group.set_rows(groups)
             res = host.model(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)

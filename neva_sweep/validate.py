@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from .caa import PROMPT_STRENGTHS, PromptSpec, prompt_spec
-from .evaluate import Evaluator
+from .evaluate import Evaluator, _ci
 from .metrics import acquiescence
 from .values import N_VALUES, VALUES, circular_distance
 
@@ -45,10 +45,7 @@ VALID_MAX_ACQUIESCENCE_DCSR = 0.02
 def paired_interval(base: np.ndarray, edited: np.ndarray, n_boot: int, seed: int = 0,
                     level: float = DETECTION_LEVEL) -> list[float]:
     """Percentile-bootstrap interval of mean(edited - base) over paired rows (Q,)."""
-    diff = np.asarray(edited, float) - np.asarray(base, float)
-    idx = np.random.default_rng(seed).integers(0, len(diff), size=(n_boot, len(diff)))
-    lo, hi = np.quantile(diff[idx].mean(1), [(1 - level) / 2, (1 + level) / 2])
-    return [float(lo), float(hi)]
+    return _ci(np.asarray(edited, float) - np.asarray(base, float), n_boot, seed, level)
 
 
 def rank_of_target(dcsr: np.ndarray, t: int) -> int:
@@ -100,7 +97,7 @@ def validate_judge(evaluator: Evaluator, stats, progress: bool = False) -> dict:
     base = evaluator.base_judgement()  # the judge alone: no capability measures needed
     edits = [prompt_spec(v, max(PROMPT_STRENGTHS)) for v in VALUES]
     edits.append(PromptSpec(ACQUIESCENCE_PROMPT))
-    judged = judge_each(evaluator, edits, "validate_judge: prompts", progress)
+    judged = evaluator.judge_edits(edits, "validate_judge: prompts", progress)
     n_boot = evaluator.judge_cfg.n_boot
     detection = prompt_detection(base.E, [j.E for j in judged[:N_VALUES]], n_boot)
     acq = judged[N_VALUES]
@@ -135,17 +132,6 @@ def validate_judge(evaluator: Evaluator, stats, progress: bool = False) -> dict:
         out["text_validity"] = text
     out["duration_s"] = time.time() - t0
     return out
-
-
-def judge_each(evaluator: Evaluator, edits: list, desc: str, progress: bool) -> list:
-    """The judge's Judgement of every edit; with ``progress``, one edit per call under a
-    progress bar (on CPU batching edits saves nothing; on GPU pass progress=False)."""
-    host, judge = evaluator.host, evaluator.judge
-    if not progress:
-        return judge.judge(host, edits, "all")  # all edits in shared forward passes
-    from tqdm.auto import tqdm
-
-    return [judge.judge(host, [e], "all")[0] for e in tqdm(edits, desc=desc, unit="edit")]
 
 
 def text_validity(evaluator: Evaluator) -> dict | None:
