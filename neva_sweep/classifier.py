@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import metadata
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from .data import DataError, ProbeSet, Records
+from .files import atomic_path, load_or_heal
 from .judges import JUDGES, JudgeConfig, Judgement, pick_queries, split_sentences
 from .scoring import Edits, greedy_generate
 from .values import N_VALUES, VALUES
@@ -132,6 +132,13 @@ def _train_head(X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float
     return W.detach(), b.detach()
 
 
+def _load_head(path: Path) -> dict[str, torch.Tensor]:
+    head = torch.load(path, weights_only=True)
+    if not isinstance(head, dict) or not {"weight", "bias"} <= set(head):
+        raise ValueError("expected a dict with weight and bias")
+    return head
+
+
 class ValueClassifier:
     """Logistic head on sentence embeddings: P(class | sentence) over ``CLASSES``."""
 
@@ -167,15 +174,13 @@ class ValueClassifier:
                 [HEAD_VERSION, encoder.name, encoder.version, l2, all_texts, y.tolist()]
             ).encode()).hexdigest()[:20]
             path = Path(cache_dir) / f"classifier-head-{key}.pt"
-            if path.is_file():
-                head = torch.load(path, weights_only=True)
+            head = load_or_heal(path, _load_head, "classifier head cache")
+            if head is not None:
                 return cls(encoder, head["weight"], head["bias"])
         W, b = _train_head(encoder.encode(all_texts), y, len(CLASSES), l2)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save({"weight": W, "bias": b}, tmp)
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                torch.save({"weight": W, "bias": b}, tmp)
         return cls(encoder, W, b)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:

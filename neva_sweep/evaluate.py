@@ -39,6 +39,7 @@ from .capability import (
 from .data import load_records
 from .edit import EditSpec
 from .edits import EditKind
+from .files import atomic_path, load_or_heal, write_text_atomic
 from .judges import Judge, JudgeConfig, Judgement, make_judge, pick_queries
 from .metrics import EPS, acquiescence, bootstrap_ci, edit_metrics
 from .models.host import ModelHost
@@ -76,17 +77,12 @@ class BaseSide:
             "fluency_replies": self.fluency_replies,
             "ppl": self.ppl,
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)  # atomic: concurrent evaluators never read half a file
+        with atomic_path(path) as tmp:  # concurrent evaluators never read half a file
+            torch.save(blob, tmp)
 
     @classmethod
     def load(cls, path: Path) -> BaseSide:
-        try:
-            b = torch.load(path, weights_only=True)
-        except Exception as e:  # a truncated or foreign file: say which one to delete
-            raise OSError(f"{path}: unreadable evaluation cache ({type(e).__name__}: {e}); "
-                          "delete it and run again") from None
+        b = torch.load(path, weights_only=True)  # errors: see Evaluator._load_base
 
         def arr(key: str) -> np.ndarray | None:
             return None if b.get(key) is None else b[key].numpy()
@@ -95,6 +91,13 @@ class BaseSide:
                    b["mc_correct"].numpy(),
                    BaseDistribution(b["neutral_ids"], b["neutral_logp"]),
                    b["fluency_prompts"], b["fluency_replies"], b["ppl"])
+
+
+def _null_summary(rec: object) -> dict:
+    """A cached null as read back, checked for the keys :meth:`Evaluator.null` uses."""
+    if not isinstance(rec, dict) or not {"mean", "sd", "n"} <= set(rec):
+        raise ValueError("expected a JSON object with mean, sd and n")
+    return rec
 
 
 def describe_edit(spec: EditKind) -> dict:
@@ -166,8 +169,8 @@ class Evaluator:
         if self._base is not None:
             return self._base
         path = self._base_path()
-        if path is not None and path.is_file():
-            self._base = BaseSide.load(path)
+        self._base = self._load_base(path)
+        if self._base is not None:
             return self._base
         t0 = time.time()
         judgement = self._base_judgement or self.judge.judge(self.host, (None,), "all")[0]
@@ -186,13 +189,21 @@ class Evaluator:
             print(f"unedited side of {self.host.name}: {time.time() - t0:.1f} s")
         return self._base
 
+    @staticmethod
+    def _load_base(path: Path | None) -> BaseSide | None:
+        """The cached unedited side; None when absent or unreadable (a corrupt file is moved
+        aside with a warning and recomputed)."""
+        return load_or_heal(path, BaseSide.load, "evaluation cache (unedited side)")
+
     def base_judgement(self) -> Judgement:
         """The unedited model's judgement alone (no capability measures unless cached)."""
         if self._base is not None:
             return self._base.judgement
         path = self._base_path()
         if path is not None and path.is_file():
-            return self.base().judgement
+            self._base = self._load_base(path)  # None when corrupt: judged below
+            if self._base is not None:
+                return self._base.judgement
         if self._base_judgement is None:
             self._base_judgement = self.judge.judge(self.host, (None,), "all")[0]
         return self._base_judgement
@@ -268,12 +279,11 @@ class Evaluator:
         tag = hashlib.sha256(f"{self.cache_key()}:{stats_key}:{n}:{seed}".encode()
                              ).hexdigest()[:16]
         path = self.cache_dir / f"{self.host.name}-null-{tag}.json" if self.cache_dir else None
-        if path is not None and path.is_file():
-            try:
-                self.null_summary = json.loads(path.read_text())
-                return self.null_summary
-            except json.JSONDecodeError:
-                pass  # a half-written file from a killed run: measure again
+        cached = load_or_heal(path, lambda p: _null_summary(json.loads(p.read_text())),
+                              "judge null cache")
+        if cached is not None:
+            self.null_summary = cached
+            return cached
         k = math.ceil(DEFAULT_SPARSITY * stats.n_neurons)
         values = [VALUES[i % len(VALUES)] for i in range(n)]
         specs = [EditSpec(random_neurons(stats, v, k, seed=seed + i), DEFAULT_RULE,
@@ -288,10 +298,7 @@ class Evaluator:
                              "magnitude": DEFAULT_MAGNITUDE, "seed": seed,
                              "alignment": align, "values": values}
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.null_summary, indent=2))
-            tmp.replace(path)
+            write_text_atomic(path, json.dumps(self.null_summary, indent=2))
         if self.progress or progress:
             print(f"judge null of {self.host.name} ({n} random edits): "
                   f"{time.time() - t0:.1f} s, sd {self.null_summary['sd']:.4f}")

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .data import ProbeSet
+from .files import atomic_path, load_or_heal
 from .models.arch import residual_sites
 from .models.host import ModelHost
 from .values import N_VALUES, VALUES
@@ -127,11 +128,8 @@ class NeuronStats:
                    "positive": self.positive, "hist": self.hist}
         if self.resid_sum is not None:
             tensors["resid_sum"] = self.resid_sum
-        save_file(
-            tensors,
-            str(path),
-            metadata={"neva_sweep": json.dumps(meta)},
-        )
+        with atomic_path(path) as tmp:  # never half a file under the cache's name
+            save_file(tensors, str(tmp), metadata={"neva_sweep": json.dumps(meta)})
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronStats:
@@ -419,8 +417,15 @@ def cached_stats(
     if cache_dir is None:
         return collect_stats(host, probes, cfg, progress)
     path = Path(cache_dir) / f"{host.name}-{cache_key(host, probes, cfg)}.safetensors"
-    if path.is_file():
-        return NeuronStats.load(path)
+    stats = load_cached(path)
+    if stats is not None:
+        return stats
     stats = collect_stats(host, probes, cfg, progress)
     stats.save(path)
     return stats
+
+
+def load_cached(path: Path) -> NeuronStats | None:
+    """Cached statistics at ``path``; None when absent or unreadable (a truncated file is
+    moved aside to ``<name>.corrupt`` with a warning, so that it is recollected)."""
+    return load_or_heal(path, NeuronStats.load, "statistics cache")

@@ -122,6 +122,22 @@ def test_cached_head_is_reused(clf, cache_dir, records) -> None:
 
 
 @needs_encoder
+def test_corrupt_cached_head_is_retrained(clf, records, tmp_path, caplog) -> None:
+    import logging
+
+    train = nv.load_probes(split="identify")
+    neutral = [r["text"] for r in records["neutral"].rows]
+    ValueClassifier.fit(train.texts, train.labels, neutral, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("classifier-head-*.pt")
+    path.write_bytes(b"not a torch file")
+    with caplog.at_level(logging.WARNING, logger="neva_sweep"):
+        again = ValueClassifier.fit(train.texts, train.labels, neutral, cache_dir=tmp_path)
+    assert str(path) in caplog.text and path.with_name(path.name + ".corrupt").is_file()
+    torch.testing.assert_close(again.weight, clf.weight)
+    assert torch.equal(torch.load(path, weights_only=True)["weight"], again.weight)
+
+
+@needs_encoder
 def test_judge_contract(judge, tiny_stats, tiny_host) -> None:
     nmap = nv.select_neurons(tiny_stats, sparsity=0.1)
     edits = [None, EditSpec(nmap["power"], "scale", 20.0), EditSpec(nmap["power"], "add", 0.0)]

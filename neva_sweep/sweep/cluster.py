@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from ..data import ProbeSet
 from ..replica import Replica
-from ..stats import NeuronStats, StatsConfig, cache_key, merge
+from ..stats import NeuronStats, StatsConfig, cache_key, load_cached, merge
 from .plan import ModelEntry, Resources
 from .worker import EvalSetup, StatsBox, prepare, run_trials
 
@@ -130,8 +130,9 @@ def model_stats(replicas: list[Replica], probes: ProbeSet, cfg: StatsConfig,
                 cache_dir: Path | None) -> NeuronStats:
     """Statistics of one model: from the cache, else the probes split across its replicas."""
     path = stats_path(replicas[0], probes, cfg, cache_dir) if cache_dir else None
-    if path is not None and path.is_file():
-        return NeuronStats.load(path)
+    cached = load_cached(path) if path is not None else None
+    if cached is not None:
+        return cached
     n = len(replicas)
     with ThreadPoolExecutor(max_workers=n) as pool:
         parts = list(pool.map(lambda r: replicas[r].collect_stats(probes.shard(r, n), cfg),
