@@ -15,15 +15,12 @@ import time
 from pathlib import Path
 
 import ray
-from hydra import compose, initialize_config_dir
 
-from neva_sweep.config import register_configs
+from neva_sweep.config import compose_config
 from neva_sweep.sweep.plan import StudyKey
 from neva_sweep.sweep.scheduler import Scheduler
 from neva_sweep.sweep.studies import open_storage, open_studies
 from neva_sweep.values import VALUES
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @ray.remote(num_cpus=0)
@@ -61,12 +58,9 @@ class FakeWorker:
 
 def measure(n: int, duration: float, batches: int, tpb: int, tmp: Path) -> float:
     """Fraction of the ideal throughput reached with ``n`` fake replicas."""
-    register_configs()
     trials_total = n * batches * tpb
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            f"search.n_trials={trials_total // len(VALUES) + 1}",
-            f"search.trials_per_batch={tpb}"])
+    cfg = compose_config(f"search.n_trials={trials_total // len(VALUES) + 1}",
+                         f"search.trials_per_batch={tpb}")
     keys = [StudyKey("fake", v, "neva") for v in VALUES]
     states = open_studies(keys, open_storage(f"sqlite:///{tmp / f'bench-{n}.db'}"), cfg.search)
     for s in states:  # exactly trials_total trials over the ten studies

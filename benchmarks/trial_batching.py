@@ -3,7 +3,7 @@
 The same trials (NeVA edits over several values, sparsities and magnitudes) are evaluated
 one call per trial and four trials per call, alternating the two modes so that machine
 load affects both alike; the metrics must agree. Evaluation settings are the sweep's
-defaults (conf/experiment/default.yaml).
+defaults (neva_sweep/conf/experiment/default.yaml).
 
     python benchmarks/trial_batching.py [--trials 8] [--threads 2]
 """
@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 import neva_sweep as nv
-from neva_sweep.config import register_configs
+from neva_sweep.config import compose_config
 from neva_sweep.evaluate import Evaluator
 from neva_sweep.sweep.methods import METHODS
 from neva_sweep.sweep.run import eval_setup
 from neva_sweep.tasks import stats_from_config
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 VALUES = ("benevolence", "power", "tradition", "stimulation")
 
 
@@ -51,9 +48,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    register_configs()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["progress=false"])
+    cfg = compose_config("progress=false")
     host = nv.load_model(cfg.model)
     stats = stats_from_config(cfg, host)
     setup = eval_setup(cfg)

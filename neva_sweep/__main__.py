@@ -10,7 +10,7 @@ from .tasks import run
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     run(cfg, HydraConfig.get().runtime.output_dir)
 

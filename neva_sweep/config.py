@@ -1,15 +1,19 @@
 """Typed configuration: dataclass schemas registered in Hydra's ConfigStore.
 
-The YAML groups in ``conf/`` mirror these classes; ``conf/config.yaml`` composes them.
+The YAML groups in ``neva_sweep/conf/`` mirror these classes; ``neva_sweep/conf/config.yaml``
+composes them. The YAML files ship inside the package (as package data), so an installed
+wheel finds them wherever it runs: read them through :func:`packaged_configs` or
+:func:`compose_config`, never through a path relative to a checkout.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .capability import CapabilityConfig
 from .edit import DEFAULT_MAGNITUDE, DEFAULT_RULE
@@ -18,10 +22,15 @@ from .select import DEFAULT_SCORE, DEFAULT_SPARSITY
 from .stats import StatsConfig
 from .values import VALUES
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+CONFIG_PACKAGE = "neva_sweep.conf"  # the YAML configs, shipped as package data
+
 
 @dataclass
 class ModelConfig:
-    """Which model to host (``conf/model/*.yaml``)."""
+    """Which model to host (``neva_sweep/conf/model/*.yaml``)."""
 
     name: str = MISSING  # registry name (smollm2-135m, tiny-llama, ...), HF id or local path
     short_name: str | None = None  # used in output file names; defaults to the last path part
@@ -55,6 +64,8 @@ class EditConfig:
     positions: str = "all"
     layer_window: list[int] | None = None
     exclusive: bool = False
+    # apply neurons selected on another model (name or architecture fingerprint differ)
+    allow_other_model: bool = False
 
 
 @dataclass
@@ -105,7 +116,7 @@ class SearchConfig:
 
 @dataclass
 class ClusterConfig:
-    """Where the model replicas run (``conf/cluster/*.yaml``)."""
+    """Where the model replicas run (``neva_sweep/conf/cluster/*.yaml``)."""
 
     kind: str = "local"  # local: a Ray instance started here | ray: an existing cluster
     address: str | None = None  # ray: Ray address; None = auto ($RAY_ADDRESS or this node's)
@@ -117,7 +128,8 @@ class ClusterConfig:
 
 @dataclass
 class LoggerConfig:
-    """Experiment tracking (``conf/logger/*.yaml``); the plain files are always written."""
+    """Experiment tracking (``neva_sweep/conf/logger/*.yaml``); the plain files are always
+    written."""
 
     kind: str = "wandb"  # wandb | none
     mode: str = "offline"  # offline (files under <run dir>/wandb) | online
@@ -128,7 +140,8 @@ class LoggerConfig:
 
 @dataclass
 class SweepSection:
-    """What the sweep covers (``conf/experiment/*.yaml`` presets set this and more)."""
+    """What the sweep covers (``neva_sweep/conf/experiment/*.yaml`` presets set this and
+    more)."""
 
     values: list[str] = field(default_factory=lambda: list(VALUES))
     methods: list[str] = field(default_factory=lambda: ["neva"])  # neva | random_neurons | caa
@@ -144,7 +157,7 @@ class SweepSection:
 class Config:
     task: str = "sweep"
     model: ModelConfig = field(default_factory=ModelConfig)
-    models: list[str] | None = None  # conf/model names for a multi-model sweep; None = model
+    models: list[str] | None = None  # conf/model/ names for a multi-model sweep; None = model
     data: DataConfig = field(default_factory=DataConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     edit: EditConfig = field(default_factory=EditConfig)
@@ -167,3 +180,37 @@ class Config:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="neva_sweep_schema", node=Config)
+
+
+def packaged_configs() -> Traversable:
+    """``neva_sweep/conf/`` as installed: a checkout, an editable install or a wheel."""
+    return files(CONFIG_PACKAGE)
+
+
+def group_options(group: str) -> list[str]:
+    """The option names of a config group (``model`` -> ``["gpt2", ..., "tiny_qwen2"]``)."""
+    return sorted(p.name.removesuffix(".yaml") for p in (packaged_configs() / group).iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_group_option(group: str, name: str) -> DictConfig:
+    """One option of a config group, e.g. ``conf/model/tiny_llama.yaml``, as loaded YAML.
+
+    Raises a KeyError that lists the group's options when ``name`` is not one of them.
+    """
+    path = packaged_configs() / group / f"{name}.yaml"
+    if not path.is_file():
+        raise KeyError(f"unknown {group} config {name!r}; available: "
+                       f"{', '.join(group_options(group))}")
+    node = OmegaConf.create(path.read_text(encoding="utf-8"))
+    assert isinstance(node, DictConfig), f"{CONFIG_PACKAGE}/{group}/{name}.yaml: not a mapping"
+    return node
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The config ``python -m neva_sweep <overrides>`` runs with (without ``hydra.*``)."""
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))

@@ -46,7 +46,7 @@ NO = ("No", " No", "no", " no", "NO")
 
 @dataclass
 class JudgeConfig:
-    """Judge settings (``judge.*``, ``conf/judge/*.yaml``)."""
+    """Judge settings (``judge.*``, ``neva_sweep/conf/judge/*.yaml``)."""
 
     name: str = "forced_choice"  # forced_choice | questionnaire | lexicon | classifier | llm
     batch_size: int = 16

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import neva_sweep as nv
-from neva_sweep.config import register_configs
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-def compose_config(*overrides: str) -> DictConfig:
-    """The config ``python -m neva_sweep <overrides>`` runs with (conf/ + the schema)."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+from neva_sweep.config import compose_config
 
 
 @pytest.fixture(scope="session")

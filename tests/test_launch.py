@@ -1,4 +1,5 @@
-"""Cluster launchers (launch/) and the large-model configs (conf/model/): static checks only."""
+"""Cluster launchers (launch/) and the large-model configs (neva_sweep/conf/model/): static
+checks only."""
 
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ def test_no_literal_secrets(path):
 
 @pytest.mark.parametrize("name", BIG_MODELS)
 def test_big_model_config(name):
-    path = ROOT / "conf" / "model" / f"{name}.yaml"
+    path = ROOT / "neva_sweep" / "conf" / "model" / f"{name}.yaml"
     (cfg,) = load_yaml(path)
     assert set(cfg) <= MODEL_KEYS, f"{path}: unknown keys {set(cfg) - MODEL_KEYS}"
     fields = {f.name for f in dataclasses.fields(ModelConfig)}

@@ -33,7 +33,7 @@ from neva_sweep.tasks import run as run_task
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
 FAST = ["model=tiny_llama", "sweep.values=[benevolence,power]", "search.n_trials=3",
         "search.n_startup_trials=2", "sweep.capability.mc_limit=8",
         "sweep.judge.scenarios_limit=4", "sweep.judge.null_edits=2",
@@ -139,7 +139,7 @@ def test_launcher_entrypoint_is_a_valid_sweep(tmp_path, monkeypatch, config):
 
     import yaml
 
-    docs = yaml.safe_load_all((CONF.parent / "launch" / "kuberay-rayjob.yaml").read_text())
+    docs = yaml.safe_load_all((ROOT / "launch" / "kuberay-rayjob.yaml").read_text())
     (job,) = [d for d in docs if d and d.get("kind") == "RayJob"]
     args = shlex.split(job["spec"]["entrypoint"])[3:]  # after python -m neva_sweep
     plan = make_plan(config(*[a for a in args if not a.startswith("hydra.")]), tmp_path)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ..config import ClusterConfig, ModelConfig
+from ..config import ClusterConfig, ModelConfig, load_group_option
 from ..edit import POSITIONS, RULES
 from ..judges import JUDGES
 from ..metrics import METRICS, constraint_metrics, objective_metrics
@@ -27,7 +27,6 @@ from ..select import SCORES
 from ..values import VALUES
 from .methods import METHODS
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "gp")
 
@@ -81,22 +80,19 @@ def model_label(config: dict[str, Any]) -> str:
     return config.get("short_name") or Path(str(config["name"])).name.removesuffix(".gguf")
 
 
-def available_models() -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
-
-
 def resolve_models(cfg: DictConfig) -> list[ModelEntry]:
-    """``models=[a, b]`` loads conf/model/{a,b}.yaml; otherwise the single ``model``."""
+    """``models=[a, b]`` loads the packaged neva_sweep/conf/model/{a,b}.yaml; otherwise the
+    single ``model``."""
     if not cfg.get("models"):
         configs = [OmegaConf.to_container(cfg.model, resolve=True)]
     else:
         configs = []
         for name in cfg.models:
-            path = CONF_DIR / "model" / f"{name}.yaml"
-            if not path.is_file():
-                raise ConfigError(f"models: unknown model config {name!r}; available: "
-                                  f"{', '.join(available_models())} (files in {path.parent})")
-            node = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
+            try:
+                option = load_group_option("model", str(name))
+            except KeyError as e:
+                raise ConfigError(f"models: {e.args[0]} (neva_sweep/conf/model/)") from None
+            node = OmegaConf.merge(OmegaConf.structured(ModelConfig), option)
             configs.append(OmegaConf.to_container(node, resolve=True))
     entries = [ModelEntry(model_label(c), c) for c in configs]
     labels = [e.label for e in entries]
