@@ -5,14 +5,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .config import register_configs
-from .tasks import run
+from .tasks import run_cli
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    run(cfg, HydraConfig.get().runtime.output_dir)
+    run_cli(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

@@ -264,11 +264,45 @@ def sweep(cfg: DictConfig, out: Path) -> None:
 def report(cfg: DictConfig, out: Path) -> None:
     """A sweep's figures, tables and self-contained index.html -> <run_dir>/report/."""
     from .report import build_report
+    from .sweep.plan import ConfigError
 
     run_dir = Path(cfg.run_dir) if cfg.run_dir else out
-    print(f"wrote {build_report(run_dir, storage=cfg.search.storage)}")
+    if not run_dir.is_dir():
+        raise ConfigError(f"run_dir: no such directory {run_dir}; give a sweep's run directory "
+                          "(run_dir=<the sweep's hydra.run.dir>)")
+    print(f"wrote {build_report(run_dir, storage=cfg.search.storage, strict=True)}")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message says what to fix: the CLI prints them as one line."""
+    from .classifier import EncoderNotInstalled
+    from .data import DataError
+    from .report.build import ReportError
+    from .sweep.plan import ConfigError
+
+    return (ConfigError, DataError, ReportError, EncoderNotInstalled, KeyError, OSError)
+
+
+def run_cli(cfg: DictConfig, out: str | Path) -> None:
+    """:func:`run` for ``python -m neva_sweep``: a user error is one line on stderr and exit
+    status 2 (``HYDRA_FULL_ERROR=1`` re-raises it, with the full traceback)."""
+    import os
+
+    try:
+        run(cfg, out)
+    except user_errors() as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def run(cfg: DictConfig, out: str | Path = ".") -> None:
-    """Run ``cfg.task`` with outputs under ``out``."""
-    TASKS[cfg.task](cfg, Path(out))
+    """Run ``cfg.task`` with outputs under ``out``, after checking every key it reads
+    (:mod:`neva_sweep.preflight`: no weights, statistics or Ray before that)."""
+    from .preflight import preflight
+
+    task = TASKS[cfg.task]  # an unknown task names the valid ones
+    preflight(cfg, Path(out))
+    task(cfg, Path(out))

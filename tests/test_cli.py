@@ -46,7 +46,7 @@ def test_unknown_task_and_value_errors(tmp_path, config):
     with pytest.raises(KeyError, match="unknown task 'train'; valid choices: "
                                        "identify, steer, evaluate, .*sweep, report"):
         run(config("task=train"), tmp_path)
-    with pytest.raises(KeyError, match="unknown value 'kindness'"):
+    with pytest.raises(ValueError, match="value: unknown value 'kindness'"):
         run(config("task=steer", "model=tiny_llama", "value=kindness"), tmp_path)
     with pytest.raises(Exception, match="sparsity"):
         config("edit.sparsity=lots")
@@ -61,10 +61,12 @@ def test_steer_from_the_command_line(tmp_path):
     assert "unedited" in out.stdout and "edited toward power (10 neurons, add x4)" in out.stdout
 
 
-def test_report_task_on_an_empty_run_dir_says_what_is_missing(tmp_path, config):
-    run(config("task=report", f"run_dir={tmp_path}"), tmp_path / "report_run")
-    html = (tmp_path / "report" / "index.html").read_text()
-    assert "trials.csv" in html and "missing" in html.lower()
+def test_report_task_on_an_empty_run_dir_fails_and_writes_nothing(tmp_path, config):
+    from neva_sweep.report.build import ReportError
+
+    with pytest.raises(ReportError, match="no trials.csv and no Optuna storage"):
+        run(config("task=report", f"run_dir={tmp_path}"), tmp_path / "report_run")
+    assert not (tmp_path / "report").exists()
 
 
 def test_format_eval_shows_every_metric_the_record_has():

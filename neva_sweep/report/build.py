@@ -11,13 +11,23 @@ from .load import load_run
 from .tables import make_tables
 
 
-def build_report(run_dir: str | Path, storage: str | None = None) -> Path:
+class ReportError(RuntimeError):
+    """The run cannot be reported faithfully (no trials, unreadable or disagreeing files)."""
+
+
+def build_report(run_dir: str | Path, storage: str | None = None, strict: bool = False) -> Path:
     """Write ``<run_dir>/report/index.html`` with its figures (PNG + SVG) and CSV tables.
 
     Args:
         run_dir: a sweep's run directory (``trials.csv``, ``pareto.json``,
             ``best_edits.json``, ``.hydra/``, ...); missing files are reported in the page.
-        storage: an Optuna storage URL to read the trials from instead of ``trials.csv``.
+        storage: an Optuna storage URL to read the trials from instead of ``trials.csv``
+            (default: the run's ``optuna.db`` when it exists; the storage is the source of
+            truth).
+        strict: raise :class:`ReportError` on problems that make the report wrong (no
+            trials, an unreadable storage, a trials.csv that disagrees with the storage):
+            before writing anything when there are no trials at all, after writing the page
+            otherwise (the page lists the problems).
 
     Returns:
         The path of ``index.html``. ``report/figures`` and ``report/tables`` are rebuilt
@@ -29,10 +39,15 @@ def build_report(run_dir: str | Path, storage: str | None = None) -> Path:
         page = build_report("outputs/my-sweep")   # open page in a browser
     """
     run = load_run(run_dir, storage)
+    if strict and run.errors and not run.rows:
+        raise ReportError(" ".join(run.errors))
     out = run.run_dir / "report"
     for old in (out / "figures", out / "tables"):  # no stale files from an earlier build
         if old.is_dir():
             shutil.rmtree(old)
     sections = make_figures(run, out / "figures")
     tables = make_tables(run, out / "tables")
-    return write_html(run, sections, tables, out / "index.html")
+    page = write_html(run, sections, tables, out / "index.html")
+    if strict and run.errors:
+        raise ReportError(f"wrote {page}, but: " + " ".join(run.errors))
+    return page

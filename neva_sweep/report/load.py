@@ -97,8 +97,15 @@ class Run:
     config_text: str | None = None
     overrides: list[str] | None = None
     missing: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # problems that make the report wrong
     _by_key: dict[Key, list[dict[str, Any]]] | None = field(default=None, repr=False)
     _indexed: int = field(default=0, repr=False)
+
+    def error(self, text: str) -> None:
+        """A problem that makes the report incomplete or wrong (``task=report`` fails on it);
+        shown in the page too."""
+        self.errors.append(text)
+        self.missing.append(text)
 
     def keys(self) -> list[Key]:
         """Every study seen anywhere, ordered by model, circumplex value, method."""
@@ -173,9 +180,12 @@ def read_storage(url: str) -> list[dict[str, Any]]:
     storage."""
     import optuna
 
+    from ..sweep.studies import open_storage  # SQLAlchemy URLs and journal:///path
+
+    storage = open_storage(url)
     rows = []
-    for name in optuna.study.get_all_study_names(storage=url):
-        study = optuna.load_study(study_name=name, storage=url)
+    for name in optuna.study.get_all_study_names(storage=storage):
+        study = optuna.load_study(study_name=name, storage=storage)
         parts = name.rsplit("/", 2)
         ua = study.user_attrs
         key = [ua.get(k) or (parts[i] if len(parts) == 3 else name)
@@ -193,9 +203,12 @@ def base_csr_from_storage(url: str) -> dict[str, dict[str, float]]:
     import optuna
     from optuna.trial import TrialState
 
+    from ..sweep.studies import open_storage  # SQLAlchemy URLs and journal:///path
+
+    storage = open_storage(url)
     out: dict[str, dict[str, float]] = {}
-    for name in optuna.study.get_all_study_names(storage=url):
-        study = optuna.load_study(study_name=name, storage=url)
+    for name in optuna.study.get_all_study_names(storage=storage):
+        study = optuna.load_study(study_name=name, storage=storage)
         model = study.user_attrs.get("model") or name.rsplit("/", 2)[0]
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             base = {v: x for v, x in (t.user_attrs.get("csr_base") or {}).items()
@@ -207,31 +220,49 @@ def base_csr_from_storage(url: str) -> dict[str, dict[str, float]]:
 
 
 def _load_trials(run: Run, storage: str | None) -> None:
+    """The trials, from the storage when there is one (the source of truth; the run's
+    ``optuna.db`` by default), else from trials.csv. Problems that make the report wrong
+    (no trials anywhere, an unreadable storage, a trials.csv that disagrees with the
+    storage) go to ``run.errors`` as well as the page."""
     csv_path = run.run_dir / "trials.csv"
     db = run.run_dir / "optuna.db"
-    if storage is None and not csv_path.is_file() and db.is_file():
+    if storage is None and db.is_file():
         storage = f"sqlite:///{db.resolve()}"
-        run.missing.append("trials.csv is missing: trials were read from optuna.db instead.")
+    csv_rows = None
+    if csv_path.is_file():
+        try:
+            csv_rows = read_trials_csv(csv_path)
+        except (csv.Error, UnicodeDecodeError, OSError) as e:
+            run.error(f"{csv_path} is unreadable ({type(e).__name__}: {e}).")
     if storage is not None:
         sqlite = storage.removeprefix("sqlite:///")
         if storage.startswith("sqlite:///") and not Path(sqlite).is_file():
-            run.missing.append(f"Optuna storage {storage} does not exist: no trials to show.")
-            return
-        try:
-            run.rows, run.source = read_storage(storage), f"Optuna storage {storage}"
-        except Exception as e:  # any storage error: report it, show the rest
-            run.missing.append(f"could not read the Optuna storage {storage}: "
-                               f"{type(e).__name__}: {e}")
+            run.error(f"the Optuna storage {storage} does not exist.")
+        else:
+            try:
+                run.rows, run.source = read_storage(storage), f"Optuna storage {storage}"
+            except Exception as e:  # any storage error: report it, fall back to trials.csv
+                first = (str(e).strip().splitlines() or [""])[0]
+                run.error(f"could not read the Optuna storage {storage} ({type(e).__name__}: "
+                          f"{first}); if it is corrupt, move it aside and re-run the sweep.")
+    if run.source == "nothing" and csv_rows is not None:
+        run.rows, run.source = csv_rows, str(csv_path)
+        if storage is None and not csv_rows:
+            run.missing.append("trials.csv has no trials yet (a sweep writes it when it starts "
+                               "and after every trial).")
+    elif csv_rows is not None and run.source != "nothing":
+        finished = {(r["study"], r["trial"]) for r in run.rows if r.get("state") != "RUNNING"}
+        in_csv = {(r.get("study"), r.get("trial")) for r in csv_rows
+                  if r.get("state") != "RUNNING"}
+        if finished != in_csv:
+            run.error(f"trials.csv ({len(in_csv)} finished trials) disagrees with "
+                      f"{run.source} ({len(finished)}); this report shows the storage's trials. "
+                      "Re-run the sweep command to rewrite trials.csv from the storage.")
+    if run.source == "nothing":
+        run.error(f"no trials.csv and no Optuna storage in {run.run_dir}: no trials to show. "
+                  "Run a sweep into this directory first "
+                  f"(python -m neva_sweep hydra.run.dir={run.run_dir}).")
         return
-    if not csv_path.is_file():
-        run.missing.append(f"no trials.csv (and no optuna.db) in {run.run_dir}: no trials to "
-                           "show. Run a sweep into this directory first "
-                           f"(python -m neva_sweep hydra.run.dir={run.run_dir}).")
-        return
-    run.rows, run.source = read_trials_csv(csv_path), str(csv_path)
-    if not run.rows:
-        run.missing.append("trials.csv has no trials yet (a sweep writes it when it starts and "
-                           "after every trial).")
     for col in ("alignment", "nlr", "accuracy_drop", "kl"):
         if run.rows and all(r.get(col) is None for r in run.rows):
             run.missing.append(f"trials.csv has no {col!r} values.")

@@ -1,0 +1,229 @@
+"""Checks that run before any work: no model weight loaded, no statistic computed, no Ray.
+
+``preflight(cfg, out)`` validates every key the task will read, so a typo costs seconds,
+not the minutes of a model load and a statistics pass. What it checks:
+
+- ``edit.*`` (value, sparsity, magnitude, rule, score, positions, layer window) and
+  ``max_new_tokens``, with layer windows checked against the model's layer count read
+  from its config file (no weights);
+- the data files configured under ``data.*`` (parsed; errors name file:line);
+- ``best_edits=`` (readable JSON with an ``edits`` list);
+- for sweeps: the whole plan (:func:`neva_sweep.sweep.plan.make_plan`), the layer
+  windows of ``search.space`` against every model, the storage (driver importable,
+  server reachable, an existing SQLite file really a database);
+- the run directory is writable.
+
+Every error is a :class:`~neva_sweep.sweep.plan.ConfigError` whose message starts with
+the key (or file) to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .sweep.plan import ConfigError
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# Tasks that edit with edit.* when no best_edits= is given, and whether a value is needed.
+EDIT_TASKS = {"identify": False, "steer": True, "evaluate": False}
+
+
+def model_n_layers(model: dict[str, Any]) -> int | None:
+    """The layer count of ``model`` (a ``model.*`` dict) from its config alone, or None when
+    it cannot be read without loading the model (then the load itself checks)."""
+    from .models.registry import MODELS, TINY_CONFIGS, embedded_model_path
+
+    name = str(model["name"])
+    if name in TINY_CONFIGS:
+        spec = TINY_CONFIGS[name]
+        return int(spec.get("num_hidden_layers", spec.get("n_layer", 2)))
+    if name == "smollm2-135m" or name.endswith(".gguf"):
+        return _gguf_block_count(embedded_model_path() if name in MODELS else Path(name))
+    if name in MODELS:
+        return None
+    try:
+        from transformers import AutoConfig
+
+        conf = AutoConfig.from_pretrained(name, trust_remote_code=bool(
+            model.get("trust_remote_code", False)), local_files_only=True)
+    except Exception:  # not local: the load names the problem
+        return None
+    text = getattr(conf, "get_text_config", lambda: conf)()
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if getattr(text, key, None) is not None:
+            return int(getattr(text, key))
+    return None
+
+
+def _gguf_block_count(path: Path) -> int | None:
+    """``<arch>.block_count`` from a GGUF file's header (memory-mapped, no tensors read)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    for name, field in reader.fields.items():
+        if name.endswith(".block_count"):
+            return int(field.parts[field.data[0]][0])
+    return None
+
+
+def check_window(key: str, window: Any, n_layers: int | None, model: str) -> None:
+    """A layer window [start, stop) inside the model's layers."""
+    if window is None:
+        return
+    w = list(window)
+    if len(w) != 2 or not all(isinstance(x, int) for x in w) or not 0 <= w[0] < w[1]:
+        raise ConfigError(f"{key}: a layer window is [start, stop) with 0 <= start < stop, "
+                          f"got {w}")
+    if n_layers is not None and w[1] > n_layers:
+        raise ConfigError(f"{key}: window {w} reaches past the {n_layers} layers of model "
+                          f"{model!r}; valid: 0 <= start < stop <= {n_layers}")
+
+
+def check_edit(cfg: DictConfig, n_layers: int | None, need_value: bool) -> None:
+    """``edit.*`` and ``value`` (the keys identify/steer/evaluate read)."""
+    from .edit import POSITIONS, RULES
+    from .select import SCORES
+    from .values import VALUES
+
+    e = cfg.edit
+    value = cfg.value if cfg.value is not None else e.value
+    if value is None and need_value:
+        raise ConfigError("value: no value to steer toward; set value=<name>, one of "
+                          + ", ".join(VALUES))
+    if value is not None and value not in VALUES:
+        raise ConfigError(f"value: unknown value {value!r}; valid choices: {', '.join(VALUES)}")
+    if not (isinstance(e.sparsity, int | float) and 0 < e.sparsity < 1):
+        raise ConfigError(f"edit.sparsity: must be in (0, 1) (a fraction of the model's MLP "
+                          f"neurons, e.g. 0.002), got {e.sparsity}")
+    if not math.isfinite(float(e.magnitude)):
+        raise ConfigError(f"edit.magnitude: must be a finite number, got {e.magnitude}")
+    for key, given, valid in (("edit.rule", e.rule, RULES.names()),
+                              ("edit.score", e.score, SCORES.names()),
+                              ("edit.positions", e.positions, POSITIONS)):
+        if given not in valid:
+            raise ConfigError(f"{key}: unknown choice {given!r}; valid choices: "
+                              f"{', '.join(valid)}")
+    check_window("edit.layer_window", e.layer_window, n_layers, str(cfg.model.name))
+
+
+def check_data_files(cfg: DictConfig) -> None:
+    """Parse every data file given under ``data.*`` (the built-in ones are tested)."""
+    from .data import DataError, load_records
+
+    for kind, path in OmegaConf.to_container(cfg.data).items():
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            raise ConfigError(f"data.{kind}: no such file {path}")
+        try:
+            load_records(kind, path)
+        except DataError as e:
+            raise ConfigError(f"data.{kind}: {e}") from None
+
+
+def check_best_edits(path: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"best_edits: no such file {p}; give a sweep's best_edits.json")
+    try:
+        doc = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"best_edits: {p} is not valid JSON ({e}); give the best_edits.json "
+                          "a sweep wrote") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("edits"), list):
+        raise ConfigError(f"best_edits: {p} has no 'edits' list; give the best_edits.json a "
+                          "sweep wrote")
+
+
+def check_writable(key: str, path: Path) -> None:
+    """``path`` can be created and written (a probe file is written and removed)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot write to {path} ({e.strerror or e}); choose a "
+                          "writable directory") from None
+
+
+def check_storage(url: str) -> None:
+    """An existing SQLite file is a database; other URLs: driver importable, server up."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.parent.is_dir():
+            raise ConfigError(f"search.storage: the directory of {path} does not exist; "
+                              "create it or point search.storage elsewhere")
+        if path.is_file() and path.stat().st_size > 0:
+            with path.open("rb") as f:
+                if f.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+                    raise ConfigError(f"search.storage: {path} is not an SQLite database "
+                                      "(corrupt or another file); move it aside to start "
+                                      "afresh, or point search.storage elsewhere")
+        return
+    if "://" not in url or url.startswith("journal:"):
+        return  # file-based journal storage: opened (and checked) by the studies
+    from sqlalchemy import create_engine, text
+
+    try:
+        engine = create_engine(url, connect_args=_connect_timeout(url))
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"search.storage: the database driver for {url.split('://')[0]!r} "
+                          f"is not installed ({e.name}); pip install it (e.g. psycopg2-binary "
+                          "for postgresql, pymysql for mysql+pymysql)") from None
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"search.storage: cannot connect to {_redact(url)}: {first}") from None
+    finally:
+        engine.dispose()
+
+
+def _connect_timeout(url: str) -> dict:
+    return {"connect_timeout": 10} if url.startswith(("postgresql", "mysql")) else {}
+
+
+def _redact(url: str) -> str:
+    """The URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def preflight(cfg: DictConfig, out: Path) -> None:
+    """Validate what ``cfg.task`` will read; raise :class:`ConfigError` before any work."""
+    task = cfg.task
+    if task == "report":
+        return  # reads an existing run; checked by the report task itself
+    if task == "sweep":
+        return preflight_sweep(cfg, out)
+    check_data_files(cfg)
+    if cfg.best_edits:
+        check_best_edits(cfg.best_edits)
+    elif task in EDIT_TASKS:
+        n_layers = model_n_layers(OmegaConf.to_container(cfg.model, resolve=True))
+        check_edit(cfg, n_layers, EDIT_TASKS[task])
+    if cfg.max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens: must be >= 1, got {cfg.max_new_tokens}")
+    check_writable("hydra.run.dir", out)
+
+
+def preflight_sweep(cfg: DictConfig, out: Path) -> None:
+    from .sweep.plan import make_plan
+
+    check_writable("hydra.run.dir", out)
+    plan = make_plan(cfg, out)
+    for m in plan.models:
+        n_layers = model_n_layers(m.config)
+        for w in cfg.search.space.layer_windows or []:
+            check_window("search.space.layer_windows", w, n_layers, m.label)
+    check_data_files(cfg)
+    check_storage(plan.storage)
