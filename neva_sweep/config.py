@@ -66,6 +66,8 @@ class EditConfig:
     exclusive: bool = False
     # apply neurons selected on another model (name or architecture fingerprint differ)
     allow_other_model: bool = False
+    # apply neurons selected on another model (name or architecture fingerprint differ)
+    allow_other_model: bool = False
 
 
 @dataclass

@@ -28,8 +28,9 @@ from typing import ClassVar
 import torch
 
 from .models.host import ModelHost
+from .models.identity import ALLOW_HINT, check_model
 from .registry import Registry
-from .select import NeuronMap, ValueNeurons
+from .select import NeuronMap, ValueNeurons, check_neurons
 
 POSITIONS = ("all", "response")
 DEFAULT_RULE = "add"
@@ -88,12 +89,15 @@ class NeuronEdit(HookedEdit):
 
     ``positions`` (optional) is where the edit was meant to apply (a sweep trial's
     ``positions``); :func:`neva_sweep.edits.apply` uses it when not told otherwise.
+    Installing it on a model other than ``neurons.model`` raises unless
+    ``allow_other_model`` (see :mod:`neva_sweep.models.identity`).
     """
 
     neurons: ValueNeurons
     rule: str = DEFAULT_RULE
     magnitude: float = DEFAULT_MAGNITUDE
     positions: str | None = None
+    allow_other_model: bool = False
 
     kind: ClassVar[str] = "neurons"
     prefix: ClassVar[str] = ""  # no token prefix: the edit is hooks
@@ -109,6 +113,11 @@ class NeuronEdit(HookedEdit):
         if len(self.neurons) == 0:
             raise ValueError("the edit has no selected neurons; raise edit.sparsity or check "
                              "the value's probes")
+        negative = (self.neurons.layer < 0) | (self.neurons.index < 0)
+        if negative.any():  # the widths are checked against the model at install
+            i = int(negative.nonzero()[0])
+            raise ValueError(f"neuron edit: neuron (layer {int(self.neurons.layer[i])}, index "
+                             f"{int(self.neurons.index[i])}) is negative; ids start at 0")
         if self.positions is not None:
             check_positions(self.positions)
 
@@ -232,9 +241,9 @@ class Editor(RowEditor):
     def __init__(self, host: ModelHost, specs: Sequence[NeuronEdit], row_groups: torch.Tensor,
                  positions: str = "all"):
         super().__init__(host, len(specs), row_groups, positions)
-        if any(int(s.neurons.layer.max()) >= host.n_layers for s in specs):
-            raise ValueError(f"edit refers to layers beyond the model's {host.n_layers}; "
-                             "was the neuron map built for another model?")
+        for s in specs:  # before any hook: an edit that does not fit installs nothing
+            check_model(s.neurons.model, host, "neuron edit", s.allow_other_model)
+            check_neurons(s.neurons, host.layer_sizes, f"neuron edit on {host.name!r}")
         self.layers = compile_edits(host, specs)
         self.handles = [host.sites[layer].register_forward_pre_hook(self._hook(le))
                         for layer, le in self.layers.items()]
@@ -305,10 +314,13 @@ def edit(
     rule: str = DEFAULT_RULE,
     positions: str = "all",
     value: str | None = None,
+    allow_other_model: bool = False,
 ) -> Iterator[Editor]:
     """Edit ``value``'s neurons (the map's only value when None) for every row.
 
-    Hooks are installed on entry and always removed on exit, also on exceptions.
+    Hooks are installed on entry and always removed on exit, also on exceptions. A map
+    built for another model (name or fingerprint, :mod:`neva_sweep.models.identity`) is
+    refused unless ``allow_other_model``; every neuron id must exist in ``host`` anyway.
 
     >>> import neva_sweep as nv
     >>> host = nv.load_model("tiny-llama")
@@ -322,9 +334,11 @@ def edit(
             raise ValueError(f"the neuron map holds {len(nmap.values)} values "
                              f"({', '.join(nmap.values)}); pass value=... (edit.value)")
         value = nmap.values[0]
-    if list(nmap.layer_sizes) != list(host.layer_sizes):
+    check_model(nmap.built_for, host, "the neuron map", allow_other_model)
+    if list(nmap.layer_sizes) != list(host.layer_sizes) and not allow_other_model:
         raise ValueError(f"neuron map layer sizes {nmap.layer_sizes[:3]}... do not match model "
-                         f"{host.name} ({host.layer_sizes[:3]}...); it was built for another model")
-    spec = NeuronEdit(nmap[value], rule, float(magnitude))
+                         f"{host.name} ({host.layer_sizes[:3]}...); it was built for another "
+                         f"model; {ALLOW_HINT}")
+    spec = NeuronEdit(nmap[value], rule, float(magnitude), allow_other_model=allow_other_model)
     with edit_rows(host, [spec], torch.zeros(1, dtype=torch.long), positions) as editor:
         yield editor

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .files import atomic_path
+from .models.identity import ModelId
 from .registry import Registry
 from .stats import NeuronStats, rest_stats
 from .values import N_VALUES, VALUES, check_value
@@ -66,11 +68,35 @@ class ValueNeurons:
     score: torch.Tensor  # float32
     mean_diff: torch.Tensor  # float32, mu_t - mu_rest: direction of the `add` rule
     quantile: torch.Tensor  # float32, q_t: floor of the `set` rule
+    model: ModelId | None = None  # the model they were selected on; None = unknown
 
     FIELDS = ("layer", "index", "score", "mean_diff", "quantile")
 
     def __len__(self) -> int:
         return self.layer.numel()
+
+
+def check_neurons(neurons: ValueNeurons, layer_sizes: list[int], what: str) -> None:
+    """Every (layer, index) of ``neurons`` exists in a model of ``layer_sizes``; else a
+    ValueError naming the first bad layer or index and the valid range.
+
+    Out-of-range ids would otherwise be dropped silently when an edit is installed.
+    """
+    n_layers = len(layer_sizes)
+    layer, index = neurons.layer.long(), neurons.index.long()
+    bad = (layer < 0) | (layer >= n_layers)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"{what}: layer {int(layer[i])} does not exist (the model has "
+                         f"{n_layers} layers, 0..{n_layers - 1}); was it built for another "
+                         "model?")
+    width = torch.tensor(layer_sizes, dtype=torch.long)[layer]
+    bad = (index < 0) | (index >= width)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"{what}: neuron index {int(index[i])} of layer {int(layer[i])} is "
+                         f"outside its MLP width {int(width[i])} (valid 0..{int(width[i]) - 1});"
+                         " was it built for another model?")
 
 
 @dataclass
@@ -86,6 +112,23 @@ class NeuronMap:
     neurons: dict[str, ValueNeurons]
     layer_sizes: list[int]
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Check every neuron id against ``layer_sizes``; one model id for map and neurons
+        (the meta's when recorded, else the neurons')."""
+        for v, vn in self.neurons.items():
+            check_neurons(vn, self.layer_sizes, f"neuron map, value {v}")
+        built_for = ModelId.from_meta(self.meta) or next(
+            (vn.model for vn in self.neurons.values() if vn.model is not None), None)
+        if built_for is not None:
+            self.meta.update(built_for.describe())
+            self.neurons = {v: vn if vn.model is not None else replace(vn, model=built_for)
+                            for v, vn in self.neurons.items()}
+
+    @property
+    def built_for(self) -> ModelId | None:
+        """The model the map was selected on (None for maps of unknown origin)."""
+        return ModelId.from_meta(self.meta)
 
     def __getitem__(self, value: str) -> ValueNeurons:
         check_value(value)
@@ -142,7 +185,8 @@ class NeuronMap:
         tensors = {f"{v}.{f}": getattr(vn, f).contiguous()
                    for v, vn in self.neurons.items() for f in ValueNeurons.FIELDS}
         meta = {"layer_sizes": self.layer_sizes, "values": list(self.neurons), **self.meta}
-        save_file(tensors, str(path), metadata={"neva_sweep": json.dumps(meta)})
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"neva_sweep": json.dumps(meta)})
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronMap:
@@ -208,6 +252,7 @@ def select_neurons(
     mean_rest, _, _ = rest_stats(stats)
     quant = stats.quantile()
     index = stats.index_in_layer()
+    built_for = ModelId.from_meta(stats.meta)
     chosen = {}
     for v in values:
         t = VALUES.index(v)
@@ -218,10 +263,11 @@ def select_neurons(
         top = top[torch.isfinite(s[top])]
         chosen[v] = ValueNeurons(
             layer[top].clone(), index[top].clone(), s[top].clone(),
-            (stats.mean[t, top] - mean_rest[t, top]).float(), quant[t, top].float(),
+            (stats.mean[t, top] - mean_rest[t, top]).float(), quant[t, top].float(), built_for,
         )
     meta = {"score": score, "sparsity": sparsity, "k": k, "layer_window": [start, stop],
             "exclusive": exclusive, "model": stats.meta.get("model"),
+            "fingerprint": stats.meta.get("fingerprint"),
             "data_hash": stats.meta.get("data_hash")}
     return NeuronMap(chosen, list(stats.layer_sizes), meta)
 
@@ -244,4 +290,5 @@ def random_neurons(
     return ValueNeurons(
         layer[top].clone(), stats.index_in_layer()[top].clone(), torch.zeros(top.numel()),
         (stats.mean[t, top] - mean_rest[t, top]).float(), stats.quantile()[t, top].float(),
+        ModelId.from_meta(stats.meta),
     )

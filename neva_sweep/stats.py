@@ -390,6 +390,7 @@ def collect_stats(
     stats = acc.stats
     stats.meta.update(
         model=host.name,
+        fingerprint=host.meta.get("fingerprint"),  # the ModelId of maps selected from these
         model_meta=host.meta,
         data_hash=probes.sha256,
         neuron_slices=[list(s) for s in host.neuron_slices],

@@ -110,3 +110,85 @@ def test_binary_garbage_in_a_data_file_names_it(tmp_path):
     path.write_bytes(b'{"value": "power", "split": "identify", "text": "a"}\n\xff\xfe\x00\n')
     with pytest.raises(DataError, match=f"^{path}:2: not UTF-8"):
         load_records("probes", path)
+
+
+# -- edits that do not fit the model -------------------------------------------------------
+def n_hooks(host) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in host.model.modules())
+
+
+def neurons(layers: list[int], indices: list[int], model=None) -> nv.ValueNeurons:
+    k = len(layers)
+    return nv.ValueNeurons(torch.tensor(layers), torch.tensor(indices), torch.ones(k),
+                           torch.ones(k), torch.ones(k), model)
+
+
+@pytest.fixture(scope="module")
+def nmap(tiny_stats) -> nv.NeuronMap:
+    return nv.select_neurons(tiny_stats, sparsity=0.05)
+
+
+@pytest.fixture(scope="module")
+def other_host() -> nv.ModelHost:
+    """Another model with the same layer sizes as tiny-llama (2 x 96 neurons)."""
+    return nv.load_model("tiny-qwen2")
+
+
+def test_neuron_index_beyond_a_layer_s_width_is_refused(tiny_host):
+    hooks = n_hooks(tiny_host)
+    wide = nv.NeuronEdit(neurons([0, 1], [3, 96]))  # layer 1 has neurons 0..95
+    with pytest.raises(ValueError, match="neuron index 96 of layer 1 is outside its MLP width "
+                                         r"96 \(valid 0..95\)"):
+        with nv.apply(tiny_host, wide):
+            pass
+    deep = nv.NeuronEdit(neurons([2], [0]))
+    with pytest.raises(ValueError, match=r"layer 2 does not exist \(the model has 2 layers"):
+        with nv.edit_rows(tiny_host, [deep], torch.zeros(1, dtype=torch.long)):
+            pass
+    assert n_hooks(tiny_host) == hooks  # nothing installed
+    with pytest.raises(ValueError, match="neuron map, value power: neuron index 96 of layer 1"):
+        nv.NeuronMap({"power": neurons([0, 1], [3, 96])}, [96, 96])
+    with pytest.raises(ValueError, match=r"\(layer 0, index -1\) is negative"):
+        nv.NeuronEdit(neurons([0], [-1]))
+
+
+def test_map_of_another_model_is_refused_unless_allowed(tiny_host, other_host, nmap, batch,
+                                                        tmp_path):
+    assert nmap.built_for == nv.models.identity.ModelId.of_host(tiny_host)
+    with pytest.raises(ValueError, match="built for another model: 'tiny-llama' .*not "
+                                         "'tiny-qwen2' .*allow_other_model=True"):
+        with nv.edit(other_host, nmap, value="power"):
+            pass
+    enc = other_host.tokenize(["I help my neighbour carry boxes."])
+    base = other_host.model(**enc).logits
+    with nv.edit(other_host, nmap, value="power", allow_other_model=True):
+        edited = other_host.model(**enc).logits
+    assert not torch.equal(base, edited)
+
+    nmap.save(tmp_path / "map.safetensors")  # the file records the model it was built for
+    loaded = nv.NeuronMap.load(tmp_path / "map.safetensors")
+    assert loaded["power"].model == nmap["power"].model == nmap.built_for
+    with pytest.raises(ValueError, match="built for another model"):
+        with nv.apply(other_host, nv.NeuronEdit(loaded["power"])):
+            pass
+    with nv.apply(other_host, nv.NeuronEdit(loaded["power"], allow_other_model=True)):
+        pass
+
+
+def test_same_name_other_architecture_is_refused(tiny_host, nmap):
+    fake = nv.models.identity.ModelId("tiny-llama", "0123456789ab")
+    moved = nv.NeuronMap({"power": nmap["power"]}, nmap.layer_sizes, {**nmap.meta,
+                                                                      **fake.describe()})
+    with pytest.raises(ValueError, match="fingerprint 0123456789ab.*fingerprint "
+                                         f"{tiny_host.meta['fingerprint']}"):
+        with nv.edit(tiny_host, moved, value="power"):
+            pass
+
+
+def test_statistics_file_records_model_and_fingerprint(tiny_host, tiny_stats, tmp_path):
+    tiny_stats.save(tmp_path / "neurons.safetensors")  # what task=identify writes
+    meta = nv.NeuronStats.load(tmp_path / "neurons.safetensors").meta
+    assert meta["model"] == "tiny-llama"
+    assert meta["fingerprint"] == tiny_host.meta["fingerprint"]
+    assert len(meta["fingerprint"]) == 12
+    assert nv.load_model("tiny-gpt2").meta["fingerprint"] != meta["fingerprint"]

@@ -15,6 +15,7 @@ import torch.nn as nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
 from .arch import neuron_sites, site_width
+from .identity import fingerprint
 from .registry import MODELS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -91,7 +92,8 @@ def host_from_model(model: nn.Module, tokenizer, name: str, meta: dict | None = 
     sites = neuron_sites(model)
     widths = [site_width(s) for s in sites]
     slices = [(0, w) for w in widths]
-    return ModelHost(model, tokenizer, name, sites, slices, widths, dict(meta or {}))
+    meta = {**(meta or {}), "fingerprint": fingerprint(model, widths)}  # see identity.py
+    return ModelHost(model, tokenizer, name, sites, slices, widths, meta)
 
 
 def load_model(
