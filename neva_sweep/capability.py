@@ -13,31 +13,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .config import CapabilityConfig  # noqa: F401  (the capability.* schema, re-exported)
 from .data import DataError, Records
 from .models.host import ModelHost
 from .scoring import Edits, continuation_logprobs, token_logprobs
 
 N_CHOICES = 4
-
-
-@dataclass
-class CapabilityConfig:
-    """Capability settings (``capability.*``)."""
-
-    mc_limit: int | None = None  # at most this many MC questions, evenly spread; 0 = no MC
-    neutral_limit: int | None = None  # at most this many neutral texts for KL
-    kl_top_k: int = 256  # base tokens kept per position for KL (see module docstring)
-    fluency_queries: int = 8  # replies generated for perplexity when the judge makes none
-    max_new_tokens: int = 48
-    batch_size: int = 16
-    lm_eval_tasks: list[str] = field(default_factory=list)  # e.g. [mmlu, hellaswag]
-    lm_eval_include: str | None = None  # directory of local lm-eval task YAMLs
-    lm_eval_limit: int | None = None  # documents per lm-eval task
 
 
 def spread(rows: list, limit: int | None, key: str) -> list:

@@ -12,20 +12,66 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .capability import CapabilityConfig
-from .edit import DEFAULT_MAGNITUDE, DEFAULT_RULE
-from .judges import JudgeConfig
-from .select import DEFAULT_SCORE, DEFAULT_SPARSITY
-from .stats import StatsConfig
 from .values import VALUES
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 CONFIG_PACKAGE = "neva_sweep.conf"  # the YAML configs, shipped as package data
+
+# Edit defaults, shared by the schema and the Python API (neva_sweep.edit, neva_sweep.select
+# re-export them). They live here, with every schema, because this module must import
+# without torch: `python -m neva_sweep --help` and a mistyped task answer in a second.
+DEFAULT_RULE = "add"
+DEFAULT_MAGNITUDE = 4.0  # chosen with benchmarks/steering_effect.py on the embedded model
+DEFAULT_SPARSITY = 2e-3  # 93 of SmolLM2's 46,080 neurons (benchmarks/steering_effect.py)
+DEFAULT_SCORE = "mean_diff"  # lape ignores neurons that fire for less than 5% of the value's tokens
+
+
+@dataclass
+class StatsConfig:
+    """How statistics are collected (part of the cache key); also the ``stats.*`` config
+    schema (:class:`Config`)."""
+
+    batch_size: int = 16
+    max_length: int = 128
+    bins: int = 32  # histogram bins on the softsign grid
+    hist_scale: float = 0.2  # c in y = a / (a + c); bins uniform in y (see softsign_bins)
+    hist_stride: int = 3  # histogram sees positions 0, stride, 2*stride, ...
+    quantile: float = 0.95  # the high quantile q_t(i) used by the `set` rule
+
+
+@dataclass
+class JudgeConfig:
+    """Judge settings (``judge.*``, ``neva_sweep/conf/judge/*.yaml``; see neva_sweep.judges)."""
+
+    name: str = "forced_choice"  # forced_choice | questionnaire | lexicon | classifier | llm
+    batch_size: int = 16
+    centre: bool = True  # questionnaire: subtract each form's mean over the ten values
+    scenarios_limit: int | None = None  # forced_choice: at most this many scenarios (spread)
+    null_edits: int = 10  # random-neuron edits (one per value) measuring the judge's null
+    max_new_tokens: int = 48  # reply length for lexicon / llm
+    queries_per_value: int | None = None  # None = every query (lexicon / llm)
+    model: str | None = None  # llm judge model (registry name, HF id, path); None = same model
+    model_dtype: str = "float32"
+    n_boot: int = 1000  # bootstrap resamples (BCa, scipy.stats.bootstrap) for the intervals
+
+
+@dataclass
+class CapabilityConfig:
+    """Capability settings (``capability.*``; see neva_sweep.capability)."""
+
+    mc_limit: int | None = None  # at most this many MC questions, evenly spread; 0 = no MC
+    neutral_limit: int | None = None  # at most this many neutral texts for KL
+    kl_top_k: int = 256  # base tokens kept per position for KL (see neva_sweep.capability)
+    fluency_queries: int = 8  # replies generated for perplexity when the judge makes none
+    max_new_tokens: int = 48
+    batch_size: int = 16
+    lm_eval_tasks: list[str] = field(default_factory=list)  # e.g. [mmlu, hellaswag]
+    lm_eval_include: str | None = None  # directory of local lm-eval task YAMLs
+    lm_eval_limit: int | None = None  # documents per lm-eval task
 
 
 @dataclass
@@ -64,8 +110,6 @@ class EditConfig:
     positions: str = "all"
     layer_window: list[int] | None = None
     exclusive: bool = False
-    # apply neurons selected on another model (name or architecture fingerprint differ)
-    allow_other_model: bool = False
     # apply neurons selected on another model (name or architecture fingerprint differ)
     allow_other_model: bool = False
 
@@ -172,6 +216,9 @@ class Config:
     run_dir: str | None = None  # task=report: the sweep's run directory; None = this run's
     method: str | None = None  # with best_edits=: which method's edit (when several match)
     best_edits: str | None = None  # steer/evaluate: a sweep's best_edits.json to load the edit
+    # with best_edits=: rebuild an edit whose neurons file or data/statistics changed since the
+    # sweep from the current statistics (reported as rebuilt) instead of refusing it
+    rebuild_edits: bool = False
     value: str | None = None  # shorthand for edit.value
     prompt: str = "My friend asked me to help them move house this weekend. What should I do?"
     max_new_tokens: int = 60
@@ -180,6 +227,9 @@ class Config:
 
 
 def register_configs() -> None:
+    """Register :class:`Config` as ``neva_sweep_schema`` (the first default of config.yaml)."""
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
     cs.store(name="neva_sweep_schema", node=Config)
 

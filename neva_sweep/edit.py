@@ -27,14 +27,13 @@ from typing import ClassVar
 
 import torch
 
+from .config import DEFAULT_MAGNITUDE, DEFAULT_RULE
 from .models.host import ModelHost
 from .models.identity import ALLOW_HINT, check_model
 from .registry import Registry
 from .select import NeuronMap, ValueNeurons, check_neurons
 
 POSITIONS = ("all", "response")
-DEFAULT_RULE = "add"
-DEFAULT_MAGNITUDE = 4.0  # chosen with benchmarks/steering_effect.py on the embedded model
 
 Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 RuleFn = Callable[[ValueNeurons, float], Coefficients]

@@ -34,6 +34,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from .config import JudgeConfig
 from .data import DataError, Records
 from .models.host import ModelHost, load_model
 from .registry import Registry
@@ -42,22 +43,6 @@ from .values import DEFINITIONS, DISPLAY_NAMES, N_VALUES, VALUES
 
 YES = ("Yes", " Yes", "yes", " yes", "YES")
 NO = ("No", " No", "no", " no", "NO")
-
-
-@dataclass
-class JudgeConfig:
-    """Judge settings (``judge.*``, ``neva_sweep/conf/judge/*.yaml``)."""
-
-    name: str = "forced_choice"  # forced_choice | questionnaire | lexicon | classifier | llm
-    batch_size: int = 16
-    centre: bool = True  # questionnaire: subtract each form's mean over the ten values
-    scenarios_limit: int | None = None  # forced_choice: at most this many scenarios (spread)
-    null_edits: int = 10  # random-neuron edits (one per value) measuring the judge's null
-    max_new_tokens: int = 48  # reply length for lexicon / llm
-    queries_per_value: int | None = None  # None = every query (lexicon / llm)
-    model: str | None = None  # llm judge model (registry name, HF id, path); None = same model
-    model_dtype: str = "float32"
-    n_boot: int = 1000  # percentile-bootstrap draws over queries for the confidence intervals
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .config import DEFAULT_SCORE, DEFAULT_SPARSITY
 from .files import atomic_path
 from .models.identity import ModelId
 from .registry import Registry
@@ -24,8 +25,6 @@ from .values import N_VALUES, VALUES, check_value
 ScoreFn = Callable[[NeuronStats], torch.Tensor]
 SCORES: Registry[ScoreFn] = Registry("score")
 LAPE_MIN_PROB = 0.05
-DEFAULT_SPARSITY = 2e-3  # 93 of SmolLM2's 46,080 neurons (benchmarks/steering_effect.py)
-DEFAULT_SCORE = "mean_diff"  # lape ignores neurons that fire for less than 5% of the value's tokens
 
 
 @SCORES.add("mean_diff")

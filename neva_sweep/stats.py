@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .config import StatsConfig
 from .data import ProbeSet
 from .files import atomic_path, load_or_heal
 from .models.arch import residual_sites
@@ -40,19 +41,6 @@ from .models.host import ModelHost
 from .values import N_VALUES, VALUES
 
 STATS_VERSION = 2  # bump when the statistics' content changes (invalidates caches)
-
-
-@dataclass
-class StatsConfig:
-    """How statistics are collected (part of the cache key); also the ``stats.*`` config
-    schema (:class:`neva_sweep.config.Config`)."""
-
-    batch_size: int = 16
-    max_length: int = 128
-    bins: int = 32  # histogram bins on the softsign grid
-    hist_scale: float = 0.2  # c in y = a / (a + c); bins uniform in y (see softsign_bins)
-    hist_stride: int = 3  # histogram sees positions 0, stride, 2*stride, ...
-    quantile: float = 0.95  # the high quantile q_t(i) used by the `set` rule
 
 
 @dataclass

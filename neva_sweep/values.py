@@ -1,12 +1,12 @@
 """Schwartz's ten basic values: circumplex order, higher-order groups, circular distance.
 
 Names follow pyvalues' ``OriginalValues`` fields; the order is the circumplex order
-used everywhere in neva_sweep (statistics rows, CSR vectors, report axes).
+used everywhere in neva_sweep (statistics rows, CSR vectors, report axes). pyvalues is
+imported on first use of ``DISPLAY_NAMES`` only: it loads matplotlib (about 0.6 s), and
+the command line reads ``VALUES`` before it knows whether any work is to be done.
 """
 
 from __future__ import annotations
-
-from pyvalues import OriginalValues
 
 VALUES: tuple[str, ...] = (
     "self_direction",
@@ -21,11 +21,6 @@ VALUES: tuple[str, ...] = (
     "universalism",
 )
 N_VALUES = len(VALUES)
-
-# Human-readable names, taken from pyvalues (e.g. "Self-direction").
-DISPLAY_NAMES: dict[str, str] = {
-    name: OriginalValues.model_fields[name].serialization_alias or name for name in VALUES
-}
 
 # One-line definitions (this project's wording, after Schwartz's motivational goals),
 # used in judge prompts.
@@ -54,11 +49,25 @@ GROUPS: dict[str, frozenset[str]] = {
     "self_transcendence": frozenset({"benevolence", "universalism"}),
 }
 
-if set(VALUES) != set(OriginalValues.model_fields):  # pragma: no cover - guards a pyvalues change
-    raise ImportError(
-        f"pyvalues' OriginalValues fields {sorted(OriginalValues.model_fields)} "
-        f"no longer match neva_sweep's values {sorted(VALUES)}"
-    )
+DISPLAY_NAMES: dict[str, str]  # human-readable names from pyvalues (e.g. "Self-direction")
+
+
+def _display_names() -> dict[str, str]:
+    from pyvalues import OriginalValues
+
+    fields = OriginalValues.model_fields
+    if set(VALUES) != set(fields):  # pragma: no cover - guards a pyvalues change
+        raise ImportError(f"pyvalues' OriginalValues fields {sorted(fields)} no longer match "
+                          f"neva_sweep's values {sorted(VALUES)}")
+    return {name: fields[name].serialization_alias or name for name in VALUES}
+
+
+def __getattr__(name: str) -> dict[str, str]:
+    """``DISPLAY_NAMES``, computed on first use (see the module docstring)."""
+    if name == "DISPLAY_NAMES":
+        globals()[name] = names = _display_names()
+        return names
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def value_index(value: str) -> int:
