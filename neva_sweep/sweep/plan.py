@@ -282,16 +282,48 @@ def _has_wandb_key() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
+JOURNAL = "journal://"
+STORAGE_FORMS = ("journal:///abs/path/optuna.log (Optuna's journal file; journal://name.log "
+                 "is in the run directory) or an SQLAlchemy URL (sqlite:///runs/x/optuna.db, "
+                 "postgresql://user@host/db)")
+
+
 def storage_url(search: DictConfig, run_dir: Path) -> str:
-    """``search.storage``, defaulting to SQLite in the run directory; checked for syntax."""
-    if search.storage is None:
+    """``search.storage``, defaulting to SQLite in the run directory; checked for syntax.
+
+    Journal files (``journal:///abs/path``, for shared filesystems where SQLite's locking
+    is unreliable) come back with an absolute path: a relative ``journal://name.log`` is
+    resolved against the run directory, so a resumed run finds the same file from any
+    working directory.
+    """
+    url = search.storage
+    if url is None:
         return f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+    url = str(url)
+    if url.startswith("journal:"):
+        rest = url.removeprefix(JOURNAL)
+        if rest == url or not rest.strip("/") or rest.endswith("/"):
+            raise ConfigError(f"search.storage: {url!r} names no journal file; valid forms: "
+                              f"{STORAGE_FORMS}")
+        return f"{JOURNAL}{(run_dir / rest).resolve()}"  # an absolute rest stays as it is
     try:
-        make_url(search.storage)
-    except ArgumentError as e:
-        raise ConfigError(f"search.storage: not an SQLAlchemy URL ({e}); e.g. "
-                          "sqlite:///runs/x/optuna.db or postgresql://user@host/db") from e
-    return str(search.storage)
+        make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"search.storage: {url!r} is not a storage URL; valid forms: "
+                          f"{STORAGE_FORMS}") from None
+    return url
+
+
+def storage_file(url: str) -> Path | None:
+    """The file holding storage ``url`` (SQLite database or journal file), or None for
+    server databases and in-memory SQLite."""
+    if url.startswith(JOURNAL):
+        return Path(url.removeprefix(JOURNAL))
+    if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            return Path(database)
+    return None
 
 
 def make_plan(cfg: DictConfig, run_dir: Path) -> SweepPlan:

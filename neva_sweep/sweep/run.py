@@ -1,7 +1,9 @@
 """``task=sweep``: plan -> studies -> replicas -> statistics -> scheduler -> files and W&B.
 
-Everything that can be checked without a cluster is checked first (plan.py); the files
-and the W&B run are written and closed whatever happens after that (Ctrl-C included).
+Everything that can be checked without a cluster is checked first (plan.py); then the
+driver takes the run's lock (lock.py: one driver per storage) and only then fails trials a
+dead driver left RUNNING. From there on the files and the W&B run are written and closed,
+and the lock released, whatever happens (Ctrl-C included).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..data import load_probes
 from ..judges import JudgeConfig
 from ..stats import StatsConfig
 from .cluster import ReplicaWorker, model_stats, ray_session, start_replicas
+from .lock import run_lock
 from .logging import SweepLogger, make_logger
 from .outputs import Outputs
 from .plan import (
@@ -35,7 +38,7 @@ from .plan import (
     trial_judge,
 )
 from .scheduler import Scheduler
-from .studies import StudyState, open_storage, open_studies
+from .studies import StudyState, fail_stale_trials, open_storage, open_studies
 from .worker import EvalSetup
 
 
@@ -50,6 +53,8 @@ def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> SweepResult
     """Run (or resume) the sweep ``cfg`` describes, writing its files into ``run_dir``.
 
     ``callbacks`` get every told trial (:class:`~neva_sweep.sweep.scheduler.Outcome`).
+    Another live driver on the same storage raises
+    :class:`~neva_sweep.sweep.lock.RunLockedError` before anything starts.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -57,10 +62,21 @@ def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> SweepResult
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     if cfg.cluster.kind == "local" and not ray.is_initialized():
         replica_counts(plan.models, cfg.cluster, local_resources(cfg.cluster))  # fail early
-    states = open_studies(plan.studies, open_storage(plan.storage), cfg.search)
-    stale = sum(len(s.stale) for s in states)
-    if stale:
-        print(f"marked {stale} trial(s) left RUNNING by a stopped driver as FAIL")
+    with run_lock(plan.storage) as lock:
+        states = open_studies(plan.studies, open_storage(plan.storage), cfg.search)
+        stale = fail_stale_trials(states, lock)  # only now: no live driver owns them
+        if stale:
+            print(f"marked {stale} trial(s) left RUNNING by a stopped driver as FAIL")
+        paths = _drive(cfg, plan, run_dir, states, callbacks)
+    print(summary(states))
+    for p in paths.values():
+        print(f"wrote {p}")
+    return SweepResult(run_dir, states, paths)
+
+
+def _drive(cfg: DictConfig, plan: SweepPlan, run_dir: Path, states: list[StudyState],
+           callbacks) -> dict[str, Path]:
+    """Run the missing trials; the files and the logger are finished however it ends."""
     outputs = Outputs(run_dir, states, plan.models, cfg.search)
     logger = make_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
     exit_code = 1
@@ -77,10 +93,7 @@ def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> SweepResult
         raise
     finally:
         paths = _finish(outputs, logger, exit_code)
-    print(summary(states))
-    for p in paths.values():
-        print(f"wrote {p}")
-    return SweepResult(run_dir, states, paths)
+    return paths
 
 
 def _finish(outputs: Outputs, logger: SweepLogger, exit_code: int) -> dict[str, Path]:

@@ -18,18 +18,27 @@ from dataclasses import dataclass, field
 
 import optuna
 from omegaconf import DictConfig
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from ..metrics import METRICS
 from .front import budgets, constraint_values
-from .plan import StudyKey
+from .lock import NoLock, RunLock
+from .plan import JOURNAL, StudyKey
 
 STALE_ERROR = "stale: the driver stopped before this trial finished (marked FAIL on resume)"
 
 
-def open_storage(url: str) -> RDBStorage:
-    """The RDB storage; SQLite waits for locks instead of failing at once."""
+def open_storage(url: str) -> BaseStorage:
+    """The storage at ``url`` (as :func:`~.plan.storage_url` returns it).
+
+    ``journal:///path``: Optuna's journal file (append-only, with its own lock file
+    ``<path>.lock``; safe on NFS and Lustre, where SQLite's locking is not). Anything else
+    is an SQLAlchemy URL; SQLite waits for locks instead of failing at once.
+    """
+    if url.startswith(JOURNAL):
+        return JournalStorage(JournalFileBackend(url.removeprefix(JOURNAL)))
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     return RDBStorage(url, engine_kwargs=kwargs)
 
@@ -76,9 +85,10 @@ class StudyState:
                 and self.failed < self.max_failures)
 
 
-def open_studies(keys: list[StudyKey], storage: RDBStorage, search: DictConfig
+def open_studies(keys: list[StudyKey], storage: BaseStorage, search: DictConfig
                  ) -> list[StudyState]:
-    """Create or load every study; RUNNING trials left by a stopped driver become FAIL."""
+    """Create or load every study. Their RUNNING trials are left alone: only the driver
+    holding the run's lock may take them for a dead driver's (:func:`fail_stale_trials`)."""
     directions = list(search.objectives.values())
     max_failures = search.n_trials if search.max_failures is None else search.max_failures
     states = []
@@ -94,7 +104,6 @@ def open_studies(keys: list[StudyKey], storage: RDBStorage, search: DictConfig
         for attr, v in (("model", key.model), ("value", key.value), ("method", key.method)):
             study.set_user_attr(attr, v)
         state = StudyState(key, study, int(search.n_trials), int(max_failures))
-        state.stale = fail_stale(study)
         state.complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         state.best_alignment = best_alignment(study)
         states.append(state)
@@ -107,6 +116,20 @@ def _check_directions(study: optuna.Study, directions: list[str], name: str) -> 
         raise ValueError(f"search.objectives: study {name!r} in the storage has directions "
                          f"{have}, the config asks {directions}; use another run directory, "
                          "search.storage or search.study_prefix")
+
+
+def fail_stale_trials(states: list[StudyState], lock: RunLock | NoLock) -> int:
+    """Mark every study's RUNNING trials FAIL (``state.stale``); returns how many.
+
+    Only the holder of the run's lock may: without it, the RUNNING trials could be a live
+    driver's, and failing them would corrupt its studies.
+    """
+    if not lock.held:
+        raise RuntimeError(f"the run's lock {lock.path} is not held by this driver; "
+                           "take it (lock.run_lock(storage)) before failing stale trials")
+    for s in states:
+        s.stale = fail_stale(s.study)
+    return sum(len(s.stale) for s in states)
 
 
 def fail_stale(study: optuna.Study) -> list[int]:
