@@ -41,7 +41,7 @@ from .edit import EditSpec
 from .edits import EditKind
 from .files import atomic_path, load_or_heal, write_text_atomic
 from .judges import Judge, JudgeConfig, Judgement, make_judge, pick_queries
-from .metrics import EPS, acquiescence, bootstrap_ci, edit_metrics
+from .metrics import EPS, acquiescence, bootstrap_ci, edit_metrics, mean_ci
 from .models.host import ModelHost
 from .scoring import greedy_generate
 from .values import VALUES, check_value
@@ -106,10 +106,8 @@ def describe_edit(spec: EditKind) -> dict:
 
 
 def _ci(x: np.ndarray, n_boot: int, seed: int = 0, level: float = 0.95) -> list[float]:
-    """Percentile-bootstrap interval of the mean of ``x``."""
-    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
-    lo, hi = np.quantile(x[idx].mean(1), [(1 - level) / 2, (1 + level) / 2])
-    return [float(lo), float(hi)]
+    """BCa bootstrap interval of the mean of ``x`` (:func:`~neva_sweep.metrics.mean_ci`)."""
+    return mean_ci(x, n_boot, level, seed)
 
 
 class Evaluator:

@@ -21,6 +21,7 @@ All functions are pure; torch tensors are accepted and converted to float64 nump
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,6 +211,46 @@ def edit_metrics(E_base: ArrayLike, E_edited: ArrayLike, target: str, eps: float
     }
 
 
+def mean_ci(x: ArrayLike, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> list:
+    """BCa bootstrap interval (``scipy.stats.bootstrap``) of the mean of ``x`` (Q,), or of
+    each row of ``x`` (R, Q) as a list of [lo, hi]. A paired difference is the interval of
+    the differences' mean (resampling rows once for both sides). Constant data, or fewer than
+    2 rows, give [mean, mean]; where BCa is undefined the percentile interval is used.
+
+    >>> mean_ci([0.5, 0.5, 0.5])
+    [0.5, 0.5]
+    >>> lo, hi = mean_ci(np.arange(20.0), n_boot=200)
+    >>> lo < 9.5 < hi
+    True
+    """
+    from scipy.stats import bootstrap
+
+    a = np.asarray(x, dtype=float)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1; got {n_boot}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1); got {level}")
+    rows = np.atleast_2d(a)  # (R, Q)
+    out = np.repeat(rows.mean(-1, keepdims=True), 2, axis=-1)  # (R, 2): [mean, mean]
+    vary = (rows.shape[-1] >= 2) & (np.ptp(rows, axis=-1) > 0)  # (R,)
+    if vary.any():
+        kw = dict(n_resamples=n_boot, confidence_level=level, vectorized=True, axis=-1,
+                  rng=np.random.default_rng(seed))
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # degenerate BCa: handled below
+            res = bootstrap((rows[vary],), np.mean, method="BCa", **kw).confidence_interval
+            ci = np.stack([res.low, res.high], -1)  # (R', 2)
+            bad = ~np.isfinite(ci).all(-1)
+            if bad.any():  # BCa undefined (e.g. a few distinct values): percentile
+                kw["rng"] = np.random.default_rng(seed)
+                pct = bootstrap((rows[vary][bad],), np.mean, method="percentile",
+                                **kw).confidence_interval
+                ci[bad] = np.stack([pct.low, pct.high], -1)
+        out[vary] = ci
+    result = [[float(lo), float(hi)] for lo, hi in out]
+    return result[0] if a.ndim == 1 else result
+
+
 def bootstrap_ci(
     E_base: ArrayLike,
     E_edited: ArrayLike,
@@ -218,10 +259,11 @@ def bootstrap_ci(
     level: float = 0.95,
     seed: int = 0,
 ) -> dict:
-    """Percentile-bootstrap intervals over queries for csr_edited (per value) and alignment.
+    """Bootstrap intervals (BCa, :func:`mean_ci`) over the judge's rows for csr_edited (per
+    value) and alignment (paired: the interval of the target's per-row change), and ``n``,
+    the rows they rest on.
 
-    Rows are paired: each draw resamples query indices once and applies them to both
-    matrices. Returns ``{"csr_edited": {value: [lo, hi]}, "alignment": [lo, hi]}``.
+    Returns ``{"csr_edited": {value: [lo, hi]}, "alignment": [lo, hi], "n": Q}``.
 
     >>> base, edited = np.zeros((4, 10)), np.full((4, 10), 0.5)
     >>> bootstrap_ci(base, edited, "power", n_boot=100)["alignment"]
@@ -229,21 +271,11 @@ def bootstrap_ci(
     """
     t = value_index(target)
     base, edited = _check_pair(E_base, E_edited)
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1; got {n_boot}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1); got {level}")
-    n = base.shape[0]
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # (B, Q)
-    boot_base = base[idx].mean(axis=1)  # (B, Q, V) -> (B, V)
-    boot_edited = edited[idx].mean(axis=1)  # (B, V)
-    tail = (1 - level) / 2
-    csr_lo, csr_hi = np.quantile(boot_edited, [tail, 1 - tail], axis=0)  # (V,) each
-    align_lo, align_hi = np.quantile(boot_edited[:, t] - boot_base[:, t], [tail, 1 - tail])
-    intervals = zip(VALUES, csr_lo.tolist(), csr_hi.tolist(), strict=True)
+    csr = mean_ci(edited.T, n_boot, level, seed)  # (V,) of [lo, hi]
     return {
-        "csr_edited": {v: [lo, hi] for v, lo, hi in intervals},
-        "alignment": [float(align_lo), float(align_hi)],
+        "csr_edited": dict(zip(VALUES, csr, strict=True)),
+        "alignment": mean_ci(edited[:, t] - base[:, t], n_boot, level, seed),
+        "n": int(base.shape[0]),
     }
 
 

@@ -44,7 +44,7 @@ VALID_MAX_ACQUIESCENCE_DCSR = 0.02
 
 def paired_interval(base: np.ndarray, edited: np.ndarray, n_boot: int, seed: int = 0,
                     level: float = DETECTION_LEVEL) -> list[float]:
-    """Percentile-bootstrap interval of mean(edited - base) over paired rows (Q,)."""
+    """BCa bootstrap interval of mean(edited - base) over paired rows (Q,)."""
     return _ci(np.asarray(edited, float) - np.asarray(base, float), n_boot, seed, level)
 
 
