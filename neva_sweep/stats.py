@@ -387,6 +387,22 @@ def collect_stats(
     return stats
 
 
+def inputs_hash(data_hash: str, config: dict) -> str:
+    """Hash of what statistics are computed from besides the model: the probe data (its
+    SHA-256) and the statistics config. best_edits.json records it per edit, so that an
+    edit is never rebuilt from other statistics unknowingly."""
+    blob = json.dumps({"data": data_hash, "config": config}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stats_inputs_hash(stats: NeuronStats) -> str | None:
+    """:func:`inputs_hash` of collected statistics (None when their meta lacks it)."""
+    meta = stats.meta
+    if "data_hash" not in meta or "config" not in meta:
+        return None
+    return inputs_hash(meta["data_hash"], meta["config"])
+
+
 def cache_key(host: ModelHost, probes: ProbeSet, cfg: StatsConfig) -> str:
     """Key of (model, data, statistics config) for the on-disk statistics cache."""
     blob = json.dumps(

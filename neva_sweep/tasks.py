@@ -86,10 +86,26 @@ def side_by_side(left: str, right: str, titles: tuple[str, str]) -> str:
     return "\n".join(f"{x:<{width}} | {y}" for x, y in zip(a, b))
 
 
+def stats_inputs_hash_of(cfg: DictConfig) -> str:
+    """:func:`neva_sweep.stats.inputs_hash` of the statistics ``cfg`` selects (data.probes,
+    stats.*), known without computing them."""
+    from dataclasses import asdict
+
+    from .stats import inputs_hash
+
+    probes = load_probes(cfg.data.probes, split="identify")
+    return inputs_hash(probes.sha256, asdict(StatsConfig(**OmegaConf.to_container(cfg.stats))))
+
+
 def best_edit(cfg: DictConfig) -> tuple[dict, ModelHost, EditKind]:
     """The edit chosen by a sweep (``best_edits=<run dir>/best_edits.json``), the host of its
     model and the edit (any kind, carrying its positions); ``value=`` (and ``model=`` when
-    several match) picks the entry."""
+    several match) picks the entry.
+
+    The edit must be the sweep's: a missing or changed neurons file, or other data.probes /
+    stats.* than the sweep's, is an error unless ``rebuild_edits=true``; then the edit is
+    rebuilt from the current statistics, ``entry["rebuilt"]`` says why and a line is printed.
+    """
     from .sweep.outputs import best_edit_spec, load_best_edit
     from .sweep.plan import model_label
 
@@ -98,7 +114,13 @@ def best_edit(cfg: DictConfig) -> tuple[dict, ModelHost, EditKind]:
                            model=model_label(OmegaConf.to_container(cfg.model)),
                            method=cfg.method)
     host = load_model(OmegaConf.create(entry["model_config"]))
-    spec = best_edit_spec(entry, stats=lambda: stats_from_config(cfg, host))
+    spec = best_edit_spec(entry, stats=lambda: stats_from_config(cfg, host),
+                          inputs_hash=stats_inputs_hash_of(cfg), rebuild=cfg.rebuild_edits,
+                          allow_other_model=cfg.edit.allow_other_model)
+    entry.setdefault("rebuilt", None)
+    if entry["rebuilt"]:
+        print(f"best_edits: the {entry['model']}/{entry['value']}/{entry['method']} edit was "
+              f"REBUILT from the current statistics (rebuild_edits=true): {entry['rebuilt']}")
     return entry, host, spec
 
 
@@ -188,7 +210,7 @@ def evaluate_config(cfg: DictConfig, host: ModelHost | None = None) -> dict:
     if entry is not None:
         rec = evaluator.evaluate_one(value, best, best.positions or "all")
         rec["edit"].update(method=entry["method"], params=entry["params"],
-                           best_edits=str(cfg.best_edits))
+                           best_edits=str(cfg.best_edits), rebuilt=entry["rebuilt"])
         specs = [best]
     elif value is None:
         rec = evaluator.base_record()

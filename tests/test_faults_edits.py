@@ -4,6 +4,7 @@ best edits whose inputs changed, corrupt or unwritable caches, over-long prompts
 from __future__ import annotations
 
 import errno
+import json
 import logging
 
 import numpy as np
@@ -192,3 +193,128 @@ def test_statistics_file_records_model_and_fingerprint(tiny_host, tiny_stats, tm
     assert meta["fingerprint"] == tiny_host.meta["fingerprint"]
     assert len(meta["fingerprint"]) == 12
     assert nv.load_model("tiny-gpt2").meta["fingerprint"] != meta["fingerprint"]
+
+
+# -- best_edits.json: reproducible chosen edits ----------------------------------------------
+FAST = ["model=tiny_llama", "progress=false", "max_new_tokens=2", "judge=questionnaire",
+        "judge.n_boot=20", "judge.null_edits=2", "capability.mc_limit=4",
+        "capability.neutral_limit=2", "capability.fluency_queries=0"]
+
+
+@pytest.fixture
+def sweep_run(tmp_path, tiny_stats, config):
+    """A run directory whose best_edits.json the sweep's own writer made from one COMPLETE
+    neva trial, with tiny-llama's statistics at hand (so the neurons file is saved)."""
+    import optuna
+    from omegaconf import OmegaConf
+    from test_report import _trial
+
+    from neva_sweep.config import SearchConfig
+    from neva_sweep.sweep.outputs import Outputs
+    from neva_sweep.sweep.plan import ModelEntry, StudyKey
+    from neva_sweep.sweep.studies import open_studies
+
+    search = OmegaConf.merge(OmegaConf.structured(SearchConfig), {"max_kl": None})
+    (state,) = open_studies([StudyKey("tiny-llama", "power", "neva")],
+                            optuna.storages.InMemoryStorage(), search)
+    state.study.add_trial(_trial(np.random.default_rng(0), "power", "neva",
+                                 np.full(len(nv.VALUES), 0.3)))
+    state.complete = 1
+    model = OmegaConf.to_container(config(*FAST).model)
+    outputs = Outputs(tmp_path / "run", [state], [ModelEntry("tiny-llama", model)], search)
+    outputs.stats["tiny-llama"] = tiny_stats
+    outputs.write()
+    return tmp_path / "run"
+
+
+def run_task(monkeypatch, tiny_host, tiny_stats, cfg, out):
+    """A CLI task on the entry's model (tiny_host) with tiny_stats as current statistics."""
+    import neva_sweep.models.host
+    from neva_sweep import tasks
+
+    def load_model(model_cfg):
+        return tiny_host
+
+    monkeypatch.setattr(neva_sweep.models.host, "load_model", load_model)  # imported in tasks
+    monkeypatch.setattr(tasks, "load_model", load_model, raising=False)  # or at the top
+    monkeypatch.setattr(tasks, "stats_from_config", lambda cfg, host: tiny_stats)
+    tasks.TASKS[cfg.task](cfg, out)
+
+
+def test_best_edits_record_what_each_edit_was_built_from(sweep_run, tiny_stats, config):
+    from neva_sweep.files import sha256_file
+    from neva_sweep.stats import stats_inputs_hash
+    from neva_sweep.tasks import stats_inputs_hash_of
+
+    (entry,) = json.loads((sweep_run / "best_edits.json").read_text())["edits"]
+    assert entry["neurons_sha256"] == sha256_file(sweep_run / entry["neurons"])
+    assert entry["stats_hash"] == stats_inputs_hash(tiny_stats)
+    assert entry["stats_hash"] == stats_inputs_hash_of(config(*FAST))  # same data, same stats.*
+    assert entry["stats_hash"] != stats_inputs_hash_of(config(*FAST, "stats.max_length=64"))
+
+
+def test_best_edit_with_a_changed_neurons_file_is_refused_unless_rebuilt(
+        sweep_run, tiny_host, tiny_stats, config, tmp_path, monkeypatch, capsys):
+    from neva_sweep.sweep.outputs import load_best_edit
+
+    best = sweep_run / "best_edits.json"
+    cli = [*FAST, "task=steer", f"best_edits={best}", "value=power"]
+    run_task(monkeypatch, tiny_host, tiny_stats, config(*cli), tmp_path)  # as recorded
+    assert "edited toward power" in capsys.readouterr().out
+
+    path = load_best_edit(best, value="power")["neurons"]
+    other = nv.select_neurons(tiny_stats, "power", sparsity=0.1)  # not the sweep's neurons
+    other.save(path)
+    with pytest.raises(ValueError, match=r"^best_edits: the tiny-llama/power/neva edit would "
+                                         r"not be the sweep's: its neurons file .* changed since"
+                                         r" the sweep .*rebuild_edits=true"):
+        run_task(monkeypatch, tiny_host, tiny_stats, config(*cli), tmp_path)
+    run_task(monkeypatch, tiny_host, tiny_stats, config(*cli, "rebuild_edits=true"), tmp_path)
+    out = capsys.readouterr().out
+    assert "REBUILT from the current statistics" in out and "changed since the sweep" in out
+
+    import os
+    os.unlink(path)
+    with pytest.raises(ValueError, match="its neurons file .* is missing"):
+        run_task(monkeypatch, tiny_host, tiny_stats, config(*cli), tmp_path)
+
+
+def test_best_edit_from_other_statistics_is_refused_and_eval_json_says_rebuilt(
+        sweep_run, tiny_host, tiny_stats, config, tmp_path, monkeypatch):
+    cli = [*FAST, f"best_edits={sweep_run / 'best_edits.json'}", "value=power",
+           f"cache_dir={tmp_path / 'cache'}", "stats.max_length=64"]  # not the sweep's stats.*
+    with pytest.raises(ValueError, match="other data or statistics settings"):
+        run_task(monkeypatch, tiny_host, tiny_stats, config(*cli, "task=steer"), tmp_path)
+    run_task(monkeypatch, tiny_host, tiny_stats,
+             config(*cli, "task=evaluate", "rebuild_edits=true"), tmp_path)
+    rec = json.loads((tmp_path / "eval.json").read_text())
+    assert "other data or statistics settings" in rec["edit"]["rebuilt"]
+    assert rec["edit"]["method"] == "neva" and rec["alignment"] is not None
+
+
+def test_best_edits_without_hashes_load_with_a_warning(tiny_stats, caplog):
+    from neva_sweep.sweep.outputs import best_edit_spec
+
+    entry = {"model": "tiny-llama", "value": "power", "method": "neva",
+             "params": {"sparsity": 0.05}}  # as an older sweep wrote it
+    with caplog.at_level(logging.WARNING, logger="neva_sweep"):
+        edit = best_edit_spec(entry, stats=lambda: tiny_stats, inputs_hash="0" * 16)
+    assert "records no hashes" in caplog.text and edit.n_neurons == 10
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"edits": [', "is not valid JSON"),
+    ('{"chosen": []}', "has no 'edits' list"),
+    ('[1, 2]', "has no 'edits' list"),
+    ('{"edits": [{"value": "power"}]}', "edit 0 lacks model, method, params"),
+])
+def test_malformed_best_edits_gives_one_line_naming_the_file(tmp_path, text, expected):
+    from neva_sweep.sweep.outputs import load_best_edit
+
+    path = tmp_path / "best_edits.json"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        load_best_edit(path, value="power")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"best_edits: {path}") and expected in msg
+    assert "expected a sweep's best_edits.json" in msg

@@ -10,6 +10,9 @@ regenerates them from every trial of its studies):
 - ``best_edits.json``: per (model, value, method) the chosen edit (see below), with the
   parameters ``task=steer``/``task=evaluate`` need (``best_edits=PATH``), its metrics,
   and its selected neurons saved under ``best_edits/<model>/<value>-<method>.safetensors``.
+  Each edit records what it was built from, so that loading it reproduces it or says why
+  not: ``stats_hash`` (:func:`neva_sweep.stats.inputs_hash` of the probe data and the
+  statistics config) and ``neurons_sha256`` (of its neurons file, when it has one).
 
 Feasibility, the Pareto front, the best-edit rule and the rows are those of
 :mod:`neva_sweep.sweep.front` (the report applies the same). A study without a feasible
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,8 +33,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..edit import NeuronEdit
 from ..edits import EditKind
+from ..files import atomic_path, sha256_file, write_text_atomic
 from ..select import NeuronMap
-from ..stats import NeuronStats
+from ..stats import NeuronStats, stats_inputs_hash
 from .front import (
     BEST_RULE,
     budgets,
@@ -51,10 +55,13 @@ def _attrs(t: FrozenTrial) -> dict[str, Any]:
     return t.user_attrs
 
 
+log = logging.getLogger(__name__)
+BEST_EDITS_SHAPE = ("a sweep's best_edits.json: a JSON object with an 'edits' list whose "
+                    "entries have model, value, method and params")
+
+
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 class Outputs:
@@ -68,6 +75,7 @@ class Outputs:
         self.objectives = dict(search.objectives)
         self.budgets = budgets(search)  # today's, if they changed on resume
         self.trials: dict[StudyKey, list[FrozenTrial]] = {}
+        self._recorded: dict[tuple, str] = {}  # stats_hash per edit of the file on disk
 
     def paths(self) -> dict[str, Path]:
         d = self.run_dir
@@ -87,6 +95,7 @@ class Outputs:
         self._write_csv(paths["trials"], self._rows())
         fronts = {s.key: pareto_front(self._feasible_complete(s), self.objectives, _attrs)
                   for s in self.states}
+        self._recorded = _recorded_stats_hashes(paths["best_edits"])
         _atomic_write(paths["pareto"], json.dumps(self._pareto(fronts), indent=2))
         _atomic_write(paths["best_edits"], json.dumps(self._best(fronts), indent=2))
         return paths
@@ -113,12 +122,10 @@ class Outputs:
             fields += [k for k in r if k not in fields]
         if not fields:
             fields = ["model", "value", "method", "study", "trial", "state"]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
 
     def _pareto(self, fronts: dict[StudyKey, list[FrozenTrial]]) -> dict:
         studies = []
@@ -163,6 +170,12 @@ class Outputs:
         neurons = self._save_neurons(s, t, params)
         if neurons is not None:
             entry["neurons"] = str(neurons.relative_to(self.run_dir))
+            entry["neurons_sha256"] = sha256_file(neurons)
+        stats = self.stats.get(s.key.model)  # None on a resume with nothing left to run
+        built_from = (stats_inputs_hash(stats) if stats is not None else
+                      self._recorded.get((s.key.model, s.key.value, s.key.method, t.number)))
+        if built_from is not None:
+            entry["stats_hash"] = built_from
         return entry
 
     def _save_neurons(self, s: StudyState, t: FrozenTrial, params: dict) -> Path | None:
@@ -182,7 +195,39 @@ class Outputs:
         return path
 
 
+def _recorded_stats_hashes(path: Path) -> dict[tuple, str]:
+    """``stats_hash`` per (model, value, method, trial) of an existing best_edits.json, kept
+    when a resumed run holds no statistics of a model (it had nothing left to run)."""
+    try:
+        return {(e["model"], e["value"], e["method"], e["trial"]): e["stats_hash"]
+                for e in json.loads(path.read_text())["edits"] if "stats_hash" in e}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 # -- reading best_edits.json (task=steer / task=evaluate) ---------------------------------------
+def read_best_edits(path: Path) -> list[dict[str, Any]]:
+    """The ``edits`` of a best_edits.json; a malformed file raises a one-line ValueError
+    naming it and what is expected."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"best_edits: {path} is not UTF-8 text; expected "
+                         f"{BEST_EDITS_SHAPE}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"best_edits: {path} is not valid JSON ({e.msg} at line {e.lineno}, "
+                         f"column {e.colno}); expected {BEST_EDITS_SHAPE}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("edits"), list):
+        raise ValueError(f"best_edits: {path} has no 'edits' list; expected {BEST_EDITS_SHAPE}")
+    for i, e in enumerate(doc["edits"]):
+        missing = [k for k in ("model", "value", "method", "params")
+                   if not isinstance(e, dict) or k not in e]
+        if missing:
+            raise ValueError(f"best_edits: {path}: edit {i} lacks {', '.join(missing)}; "
+                             f"expected {BEST_EDITS_SHAPE}")
+    return doc["edits"]
+
+
 def load_best_edit(path: str | Path, value: str | None = None, model: str | None = None,
                    method: str | None = None) -> dict[str, Any]:
     """The one entry of a sweep's ``best_edits.json`` matching the filters.
@@ -194,7 +239,7 @@ def load_best_edit(path: str | Path, value: str | None = None, model: str | None
     if not path.is_file():
         raise FileNotFoundError(f"best_edits: {path} does not exist (a sweep writes "
                                 "<run dir>/best_edits.json)")
-    entries = json.loads(path.read_text())["edits"]
+    entries = read_best_edits(path)
     picked = [e for e in entries if (value is None or e["value"] == value)
               and (method is None or e["method"] == method)]
     if len({e["model"] for e in picked}) > 1 and model is not None:
@@ -211,18 +256,56 @@ def load_best_edit(path: str | Path, value: str | None = None, model: str | None
     return entry
 
 
-def best_edit_spec(entry: dict[str, Any], stats: Callable[[], NeuronStats] | None = None
-                   ) -> EditKind:
-    """The edit of a best_edits entry: a neuron edit from its saved neurons, else rebuilt
-    from statistics (``stats()`` is called only then). Parameters an older entry lacks take
-    the method's defaults (``METHODS[method].defaults``)."""
+def best_edit_problems(entry: dict[str, Any], inputs_hash: str | None = None) -> list[str]:
+    """Why a best_edits entry would not reproduce the sweep's edit: its neurons file missing
+    or changed (``neurons_sha256``), or statistics from other inputs (``inputs_hash``, of the
+    current data.probes and stats.*, differs from the recorded ``stats_hash``)."""
+    out = []
+    path = entry.get("neurons")
+    if path and not Path(path).is_file():
+        out.append(f"its neurons file {path} is missing")
+    elif path and entry.get("neurons_sha256"):
+        now = sha256_file(path)
+        if now != entry["neurons_sha256"]:
+            out.append(f"its neurons file {path} changed since the sweep (sha256 {now[:12]}, "
+                       f"recorded {entry['neurons_sha256'][:12]})")
+    recorded = entry.get("stats_hash")
+    if recorded and inputs_hash and recorded != inputs_hash:
+        out.append(f"the sweep built it from other data or statistics settings (data.probes "
+                   f"and stats.* hash to {inputs_hash}, recorded {recorded})")
+    return out
+
+
+def best_edit_spec(entry: dict[str, Any], stats: Callable[[], NeuronStats] | None = None,
+                   inputs_hash: str | None = None, rebuild: bool = False,
+                   allow_other_model: bool = False) -> EditKind:
+    """The edit of a best_edits entry: a neuron edit from its saved neurons, else built from
+    statistics (``stats()`` is called only then). Parameters an older entry lacks take the
+    method's defaults (``METHODS[method].defaults``).
+
+    An entry that would not reproduce the sweep's edit (:func:`best_edit_problems`) raises a
+    ValueError saying why, unless ``rebuild``: then the edit is rebuilt from ``stats()`` and
+    ``entry["rebuilt"]`` says why. An entry without hashes (an older sweep) loads with a
+    warning, unchecked.
+    """
     value, method = entry["value"], entry["method"]
     params = {**METHODS[method].defaults, **entry["params"]}
-    if entry.get("neurons") and Path(entry["neurons"]).is_file():
+    name = f"{entry['model']}/{value}/{method}"
+    if "stats_hash" not in entry or (entry.get("neurons") and "neurons_sha256" not in entry):
+        log.warning("best_edits: the %s edit records no hashes of its inputs (written by an "
+                    "older neva_sweep); loading it unchecked", name)
+    problems = best_edit_problems(entry, inputs_hash)
+    if problems and not rebuild:
+        raise ValueError(f"best_edits: the {name} edit would not be the sweep's: "
+                         f"{'; '.join(problems)}; restore them, or pass rebuild_edits=true to "
+                         "rebuild it from the current statistics")
+    if problems:
+        entry["rebuilt"] = "; ".join(problems)
+    elif entry.get("neurons"):
         neurons = NeuronMap.load(entry["neurons"])[value]
         return NeuronEdit(neurons, params["rule"], float(params["magnitude"]),
-                          params.get("positions"))
+                          params.get("positions"), allow_other_model=allow_other_model)
     if stats is None:
-        raise FileNotFoundError(f"best_edits: the neurons file of {entry['model']}/{value} is "
-                                "missing and no statistics were given to rebuild the edit")
+        raise FileNotFoundError(f"best_edits: the {name} edit needs statistics to be built "
+                                "and none were given")
     return METHODS[method].build(stats(), value, params)
