@@ -271,6 +271,53 @@ def test_interrupt_then_resume_neither_loses_nor_duplicates(cluster, sweep_cfg, 
     assert sum(len(s.stale) for s in res.studies) == 1
 
 
+def test_sigterm_stops_safely_exits_143_and_resumes(cluster, cache, sweep_cfg, tmp_path):
+    """SIGTERM (Slurm's time limit, scancel) to a real driver process takes Ctrl-C's path,
+    also when repeated: no RUNNING trial left, files written, lock released, exit code 143;
+    re-running resumes."""
+    import subprocess
+    import time
+
+    run, log = tmp_path / "run", tmp_path / "driver.log"
+    overrides = [*FAST, f"cache_dir={cache}", "search.n_trials=4"]
+    cmd = [sys.executable, "-m", "neva_sweep", *overrides, f"hydra.run.dir={run}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    url = f"sqlite:///{run / 'optuna.db'}"
+
+    def complete() -> int:
+        try:
+            return sum(v.count(TrialState.COMPLETE) for v in states_by_study(url).values())
+        except Exception:  # no studies yet
+            return 0
+
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=ROOT, env=env)
+    deadline = time.monotonic() + 240
+    while complete() < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # scancel signals the driver and the job script forwards
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+
+    before = states_by_study(url)
+    assert TrialState.RUNNING not in {s for v in before.values() for s in v}
+    done = sum(v.count(TrialState.COMPLETE) for v in before.values())
+    assert 2 <= done < 8
+    rows = trials(run)  # rewritten on the way out
+    assert len(rows) == sum(map(len, before.values()))
+    assert not (run / "optuna.db.driver.lock").exists()
+    assert "stopped by SIGTERM" in log.read_text()
+
+    run_sweep(sweep_cfg("search.n_trials=4"), run)
+    after = states_by_study(url)
+    assert [v.count(TrialState.COMPLETE) for v in after.values()] == [4, 4]
+    errors = {r["error"] for r in trials(run) if r["state"] == "FAIL"}
+    assert errors == {"interrupted (SIGTERM); re-run the same command to resume"}
+
+
 def test_two_models_get_their_own_studies(cluster, sweep_cfg, tmp_path):
     run = tmp_path / "run"
     run_sweep(sweep_cfg("models=[tiny_llama,tiny_qwen2]", "sweep.values=[security]",

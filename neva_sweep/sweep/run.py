@@ -3,12 +3,13 @@
 Everything that can be checked without a cluster is checked first (plan.py); then the
 driver takes the run's lock (lock.py: one driver per storage) and only then fails trials a
 dead driver left RUNNING. From there on the files and the W&B run are written and closed,
-and the lock released, whatever happens (Ctrl-C included).
+and the lock released, whatever happens (Ctrl-C and SIGTERM included).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from .plan import (
     trial_capability,
     trial_judge,
 )
-from .scheduler import Scheduler
+from .scheduler import Interrupted, Scheduler, reclaim_sigterm, sigterm_stops
 from .studies import StudyState, fail_stale_trials, open_storage, open_studies
 from .worker import EvalSetup
 
@@ -53,8 +54,10 @@ def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> SweepResult
     """Run (or resume) the sweep ``cfg`` describes, writing its files into ``run_dir``.
 
     ``callbacks`` get every told trial (:class:`~neva_sweep.sweep.scheduler.Outcome`).
-    Another live driver on the same storage raises
-    :class:`~neva_sweep.sweep.lock.RunLockedError` before anything starts.
+    Ctrl-C raises :class:`~neva_sweep.sweep.scheduler.Interrupted` (a KeyboardInterrupt)
+    after the files are written; SIGTERM takes the same path and ends in
+    ``SystemExit(143)``, as a terminated process should. Another live driver on the same
+    storage raises :class:`~neva_sweep.sweep.lock.RunLockedError` before anything starts.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -62,12 +65,19 @@ def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> SweepResult
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     if cfg.cluster.kind == "local" and not ray.is_initialized():
         replica_counts(plan.models, cfg.cluster, local_resources(cfg.cluster))  # fail early
-    with run_lock(plan.storage) as lock:
-        states = open_studies(plan.studies, open_storage(plan.storage), cfg.search)
-        stale = fail_stale_trials(states, lock)  # only now: no live driver owns them
-        if stale:
-            print(f"marked {stale} trial(s) left RUNNING by a stopped driver as FAIL")
-        paths = _drive(cfg, plan, run_dir, states, callbacks)
+    try:
+        with sigterm_stops(), run_lock(plan.storage) as lock:
+            states = open_studies(plan.studies, open_storage(plan.storage), cfg.search)
+            stale = fail_stale_trials(states, lock)  # only now: no live driver owns them
+            if stale:
+                print(f"marked {stale} trial(s) left RUNNING by a stopped driver as FAIL")
+            paths = _drive(cfg, plan, run_dir, states, callbacks)
+    except Interrupted as e:
+        if e.signum != signal.SIGTERM:
+            raise
+        print(f"sweep stopped by {e}: trials in flight were marked FAIL; run the same command "
+              "(same run directory and search.storage) to resume", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
     print(summary(states))
     for p in paths.values():
         print(f"wrote {p}")
@@ -88,8 +98,8 @@ def _drive(cfg: DictConfig, plan: SweepPlan, run_dir: Path, states: list[StudySt
         if missing:
             _run_trials(cfg, plan, states, outputs, [logger.log_trial, *callbacks])
         exit_code = 0
-    except KeyboardInterrupt:
-        exit_code = 130
+    except KeyboardInterrupt as e:
+        exit_code = getattr(e, "exit_code", 130)
         raise
     finally:
         paths = _finish(outputs, logger, exit_code)
@@ -134,6 +144,7 @@ def _run_trials(cfg: DictConfig, plan: SweepPlan, states: list[StudyState], outp
     # Only models with trials left get replicas (a resumed multi-model sweep).
     models = [m for m in plan.models if any(s.missing for s in states if s.key.model == m.label)]
     with ray_session(cfg.cluster) as resources:
+        reclaim_sigterm()  # ray.init installed its own SIGTERM handler (exit 1, no safe stop)
         counts = replica_counts(models, cfg.cluster, resources)
         print("replicas: " + ", ".join(f"{m} x{n}" for m, n in counts.items()))
         replicas = start_replicas(models, counts, cfg.cluster)

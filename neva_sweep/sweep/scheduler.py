@@ -13,9 +13,11 @@ told FAIL with the reason in its ``error`` user attribute. A worker whose actor 
 restarted and its trials are retried once (on whichever replica of the model is free
 first); a second death fails them. A worker that cannot be restarted is dropped (and with
 it, unless ``search.max_in_flight`` is set, its share of the trials in flight); a model
-left without workers stops its studies for this run. Ctrl-C stops at the next safe point
-(never in the middle of a storage write): trials in flight are told FAIL, so the storage
-holds no RUNNING trials, and re-running the same command asks only the missing ones.
+left without workers stops its studies for this run. Ctrl-C (SIGINT) and SIGTERM (what
+Slurm sends at the time limit and on scancel, and what ``kill`` sends) stop at the next
+safe point (never in the middle of a storage write): trials in flight are told FAIL, so
+the storage holds no RUNNING trials, and re-running the same command asks only the
+missing ones. The loop then raises :class:`Interrupted` (a ``KeyboardInterrupt``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .plan import StudyKey
 from .studies import StudyState, objective_values, record_attrs
 
 POLL_S = 0.2  # how often a waiting driver looks at Ctrl-C and the checkpoint timer
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both stop the driver at a safe point
 DEAD = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
         ray.exceptions.ObjectLostError)
 
@@ -56,6 +59,62 @@ class Worker(Protocol):
 
     def restart(self) -> None:
         """Replace dead actors (blocking)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The driver was asked to stop by signal ``signum`` (SIGINT: Ctrl-C; SIGTERM: Slurm's
+    time limit or scancel, ``kill``). A ``KeyboardInterrupt``, so code written for Ctrl-C
+    handles both; ``exit_code`` is the shell's 128 + signal number (130, 143)."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(signal.Signals(self.signum).name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def reason(self) -> str:
+        """What the trials told FAIL on the way out record."""
+        what = "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
+        return f"interrupted ({what}); re-run the same command to resume"
+
+
+# A stop signal has arrived in this process (signal handlers are process-wide, so is this).
+_stopping = threading.Event()
+
+
+@contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """While inside (a whole sweep), the first SIGTERM raises :class:`Interrupted` where the
+    main thread is, as SIGINT raises KeyboardInterrupt: by default SIGTERM kills the process
+    before any ``finally`` runs (no files, the lock left behind). Later SIGTERMs are
+    ignored, so a repeated one (Slurm signals the job script, which forwards it, and the
+    driver) cannot cut the way out short. Code that installs its own handler (``ray.init``)
+    must be followed by :func:`reclaim_sigterm`. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _stopping.clear()
+    previous = signal.signal(signal.SIGTERM, _sigterm_raises)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def reclaim_sigterm() -> None:
+    """Put :func:`sigterm_stops`'s handler back (``ray.init`` installs one that exits 1)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_raises)
+
+
+def _sigterm_raises(signum, frame) -> None:
+    if _stopping.is_set():
+        return
+    _stopping.set()
+    raise Interrupted(signum)
 
 
 class Backend(Protocol):
@@ -134,7 +193,7 @@ class Scheduler:
         self.generation = {w.name: 0 for w in self.workers}
         self._rr_worker = 0
         self._rr_study = {w.model: 0 for w in self.workers}
-        self._interrupted = False
+        self._interrupted: int | None = None  # the stop signal received, if any
         self.bar: tqdm | None = None
 
     @property
@@ -165,33 +224,42 @@ class Scheduler:
                         self.checkpoint()
                         last_checkpoint = time.time()
             except BaseException as e:
-                # Ctrl-C, or a bug: leave no RUNNING trial behind.
-                reason = ("interrupted (Ctrl-C); re-run the same command to resume"
-                          if isinstance(e, KeyboardInterrupt) else f"driver error: {e!r}")
+                # Ctrl-C, SIGTERM, or a bug: leave no RUNNING trial behind.
+                if isinstance(e, Interrupted):
+                    reason = e.reason
+                elif isinstance(e, KeyboardInterrupt):
+                    reason = Interrupted(signal.SIGINT).reason
+                else:
+                    reason = f"driver error: {e!r}"
                 self._abandon(reason)
                 raise
 
     def _check_interrupt(self) -> None:
-        if self._interrupted:
-            raise KeyboardInterrupt
+        if self._interrupted is not None:
+            raise Interrupted(self._interrupted)
 
     @contextmanager
     def _sigint_deferred(self) -> Iterator[None]:
-        """First Ctrl-C: stop at the next safe point; second: stop now."""
+        """First SIGINT or SIGTERM: stop at the next safe point. A second Ctrl-C: stop now; a
+        second SIGTERM is ignored (schedulers repeat it; SIGKILL is their hard stop)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def handler(signum, frame):
-            if self._interrupted:
-                raise KeyboardInterrupt
-            self._interrupted = True
+            if self._interrupted is not None:
+                if signum == signal.SIGINT:
+                    raise Interrupted(signum)
+                return
+            self._interrupted = signum
+            _stopping.set()
 
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, h in previous.items():
+                signal.signal(s, h)
 
     # -- handing out work ----------------------------------------------------------------
     def _n_inflight(self) -> int:
