@@ -8,10 +8,16 @@ concurrent W&B runs cost more than the trials on a small machine. Inside the run
 - per trial: ``<model>/<value>/<method>/<metric>`` for the headline metrics of the schema
   (:data:`neva_sweep.metrics.METRICS`: alignment, nlr, nglr, cwl, acquiescence,
   accuracy_drop, kl) and the parameters, plus ``trials/complete`` and ``trials/failed``;
-- at the end: the ``trials`` table (every trial of the studies, as in trials.csv), a
-  Pareto plot per (model, method) (alignment vs NLR, Pareto-optimal trials ringed), the
-  best edit of each study in the run summary, and an artifact ``best-edits`` holding
-  best_edits.json and the neuron map of every best edit.
+  each study's charts use its trial number (``<study>/trial``) as their x axis
+  (``define_metric``), so a resumed study continues its curves;
+- at the end: the ``trials`` table (every trial of the studies, as in trials.csv), native
+  W&B scatter plots per value (``scatter/<value>/alignment_vs_nlr`` and
+  ``.../alignment_vs_kl`` over every model and method), a Pareto plot image per
+  (model, method) (alignment vs NLR, Pareto-optimal trials ringed), the best edit of each
+  study in the run summary, an artifact ``best-edits`` holding best_edits.json and the
+  neuron map of every best edit, and an artifact ``report`` holding the HTML report.
+
+The run's config is the resolved Hydra config.
 
 Mode ``offline`` (default) writes under ``<run dir>/wandb`` and needs no network;
 ``online`` reads WANDB_API_KEY from the environment. The key is never printed or written.
@@ -60,14 +66,20 @@ class WandbLogger:
             settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
         )
         self.complete = self.failed = 0
+        self.studies: set[str] = set()  # prefixes whose step metric is defined
 
     def log_trial(self, outcome: Outcome) -> None:
         if outcome.state == "COMPLETE":
             self.complete += 1
         else:
             self.failed += 1
-        data: dict[str, Any] = {"trials/complete": self.complete, "trials/failed": self.failed}
         prefix = f"{outcome.key.model}/{outcome.key.value}/{outcome.key.method}/"
+        if prefix not in self.studies:  # the study's trial number is its charts' x axis
+            self.run.define_metric(prefix + "trial", hidden=True)
+            self.run.define_metric(prefix + "*", step_metric=prefix + "trial")
+            self.studies.add(prefix)
+        data: dict[str, Any] = {"trials/complete": self.complete, "trials/failed": self.failed,
+                                prefix + "trial": outcome.number}
         if outcome.metrics is not None:
             data.update({prefix + k: outcome.metrics[k] for k in TRIAL_METRICS
                          if outcome.metrics.get(k) is not None})
@@ -82,12 +94,34 @@ class WandbLogger:
                 table = self.wandb.Table(columns=columns,
                                          data=[[_cell(r.get(c)) for c in columns] for r in rows])
                 self.run.log({"trials": table})
+                self._log_scatters(rows)
             if paths.get("pareto") and paths["pareto"].is_file():
                 self._log_pareto(rows, json.loads(paths["pareto"].read_text()))
             if paths.get("best_edits") and paths["best_edits"].is_file():
                 self._log_best(paths["best_edits"])
+            if paths.get("report") and paths["report"].is_file():
+                art = self.wandb.Artifact("report", type="report",
+                                          description="the sweep's HTML report")
+                art.add_dir(str(paths["report"].parent))
+                self.run.log_artifact(art)
         finally:
             self.run.finish(exit_code=exit_code)
+
+    def _log_scatters(self, rows: list[dict]) -> None:
+        """Native scatter plots per value: alignment against NLR and against KL."""
+        cols = ["model", "method", "trial", "alignment", "nlr", "kl"]
+        for value in sorted({r["value"] for r in rows}):
+            data = [[r.get(c) for c in cols] for r in rows if r["value"] == value
+                    and r["state"] == "COMPLETE" and r.get("alignment") is not None]
+            if not data:
+                continue
+            table = self.wandb.Table(columns=cols, data=data)
+            for x in ("nlr", "kl"):
+                if all(d[cols.index(x)] is None for d in data):
+                    continue
+                plot = self.wandb.plot.scatter(table, x, "alignment",
+                                               title=f"{value}: alignment vs {x.upper()}")
+                self.run.log({f"scatter/{value}/alignment_vs_{x}": plot})
 
     def _log_pareto(self, rows: list[dict], pareto: dict) -> None:
         on_front = {(s["study"], t["trial"]) for s in pareto["studies"] for t in s["pareto"]}

@@ -108,6 +108,7 @@ def _drive(cfg: DictConfig, plan: SweepPlan, run_dir: Path, states: list[StudySt
 
 def _finish(outputs: Outputs, logger: SweepLogger, exit_code: int) -> dict[str, Path]:
     """Write the files, then close the logger even if writing failed."""
+    paths: dict[str, Path] = {}
     try:
         paths = outputs.write()
         try:  # the report is a view of the files: never let it fail the sweep
@@ -117,7 +118,7 @@ def _finish(outputs: Outputs, logger: SweepLogger, exit_code: int) -> dict[str, 
         except Exception as e:
             print(f"report not written: {type(e).__name__}: {e}", file=sys.stderr)
     finally:
-        logger.finish(outputs.rows(), outputs.paths(), exit_code)
+        logger.finish(outputs.rows(), {**outputs.paths(), **paths}, exit_code)
     return paths
 
 
