@@ -9,11 +9,19 @@ Results come back as arrays with a leading G axis.
 Sequences are left-padded by hand with explicit ``position_ids``: every row then ends at
 the last column, so the last k positions of all rows go through the LM head together
 (``logits_to_keep=k``) and nothing else does.
+
+Over-long inputs: scored sequences longer than ``max_length`` or the model's context
+(:attr:`~neva_sweep.models.host.ModelHost.context_length`) keep their end (what gets
+scored) and lose their start, with one warning per call saying how many were cut.
+Generation does not truncate: a prompt that leaves no room for ``max_new_tokens`` within
+the context is refused with a ValueError naming the limit (learned position tables would
+fail with an IndexError there).
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -24,6 +32,7 @@ from .edits import EditKind
 from .models.host import ModelHost
 
 Edits = Sequence[EditKind | None]  # None = unedited
+log = logging.getLogger(__name__)
 
 
 def model_accepts(host: ModelHost, name: str) -> bool:
@@ -47,6 +56,34 @@ def encode(host: ModelHost, text: str, special: bool = True, max_length: int | N
            ) -> list[int]:
     ids = host.tokenizer(text, add_special_tokens=special).input_ids
     return ids[-max_length:] if max_length else ids  # keep the end: it is what gets scored
+
+
+def token_limit(host: ModelHost, max_length: int | None) -> int | None:
+    """The longest scored sequence: ``max_length`` or the model's context, the smaller."""
+    limits = [n for n in (max_length, host.context_length) if n]
+    return min(limits) if limits else None
+
+
+def keep_ends(seqs: list[list[int]], limit: int | None, what: str) -> list[list[int]]:
+    """The last ``limit`` tokens of each sequence (its end is what gets scored); one warning
+    naming how many lost their start."""
+    if limit is None:
+        return seqs
+    cut = sum(len(s) > limit for s in seqs)
+    if cut:
+        log.warning("%d of %d %s are longer than %d tokens (the scoring limit or the model's "
+                    "context): their start was dropped", cut, len(seqs), what, limit)
+    return [s[-limit:] if len(s) > limit else s for s in seqs]
+
+
+def check_context(host: ModelHost, length: int, what: str, new_tokens: int = 0) -> None:
+    """Refuse ``length`` tokens (+ ``new_tokens`` to generate) beyond the model's context."""
+    limit = host.context_length
+    if limit is not None and length + new_tokens > limit:
+        more = f" + {new_tokens} new" if new_tokens else ""
+        raise ValueError(f"{what} has {length} tokens{more}, more than the {limit}-token "
+                         f"context of model {host.name!r}; shorten it"
+                         + (" or lower max_new_tokens" if new_tokens else ""))
 
 
 class EditGroup:
@@ -130,6 +167,7 @@ def _forward(host: ModelHost, seqs: list[list[int]], keep: int, group: EditGroup
     the last prompt token.
     """
     edited = [group.with_prompt(g, s) for s, g in zip(seqs, groups)]
+    check_context(host, max(len(s) for s in edited), "a sequence with its edit's prompt")
     if response_start is not None:  # shifted by what the prompt added in front
         response_start = [r + len(e) - len(s) for r, e, s in zip(response_start, edited, seqs)]
     seqs = edited
@@ -159,7 +197,8 @@ def next_token_logprobs(
     ``candidates`` (C,) token ids; the prompts are used as they are (apply a chat template
     before calling). Only the last position of each row reaches the LM head.
     """
-    seqs = [encode(host, p, max_length=max_length) for p in prompts]
+    seqs = keep_ends([encode(host, p) for p in prompts], token_limit(host, max_length),
+                     "prompts")
     out = torch.empty(len(edits), len(prompts), len(candidates), dtype=torch.float64)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     with grouped(host, edits, positions) as group:
@@ -185,13 +224,15 @@ def continuation_logprobs(
     exactly the continuation's. Under ``positions="response"`` the edit covers the last
     context token and the continuation.
     """
-    pairs = []
+    full = []
     for ctx, cont in zip(contexts, continuations, strict=True):
         c = encode(host, cont, special=False)
         if not c:
             raise ValueError(f"empty continuation after context {ctx[:60]!r}")
-        ids = (encode(host, ctx) + c)[-max_length:]  # over-long: drop the context's start
-        pairs.append((ids, min(len(c), len(ids) - 1)))
+        full.append((encode(host, ctx) + c, len(c)))
+    kept = keep_ends([ids for ids, _ in full], token_limit(host, max_length),
+                     "context + continuation pairs")  # over-long: the context's start goes
+    pairs = [(ids, min(k, len(ids) - 1)) for ids, (_, k) in zip(kept, full)]
     n_tok = torch.tensor([k for _, k in pairs])
     out = torch.empty(len(edits), len(pairs), dtype=torch.float64)
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
@@ -219,18 +260,27 @@ def continuation_logprobs(
 def option_rows(host: ModelHost, prompts: list[str], options: list[list[str]],
                 max_length: int = 512) -> tuple[list[list[int]], list[list[list[int]]]]:
     """Token ids of each prompt (special tokens as the tokenizer adds them) and of each of
-    its options (no special tokens, so they continue the prompt exactly)."""
-    ctx, opts = [], []
+    its options (no special tokens, so they continue the prompt exactly). A prompt that
+    leaves its longest option no room within ``max_length`` (or the model's context) keeps
+    its end, with a warning; an option that alone does not fit is refused."""
+    limit = token_limit(host, max_length) or max_length
+    ctx, opts, cut = [], [], 0
     for p, os_ in zip(prompts, options, strict=True):
         o_ids = [encode(host, o, special=False) for o in os_]
         if not all(o_ids):
             raise ValueError(f"empty option after prompt {p[:60]!r}")
         longest = max(len(o) for o in o_ids)
-        if longest >= max_length:
+        if longest >= limit:
             raise ValueError(f"an option of prompt {p[:60]!r} has {longest} tokens, more than "
-                             f"the scoring limit {max_length}")
-        ctx.append(encode(host, p)[-(max_length - longest):])  # keep the prompt's end
+                             f"the scoring limit {limit} (max_length or the model's context)")
+        ids = encode(host, p)
+        cut += len(ids) > limit - longest
+        ctx.append(ids[-(limit - longest):])  # keep the prompt's end
         opts.append(o_ids)
+    if cut:
+        log.warning("%d of %d prompts leave their options no room within %d tokens (the "
+                    "scoring limit or the model's context): their start was dropped", cut,
+                    len(prompts), limit)
     return ctx, opts
 
 
@@ -264,6 +314,9 @@ def option_logprobs(
         for rows in tiled_batches(len(ctx), len(edits), max(1, batch_size // n_opt), order):
             groups = [g for _, g in rows]
             prefix = [group.with_prompt(g, ctx[i]) for i, g in rows]
+            check_context(host, max(len(p) + max(len(o) for o in opts[i])
+                                    for p, (i, _) in zip(prefix, rows)),
+                          "a prompt with its edit's prompt and its longest option")
             ids, mask, pos = left_pad(prefix, pad, host.device)  # (P, S)
             kwargs = {"position_ids": pos} if kw_pos else {}
             if kw_keep:  # only the last prompt position is read
@@ -321,7 +374,7 @@ def token_logprobs(
     under edit g. Reducing inside the loop keeps memory at one batch of distributions.
     Neutral texts have no prompt, so under ``positions="response"`` every position is edited.
     """
-    seqs = [encode(host, t, max_length=max_length) for t in texts]
+    seqs = keep_ends([encode(host, t) for t in texts], token_limit(host, max_length), "texts")
     out: list[list[torch.Tensor]] = [[None] * len(seqs) for _ in edits]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     with grouped(host, edits, positions) as group:
@@ -345,11 +398,15 @@ def greedy_generate(
     """Greedy replies to already-templated ``prompts`` under each edit: out[g][i]."""
     tok = host.tokenizer
     seqs = [encode(host, p) for p in prompts]
+    if seqs:  # refused before any work: truncating a prompt would change the question
+        check_context(host, max(len(s) for s in seqs), "a prompt", max_new_tokens)
     out = [[""] * len(prompts) for _ in edits]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     with grouped(host, edits, positions) as group:
         for rows in tiled_batches(len(seqs), len(edits), batch_size, order):
             batch = [group.with_prompt(g, seqs[i]) for i, g in rows]
+            check_context(host, max(len(s) for s in batch), "a prompt with its edit's prompt",
+                          max_new_tokens)
             ids, mask, _ = left_pad(batch, tok.pad_token_id, host.device)
             group.set_rows([g for _, g in rows])
             gen = host.model.generate(

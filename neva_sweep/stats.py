@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -359,6 +360,7 @@ def collect_stats(
     torch.Size([10, 192])
     """
     cfg = config or StatsConfig()
+    check_lengths(host, probes, cfg.max_length)
     acc = _Accumulator(host, cfg)
     kwargs = forward_kwargs(host)
     batches = length_sorted_batches(probes, cfg.batch_size)
@@ -401,6 +403,23 @@ def stats_inputs_hash(stats: NeuronStats) -> str | None:
     if "data_hash" not in meta or "config" not in meta:
         return None
     return inputs_hash(meta["data_hash"], meta["config"])
+
+
+def check_lengths(host: ModelHost, probes: ProbeSet, max_length: int) -> None:
+    """Probes longer than ``stats.max_length`` are read up to it (their first tokens), with
+    a warning; a length the model's context cannot hold is refused before any work (learned
+    position tables would fail with an IndexError)."""
+    lengths = [len(ids) for ids in host.tokenizer(list(probes.texts)).input_ids]
+    cut = sum(n > max_length for n in lengths)
+    if cut:
+        logging.getLogger(__name__).warning(
+            "%d of %d probes are longer than stats.max_length=%d tokens: statistics read "
+            "their first %d tokens", cut, len(lengths), max_length, max_length)
+    longest, limit = min(max(lengths, default=0), max_length), host.context_length
+    if limit is not None and longest > limit:
+        raise ValueError(f"stats.max_length={max_length}: probes of {longest} tokens exceed the "
+                         f"{limit}-token context of model {host.name!r}; set stats.max_length "
+                         f"<= {limit}")
 
 
 def cache_key(host: ModelHost, probes: ProbeSet, cfg: StatsConfig) -> str:

@@ -318,3 +318,73 @@ def test_malformed_best_edits_gives_one_line_naming_the_file(tmp_path, text, exp
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(f"best_edits: {path}") and expected in msg
     assert "expected a sweep's best_edits.json" in msg
+
+
+# -- prompts longer than the model's context -------------------------------------------------
+LONG = "I help my neighbour carry heavy boxes up the stairs every weekend. " * 8  # ~100 tokens
+
+
+@pytest.fixture(scope="module")
+def short_host() -> nv.ModelHost:
+    """tiny-gpt2 with a 32-token position table: one position more is an IndexError."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from neva_sweep.models.host import host_from_model
+    from neva_sweep.models.registry import TINY_CONFIGS, embedded_tokenizer
+
+    tok = embedded_tokenizer()
+    spec = {k: v for k, v in TINY_CONFIGS["tiny-gpt2"].items() if k != "model_type"}
+    cfg = AutoConfig.for_model("gpt2", vocab_size=len(tok), max_position_embeddings=32,
+                               pad_token_id=tok.pad_token_id, **spec)
+    torch.manual_seed(0)
+    return host_from_model(AutoModelForCausalLM.from_config(cfg), tok, "tiny-gpt2-short")
+
+
+def test_scored_prompts_past_the_context_keep_their_end_with_a_warning(short_host, caplog):
+    from neva_sweep.scoring import (
+        continuation_logprobs,
+        next_token_logprobs,
+        option_logprobs,
+        token_logprobs,
+    )
+
+    assert short_host.context_length == 32 and len(short_host.tokenizer(LONG).input_ids) > 64
+    cand = torch.arange(8)
+    with caplog.at_level(logging.WARNING, logger="neva_sweep"):
+        a = next_token_logprobs(short_host, [LONG, "Hi"], cand)  # max_length 512 > 32
+    assert "1 of 2 prompts are longer than 32 tokens" in caplog.text
+    b = next_token_logprobs(short_host, ["Quartz zebras jump. " + LONG, "Hi"], cand)
+    torch.testing.assert_close(a, b)  # only the end was read: another start changes nothing
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="neva_sweep"):
+        logp, n = continuation_logprobs(short_host, [LONG], [" and so do I."])
+        token_logprobs(short_host, [LONG, "Short text here."])
+        opt = option_logprobs(short_host, [LONG], [["I say yes.", "I say no."]])
+    assert "1 of 1 context + continuation pairs are longer than 32" in caplog.text
+    assert "1 of 2 texts are longer than 32 tokens" in caplog.text
+    assert "1 of 1 prompts leave their options no room within 32 tokens" in caplog.text
+    assert torch.isfinite(logp).all() and n.tolist() == [5] and torch.isfinite(opt).all()
+
+
+def test_generation_past_the_context_is_refused_naming_the_limit(short_host):
+    from neva_sweep.scoring import greedy_generate
+
+    with pytest.raises(ValueError, match=r"^a prompt has \d+ tokens \+ 4 new, more than the "
+                                         "32-token context of model 'tiny-gpt2-short'; shorten"):
+        greedy_generate(short_host, ["Hi", LONG], max_new_tokens=4)
+    with pytest.raises(ValueError, match=r"\+ 40 new.*or lower max_new_tokens"):
+        greedy_generate(short_host, ["Hi"], max_new_tokens=40)
+    assert len(greedy_generate(short_host, ["Hi"], max_new_tokens=4)[0]) == 1
+
+
+def test_statistics_over_long_probes_warn_or_refuse(short_host, small_probes, caplog):
+    from dataclasses import replace
+
+    probes = replace(small_probes, texts=(LONG, *small_probes.texts[1:]))
+    with pytest.raises(ValueError, match=r"^stats.max_length=128: probes of \d+ tokens exceed "
+                                         r"the 32-token context .*set stats.max_length <= 32"):
+        nv.collect_stats(short_host, probes, StatsConfig(), progress=False)
+    with caplog.at_level(logging.WARNING, logger="neva_sweep"):
+        stats = nv.collect_stats(short_host, probes, StatsConfig(max_length=16), progress=False)
+    assert "of 60 probes are longer than stats.max_length=16 tokens" in caplog.text
+    assert torch.isfinite(stats.mean).all()

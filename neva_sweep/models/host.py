@@ -52,6 +52,15 @@ class ModelHost:
         return sum(self.layer_sizes)
 
     @property
+    def context_length(self) -> int | None:
+        """The longest sequence the model accepts: its config's ``max_position_embeddings``
+        (gpt2's ``n_positions``), None when the config does not say. Models with learned
+        position tables fail with an IndexError past it."""
+        cfg = getattr(getattr(self.model, "module", self.model), "config", None)
+        limit = getattr(cfg, "max_position_embeddings", None)
+        return limit if isinstance(limit, int) and limit > 0 else None
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
