@@ -237,3 +237,56 @@ def test_journal_storage_resumes_after_an_interruption_and_a_dead_driver(
 
     assert sorted((r["study"], r["trial"]) for r in read_storage(url)) == sorted(
         (r["study"], int(r["trial"])) for r in trials(run))
+
+
+# -- the Slurm launcher -------------------------------------------------------------------------
+STUBS = {
+    # srun: the head's address for `hostname --ip-address`, else a `ray start --block` step
+    "srun": 'for a in "$@"; do [[ $a == hostname ]] && { echo 10.0.0.1; exit 0; }; done\n'
+            "exec sleep 300\n",
+    "scontrol": "echo node1\n",
+    "ray": "exit 0\n",  # health-check: the head is up
+    # the interpreter: the join check reads a script from stdin; the driver runs until TERM
+    "python-stub": '[[ $1 == - ]] && { cat >/dev/null; exit 0; }\n'
+                   'echo "$@" > "$STUB_DIR/driver.args"\n'
+                   "trap 'echo TERM > \"$STUB_DIR/driver.signal\"; exit 143' TERM\n"
+                   'touch "$STUB_DIR/driver.started"\n'
+                   "while true; do sleep 0.1; done\n",
+}
+
+
+@pytest.mark.parametrize("old_sqlite", [False, True], ids=["new-run", "sqlite-run"])
+def test_sbatch_forwards_sigterm_to_the_driver_and_picks_journal_storage(tmp_path, old_sqlite):
+    """The job script under Slurm's SIGTERM (--signal=B:TERM@120, scancel): the driver gets
+    it, the script waits for the driver's safe stop and exits with its status."""
+    text = (ROOT / "launch" / "slurm.sbatch").read_text()
+    assert "#SBATCH --signal=B:TERM@" in text and "#SBATCH --requeue" in text
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, body in STUBS.items():
+        (stubs / name).write_text("#!/usr/bin/env bash\n" + body)
+        (stubs / name).chmod(0o755)
+    run = tmp_path / "runs" / "x"
+    if old_sqlite:
+        run.mkdir(parents=True)
+        (run / "optuna.db").write_bytes(b"")
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "STUB_DIR": str(tmp_path),
+           "PYTHON": str(stubs / "python-stub"), "RUN_DIR": "runs/x",
+           "SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_NODELIST": "node1",
+           "SLURM_JOB_ID": "42", "SLURM_CPUS_PER_TASK": "1"}
+    job = subprocess.Popen(["bash", str(ROOT / "launch" / "slurm.sbatch"), "model=gpt2"],
+                           env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "driver.started").exists():
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()[0]
+        time.sleep(0.1)
+    job.send_signal(signal.SIGTERM)
+    out = job.communicate(timeout=30)[0]
+    assert job.returncode == 143, out
+    assert (tmp_path / "driver.signal").read_text().strip() == "TERM"
+    storage = f"sqlite:///{run}/optuna.db" if old_sqlite else f"journal://{run}/optuna.log"
+    assert (tmp_path / "driver.args").read_text().split() == [
+        "-m", "neva_sweep", "cluster=ray", f"hydra.run.dir={run}",
+        f"search.storage={storage}", "model=gpt2"]
+    assert "driver exited with status 143" in out
