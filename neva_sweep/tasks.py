@@ -1,7 +1,8 @@
 """CLI tasks: plain ``run(cfg)`` functions behind ``python -m neva_sweep task=...``.
 
 Each task reads the composed config and writes its outputs under ``out``, the run
-directory (``hydra.run.dir=DIR``; Hydra's dated default otherwise).
+directory (``hydra.run.dir=DIR``; by default runs/<task>, runs/<experiment> for the sweep:
+:func:`neva_sweep.config.run_name`).
 """
 
 from __future__ import annotations
