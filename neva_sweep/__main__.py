@@ -1,4 +1,9 @@
-"""``python -m neva_sweep task=... key=value ...`` (Hydra)."""
+"""``neva-sweep task=... key=value ...``, the same as ``python -m neva_sweep ...`` (Hydra).
+
+Only Hydra and the config schemas are imported here; each task imports the model stack
+(torch, transformers, Ray) when it runs, so ``--help`` and a mistyped task answer at once.
+The configs are the package's own (``neva_sweep/conf/``), found wherever it is installed.
+"""
 
 import hydra
 from hydra.core.hydra_config import HydraConfig

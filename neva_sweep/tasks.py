@@ -14,31 +14,36 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from .capability import CapabilityConfig
+from .config import CapabilityConfig, JudgeConfig, StatsConfig
 from .data import load_probes
-from .edit import NeuronEdit
-from .edits import EditKind
-from .evaluate import Evaluator
-from .judges import JudgeConfig
-from .models.host import ModelHost, load_model
 from .registry import Registry
-from .scoring import greedy_generate
-from .select import NeuronMap, select_neurons
-from .stats import NeuronStats, StatsConfig, cached_stats
 from .values import check_value
+
+if TYPE_CHECKING:  # the model stack (torch, transformers) is imported inside the tasks, so
+    # that `python -m neva_sweep --help` and a mistyped task answer without loading it
+    from .edits import EditKind
+    from .evaluate import Evaluator
+    from .models.host import ModelHost
+    from .select import NeuronMap
+    from .stats import NeuronStats
 
 TASKS: Registry[Callable[[DictConfig, Path], None]] = Registry("task")
 
 
 def host_from_config(cfg: DictConfig) -> ModelHost:
+    from .models.host import load_model
+
     return load_model(cfg.model)
 
 
 def stats_from_config(cfg: DictConfig, host: ModelHost) -> NeuronStats:
     """Identification statistics for ``host``, from the cache when possible."""
+    from .stats import cached_stats
+
     probes = load_probes(cfg.data.probes, split="identify")
     stats_cfg = StatsConfig(**OmegaConf.to_container(cfg.stats))
     cache = Path(cfg.cache_dir) / "stats" if cfg.cache_dir else None
@@ -62,6 +67,8 @@ def edit_value(cfg: DictConfig) -> str:
 @TASKS.add("identify")
 def identify(cfg: DictConfig, out: Path) -> None:
     """Statistics + neuron selection for all ten values -> neurons/<model>.{safetensors,json}."""
+    from .select import select_neurons
+
     host = host_from_config(cfg)
     stats = stats_from_config(cfg, host)
     nmap = select_neurons(stats, **selection_kwargs(cfg))
@@ -107,6 +114,7 @@ def best_edit(cfg: DictConfig) -> tuple[dict, ModelHost, EditKind]:
     stats.* than the sweep's, is an error unless ``rebuild_edits=true``; then the edit is
     rebuilt from the current statistics, ``entry["rebuilt"]`` says why and a line is printed.
     """
+    from .models.host import load_model
     from .sweep.outputs import best_edit_spec, load_best_edit
     from .sweep.plan import model_label
 
@@ -128,6 +136,10 @@ def best_edit(cfg: DictConfig) -> tuple[dict, ModelHost, EditKind]:
 @TASKS.add("steer")
 def steer(cfg: DictConfig, out: Path) -> None:
     """Greedy replies to ``prompt``, unedited and edited toward ``value``, side by side."""
+    from .edit import NeuronEdit
+    from .scoring import greedy_generate
+    from .select import select_neurons
+
     if cfg.best_edits:
         entry, host, spec = best_edit(cfg)
         value, positions = entry["value"], spec.positions or "all"
@@ -148,6 +160,8 @@ def steer(cfg: DictConfig, out: Path) -> None:
 
 
 def evaluator_from_config(cfg: DictConfig, host: ModelHost) -> Evaluator:
+    from .evaluate import Evaluator
+
     judge = JudgeConfig(**OmegaConf.to_container(cfg.judge))
     cap = CapabilityConfig(**OmegaConf.to_container(cfg.capability))
     cache = Path(cfg.cache_dir) / "eval" if cfg.cache_dir else None
@@ -195,6 +209,9 @@ def evaluate_config(cfg: DictConfig, host: ModelHost | None = None) -> dict:
 
     The same numbers as ``python -m neva_sweep task=evaluate`` with the same overrides.
     """
+    from .edit import NeuronEdit
+    from .select import select_neurons
+
     entry = None
     if cfg.best_edits:  # the edit a sweep chose
         entry, host, best = best_edit(cfg)
@@ -313,7 +330,11 @@ def run_cli(cfg: DictConfig, out: str | Path) -> None:
 
     try:
         run(cfg, out)
-    except user_errors() as e:
+    except Exception as e:
+        # a KeyError (e.g. an unknown task) is told without user_errors(), which imports the
+        # model stack: a mistyped task is answered at once
+        if not isinstance(e, KeyError) and not isinstance(e, user_errors()):
+            raise
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
@@ -324,8 +345,8 @@ def run_cli(cfg: DictConfig, out: str | Path) -> None:
 def run(cfg: DictConfig, out: str | Path = ".") -> None:
     """Run ``cfg.task`` with outputs under ``out``, after checking every key it reads
     (:mod:`neva_sweep.preflight`: no weights, statistics or Ray before that)."""
-    from .preflight import preflight
+    task = TASKS[cfg.task]  # an unknown task names the valid ones, before any heavy import
+    from .preflight import preflight  # (imports the model stack)
 
-    task = TASKS[cfg.task]  # an unknown task names the valid ones
     preflight(cfg, Path(out))
     task(cfg, Path(out))

@@ -81,3 +81,71 @@ def test_format_eval_shows_every_metric_the_record_has():
     assert "acquiescence +0.012" in text and "KL (nats/token) 0.0123" in text
     assert "MC questions 40" in text
     assert "NGLR" not in text and "perplexity" not in text  # not in the record: not shown
+
+
+# -- start-up: the command line answers without the model stack -----------------------------
+# `python -m neva_sweep` in a process where `import torch` fails: a run that passes needed
+# none of the model stack (torch, transformers, Ray all import torch) to answer.
+WITHOUT_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv[0] = 'neva-sweep'; "
+                 "runpy.run_module('neva_sweep', run_name='__main__', alter_sys=True)")
+
+
+def cli_without_torch(cwd, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_unknown_task_names_the_valid_ones_without_the_model_stack(tmp_path):
+    from neva_sweep.tasks import TASKS
+
+    out = cli_without_torch(tmp_path, "task=train")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"unknown task 'train'; valid choices: {', '.join(TASKS.names())}" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_help_names_every_task_and_group_without_the_model_stack(tmp_path):
+    from neva_sweep.tasks import TASKS
+
+    out = cli_without_torch(tmp_path, "--help")
+    assert out.returncode == 0, out.stderr[-2000:]
+    usage = next(line for line in out.stdout.splitlines() if line.startswith("Usage:"))
+    assert usage.startswith("Usage: neva-sweep task=<" + "|".join(TASKS.names()) + ">"), usage
+    assert "model: " in out.stdout and "tiny_llama" in out.stdout  # the packaged groups
+    assert not (tmp_path / "runs").exists()  # help runs no task
+
+
+def test_default_run_dir_is_fixed_per_task_and_experiment(tmp_path):
+    """The same command twice uses the same run directory (resume); see config.run_name."""
+    for args, run_dir in [(["task=nope"], "runs/nope"),
+                          (["task=nope", "experiment=smoke"], "runs/nope"),
+                          (["task=nope", "hydra.run.dir=elsewhere"], "elsewhere")]:
+        out = cli_without_torch(tmp_path, *args)
+        assert out.returncode == 2 and (tmp_path / run_dir / ".hydra").is_dir(), out.stderr
+    from neva_sweep.config import run_name
+
+    assert run_name("sweep", "default") == "default" and run_name("sweep", "smoke") == "smoke"
+    assert run_name("identify", "smoke") == "identify"
+
+
+def test_package_import_loads_no_model_stack():
+    code = ("import sys, neva_sweep, neva_sweep.config, neva_sweep.tasks, neva_sweep.__main__; "
+            "print(sorted({'torch', 'transformers', 'ray', 'pyvalues'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:] + out.stdout
+
+
+def test_public_api_names_are_their_modules_objects():
+    import importlib
+
+    import neva_sweep as nv
+
+    assert set(nv.__all__) == set(nv._EXPORTS)
+    for name in nv.__all__:
+        module = importlib.import_module(f"neva_sweep.{nv._EXPORTS[name]}")
+        assert getattr(nv, name) is getattr(module, name), name
+    assert nv.edit is sys.modules["neva_sweep.edit"].edit  # the function, not the module
+    assert nv.stats.merge is sys.modules["neva_sweep.stats"].merge  # submodules on demand
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        nv.nope  # noqa: B018

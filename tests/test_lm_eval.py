@@ -154,7 +154,8 @@ def test_evaluate_with_a_caa_best_edit_scores_lm_eval_with_it(tiny_host, task_di
     from neva_sweep import tasks
     from tests.conftest import compose_config
 
-    monkeypatch.setattr(tasks, "load_model", lambda cfg: tiny_host)  # the entry's model
+    # the entry's model (tasks import load_model when they run)
+    monkeypatch.setattr("neva_sweep.models.host.load_model", lambda cfg: tiny_host)
 
     probes = Path(nv.data.__file__).with_name("data") / "probes.jsonl"
     rows, per_value = [], {}
