@@ -12,6 +12,7 @@ install:
 		if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install "torch>=2.3"; \
 		else $(PIP) install "$(TORCH_SPEC)"; fi; \
 	fi
+	# the package (and its command neva-sweep) with the test tools, DeepSpeed and lm-eval
 	$(PIP) install -e ".[test]"
 	# Headless Chromium for the report's browser test, only when missing (the test skips
 	# with a reason when it cannot be installed).

@@ -90,6 +90,30 @@ def prompt_detection(E_base: np.ndarray, E_prompted: list[np.ndarray], n_boot: i
             "strength": max(PROMPT_STRENGTHS)}
 
 
+def prompt_specificity(E_prompted: list[np.ndarray], n_boot: int) -> dict:
+    """Each value's reading under its own prompt against its reading under the other nine
+    value prompts (a matched placebo: the same instruction about another value), from the
+    ten prompted E matrices (Q, V). Shifts that every value prompt causes alike (having a
+    system instruction at all) cancel here, not in :func:`prompt_detection`.
+
+    Per value: ``specificity`` (mean of E[own prompt] - E[other prompts] for the value),
+    its paired ``ci`` and ``rank`` of the target in the column-centred 10 x 10 matrix
+    (0 = the prompt raised its own value more than any other, relative to the other
+    prompts); ``detected`` counts CI above 0 and rank 0. Reported beside, not instead of,
+    the detection against the unprompted model.
+    """
+    P = np.stack(E_prompted)  # (prompt, Q, V)
+    centred = P.mean(1) - P.mean((0, 1))  # (prompt, value): each value's mean over prompts removed
+    per_value = {}
+    for t, v in enumerate(VALUES):
+        others = np.delete(P[:, :, t], t, axis=0).mean(0)  # (Q,) the value under other prompts
+        per_value[v] = {"specificity": float(P[t, :, t].mean() - others.mean()),
+                        "ci": paired_interval(others, P[t, :, t], n_boot, seed=t),
+                        "rank": rank_of_target(centred[t], t)}
+    detected = sum(r["ci"][0] > 0 and r["rank"] == 0 for r in per_value.values())
+    return {"per_value": per_value, "detected": int(detected)}
+
+
 def validate_judge(evaluator: Evaluator, stats, progress: bool = False) -> dict:
     """The judge_validity.json record of ``evaluator``'s judge on its model."""
     t0 = time.time()
@@ -118,6 +142,7 @@ def validate_judge(evaluator: Evaluator, stats, progress: bool = False) -> dict:
     out = {
         "judge": judge.name, "model": host.name, "n_rows": int(base.E.shape[0]),
         "prompt_detection": detection, "detected": detection["detected"],
+        "prompt_specificity": prompt_specificity([j.E for j in judged[:N_VALUES]], n_boot),
         "acquiescence_control": control,
         "null": {k: null[k] for k in ("mean", "sd", "n", "n_neurons", "alignment", "values")},
         "nlr_floor": evaluator.nlr_floor,
@@ -180,6 +205,12 @@ def format_validity(rec: dict) -> str:
         lines.append(f"{v:<16}{r['alignment']:>+10.4f}  [{lo:+.4f}, {hi:+.4f}]  {r['rank']:>4}"
                      f"{ok}")
     rho = det["spearman_leakage_distance"]
+    if rec.get("prompt_specificity"):
+        spec = rec["prompt_specificity"]
+        lines.append(f"\nagainst the other value prompts (specificity): detected "
+                     f"{spec['detected']}/10 ("
+                     + ", ".join(f"{v} {r['specificity']:+.4f}" for v, r in
+                                 spec["per_value"].items()) + ")")
     acq, null = rec["acquiescence_control"], rec["null"]
     lines += [f"\ndetected {rec['detected']}/10 value prompts (strength {det['strength']}); "
               f"Spearman(leakage, circumplex distance) = "

@@ -147,3 +147,14 @@ def test_restart_after_killed_shard(tp2, specs):
     assert tp2.alive()
     out = ray.get(tp2.call(_logits, specs[:1], TEXTS[:1]))
     assert out.shape[0] == 2 and torch.isfinite(out).all()
+
+
+def test_sharding_without_deepspeed_names_the_extra(monkeypatch):
+    """DeepSpeed is the optional extra "tp": without it, tp_size > 1 says what to install."""
+    from neva_sweep.models.tp import _autotp
+
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # `import deepspeed` fails
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    with pytest.raises(ModuleNotFoundError,
+                       match=r"model.tp_size=2 .*pip install 'neva_sweep\[tp\]'"):
+        _autotp(torch.nn.Linear(2, 2), 2, torch.float32, "cpu")

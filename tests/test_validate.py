@@ -17,6 +17,7 @@ from neva_sweep.validate import (
     confusion_summary,
     format_validity,
     prompt_detection,
+    prompt_specificity,
     validate_judge,
 )
 from neva_sweep.values import N_VALUES, VALUES
@@ -53,6 +54,25 @@ def test_moving_every_value_alike_is_not_detected() -> None:
     assert all(r["rank"] == N_VALUES - 1 for r in det["per_value"].values())
 
 
+def test_specificity_removes_a_shift_every_prompt_causes() -> None:
+    """Every prompt raises value 4 by 0.05 (having an instruction at all) and its own value
+    by 0.02: against the unprompted base only value 4 is detected; against the other nine
+    prompts every value is, and acquiescence alone (no own-value rise) is not."""
+    base = noisy_base()
+    prompted = []
+    for t in range(N_VALUES):
+        e = base + rng.normal(0, 0.002, base.shape)
+        e[:, 4] += 0.05
+        e[:, t] += 0.02
+        prompted.append(e)
+    assert prompt_detection(base, prompted, n_boot=200)["detected"] == 1
+    spec = prompt_specificity(prompted, n_boot=200)
+    assert spec["detected"] == N_VALUES
+    assert spec["per_value"]["power"]["specificity"] == pytest.approx(0.02, abs=0.002)
+    common = [base + 0.05 for _ in range(N_VALUES)]
+    assert prompt_specificity(common, n_boot=200)["detected"] == 0
+
+
 def test_target_that_falls_is_not_detected() -> None:
     base = noisy_base()
     prompted = []
@@ -83,6 +103,8 @@ def test_validate_judge_record_on_tiny_model(judge, tiny_host, tiny_stats) -> No
     rec = validate_judge(ev, tiny_stats)
     assert rec["judge"] == judge and 0 <= rec["detected"] <= N_VALUES
     assert set(rec["prompt_detection"]["per_value"]) == set(VALUES)
+    assert set(rec["prompt_specificity"]["per_value"]) == set(VALUES)
+    assert 0 <= rec["prompt_specificity"]["detected"] <= N_VALUES
     assert rec["acquiescence_control"]["max_abs_dcsr"] >= 0
     assert rec["null"]["n"] == 3 and rec["nlr_floor"] == pytest.approx(
         max(2 * rec["null"]["sd"], 1e-4))

@@ -148,7 +148,12 @@ def _autotp(model: nn.Module, tp_size: int, dtype: torch.dtype, device: str) -> 
     on_cpu = device == "cpu"
     # Read at DeepSpeed's first import; a process can only use one accelerator.
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if on_cpu else "cuda")
-    import deepspeed
+    try:
+        import deepspeed
+    except ModuleNotFoundError as e:  # an optional dependency (the extra "tp")
+        raise ModuleNotFoundError(f"model.tp_size={tp_size} shards the model with DeepSpeed, "
+                                  "which is not installed: pip install 'neva_sweep[tp]' (or "
+                                  "model.tp_size=1)") from e
     from deepspeed.accelerator import get_accelerator
 
     accel = get_accelerator().device_name()
