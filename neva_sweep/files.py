@@ -15,6 +15,7 @@ import errno
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +32,24 @@ def no_space(path: Path, cause: OSError) -> OSError:
                   "disk space or point cache_dir=/hydra.run.dir= at another disk")
     err.__cause__ = cause
     return err
+
+
+def out_of_space(e: BaseException, directory: Path) -> bool:
+    """Whether a failed write ran out of disk space: ENOSPC anywhere in the exception chain,
+    or a RuntimeError (torch.save's zip writer drops the errno) with under 1 MiB free."""
+    seen: BaseException | None = e
+    for _ in range(8):  # the chain is short; never loop on a cyclic one
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(e, RuntimeError):
+        try:
+            return shutil.disk_usage(directory).free < 1 << 20
+        except OSError:
+            return False
+    return False
 
 
 @contextmanager
@@ -57,7 +76,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException as e:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        if isinstance(e, Exception) and out_of_space(e, path.parent):
             raise no_space(path, e) from e
         raise
 

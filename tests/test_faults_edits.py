@@ -97,6 +97,30 @@ def test_evaluation_cache_write_without_space_leaves_no_temporary(tiny_host, tmp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_torch_writer_failure_on_a_full_disk_says_no_space(tmp_path, monkeypatch):
+    """torch.save's zip writer turns ENOSPC into a RuntimeError without errno."""
+    import shutil
+    from collections import namedtuple
+
+    import neva_sweep.files as files
+
+    def zip_writer(obj, f, *args, **kwargs):
+        open(f, "wb").close()
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", zip_writer)
+    real_usage = shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda d: usage(10 << 20, 10 << 20, 0))
+    with pytest.raises(OSError, match="no space left on"), atomic_path(tmp_path / "a.pt") as t:
+        torch.save({}, t)
+    monkeypatch.setattr(files.shutil, "disk_usage", real_usage)  # space enough: as it was
+    with pytest.raises(RuntimeError, match="file write failed"), \
+            atomic_path(tmp_path / "a.pt") as t:
+        torch.save({}, t)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_failed_atomic_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "x.json"
     path.write_text("old")
