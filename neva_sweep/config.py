@@ -30,6 +30,10 @@ DEFAULT_SPARSITY = 2e-3  # 93 of SmolLM2's 46,080 neurons (benchmarks/steering_e
 DEFAULT_SCORE = "mean_diff"  # lape ignores neurons that fire for less than 5% of the value's tokens
 
 
+class ConfigError(ValueError):
+    """An invalid configuration; the message starts with the key (or file) to fix."""
+
+
 @dataclass
 class StatsConfig:
     """How statistics are collected (part of the cache key); also the ``stats.*`` config

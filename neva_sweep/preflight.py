@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .sweep.plan import ConfigError
+from .config import ConfigError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # Tasks that edit with edit.* when no best_edits= is given, and whether a value is needed.
@@ -85,10 +85,9 @@ def check_window(key: str, window: Any, n_layers: int | None, model: str) -> Non
                           f"{model!r}; valid: 0 <= start < stop <= {n_layers}")
 
 
-def check_edit(cfg: DictConfig, n_layers: int | None, need_value: bool) -> None:
-    """``edit.*`` and ``value`` (the keys identify/steer/evaluate read)."""
-    from .edit import POSITIONS, RULES
-    from .select import SCORES
+def check_edit(cfg: DictConfig, model: dict[str, Any], need_value: bool) -> None:
+    """``edit.*`` and ``value`` (the keys identify/steer/evaluate read). The plain checks run
+    first, before the plug-in registries (torch) and the model's config are read."""
     from .values import VALUES
 
     e = cfg.edit
@@ -103,13 +102,20 @@ def check_edit(cfg: DictConfig, n_layers: int | None, need_value: bool) -> None:
                           f"neurons, e.g. 0.002), got {e.sparsity}")
     if not math.isfinite(float(e.magnitude)):
         raise ConfigError(f"edit.magnitude: must be a finite number, got {e.magnitude}")
+    if cfg.max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens: must be >= 1, got {cfg.max_new_tokens}")
+    from .edit import POSITIONS, RULES
+    from .select import SCORES
+
     for key, given, valid in (("edit.rule", e.rule, RULES.names()),
                               ("edit.score", e.score, SCORES.names()),
                               ("edit.positions", e.positions, POSITIONS)):
         if given not in valid:
             raise ConfigError(f"{key}: unknown choice {given!r}; valid choices: "
                               f"{', '.join(valid)}")
-    check_window("edit.layer_window", e.layer_window, n_layers, str(cfg.model.name))
+    if e.layer_window is not None:
+        check_window("edit.layer_window", e.layer_window, model_n_layers(model),
+                     str(model["name"]))
 
 
 def check_data_files(cfg: DictConfig) -> None:
@@ -209,8 +215,7 @@ def preflight(cfg: DictConfig, out: Path) -> None:
     if cfg.best_edits:
         check_best_edits(cfg.best_edits)
     elif task in EDIT_TASKS:
-        n_layers = model_n_layers(OmegaConf.to_container(cfg.model, resolve=True))
-        check_edit(cfg, n_layers, EDIT_TASKS[task])
+        check_edit(cfg, OmegaConf.to_container(cfg.model, resolve=True), EDIT_TASKS[task])
     if cfg.max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens: must be >= 1, got {cfg.max_new_tokens}")
     check_writable("hydra.run.dir", out)

@@ -303,8 +303,8 @@ def sweep(cfg: DictConfig, out: Path) -> None:
 @TASKS.add("report")
 def report(cfg: DictConfig, out: Path) -> None:
     """A sweep's figures, tables and self-contained index.html -> <run_dir>/report/."""
+    from .config import ConfigError
     from .report import build_report
-    from .sweep.plan import ConfigError
 
     run_dir = Path(cfg.run_dir) if cfg.run_dir else out
     if not run_dir.is_dir():
@@ -314,13 +314,18 @@ def report(cfg: DictConfig, out: Path) -> None:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message says what to fix: the CLI prints them as one line."""
-    from .classifier import EncoderNotInstalled
-    from .data import DataError
-    from .report.build import ReportError
-    from .sweep.plan import ConfigError
+    """Errors whose message says what to fix: the CLI prints them as one line. Classes of
+    modules not imported yet cannot have been raised, so they are not imported here (the
+    error path stays as fast as the check that failed)."""
+    from .config import ConfigError
 
-    return (ConfigError, DataError, ReportError, EncoderNotInstalled, KeyError, OSError)
+    found: list[type[BaseException]] = [ConfigError, KeyError, OSError]
+    for module, name in (("data", "DataError"), ("report.build", "ReportError"),
+                         ("classifier", "EncoderNotInstalled")):
+        loaded = sys.modules.get(f"{__package__}.{module}")
+        if loaded is not None:
+            found.append(getattr(loaded, name))
+    return tuple(found)
 
 
 def run_cli(cfg: DictConfig, out: str | Path) -> None:

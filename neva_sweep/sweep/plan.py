@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ..config import ClusterConfig, ModelConfig, load_group_option
+from ..config import ClusterConfig, ConfigError, ModelConfig, load_group_option
 from ..edit import POSITIONS, RULES
 from ..judges import JUDGES
 from ..metrics import METRICS, constraint_metrics, objective_metrics
@@ -29,10 +29,6 @@ from .methods import METHODS
 
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "gp")
-
-
-class ConfigError(ValueError):
-    """An invalid sweep configuration; the message starts with the key to fix."""
 
 
 @dataclass(frozen=True)
