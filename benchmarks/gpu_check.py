@@ -25,7 +25,7 @@ every section, so a run cut short still leaves what was done; sections that woul
 past ``--budget-s`` are recorded as skipped. ``--tiny`` runs the same code on CPU with a
 2-layer model, a few items and K = 1, 2 (tests/test_gpu_check.py runs it).
 
-    python benchmarks/gpu_check.py [--tiny] [--out PATH] [--budget-s 450]
+    python benchmarks/gpu_check.py [--tiny] [--out PATH] [--budget-s 420]
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ TINY_LLAMA = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=96,
                   num_attention_heads=4, num_key_value_heads=2, vocab_size=None,  # tokenizer's
                   rope_theta=500000.0, max_position_embeddings=512)
 VALUE = "benevolence"
+RESERVE_S = 240  # forward stops repeating when less is left: the later sections need it
 TEXTS = ["I help my neighbour carry boxes to the new house.",
          "Power and wealth matter most to me.", "Hi"]
 
@@ -107,7 +108,11 @@ class Context:
 
     @property
     def dev(self) -> torch.device:
-        return torch.device(self.settings.device)
+        """The device, checked: a missing GPU fails the section at once, not midway."""
+        dev = torch.device(self.settings.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device visible to torch (run with --tiny on CPU)")
+        return dev
 
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
@@ -161,6 +166,8 @@ def build_llama(s: Settings, name: str) -> ModelHost:
     torch.manual_seed(0)
     with torch.device(s.device):  # weights are created (and initialised) on the device
         model = AutoModelForCausalLM.from_config(cfg, dtype=DTYPES[s.dtype])
+    if next(model.parameters()).device.type != torch.device(s.device).type:
+        model.to(s.device)  # a transformers version that ignored the device context
     return host_from_model(model, tok, name, meta={"spec": name, "dtype": s.dtype})
 
 
@@ -182,7 +189,7 @@ def edited_pass(host: ModelHost, probes, cfg: StatsConfig, spec: NeuronEdit) -> 
 
 
 def section_environment(ctx: Context) -> dict:
-    dev = ctx.dev
+    dev = torch.device(ctx.settings.device)
     versions = {}
     for pkg in ("torch", "transformers", "deepspeed", "neva_sweep"):
         try:
@@ -192,7 +199,7 @@ def section_environment(ctx: Context) -> dict:
     out = {"mode": "tiny" if ctx.settings.tiny else "full", "device": str(dev),
            "dtype": ctx.settings.dtype, "versions": versions, "python": platform.python_version(),
            "torch_threads": torch.get_num_threads(), "cuda_available": torch.cuda.is_available()}
-    if dev.type == "cuda":
+    if dev.type == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(dev)
         out.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30,
                    gpu_count=torch.cuda.device_count())
@@ -212,14 +219,18 @@ def section_forward(ctx: Context) -> dict:
               "stats": lambda: collect_stats(host, probes, cfg, progress=False),
               "edited": lambda: edited_pass(host, probes, cfg, spec)}
     best = dict.fromkeys(passes, math.inf)
-    for _ in range(s.repeats):  # alternating, best of each
-        for name, fn in passes.items():
+    repeats = 0
+    while repeats < s.repeats and (repeats == 0 or ctx.time_left() > RESERVE_S):
+        for name, fn in passes.items():  # alternating, best of each
             best[name] = min(best[name], timed(fn, dev)[0])
+        repeats += 1
     ev = trial_evaluator(host, s)
     base_s, _ = timed(ev.base, dev)
     params = dict(METHODS["neva"].defaults)
     trial_s = plain_s = math.inf
-    for _ in range(s.repeats):
+    for r in range(s.repeats):
+        if r and ctx.time_left() < RESERVE_S:
+            break
         _, calls, t = trial_cost.run_trial(ev, stats, VALUE, params)
         trial_s = min(trial_s, t["total"])
         plain_s = min(plain_s, trial_cost.plain_replay(host, calls)["total"])
@@ -231,7 +242,7 @@ def section_forward(ctx: Context) -> dict:
         "model": {k: v for k, v in s.llama.items()} | {"vocab_size": host.model.config.vocab_size},
         "n_parameters": sum(p.numel() for p in host.model.parameters()),
         "build_s": build_s, "n_texts": len(probes), "n_tokens": n_tokens,
-        "batch_size": cfg.batch_size,
+        "batch_size": cfg.batch_size, "repeats": repeats,
         "plain_tokens_per_s": plain_tps,
         "stats_tokens_per_s": n_tokens / best["stats"],
         "stats_over_plain": best["plain"] / best["stats"],
@@ -281,7 +292,7 @@ def batching_figures(ctx: Context, host: ModelHost, stats) -> dict:
 
 
 def section_trial_batching(ctx: Context) -> dict:
-    s = ctx.settings
+    s, _ = ctx.settings, ctx.dev
     out: dict[str, Any] = {"ks": list(s.ks)}
 
     def llama():
@@ -412,7 +423,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="CPU miniature (tests)")
     ap.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json, "
                     "else gpu_check.json)")
-    ap.add_argument("--budget-s", type=float, default=450.0,
+    ap.add_argument("--budget-s", type=float, default=420.0,
                     help="start no section after this many seconds")
     args = ap.parse_args()
     default = Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None

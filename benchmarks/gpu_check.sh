@@ -29,9 +29,10 @@ export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 # The package from this checkout, also when it is not installed.
 export PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}"
 
-# The Python side stops starting sections after 450 s; the timeout is the hard limit.
+# The Python side starts no section (and no trial-batching run) after 420 s; the
+# timeout is the hard limit.
 timeout --kill-after=15 480 "${PYTHON:-python}" "$here/gpu_check.py" \
-    ${flags[@]+"${flags[@]}"} --out "$out" --budget-s 450
+    ${flags[@]+"${flags[@]}"} --out "$out" --budget-s 420
 rc=$?
 if [ -f "$out" ]; then
     echo "gpu_check: exit status $rc; figures in $out"
