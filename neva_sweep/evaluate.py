@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -45,6 +46,8 @@ from .metrics import EPS, acquiescence, bootstrap_ci, edit_metrics, mean_ci
 from .models.host import ModelHost
 from .scoring import greedy_generate
 from .values import VALUES, check_value
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
 DATA_KINDS = ("scenarios", "questionnaire", "queries", "neutral", "mc", "probes")
@@ -183,8 +186,7 @@ class Evaluator:
         self._base = BaseSide(judgement, correct, neutral, prompts, replies, ppl)
         if path is not None:
             self._base.save(path)
-        if self.progress:
-            print(f"unedited side of {self.host.name}: {time.time() - t0:.1f} s")
+        log.info("unedited side of %s: %.1f s", self.host.name, time.time() - t0)
         return self._base
 
     @staticmethod
@@ -297,9 +299,8 @@ class Evaluator:
                              "alignment": align, "values": values}
         if path is not None:
             write_text_atomic(path, json.dumps(self.null_summary, indent=2))
-        if self.progress or progress:
-            print(f"judge null of {self.host.name} ({n} random edits): "
-                  f"{time.time() - t0:.1f} s, sd {self.null_summary['sd']:.4f}")
+        log.info("judge null of %s (%d random edits): %.1f s, sd %.4f", self.host.name, n,
+                 time.time() - t0, self.null_summary["sd"])
         return self.null_summary
 
     # -- edited runs ---------------------------------------------------------------------

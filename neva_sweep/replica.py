@@ -60,6 +60,11 @@ class ShardActor:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
         self.rank = rank
+        # The actor's stderr reaches the driver's terminal (log_to_driver): warnings yes,
+        # the weight-loading progress bars of every replica no.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         try:
             if tp_size > 1:
                 init_process_group(rank, tp_size, master_addr, master_port)

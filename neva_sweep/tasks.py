@@ -8,6 +8,7 @@ directory (``hydra.run.dir=DIR``; by default runs/<task>, runs/<experiment> for 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import textwrap
@@ -22,6 +23,8 @@ from .config import CapabilityConfig, JudgeConfig, StatsConfig
 from .data import load_probes
 from .registry import Registry
 from .values import check_value
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the model stack (torch, transformers) is imported inside the tasks, so
     # that `python -m neva_sweep --help` and a mistyped task answer without loading it
@@ -81,7 +84,7 @@ def identify(cfg: DictConfig, out: Path) -> None:
         counts = nmap.layer_counts(v)
         top = sorted(range(len(counts)), key=lambda i: -counts[i])[:3]
         print(f"{v:<16}{len(nmap[v]):>8}  " + ", ".join(f"L{i}:{counts[i]}" for i in top))
-    print(f"wrote {out / host.name}.safetensors and {out / host.name}.json")
+    log.info("wrote %s.safetensors and %s.json", out / host.name, out / host.name)
 
 
 def side_by_side(left: str, right: str, titles: tuple[str, str]) -> str:
@@ -128,8 +131,9 @@ def best_edit(cfg: DictConfig) -> tuple[dict, ModelHost, EditKind]:
                           allow_other_model=cfg.edit.allow_other_model)
     entry.setdefault("rebuilt", None)
     if entry["rebuilt"]:
-        print(f"best_edits: the {entry['model']}/{entry['value']}/{entry['method']} edit was "
-              f"REBUILT from the current statistics (rebuild_edits=true): {entry['rebuilt']}")
+        log.warning("best_edits: the %s/%s/%s edit was REBUILT from the current statistics "
+                    "(rebuild_edits=true): %s", entry["model"], entry["value"], entry["method"],
+                    entry["rebuilt"])
     return entry, host, spec
 
 
@@ -264,7 +268,7 @@ def evaluate(cfg: DictConfig, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(rec, indent=2))
     print(format_eval(rec))
-    print(f"wrote {out / 'eval.json'} ({rec['duration_s']:.1f} s)")
+    log.info("wrote %s (%.1f s)", out / "eval.json", rec["duration_s"])
 
 
 @TASKS.add("validate_judge")
@@ -283,7 +287,7 @@ def validate_judge(cfg: DictConfig, out: Path) -> None:
     tmp.write_text(json.dumps(rec, indent=2))
     tmp.replace(path)
     print(format_validity(rec))
-    print(f"wrote {path} ({rec['duration_s']:.1f} s)")
+    log.info("wrote %s (%.1f s)", path, rec["duration_s"])
 
 
 @TASKS.add("sweep")
@@ -295,8 +299,8 @@ def sweep(cfg: DictConfig, out: Path) -> None:
     try:
         run_sweep(cfg, out)
     except KeyboardInterrupt:
-        print("sweep interrupted: trials in flight were marked FAIL; run the same command "
-              "(same run directory and search.storage) to resume", file=sys.stderr)
+        log.warning("sweep interrupted: trials in flight were marked FAIL; run the same "
+                    "command (same run directory and search.storage) to resume")
         raise SystemExit(130) from None
 
 
@@ -310,7 +314,7 @@ def report(cfg: DictConfig, out: Path) -> None:
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir: no such directory {run_dir}; give a sweep's run directory "
                           "(run_dir=<the sweep's hydra.run.dir>)")
-    print(f"wrote {build_report(run_dir, storage=cfg.search.storage, strict=True)}")
+    log.info("wrote %s", build_report(run_dir, storage=cfg.search.storage, strict=True))
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -344,6 +348,10 @@ def run_cli(cfg: DictConfig, out: str | Path) -> None:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {msg}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+        for handler in logging.getLogger().handlers:  # the run's log file tells it too
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0,
+                                              f"error: {msg}", None, None))
         raise SystemExit(2) from None
 
 

@@ -8,6 +8,7 @@ storage), as in test_sweep.py.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -66,7 +67,7 @@ def test_lock_holds_who_and_a_live_heartbeat_and_is_removed_on_release(tmp_path)
 
 
 def test_live_lock_of_another_process_refuses_at_once_then_its_corpse_is_taken_over(
-        tmp_path, capsys):
+        tmp_path, caplog):
     path = tmp_path / f"optuna.db{SUFFIX}"
     proc = holder_process(path)
     try:
@@ -81,7 +82,7 @@ def test_live_lock_of_another_process_refuses_at_once_then_its_corpse_is_taken_o
     assert json.loads(path.read_text())["pid"] == proc.pid
     with RunLock(path) as lock:
         assert json.loads(path.read_text())["pid"] == os.getpid() and lock.held
-    assert f"process {proc.pid} is not running" in capsys.readouterr().err
+    assert f"process {proc.pid} is not running" in caplog.text
 
 
 @pytest.mark.parametrize("host, age_s, live", [
@@ -100,13 +101,13 @@ def test_lock_of_another_host_is_judged_by_its_heartbeat(tmp_path, host, age_s, 
             assert json.loads(path.read_text())["host"] == HOST
 
 
-def test_lock_paths_and_server_storage(tmp_path, capsys):
+def test_lock_paths_and_server_storage(tmp_path, caplog):
     assert lock_path(f"sqlite:///{tmp_path}/optuna.db") == tmp_path / "optuna.db.driver.lock"
     # beside the journal, not on the journal backend's own <file>.lock
     assert lock_path(f"journal://{tmp_path}/optuna.log") == tmp_path / "optuna.log.driver.lock"
     assert lock_path("sqlite:///:memory:") is None
     assert isinstance(run_lock("postgresql://user@db.example/neva"), NoLock)
-    assert "no driver lock for postgresql storage" in capsys.readouterr().err
+    assert "no driver lock for postgresql storage" in caplog.text
 
 
 def test_stale_trials_are_failed_only_under_the_lock(tmp_path):
@@ -195,7 +196,7 @@ def test_second_driver_is_refused_while_the_first_runs(tmp_path, cache, config):
 
 
 def test_journal_storage_resumes_after_an_interruption_and_a_dead_driver(
-        cluster, sweep_cfg, tmp_path, capsys):
+        cluster, sweep_cfg, tmp_path, caplog):
     """Journal storage: interrupted, then resumed over a dead driver's lock and RUNNING
     trial, then re-run with nothing left to do; the report reads the same journal."""
     run = tmp_path / "run"
@@ -218,9 +219,9 @@ def test_journal_storage_resumes_after_an_interruption_and_a_dead_driver(
     # A driver killed hard: its lock (dead pid) and a RUNNING trial stay behind.
     write_lock(run / "optuna.log.driver.lock", HOST, dead_pid(), time.time())
     optuna.load_study(study_name="tiny-llama/power/neva", storage=open_storage(url)).ask()
-    capsys.readouterr()
+    caplog.clear()
     res = run_sweep(cfg, run)
-    assert "taking over the lock" in capsys.readouterr().err
+    assert "taking over the lock" in caplog.text
     after = states_by_study(url)
     assert {n: v.count(TrialState.COMPLETE) for n, v in after.items()} == {
         "tiny-llama/benevolence/neva": 2, "tiny-llama/power/neva": 2}
@@ -230,8 +231,9 @@ def test_journal_storage_resumes_after_an_interruption_and_a_dead_driver(
     assert not (run / "optuna.log.driver.lock").exists()
 
     n = len(trials(run))
+    caplog.set_level(logging.INFO, logger="neva_sweep")
     run_sweep(cfg, run)
-    assert "0 to run" in capsys.readouterr().out and len(trials(run)) == n
+    assert "0 to run" in caplog.text and len(trials(run)) == n
 
     from neva_sweep.report.load import read_storage
 

@@ -35,10 +35,12 @@ def ray_session(cluster: DictConfig) -> Iterator[Resources]:
     started = False
     if not ray.is_initialized():
         if cluster.kind == "local":
+            # log_to_driver: the actors' warnings and errors reach this terminal, prefixed
+            # with the actor; their full logs stay in Ray's session directory.
             ray.init(address="local", num_cpus=cluster.num_cpus or os.cpu_count(),
-                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+                     include_dashboard=False, log_to_driver=True, configure_logging=False)
         else:
-            ray.init(address=cluster.address or "auto", log_to_driver=False,
+            ray.init(address=cluster.address or "auto", log_to_driver=True,
                      configure_logging=False)
         started = True
     try:

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .plan import ConfigError, storage_file
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0  # how often the holder refreshes its heartbeat
 STALE_AFTER_S = 60.0  # a heartbeat older than this means the holder is dead
@@ -160,7 +162,7 @@ class RunLock:
                 self.me = None
                 raise RunLockedError(self._locked_message(holder))
             who = "an unreadable lock" if holder is None else f"the lock of {holder.describe()}"
-            print(f"taking over {who} ({self.path}): {why}", file=sys.stderr)
+            log.warning("taking over %s (%s): %s", who, self.path, why)
             self._remove_stale(raw)
         self.me = None
         raise RunLockedError(f"search.storage: could not take the lock {self.path} (other "
@@ -208,7 +210,7 @@ class RunLock:
             try:
                 self.refresh()
             except OSError as e:  # a shared filesystem hiccup: try again next beat
-                print(f"could not refresh the lock {self.path}: {e}", file=sys.stderr)
+                log.warning("could not refresh the lock %s: %s", self.path, e)
             if self.lost:
                 return
 
@@ -219,9 +221,9 @@ class RunLock:
         holder, _ = read_holder(self.path)
         if holder is None or holder.token != self.me.token:
             self.lost = True
-            print(f"lost the lock {self.path} to another driver "
-                  f"({holder.describe() if holder else 'none left'}): this driver's heartbeat "
-                  f"stalled for more than {self.stale_after_s:.0f} s", file=sys.stderr)
+            log.error("lost the lock %s to another driver (%s): this driver's heartbeat "
+                      "stalled for more than %.0f s", self.path,
+                      holder.describe() if holder else "none left", self.stale_after_s)
             return
         self.me = Holder(**{**asdict(self.me), "heartbeat": time.time()})
         os.replace(self._write_tmp(), self.path)
@@ -264,7 +266,7 @@ def run_lock(storage: str, **kwargs) -> RunLock | NoLock:
     if path is not None:
         return RunLock(path, **kwargs)
     if "://" in storage and not storage.startswith("sqlite"):
-        print(f"search.storage: no driver lock for {storage.split('://')[0]} storage (the lock "
-              "is a file beside SQLite or journal files); run one driver per storage",
-              file=sys.stderr)
+        log.warning("search.storage: no driver lock for %s storage (the lock is a file "
+                    "beside SQLite or journal files); run one driver per storage",
+                    storage.split("://")[0])
     return NoLock()

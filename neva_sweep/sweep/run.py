@@ -8,9 +8,9 @@ and the lock released, whatever happens (Ctrl-C and SIGTERM included).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,8 @@ from .scheduler import Interrupted, Scheduler, reclaim_sigterm, sigterm_stops
 from .studies import StudyState, fail_stale_trials, open_storage, open_studies
 from .worker import EvalSetup
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class SweepResult:
@@ -70,17 +72,17 @@ def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> SweepResult
             states = open_studies(plan.studies, open_storage(plan.storage), cfg.search)
             stale = fail_stale_trials(states, lock)  # only now: no live driver owns them
             if stale:
-                print(f"marked {stale} trial(s) left RUNNING by a stopped driver as FAIL")
+                log.warning("marked %d trial(s) left RUNNING by a stopped driver as FAIL", stale)
             paths = _drive(cfg, plan, run_dir, states, callbacks)
     except Interrupted as e:
         if e.signum != signal.SIGTERM:
             raise
-        print(f"sweep stopped by {e}: trials in flight were marked FAIL; run the same command "
-              "(same run directory and search.storage) to resume", file=sys.stderr)
+        log.warning("sweep stopped by %s: trials in flight were marked FAIL; run the same "
+                    "command (same run directory and search.storage) to resume", e)
         raise SystemExit(e.exit_code) from None
     print(summary(states))
     for p in paths.values():
-        print(f"wrote {p}")
+        log.info("wrote %s", p)
     return SweepResult(run_dir, states, paths)
 
 
@@ -93,8 +95,8 @@ def _drive(cfg: DictConfig, plan: SweepPlan, run_dir: Path, states: list[StudySt
     try:
         missing = sum(s.missing for s in states)
         done = sum(s.complete for s in states)
-        print(f"sweep: {len(states)} studies in {plan.storage.split('://')[0]} storage, "
-              f"{done} trials complete, {missing} to run")
+        log.info("sweep: %d studies in %s storage, %d trials complete, %d to run",
+                 len(states), plan.storage.split("://")[0], done, missing)
         if missing:
             _run_trials(cfg, plan, states, outputs, [logger.log_trial, *callbacks])
         exit_code = 0
@@ -116,7 +118,7 @@ def _finish(outputs: Outputs, logger: SweepLogger, exit_code: int) -> dict[str, 
 
             paths["report"] = build_report(outputs.run_dir)
         except Exception as e:
-            print(f"report not written: {type(e).__name__}: {e}", file=sys.stderr)
+            log.warning("report not written: %s: %s", type(e).__name__, e)
     finally:
         logger.finish(outputs.rows(), {**outputs.paths(), **paths}, exit_code)
     return paths
@@ -147,7 +149,7 @@ def _run_trials(cfg: DictConfig, plan: SweepPlan, states: list[StudyState], outp
     with ray_session(cfg.cluster) as resources:
         reclaim_sigterm()  # ray.init installed its own SIGTERM handler (exit 1, no safe stop)
         counts = replica_counts(models, cfg.cluster, resources)
-        print("replicas: " + ", ".join(f"{m} x{n}" for m, n in counts.items()))
+        log.info("replicas: %s", ", ".join(f"{m} x{n}" for m, n in counts.items()))
         replicas = start_replicas(models, counts, cfg.cluster)
         try:
             workers: list[ReplicaWorker] = []
