@@ -143,6 +143,17 @@ def _all_gather_widths(widths: list[int]) -> list[list[int]]:
     return out
 
 
+def _drop_gguf_quantizer(model: nn.Module, dtype: torch.dtype) -> None:
+    """A model read from a GGUF file is marked quantized (transformers' GgufHfQuantizer)
+    although its weights are already dequantized to ``dtype``; ``init_inference`` then
+    refuses to cast it ("`.float()` is not supported for quantized model"). Drop the mark,
+    through transformers' own path, when every parameter really is plain ``dtype``."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if (getattr(model, "is_quantized", False) and type(quantizer).__name__ == "GgufHfQuantizer"
+            and all(p.dtype == dtype for p in model.parameters())):
+        quantizer.remove_quantization_config(model)
+
+
 def _autotp(model: nn.Module, tp_size: int, dtype: torch.dtype, device: str) -> nn.Module:
     """Shard ``model`` with DeepSpeed AutoTP and return the sharded transformers module."""
     on_cpu = device == "cpu"
@@ -162,6 +173,7 @@ def _autotp(model: nn.Module, tp_size: int, dtype: torch.dtype, device: str) -> 
                            f"model.device is {device!r}; set DS_ACCELERATOR before importing it")
     if on_cpu:
         _disable_shm_allreduce()
+    _drop_gguf_quantizer(model, dtype)
     engine = deepspeed.init_inference(
         model,
         tensor_parallel={"tp_size": tp_size},
