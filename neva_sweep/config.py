@@ -142,7 +142,7 @@ class SearchSpace:
 class SearchConfig:
     """Optuna studies, sampler, objectives, constraints and trial scheduling (``search.*``)."""
 
-    storage: str | None = None  # any SQLAlchemy URL; None = sqlite:///<run dir>/optuna.db
+    storage: str | None = None  # SQLAlchemy URL or journal:///path; None = <run dir>/optuna.db
     study_prefix: str = ""  # study names: {study_prefix}{model}/{value}/{method}
     sampler: str = "tpe"  # tpe (multivariate, multi-objective) | nsga2 | gp
     seed: int = 0
