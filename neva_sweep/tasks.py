@@ -314,7 +314,12 @@ def report(cfg: DictConfig, out: Path) -> None:
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir: no such directory {run_dir}; give a sweep's run directory "
                           "(run_dir=<the sweep's hydra.run.dir>)")
-    log.info("wrote %s", build_report(run_dir, storage=cfg.search.storage, strict=True))
+    storage = None
+    if cfg.search.storage:  # as the sweep resolved it (journal://rel.log: in the run dir)
+        from .sweep.plan import storage_url
+
+        storage = storage_url(cfg.search, run_dir)
+    log.info("wrote %s", build_report(run_dir, storage=storage, strict=True))
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

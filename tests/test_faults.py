@@ -151,3 +151,28 @@ def test_report_reads_the_storage_and_fails_on_a_truncated_trials_csv(tmp_path, 
     with pytest.raises(ReportError, match=r"trials.csv \(2 finished trials\) disagrees"):
         run(config("task=report", f"run_dir={tmp_path}"), tmp_path / "report_run")
     assert (tmp_path / "report" / "index.html").is_file()  # written from the storage
+
+
+def test_report_reads_a_relative_journal_in_the_run_dir(tmp_path, config, monkeypatch):
+    """``search.storage=journal://optuna.log`` means the run directory's journal, as in the
+    sweep, whatever the working directory; a missing journal is an error, not a new file."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from neva_sweep.report.load import load_run
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.log")))
+    study = optuna.create_study(storage=storage, study_name="tiny-a/power/neva",
+                                directions=["maximize", "minimize"])
+    t = study.ask()
+    t.suggest_float("magnitude", 1, 8)
+    study.tell(t, [0.1, 0.05])
+    monkeypatch.chdir(tmp_path.parent)  # not the run directory
+    run(config("task=report", f"run_dir={tmp_path}", "search.storage=journal://optuna.log"),
+        tmp_path / "report_run")
+    assert (tmp_path / "report" / "index.html").is_file()
+    missing = tmp_path / "other"
+    missing.mkdir()
+    assert any("does not exist" in e for e in load_run(
+        missing, storage=f"journal://{missing / 'optuna.log'}").errors)
+    assert not (missing / "optuna.log").exists()

@@ -235,8 +235,10 @@ def _load_trials(run: Run, storage: str | None) -> None:
         except (csv.Error, UnicodeDecodeError, OSError) as e:
             run.error(f"{csv_path} is unreadable ({type(e).__name__}: {e}).")
     if storage is not None:
-        sqlite = storage.removeprefix("sqlite:///")
-        if storage.startswith("sqlite:///") and not Path(sqlite).is_file():
+        # File storages must exist: opening a missing journal would create an empty one.
+        file = next((storage.removeprefix(p) for p in ("sqlite:///", "journal://")
+                     if storage.startswith(p)), None)
+        if file is not None and not Path(file).is_file():
             run.error(f"the Optuna storage {storage} does not exist.")
         else:
             try:
