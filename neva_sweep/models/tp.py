@@ -174,6 +174,8 @@ def _autotp(model: nn.Module, tp_size: int, dtype: torch.dtype, device: str) -> 
     if on_cpu:
         _disable_shm_allreduce()
     _drop_gguf_quantizer(model, dtype)
+    float32_buffers = {n: b.detach().clone() for n, b in model.named_buffers()
+                       if b.dtype == torch.float32}
     engine = deepspeed.init_inference(
         model,
         tensor_parallel={"tp_size": tp_size},
@@ -181,7 +183,20 @@ def _autotp(model: nn.Module, tp_size: int, dtype: torch.dtype, device: str) -> 
         replace_with_kernel_inject=False,
         dtype=dtype,  # init_inference defaults to fp16
     )
+    _restore_float32_buffers(engine.module, float32_buffers)
     return engine.module.eval()
+
+
+def _restore_float32_buffers(module: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Undo init_inference's cast of float32 buffers to a half dtype.
+
+    transformers keeps the rotary frequencies (``inv_freq``) in float32 in half-precision
+    models; rounded to bfloat16 they move every rotary angle, so the engine's logits
+    drifted from the unsharded model's (by up to 1.1 on SmolLM2's logits of ~30).
+    """
+    for name, buf in module.named_buffers():
+        if name in saved and buf.dtype != torch.float32 and buf.shape == saved[name].shape:
+            buf.data = saved[name].to(buf.device)
 
 
 def _disable_shm_allreduce() -> None:
