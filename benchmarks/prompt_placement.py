@@ -1,12 +1,14 @@
 """Where the value instruction goes, and what the forced-choice judge then sees.
 
-The ``prompt`` method (and ``task=validate_judge``'s value prompts) put the instruction in
-the system turn, *replacing* the chat template's default system prompt. That changes two
-things at once: the value instruction arrives, and the default assistant persona leaves.
-This benchmark scores the same ten value prompts and the acquiescence prompt two ways,
+A prompt edit's instruction goes into the system turn of chat-templated sequences. If it
+*replaced* the chat template's default system prompt, two things would change at once:
+the value instruction arrives, and the default assistant persona leaves. This benchmark
+scores the same ten value prompts and the acquiescence prompt two ways,
 
-- ``replace``: the instruction is the system turn (what neva_sweep does);
-- ``append``: the default system prompt, then the instruction (only the value changes),
+- ``replace``: the instruction is the system turn (``PromptEdit(..., replace_system=True)``;
+  neva_sweep's behaviour before this measurement);
+- ``append``: the default system prompt, then the instruction (only the value changes;
+  neva_sweep's default since),
 
 and reads each with the library's own validity maths: detection against the unprompted
 model (:func:`neva_sweep.validate.prompt_detection`), specificity against the other nine
@@ -29,20 +31,9 @@ import neva_sweep as nv
 from neva_sweep.data import load_records
 from neva_sweep.judges import ForcedChoiceJudge, JudgeConfig
 from neva_sweep.prompting import PromptEdit, prompt_edit
-from neva_sweep.scoring import option_logprobs
+from neva_sweep.scoring import default_system_prompt, option_logprobs
 from neva_sweep.validate import ACQUIESCENCE_PROMPT, prompt_detection, prompt_specificity
 from neva_sweep.values import VALUES
-
-
-def default_system_prompt(host) -> str:
-    """The chat template's default system turn ("" when it has none)."""
-    mark = "\x00"
-    plain = host.chat_prompt(mark).split(mark)[0]
-    marked = host.chat_prompt(mark, system=mark)
-    head, tail = marked.split(mark)[0], marked.split(mark)[1]
-    if plain.startswith(head) and tail and tail in plain[len(head):]:
-        return plain[len(head):plain.index(tail, len(head))]
-    return ""
 
 
 def softmax(s: np.ndarray) -> np.ndarray:
@@ -83,10 +74,10 @@ def main() -> None:
     prompts, options = judge.prompts(host)
     default = default_system_prompt(host)
     texts = [prompt_edit(v, 3).text for v in VALUES] + [ACQUIESCENCE_PROMPT]
-    placements = {"replace": texts,
-                  "append": [f"{default}\n\n{t}" if default else t for t in texts]}
+    placements = {"replace": [PromptEdit(t, replace_system=True) for t in texts],
+                  "append": [PromptEdit(t) for t in texts]}  # neva_sweep's default
     t0 = time.time()
-    edits = [None] + [PromptEdit(t) for p in placements.values() for t in p]
+    edits = [None] + [e for p in placements.values() for e in p]
     scores = option_logprobs(host, prompts, options, edits, "all", args.batch_size).numpy()
     E = [softmax(s) for s in scores]  # (Q, V) each: base, 11 replace, 11 append
     out = {"model": host.name, "scenarios": args.scenarios or "built-in",

@@ -6,8 +6,9 @@ evaluation records, ``task=steer``, sweep outputs and lm-eval never switch on it
 - ``install(host, edits, row_groups, positions)`` (classmethod): hooks for G edits of the
   kind on ``host``, row b of a batch taking edit ``row_groups[b]`` (-1 = none); returns a
   :class:`~neva_sweep.edit.RowEditor` (``set_rows``, ``response_start``, ``remove``);
-- ``prefix``: an instruction for the edited rows ("" = none): the system turn of
-  chat-templated sequences, a plain-text prefix of the others
+- ``prefix``: an instruction for the edited rows ("" = none): in the system turn of
+  chat-templated sequences (after the default system prompt), a plain-text prefix of the
+  others
   (:meth:`neva_sweep.scoring.EditGroup.with_prompt`);
 - ``describe()``: the JSON-able record of the edit (``kind`` plus its own fields), and
   ``title()``: one line for people;

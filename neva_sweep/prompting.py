@@ -31,11 +31,15 @@ DEFAULT_STRENGTH = 3
 class PromptEdit:
     """A text prefix asking the model to prioritise a value (the no-internals baseline).
 
-    ``text`` is the system turn of chat-templated sequences and is prepended as it is (with
-    its separator) to any other edited sequence.
+    In chat-templated sequences ``text`` joins the system turn: after the template's default
+    system prompt (so the edited rows differ from the unedited ones by the instruction
+    alone, not also by a lost assistant persona), or replacing it with
+    ``replace_system=True``; templates without a default get ``text`` as their system turn.
+    Any other edited sequence gets ``text`` prepended as it is (with its separator).
     """
 
     text: str
+    replace_system: bool = False
 
     kind: ClassVar[str] = "prompt"
     n_neurons: ClassVar[int] = 0
@@ -46,7 +50,10 @@ class PromptEdit:
         return self.text
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "prefix": self.text}
+        out = {"kind": self.kind, "prefix": self.text}
+        if self.replace_system:
+            out["replace_system"] = True
+        return out
 
     def title(self) -> str:
         return "prompt prefix" if self.text else "empty prompt prefix"

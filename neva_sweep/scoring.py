@@ -86,6 +86,19 @@ def check_context(host: ModelHost, length: int, what: str, new_tokens: int = 0) 
                          + (" or lower max_new_tokens" if new_tokens else ""))
 
 
+def default_system_prompt(host: ModelHost) -> str:
+    """The system prompt the chat template puts in when none is given ("" when it puts
+    none, or the model has no chat template)."""
+    if not getattr(host.tokenizer, "chat_template", None):
+        return ""
+    mark = "\x00"
+    plain = host.chat_prompt(mark).split(mark)[0]  # the head with the default system turn
+    head, tail = host.chat_prompt(mark, system=mark).split(mark)[:2]  # around the system text
+    if plain.startswith(head) and tail and tail in plain[len(head):]:
+        return plain[len(head):plain.index(tail, len(head))]
+    return ""
+
+
 class EditGroup:
     """G edits of any kind installed at once; each batch row picks one (or none).
 
@@ -106,16 +119,21 @@ class EditGroup:
                                  local))
         self.prefixes = [encode(host, e.prefix, special=False) if e is not None and e.prefix
                          else [] for e in edits]
-        # Chat-templated sequences get the prompt as their system turn instead: the token
+        # Chat-templated sequences get the prompt in their system turn instead: the token
         # ids of the template's head (up to the user text) with the default system turn,
-        # and with edit g's prompt as the system turn.
+        # and with the default system prompt followed by edit g's prompt (or the prompt
+        # alone: PromptEdit.replace_system, or a template without a default).
         self.heads: list[tuple[list[int], list[int]] | None] = [None] * len(edits)
         if getattr(host.tokenizer, "chat_template", None):
             mark = "\x00"
             default = encode(host, host.chat_prompt(mark).split(mark)[0])
+            base = default_system_prompt(host)
             for g, e in enumerate(edits):
                 if e is not None and e.prefix:
-                    system = host.chat_prompt(mark, system=e.prefix.strip()).split(mark)[0]
+                    text = e.prefix.strip()
+                    if base and not getattr(e, "replace_system", False):
+                        text = f"{base}\n\n{text}"
+                    system = host.chat_prompt(mark, system=text).split(mark)[0]
                     self.heads[g] = (default, encode(host, system))
 
     def with_prompt(self, g: int, ids: list[int]) -> list[int]:

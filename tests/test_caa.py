@@ -103,6 +103,24 @@ def test_prompt_prefix_changes_only_edited_rows(tiny_host) -> None:
         prompt_spec("tradition", 9)
 
 
+def test_prompt_joins_the_default_system_prompt_unless_replacing(tiny_host) -> None:
+    """Chat-templated rows get the instruction after the template's default system prompt
+    (only the instruction differs from unedited rows); replace_system drops the default."""
+    from neva_sweep.scoring import EditGroup, default_system_prompt
+
+    default = default_system_prompt(tiny_host)
+    assert default.startswith("You are a helpful AI assistant")
+    ids = tiny_host.tokenizer.encode(tiny_host.chat_prompt("Hello"))
+    edits = [nv.PromptEdit("Value tradition.\n\n"),
+             nv.PromptEdit("Value tradition.\n\n", replace_system=True)]
+    group = EditGroup(tiny_host, edits, "all")
+    appended, replaced = (tiny_host.tokenizer.decode(group.with_prompt(g, ids)) for g in (0, 1))
+    assert f"{default}\n\nValue tradition." in appended and appended.endswith(
+        tiny_host.chat_prompt("Hello").split(default)[1])
+    assert default not in replaced and "Value tradition." in replaced
+    assert edits[1].describe()["replace_system"] and "replace_system" not in edits[0].describe()
+
+
 def test_former_names_are_the_edit_kinds() -> None:
     """Scripts that import the former names keep working."""
     from neva_sweep import caa, prompting
