@@ -7,6 +7,7 @@ tiny-llama has 96 neurons per layer; AutoTP over 2 ranks splits them 64 + 32 (gr
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 import ray
@@ -142,6 +143,9 @@ def test_gpt2_is_not_shardable(tp2):
 
 def test_restart_after_killed_shard(tp2, specs):
     ray.kill(tp2.actors[1], no_restart=True)
+    deadline = time.monotonic() + 60  # ray.kill is asynchronous: a ping may still get through
+    while tp2.alive(timeout_s=5) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert not tp2.alive(timeout_s=5)
     tp2.restart()
     assert tp2.alive()
