@@ -114,6 +114,7 @@ class EditConfig:
     positions: str = "all"
     layer_window: list[int] | None = None
     exclusive: bool = False
+    polarity: str = "positive"  # positive | both (also damp the most anti-specific neurons)
     # apply neurons selected on another model (name or architecture fingerprint differ)
     allow_other_model: bool = False
 
@@ -129,6 +130,7 @@ class SearchSpace:
     magnitude: list[float] = field(default_factory=lambda: [1.0, 8.0])  # [lo, hi], uniform
     rules: list[str] = field(default_factory=lambda: [DEFAULT_RULE])  # add | scale | set
     scores: list[str] = field(default_factory=lambda: [DEFAULT_SCORE])  # mean_diff | ...
+    polarities: list[str] = field(default_factory=lambda: ["positive"])  # positive | both
     positions: list[str] = field(default_factory=lambda: ["all"])  # all | response
     layer_windows: list[list[int]] | None = None  # [[start, stop], ...]; None = all layers
     # method caa: first layer as a fraction of depth [lo, hi], consecutive layers, coefficient

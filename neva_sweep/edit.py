@@ -1,11 +1,19 @@
 """Inference-time activation edits on selected neurons (forward pre-hooks, no weight updates).
 
-Rules, for a selected neuron i of value t with magnitude alpha (all three are one
+Rules, for a selected neuron i of value t with magnitude alpha (all four are one
 formula a' = max(a * (1 + s) + b, f) with per-neuron s, b, f):
 
-- ``add``:   a += alpha * (mu_t(i) - mu_rest(i))      (s = 0, b = alpha * delta, f = -inf)
-- ``scale``: a *= 1 + alpha                            (s = alpha, b = 0, f = -inf)
-- ``set``:   a = max(a, alpha * q_t(i))                (s = 0, b = 0, f = alpha * q_t)
+- ``add``:    a += alpha * (mu_t(i) - mu_ref(i))     (s = 0, b = alpha * delta, f = -inf)
+- ``add_sd``: a += alpha * sign(delta(i)) * sd(i)     (s = 0, b = alpha * sign * sd, f = -inf)
+- ``scale``:  a *= 1 + alpha                          (s = alpha, b = 0, f = -inf)
+- ``set``:    a = max(a, alpha * q_t(i))              (s = 0, b = 0, f = alpha * q_t)
+
+``add_sd`` moves every neuron by ``alpha`` of its own standard deviation on the probes
+(pooled over the value and its reference), so one magnitude means a comparable push on
+every neuron and every model, whatever the scale of its activations. Anti-specific
+neurons (negative score, from sign-aware selection) are damped: ``add`` and ``add_sd``
+move them down by construction (their delta is negative), ``scale`` divides them by
+1 + alpha; ``set`` only raises and refuses them.
 
 Each rule is registered once in :data:`RULES` with its (s, b, f) formula.
 
@@ -49,16 +57,34 @@ def add_rule(neurons: ValueNeurons, alpha: float) -> Coefficients:
     return torch.zeros(k), alpha * neurons.mean_diff.float(), torch.full((k,), -math.inf)
 
 
+@RULES.add("add_sd")
+def add_sd_rule(neurons: ValueNeurons, alpha: float) -> Coefficients:
+    """a += alpha * sign(mu_t - mu_ref) * sd: alpha standard deviations per neuron."""
+    if neurons.std is None:
+        raise ValueError("rule add_sd needs the neurons' standard deviations, which neuron "
+                         "maps saved by older versions lack; select the neurons again")
+    k = len(neurons)
+    shift = alpha * torch.sign(neurons.mean_diff.float()) * neurons.std.float()
+    return torch.zeros(k), shift, torch.full((k,), -math.inf)
+
+
 @RULES.add("scale")
 def scale_rule(neurons: ValueNeurons, alpha: float) -> Coefficients:
-    """a *= 1 + alpha."""
+    """a *= 1 + alpha; anti-specific neurons (score < 0): a /= 1 + alpha."""
     k = len(neurons)
-    return torch.full((k,), alpha), torch.zeros(k), torch.full((k,), -math.inf)
+    anti = neurons.score.float() < 0
+    # 1 + s = 1 / (1 + alpha) for alpha >= 0; |alpha| keeps a negative magnitude finite
+    scale = torch.where(anti, torch.full((k,), -alpha / (1.0 + abs(alpha))),
+                        torch.full((k,), alpha))
+    return scale, torch.zeros(k), torch.full((k,), -math.inf)
 
 
 @RULES.add("set")
 def set_rule(neurons: ValueNeurons, alpha: float) -> Coefficients:
     """a = max(a, alpha * q_t)."""
+    if (neurons.score.float() < 0).any():
+        raise ValueError("rule set only raises activations; anti-specific neurons "
+                         "(polarity=both) need rule add, add_sd or scale (edit.rule)")
     k = len(neurons)
     return torch.zeros(k), torch.zeros(k), alpha * neurons.quantile.float()
 

@@ -105,10 +105,11 @@ def check_edit(cfg: DictConfig, model: dict[str, Any], need_value: bool) -> None
     if cfg.max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens: must be >= 1, got {cfg.max_new_tokens}")
     from .edit import POSITIONS, RULES
-    from .select import SCORES
+    from .select import POLARITIES, SCORES
 
     for key, given, valid in (("edit.rule", e.rule, RULES.names()),
                               ("edit.score", e.score, SCORES.names()),
+                              ("edit.polarity", e.polarity, POLARITIES),
                               ("edit.positions", e.positions, POSITIONS)):
         if given not in valid:
             raise ConfigError(f"{key}: unknown choice {given!r}; valid choices: "

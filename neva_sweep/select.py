@@ -2,6 +2,18 @@
 
 Scores are (V, N) matrices computed for all values at once; higher = more specific
 to the value. ``k = ceil(sparsity * total MLP neurons)`` neurons are kept per value.
+
+Each score contrasts value t with a *reference*: the other nine values pooled with equal
+weight ("the rest"), or, for ``contrast_d``, only t's circumplex opposites (the values
+4 or 5 steps away around Schwartz's circle, e.g. power and achievement for
+universalism), which separates a value from what it is in tension with rather than from
+everything else. The edit quantities of a selected neuron (``mean_diff``, ``std``) are
+taken against the same reference.
+
+``polarity="both"`` (sign-aware selection) keeps the k neurons with the largest |score|:
+the most value-specific ones (raised by the edit rules) and the most *anti*-specific ones
+(damped: ``add`` moves them along their negative mean difference, ``scale`` divides them
+by 1 + magnitude, ``add_sd`` lowers them by magnitude standard deviations).
 """
 
 from __future__ import annotations
@@ -20,11 +32,40 @@ from .files import atomic_path
 from .models.identity import ModelId
 from .registry import Registry
 from .stats import NeuronStats, rest_stats
-from .values import N_VALUES, VALUES, check_value
+from .values import N_VALUES, VALUES, check_value, circular_distance
 
 ScoreFn = Callable[[NeuronStats], torch.Tensor]
 SCORES: Registry[ScoreFn] = Registry("score")
 LAPE_MIN_PROB = 0.05
+POLARITIES = ("positive", "both")
+SIGNED_SCORES = ("mean_diff", "prob_diff", "contrast_d")  # scores whose sign means "anti"
+OPPOSITE_DISTANCE = 4  # circumplex steps (of at most 5) from which a value is an opposite
+
+
+def opposite_weights() -> torch.Tensor:
+    """(V, V) weights of each value's circumplex opposites, rows summing to 1.
+
+    Row t weights equally the values at least OPPOSITE_DISTANCE steps from t (three
+    values each in the ten-value circle).
+    """
+    far = torch.tensor([[float(circular_distance(i, j) >= OPPOSITE_DISTANCE)
+                         for j in range(N_VALUES)] for i in range(N_VALUES)])
+    return far / far.sum(1, keepdim=True)
+
+
+def reference_stats(stats: NeuronStats, score: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean_ref, var_ref), each (V, N): what ``score`` contrasts each value with.
+
+    The circumplex opposites for ``contrast_d``, the balanced rest for every other score;
+    the variance is that of the equal-weight mixture of the reference values.
+    """
+    if score != "contrast_d":
+        mean_rest, var_rest, _ = rest_stats(stats)
+        return mean_rest, var_rest
+    w = opposite_weights().to(stats.mean.dtype)  # (V, V)
+    mean_ref = w @ stats.mean  # (V, N)
+    second = w @ (stats.var + stats.mean**2)
+    return mean_ref, (second - mean_ref**2).clamp(min=0)
 
 
 @SCORES.add("mean_diff")
@@ -33,6 +74,14 @@ def mean_diff_score(stats: NeuronStats) -> torch.Tensor:
     mean_rest, var_rest, _ = rest_stats(stats)
     pooled = ((stats.var + var_rest) / 2).sqrt().clamp(min=1e-8)
     return (stats.mean - mean_rest) / pooled
+
+
+@SCORES.add("contrast_d")
+def contrast_d_score(stats: NeuronStats) -> torch.Tensor:
+    """Cohen's d of value t against its circumplex opposites (see the module docstring)."""
+    mean_ref, var_ref = reference_stats(stats, "contrast_d")
+    pooled = ((stats.var + var_ref) / 2).sqrt().clamp(min=1e-8)
+    return (stats.mean - mean_ref) / pooled
 
 
 @SCORES.add("prob_diff")
@@ -60,16 +109,22 @@ def lape_score(stats: NeuronStats) -> torch.Tensor:
 
 @dataclass
 class ValueNeurons:
-    """The neurons selected for one value, with what the edit rules need (all shape (k,))."""
+    """The neurons selected for one value, with what the edit rules need (all shape (k,)).
+
+    A negative ``score`` marks an anti-specific neuron (sign-aware selection), which the
+    rules damp instead of raising.
+    """
 
     layer: torch.Tensor  # int64
     index: torch.Tensor  # int64, index within the layer (global across shards)
     score: torch.Tensor  # float32
-    mean_diff: torch.Tensor  # float32, mu_t - mu_rest: direction of the `add` rule
+    mean_diff: torch.Tensor  # float32, mu_t - mu_ref: direction of the `add` rule
     quantile: torch.Tensor  # float32, q_t: floor of the `set` rule
     model: ModelId | None = None  # the model they were selected on; None = unknown
+    std: torch.Tensor | None = None  # float32, pooled sd of (t, ref): unit of `add_sd`
 
     FIELDS = ("layer", "index", "score", "mean_diff", "quantile")
+    OPTIONAL = ("std",)  # saved when present; maps saved before it load without it
 
     def __len__(self) -> int:
         return self.layer.numel()
@@ -182,7 +237,9 @@ class NeuronMap:
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"{v}.{f}": getattr(vn, f).contiguous()
-                   for v, vn in self.neurons.items() for f in ValueNeurons.FIELDS}
+                   for v, vn in self.neurons.items()
+                   for f in ValueNeurons.FIELDS + ValueNeurons.OPTIONAL
+                   if getattr(vn, f) is not None}
         meta = {"layer_sizes": self.layer_sizes, "values": list(self.neurons), **self.meta}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"neva_sweep": json.dumps(meta)})
@@ -196,7 +253,9 @@ class NeuronMap:
         t = load_file(str(path))
         values = meta.pop("values")
         sizes = meta.pop("layer_sizes")
-        neurons = {v: ValueNeurons(*(t[f"{v}.{f}"] for f in ValueNeurons.FIELDS)) for v in values}
+        neurons = {v: ValueNeurons(*(t[f"{v}.{f}"] for f in ValueNeurons.FIELDS),
+                                   **{f: t.get(f"{v}.{f}") for f in ValueNeurons.OPTIONAL})
+                   for v in values}
         return cls(neurons, sizes, meta)
 
 
@@ -218,6 +277,7 @@ def select_neurons(
     score: str = DEFAULT_SCORE,
     layer_window: tuple[int, int] | list[int] | None = None,
     exclusive: bool = False,
+    polarity: str = "positive",
 ) -> NeuronMap:
     """Top ``ceil(sparsity * N)`` neurons per value by ``score``.
 
@@ -225,9 +285,11 @@ def select_neurons(
         stats: statistics of the whole model (all layers, all shards joined).
         value: one value, a list, or None for all ten.
         sparsity: fraction of all MLP neurons to select, in (0, 1).
-        score: one of ``SCORES`` (mean_diff, prob_diff, lape).
+        score: one of ``SCORES`` (mean_diff, contrast_d, prob_diff, lape).
         layer_window: optional [start, stop) layers to select from.
         exclusive: a neuron belongs to at most one value (the one it scores highest for).
+        polarity: ``positive`` (the most value-specific neurons) or ``both`` (the largest
+            |score|: anti-specific neurons too, to be damped; signed scores only).
 
     >>> import neva_sweep as nv
     >>> stats = nv.collect_stats(nv.load_model("tiny-llama"), nv.load_probes(), progress=False)
@@ -242,30 +304,38 @@ def select_neurons(
     if (stats.count <= 1).any():
         empty = [VALUES[i] for i in (stats.count <= 1).nonzero().flatten().tolist()]
         raise ValueError(f"statistics have no probe tokens for values {empty}; check the probes")
+    if polarity not in POLARITIES:
+        raise ValueError(f"unknown polarity {polarity!r} (edit.polarity); valid choices: "
+                         f"{', '.join(POLARITIES)}")
+    if polarity == "both" and score not in SIGNED_SCORES:
+        raise ValueError(f"polarity=both needs a signed score ({', '.join(SIGNED_SCORES)}); "
+                         f"{score!r} has no anti-specific side (edit.score)")
     scores = SCORES[score](stats).float()  # (V, N)
     start, stop = _check_window(layer_window, len(stats.layer_sizes))
     layer = stats.layer_of()
     candidates = (layer >= start) & (layer < stop)  # (N,)
     owner = scores.argmax(0) if exclusive else None
     k = math.ceil(sparsity * stats.n_neurons)
-    mean_rest, _, _ = rest_stats(stats)
+    mean_ref, var_ref = reference_stats(stats, score)
+    std = ((stats.var + var_ref) / 2).sqrt()  # (V, N) pooled sd, the unit of add_sd
     quant = stats.quantile()
     index = stats.index_in_layer()
     built_for = ModelId.from_meta(stats.meta)
     chosen = {}
     for v in values:
         t = VALUES.index(v)
-        s = scores[t].masked_fill(~candidates, -math.inf)
-        if owner is not None:
-            s = s.masked_fill(owner != t, -math.inf)
-        top = s.topk(min(k, int(candidates.sum()))).indices
-        top = top[torch.isfinite(s[top])]
+        s = scores[t]  # (N,)
+        allowed = candidates if owner is None else candidates & (owner == t)
+        rank = (s.abs() if polarity == "both" else s).masked_fill(~allowed, -math.inf)
+        top = rank.topk(min(k, int(candidates.sum()))).indices
+        top = top[torch.isfinite(rank[top])]
         chosen[v] = ValueNeurons(
             layer[top].clone(), index[top].clone(), s[top].clone(),
-            (stats.mean[t, top] - mean_rest[t, top]).float(), quant[t, top].float(), built_for,
+            (stats.mean[t, top] - mean_ref[t, top]).float(), quant[t, top].float(), built_for,
+            std[t, top].float(),
         )
     meta = {"score": score, "sparsity": sparsity, "k": k, "layer_window": [start, stop],
-            "exclusive": exclusive, "model": stats.meta.get("model"),
+            "exclusive": exclusive, "polarity": polarity, "model": stats.meta.get("model"),
             "fingerprint": stats.meta.get("fingerprint"),
             "data_hash": stats.meta.get("data_hash")}
     return NeuronMap(chosen, list(stats.layer_sizes), meta)
@@ -285,9 +355,9 @@ def random_neurons(
     pool = ((layer >= start) & (layer < stop)).nonzero().flatten()
     gen = torch.Generator().manual_seed(seed)
     top = pool[torch.randperm(pool.numel(), generator=gen)[:k]]
-    mean_rest, _, _ = rest_stats(stats)
+    mean_rest, var_rest, _ = rest_stats(stats)
     return ValueNeurons(
         layer[top].clone(), stats.index_in_layer()[top].clone(), torch.zeros(top.numel()),
         (stats.mean[t, top] - mean_rest[t, top]).float(), stats.quantile()[t, top].float(),
-        ModelId.from_meta(stats.meta),
+        ModelId.from_meta(stats.meta), ((stats.var[t, top] + var_rest[t, top]) / 2).sqrt().float(),
     )

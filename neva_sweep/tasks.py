@@ -56,7 +56,8 @@ def stats_from_config(cfg: DictConfig, host: ModelHost) -> NeuronStats:
 def selection_kwargs(cfg: DictConfig) -> dict:
     e = cfg.edit
     window = list(e.layer_window) if e.layer_window is not None else None
-    return dict(sparsity=e.sparsity, score=e.score, layer_window=window, exclusive=e.exclusive)
+    return dict(sparsity=e.sparsity, score=e.score, layer_window=window, exclusive=e.exclusive,
+                polarity=e.polarity)
 
 
 def edit_value(cfg: DictConfig) -> str:
@@ -243,6 +244,7 @@ def evaluate_config(cfg: DictConfig, host: ModelHost | None = None) -> dict:
                           cfg.edit.positions)
         rec = evaluator.evaluate_one(value, spec, cfg.edit.positions)
         rec["edit"].update(sparsity=float(cfg.edit.sparsity), score=cfg.edit.score,
+                           polarity=cfg.edit.polarity,
                            layer_window=selection_kwargs(cfg)["layer_window"])
         specs = [spec]
     cap = cfg.capability

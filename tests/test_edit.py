@@ -106,7 +106,7 @@ def test_default_edit_and_errors(tiny_host, nmap, batch):
     with pytest.raises(ValueError, match="pass value="):
         with nv.edit(tiny_host, nmap):
             pass
-    with pytest.raises(KeyError, match="unknown edit rule 'shift'.*add, scale, set"):
+    with pytest.raises(KeyError, match="unknown edit rule 'shift'.*add, add_sd, scale, set"):
         with nv.edit(tiny_host, nmap, rule="shift", value="power"):
             pass
     with pytest.raises(KeyError, match="edit.positions"):
@@ -223,11 +223,37 @@ def test_rules_are_a_registry_with_their_formula(nmap):
     neg_inf = torch.full((len(vn),), -torch.inf)
     zero = torch.zeros(len(vn))
     expected = {"add": (zero, 2.0 * vn.mean_diff.float(), neg_inf),  # a += 2 (mu_t - mu_rest)
+                # a += 2 sd in the direction of mu_t - mu_rest
+                "add_sd": (zero, 2.0 * vn.mean_diff.float().sign() * vn.std, neg_inf),
                 "scale": (torch.full((len(vn),), 2.0), zero, neg_inf),  # a *= 1 + 2
                 "set": (zero, zero, 2.0 * vn.quantile.float())}  # a = max(a, 2 q_t)
     assert set(expected) == set(RULES)  # every registered rule has its formula checked
     for rule, coef in expected.items():
         assert all(torch.equal(x, y) for x, y in zip(RULES[rule](vn, 2.0), coef)), rule
     with pytest.raises(KeyError, match=r"unknown edit rule 'shift' \(edit.rule\); valid "
-                                       r"choices: add, scale, set"):
+                                       r"choices: add, add_sd, scale, set"):
         NeuronEdit(vn, "shift")
+
+
+def test_anti_specific_neurons_are_damped(tiny_stats, tiny_host, batch):
+    vn = nv.select_neurons(tiny_stats, "power", sparsity=0.05, polarity="both")["power"]
+    anti = vn.score < 0
+    assert anti.any() and (~anti).any()
+    s, b, _ = NeuronEdit(vn, "scale", 3.0).coefficients()
+    assert torch.allclose(1 + s[anti], torch.tensor(0.25)) and (s[~anti] == 3.0).all()
+    _, b, _ = NeuronEdit(vn, "add_sd", 2.0).coefficients()
+    assert (b[anti] < 0).all() and (b[~anti] > 0).all()
+    with pytest.raises(ValueError, match="rule set only raises activations"):
+        NeuronEdit(vn, "set", 2.0).coefficients()
+    # magnitude 0 stays bitwise identical with damped neurons too
+    base = tiny_host.model(**batch).logits
+    with edit_rows(tiny_host, [NeuronEdit(vn, "scale", 0.0)], torch.zeros(1, dtype=torch.long)):
+        assert torch.equal(tiny_host.model(**batch).logits, base)
+
+
+def test_add_sd_needs_standard_deviations(nmap):
+    from dataclasses import replace
+
+    old = replace(nmap["power"], std=None)  # as in maps saved before sd was stored
+    with pytest.raises(ValueError, match="select the neurons again"):
+        NeuronEdit(old, "add_sd", 2.0).coefficients()

@@ -15,8 +15,8 @@ from neva_sweep.sweep import METHODS, best_edit_spec
 
 # Per method: parameters of a strong edit, and the key that sets its strength to zero.
 PARAMS = {
-    "neva": ({"sparsity": 0.05, "magnitude": 6.0, "rule": "add", "score": "mean_diff",
-              "positions": "all", "layer_window": "all"}, "magnitude"),
+    "neva": ({"sparsity": 0.05, "magnitude": 6.0, "rule": "add_sd", "score": "contrast_d",
+              "polarity": "both", "positions": "all", "layer_window": "all"}, "magnitude"),
     "random_neurons": ({"sparsity": 0.05, "magnitude": 6.0, "rule": "scale", "seed": 3,
                         "positions": "all", "layer_window": "all"}, "magnitude"),
     "caa": ({"layer_frac": 0.5, "n_layers": 1, "coefficient": 8.0, "positions": "all"},
@@ -101,7 +101,7 @@ def test_caa_layer_fraction_maps_onto_depth(tiny_stats) -> None:
 # -- nv.make_edit: every method, with its documented defaults or given parameters -----------
 DEFAULTS = {
     "neva": {"sparsity": 2e-3, "magnitude": 4.0, "rule": "add", "score": "mean_diff",
-             "positions": "all", "layer_window": "all"},
+             "polarity": "positive", "positions": "all", "layer_window": "all"},
     "random_neurons": {"sparsity": 2e-3, "magnitude": 4.0, "rule": "add", "positions": "all",
                        "layer_window": "all", "seed": 0},
     "caa": {"layer_frac": 0.5, "n_layers": 1, "coefficient": 2.0, "positions": "all"},

@@ -77,7 +77,7 @@ def test_map_save_load_and_summary(tmp_path, tiny_stats):
     back = NeuronMap.load(tmp_path / "m.safetensors")
     assert back.values == ["power", "universalism"] and back.meta == nmap.meta
     for v in back.values:
-        for f in ("layer", "index", "score", "mean_diff", "quantile"):
+        for f in ("layer", "index", "score", "mean_diff", "quantile", "std"):
             assert torch.equal(getattr(back[v], f), getattr(nmap[v], f))
     summary = nmap.summary(top=3)
     assert sum(summary["values"]["power"]["per_layer"]) == len(nmap["power"])
@@ -96,7 +96,10 @@ def test_random_neurons_are_seeded(tiny_stats):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(sparsity=0.0), "sparsity must be in \\(0, 1\\) \\(edit.sparsity\\)"),
     (dict(sparsity=1.5), "edit.sparsity"),
-    (dict(score="cosine"), "unknown score 'cosine'; valid choices: mean_diff, prob_diff, lape"),
+    (dict(score="cosine"), "unknown score 'cosine'; valid choices: mean_diff, contrast_d, prob_diff, lape"),
+    (dict(polarity="negative"), "unknown polarity 'negative' \\(edit.polarity\\); valid "
+                                "choices: positive, both"),
+    (dict(polarity="both", score="lape"), "polarity=both needs a signed score"),
     (dict(value="kindness"), "unknown value 'kindness'"),
     (dict(layer_window=[1, 5]), "layer_window must be"),
 ])
@@ -109,3 +112,31 @@ def test_all_scores_select_for_every_value(tiny_stats):
     for score in nv.SCORES:
         nmap = nv.select_neurons(tiny_stats, sparsity=0.05, score=score)
         assert len(nmap.values) == N_VALUES
+
+
+def test_contrast_d_is_cohens_d_against_the_circumplex_opposites():
+    s = synthetic_stats()
+    # power (t = 4) is opposed by self_direction, benevolence and universalism; give
+    # neuron 1 a high mean for benevolence only: power's rest mean is 3/9, its opposites' 1
+    s.mean[8, 1] = 3.0
+    d = nv.SCORES["contrast_d"](s)
+    opp_var = 1 + 9.0 / 3 - 1.0**2  # mixture of (0, 0, 3) with unit variances
+    assert d[4, 1].item() == pytest.approx(-1.0 / math.sqrt((1 + opp_var) / 2))
+    # neuron 5 is power's: its opposites all have mean 0, var 1, so d = 2 as for the rest
+    assert d[4, 5].item() == pytest.approx(2.0)
+    # the add direction is taken against the same reference
+    vn = nv.select_neurons(s, "power", sparsity=0.2, score="contrast_d",
+                           polarity="both")["power"]
+    assert set(zip(vn.index.tolist(), vn.score.sign().tolist())) == {(2, 1.0), (1, -1.0)}
+    assert vn.mean_diff[vn.index == 1].item() == pytest.approx(-1.0)
+
+
+def test_polarity_both_keeps_the_largest_abs_scores(tiny_stats):
+    pos = nv.select_neurons(tiny_stats, "power", sparsity=0.05)["power"]
+    both = nv.select_neurons(tiny_stats, "power", sparsity=0.05, polarity="both")["power"]
+    assert len(both) == len(pos) and (pos.score > 0).all()
+    assert (both.score < 0).any()  # anti-specific neurons are chosen too
+    d = nv.SCORES["mean_diff"](tiny_stats)[VALUES.index("power")]
+    assert both.score.abs().min() >= d.abs().topk(len(both)).values.min() - 1e-6
+    # the add direction of an anti-specific neuron points down: the edit damps it
+    assert ((both.mean_diff < 0) == (both.score < 0)).all()

@@ -32,12 +32,13 @@ class RandomNeurons(NeVA):
     """NeVA's count, rule and magnitude on uniformly drawn neurons."""
 
     name = "random_neurons"
-    defaults: dict[str, Any] = {**{k: v for k, v in NeVA.defaults.items() if k != "score"},
-                                "seed": 0}
+    defaults: dict[str, Any] = {**{k: v for k, v in NeVA.defaults.items()
+                                   if k not in ("score", "polarity")}, "seed": 0}
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         params = super().suggest(trial, space)
         params.pop("score")  # no selection score: the neurons are random
+        params.pop("polarity")  # and no sign: random neurons have no anti-specific side
         params["seed"] = int(trial.number)  # recorded, so the edit can be rebuilt
         return params
 

@@ -71,6 +71,7 @@ class NeVA:
     name = "neva"
     defaults: dict[str, Any] = {"sparsity": DEFAULT_SPARSITY, "magnitude": DEFAULT_MAGNITUDE,
                                 "rule": DEFAULT_RULE, "score": DEFAULT_SCORE,
+                                "polarity": "positive",
                                 "positions": "all", "layer_window": "all"}
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
@@ -80,13 +81,15 @@ class NeVA:
             "magnitude": trial.suggest_float("magnitude", *space.magnitude),
             "rule": choose(trial, "rule", list(space.rules)),
             "score": choose(trial, "score", list(space.scores)),
+            "polarity": choose(trial, "polarity", list(space.polarities)),
             "positions": choose(trial, "positions", list(space.positions)),
             "layer_window": choose(trial, "layer_window", windows),
         }
 
     def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> NeuronEdit:
         nmap = select_neurons(stats, value, sparsity=params["sparsity"], score=params["score"],
-                              layer_window=parse_window(params["layer_window"]))
+                              layer_window=parse_window(params["layer_window"]),
+                              polarity=params.get("polarity", "positive"))
         return NeuronEdit(nmap[value], params["rule"], float(params["magnitude"]),
                           params.get("positions"))
 

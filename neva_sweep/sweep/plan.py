@@ -23,7 +23,7 @@ from ..edit import POSITIONS, RULES
 from ..judges import JUDGES
 from ..metrics import METRICS, constraint_metrics, objective_metrics
 from ..models.host import DTYPES
-from ..select import SCORES
+from ..select import POLARITIES, SCORES
 from ..values import VALUES
 from .methods import METHODS
 
@@ -156,6 +156,7 @@ def check_search(s: DictConfig) -> None:
     _range("search.space.magnitude", sp.magnitude, -math.inf, math.inf, open_=True)
     _choices("search.space.rules", sp.rules, RULES)
     _choices("search.space.scores", sp.scores, SCORES.names())
+    _choices("search.space.polarities", sp.polarities, POLARITIES)
     _choices("search.space.positions", sp.positions, POSITIONS)
     for w in sp.layer_windows or []:
         w = list(w)
