@@ -84,20 +84,32 @@ def test_options_share_no_8_word_sequence_with_other_value_texts(scenarios):
     assert not shared
 
 
-def test_builtin_scenarios_stay_apart_from_the_held_out_benchmark(scenarios):
-    held_out = Path(__file__).parents[1] / "benchmarks" / "data" / "heldout_scenarios.jsonl"
-    if not held_out.is_file():
-        pytest.skip(f"{held_out} not present (source checkouts only)")
-    other: set[tuple[str, ...]] = set()
-    for line in held_out.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            for text in [row["scenario"], *row["options"].values()]:
-                other |= ngrams(text)
-    shared = [(r["id"], key) for r in scenarios.rows
-              for key, t in [("scenario", r["scenario"]), *r["options"].items()]
-              if ngrams(t) & other]
-    assert not shared
+HELD_OUT = sorted((Path(__file__).parents[1] / "benchmarks" / "data").glob(
+    "heldout_scenarios*.jsonl"))
+
+
+def texts_of(rows) -> list[tuple[str, str, str]]:
+    """(id, key, text) of every scenario and option."""
+    return [(r["id"], key, t) for r in rows
+            for key, t in [("scenario", r["scenario"]), *r["options"].items()]]
+
+
+def test_scenario_sets_share_no_8_word_sequence(scenarios):
+    """The built-in scenarios and each held-out benchmark set were written apart; no text
+    of one may repeat an 8-word sequence of another's."""
+    if not HELD_OUT:
+        pytest.skip("benchmarks/data/heldout_scenarios*.jsonl not present (source checkouts only)")
+    sets = {"built-in": scenarios.rows,
+            **{p.name: load_scenarios(str(p)).rows for p in HELD_OUT}}
+    assert len(sets) >= 3  # the built-in set and the two held-out sets
+    for name, rows in sets.items():
+        other: set[tuple[str, ...]] = set()
+        for other_name, other_rows in sets.items():
+            if other_name != name:
+                for _, _, t in texts_of(other_rows):
+                    other |= ngrams(t)
+        shared = [(i, key) for i, key, t in texts_of(rows) if ngrams(t) & other]
+        assert not shared, (name, shared)
 
 
 def test_option_lengths_match_within_each_scenario(scenarios):
