@@ -15,12 +15,24 @@ matched alignment (the lowest positive best alignment among the methods for that
 each method's NLR interpolated linearly along its feasible Pareto front of
 (alignment up, NLR down); below the front's lowest alignment the NLR of that lowest point
 is used. A method whose front does not reach that alignment gets "–".
+
+With ``--budgets 0.02 0.05`` (and any number of trials.csv files, e.g. an ungated and a
+gated sweep) it prints instead, per value, the comparison at matched capability cost:
+for each method (``+gate`` when the trial's ``gate`` parameter is ``context``) and KL
+budget, the best alignment among COMPLETE trials with KL <= budget (nats/token on
+neutral text; the highest point of the method's alignment-KL front below the budget),
+its 95% bootstrap interval, NLR and NGLR there, and z = alignment / null sd; then each
+method's mean z over the values. ``--figure PATH`` draws alignment against KL per method
+for up to three values.
+
+    python benchmarks/method_comparison.py --budgets 0.02 0.05 --figure docs/method_kl.png \
+        runs/methods/trials.csv runs/methods_gated/trials.csv
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
-import sys
 from collections import defaultdict
 
 import numpy as np
@@ -111,5 +123,110 @@ def main(path: str) -> None:
               + " |")
 
 
+def label(r: dict) -> str:
+    """The method of a trials.csv row, ``+gate`` when its edit was gated."""
+    return r["method"] + ("+gate" if r.get("gate") == "context" else "")
+
+
+def load_kl(paths: list[str]) -> dict[tuple[str, str], list[dict]]:
+    """COMPLETE trials with a KL, per (value, method label), from every file."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    keys = ("alignment", "nlr", "nglr", "alignment_ci_lo", "alignment_ci_hi", "nlr_floor",
+            "kl")
+    for path in paths:
+        for r in csv.DictReader(open(path)):
+            if r["state"] == "COMPLETE" and r.get("kl") not in (None, ""):
+                groups[(r["value"], label(r))].append({k: num(r, k) for k in keys})
+    return groups
+
+
+def best_within(points: list[dict], budget: float) -> dict | None:
+    """The highest-alignment trial with KL <= budget (None if none is that cheap)."""
+    ok = [p for p in points if p["kl"] <= budget]
+    return max(ok, key=lambda p: p["alignment"]) if ok else None
+
+
+def budget_tables(paths: list[str], budgets: list[float]) -> None:
+    groups = load_kl(paths)
+    methods = sorted({m for _, m in groups})
+    print("| value | method | trials | " + " | ".join(
+        f"A @ KL<={b:g} [95% CI] | NLR | NGLR | z" for b in budgets) + " |")
+    print("|---|---|---|" + "---|---|---|---|" * len(budgets))
+    zs: dict[tuple[str, float], list[float]] = defaultdict(list)
+    for v in VALUES:
+        for m in methods:
+            pts = groups.get((v, m))
+            if not pts:
+                continue
+            cells = []
+            for b in budgets:
+                best = best_within(pts, b)
+                if best is None:
+                    cells.append("– | – | – | –")
+                    continue
+                z = best["alignment"] / (best["nlr_floor"] / 2)  # nlr_floor = 2 null sd
+                zs[(m, b)].append(z)
+                cells.append(f"{best['alignment']:+.4f} [{best['alignment_ci_lo']:+.4f}, "
+                             f"{best['alignment_ci_hi']:+.4f}] | {best['nlr']:.2f} | "
+                             f"{best['nglr']:.2f} | {z:+.1f}")
+            print(f"| {v} | {m} | {len(pts)} | " + " | ".join(cells) + " |")
+    print()
+    print("| method | " + " | ".join(f"mean z @ KL<={b:g} (values reached)" for b in budgets)
+          + " |")
+    print("|---|" + "---|" * len(budgets))
+    for m in methods:
+        print(f"| {m} | " + " | ".join(
+            f"{np.mean(zs[(m, b)]):+.1f} ({len(zs[(m, b)])})" if zs[(m, b)] else "–"
+            for b in budgets) + " |")
+
+
+def figure(paths: list[str], out: str, budgets: list[float]) -> None:
+    """Alignment against KL, one panel per value (at most three), one colour per method,
+    each method's front (best alignment at or below each KL) drawn as a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = load_kl(paths)
+    values = [v for v in VALUES if any(k[0] == v for k in groups)][:3]
+    methods = sorted({m for _, m in groups})
+    fig, axes = plt.subplots(1, len(values), figsize=(4.2 * len(values), 3.6), sharey=True,
+                             squeeze=False)
+    for ax, v in zip(axes[0], values):
+        for i, m in enumerate(methods):
+            pts = sorted(groups.get((v, m), []), key=lambda p: p["kl"])
+            if not pts:
+                continue
+            kl = np.array([p["kl"] for p in pts])
+            a = np.array([p["alignment"] for p in pts])
+            colour = f"C{i}"
+            ax.scatter(kl, a, s=14, color=colour, alpha=0.6, label=m)
+            ax.step(kl, np.maximum.accumulate(a), where="post", color=colour, lw=1.2)
+        for b in budgets:
+            ax.axvline(b, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_xlim(left=0)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_title(v)
+        ax.set_xlabel("KL on neutral text (nats/token)")
+    axes[0][0].set_ylabel("alignment (target choice-probability rise)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"figure: {out}")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/methods/trials.csv")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("trials", nargs="*", default=["runs/methods/trials.csv"])
+    ap.add_argument("--budgets", nargs="+", type=float, default=None,
+                    help="KL budgets (nats/token): compare methods at matched capability cost")
+    ap.add_argument("--figure", default=None, help="PNG of alignment vs KL per method")
+    args = ap.parse_args()
+    if args.budgets:
+        budget_tables(args.trials, args.budgets)
+        if args.figure:
+            figure(args.trials, args.figure, args.budgets)
+    else:
+        main(args.trials[0])
