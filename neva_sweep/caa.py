@@ -9,7 +9,9 @@ neuron statistics pool them:
 
 The means come from the same streaming pass as the neuron statistics (every non-pad
 token of every identify probe). An edit adds ``coefficient * v_t(l)`` to the output of
-each chosen layer, at ``all`` positions or at ``response`` positions.
+each chosen layer, at ``all`` positions or at ``response`` positions; a gated edit
+(``gate``, neva_sweep/gate.py) adds ``g * coefficient * v_t(l)`` with g the row's value
+relevance.
 
 The ``steering-vectors`` package reads one token per text (``read_token_index``, the last
 by default) from paired (positive, negative) texts and averages the pair differences;
@@ -27,6 +29,7 @@ from typing import ClassVar
 import torch
 
 from .edit import HookedEdit, RowEditor, check_positions
+from .gate import Gate
 from .models.arch import residual_sites
 from .models.host import ModelHost
 from .prompting import PROMPT_STRENGTHS, PromptEdit, prompt_edit
@@ -53,12 +56,15 @@ class ResidualEdit(HookedEdit):
 
     ``positions`` (optional) is where the edit was meant to apply (a sweep trial's
     ``positions``); :func:`neva_sweep.edits.apply` uses it when not told otherwise.
+    ``gate`` (optional) scales each row's addition by its value relevance
+    (:mod:`neva_sweep.gate`).
     """
 
     vectors: torch.Tensor  # (k, H)
     layers: tuple[int, ...]
     coefficient: float
     positions: str | None = None
+    gate: Gate | None = None
 
     kind: ClassVar[str] = "residual"
     prefix: ClassVar[str] = ""  # no token prefix: the edit is hooks
@@ -75,10 +81,12 @@ class ResidualEdit(HookedEdit):
 
     def describe(self) -> dict:
         return {"kind": self.kind, "layers": list(self.layers),
-                "coefficient": self.coefficient}
+                "coefficient": self.coefficient,
+                **(self.gate.describe() if self.gate is not None else {})}
 
     def title(self) -> str:
-        return f"CAA on layers {list(self.layers)}, x{self.coefficient:g}"
+        gated = ", context-gated" if self.gate is not None else ""
+        return f"CAA on layers {list(self.layers)}, x{self.coefficient:g}{gated}"
 
 
 
@@ -86,15 +94,16 @@ ResidualSpec = ResidualEdit  # the former name, kept for scripts
 
 
 def caa_edit(stats: NeuronStats, value: str, layers: Sequence[int], coefficient: float,
-             positions: str | None = None) -> ResidualEdit:
-    """The CAA edit toward ``value`` on ``layers`` (indices into the model's blocks)."""
+             positions: str | None = None, gate: Gate | None = None) -> ResidualEdit:
+    """The CAA edit toward ``value`` on ``layers`` (indices into the model's blocks);
+    ``gate``: see :mod:`neva_sweep.gate` (:func:`neva_sweep.gate.gate_of`)."""
     vectors = caa_vectors(stats, value)
     n = vectors.shape[0]
     bad = [layer for layer in layers if not 0 <= layer < n]
     if bad:
         raise ValueError(f"CAA layers {bad} outside the model's 0..{n - 1}")
     return ResidualEdit(vectors[list(layers)], tuple(int(x) for x in layers), float(coefficient),
-                        positions)
+                        positions, gate)
 
 
 caa_spec = caa_edit  # the former name, kept for scripts
@@ -120,14 +129,23 @@ class ResidualEditor(RowEditor):
                     add[g] = s.coefficient * s.vectors[s.layers.index(layer)]
             self.handles.append(blocks[layer].register_forward_hook(
                 self._hook(add.to(host.device))))
+        self.install_gates([s.gate if s.coefficient != 0.0 else None for s in specs])
 
     def _hook(self, add: torch.Tensor):
         def hook(module, args, output):
+            if self.suspended():
+                return None
             h = output[0] if isinstance(output, tuple) else output  # (B, S, H)
             bsz, seq = h.shape[0], h.shape[1]
             delta = add[self.rows_of(bsz)][:, None, :].to(h.dtype)  # (B, 1, H)
+            gate = self.row_gate(bsz)
+            if gate is not None:  # g * delta; exactly delta at g = 1
+                gb = gate.to(h.device)[:, None, None]  # (B, 1, 1)
+                delta = delta * gb.to(h.dtype)
             pos = self._position_mask(bsz, seq, h.device)
             new = h + (delta if pos is None else delta * pos)
+            if gate is not None:
+                new = torch.where(gb > 0, new, h)  # g = 0: the block's output, bitwise
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return hook

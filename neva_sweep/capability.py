@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .config import CapabilityConfig  # noqa: F401  (the capability.* schema, re-exported)
-from .data import DataError, Records
+from .data import DataError, Records, neutral_split
 from .models.host import ModelHost
 from .scoring import Edits, continuation_logprobs, token_logprobs
 
@@ -101,9 +101,13 @@ def kl_top_k(base_ids: torch.Tensor, base_logp: torch.Tensor, edited: torch.Tens
 
 
 def neutral_texts(neutral: Records, limit: int | None = None) -> list[str]:
-    if not neutral.rows:
-        raise DataError(f"{neutral.path}: no neutral texts (data.neutral)")
-    return [r["text"] for r in spread(list(neutral.rows), limit, "capability.neutral_limit")]
+    """The ``capability`` part of the neutral texts (never the gate's training texts,
+    :func:`neva_sweep.data.neutral_split`), at most ``limit`` of them, evenly spread."""
+    texts = neutral_split(neutral, "capability")
+    if not texts:
+        raise DataError(f"{neutral.path}: no capability neutral texts (data.neutral; records "
+                        "without \"split\" or with \"split\": \"capability\")")
+    return spread(texts, limit, "capability.neutral_limit")
 
 
 def base_distribution(host: ModelHost, texts: list[str], k: int, batch_size: int = 8

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .data import DataError, ProbeSet, Records
+from .data import DataError, ProbeSet, Records, neutral_split
 from .files import atomic_path, load_or_heal
 from .judges import JUDGES, JudgeConfig, Judgement, pick_queries, split_sentences
 from .scoring import Edits, greedy_generate
@@ -233,7 +233,7 @@ class ClassifierJudge:
             raise DataError(f"{probes.path}: no identify probes to train the classifier on "
                             "(data.probes)")
         self.classifier = ValueClassifier.fit(train.texts, train.labels,
-                                              [r["text"] for r in neutral.rows], encoder,
+                                              neutral_split(neutral, "capability"), encoder,
                                               cache_dir=cache_dir)
 
     @classmethod

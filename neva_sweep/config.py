@@ -28,6 +28,9 @@ DEFAULT_RULE = "add"
 DEFAULT_MAGNITUDE = 4.0  # chosen with benchmarks/steering_effect.py on the embedded model
 DEFAULT_SPARSITY = 2e-3  # 93 of SmolLM2's 46,080 neurons (benchmarks/steering_effect.py)
 DEFAULT_SCORE = "mean_diff"  # lape ignores neurons that fire for less than 5% of the value's tokens
+# Value-relevance gates (neva_sweep/gate.py): none = every row fully edited; context = each
+# row's edit scaled by a probe's P(value-laden prompt).
+GATES = ("none", "context")
 
 
 class ConfigError(ValueError):
@@ -45,6 +48,7 @@ class StatsConfig:
     hist_scale: float = 0.2  # c in y = a / (a + c); bins uniform in y (see softsign_bins)
     hist_stride: int = 3  # histogram sees positions 0, stride, 2*stride, ...
     quantile: float = 0.95  # the high quantile q_t(i) used by the `set` rule
+    gate_depth: float = 0.5  # the gate probe's block: floor(gate_depth * n_layers) (gate.py)
 
 
 @dataclass
@@ -114,6 +118,7 @@ class EditConfig:
     positions: str = "all"
     layer_window: list[int] | None = None
     exclusive: bool = False
+    gate: str = "none"  # none | context: scale each row's edit by its value relevance
     polarity: str = "positive"  # positive | both (also damp the most anti-specific neurons)
     # apply neurons selected on another model (name or architecture fingerprint differ)
     allow_other_model: bool = False
@@ -132,6 +137,7 @@ class SearchSpace:
     scores: list[str] = field(default_factory=lambda: [DEFAULT_SCORE])  # mean_diff | ...
     polarities: list[str] = field(default_factory=lambda: ["positive"])  # positive | both
     positions: list[str] = field(default_factory=lambda: ["all"])  # all | response
+    gates: list[str] = field(default_factory=lambda: ["none"])  # none | context (not prompt)
     layer_windows: list[list[int]] | None = None  # [[start, stop], ...]; None = all layers
     # method caa: first layer as a fraction of depth [lo, hi], consecutive layers, coefficient
     caa_layer: list[float] = field(default_factory=lambda: [0.2, 0.8])

@@ -31,7 +31,13 @@ SCHEMAS: dict[str, dict[str, type | tuple[type, ...]]] = {
     # ``options`` is an object keyed by value: one first-person continuation per value.
     "scenarios": {"id": str, "scenario": str, "options": dict},
 }
+# kind -> keys a record may add to its schema's.
+OPTIONAL: dict[str, dict[str, type]] = {"neutral": {"split": str}}
 SPLITS = ("identify", "validate")
+# Neutral texts: ``capability`` (KL of next-token distributions, the classifier judge's
+# "none" class) or ``gate`` (training the value-relevance gate, neva_sweep/gate.py); a
+# record without ``split`` is ``capability``, so the two parts never share a text.
+NEUTRAL_SPLITS = ("capability", "gate")
 
 
 class DataError(ValueError):
@@ -60,17 +66,19 @@ class Records:
 
 def _check_record(kind: str, rec: object, where: str) -> dict:
     schema = SCHEMAS[kind]
+    optional = OPTIONAL.get(kind, {})
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     missing = [k for k in schema if k not in rec]
-    extra = [k for k in rec if k not in schema]
+    extra = [k for k in rec if k not in schema and k not in optional]
     if missing or extra:
+        also = f" (optionally {list(optional)})" if optional else ""
         raise DataError(
-            f"{where}: {kind} records need exactly the keys {list(schema)}"
+            f"{where}: {kind} records need exactly the keys {list(schema)}{also}"
             + (f"; missing {missing}" if missing else "")
             + (f"; unexpected {extra}" if extra else "")
         )
-    for key, typ in schema.items():
+    for key, typ in {**schema, **{k: t for k, t in optional.items() if k in rec}}.items():
         if not isinstance(rec[key], typ) or isinstance(rec[key], bool):
             name = "an object keyed by value" if typ is dict else typ.__name__
             raise DataError(f"{where}: key {key!r} must be {name}, got {rec[key]!r}")
@@ -82,6 +90,9 @@ def _check_record(kind: str, rec: object, where: str) -> dict:
         )
     if kind == "probes" and rec["split"] not in SPLITS:
         raise DataError(f"{where}: split must be one of {list(SPLITS)}, got {rec['split']!r}")
+    if kind == "neutral" and rec.get("split", "capability") not in NEUTRAL_SPLITS:
+        raise DataError(f"{where}: split must be one of {list(NEUTRAL_SPLITS)} (or absent: "
+                        f"capability), got {rec['split']!r}")
     if kind == "mc":
         choices = rec["choices"]
         if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
@@ -159,6 +170,20 @@ def load_records(kind: str, path: str | Path | None = None) -> Records:
     return Records(kind, p, tuple(rows), hashlib.sha256(raw).hexdigest())
 
 
+def neutral_split(neutral: Records, split: str) -> list[str]:
+    """The texts of one part of a neutral file: ``capability`` (records without ``split``
+    too) or ``gate``.
+
+    >>> a, b = (neutral_split(load_records("neutral"), s) for s in NEUTRAL_SPLITS)
+    >>> len(a) == len(b) == 72 and not set(a) & set(b)
+    True
+    """
+    if split not in NEUTRAL_SPLITS:
+        raise KeyError(f"unknown neutral split {split!r}; valid splits: "
+                       f"{', '.join(NEUTRAL_SPLITS)}")
+    return [r["text"] for r in neutral.rows if r.get("split", "capability") == split]
+
+
 def load_scenarios(path: str | Path | None = None) -> Records:
     """Load forced-choice scenarios (built-in or ``path``).
 
@@ -174,13 +199,16 @@ def load_scenarios(path: str | Path | None = None) -> Records:
 
 @dataclass(frozen=True)
 class ProbeSet:
-    """Probe texts with their value labels (indices into VALUES), for one split or all."""
+    """Probe texts with their value labels (indices into VALUES), for one split or all,
+    plus the neutral texts the statistics pass trains the value-relevance gate on
+    (``neutral``; empty = no gate)."""
 
     texts: tuple[str, ...]
     labels: tuple[int, ...]
     sha256: str
     split: str | None
     path: Path
+    neutral: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -198,13 +226,18 @@ class ProbeSet:
             self.sha256,
             self.split,
             self.path,
+            self.neutral[rank::world],
         )
 
 
-def load_probes(path: str | Path | None = None, split: str | None = "identify") -> ProbeSet:
+def load_probes(path: str | Path | None = None, split: str | None = "identify",
+                neutral: str | Path | bool = True) -> ProbeSet:
     """Load probe texts (built-in or ``path``), keeping one split (``None`` = all).
 
-    Every value must have at least one probe in the kept split.
+    Every value must have at least one probe in the kept split. ``neutral``: where the
+    gate's neutral texts come from, the ``gate`` part of a neutral file (``True``: the
+    built-in one; a path, as ``data.neutral``; ``False``: none, and the statistics get no
+    gate). They enter the set's hash, so statistics caches follow them.
 
     >>> p = load_probes(split="validate")
     >>> sorted(set(p.labels)) == list(range(10))
@@ -217,11 +250,19 @@ def load_probes(path: str | Path | None = None, split: str | None = "identify") 
     missing = [v for v in VALUES if not any(r["value"] == v for r in kept)]
     if missing:
         raise DataError(f"{recs.path}: no {split or 'any'} probes for values {missing}")
-    key = hashlib.sha256(f"{recs.sha256}:{split}".encode()).hexdigest()
+    gate: tuple[str, ...] = ()
+    tag = f"{recs.sha256}:{split}"
+    if neutral is not False:
+        records = load_records("neutral", None if neutral is True else neutral)
+        gate = tuple(neutral_split(records, "gate"))
+        if gate:  # a file without gate texts hashes as none at all
+            tag += f":gate:{hashlib.sha256(json.dumps(gate).encode()).hexdigest()}"
+    key = hashlib.sha256(tag.encode()).hexdigest()
     return ProbeSet(
         tuple(r["text"] for r in kept),
         tuple(VALUES.index(r["value"]) for r in kept),
         key,
         split,
         recs.path,
+        gate,
     )

@@ -23,6 +23,9 @@ token. A magnitude of 0 leaves the activations bitwise untouched (the edit is ma
 Edits are kept as tensors so that different rows of one batch can carry different edits
 (several sweep trials in one forward pass): ``row_groups[b]`` picks the edit of row b,
 -1 meaning "no edit".
+
+Gated edits (``gate``, neva_sweep/gate.py) scale each row's edit by its value relevance
+g in [0, 1]: a' = a + g (rule(a) - a), bitwise a at g = 0 and rule(a) at g = 1.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import ClassVar
 import torch
 
 from .config import DEFAULT_MAGNITUDE, DEFAULT_RULE
+from .gate import Gate, GatePass, is_suspended
 from .models.host import ModelHost
 from .models.identity import ALLOW_HINT, check_model
 from .registry import Registry
@@ -115,7 +119,8 @@ class NeuronEdit(HookedEdit):
     ``positions`` (optional) is where the edit was meant to apply (a sweep trial's
     ``positions``); :func:`neva_sweep.edits.apply` uses it when not told otherwise.
     Installing it on a model other than ``neurons.model`` raises unless
-    ``allow_other_model`` (see :mod:`neva_sweep.models.identity`).
+    ``allow_other_model`` (see :mod:`neva_sweep.models.identity`). ``gate`` (optional)
+    scales each row's edit by its value relevance (:mod:`neva_sweep.gate`).
     """
 
     neurons: ValueNeurons
@@ -123,6 +128,7 @@ class NeuronEdit(HookedEdit):
     magnitude: float = DEFAULT_MAGNITUDE
     positions: str | None = None
     allow_other_model: bool = False
+    gate: Gate | None = None
 
     kind: ClassVar[str] = "neurons"
     prefix: ClassVar[str] = ""  # no token prefix: the edit is hooks
@@ -156,10 +162,12 @@ class NeuronEdit(HookedEdit):
 
     def describe(self) -> dict:
         return {"kind": self.kind, "rule": self.rule, "magnitude": self.magnitude,
-                "n_neurons": self.n_neurons}
+                "n_neurons": self.n_neurons,
+                **(self.gate.describe() if self.gate is not None else {})}
 
     def title(self) -> str:
-        return f"{self.n_neurons} neurons, {self.rule} x{self.magnitude:g}"
+        gated = ", context-gated" if self.gate is not None else ""
+        return f"{self.n_neurons} neurons, {self.rule} x{self.magnitude:g}{gated}"
 
 
 
@@ -216,6 +224,10 @@ class RowEditor:
     token when scoring prompt + response in one forward pass with ``positions="response"``.
     Without it, a multi-token forward edits only its last position (the last prompt
     token under left padding) and single-token forwards (generation steps) edit all.
+    ``response_start`` also ends the prompt a gated edit's gate pools over.
+
+    Hooks pass their input through while :meth:`suspended` (a gate's pre-pass of the
+    unedited model).
     """
 
     def __init__(self, host: ModelHost, n_groups: int, row_groups: torch.Tensor,
@@ -226,6 +238,22 @@ class RowEditor:
         self.n_groups = n_groups
         self.set_rows(row_groups)
         self.handles: list = []
+        self.root = getattr(host.model, "module", host.model)
+        self.gate_pass: GatePass | None = None
+
+    def install_gates(self, gates: Sequence[Gate | None]) -> None:
+        """Scale edit g's rows by the value relevance of ``gates[g]`` (None = ungated); call
+        after the edit's own hooks exist. Without any gate nothing is installed."""
+        if any(g is not None for g in gates):
+            self.gate_pass = GatePass(self.host, self, gates)
+            self.handles.append(self.gate_pass.handle)
+
+    def row_gate(self, bsz: int) -> torch.Tensor | None:
+        """(B,) float32 gate of every row (1 for ungated edits), or None: nothing gated."""
+        return None if self.gate_pass is None else self.gate_pass.rows(bsz)
+
+    def suspended(self) -> bool:
+        return is_suspended(self.root)
 
     def set_rows(self, row_groups: torch.Tensor) -> None:
         """Set the edit of each row of the next batches: (B,) indices into specs, -1 = none."""
@@ -274,8 +302,9 @@ class Editor(RowEditor):
                         for layer, le in self.layers.items()]
         # Some architectures (OPT) flatten (B, S) before the MLP; remember the batch shape.
         self.batch_shape: tuple[int, int] | None = None
-        root = getattr(host.model, "module", host.model)
-        self.handles.append(root.register_forward_pre_hook(self._record_shape, with_kwargs=True))
+        self.handles.append(self.root.register_forward_pre_hook(self._record_shape,
+                                                                with_kwargs=True))
+        self.install_gates([s.gate if s.magnitude != 0.0 else None for s in specs])
 
     def _record_shape(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -286,6 +315,8 @@ class Editor(RowEditor):
 
     def _hook(self, le: _LayerEdit):
         def hook(module, args):
+            if self.suspended():
+                return None
             x = args[0]  # (B, S, I) neuron activations entering the down-projection
             flat = x.dim() == 2  # (B*S, I) in architectures that flatten tokens
             if flat:
@@ -300,6 +331,12 @@ class Editor(RowEditor):
             pos = self._position_mask(bsz, seq, x.device)
             if pos is not None:
                 mask = mask & pos
+            gate = self.row_gate(bsz)
+            if gate is not None:  # a' = a + g (rule(a) - a); exactly rule(a) at g = 1
+                gb = gate.to(x.device)[:, None, None]  # (B, 1, 1)
+                part = (xs.float() + gb * (new.float() - xs.float())).to(x.dtype)
+                new = torch.where(gb >= 1, new, part)
+                mask = mask & (gb > 0)  # g = 0: the input itself, bitwise
             out = x.clone()
             out[..., le.idx] = torch.where(mask, new, xs)
             return (out.view(-1, out.shape[-1]) if flat else out, *args[1:])

@@ -64,6 +64,9 @@ def make_edit(stats: NeuronStats, value: str, method: str = "neva", **params: An
     ``method`` is a name of :data:`neva_sweep.sweep.METHODS` (neva, random_neurons, caa,
     prompt); ``params`` are that method's sweep parameters (as in trials.csv and
     best_edits.json), and ``METHODS[method].defaults`` lists them with their defaults.
+    The hooked methods (neva, random_neurons, caa) take ``gate``: ``"none"`` or
+    ``"context"`` (each row's edit scaled by its value relevance, :mod:`neva_sweep.gate`;
+    the statistics must hold a gate).
 
     >>> import neva_sweep as nv
     >>> host = nv.load_model("tiny-llama")
@@ -79,6 +82,13 @@ def make_edit(stats: NeuronStats, value: str, method: str = "neva", **params: An
 
     m = METHODS[method]
     unknown = sorted(set(params) - set(m.defaults))
+    if "gate" in unknown:  # gate="none" is every method's behaviour; another is refused
+        if params["gate"] != "none":
+            raise TypeError(f"method {method!r} takes no gate (edit.gate / search.space.gates "
+                            "apply to neva, random_neurons and caa); valid parameters: "
+                            f"{', '.join(m.defaults)}")
+        params = {k: v for k, v in params.items() if k != "gate"}
+        unknown.remove("gate")
     if unknown:
         raise TypeError(f"unknown parameter(s) {', '.join(unknown)} of method {method!r}; "
                         f"valid: {', '.join(m.defaults)}")

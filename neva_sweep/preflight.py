@@ -3,9 +3,9 @@
 ``preflight(cfg, out)`` validates every key the task will read, so a typo costs seconds,
 not the minutes of a model load and a statistics pass. What it checks:
 
-- ``edit.*`` (value, sparsity, magnitude, rule, score, positions, layer window) and
-  ``max_new_tokens``, with layer windows checked against the model's layer count read
-  from its config file (no weights);
+- ``edit.*`` (value, sparsity, magnitude, rule, score, positions, gate, layer window),
+  ``stats.gate_depth`` and ``max_new_tokens``, with layer windows checked against the
+  model's layer count read from its config file (no weights);
 - the data files configured under ``data.*`` (parsed; errors name file:line);
 - ``best_edits=`` (readable JSON with an ``edits`` list);
 - for sweeps: the whole plan (:func:`neva_sweep.sweep.plan.make_plan`), the layer
@@ -104,19 +104,39 @@ def check_edit(cfg: DictConfig, model: dict[str, Any], need_value: bool) -> None
         raise ConfigError(f"edit.magnitude: must be a finite number, got {e.magnitude}")
     if cfg.max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens: must be >= 1, got {cfg.max_new_tokens}")
+    from .config import GATES
     from .edit import POSITIONS, RULES
     from .select import POLARITIES, SCORES
 
     for key, given, valid in (("edit.rule", e.rule, RULES.names()),
                               ("edit.score", e.score, SCORES.names()),
                               ("edit.polarity", e.polarity, POLARITIES),
-                              ("edit.positions", e.positions, POSITIONS)):
+                              ("edit.positions", e.positions, POSITIONS),
+                              ("edit.gate", e.gate, GATES)):
         if given not in valid:
             raise ConfigError(f"{key}: unknown choice {given!r}; valid choices: "
                               f"{', '.join(valid)}")
     if e.layer_window is not None:
         check_window("edit.layer_window", e.layer_window, model_n_layers(model),
                      str(model["name"]))
+
+
+def check_stats(cfg: DictConfig) -> None:
+    """``stats.gate_depth``, and gate texts in ``data.neutral`` when a gate is asked for
+    (``edit.gate`` or, for sweeps, ``search.space.gates``)."""
+    from .data import load_records, neutral_split
+
+    depth = cfg.stats.gate_depth
+    if not (isinstance(depth, int | float) and 0 <= depth <= 1):
+        raise ConfigError(f"stats.gate_depth: must be in [0, 1] (the gate probe's block as a "
+                          f"fraction of the model's depth, e.g. 0.5), got {depth}")
+    key, wanted = (("search.space.gates", cfg.search.space.gates) if cfg.task == "sweep"
+                   else ("edit.gate", [cfg.edit.gate]))
+    if any(g != "none" for g in wanted or []) and not neutral_split(
+            load_records("neutral", cfg.data.neutral), "gate"):
+        raise ConfigError(f"{key}: a gate needs neutral texts to train on, and data.neutral "
+                          f"({cfg.data.neutral}) has no records with \"split\": \"gate\"; add "
+                          "some, or use gate none")
 
 
 def check_data_files(cfg: DictConfig) -> None:
@@ -213,6 +233,7 @@ def preflight(cfg: DictConfig, out: Path) -> None:
     if task == "sweep":
         return preflight_sweep(cfg, out)
     check_data_files(cfg)
+    check_stats(cfg)
     if cfg.best_edits:
         check_best_edits(cfg.best_edits)
     elif task in EDIT_TASKS:
@@ -232,4 +253,5 @@ def preflight_sweep(cfg: DictConfig, out: Path) -> None:
         for w in cfg.search.space.layer_windows or []:
             check_window("search.space.layer_windows", w, n_layers, m.label)
     check_data_files(cfg)
+    check_stats(cfg)
     check_storage(plan.storage)

@@ -11,7 +11,12 @@ global id = sum of earlier layer sizes + index within layer) we keep
 
 The same pass also sums each layer's residual-stream output (the decoder block's output
 hidden state) per value, ``resid_sum[t, l, h]``, from which the contrastive
-activation-addition baseline (caa.py) takes its steering vectors.
+activation-addition baseline (caa.py) takes its steering vectors, and trains the
+value-relevance gate (gate.py): the probes' neutral texts (``ProbeSet.neutral``) run in
+the same pass as an eleventh, neutral class of rows (batches of their own, stopped at the
+gate layer, since only that block's output is read), and every text's residual at the
+gate layer, mean-pooled over its tokens, is kept (``gate_features``, ``gate_labels``) to
+fit the probe (``gate``). Without neutral texts the statistics hold no gate.
 
 Memory is O(values x neurons x bins) and independent of the data size. Statistics from
 data shards combine with :func:`merge`; statistics from tensor-parallel ranks (each
@@ -37,11 +42,12 @@ from tqdm.auto import tqdm
 from .config import StatsConfig
 from .data import ProbeSet
 from .files import atomic_path, load_or_heal
+from .gate import Gate, _GateStop, fit_gate, gate_layer, pool
 from .models.arch import residual_sites
 from .models.host import ModelHost
 from .values import N_VALUES, VALUES
 
-STATS_VERSION = 2  # bump when the statistics' content changes (invalidates caches)
+STATS_VERSION = 3  # bump when the statistics' content changes (invalidates caches)
 
 
 @dataclass
@@ -56,6 +62,11 @@ class NeuronStats:
     layer_sizes: list[int]
     meta: dict = field(default_factory=dict)
     resid_sum: torch.Tensor | None = None  # (V, L, H) float64; same on every TP rank
+    # The gate's training rows (gate.py): pooled gate-layer residual per text (n, H) float32,
+    # its label (n,) int64 (a value index, N_VALUES = neutral), and the probe fitted on them.
+    gate_features: torch.Tensor | None = None
+    gate_labels: torch.Tensor | None = None
+    gate: Gate | None = None
 
     @classmethod
     def zeros(cls, layer_sizes: list[int], bins: int, meta: dict | None = None) -> NeuronStats:
@@ -117,6 +128,9 @@ class NeuronStats:
                    "positive": self.positive, "hist": self.hist}
         if self.resid_sum is not None:
             tensors["resid_sum"] = self.resid_sum
+        if self.gate is not None:
+            tensors.update(self.gate.tensors(), gate_features=self.gate_features,
+                           gate_labels=self.gate_labels)
         with atomic_path(path) as tmp:  # never half a file under the cache's name
             save_file(tensors, str(tmp), metadata={"neva_sweep": json.dumps(meta)})
 
@@ -131,7 +145,8 @@ class NeuronStats:
             raise ValueError(f"{path}: statistics were saved with a different value order")
         sizes = meta.pop("layer_sizes")
         return cls(t["count"], t["mean"], t["m2"], t["positive"], t["hist"], sizes, meta,
-                   t.get("resid_sum"))
+                   t.get("resid_sum"), t.get("gate_features"), t.get("gate_labels"),
+                   Gate.from_tensors(t))
 
 
 # --- pure maths -------------------------------------------------------------------------
@@ -183,8 +198,25 @@ def merge(a: NeuronStats, b: NeuronStats) -> NeuronStats:
     m2 = a.m2 + b.m2 + delta**2 * (a.count * b.count)[:, None] / safe
     resid = (a.resid_sum + b.resid_sum if a.resid_sum is not None and b.resid_sum is not None
              else None)
+    gate_rows = merge_gate(a, b)
     return NeuronStats(n, mean, m2, a.positive + b.positive, a.hist + b.hist,
-                       list(a.layer_sizes), dict(a.meta), resid)
+                       list(a.layer_sizes), dict(a.meta), resid, *gate_rows)
+
+
+def merge_gate(a: NeuronStats, b: NeuronStats) -> tuple:
+    """(features, labels, gate) of two data shards: their gate rows joined and the probe
+    refitted (Newton converges to the unique optimum, so the shard order does not matter
+    beyond float error); none when neither shard has a gate (a shard without neutral texts
+    contributes no rows)."""
+    parts = [s for s in (a, b) if s.gate is not None]
+    if not parts:
+        return None, None, None
+    if len({s.gate.layer for s in parts}) > 1:
+        raise ValueError(f"cannot merge statistics with gates on different layers "
+                         f"({a.gate.layer} vs {b.gate.layer}; stats.gate_depth)")
+    x = torch.cat([s.gate_features for s in parts])
+    y = torch.cat([s.gate_labels for s in parts])
+    return x, y, fit_gate(x, y < N_VALUES, parts[0].gate.layer)
 
 
 def concat(shards: list[NeuronStats]) -> NeuronStats:
@@ -203,9 +235,11 @@ def concat(shards: list[NeuronStats]) -> NeuronStats:
         return torch.cat([p for layer in zip(*per_layer) for p in layer], dim=1)
 
     sizes = [sum(ws) for ws in zip(*(s.layer_sizes for s in shards))]
-    # The residual stream is replicated across ranks: every shard holds the same sums.
+    # The residual stream is replicated across ranks: every shard holds the same sums (and
+    # the same gate).
     return NeuronStats(first.count.clone(), join("mean"), join("m2"), join("positive"),
-                       join("hist"), sizes, dict(first.meta), first.resid_sum)
+                       join("hist"), sizes, dict(first.meta), first.resid_sum,
+                       first.gate_features, first.gate_labels, first.gate)
 
 
 def layer_offsets(layer_sizes: list[int]) -> list[int]:
@@ -219,7 +253,8 @@ def select_columns(stats: NeuronStats, slices: list[tuple[int, int]]) -> NeuronS
     cols = torch.cat([torch.arange(o + a, o + b) for o, (a, b) in zip(offsets, slices)])
     return NeuronStats(stats.count.clone(), stats.mean[:, cols], stats.m2[:, cols],
                        stats.positive[:, cols], stats.hist[:, cols],
-                       [b - a for a, b in slices], dict(stats.meta), stats.resid_sum)
+                       [b - a for a, b in slices], dict(stats.meta), stats.resid_sum,
+                       stats.gate_features, stats.gate_labels, stats.gate)
 
 
 def rest_stats(stats: NeuronStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -244,7 +279,7 @@ def rest_stats(stats: NeuronStats) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 class _Accumulator:
     """Forward pre-hooks that fold each layer's neuron activations into NeuronStats."""
 
-    def __init__(self, host: ModelHost, cfg: StatsConfig):
+    def __init__(self, host: ModelHost, cfg: StatsConfig, gate: bool = False):
         widths = [b - a for a, b in host.neuron_slices]
         self.cfg = cfg
         self.stats = NeuronStats.zeros(widths, cfg.bins)
@@ -255,18 +290,24 @@ class _Accumulator:
         ]
         blocks = residual_sites(host.model)
         self.stats.resid_sum = None  # sized on the first block output (hidden size H)
+        # The gate's block, and its pooled rows per batch: (B, H) float32 and (B,) labels.
+        self.gate_layer = gate_layer(len(blocks), cfg.gate_depth) if gate else None
+        self.gate_x: list[torch.Tensor] = []
+        self.gate_y: list[torch.Tensor] = []
         self.handles += [block.register_forward_hook(self._resid_hook(layer, len(blocks)))
                          for layer, block in enumerate(blocks)]
 
     def set_batch(self, attention_mask: torch.Tensor, labels: torch.Tensor) -> None:
-        """Prepare per-batch token weights. attention_mask (B, S), labels (B,) value ids.
+        """Prepare per-batch token weights. attention_mask (B, S), labels (B,) value ids
+        (N_VALUES = a neutral text: it feeds the gate only).
 
         Work in the hooks is restricted to the values present in the batch (usually one,
         since batches are grouped by value).
         """
         mask = attention_mask.bool()
         bsz, seq = mask.shape
-        self.present = labels.unique().cpu()  # (P,)
+        self.mask, self.labels = mask, labels
+        self.present = labels[labels < N_VALUES].unique().cpu()  # (P,)
         rows_value = labels[:, None].expand(bsz, seq).reshape(-1)  # (B*S,)
         flat_mask = mask.reshape(-1)
         # w[p, row] = 1 for non-pad tokens of texts labelled present[p]; rows are B*S flattened.
@@ -283,6 +324,8 @@ class _Accumulator:
         bins = self.cfg.bins
 
         def hook(module, args):
+            if not len(self.present):  # a batch of neutral texts: the gate only
+                return
             x = args[0]
             width = x.shape[-1]
             x2 = x.reshape(-1, width).float()  # (B*S, I)
@@ -314,6 +357,11 @@ class _Accumulator:
     def _resid_hook(self, layer: int, n_layers: int):
         def hook(module, args, output):
             h = output[0] if isinstance(output, tuple) else output  # (B, S, H)
+            if layer == self.gate_layer:
+                self.gate_x.append(pool(h, self.mask).cpu())  # (B, H)
+                self.gate_y.append(self.labels.cpu())
+                if not len(self.present):
+                    raise _GateStop  # neutral rows need no deeper block
             h = h.reshape(-1, h.shape[-1]).float()  # (B*S, H)
             if self.stats.resid_sum is None:
                 self.stats.resid_sum = torch.zeros(N_VALUES, n_layers, h.shape[-1],
@@ -324,6 +372,14 @@ class _Accumulator:
 
     def end_batch(self) -> None:
         self.stats.count[self.present] += self.batch_count[:, 0]
+
+    def fit_gate(self) -> None:
+        """Fit the gate on the pooled rows (value-laden = any value, neutral = N_VALUES)."""
+        if self.gate_layer is None or not self.gate_x:
+            return
+        x, y = torch.cat(self.gate_x), torch.cat(self.gate_y).long()
+        self.stats.gate_features, self.stats.gate_labels = x, y
+        self.stats.gate = fit_gate(x, y < N_VALUES, self.gate_layer)
 
     def remove(self) -> None:
         for h in self.handles:
@@ -344,6 +400,12 @@ def length_sorted_batches(probes: ProbeSet, batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def neutral_batches(probes: ProbeSet, batch_size: int) -> list[list[int]]:
+    """Indices into ``probes.neutral``, by length: the gate's neutral rows."""
+    order = sorted(range(len(probes.neutral)), key=lambda i: len(probes.neutral[i]))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 @torch.inference_mode()
 def collect_stats(
     host: ModelHost,
@@ -351,7 +413,8 @@ def collect_stats(
     config: StatsConfig | None = None,
     progress: bool = True,
 ) -> NeuronStats:
-    """One streaming pass over ``probes``: per-value statistics of every neuron of ``host``.
+    """One streaming pass over ``probes``: per-value statistics of every neuron of ``host``,
+    and the value-relevance gate when ``probes.neutral`` holds neutral texts (gate.py).
 
     >>> import neva_sweep as nv
     >>> host = nv.load_model("tiny-llama")
@@ -361,20 +424,30 @@ def collect_stats(
     """
     cfg = config or StatsConfig()
     check_lengths(host, probes, cfg.max_length)
-    acc = _Accumulator(host, cfg)
+    acc = _Accumulator(host, cfg, gate=bool(probes.neutral))
     kwargs = forward_kwargs(host)
-    batches = length_sorted_batches(probes, cfg.batch_size)
+    # (texts, labels) per batch: the value probes by value, then the neutral texts (label
+    # N_VALUES, read by the gate only).
+    batches = [([probes.texts[i] for i in idx], [probes.labels[i] for i in idx])
+               for idx in length_sorted_batches(probes, cfg.batch_size)]
+    batches += [([probes.neutral[i] for i in idx], [N_VALUES] * len(idx))
+                for idx in neutral_batches(probes, cfg.batch_size)]
     n_tokens = 0
     try:
         bar = tqdm(batches, desc=f"statistics {host.name}", unit="batch", disable=not progress)
-        for idx in bar:
-            enc = host.tokenize([probes.texts[i] for i in idx], max_length=cfg.max_length)
-            labels = torch.tensor([probes.labels[i] for i in idx], device=enc.input_ids.device)
+        for texts, labels in bar:
+            enc = host.tokenize(texts, max_length=cfg.max_length)
+            labels = torch.tensor(labels, device=enc.input_ids.device)
             acc.set_batch(enc.attention_mask, labels)
-            host.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, **kwargs)
+            try:
+                host.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                           **kwargs)
+            except _GateStop:  # a neutral batch stops at the gate layer
+                pass
             acc.end_batch()
             n_tokens += int(enc.attention_mask.sum())
             bar.set_postfix(tokens=n_tokens, refresh=False)
+        acc.fit_gate()
     finally:
         acc.remove()
     stats = acc.stats

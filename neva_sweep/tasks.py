@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the model stack (torch, transformers) is imported inside the tasks, so
     # that `python -m neva_sweep --help` and a mistyped task answer without loading it
+    from .data import ProbeSet
     from .edits import EditKind
     from .evaluate import Evaluator
     from .models.host import ModelHost
@@ -43,11 +44,17 @@ def host_from_config(cfg: DictConfig) -> ModelHost:
     return load_model(cfg.model)
 
 
+def identify_probes(cfg: DictConfig) -> ProbeSet:
+    """The statistics pass's texts: the identify probes of ``data.probes`` and the gate part
+    of ``data.neutral`` (the value-relevance gate's neutral class)."""
+    return load_probes(cfg.data.probes, split="identify", neutral=cfg.data.neutral or True)
+
+
 def stats_from_config(cfg: DictConfig, host: ModelHost) -> NeuronStats:
     """Identification statistics for ``host``, from the cache when possible."""
     from .stats import cached_stats
 
-    probes = load_probes(cfg.data.probes, split="identify")
+    probes = identify_probes(cfg)
     stats_cfg = StatsConfig(**OmegaConf.to_container(cfg.stats))
     cache = Path(cfg.cache_dir) / "stats" if cfg.cache_dir else None
     return cached_stats(host, probes, stats_cfg, cache, progress=cfg.progress)
@@ -79,13 +86,44 @@ def identify(cfg: DictConfig, out: Path) -> None:
     out = out / "neurons"
     out.mkdir(parents=True, exist_ok=True)
     stats.save(out / f"{host.name}.safetensors")
-    (out / f"{host.name}.json").write_text(json.dumps(nmap.summary(), indent=2))
+    summary = nmap.summary()
+    if stats.gate is not None:  # held out: validate probes vs capability neutral texts
+        summary["gate"] = gate_summary(cfg, stats, host)
+    (out / f"{host.name}.json").write_text(json.dumps(summary, indent=2))
     print(f"{'value':<16}{'neurons':>8}  top layers")
     for v in nmap.values:
         counts = nmap.layer_counts(v)
         top = sorted(range(len(counts)), key=lambda i: -counts[i])[:3]
         print(f"{v:<16}{len(nmap[v]):>8}  " + ", ".join(f"L{i}:{counts[i]}" for i in top))
+    if "gate" in summary:
+        g = summary["gate"]
+        print(f"gate (layer {g['layer']}): accuracy {g['accuracy']:.3f} (balanced "
+              f"{g['balanced_accuracy']:.3f}) on {g['n_value']} validate probes vs "
+              f"{g['n_neutral']} held-out neutral texts; mean g {g['mean_g_value']:.3f} vs "
+              f"{g['mean_g_neutral']:.3f}")
+        log.info("gate accuracy %.3f (balanced %.3f, layer %d)", g["accuracy"],
+                 g["balanced_accuracy"], g["layer"])
     log.info("wrote %s.safetensors and %s.json", out / host.name, out / host.name)
+
+
+def gate_summary(cfg: DictConfig, stats: NeuronStats, host: ModelHost) -> dict:
+    """:func:`neva_sweep.gate.gate_accuracy` on ``data.probes``' validate split vs the
+    capability part of ``data.neutral`` (texts the gate never saw)."""
+    from .data import load_records, neutral_split
+    from .gate import gate_accuracy
+
+    validate = load_probes(cfg.data.probes, split="validate", neutral=False)
+    neutral = neutral_split(load_records("neutral", cfg.data.neutral), "capability")
+    return gate_accuracy(stats, host, validate, neutral)
+
+
+def config_edit(cfg: DictConfig, stats: NeuronStats, nmap: NeuronMap, value: str):
+    """The neuron edit ``edit.*`` describes (rule, magnitude, positions, gate)."""
+    from .edit import NeuronEdit
+    from .gate import gate_of
+
+    return NeuronEdit(nmap[value], cfg.edit.rule, float(cfg.edit.magnitude),
+                      cfg.edit.positions, gate=gate_of(stats, cfg.edit.gate))
 
 
 def side_by_side(left: str, right: str, titles: tuple[str, str]) -> str:
@@ -100,12 +138,12 @@ def side_by_side(left: str, right: str, titles: tuple[str, str]) -> str:
 
 def stats_inputs_hash_of(cfg: DictConfig) -> str:
     """:func:`neva_sweep.stats.inputs_hash` of the statistics ``cfg`` selects (data.probes,
-    stats.*), known without computing them."""
+    the gate part of data.neutral, stats.*), known without computing them."""
     from dataclasses import asdict
 
     from .stats import inputs_hash
 
-    probes = load_probes(cfg.data.probes, split="identify")
+    probes = identify_probes(cfg)
     return inputs_hash(probes.sha256, asdict(StatsConfig(**OmegaConf.to_container(cfg.stats))))
 
 
@@ -141,7 +179,6 @@ def best_edit(cfg: DictConfig) -> tuple[dict, ModelHost, EditKind]:
 @TASKS.add("steer")
 def steer(cfg: DictConfig, out: Path) -> None:
     """Greedy replies to ``prompt``, unedited and edited toward ``value``, side by side."""
-    from .edit import NeuronEdit
     from .scoring import greedy_generate
     from .select import select_neurons
 
@@ -151,10 +188,9 @@ def steer(cfg: DictConfig, out: Path) -> None:
     else:
         value = edit_value(cfg)
         host = host_from_config(cfg)
-        nmap: NeuronMap = select_neurons(stats_from_config(cfg, host), value,
-                                         **selection_kwargs(cfg))
-        spec = NeuronEdit(nmap[value], cfg.edit.rule, float(cfg.edit.magnitude),
-                          cfg.edit.positions)
+        stats = stats_from_config(cfg, host)
+        nmap: NeuronMap = select_neurons(stats, value, **selection_kwargs(cfg))
+        spec = config_edit(cfg, stats, nmap, value)
         positions = cfg.edit.positions
     base, edited = (r[0] for r in greedy_generate(host, [host.chat_prompt(cfg.prompt)],
                                                     [None, spec], positions,
@@ -214,7 +250,6 @@ def evaluate_config(cfg: DictConfig, host: ModelHost | None = None) -> dict:
 
     The same numbers as ``python -m neva_sweep task=evaluate`` with the same overrides.
     """
-    from .edit import NeuronEdit
     from .select import select_neurons
 
     entry = None
@@ -239,9 +274,9 @@ def evaluate_config(cfg: DictConfig, host: ModelHost | None = None) -> dict:
         rec = evaluator.base_record()
         specs = None
     else:
-        nmap = select_neurons(stats_from_config(cfg, host), value, **selection_kwargs(cfg))
-        spec = NeuronEdit(nmap[value], cfg.edit.rule, float(cfg.edit.magnitude),
-                          cfg.edit.positions)
+        stats = stats_from_config(cfg, host)
+        nmap = select_neurons(stats, value, **selection_kwargs(cfg))
+        spec = config_edit(cfg, stats, nmap, value)
         rec = evaluator.evaluate_one(value, spec, cfg.edit.positions)
         rec["edit"].update(sparsity=float(cfg.edit.sparsity), score=cfg.edit.score,
                            polarity=cfg.edit.polarity,

@@ -101,10 +101,11 @@ def test_caa_layer_fraction_maps_onto_depth(tiny_stats) -> None:
 # -- nv.make_edit: every method, with its documented defaults or given parameters -----------
 DEFAULTS = {
     "neva": {"sparsity": 2e-3, "magnitude": 4.0, "rule": "add", "score": "mean_diff",
-             "polarity": "positive", "positions": "all", "layer_window": "all"},
+             "polarity": "positive", "positions": "all", "layer_window": "all", "gate": "none"},
     "random_neurons": {"sparsity": 2e-3, "magnitude": 4.0, "rule": "add", "positions": "all",
-                       "layer_window": "all", "seed": 0},
-    "caa": {"layer_frac": 0.5, "n_layers": 1, "coefficient": 2.0, "positions": "all"},
+                       "layer_window": "all", "gate": "none", "seed": 0},
+    "caa": {"layer_frac": 0.5, "n_layers": 1, "coefficient": 2.0, "positions": "all",
+            "gate": "none"},
     "prompt": {"strength": 3, "positions": "all"},
 }
 
@@ -151,3 +152,41 @@ def test_best_edit_entries_rebuild_with_defaults_for_absent_params(name, tiny_st
         path = tmp_path / "power.safetensors"
         nv.NeuronMap({"power": edit.neurons}, list(tiny_stats.layer_sizes)).save(path)
         assert same(best_edit_spec({**entry, "neurons": str(path)}), edit)
+
+
+# -- the hooked methods again, gated (neva_sweep/gate.py) -----------------------------------
+GATED = ("neva", "random_neurons", "caa")  # prompt edits take no gate
+
+
+@pytest.mark.parametrize("name", GATED)
+def test_gated_zero_strength_is_identity_and_strength_moves_logits(name, tiny_host, tiny_stats
+                                                                   ) -> None:
+    params, knob = PARAMS[name]
+    params = {**params, "gate": "context"}
+    method = METHODS[name]
+    strong = method.build(tiny_stats, "tradition", params)
+    zero = method.build(tiny_stats, "tradition", {**params, knob: 0})
+    assert strong.gate is tiny_stats.gate and strong.describe()["gate"] == "context"
+    base, z, s = (next_token_logprobs(tiny_host, PROMPTS, CANDIDATES, [e])[0]
+                  for e in (None, zero, strong))
+    torch.testing.assert_close(z, base, atol=0, rtol=0)
+    assert (s - base).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", GATED)
+def test_gated_build_make_edit_and_best_edit_entries(name, tiny_stats, tmp_path) -> None:
+    params, knob = PARAMS[name]
+    params = {**params, "gate": "context"}
+    a = METHODS[name].build(tiny_stats, "power", params)
+    assert same(a, METHODS[name].build(tiny_stats, "power", params))
+    assert same(nv.make_edit(tiny_stats, "power", name, **params), a)
+    assert not same(a, METHODS[name].build(tiny_stats, "power", {**params, "gate": "none"}))
+    entry = {"model": "tiny-llama", "value": "power", "method": name, "params": params}
+    assert same(best_edit_spec(entry, stats=lambda: tiny_stats), a)
+    if a.n_neurons:  # the saved neurons, with the gate from the statistics
+        path = tmp_path / "power.safetensors"
+        nv.NeuronMap({"power": a.neurons}, list(tiny_stats.layer_sizes)).save(path)
+        assert same(best_edit_spec({**entry, "neurons": str(path)}, stats=lambda: tiny_stats),
+                    a)
+        with pytest.raises(FileNotFoundError, match="gated and needs statistics"):
+            best_edit_spec({**entry, "neurons": str(path)})

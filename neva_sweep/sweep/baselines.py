@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..caa import ResidualEdit, caa_edit
 from ..edit import NeuronEdit
+from ..gate import gate_of
 from ..prompting import DEFAULT_STRENGTH, PromptEdit, prompt_edit
 from ..select import random_neurons
 from ..stats import NeuronStats
@@ -47,7 +48,8 @@ class RandomNeurons(NeVA):
         neurons = random_neurons(stats, value, k, seed=int(params["seed"]),
                                  layer_window=parse_window(params["layer_window"]))
         return NeuronEdit(neurons, params["rule"], float(params["magnitude"]),
-                          params.get("positions"))
+                          params.get("positions"),
+                          gate=gate_of(stats, params.get("gate", "none")))
 
 
 class CAA:
@@ -59,7 +61,7 @@ class CAA:
 
     name = "caa"
     defaults: dict[str, Any] = {"layer_frac": 0.5, "n_layers": 1, "coefficient": 2.0,
-                                "positions": "all"}
+                                "positions": "all", "gate": "none"}
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         return {
@@ -67,6 +69,7 @@ class CAA:
             "n_layers": choose(trial, "n_layers", list(space.caa_n_layers)),
             "coefficient": trial.suggest_float("coefficient", *space.caa_coefficient),
             "positions": choose(trial, "positions", list(space.positions)),
+            "gate": choose(trial, "gate", list(space.gates)),
         }
 
     def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> ResidualEdit:
@@ -74,7 +77,7 @@ class CAA:
         first = min(n - 1, max(0, round(float(params["layer_frac"]) * (n - 1))))
         layers = list(range(first, min(n, first + int(params["n_layers"]))))
         return caa_edit(stats, value, layers, float(params["coefficient"]),
-                        params.get("positions"))
+                        params.get("positions"), gate_of(stats, params.get("gate", "none")))
 
 
 class Prompt:
@@ -88,6 +91,9 @@ class Prompt:
                 "positions": "all"}
 
     def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> PromptEdit:
+        if params.get("gate", "none") != "none":
+            raise ValueError("method prompt takes no gate: a prompt edit acts through tokens, "
+                             "not hooks (gate applies to neva, random_neurons and caa)")
         return prompt_edit(value, int(params["strength"]))
 
 

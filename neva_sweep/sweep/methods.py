@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..edit import DEFAULT_MAGNITUDE, DEFAULT_RULE, NeuronEdit
 from ..edits import EditKind
+from ..gate import gate_of
 from ..registry import Registry
 from ..select import DEFAULT_SCORE, DEFAULT_SPARSITY, select_neurons
 from ..stats import NeuronStats
@@ -72,7 +73,7 @@ class NeVA:
     defaults: dict[str, Any] = {"sparsity": DEFAULT_SPARSITY, "magnitude": DEFAULT_MAGNITUDE,
                                 "rule": DEFAULT_RULE, "score": DEFAULT_SCORE,
                                 "polarity": "positive",
-                                "positions": "all", "layer_window": "all"}
+                                "positions": "all", "layer_window": "all", "gate": "none"}
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         windows = [window_label(w) for w in (space.layer_windows or [None])]
@@ -84,6 +85,7 @@ class NeVA:
             "polarity": choose(trial, "polarity", list(space.polarities)),
             "positions": choose(trial, "positions", list(space.positions)),
             "layer_window": choose(trial, "layer_window", windows),
+            "gate": choose(trial, "gate", list(space.gates)),
         }
 
     def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> NeuronEdit:
@@ -91,7 +93,8 @@ class NeVA:
                               layer_window=parse_window(params["layer_window"]),
                               polarity=params.get("polarity", "positive"))
         return NeuronEdit(nmap[value], params["rule"], float(params["magnitude"]),
-                          params.get("positions"))
+                          params.get("positions"),
+                          gate=gate_of(stats, params.get("gate", "none")))
 
 
 METHODS: Registry[Method] = Registry("method")

@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..edit import NeuronEdit
 from ..edits import EditKind
 from ..files import atomic_path, sha256_file, write_text_atomic
+from ..gate import gate_of
 from ..select import NeuronMap
 from ..stats import NeuronStats, stats_inputs_hash
 from .front import (
@@ -303,8 +304,15 @@ def best_edit_spec(entry: dict[str, Any], stats: Callable[[], NeuronStats] | Non
         entry["rebuilt"] = "; ".join(problems)
     elif entry.get("neurons"):
         neurons = NeuronMap.load(entry["neurons"])[value]
+        gate = None
+        if params.get("gate", "none") != "none":  # the probe lives with the statistics
+            if stats is None:
+                raise FileNotFoundError(f"best_edits: the {name} edit is gated and needs "
+                                        "statistics for its gate; none were given")
+            gate = gate_of(stats(), params["gate"])
         return NeuronEdit(neurons, params["rule"], float(params["magnitude"]),
-                          params.get("positions"), allow_other_model=allow_other_model)
+                          params.get("positions"), allow_other_model=allow_other_model,
+                          gate=gate)
     if stats is None:
         raise FileNotFoundError(f"best_edits: the {name} edit needs statistics to be built "
                                 "and none were given")

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ..config import ClusterConfig, ConfigError, ModelConfig, load_group_option
+from ..config import GATES, ClusterConfig, ConfigError, ModelConfig, load_group_option
 from ..edit import POSITIONS, RULES
 from ..judges import JUDGES
 from ..metrics import METRICS, constraint_metrics, objective_metrics
@@ -158,6 +158,7 @@ def check_search(s: DictConfig) -> None:
     _choices("search.space.scores", sp.scores, SCORES.names())
     _choices("search.space.polarities", sp.polarities, POLARITIES)
     _choices("search.space.positions", sp.positions, POSITIONS)
+    _choices("search.space.gates", sp.gates, GATES)
     for w in sp.layer_windows or []:
         w = list(w)
         if len(w) != 2 or not 0 <= w[0] < w[1]:

@@ -140,7 +140,8 @@ def eval_setup(cfg: DictConfig) -> EvalSetup:
 
 def _run_trials(cfg: DictConfig, plan: SweepPlan, states: list[StudyState], outputs: Outputs,
                 callbacks: list) -> None:
-    probes = load_probes(cfg.data.probes, split="identify")
+    # the identify probes and the gate part of data.neutral (the gate's neutral class)
+    probes = load_probes(cfg.data.probes, split="identify", neutral=cfg.data.neutral or True)
     stats_cfg = StatsConfig(**OmegaConf.to_container(cfg.stats))
     stats_cache = Path(cfg.cache_dir) / "stats" if cfg.cache_dir else None
     setup = eval_setup(cfg)

@@ -1,0 +1,360 @@
+"""Context-aware editing: a value-relevance gate that scales each row's edit (ConVA-style).
+
+Value-laden prompts should be steered; neutral text, multiple-choice questions and
+lm-eval tasks should be left nearly untouched. The gate is a logistic probe on the
+residual stream of the *unedited* model:
+
+- **Training** (in the statistics pass, :func:`neva_sweep.stats.collect_stats`): for every
+  identify probe and every neutral text of the ``gate`` part of ``data.neutral`` (never the
+  ``capability`` part that KL and the classifier judge read), the mean over the text's
+  non-pad tokens of the output of one decoder block, the *gate layer*
+  ``floor(stats.gate_depth * n_layers)`` (default: half the depth). A logistic
+  regression value-laden (any value, label 1) vs neutral (label 0) on those pooled
+  vectors: features standardised (mean / std over the training rows), class-balanced
+  weights, L2 penalty :data:`GATE_L2` on the weights, fitted by Newton's method in float64
+  from zero (deterministic). :class:`Gate` holds the probe.
+- **Inference**: row b of a batch gets ``g_b = sigmoid(w . (pool(h_L) - mean) / std + b)``
+  in [0, 1], where ``pool`` is the mean of the unedited gate-layer residual over the row's
+  *prompt* tokens: non-pad positions before ``response_start`` when it is set (so the
+  continuation being scored never sets its own gate, and the ten options of one scenario
+  share one gate), all non-pad positions otherwise (and for a row whose prompt is empty,
+  such as a neutral text scored from its first token). It is computed by a pre-pass
+  (:class:`GatePass`): a forward pre-hook on the model root runs the same model on the
+  same inputs with every edit hook suspended and stops at the gate layer (a forward hook
+  there raises a private exception carrying the hidden state). Cost: about
+  (L + 1) / n_layers of a forward per prompt forward (half a forward at the default
+  depth), once per installed edit kind with gated edits. Forwards that continue from a KV
+  cache (generation steps, the options of ``option_logprobs``) reuse the gates of the
+  prompt forward, repeated row-wise (``repeat_interleave``) when the batch is k times
+  larger.
+- **Scaling**: a neuron edit becomes a' = a + g (rule(a) - a), a residual edit adds
+  g * delta. g = 0 leaves the activations bitwise untouched (masked with ``torch.where``)
+  and g = 1 is exactly the ungated edit; ``gate="none"`` installs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .config import GATES
+from .models.arch import residual_sites
+
+if TYPE_CHECKING:
+    from .data import ProbeSet
+    from .models.host import ModelHost
+    from .stats import NeuronStats
+
+__all__ = ["GATES", "GATE_L2", "Gate", "GatePass", "fit_gate", "gate_accuracy", "gate_layer",
+           "gate_of", "pool", "pooled_features", "prompt_mask"]
+
+GATE_L2 = 1e-2  # L2 penalty on the standardised weights (mean log-loss + GATE_L2/2 |w|^2)
+_NEWTON_STEPS = 50
+
+
+# --- the probe (pure maths) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Gate:
+    """A fitted value-relevance probe: g = sigmoid(w . (x - mean) / std + bias) on the
+    mean-pooled residual x of block ``layer``."""
+
+    layer: int
+    weight: torch.Tensor  # (H,) float32, on standardised features
+    bias: float
+    mean: torch.Tensor  # (H,) float32 feature mean over the training rows
+    std: torch.Tensor  # (H,) float32 feature std (floored, never 0)
+
+    name = "context"  # the gate's name in edit.gate / search.space.gates
+
+    def logit(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, H) pooled residuals -> (B,) float32 logits."""
+        x = (pooled.float() - self.mean.to(pooled.device)) / self.std.to(pooled.device)
+        return x @ self.weight.to(pooled.device) + self.bias
+
+    def probability(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, H) pooled residuals -> (B,) g in [0, 1]."""
+        return torch.sigmoid(self.logit(pooled))
+
+    def describe(self) -> dict[str, Any]:
+        """The gate's part of an edit's record (eval.json ``edit``)."""
+        return {"gate": self.name, "gate_layer": self.layer}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The probe as safetensors entries (``gate_*``), see :meth:`from_tensors`."""
+        return {"gate_weight": self.weight, "gate_mean": self.mean, "gate_std": self.std,
+                "gate_bias": torch.tensor([self.bias], dtype=torch.float64),
+                "gate_layer": torch.tensor([self.layer], dtype=torch.int64)}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> Gate | None:
+        if "gate_weight" not in t:
+            return None
+        return cls(int(t["gate_layer"][0]), t["gate_weight"].float(), float(t["gate_bias"][0]),
+                   t["gate_mean"].float(), t["gate_std"].float())
+
+
+def gate_layer(n_layers: int, depth: float) -> int:
+    """The gate's block: ``floor(depth * n_layers)``, inside 0..n_layers-1.
+
+    >>> gate_layer(30, 0.5), gate_layer(2, 0.5), gate_layer(30, 1.0)
+    (15, 1, 29)
+    """
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"stats.gate_depth must be in [0, 1] (a fraction of the model's "
+                         f"depth), got {depth}")
+    return min(n_layers - 1, math.floor(depth * n_layers))
+
+
+def fit_gate(features: torch.Tensor, labels: torch.Tensor, layer: int, l2: float = GATE_L2
+             ) -> Gate:
+    """Logistic probe ``labels`` (1 = value-laden, 0 = neutral) on ``features`` (n, H).
+
+    Standardised features, class-balanced weights (each class weighs half), minimising
+    mean weighted log-loss + l2/2 |w|^2 (the bias is not penalised) by Newton's method in
+    float64 from zero: deterministic, and converged to the unique optimum.
+    """
+    with torch.inference_mode(False):  # plain tensors, usable under autograd later
+        return _fit(features.clone(), labels.clone(), int(layer), float(l2))
+
+
+def _fit(features: torch.Tensor, labels: torch.Tensor, layer: int, l2: float) -> Gate:
+    y = labels.double()
+    n_pos, n_neg = float(y.sum()), float((1 - y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"the gate needs value-laden and neutral texts; got {n_pos:.0f} value "
+                         f"and {n_neg:.0f} neutral (data.neutral needs \"split\": \"gate\" "
+                         "records)")
+    x = features.double()
+    mean = x.mean(0)
+    std = x.std(0, unbiased=False).clamp(min=1e-6)
+    z = torch.cat([(x - mean) / std, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # (n, H+1)
+    sw = torch.where(y > 0, 0.5 / n_pos, 0.5 / n_neg)  # (n,) sums to 1
+    reg = torch.full((z.shape[1],), l2, dtype=x.dtype)
+    reg[-1] = 0.0  # no penalty on the bias
+    theta = torch.zeros(z.shape[1], dtype=x.dtype)
+    for _ in range(_NEWTON_STEPS):
+        p = torch.sigmoid(z @ theta)
+        grad = z.T @ (sw * (p - y)) + reg * theta
+        hess = (z.T * (sw * p * (1 - p))) @ z + torch.diag(reg + 1e-12)
+        step = torch.linalg.solve(hess, grad)
+        theta -= step
+        if float(step.abs().max()) < 1e-10:
+            break
+    return Gate(layer, theta[:-1].float(), float(theta[-1]), mean.float(), std.float())
+
+
+def prompt_mask(attention_mask: torch.Tensor, response_start: torch.Tensor | None
+                ) -> torch.Tensor:
+    """(B, S) bool: the prompt tokens of each row, non-pad positions before
+    ``response_start`` (padded column of the first response token); a row with no such
+    position keeps all its non-pad positions."""
+    mask = attention_mask.bool()
+    if response_start is None:
+        return mask
+    cols = torch.arange(mask.shape[1], device=mask.device)
+    prompt = mask & (cols[None, :] < response_start.to(mask.device)[:, None])
+    return torch.where(prompt.any(1, keepdim=True), prompt, mask)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` (B, S, H) over the positions of ``mask`` (B, S), (B, H) float32."""
+    m = mask.to(hidden.device, torch.float32)[..., None]  # (B, S, 1)
+    return (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+# --- running the unedited model up to the gate layer -----------------------------------------
+
+_SUSPENDED: set[int] = set()  # id() of model roots whose edit hooks are suspended
+
+
+def is_suspended(root: torch.nn.Module) -> bool:
+    """True inside a gate pre-pass of ``root``: every edit hook passes its input through."""
+    return id(root) in _SUSPENDED
+
+
+@contextmanager
+def suspended(root: torch.nn.Module) -> Iterator[None]:
+    _SUSPENDED.add(id(root))
+    try:
+        yield
+    finally:
+        _SUSPENDED.discard(id(root))
+
+
+class _GateStop(Exception):  # noqa: N818 (control flow, never seen outside this module)
+    """Raised by the hook on the deepest wanted block: the pre-pass has what it needs."""
+
+
+def hidden_states(model: torch.nn.Module, layers: Sequence[int], **inputs: Any
+                  ) -> dict[int, torch.Tensor]:
+    """Outputs (B, S, H) of the decoder blocks ``layers`` for ``model(**inputs)``, unedited
+    (edit hooks suspended) and without running the blocks past the deepest one."""
+    root = getattr(model, "module", model)
+    blocks = residual_sites(root)
+    seen: dict[int, torch.Tensor] = {}
+    last = max(layers)
+
+    def capture(layer: int):
+        def hook(module, args, output):
+            seen[layer] = output[0] if isinstance(output, tuple) else output
+            if layer == last:
+                raise _GateStop
+
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(capture(layer)) for layer in set(layers)]
+    try:
+        with suspended(root):
+            root(**inputs)
+    except _GateStop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if last not in seen:
+        raise RuntimeError(f"gate pre-pass: block {last} never ran")
+    return seen
+
+
+def _continues_cache(kwargs: dict) -> bool:
+    """Does this forward continue from a filled KV cache (a generation step, options)?"""
+    for key in ("past_key_values", "cache"):
+        cache = kwargs.get(key)
+        if cache is None:
+            continue
+        if hasattr(cache, "get_seq_length"):
+            if cache.get_seq_length() > 0:
+                return True
+        elif len(cache) > 0:  # a legacy tuple of per-layer tensors
+            return True
+    pos = kwargs.get("cache_position")
+    return pos is not None and pos.numel() > 0 and int(pos.reshape(-1)[0]) > 0
+
+
+class GatePass:
+    """Per-row gate values for one installed editor (a :class:`~neva_sweep.edit.RowEditor`).
+
+    ``gates[g]``: the gate of the editor's edit g (None = ungated, g = 1). A forward
+    pre-hook on the model root computes, for every forward that does not continue a KV
+    cache, each distinct gate's value for every row (a pre-pass up to the deepest gate
+    layer); :meth:`rows` combines them with the rows' edit groups.
+    """
+
+    def __init__(self, host: ModelHost, editor: Any, gates: Sequence[Gate | None]):
+        self.editor = editor
+        self.root = getattr(host.model, "module", host.model)
+        self.gates: list[Gate] = list({id(g): g for g in gates if g is not None}.values())
+        n_blocks = len(residual_sites(self.root))
+        bad = [g.layer for g in self.gates if not 0 <= g.layer < n_blocks]
+        if bad:
+            raise ValueError(f"gate on layer {bad[0]} but the model has {n_blocks} blocks; the "
+                             "statistics were collected on another model")
+        index = {id(g): k for k, g in enumerate(self.gates)}
+        # (G + 1,) gate of each edit group, -1 = ungated; the last group is "no edit".
+        self.group_gate = torch.tensor([index[id(g)] if g is not None else -1 for g in gates]
+                                       + [-1], dtype=torch.long)
+        self.values: torch.Tensor | None = None  # (K, B) of the last prompt forward
+        self.handle = self.root.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    @torch.no_grad()
+    def _hook(self, module, args, kwargs):
+        if is_suspended(self.root) or _continues_cache(kwargs):
+            return None
+        inputs = {k: kwargs[k] for k in ("input_ids", "inputs_embeds", "attention_mask",
+                                         "position_ids") if kwargs.get(k) is not None}
+        if args and "input_ids" not in inputs:
+            inputs["input_ids"] = args[0]
+        x = inputs.get("input_ids", inputs.get("inputs_embeds"))
+        bsz, seq = x.shape[0], x.shape[1]
+        hidden = hidden_states(self.root, [g.layer for g in self.gates], use_cache=False,
+                               **inputs)
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(bsz, seq, dtype=torch.long, device=x.device)
+        mask = prompt_mask(mask, self.editor.response_start)
+        self.values = torch.stack([g.probability(pool(hidden[g.layer], mask))
+                                   for g in self.gates])  # (K, B)
+        return None
+
+    def rows(self, bsz: int) -> torch.Tensor:
+        """(B,) float32 gate of each row of the current batch (1 for ungated edits)."""
+        if self.values is None:
+            raise RuntimeError("gated edit: a forward continued from a KV cache before any "
+                               "prompt forward computed the gates")
+        values = self.values
+        if values.shape[1] != bsz:
+            if bsz % values.shape[1]:
+                raise ValueError(f"gated edit: a forward continuing from a KV cache has {bsz} "
+                                 f"rows, not a multiple of the {values.shape[1]} rows of the "
+                                 "prompt forward that set the gates")
+            values = values.repeat_interleave(bsz // values.shape[1], 1)
+        k = self.group_gate.to(values.device)[self.editor.rows_of(bsz).to(values.device)]
+        picked = values.gather(0, k.clamp(min=0)[None, :])[0]  # (B,)
+        return torch.where(k >= 0, picked, torch.ones_like(picked))
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+# --- building, measuring ----------------------------------------------------------------------
+
+
+def gate_of(stats: NeuronStats, name: str) -> Gate | None:
+    """The gate ``name`` (``edit.gate``, a method's ``gate`` parameter) from ``stats``."""
+    if name not in GATES:
+        raise KeyError(f"unknown gate {name!r} (edit.gate / search.space.gates); valid "
+                       f"choices: {', '.join(GATES)}")
+    if name == "none":
+        return None
+    if stats.gate is None:
+        raise ValueError("gate 'context' needs statistics with a gate probe, and these have "
+                         "none: they were collected without neutral gate texts (data.neutral "
+                         "needs records with \"split\": \"gate\"; load_probes(neutral=...)) or "
+                         "by an older neva_sweep (delete the cached statistics to recollect)")
+    return stats.gate
+
+
+@torch.inference_mode()
+def pooled_features(host: ModelHost, texts: Sequence[str], layer: int, batch_size: int = 16,
+                    max_length: int = 128) -> torch.Tensor:
+    """Mean-pooled unedited residual of block ``layer`` over each text's first
+    ``max_length`` tokens, as the statistics pass pools them, (n, H) float32."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        enc = host.tokenize(list(texts[start:start + batch_size]), max_length=max_length)
+        hidden = hidden_states(host.model, [layer], input_ids=enc.input_ids,
+                               attention_mask=enc.attention_mask, use_cache=False)[layer]
+        out.append(pool(hidden, enc.attention_mask).cpu())
+    return torch.cat(out)
+
+
+def gate_accuracy(stats: NeuronStats, host: ModelHost, probes: ProbeSet | None = None,
+                  neutral: Sequence[str] | None = None, batch_size: int = 16) -> dict:
+    """Held-out accuracy of the stats' gate at threshold 0.5: value-laden texts (default: the
+    ``validate`` probes) vs neutral texts (default: the ``capability`` part of the built-in
+    neutral file, which the gate never saw). Returns accuracy, balanced accuracy, the recall
+    of each class, the mean g of each class, counts and the gate layer."""
+    from .data import load_probes, load_records, neutral_split
+
+    gate = gate_of(stats, "context")
+    probes = probes if probes is not None else load_probes(split="validate", neutral=False)
+    neutral = (list(neutral) if neutral is not None
+               else neutral_split(load_records("neutral"), "capability"))
+    max_length = stats.meta.get("config", {}).get("max_length", 128)
+    g_val = gate.probability(pooled_features(host, probes.texts, gate.layer, batch_size,
+                                             max_length))
+    g_neu = gate.probability(pooled_features(host, neutral, gate.layer, batch_size,
+                                             max_length))
+    recall_v, recall_n = float((g_val > 0.5).float().mean()), float((g_neu <= 0.5).float().mean())
+    n_v, n_n = len(g_val), len(g_neu)
+    return {"layer": gate.layer, "accuracy": (recall_v * n_v + recall_n * n_n) / (n_v + n_n),
+            "balanced_accuracy": (recall_v + recall_n) / 2, "value_recall": recall_v,
+            "neutral_recall": recall_n, "mean_g_value": float(g_val.mean()),
+            "mean_g_neutral": float(g_neu.mean()), "n_value": n_v, "n_neutral": n_n}

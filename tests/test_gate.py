@@ -1,0 +1,244 @@
+"""The value-relevance gate (neva_sweep/gate.py) on tiny random models: its probe, the
+pre-pass, and gated neuron and residual edits through every scoring path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import neva_sweep as nv
+from neva_sweep.caa import caa_edit
+from neva_sweep.config import ConfigError
+from neva_sweep.data import load_records, neutral_split
+from neva_sweep.gate import _SUSPENDED, Gate, fit_gate, gate_accuracy, gate_layer, prompt_mask
+from neva_sweep.models.arch import residual_sites
+from neva_sweep.scoring import (
+    continuation_logprobs,
+    greedy_generate,
+    next_token_logprobs,
+    option_logprobs,
+)
+from neva_sweep.stats import NeuronStats, merge
+from neva_sweep.values import N_VALUES
+
+PROMPTS = ["I always help my neighbours when they need it.", "Paris is in France.",
+           "What should I do this weekend with my family and friends?"]
+CANDIDATES = torch.arange(200)
+
+
+def forced(gate: Gate, bias: float) -> Gate:
+    """The same probe with g pinned to 0 (bias -1e4) or 1 (bias +1e4) for every row."""
+    return dataclasses.replace(gate, bias=bias)
+
+
+@pytest.fixture(scope="module")
+def edits(tiny_stats):
+    """(neuron edit, residual edit), strong and ungated."""
+    neuron = nv.make_edit(tiny_stats, "power", "neva", sparsity=0.05, magnitude=6.0)
+    residual = caa_edit(tiny_stats, "power", [1], 8.0)
+    return neuron, residual
+
+
+def logits(host, batch, edit=None):
+    if edit is None:
+        return host.model(**batch).logits
+    with nv.apply(host, edit):
+        return host.model(**batch).logits
+
+
+def test_statistics_train_a_gate_on_the_gate_part_of_the_neutral_texts(tiny_stats, tiny_host,
+                                                                       small_probes) -> None:
+    gate = tiny_stats.gate
+    hidden = tiny_host.model.config.hidden_size
+    assert gate.layer == gate_layer(tiny_host.n_layers, 0.5) == 1
+    assert gate.weight.shape == gate.mean.shape == gate.std.shape == (hidden,)
+    n_val, n_neu = len(small_probes), len(small_probes.neutral)
+    assert tiny_stats.gate_features.shape == (n_val + n_neu, hidden)
+    assert int((tiny_stats.gate_labels == N_VALUES).sum()) == n_neu > 0
+    # training and held-out neutral texts never overlap
+    neutral = load_records("neutral")
+    train, held_out = neutral_split(neutral, "gate"), neutral_split(neutral, "capability")
+    assert set(small_probes.neutral) <= set(train) and not set(train) & set(held_out)
+    # deterministic: the same rows give the same probe, bitwise
+    again = fit_gate(tiny_stats.gate_features, tiny_stats.gate_labels < N_VALUES, 1)
+    assert torch.equal(again.weight, gate.weight) and again.bias == gate.bias
+
+
+def test_fit_gate_separates_separable_classes() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 8, generator=g)
+    y = x[:, 0] + 0.5 * x[:, 1] > 0.3  # imbalanced, linearly separable
+    gate = fit_gate(x * 5 + 2, y, layer=0)
+    p = gate.probability(x * 5 + 2)
+    assert ((p > 0.5) == y).float().mean() > 0.97
+    with pytest.raises(ValueError, match="neutral"):
+        fit_gate(x, torch.ones(200, dtype=torch.bool), layer=0)
+
+
+def test_gate_values_lie_in_zero_one_and_share_nothing_between_rows(tiny_host, tiny_stats,
+                                                                     edits) -> None:
+    gated = dataclasses.replace(edits[0], gate=tiny_stats.gate)
+    batch = tiny_host.tokenize(PROMPTS)
+    with nv.apply(tiny_host, gated) as group:
+        tiny_host.model(**batch)
+        values = group.editors[0][0].gate_pass.values[0]
+    assert values.shape == (len(PROMPTS),)
+    assert ((values >= 0) & (values <= 1)).all() and values.std() > 0
+    one = []
+    for p in PROMPTS:
+        with nv.apply(tiny_host, gated) as group:
+            tiny_host.model(**tiny_host.tokenize([p]))
+            one.append(group.editors[0][0].gate_pass.values[0, 0])
+    torch.testing.assert_close(torch.stack(one), values, atol=1e-5, rtol=0)
+    # the pre-pass leaves no hook behind and no model suspended
+    assert not _SUSPENDED
+    assert all(not b._forward_hooks for b in residual_sites(tiny_host.model))
+
+
+@pytest.mark.parametrize("kind", [0, 1], ids=["neurons", "residual"])
+def test_gate_zero_is_bitwise_unedited_and_gate_one_is_the_ungated_edit(kind, tiny_host,
+                                                                        tiny_stats, edits,
+                                                                        batch) -> None:
+    edit = edits[kind]
+    base, plain = logits(tiny_host, batch), logits(tiny_host, batch, edit)
+    assert (plain - base).abs().max() > 1e-4  # the edit acts
+    off = dataclasses.replace(edit, gate=forced(tiny_stats.gate, -1e4))
+    on = dataclasses.replace(edit, gate=forced(tiny_stats.gate, 1e4))
+    assert torch.equal(logits(tiny_host, batch, off), base)
+    assert torch.equal(logits(tiny_host, batch, on), plain)
+    gated = dataclasses.replace(edit, gate=tiny_stats.gate)  # somewhere in between
+    assert gated.describe()["gate"] == "context" and "gate" not in edit.describe()
+    mid = logits(tiny_host, batch, gated)
+    assert (mid - base).abs().max() > 0
+
+
+@pytest.mark.parametrize("kind", [0, 1], ids=["neurons", "residual"])
+def test_per_row_gates_in_one_batch_match_one_by_one(kind, tiny_host, tiny_stats, edits
+                                                     ) -> None:
+    gated = dataclasses.replace(edits[kind], gate=tiny_stats.gate)
+    mixed = [gated, edits[kind], None]  # gated, ungated and unedited rows in one batch
+    together = next_token_logprobs(tiny_host, PROMPTS, CANDIDATES, mixed)
+    for g, e in enumerate(mixed):
+        for i, p in enumerate(PROMPTS):
+            alone = next_token_logprobs(tiny_host, [p], CANDIDATES, [e])[0, 0]
+            torch.testing.assert_close(together[g, i], alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["tiny-llama", "tiny-gpt2", "tiny-opt"])
+def test_option_scores_equal_continuation_scores_when_gated(arch, small_probes) -> None:
+    """The gate pools over the prompt only, so the cached option forward (gates reused,
+    repeated per option) equals full prompt + option forwards."""
+    host = nv.load_model(arch)
+    stats = nv.collect_stats(host, small_probes.shard(0, 3), progress=False)
+    gated = [nv.make_edit(stats, "power", "neva", sparsity=0.1, magnitude=4.0, gate="context"),
+             nv.make_edit(stats, "power", "caa", coefficient=6.0, gate="context"), None]
+    prompts = [host.chat_prompt("You find a wallet on the street."),
+               host.chat_prompt("A friend asks to borrow money.\n\nWhat do you do?")]
+    opts = [["I keep it.", "I hand it in at the police station nearby.", "I call my mum."],
+            ["I lend it gladly.", "No.", "I ask why they need it so badly today."]]
+    for positions in ("all", "response"):
+        cached = option_logprobs(host, prompts, opts, gated, positions, batch_size=6)
+        ctx = [p for p, os_ in zip(prompts, opts) for _ in os_]
+        lp, n = continuation_logprobs(host, ctx, [o for os_ in opts for o in os_], gated,
+                                      positions, batch_size=5)
+        torch.testing.assert_close(cached, (lp / n).view(len(gated), 2, 3), atol=1e-4, rtol=0)
+        assert (cached[0] - cached[2]).abs().max() > 1e-5  # the gated edits act
+
+
+def test_greedy_generation_with_a_gated_edit(tiny_host, tiny_stats, edits) -> None:
+    prompts = [tiny_host.chat_prompt(p) for p in PROMPTS[:2]]
+    neuron, residual = edits
+    out = greedy_generate(tiny_host, prompts, [
+        None, dataclasses.replace(neuron, gate=forced(tiny_stats.gate, -1e4)),
+        dataclasses.replace(residual, gate=forced(tiny_stats.gate, 1e4)), residual,
+        dataclasses.replace(neuron, gate=tiny_stats.gate)], max_new_tokens=6)
+    assert out[1] == out[0]  # g = 0 at every step: the unedited replies
+    assert out[2] == out[3]  # g = 1: the ungated edit's replies
+    assert all(isinstance(r, str) for r in out[4])
+
+
+def test_kv_cache_rows_must_be_a_multiple_of_the_prompt_rows(tiny_host, tiny_stats, edits
+                                                             ) -> None:
+    gated = dataclasses.replace(edits[1], gate=tiny_stats.gate)
+    batch = tiny_host.tokenize(PROMPTS[:2])
+    with nv.apply(tiny_host, gated) as group:
+        res = tiny_host.model(**batch, use_cache=True)
+        editor = group.editors[0][0]
+        assert editor.row_gate(4).shape == (4,)  # k-fold repeats reuse the prompt's gates
+        torch.testing.assert_close(editor.row_gate(4),
+                                   editor.gate_pass.values[0].repeat_interleave(2))
+        with pytest.raises(ValueError, match="multiple of the 2 rows"):
+            editor.row_gate(3)
+        assert res.past_key_values is not None
+
+
+def test_prompt_mask_stops_at_the_response_and_falls_back_to_the_text() -> None:
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    m = prompt_mask(mask, torch.tensor([3, 0]))  # row 1: no prompt token before its start
+    assert m.tolist() == [[False, True, True, False], [True, True, True, True]]
+    assert prompt_mask(mask, None).tolist() == mask.bool().tolist()
+
+
+def test_stats_round_trip_keep_the_gate_and_old_files_load(tiny_stats, tmp_path) -> None:
+    tiny_stats.save(tmp_path / "s.safetensors")
+    back = NeuronStats.load(tmp_path / "s.safetensors")
+    for name in ("weight", "mean", "std"):
+        assert torch.equal(getattr(back.gate, name), getattr(tiny_stats.gate, name))
+    assert back.gate.bias == tiny_stats.gate.bias and back.gate.layer == tiny_stats.gate.layer
+    assert torch.equal(back.gate_features, tiny_stats.gate_features)
+    assert torch.equal(back.gate_labels, tiny_stats.gate_labels)
+    # a file without a gate (an older neva_sweep) loads; only asking for a gate fails
+    old = dataclasses.replace(tiny_stats, gate=None, gate_features=None, gate_labels=None)
+    old.save(tmp_path / "old.safetensors")
+    old = NeuronStats.load(tmp_path / "old.safetensors")
+    assert old.gate is None
+    nv.make_edit(old, "power", "neva")
+    with pytest.raises(ValueError, match="gate 'context' needs statistics with a gate probe"):
+        nv.make_edit(old, "power", "neva", gate="context")
+
+
+def test_merged_shards_fit_the_same_gate(tiny_host, probes) -> None:
+    part = probes.shard(0, 12)
+    whole = nv.collect_stats(tiny_host, part, progress=False)
+    a, b = (nv.collect_stats(tiny_host, part.shard(r, 2), progress=False) for r in (0, 1))
+    merged = merge(a, b)
+    assert merged.gate_features.shape == whole.gate_features.shape
+    torch.testing.assert_close(merged.gate.weight, whole.gate.weight, atol=1e-4, rtol=1e-3)
+
+
+def test_gate_parameter_of_the_methods(tiny_stats) -> None:
+    for method in ("neva", "random_neurons", "caa"):
+        edit = nv.make_edit(tiny_stats, "power", method, gate="context")
+        assert edit.gate is tiny_stats.gate and edit.describe()["gate"] == "context"
+        assert nv.make_edit(tiny_stats, "power", method).gate is None
+    with pytest.raises(KeyError, match="unknown gate 'always'.*valid choices: none, context"):
+        nv.make_edit(tiny_stats, "power", "caa", gate="always")
+    with pytest.raises(TypeError, match="method 'prompt' takes no gate"):
+        nv.make_edit(tiny_stats, "power", "prompt", gate="context")
+    assert nv.make_edit(tiny_stats, "power", "prompt", gate="none").prefix
+
+
+def test_gate_accuracy_reports_both_classes(tiny_host, tiny_stats) -> None:
+    val = nv.load_probes(split="validate", neutral=False).shard(0, 12)
+    acc = gate_accuracy(tiny_stats, tiny_host, val, ["The river is wide.", "Snow fell."])
+    assert acc["n_value"] == len(val) and acc["n_neutral"] == 2 and acc["layer"] == 1
+    assert 0 <= acc["accuracy"] <= 1 and 0 <= acc["mean_g_neutral"] <= 1
+
+
+def test_preflight_names_the_gate_keys(config, tmp_path) -> None:
+    from neva_sweep.preflight import preflight
+
+    with pytest.raises(ConfigError, match=r"edit.gate: unknown choice 'always'; valid "
+                                          r"choices: none, context"):
+        preflight(config("task=steer", "value=power", "edit.gate=always"), tmp_path)
+    with pytest.raises(ConfigError, match=r"search.space.gates: unknown entry 'always'"):
+        preflight(config("search.space.gates=[none,always]"), tmp_path)
+    with pytest.raises(ConfigError, match=r"stats.gate_depth: must be in \[0, 1\]"):
+        preflight(config("task=identify", "stats.gate_depth=2"), tmp_path)
+    no_gate = tmp_path / "neutral.jsonl"
+    no_gate.write_text('{"text": "The river is wide."}\n')
+    with pytest.raises(ConfigError, match="edit.gate: a gate needs neutral texts"):
+        preflight(config("task=steer", "value=power", "edit.gate=context",
+                         f"data.neutral={no_gate}"), tmp_path)
