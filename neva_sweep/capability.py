@@ -3,6 +3,9 @@
 - Multiple-choice accuracy on the built-in general-knowledge set (``data/mc.jsonl``):
   each option is scored as a continuation of "Question: ...\\nAnswer:" by its summed
   log-probability divided by its token count; the best-scoring option is the answer.
+  The question runs once per edit and its KV cache serves its four options
+  (:func:`~neva_sweep.scoring.option_logprobs`), equal to scoring each question + option
+  pair on its own up to float error.
 - KL(base || edited) of next-token distributions over neutral texts, averaged over tokens.
   The base side is kept as its top-k tokens plus one bucket for the remaining mass, so it
   can be cached; KL on that coarsened distribution is a lower bound of the full KL and
@@ -21,7 +24,7 @@ import torch
 from .config import CapabilityConfig  # noqa: F401  (the capability.* schema, re-exported)
 from .data import DataError, Records, neutral_split
 from .models.host import ModelHost
-from .scoring import Edits, continuation_logprobs, token_logprobs
+from .scoring import Edits, continuation_logprobs, option_logprobs, token_logprobs
 
 N_CHOICES = 4
 
@@ -55,15 +58,21 @@ def mc_correct(host: ModelHost, questions: list[dict], edits: Edits = (None,),
     """Whether each edit's best-scoring option is the right one, (G, n) bool."""
     if not questions:  # capability.mc_limit = 0
         return np.zeros((len(edits), 0), dtype=bool)
-    contexts, conts = [], []
-    for q in questions:
-        for choice in q["choices"]:
-            contexts.append(f"Question: {q['question']}\nAnswer:")
-            conts.append(f" {choice}")
-    logp, n_tok = continuation_logprobs(host, contexts, conts, edits, positions, batch_size)
-    score = (logp / n_tok).reshape(len(edits), len(questions), N_CHOICES)  # (G, n, 4)
+    score = mc_scores(host, questions, edits, positions, batch_size)  # (G, n, 4)
     answers = torch.tensor([q["answer"] for q in questions])
     return (score.argmax(-1) == answers).numpy()
+
+
+def mc_prompt(question: dict) -> tuple[str, list[str]]:
+    """The context of an MC question and its choices as continuations of it."""
+    return f"Question: {question['question']}\nAnswer:", [f" {c}" for c in question["choices"]]
+
+
+def mc_scores(host: ModelHost, questions: list[dict], edits: Edits = (None,),
+              positions: str = "all", batch_size: int = 16) -> torch.Tensor:
+    """Mean per-token log-probability of every choice of every question, (G, n, 4) float64."""
+    prompts, options = zip(*(mc_prompt(q) for q in questions))
+    return option_logprobs(host, list(prompts), list(options), edits, positions, batch_size)
 
 
 @dataclass

@@ -81,3 +81,25 @@ def test_reply_nll_counts_reply_tokens_only(tiny_host) -> None:
     nll, n = reply_nll(tiny_host, ["Hello", "Hi"], ["there", ""])
     assert n == len(tiny_host.tokenizer("there", add_special_tokens=False).input_ids)
     assert nll > 0
+
+
+@pytest.mark.parametrize("arch", ["tiny-llama", "tiny-gpt2"])
+def test_mc_scores_with_a_shared_question_equal_separate_pairs(arch, tiny_stats) -> None:
+    """The question's KV cache serving its four choices gives the scores of scoring every
+    question + choice pair on its own (left padding: questions of different lengths)."""
+    from neva_sweep.capability import mc_prompt, mc_scores
+    from neva_sweep.scoring import continuation_logprobs
+
+    host = nv.load_model(arch)
+    qs = mc_questions(load_records("mc"), limit=6)
+    nmap = nv.select_neurons(nv.collect_stats(host, nv.load_probes().shard(0, 3),
+                                              progress=False), sparsity=0.1)
+    edits = [None, EditSpec(nmap["power"], "add", 3.0)]
+    contexts, conts = [], []
+    for q in qs:
+        ctx, choices = mc_prompt(q)
+        contexts += [ctx] * len(choices)
+        conts += choices
+    logp, n_tok = continuation_logprobs(host, contexts, conts, edits)
+    naive = (logp / n_tok).reshape(len(edits), len(qs), 4)
+    torch.testing.assert_close(mc_scores(host, qs, edits), naive, atol=1e-4, rtol=0)
