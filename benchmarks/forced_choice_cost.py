@@ -7,6 +7,11 @@ options, which run as one batch. Prints the tokens each computes, the wall time 
 
     python benchmarks/forced_choice_cost.py                     # SmolLM2, 24 scenarios
     python benchmarks/forced_choice_cost.py --model tiny-llama --scenarios 8
+    python benchmarks/forced_choice_cost.py --mc 40             # MC capability questions
+
+With ``--mc N`` the same comparison runs on N multiple-choice questions (each question
+once, its cache serving the four choices: neva_sweep.capability.mc_scores) instead of the
+scenarios.
 """
 
 from __future__ import annotations
@@ -28,12 +33,19 @@ def main() -> None:
     ap.add_argument("--scenarios", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--mc", type=int, default=None, help="MC questions instead of scenarios")
     args = ap.parse_args()
 
     host = nv.load_model(args.model)
-    judge = ForcedChoiceJudge(JudgeConfig(scenarios_limit=args.scenarios),
-                              load_records("scenarios"))
-    prompts, options = judge.prompts(host)
+    if args.mc:
+        from neva_sweep.capability import mc_prompt, mc_questions
+
+        prompts, options = map(list, zip(*(mc_prompt(q) for q in mc_questions(
+            load_records("mc"), args.mc))))
+    else:
+        judge = ForcedChoiceJudge(JudgeConfig(scenarios_limit=args.scenarios),
+                                  load_records("scenarios"))
+        prompts, options = judge.prompts(host)
     ctx, opts = option_rows(host, prompts, options)
     n_opt = len(opts[0])
     tokens_cached = sum(len(c) for c in ctx) + sum(len(o) for os_ in opts for o in os_)
@@ -58,7 +70,8 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     diff = float((results["cached"] - results["naive"]).abs().max())
     t_c, t_n = min(times["cached"]), min(times["naive"])
-    print(f"model {host.name}, {len(prompts)} scenarios x {n_opt} options, "
+    what = "MC questions" if args.mc else "scenarios"
+    print(f"model {host.name}, {len(prompts)} {what} x {n_opt} options, "
           f"batch size {args.batch_size}, torch threads {torch.get_num_threads()}")
     print(f"{'':<8}{'tokens':>10}{'wall s (best of ' + str(args.repeats) + ')':>24}")
     print(f"{'naive':<8}{tokens_naive:>10}{t_n:>24.2f}")
