@@ -242,3 +242,17 @@ def test_preflight_names_the_gate_keys(config, tmp_path) -> None:
     with pytest.raises(ConfigError, match="edit.gate: a gate needs neutral texts"):
         preflight(config("task=steer", "value=power", "edit.gate=context",
                          f"data.neutral={no_gate}"), tmp_path)
+
+
+def test_neutral_split_is_validated(tmp_path) -> None:
+    from neva_sweep.data import DataError
+
+    bad = tmp_path / "neutral.jsonl"
+    bad.write_text('{"text": "Snow fell.", "split": "train"}\n')
+    with pytest.raises(DataError, match=r"neutral.jsonl:1: split must be one of "
+                                        r"\['capability', 'gate'\]"):
+        load_records("neutral", bad)
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text('{"text": "Snow fell."}\n')
+    assert neutral_split(load_records("neutral", plain), "capability") == ["Snow fell."]
+    assert nv.load_probes(neutral=plain).neutral == ()  # no gate texts: no gate
