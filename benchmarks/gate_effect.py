@@ -1,0 +1,90 @@
+"""What the context gate buys: the same edits gated and ungated, on value-laden scenarios,
+neutral text and multiple-choice questions.
+
+For each value and method (neva, caa), the edit with the given parameters (the method's
+defaults unless ``--params`` names a JSON file of {"<value>/<method>": {params}}, e.g.
+the best trials of a sweep) is evaluated twice in one batched pass, with ``gate=none`` and
+``gate=context``: alignment on the sweep's forced-choice scenarios (the gate is near 1
+on them, so the two alignments should match), KL on the neutral texts of the capability
+split (never seen by the gate's probe), and MC accuracy on every built-in question
+(a distribution the probe never saw either). Also the mean gate value on each input set.
+
+    OMP_NUM_THREADS=1 python benchmarks/gate_effect.py [--values power tradition benevolence]
+        [--params best.json] [--json gate_effect.json] [override ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+import neva_sweep as nv
+from neva_sweep.capability import mc_prompt
+from neva_sweep.config import compose_config
+from neva_sweep.evaluate import Evaluator
+from neva_sweep.gate import gate_of, pooled_features
+from neva_sweep.sweep.methods import METHODS
+from neva_sweep.sweep.run import eval_setup
+from neva_sweep.tasks import stats_from_config
+
+
+@torch.inference_mode()
+def mean_gate(host, gate, texts: list[str]) -> float:
+    """Mean g over ``texts``, each pooled whole as a prompt (the gate's own features)."""
+    return float(gate.probability(pooled_features(host, texts, gate.layer, max_length=512)
+                                  ).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--values", nargs="+", default=["power", "tradition", "benevolence"])
+    ap.add_argument("--methods", nargs="+", default=["neva", "caa"])
+    ap.add_argument("--params", default=None, help="JSON {value/method: params}")
+    ap.add_argument("--mc", type=int, default=None, help="MC questions (default: all)")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of the sweep config")
+    args = ap.parse_args()
+
+    cfg = compose_config("capability.mc_limit=null", *args.overrides)
+    host = nv.load_model(cfg.model)
+    stats = stats_from_config(cfg, host)
+    setup = eval_setup(cfg)
+    setup.capability.mc_limit = args.mc  # every question unless --mc
+    ev = Evaluator(host, setup.judge, setup.capability, setup.data, setup.cache_dir)
+    given = json.load(open(args.params)) if args.params else {}
+    edits, labels = [], []
+    for v in args.values:
+        for m in args.methods:
+            params = {**METHODS[m].defaults, **given.get(f"{v}/{m}", {})}
+            for gate in ("none", "context"):
+                edits.append((v, nv.make_edit(stats, v, m, **{**params, "gate": gate})))
+                labels.append((v, m, gate, params))
+    recs = ev.evaluate(edits)
+    gate = gate_of(stats, "context")
+    prompts, _ = ev.judge.prompts(host)
+    g = {"scenarios": mean_gate(host, gate, prompts),
+         "neutral": mean_gate(host, gate, ev.neutral),
+         "mc": mean_gate(host, gate, [mc_prompt(q)[0] for q in ev.questions])}
+    print(f"mean g: scenario prompts {g['scenarios']:.3f}, neutral texts {g['neutral']:.3f}, "
+          f"MC questions {g['mc']:.3f}; {len(ev.questions)} MC questions, base accuracy "
+          f"{recs[0]['accuracy_base']:.3f}")
+    print("| value | method | gate | alignment [95% CI] | NLR | KL | MC accuracy drop |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for (v, m, gate_name, params), r in zip(labels, recs):
+        lo, hi = r["ci"]["alignment"]
+        print(f"| {v} | {m} | {gate_name} | {r['alignment']:+.4f} [{lo:+.4f}, {hi:+.4f}] | "
+              f"{r['nlr']:.2f} | {r['kl']:.4f} | {r['accuracy_drop']:+.3f} |")
+        rows.append({"value": v, "method": m, "gate": gate_name, "params": params,
+                     **{k: r[k] for k in ("alignment", "nlr", "kl", "accuracy_drop",
+                                          "accuracy_edited", "acquiescence")},
+                     "alignment_ci": [lo, hi]})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"mean_gate": g, "n_mc": len(ev.questions), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
