@@ -132,7 +132,7 @@ def load_kl(paths: list[str]) -> dict[tuple[str, str], list[dict]]:
     """COMPLETE trials with a KL, per (value, method label), from every file."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     keys = ("alignment", "nlr", "nglr", "alignment_ci_lo", "alignment_ci_hi", "nlr_floor",
-            "kl")
+            "kl", "trial")
     for path in paths:
         for r in csv.DictReader(open(path)):
             if r["state"] == "COMPLETE" and r.get("kl") not in (None, ""):
@@ -178,6 +178,32 @@ def budget_tables(paths: list[str], budgets: list[float]) -> None:
         print(f"| {m} | " + " | ".join(
             f"{np.mean(zs[(m, b)]):+.1f} ({len(zs[(m, b)])})" if zs[(m, b)] else "–"
             for b in budgets) + " |")
+
+
+def convergence_table(paths: list[str], budget: float, within: float = 0.9) -> None:
+    """When each study's best alignment at KL <= budget was reached: the number of
+    COMPLETE trials (in trial order) until the running best first came within ``within``
+    of the final best, and until it reached it. Many studies reaching it only in their
+    last trials means the search has not converged at this budget."""
+    groups = load_kl(paths)
+    print(f"| value | method | trials | best A @ KL<={budget:g} | trials to {within:.0%} of it "
+          "| trials to it |")
+    print("|---|---|---|---|---|---|")
+    late = total = 0
+    for v in VALUES:
+        for m in sorted({k[1] for k in groups}):
+            pts = sorted(groups.get((v, m), []), key=lambda p: p["trial"])
+            ok = [p["alignment"] if p["kl"] <= budget else -np.inf for p in pts]
+            if not pts or max(ok) <= 0:
+                continue
+            run = np.maximum.accumulate(ok)
+            best = run[-1]
+            near = int(np.argmax(run >= within * best)) + 1
+            at = int(np.argmax(run >= best)) + 1
+            total += 1
+            late += at > len(pts) * 2 // 3
+            print(f"| {v} | {m} | {len(pts)} | {best:+.4f} | {near} | {at} |")
+    print(f"\n{late} of {total} studies found their best in the last third of their trials")
 
 
 def figure(paths: list[str], out: str, budgets: list[float]) -> None:
@@ -226,6 +252,8 @@ if __name__ == "__main__":
     args = ap.parse_args()
     if args.budgets:
         budget_tables(args.trials, args.budgets)
+        print()
+        convergence_table(args.trials, max(args.budgets))
         if args.figure:
             figure(args.trials, args.figure, args.budgets)
     else:
