@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,3 +63,18 @@ def capture_site_inputs(host, fn) -> list[torch.Tensor]:
         for h in handles:
             h.remove()
     return seen
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """Statistics and unedited sides shared by one module's sweeps."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def sweep_cfg(config, cache):
+    """``sweep_cfg(*overrides)``: a fast sweep on tiny-llama (tests/test_sweep.py's FAST)
+    sharing the module's cache."""
+    from tests.test_sweep import FAST
+
+    return lambda *overrides: config(*FAST, f"cache_dir={cache}", *overrides)

@@ -136,16 +136,6 @@ def test_bad_storage_names_the_key_the_value_and_both_forms(tmp_path, given):
 
 # -- sweeps -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def sweep_cfg(config, cache):
-    return lambda *overrides: config(*FAST, f"cache_dir={cache}", *overrides)
-
-
-@pytest.fixture(scope="module")
 def cluster():
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
              configure_logging=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})

@@ -96,7 +96,8 @@ def test_random_neurons_are_seeded(tiny_stats):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(sparsity=0.0), "sparsity must be in \\(0, 1\\) \\(edit.sparsity\\)"),
     (dict(sparsity=1.5), "edit.sparsity"),
-    (dict(score="cosine"), "unknown score 'cosine'; valid choices: mean_diff, contrast_d, prob_diff, lape"),
+    (dict(score="cosine"), "unknown score 'cosine'; valid choices: mean_diff, contrast_d, "
+                           "prob_diff, lape"),
     (dict(polarity="negative"), "unknown polarity 'negative' \\(edit.polarity\\); valid "
                                 "choices: positive, both"),
     (dict(polarity="both", score="lape"), "polarity=both needs a signed score"),

@@ -73,18 +73,6 @@ def cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    """Statistics and unedited sides shared by the module's sweeps."""
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def sweep_cfg(config, cache):
-    """``sweep_cfg(*overrides)``: a fast sweep on tiny-llama sharing the module's cache."""
-    return lambda *overrides: config(*FAST, f"cache_dir={cache}", *overrides)
-
-
 def trials(run_dir: Path) -> list[dict]:
     with (run_dir / "trials.csv").open() as f:
         return list(csv.DictReader(f))
