@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .methods import METHODS
 from .plan import StudyKey
-from .studies import StudyState, objective_values, record_attrs
+from .studies import StudyState, objective_values, record_attrs, set_user_attrs
 
 POLL_S = 0.2  # how often a waiting driver looks at Ctrl-C and the checkpoint timer
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both stop the driver at a safe point
@@ -188,6 +188,7 @@ class Scheduler:
         self.callbacks, self.checkpoint = list(callbacks), checkpoint
         self.checkpoint_every_s, self.progress = checkpoint_every_s, progress
         self.inflight: dict[Any, _Batch] = {}
+        self.n_inflight = 0  # trials in self.inflight (kept, not summed: hundreds of batches)
         self.retry: dict[str, deque[Pending]] = {w.model: deque() for w in self.workers}
         self.outstanding = {w.name: 0 for w in self.workers}
         self.generation = {w.name: 0 for w in self.workers}
@@ -262,9 +263,6 @@ class Scheduler:
                 signal.signal(s, h)
 
     # -- handing out work ----------------------------------------------------------------
-    def _n_inflight(self) -> int:
-        return sum(len(b.trials) for b in self.inflight.values())
-
     def _has_work(self, model: str) -> bool:
         return bool(self.retry[model]) or any(
             s.wants_more() for s in self.studies if s.key.model == model)
@@ -272,16 +270,21 @@ class Scheduler:
     def _next_worker(self) -> Worker | None:
         """The least-loaded worker with work for its model; ties go round-robin."""
         n = len(self.workers)
-        order = [self.workers[(self._rr_worker + i) % n] for i in range(n)]
-        ready = [w for w in order if self._has_work(w.model)]
-        if not ready:
+        # Once per model, not per worker: hundreds of replicas share a few models.
+        work = {m: self._has_work(m) for m in dict.fromkeys(w.model for w in self.workers)}
+        best, best_load = None, None
+        for i in range(n):
+            j = (self._rr_worker + i) % n
+            w = self.workers[j]
+            if work[w.model] and (best_load is None or self.outstanding[w.name] < best_load):
+                best, best_load = j, self.outstanding[w.name]  # the first of the ties
+        if best is None:
             return None
-        worker = min(ready, key=lambda w: self.outstanding[w.name])  # first of the ties
-        self._rr_worker = (self.workers.index(worker) + 1) % n
-        return worker
+        self._rr_worker = (best + 1) % n
+        return self.workers[best]
 
     def _fill(self) -> None:
-        while (room := self.max_in_flight - self._n_inflight()) > 0:
+        while (room := self.max_in_flight - self.n_inflight) > 0:
             worker = self._next_worker()
             if worker is None:
                 return
@@ -324,11 +327,13 @@ class Scheduler:
             self._died(worker, self.generation[worker.name], batch, e)
             return
         self.inflight[ref] = _Batch(worker, self.generation[worker.name], batch)
+        self.n_inflight += len(batch)
         self.outstanding[worker.name] += 1
 
     # -- results ---------------------------------------------------------------------------
     def _collect(self, ref: Any) -> None:
         b = self.inflight.pop(ref)
+        self.n_inflight -= len(b.trials)
         self.outstanding[b.worker.name] -= 1
         try:
             results = self.backend.get(ref)
@@ -369,9 +374,10 @@ class Scheduler:
                            worker.name))
 
     def _fail(self, p: Pending, error: str, worker: Worker | None) -> None:
-        p.trial.set_user_attr("error", str(error)[:2000])
+        attrs = {"error": str(error)[:2000]}
         if worker is not None:
-            p.trial.set_user_attr("replica", worker.name)
+            attrs["replica"] = worker.name
+        set_user_attrs(p.trial, attrs)
         p.state.study.tell(p.trial, state=optuna.trial.TrialState.FAIL)
         p.state.running -= 1
         p.state.failed += 1
@@ -422,6 +428,7 @@ class Scheduler:
         pending = [p for b in self.inflight.values() for p in b.trials]
         pending += [p for q in self.retry.values() for p in q]
         self.inflight.clear()
+        self.n_inflight = 0
         for q in self.retry.values():
             q.clear()
         for p in pending:

@@ -166,10 +166,84 @@ ATTR_KEYS = (*METRICS, "ci", "judge")
 
 def record_attrs(trial: optuna.Trial, metrics: dict, extra: dict, search: DictConfig) -> None:
     """User attributes and constraints of a finished trial (before it is told)."""
-    for name, value in constraint_values(metrics, budgets(search)).items():
-        trial.set_constraint(name, value)
-    for k in ATTR_KEYS:
-        if k in metrics:
-            trial.set_user_attr(k, metrics[k])
-    for k, v in extra.items():
+    attrs = {k: metrics[k] for k in ATTR_KEYS if k in metrics}
+    set_user_attrs(trial, {**attrs, **extra},
+                   constraint_values(metrics, budgets(search)))
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: dict, constraints: dict | None = None) -> None:
+    """``trial.set_user_attr(k, v)`` for every item of ``attrs`` and
+    ``trial.set_constraint(k, v)`` for every item of ``constraints``, in one storage write
+    where the storage allows it: one transaction for SQL storages, one appended (and
+    fsynced) block for the journal file. One call per attribute costs a commit (an fsync)
+    each, and a finished trial has some twenty: with hundreds of replicas those, not
+    Optuna's sampling, limit the driver. Other storages, or an Optuna whose internals
+    differ, take the public route, one call per attribute."""
+    constraints = constraints or {}
+    storage = getattr(trial.storage, "_backend", trial.storage)  # RDB behind Optuna's cache
+    write = (_rdb_write if isinstance(storage, RDBStorage) else
+             _journal_write if isinstance(storage, JournalStorage) else None)
+    if write is not None and (attrs or constraints):
+        try:
+            system = _constraint_attrs(trial, constraints)
+            write(storage, trial._trial_id, attrs, system)
+        except (AttributeError, ImportError, _PublicRoute):  # nothing written: public route
+            pass
+        else:  # the Trial's own copy, as set_user_attr and set_constraint keep it
+            trial._cached_frozen_trial.user_attrs.update(attrs)
+            trial._cached_frozen_trial.system_attrs.update(system)
+            return
+    for k, v in constraints.items():
+        trial.set_constraint(k, v)
+    for k, v in attrs.items():
         trial.set_user_attr(k, v)
+
+
+class _PublicRoute(Exception):
+    """A case the public calls handle themselves (their errors and warnings)."""
+
+
+def _constraint_attrs(trial: optuna.Trial, constraints: dict) -> dict:
+    """The system attributes ``Trial.set_constraint`` writes."""
+    from optuna.trial._trial import _CONSTRAINTS_KEY
+
+    out = {}
+    for k, v in constraints.items():
+        key = f"{_CONSTRAINTS_KEY}:{k}"
+        # Not a finite float (set_constraint raises) or set already (it warns, ignores).
+        if (not isinstance(v, int | float) or math.isnan(v)
+                or key in trial._cached_frozen_trial.system_attrs):
+            raise _PublicRoute(k)
+        out[key] = float(v)
+    return out
+
+
+def _rdb_write(storage: RDBStorage, trial_id: int, attrs: dict, system: dict) -> None:
+    """What ``RDBStorage.set_trial_user_attr`` (and ``_system_attr``) do per key, in one
+    transaction."""
+    from optuna.storages._rdb.models import TrialSystemAttributeModel, TrialUserAttributeModel
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(storage.scoped_session, True) as session:
+        for model, items in ((TrialSystemAttributeModel, system),
+                             (TrialUserAttributeModel, attrs)):
+            for k, v in items.items():
+                storage._set_trial_attr_without_commit(session, model, trial_id, k, v)
+
+
+def _journal_write(storage: JournalStorage, trial_id: int, attrs: dict, system: dict) -> None:
+    """The log lines ``JournalStorage.set_trial_user_attr`` (and ``_system_attr``) append
+    per key, appended together (one lock, one fsync); replaying them raises, as one call
+    does, if the trial is finished already."""
+    from optuna.storages.journal._storage import JournalOperation
+
+    op = JournalOperation
+    with storage._thread_lock:
+        worker_id = storage._replay_result.worker_id
+        logs = [{"op_code": op.SET_TRIAL_SYSTEM_ATTR, "system_attr": {k: v}}
+                for k, v in system.items()]
+        logs += [{"op_code": op.SET_TRIAL_USER_ATTR, "user_attr": {k: v}}
+                 for k, v in attrs.items()]
+        storage._backend.append_logs([{**log, "worker_id": worker_id, "trial_id": trial_id}
+                                      for log in logs])
+        storage._sync_with_backend()
