@@ -21,8 +21,12 @@ gated sweep) it prints instead, per value, the comparison at matched capability 
 for each method (``+gate`` when the trial's ``gate`` parameter is ``context``) and KL
 budget, the best alignment among COMPLETE trials with KL <= budget (nats/token on
 neutral text; the highest point of the method's alignment-KL front below the budget),
-its 95% bootstrap interval, NLR and NGLR there, and z = alignment / null sd; then each
-method's mean z over the values. ``--figure PATH`` draws alignment against KL per method
+its 95% bootstrap interval, NLR, NGLR and acquiescence (the mean change of every option's
+log-probability on the scenarios: a strongly negative value means the edit makes the
+model less fluent on value-laden prompts, which KL on neutral text cannot see once a gate
+spares neutral text) there, and z = alignment / null sd; then each
+method's mean z over the values. ``--max-acq-drop A`` also requires acquiescence >= -A, a
+fluency budget on the scenarios themselves. ``--figure PATH`` draws alignment against KL per method
 for up to three values.
 
     python benchmarks/method_comparison.py --budgets 0.02 0.05 --figure docs/method_kl.png \
@@ -132,7 +136,7 @@ def load_kl(paths: list[str]) -> dict[tuple[str, str], list[dict]]:
     """COMPLETE trials with a KL, per (value, method label), from every file."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     keys = ("alignment", "nlr", "nglr", "alignment_ci_lo", "alignment_ci_hi", "nlr_floor",
-            "kl", "trial")
+            "kl", "trial", "acquiescence")
     for path in paths:
         for r in csv.DictReader(open(path)):
             if r["state"] == "COMPLETE" and r.get("kl") not in (None, ""):
@@ -140,9 +144,14 @@ def load_kl(paths: list[str]) -> dict[tuple[str, str], list[dict]]:
     return groups
 
 
+MAX_ACQ_DROP = None  # --max-acq-drop: also require acquiescence >= -this
+
+
 def best_within(points: list[dict], budget: float) -> dict | None:
-    """The highest-alignment trial with KL <= budget (None if none is that cheap)."""
-    ok = [p for p in points if p["kl"] <= budget]
+    """The highest-alignment trial with KL <= budget (and, with --max-acq-drop, option
+    log-probabilities on the scenarios lowered by at most that much; None if none is)."""
+    ok = [p for p in points if p["kl"] <= budget and (
+        MAX_ACQ_DROP is None or p["acquiescence"] >= -MAX_ACQ_DROP)]
     return max(ok, key=lambda p: p["alignment"]) if ok else None
 
 
@@ -150,8 +159,8 @@ def budget_tables(paths: list[str], budgets: list[float]) -> None:
     groups = load_kl(paths)
     methods = sorted({m for _, m in groups})
     print("| value | method | trials | " + " | ".join(
-        f"A @ KL<={b:g} [95% CI] | NLR | NGLR | z" for b in budgets) + " |")
-    print("|---|---|---|" + "---|---|---|---|" * len(budgets))
+        f"A @ KL<={b:g} [95% CI] | NLR | NGLR | acq. | z" for b in budgets) + " |")
+    print("|---|---|---|" + "---|---|---|---|---|" * len(budgets))
     zs: dict[tuple[str, float], list[float]] = defaultdict(list)
     for v in VALUES:
         for m in methods:
@@ -162,13 +171,13 @@ def budget_tables(paths: list[str], budgets: list[float]) -> None:
             for b in budgets:
                 best = best_within(pts, b)
                 if best is None:
-                    cells.append("– | – | – | –")
+                    cells.append("– | – | – | – | –")
                     continue
                 z = best["alignment"] / (best["nlr_floor"] / 2)  # nlr_floor = 2 null sd
                 zs[(m, b)].append(z)
                 cells.append(f"{best['alignment']:+.4f} [{best['alignment_ci_lo']:+.4f}, "
                              f"{best['alignment_ci_hi']:+.4f}] | {best['nlr']:.2f} | "
-                             f"{best['nglr']:.2f} | {z:+.1f}")
+                             f"{best['nglr']:.2f} | {best['acquiescence']:+.3f} | {z:+.1f}")
             print(f"| {v} | {m} | {len(pts)} | " + " | ".join(cells) + " |")
     print()
     print("| method | " + " | ".join(f"mean z @ KL<={b:g} (values reached)" for b in budgets)
@@ -249,7 +258,11 @@ if __name__ == "__main__":
     ap.add_argument("--budgets", nargs="+", type=float, default=None,
                     help="KL budgets (nats/token): compare methods at matched capability cost")
     ap.add_argument("--figure", default=None, help="PNG of alignment vs KL per method")
+    ap.add_argument("--max-acq-drop", type=float, default=None,
+                    help="also require acquiescence >= -this (nats/token): a fluency budget "
+                         "on the value-laden prompts themselves")
     args = ap.parse_args()
+    MAX_ACQ_DROP = args.max_acq_drop
     if args.budgets:
         budget_tables(args.trials, args.budgets)
         print()
