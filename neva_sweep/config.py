@@ -170,6 +170,9 @@ class SearchConfig:
     max_in_flight: int | None = None  # trials asked, not told; None = 2 x replicas x batch
     max_failures: int | None = None  # FAIL trials per study and run before giving it up;
     # None = n_trials
+    # fresh studies first try the best feasible setting of the same method for another
+    # value, then the method's defaults (neva_sweep/sweep/warm.py)
+    warm_start: bool = True
 
 
 @dataclass

@@ -6,7 +6,7 @@ samplers, constraints), ``cluster`` (Ray, replicas, statistics once per model),
 ``worker`` (the trial function on the actors), ``scheduler`` (the ask/tell driver),
 ``front`` (feasibility, Pareto fronts, the best-edit rule and trials rows, on plain data:
 shared with the report), ``outputs`` (trials.csv, pareto.json, best_edits.json),
-``logging`` (W&B) and ``run`` (``task=sweep``).
+``logging`` (W&B), ``warm`` (the first trials of fresh studies) and ``run`` (``task=sweep``).
 
 The methods are registered on import; the driver's modules (and Ray) load on first use
 of the names below, so the report can use ``front`` without them.

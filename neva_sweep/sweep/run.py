@@ -40,6 +40,7 @@ from .plan import (
 )
 from .scheduler import Interrupted, Scheduler, reclaim_sigterm, sigterm_stops
 from .studies import StudyState, fail_stale_trials, open_storage, open_studies
+from .warm import warm_start
 from .worker import EvalSetup
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> SweepResult
             stale = fail_stale_trials(states, lock)  # only now: no live driver owns them
             if stale:
                 log.warning("marked %d trial(s) left RUNNING by a stopped driver as FAIL", stale)
+            warm_start(states, cfg.search)  # fresh studies start from what worked
             paths = _drive(cfg, plan, run_dir, states, callbacks)
     except Interrupted as e:
         if e.signum != signal.SIGTERM:

@@ -1,0 +1,101 @@
+"""Warm starts: the first trials of a fresh study come from what already worked.
+
+A study with no trials yet (a new sweep, or a value, method or model added to a resumed
+one) gets up to two enqueued trials (``optuna.Study.enqueue_trial``) before its sampler
+takes over:
+
+1. the best feasible trial (highest alignment within the capability budgets) among the
+   studies of the same model and method for the *other* values, when any has one: a
+   setting that worked for a neighbouring value is a better first guess than a random
+   draw;
+2. the method's documented defaults (``METHODS[method].defaults``).
+
+Only the parameters the method searches are enqueued, and only values inside the current
+search space (a donor trial from a wider space, or a default outside a narrowed one, is
+skipped), so a warm start never changes what can be sampled. TPE counts enqueued trials
+among its ``n_startup_trials``. ``search.warm_start=false`` turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+
+from .front import budgets, is_feasible
+from .methods import METHODS
+from .studies import StudyState
+
+log = logging.getLogger(__name__)
+
+
+def fit_space(method: str, space: Any, params: dict[str, Any]) -> dict[str, Any] | None:
+    """``params`` restricted to what ``method`` searches in ``space``, or None when a
+    searched parameter is missing or outside its range or choices.
+
+    A dry run of the method's ``suggest`` on a throwaway in-memory study with ``params``
+    enqueued gives the searched names and their distributions.
+    """
+    study = optuna.create_study()
+    study.enqueue_trial(params)
+    trial = study.ask()
+    try:
+        with warnings.catch_warnings():  # Optuna warns of out-of-range fixed values
+            warnings.simplefilter("ignore", UserWarning)
+            METHODS[method].suggest(trial, space)
+    except ValueError:  # a categorical value not among the choices
+        return None
+    out = {}
+    for name, dist in trial.distributions.items():
+        if name not in params:
+            return None
+        try:
+            inside = dist._contains(dist.to_internal_repr(params[name]))
+        except ValueError:
+            return None
+        if not inside:
+            return None
+        out[name] = params[name]
+    return out
+
+
+def best_feasible_params(state: StudyState, limits: dict[str, float]) -> dict | None:
+    """The Optuna parameters of the study's highest-alignment feasible COMPLETE trial."""
+    trials = [t for t in state.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.user_attrs.get("alignment") is not None
+              and is_feasible(t.user_attrs, limits)]
+    if not trials:
+        return None
+    return dict(max(trials, key=lambda t: t.user_attrs["alignment"]).params)
+
+
+def warm_start(states: list[StudyState], search: DictConfig) -> int:
+    """Enqueue the starting trials of every fresh study; returns how many were enqueued."""
+    if not search.get("warm_start", True):
+        return 0
+    limits = budgets(search)
+    enqueued = 0
+    for s in states:
+        if s.study.get_trials(deepcopy=False):  # not fresh: its own trials guide it
+            continue
+        donors = [o for o in states if o is not s and o.key.model == s.key.model
+                  and o.key.method == s.key.method]
+        found = [(o.best_alignment or float("-inf"), p) for o in donors
+                 if (p := best_feasible_params(o, limits)) is not None]
+        candidates = [max(found, key=lambda x: x[0])[1]] if found else []
+        candidates.append(dict(METHODS[s.key.method].defaults))
+        seen: list[dict] = []
+        for params in candidates:
+            fitted = fit_space(s.key.method, search.space, params)
+            if fitted is None or fitted in seen:
+                continue
+            s.study.enqueue_trial(fitted, skip_if_exists=True)
+            seen.append(fitted)
+            enqueued += 1
+    if enqueued:
+        log.info("warm start: %d trial(s) enqueued in fresh studies", enqueued)
+    return enqueued

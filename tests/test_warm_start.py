@@ -1,0 +1,75 @@
+"""Warm starts of fresh studies (neva_sweep/sweep/warm.py), on real in-memory Optuna studies."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from neva_sweep.sweep.methods import METHODS
+from neva_sweep.sweep.plan import StudyKey
+from neva_sweep.sweep.studies import StudyState
+from neva_sweep.sweep.warm import fit_space, warm_start
+
+
+@pytest.fixture
+def search(config):
+    return config("search.space.rules=[add,scale]").search  # max_kl 0.1 by default
+
+
+def state(value: str, method: str = "neva") -> StudyState:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    return StudyState(StudyKey("m", value, method), study, target=4, max_failures=4)
+
+
+def finish(s: StudyState, space, params: dict, alignment: float, kl: float) -> None:
+    """A COMPLETE trial of ``s`` with ``params`` and the metrics a trial records."""
+    s.study.enqueue_trial(params)
+    trial = s.study.ask()
+    METHODS[s.key.method].suggest(trial, space)
+    trial.set_user_attr("alignment", alignment)
+    trial.set_user_attr("kl", kl)
+    s.study.tell(trial, [alignment, 0.1])
+    s.best_alignment = max(alignment, s.best_alignment or alignment)
+
+
+def asked_params(s: StudyState, space) -> list[dict]:
+    """The parameters of the study's waiting (enqueued) trials, as the scheduler asks them."""
+    out = []
+    for _ in s.study.get_trials(states=(TrialState.WAITING,)):
+        trial = s.study.ask()
+        METHODS[s.key.method].suggest(trial, space)
+        out.append(trial.params)
+    return out
+
+
+def test_fit_space_keeps_searched_parameters_inside_the_space(search):
+    defaults = METHODS["neva"].defaults
+    fitted = fit_space("neva", search.space, dict(defaults))
+    # sparsity, magnitude and rule are searched here; score, positions... have one choice
+    assert fitted == {"sparsity": defaults["sparsity"], "magnitude": defaults["magnitude"],
+                      "rule": "add"}
+    assert fit_space("neva", search.space, {**defaults, "magnitude": 80.0}) is None
+    assert fit_space("neva", search.space, {**defaults, "rule": "set"}) is None
+    assert fit_space("neva", search.space, {"magnitude": 4.0}) is None  # sparsity missing
+
+
+def test_fresh_study_starts_from_another_values_best_feasible_then_defaults(search):
+    done, fresh, caa = state("power"), state("benevolence"), state("security", "caa")
+    good = {"sparsity": 0.004, "magnitude": 6.0, "rule": "scale"}
+    finish(done, search.space, good, alignment=0.02, kl=0.05)
+    finish(done, search.space, {"sparsity": 0.008, "magnitude": 7.5, "rule": "add"},
+           alignment=0.05, kl=0.5)  # higher alignment but over the KL budget: not a donor
+    assert warm_start([done, fresh, caa], search) == 3
+    defaults = fit_space("neva", search.space, dict(METHODS["neva"].defaults))
+    assert asked_params(fresh, search.space) == [good, defaults]
+    # the caa study has no donor of its method: its defaults only
+    assert asked_params(caa, search.space) == [
+        fit_space("caa", search.space, dict(METHODS["caa"].defaults))]
+    assert len(done.study.get_trials()) == 2  # a study with trials gets nothing
+
+
+def test_warm_start_can_be_turned_off(config):
+    s = state("power")
+    assert warm_start([s], config("search.warm_start=false").search) == 0
+    assert s.study.get_trials() == []
