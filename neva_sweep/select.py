@@ -68,20 +68,28 @@ def reference_stats(stats: NeuronStats, score: str) -> tuple[torch.Tensor, torch
     return mean_ref, (second - mean_ref**2).clamp(min=0)
 
 
+def pooled_sd(stats: NeuronStats, var_ref: torch.Tensor) -> torch.Tensor:
+    """(V, N) pooled standard deviation of each value and its reference: the denominator
+    of Cohen's d and the unit of the ``add_sd`` rule."""
+    return ((stats.var + var_ref) / 2).sqrt()
+
+
+def cohens_d(stats: NeuronStats, score: str) -> torch.Tensor:
+    """(mu_t - mu_ref) / pooled sd against ``score``'s reference (:func:`reference_stats`)."""
+    mean_ref, var_ref = reference_stats(stats, score)
+    return (stats.mean - mean_ref) / pooled_sd(stats, var_ref).clamp(min=1e-8)
+
+
 @SCORES.add("mean_diff")
 def mean_diff_score(stats: NeuronStats) -> torch.Tensor:
     """Cohen's d of value t against the balanced rest: (mu_t - mu_rest) / pooled std."""
-    mean_rest, var_rest, _ = rest_stats(stats)
-    pooled = ((stats.var + var_rest) / 2).sqrt().clamp(min=1e-8)
-    return (stats.mean - mean_rest) / pooled
+    return cohens_d(stats, "mean_diff")
 
 
 @SCORES.add("contrast_d")
 def contrast_d_score(stats: NeuronStats) -> torch.Tensor:
     """Cohen's d of value t against its circumplex opposites (see the module docstring)."""
-    mean_ref, var_ref = reference_stats(stats, "contrast_d")
-    pooled = ((stats.var + var_ref) / 2).sqrt().clamp(min=1e-8)
-    return (stats.mean - mean_ref) / pooled
+    return cohens_d(stats, "contrast_d")
 
 
 @SCORES.add("prob_diff")
@@ -317,7 +325,7 @@ def select_neurons(
     owner = scores.argmax(0) if exclusive else None
     k = math.ceil(sparsity * stats.n_neurons)
     mean_ref, var_ref = reference_stats(stats, score)
-    std = ((stats.var + var_ref) / 2).sqrt()  # (V, N) pooled sd, the unit of add_sd
+    std = pooled_sd(stats, var_ref)  # (V, N), the unit of add_sd
     quant = stats.quantile()
     index = stats.index_in_layer()
     built_for = ModelId.from_meta(stats.meta)
@@ -359,5 +367,5 @@ def random_neurons(
     return ValueNeurons(
         layer[top].clone(), stats.index_in_layer()[top].clone(), torch.zeros(top.numel()),
         (stats.mean[t, top] - mean_rest[t, top]).float(), stats.quantile()[t, top].float(),
-        ModelId.from_meta(stats.meta), ((stats.var[t, top] + var_rest[t, top]) / 2).sqrt().float(),
+        ModelId.from_meta(stats.meta), pooled_sd(stats, var_rest)[t, top].float(),
     )

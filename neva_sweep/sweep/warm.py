@@ -63,14 +63,15 @@ def fit_space(method: str, space: Any, params: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def best_feasible_params(state: StudyState, limits: dict[str, float]) -> dict | None:
-    """The Optuna parameters of the study's highest-alignment feasible COMPLETE trial."""
+def best_feasible(state: StudyState, limits: dict[str, float]) -> tuple[float, dict] | None:
+    """(alignment, Optuna parameters) of the study's best feasible COMPLETE trial."""
     trials = [t for t in state.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
               if t.user_attrs.get("alignment") is not None
               and is_feasible(t.user_attrs, limits)]
     if not trials:
         return None
-    return dict(max(trials, key=lambda t: t.user_attrs["alignment"]).params)
+    best = max(trials, key=lambda t: t.user_attrs["alignment"])
+    return best.user_attrs["alignment"], dict(best.params)
 
 
 def warm_start(states: list[StudyState], search: DictConfig) -> int:
@@ -84,9 +85,8 @@ def warm_start(states: list[StudyState], search: DictConfig) -> int:
             continue
         donors = [o for o in states if o is not s and o.key.model == s.key.model
                   and o.key.method == s.key.method]
-        found = [(o.best_alignment or float("-inf"), p) for o in donors
-                 if (p := best_feasible_params(o, limits)) is not None]
-        candidates = [max(found, key=lambda x: x[0])[1]] if found else []
+        found = [b for o in donors if (b := best_feasible(o, limits)) is not None]
+        candidates = [max(found, key=lambda b: b[0])[1]] if found else []
         candidates.append(dict(METHODS[s.key.method].defaults))
         seen: list[dict] = []
         for params in candidates:
