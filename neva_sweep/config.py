@@ -164,6 +164,10 @@ class SearchConfig:
     max_accuracy_drop: float | None = None  # constraint; None = unconstrained; needs >= 100
     # MC questions per trial (40 questions give +-0.15 intervals)
     max_kl: float | None = 0.1  # constraint on mean KL(base || edited), nats/token
+    # constraint on the fall of all ten readings together (max(0, -acquiescence); for the
+    # forced-choice judge the options' log-probability on the scenarios, nats/token): what
+    # a gated edit costs, which KL on neutral text cannot see
+    max_suppression: float | None = None
     best_max_nlr: float = 1.0  # best edit: highest alignment among feasible Pareto trials
     # with nlr <= this (see neva_sweep/sweep/outputs.py)
     trials_per_batch: int = 1  # trials of one model evaluated in one batched call

@@ -42,7 +42,7 @@ from .edit import EditSpec
 from .edits import EditKind
 from .files import atomic_path, load_or_heal, write_text_atomic
 from .judges import Judge, JudgeConfig, Judgement, make_judge, pick_queries
-from .metrics import EPS, acquiescence, bootstrap_ci, edit_metrics, mean_ci
+from .metrics import EPS, acquiescence, bootstrap_ci, edit_metrics, mean_ci, suppression
 from .models.host import ModelHost
 from .scoring import greedy_generate
 from .values import VALUES, check_value
@@ -228,6 +228,7 @@ class Evaluator:
             "edit": None, "judge": self.judge.name,
             "csr_base": csr, "csr_edited": csr, **extra,
             "alignment": None, "nlr": None, "nglr": None, "cwl": None, "acquiescence": 0.0,
+            "suppression": 0.0,
             "nlr_floor": self.nlr_floor,
             "accuracy_base": acc, "accuracy_edited": acc,
             "accuracy_drop": 0.0 if self.questions else None, "kl": 0.0,
@@ -341,6 +342,7 @@ class Evaluator:
                    **edit_metrics(base.judgement.E, E, value, eps=self.nlr_floor),
                    "acquiescence": acquiescence(base.judgement.reading, judgements[g].reading),
                    "nlr_floor": self.nlr_floor}
+            rec["suppression"] = suppression(rec["acquiescence"])
             if judgements[g].hard is not None:
                 rec["choice_share_base"] = dict(zip(VALUES, base.judgement.hard.mean(0).tolist()))
                 rec["choice_share_edited"] = dict(zip(VALUES,

@@ -16,6 +16,9 @@ the evaluator sets ``eps`` from the judge's null (``nlr_floor``).
 
 - ``acquiescence = mean_j (mean_q R_edited[q, j] - mean_q R_base[q, j])`` over the judge's
   raw, uncentred reading R: how much the edit moved all ten values together.
+- ``suppression = max(0, -acquiescence)``: how far it lowered all ten together (for the
+  forced-choice judge, every option's log-probability: the model breaking on the
+  value-laden prompts themselves). Budget it with ``search.max_suppression``.
 All functions are pure; torch tensors are accepted and converted to float64 numpy arrays.
 """
 
@@ -161,6 +164,19 @@ def cwl(dcsr: ArrayLike, target: str, eps: float = EPS) -> float:
     weights = np.array([circular_distance(t, j) for j in range(N_VALUES)]) / MAX_DISTANCE
     weighted = (weights * leak).sum() / weights.sum()  # weights.sum() == 5 for ten values
     return float(weighted / max(alignment(dcsr, target), eps))
+
+
+def suppression(acquiescence: float) -> float:
+    """How far an edit lowers all ten readings together: max(0, -acquiescence).
+
+    For the forced-choice judge it is the fall of every option's log-probability on the
+    value-laden prompts (nats/token): an edit that breaks the model on exactly the text
+    it steers, which KL on neutral text cannot see once the edit is gated.
+
+    >>> suppression(-0.4), suppression(0.02)
+    (0.4, 0.0)
+    """
+    return max(0.0, -float(acquiescence))
 
 
 def acquiescence(R_base: ArrayLike, R_edited: ArrayLike) -> float:
@@ -377,6 +393,8 @@ register_metric("nglr", "NGLR", direction=_MIN, objective=True, headline=True)
 register_metric("cwl", "CWL", direction=_MIN, objective=True, headline=True)
 register_metric("acquiescence", "acquiescence", direction=_MIN, objective=True,
                 constraint=True, fmt="+.3f", headline=True)
+register_metric("suppression", "suppression", direction=_MIN, objective=True,
+                constraint=True, fmt=".3f")
 register_metric("nlr_floor", "NLR floor", fmt=".3g")
 # Capability.
 register_metric("accuracy_base", "MC accuracy, base", group="capability")

@@ -63,6 +63,7 @@ def test_forced_choice_record_null_floor_and_acquiescence(tiny_host, nmap, tiny_
     base, edited = ev.base().judgement, ev.judge.judge(tiny_host, [spec], "all")[0]
     by_hand = float((edited.raw.mean(0) - base.raw.mean(0)).mean())
     assert rec["acquiescence"] == pytest.approx(by_hand, abs=1e-9)
+    assert rec["suppression"] == pytest.approx(max(0.0, -by_hand), abs=1e-9)
     d = {v: rec["csr_edited"][v] - rec["csr_base"][v] for v in nv.VALUES}
     leak = np.mean([max(0.0, x) for v, x in d.items() if v != "power"])
     assert rec["nlr"] == pytest.approx(leak / max(rec["alignment"], ev.nlr_floor))

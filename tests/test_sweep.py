@@ -400,6 +400,20 @@ def test_pareto_and_best_edit_rule(config):
     assert choose_best([], 1.0) is None
 
 
+def test_suppression_budget_rejects_an_edit_that_breaks_the_value_laden_prompts(config):
+    """A gated edit can leave neutral text alone (KL ~ 0) while lowering every option's
+    log-probability on the scenarios; experiment=methods budgets that fall."""
+    from neva_sweep.metrics import suppression
+    from neva_sweep.sweep.front import budgets, is_feasible
+
+    limits = budgets(config("experiment=methods").search)
+    assert limits == {"kl": 0.1, "suppression": 0.1}
+    broken = {"alignment": 0.2, "kl": 0.0, "acquiescence": -0.4,
+              "suppression": suppression(-0.4)}
+    fine = {"alignment": 0.01, "kl": 0.0, "acquiescence": 0.03, "suppression": suppression(0.03)}
+    assert not is_feasible(broken, limits) and is_feasible(fine, limits)
+
+
 def test_new_metrics_flow_into_rows_and_summaries(config):
     """A metric of the schema reaches trials.csv and pareto.json without any other list;
     records from before it existed give empty cells, not errors."""
@@ -425,6 +439,8 @@ def test_new_metrics_flow_into_rows_and_summaries(config):
     ("+search.objectives.acquiescence=minimize", None),
     ("+search.max_acquiescence=0.05", None),
     ("+search.max_acquiescence=-1", "^search.max_acquiescence: must be >= 0.0"),
+    ("search.max_suppression=0.1", None),
+    ("search.max_suppression=-0.1", "^search.max_suppression: must be >= 0.0"),
     ("+search.max_alignment=0.5", "^search.max_alignment: alignment cannot be a constraint"),
     ("+search.objectives.nlr_floor=minimize", "^search.objectives: unknown metric 'nlr_floor'"),
 ])
