@@ -49,6 +49,9 @@ class StatsConfig:
     hist_stride: int = 3  # histogram sees positions 0, stride, 2*stride, ...
     quantile: float = 0.95  # the high quantile q_t(i) used by the `set` rule
     gate_depth: float = 0.5  # the gate probe's block: floor(gate_depth * n_layers) (gate.py)
+    # the gate also trains on every probe and neutral gate text wrapped as a user turn of
+    # the model's chat template (gate-only rows), so the template itself reads as neither
+    gate_chat: bool = True
 
 
 @dataclass

@@ -340,7 +340,9 @@ def gate_accuracy(stats: NeuronStats, host: ModelHost, probes: ProbeSet | None =
     """Held-out accuracy of the stats' gate at threshold 0.5: value-laden texts (default: the
     ``validate`` probes) vs neutral texts (default: the ``capability`` part of the built-in
     neutral file, which the gate never saw). Returns accuracy, balanced accuracy, the recall
-    of each class, the mean g of each class, counts and the gate layer."""
+    of each class, the mean g of each class, counts and the gate layer; and, for a model
+    with a chat template, the same figures with every text wrapped as a user turn
+    (``chat``), the form the scenarios and MC questions reach the gate in."""
     from .data import load_probes, load_records, neutral_split
 
     gate = gate_of(stats, "context")
@@ -348,13 +350,22 @@ def gate_accuracy(stats: NeuronStats, host: ModelHost, probes: ProbeSet | None =
     neutral = (list(neutral) if neutral is not None
                else neutral_split(load_records("neutral"), "capability"))
     max_length = stats.meta.get("config", {}).get("max_length", 128)
-    g_val = gate.probability(pooled_features(host, probes.texts, gate.layer, batch_size,
-                                             max_length))
-    g_neu = gate.probability(pooled_features(host, neutral, gate.layer, batch_size,
-                                             max_length))
-    recall_v, recall_n = float((g_val > 0.5).float().mean()), float((g_neu <= 0.5).float().mean())
-    n_v, n_n = len(g_val), len(g_neu)
-    return {"layer": gate.layer, "accuracy": (recall_v * n_v + recall_n * n_n) / (n_v + n_n),
-            "balanced_accuracy": (recall_v + recall_n) / 2, "value_recall": recall_v,
-            "neutral_recall": recall_n, "mean_g_value": float(g_val.mean()),
-            "mean_g_neutral": float(g_neu.mean()), "n_value": n_v, "n_neutral": n_n}
+
+    def scores(value_texts: Sequence[str], neutral_texts: Sequence[str]) -> dict:
+        g_val = gate.probability(pooled_features(host, value_texts, gate.layer, batch_size,
+                                                 max_length))
+        g_neu = gate.probability(pooled_features(host, neutral_texts, gate.layer, batch_size,
+                                                 max_length))
+        recall_v = float((g_val > 0.5).float().mean())
+        recall_n = float((g_neu <= 0.5).float().mean())
+        n_v, n_n = len(g_val), len(g_neu)
+        return {"accuracy": (recall_v * n_v + recall_n * n_n) / (n_v + n_n),
+                "balanced_accuracy": (recall_v + recall_n) / 2, "value_recall": recall_v,
+                "neutral_recall": recall_n, "mean_g_value": float(g_val.mean()),
+                "mean_g_neutral": float(g_neu.mean()), "n_value": n_v, "n_neutral": n_n}
+
+    out = {"layer": gate.layer, **scores(probes.texts, neutral)}
+    if getattr(host.tokenizer, "chat_template", None) is not None:
+        out["chat"] = scores([host.chat_prompt(t) for t in probes.texts],
+                             [host.chat_prompt(t) for t in neutral])
+    return out

@@ -16,7 +16,11 @@ value-relevance gate (gate.py): the probes' neutral texts (``ProbeSet.neutral``)
 the same pass as an eleventh, neutral class of rows (batches of their own, stopped at the
 gate layer, since only that block's output is read), and every text's residual at the
 gate layer, mean-pooled over its tokens, is kept (``gate_features``, ``gate_labels``) to
-fit the probe (``gate``). Without neutral texts the statistics hold no gate.
+fit the probe (``gate``). Without neutral texts the statistics hold no gate. With
+``stats.gate_chat`` (default) and a model that has a chat template, every probe and
+neutral text also runs once more wrapped as the user turn of that template (gate-only
+rows, label :data:`GATE_VALUE` or neutral, never in the neuron statistics): prompts
+reach the gate in both forms, so neither form alone can stand for "value-laden".
 
 Memory is O(values x neurons x bins) and independent of the data size. Statistics from
 data shards combine with :func:`merge`; statistics from tensor-parallel ranks (each
@@ -46,6 +50,9 @@ from .gate import Gate, _GateStop, fit_gate, gate_layer, pool
 from .models.arch import residual_sites
 from .models.host import ModelHost
 from .values import N_VALUES, VALUES
+
+NEUTRAL = N_VALUES  # label of a neutral text: the gate only (a negative example)
+GATE_VALUE = N_VALUES + 1  # label of a value-laden text the gate alone reads (chat-wrapped)
 
 STATS_VERSION = 3  # bump when the statistics' content changes (invalidates caches)
 
@@ -216,7 +223,7 @@ def merge_gate(a: NeuronStats, b: NeuronStats) -> tuple:
                          f"({a.gate.layer} vs {b.gate.layer}; stats.gate_depth)")
     x = torch.cat([s.gate_features for s in parts])
     y = torch.cat([s.gate_labels for s in parts])
-    return x, y, fit_gate(x, y < N_VALUES, parts[0].gate.layer)
+    return x, y, fit_gate(x, y != NEUTRAL, parts[0].gate.layer)
 
 
 def concat(shards: list[NeuronStats]) -> NeuronStats:
@@ -299,7 +306,7 @@ class _Accumulator:
 
     def set_batch(self, attention_mask: torch.Tensor, labels: torch.Tensor) -> None:
         """Prepare per-batch token weights. attention_mask (B, S), labels (B,) value ids
-        (N_VALUES = a neutral text: it feeds the gate only).
+        (NEUTRAL, GATE_VALUE: rows that feed the gate only).
 
         Work in the hooks is restricted to the values present in the batch (usually one,
         since batches are grouped by value).
@@ -374,12 +381,12 @@ class _Accumulator:
         self.stats.count[self.present] += self.batch_count[:, 0]
 
     def fit_gate(self) -> None:
-        """Fit the gate on the pooled rows (value-laden = any value, neutral = N_VALUES)."""
+        """Fit the gate on the pooled rows (value-laden = every label but NEUTRAL)."""
         if self.gate_layer is None or not self.gate_x:
             return
         x, y = torch.cat(self.gate_x), torch.cat(self.gate_y).long()
         self.stats.gate_features, self.stats.gate_labels = x, y
-        self.stats.gate = fit_gate(x, y < N_VALUES, self.gate_layer)
+        self.stats.gate = fit_gate(x, y != NEUTRAL, self.gate_layer)
 
     def remove(self) -> None:
         for h in self.handles:
@@ -406,6 +413,10 @@ def neutral_batches(probes: ProbeSet, batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def has_chat_template(host: ModelHost) -> bool:
+    return getattr(host.tokenizer, "chat_template", None) is not None
+
+
 @torch.inference_mode()
 def collect_stats(
     host: ModelHost,
@@ -427,11 +438,16 @@ def collect_stats(
     acc = _Accumulator(host, cfg, gate=bool(probes.neutral))
     kwargs = forward_kwargs(host)
     # (texts, labels) per batch: the value probes by value, then the neutral texts (label
-    # N_VALUES, read by the gate only).
-    batches = [([probes.texts[i] for i in idx], [probes.labels[i] for i in idx])
-               for idx in length_sorted_batches(probes, cfg.batch_size)]
-    batches += [([probes.neutral[i] for i in idx], [N_VALUES] * len(idx))
-                for idx in neutral_batches(probes, cfg.batch_size)]
+    # NEUTRAL, read by the gate only), then both wrapped in the chat template (gate only).
+    value = [([probes.texts[i] for i in idx], [probes.labels[i] for i in idx])
+             for idx in length_sorted_batches(probes, cfg.batch_size)]
+    neutral = [([probes.neutral[i] for i in idx], [NEUTRAL] * len(idx))
+               for idx in neutral_batches(probes, cfg.batch_size)]
+    batches = value + neutral
+    if neutral and cfg.gate_chat and has_chat_template(host):
+        batches += [([host.chat_prompt(t) for t in texts], [GATE_VALUE] * len(texts))
+                    for texts, _ in value]
+        batches += [([host.chat_prompt(t) for t in texts], labels) for texts, labels in neutral]
     n_tokens = 0
     try:
         bar = tqdm(batches, desc=f"statistics {host.name}", unit="batch", disable=not progress)

@@ -101,6 +101,11 @@ def identify(cfg: DictConfig, out: Path) -> None:
               f"{g['balanced_accuracy']:.3f}) on {g['n_value']} validate probes vs "
               f"{g['n_neutral']} held-out neutral texts; mean g {g['mean_g_value']:.3f} vs "
               f"{g['mean_g_neutral']:.3f}")
+        if "chat" in g:
+            c = g["chat"]
+            print(f"  chat-templated: accuracy {c['accuracy']:.3f} (balanced "
+                  f"{c['balanced_accuracy']:.3f}); mean g {c['mean_g_value']:.3f} vs "
+                  f"{c['mean_g_neutral']:.3f}")
         log.info("gate accuracy %.3f (balanced %.3f, layer %d)", g["accuracy"],
                  g["balanced_accuracy"], g["layer"])
     log.info("wrote %s.safetensors and %s.json", out / host.name, out / host.name)

@@ -20,7 +20,7 @@ from neva_sweep.scoring import (
     next_token_logprobs,
     option_logprobs,
 )
-from neva_sweep.stats import NeuronStats, merge
+from neva_sweep.stats import NEUTRAL, NeuronStats, merge
 from neva_sweep.values import N_VALUES
 
 PROMPTS = ["I always help my neighbours when they need it.", "Paris is in France.",
@@ -55,14 +55,15 @@ def test_statistics_train_a_gate_on_the_gate_part_of_the_neutral_texts(tiny_stat
     assert gate.layer == gate_layer(tiny_host.n_layers, 0.5) == 1
     assert gate.weight.shape == gate.mean.shape == gate.std.shape == (hidden,)
     n_val, n_neu = len(small_probes), len(small_probes.neutral)
-    assert tiny_stats.gate_features.shape == (n_val + n_neu, hidden)
-    assert int((tiny_stats.gate_labels == N_VALUES).sum()) == n_neu > 0
+    # tiny-llama's tokenizer has a chat template: every text once plain, once chat-wrapped
+    assert tiny_stats.gate_features.shape == (2 * (n_val + n_neu), hidden)
+    assert int((tiny_stats.gate_labels == NEUTRAL).sum()) == 2 * n_neu > 0
     # training and held-out neutral texts never overlap
     neutral = load_records("neutral")
     train, held_out = neutral_split(neutral, "gate"), neutral_split(neutral, "capability")
     assert set(small_probes.neutral) <= set(train) and not set(train) & set(held_out)
     # deterministic: the same rows give the same probe, bitwise
-    again = fit_gate(tiny_stats.gate_features, tiny_stats.gate_labels < N_VALUES, 1)
+    again = fit_gate(tiny_stats.gate_features, tiny_stats.gate_labels != NEUTRAL, 1)
     assert torch.equal(again.weight, gate.weight) and again.bias == gate.bias
 
 
@@ -259,3 +260,36 @@ def test_neutral_split_is_validated(tmp_path) -> None:
     plain.write_text('{"text": "Snow fell."}\n')
     assert neutral_split(load_records("neutral", plain), "capability") == ["Snow fell."]
     assert nv.load_probes(neutral=plain).neutral == ()  # no gate texts: no gate
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_chat_wrapped_rows_train_the_gate_and_leave_the_neuron_statistics_alone(
+        small_probes) -> None:
+    """With a chat template, every probe and neutral text reaches the gate a second time as
+    a user turn (the form scenarios and MC questions have); the neuron statistics do not see
+    those rows."""
+    from neva_sweep.config import StatsConfig
+    from neva_sweep.stats import GATE_VALUE
+
+    host = nv.load_model("tiny-llama")
+    host.tokenizer.chat_template = CHAT_TEMPLATE
+    chat = nv.collect_stats(host, small_probes, progress=False)
+    plain = nv.collect_stats(host, small_probes, StatsConfig(gate_chat=False), progress=False)
+    n_p, n_n = len(small_probes), len(small_probes.neutral)
+    labels = chat.gate_labels
+    assert int((labels == GATE_VALUE).sum()) == n_p and int((labels == NEUTRAL).sum()) == 2 * n_n
+    assert len(plain.gate_labels) == n_p + n_n
+    host.tokenizer.chat_template = None  # no template: nothing to wrap
+    assert len(nv.collect_stats(host, small_probes, progress=False).gate_labels) == n_p + n_n
+    host.tokenizer.chat_template = CHAT_TEMPLATE
+    for name in ("count", "mean", "m2", "positive", "hist", "resid_sum"):
+        assert torch.equal(getattr(chat, name), getattr(plain, name)), name
+    # the chat rows are the plain rows' texts wrapped: their features differ
+    wrapped = chat.gate_features[labels == GATE_VALUE]
+    assert not torch.allclose(wrapped, chat.gate_features[labels < N_VALUES])
+    acc = gate_accuracy(chat, host, small_probes.shard(0, 12), ["The river is wide."])
+    assert set(acc["chat"]) == set(acc) - {"layer", "chat"}
+    assert acc["chat"]["n_value"] == acc["n_value"]
