@@ -11,6 +11,11 @@ split (never seen by the gate's probe), and MC accuracy on every built-in questi
 
     OMP_NUM_THREADS=1 python benchmarks/gate_effect.py [--values power tradition benevolence]
         [--params best.json] [--json gate_effect.json] [override ...]
+
+``--gate-only`` measures the gate alone (no edits): its held-out accuracy on the validate
+probes vs the capability neutral texts, plain and chat-wrapped, and its mean g on the
+scenario prompts, MC questions and neutral texts (plain and chat-wrapped); e.g.
+``--gate-only stats.gate_chat=false`` for a probe trained on plain texts only.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import neva_sweep as nv
 from neva_sweep.capability import mc_prompt
 from neva_sweep.config import compose_config
 from neva_sweep.evaluate import Evaluator
-from neva_sweep.gate import gate_of, pooled_features
+from neva_sweep.gate import gate_accuracy, gate_of, pooled_features
 from neva_sweep.sweep.methods import METHODS
 from neva_sweep.sweep.run import eval_setup
 from neva_sweep.tasks import stats_from_config
@@ -44,6 +49,7 @@ def main() -> None:
     ap.add_argument("--params", default=None, help="JSON {value/method: params}")
     ap.add_argument("--mc", type=int, default=None, help="MC questions (default: all)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--gate-only", action="store_true", help="the gate's figures, no edits")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the sweep config")
     args = ap.parse_args()
 
@@ -53,6 +59,22 @@ def main() -> None:
     setup = eval_setup(cfg)
     setup.capability.mc_limit = args.mc  # every question unless --mc
     ev = Evaluator(host, setup.judge, setup.capability, setup.data, setup.cache_dir)
+    gate = gate_of(stats, "context")
+    prompts, _ = ev.judge.prompts(host)
+    g = {"scenarios": mean_gate(host, gate, prompts),
+         "neutral": mean_gate(host, gate, ev.neutral),
+         "neutral_chat": mean_gate(host, gate, [host.chat_prompt(t) for t in ev.neutral]),
+         "mc": mean_gate(host, gate, [mc_prompt(q)[0] for q in ev.questions])}
+    print(f"mean g: scenario prompts {g['scenarios']:.3f}, MC questions {g['mc']:.3f}, "
+          f"neutral texts {g['neutral']:.3f} (chat-wrapped {g['neutral_chat']:.3f}); "
+          f"{len(ev.questions)} MC questions")
+    if args.gate_only:
+        acc = gate_accuracy(stats, host)
+        print(json.dumps(acc, indent=1))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"mean_gate": g, "accuracy": acc}, f, indent=2)
+        return
     given = json.load(open(args.params)) if args.params else {}
     edits, labels = [], []
     for v in args.values:
@@ -62,14 +84,7 @@ def main() -> None:
                 edits.append((v, nv.make_edit(stats, v, m, **{**params, "gate": gate})))
                 labels.append((v, m, gate, params))
     recs = ev.evaluate(edits)
-    gate = gate_of(stats, "context")
-    prompts, _ = ev.judge.prompts(host)
-    g = {"scenarios": mean_gate(host, gate, prompts),
-         "neutral": mean_gate(host, gate, ev.neutral),
-         "mc": mean_gate(host, gate, [mc_prompt(q)[0] for q in ev.questions])}
-    print(f"mean g: scenario prompts {g['scenarios']:.3f}, neutral texts {g['neutral']:.3f}, "
-          f"MC questions {g['mc']:.3f}; {len(ev.questions)} MC questions, base accuracy "
-          f"{recs[0]['accuracy_base']:.3f}")
+    print(f"base MC accuracy {recs[0]['accuracy_base']:.3f}")
     print("| value | method | gate | alignment [95% CI] | NLR | KL | MC accuracy drop |")
     print("|---|---|---|---|---|---|---|")
     rows = []
