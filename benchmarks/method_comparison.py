@@ -136,7 +136,7 @@ def load_kl(paths: list[str]) -> dict[tuple[str, str], list[dict]]:
     """COMPLETE trials with a KL, per (value, method label), from every file."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     keys = ("alignment", "nlr", "nglr", "alignment_ci_lo", "alignment_ci_hi", "nlr_floor",
-            "kl", "trial", "acquiescence")
+            "kl", "trial", "acquiescence", "n_neurons")
     for path in paths:
         for r in csv.DictReader(open(path)):
             if r["state"] == "COMPLETE" and r.get("kl") not in (None, ""):
@@ -175,8 +175,10 @@ def budget_tables(paths: list[str], budgets: list[float]) -> None:
                     continue
                 z = best["alignment"] / (best["nlr_floor"] / 2)  # nlr_floor = 2 null sd
                 zs[(m, b)].append(z)
+                n = best["n_neurons"]  # 0 for residual edits (caa), none for old files
+                neurons = f" ({n:.0f} n.)" if n > 0 else ""
                 cells.append(f"{best['alignment']:+.4f} [{best['alignment_ci_lo']:+.4f}, "
-                             f"{best['alignment_ci_hi']:+.4f}] | {best['nlr']:.2f} | "
+                             f"{best['alignment_ci_hi']:+.4f}]{neurons} | {best['nlr']:.2f} | "
                              f"{best['nglr']:.2f} | {best['acquiescence']:+.3f} | {z:+.1f}")
             print(f"| {v} | {m} | {len(pts)} | " + " | ".join(cells) + " |")
     print()
@@ -187,6 +189,41 @@ def budget_tables(paths: list[str], budgets: list[float]) -> None:
         print(f"| {m} | " + " | ".join(
             f"{np.mean(zs[(m, b)]):+.1f} ({len(zs[(m, b)])})" if zs[(m, b)] else "–"
             for b in budgets) + " |")
+
+
+def goal_table(paths: list[str], budgets: list[float], method: str = "neva",
+               rival: str = "caa", control: str = "random_neurons") -> None:
+    """The acceptance test, per gate setting and KL budget: on how many values ``method``'s
+    best alignment is >= ``rival``'s with an NLR no higher (and on how many the alignment
+    alone is), and ``method``'s mean best alignment over ``control``'s (values where both
+    were run)."""
+    groups = load_kl(paths)
+    print(f"| gate | KL budget | {method} >= {rival} (A and NLR) | {method} >= {rival} (A) | "
+          f"values | mean A {method} / {control} |")
+    print("|---|---|---|---|---|---|")
+    for gate in ("", "+gate"):
+        for b in budgets:
+            both = alone = n = 0
+            ratio_m, ratio_c = [], []
+            for v in VALUES:
+                m = best_within(groups.get((v, method + gate), []), b)
+                r = best_within(groups.get((v, rival + gate), []), b)
+                c = best_within(groups.get((v, control + gate), []), b)
+                if groups.get((v, method + gate)) and groups.get((v, rival + gate)):
+                    n += 1
+                    a_m = m["alignment"] if m else -np.inf
+                    a_r = r["alignment"] if r else -np.inf
+                    alone += a_m >= a_r
+                    both += a_m >= a_r and (r is None or (m is not None and m["nlr"] <= r["nlr"]))
+                if groups.get((v, control + gate)) and groups.get((v, method + gate)):
+                    ratio_m.append(m["alignment"] if m else 0.0)
+                    ratio_c.append(c["alignment"] if c else 0.0)
+            if not n:
+                continue
+            ratio = (f"{np.mean(ratio_m) / np.mean(ratio_c):.1f}x ({len(ratio_m)} values)"
+                     if ratio_c and np.mean(ratio_c) > 0 else "–")
+            print(f"| {gate[1:] or 'none'} | {b:g} | {both} / {n} | {alone} / {n} | {n} | "
+                  f"{ratio} |")
 
 
 def convergence_table(paths: list[str], budget: float, within: float = 0.9) -> None:
@@ -215,16 +252,18 @@ def convergence_table(paths: list[str], budget: float, within: float = 0.9) -> N
     print(f"\n{late} of {total} studies found their best in the last third of their trials")
 
 
-def figure(paths: list[str], out: str, budgets: list[float]) -> None:
-    """Alignment against KL, one panel per value (at most three), one colour per method,
-    each method's front (best alignment at or below each KL) drawn as a step line."""
+def figure(paths: list[str], out: str, budgets: list[float],
+           values: list[str] | None = None) -> None:
+    """Alignment against KL, one panel per value (``values``, default the first three
+    run), one colour per method, each method's front (best alignment at or below each
+    KL) drawn as a step line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = load_kl(paths)
-    values = [v for v in VALUES if any(k[0] == v for k in groups)][:3]
+    values = values or [v for v in VALUES if any(k[0] == v for k in groups)][:3]
     methods = sorted({m for _, m in groups})
     fig, axes = plt.subplots(1, len(values), figsize=(4.2 * len(values), 3.6), sharey=True,
                              squeeze=False)
@@ -258,6 +297,8 @@ if __name__ == "__main__":
     ap.add_argument("--budgets", nargs="+", type=float, default=None,
                     help="KL budgets (nats/token): compare methods at matched capability cost")
     ap.add_argument("--figure", default=None, help="PNG of alignment vs KL per method")
+    ap.add_argument("--figure-values", nargs="+", default=None, choices=VALUES,
+                    help="the figure's panels (default: the first three values run)")
     ap.add_argument("--max-acq-drop", type=float, default=None,
                     help="also require acquiescence >= -this (nats/token): a fluency budget "
                          "on the value-laden prompts themselves")
@@ -266,8 +307,10 @@ if __name__ == "__main__":
     if args.budgets:
         budget_tables(args.trials, args.budgets)
         print()
+        goal_table(args.trials, args.budgets)
+        print()
         convergence_table(args.trials, max(args.budgets))
         if args.figure:
-            figure(args.trials, args.figure, args.budgets)
+            figure(args.trials, args.figure, args.budgets, args.figure_values)
     else:
         main(args.trials[0])
