@@ -199,11 +199,11 @@ def goal_table(paths: list[str], budgets: list[float], method: str = "neva",
     were run)."""
     groups = load_kl(paths)
     print(f"| gate | KL budget | {method} >= {rival} (A and NLR) | {method} >= {rival} (A) | "
-          f"values | mean A {method} / {control} |")
-    print("|---|---|---|---|---|---|")
+          f"values | {rival} without a point in budget | mean A {method} / {control} |")
+    print("|---|---|---|---|---|---|---|")
     for gate in ("", "+gate"):
         for b in budgets:
-            both = alone = n = 0
+            both = alone = n = none = 0
             ratio_m, ratio_c = [], []
             for v in VALUES:
                 m = best_within(groups.get((v, method + gate), []), b)
@@ -211,10 +211,11 @@ def goal_table(paths: list[str], budgets: list[float], method: str = "neva",
                 c = best_within(groups.get((v, control + gate), []), b)
                 if groups.get((v, method + gate)) and groups.get((v, rival + gate)):
                     n += 1
-                    a_m = m["alignment"] if m else -np.inf
-                    a_r = r["alignment"] if r else -np.inf
-                    alone += a_m >= a_r
-                    both += a_m >= a_r and (r is None or (m is not None and m["nlr"] <= r["nlr"]))
+                    none += r is None
+                    # a win needs a point of its own: the rival's having none is no tie
+                    win = m is not None and (r is None or m["alignment"] >= r["alignment"])
+                    alone += win
+                    both += win and (r is None or m["nlr"] <= r["nlr"])
                 if groups.get((v, control + gate)) and groups.get((v, method + gate)):
                     ratio_m.append(m["alignment"] if m else 0.0)
                     ratio_c.append(c["alignment"] if c else 0.0)
@@ -223,7 +224,7 @@ def goal_table(paths: list[str], budgets: list[float], method: str = "neva",
             ratio = (f"{np.mean(ratio_m) / np.mean(ratio_c):.1f}x ({len(ratio_m)} values)"
                      if ratio_c and np.mean(ratio_c) > 0 else "–")
             print(f"| {gate[1:] or 'none'} | {b:g} | {both} / {n} | {alone} / {n} | {n} | "
-                  f"{ratio} |")
+                  f"{none} | {ratio} |")
 
 
 def convergence_table(paths: list[str], budget: float, within: float = 0.9) -> None:
