@@ -365,7 +365,7 @@ def gate_accuracy(stats: NeuronStats, host: ModelHost, probes: ProbeSet | None =
                 "mean_g_neutral": float(g_neu.mean()), "n_value": n_v, "n_neutral": n_n}
 
     out = {"layer": gate.layer, **scores(probes.texts, neutral)}
-    if getattr(host.tokenizer, "chat_template", None) is not None:
+    if host.has_chat_template:
         out["chat"] = scores([host.chat_prompt(t) for t in probes.texts],
                              [host.chat_prompt(t) for t in neutral])
     return out

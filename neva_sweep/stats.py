@@ -413,10 +413,6 @@ def neutral_batches(probes: ProbeSet, batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def has_chat_template(host: ModelHost) -> bool:
-    return getattr(host.tokenizer, "chat_template", None) is not None
-
-
 @torch.inference_mode()
 def collect_stats(
     host: ModelHost,
@@ -444,7 +440,7 @@ def collect_stats(
     neutral = [([probes.neutral[i] for i in idx], [NEUTRAL] * len(idx))
                for idx in neutral_batches(probes, cfg.batch_size)]
     batches = value + neutral
-    if neutral and cfg.gate_chat and has_chat_template(host):
+    if neutral and cfg.gate_chat and host.has_chat_template:
         batches += [([host.chat_prompt(t) for t in texts], [GATE_VALUE] * len(texts))
                     for texts, _ in value]
         batches += [([host.chat_prompt(t) for t in texts], labels) for texts, labels in neutral]

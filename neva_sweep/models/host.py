@@ -83,9 +83,13 @@ class ModelHost:
             tok.padding_side = old
         return enc.to(self.device)
 
+    @property
+    def has_chat_template(self) -> bool:
+        return getattr(self.tokenizer, "chat_template", None) is not None
+
     def chat_prompt(self, user_text: str, system: str | None = None) -> str:
         """``user_text`` wrapped in the model's chat template (plain text when it has none)."""
-        if getattr(self.tokenizer, "chat_template", None) is None:
+        if not self.has_chat_template:
             return user_text if system is None else f"{system}\n\n{user_text}"
         msgs = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": user_text}
