@@ -163,26 +163,31 @@ def states(url: str) -> list[TrialState]:
 
 def test_second_driver_is_refused_while_the_first_runs(tmp_path, cache, config):
     """A second driver on a live run fails before opening a study; the first one's
-    trials (RUNNING at that moment) are untouched and all end COMPLETE."""
+    trials (not yet finished at that moment) are untouched and all end COMPLETE."""
     run, log = tmp_path / "run", tmp_path / "driver.log"
     overrides = [*FAST, f"cache_dir={cache}", "search.n_trials=1"]  # one trial per value
     cmd = [sys.executable, "-m", "neva_sweep", *overrides, f"hydra.run.dir={run}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-    url = f"sqlite:///{run / 'optuna.db'}"
-    wait_for(lambda: TrialState.RUNNING in states(url), 240, "a RUNNING trial", proc, log)
+    url, lock = f"sqlite:///{run / 'optuna.db'}", run / "optuna.db.driver.lock"
+    # Wait for the lock and the studies, not for a RUNNING trial: a tiny-model trial can
+    # start and finish between two polls, while the lock is held from before the studies
+    # open until after the last trial ends (Ray and the replicas start in between).
+    wait_for(lambda: lock.exists() and len(states(url)) == 2, 240, "the lock and the studies",
+             proc, log)
+    assert TrialState.COMPLETE not in states(url)
 
     ray_before, t0 = ray.is_initialized(), time.monotonic()
     with pytest.raises(RunLockedError, match=f"pid {proc.pid}, .*holds the lock "
-                       f"{run / 'optuna.db.driver.lock'}"):
+                       f"{lock}"):
         run_sweep(config(*overrides), run)
     assert time.monotonic() - t0 < 10
     assert ray.is_initialized() == ray_before  # refused before anything started
 
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert states(url) == [TrialState.COMPLETE] * 2
-    assert not (run / "optuna.db.driver.lock").exists()
+    assert not lock.exists()
 
 
 def test_journal_storage_resumes_after_an_interruption_and_a_dead_driver(
