@@ -22,7 +22,6 @@ import json
 
 import neva_sweep as nv
 from neva_sweep.config import compose_config
-from neva_sweep.evaluate import Evaluator
 from neva_sweep.sweep.methods import METHODS
 from neva_sweep.sweep.run import eval_setup
 from neva_sweep.tasks import stats_from_config
@@ -47,7 +46,7 @@ def main() -> None:
     host = nv.load_model(cfg.model)
     stats = stats_from_config(cfg, host)
     setup = eval_setup(cfg)
-    ev = Evaluator(host, setup.judge, setup.capability, setup.data, setup.cache_dir)
+    ev = setup.evaluator(host)
     todo = [(v, m, p) for v in args.values for m, p in grid]
     print("| value | method | params | alignment [95% CI] | NLR | KL | suppression | neurons |")
     print("|---|---|---|---|---|---|---|---|")

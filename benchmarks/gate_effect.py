@@ -28,8 +28,7 @@ import torch
 import neva_sweep as nv
 from neva_sweep.capability import mc_prompt
 from neva_sweep.config import compose_config
-from neva_sweep.evaluate import Evaluator
-from neva_sweep.gate import gate_accuracy, gate_of, pooled_features
+from neva_sweep.gate import gate_accuracy, gate_of, text_gates
 from neva_sweep.sweep.methods import METHODS
 from neva_sweep.sweep.run import eval_setup
 from neva_sweep.tasks import stats_from_config
@@ -37,9 +36,7 @@ from neva_sweep.tasks import stats_from_config
 
 @torch.inference_mode()
 def mean_gate(host, gate, texts: list[str]) -> float:
-    """Mean g over ``texts``, each pooled whole as a prompt (the gate's own features)."""
-    return float(gate.probability(pooled_features(host, texts, gate.layer, max_length=512)
-                                  ).mean())
+    return float(text_gates(host, gate, texts, max_length=512).mean())
 
 
 def main() -> None:
@@ -58,7 +55,7 @@ def main() -> None:
     stats = stats_from_config(cfg, host)
     setup = eval_setup(cfg)
     setup.capability.mc_limit = args.mc  # every question unless --mc
-    ev = Evaluator(host, setup.judge, setup.capability, setup.data, setup.cache_dir)
+    ev = setup.evaluator(host)
     gate = gate_of(stats, "context")
     prompts, _ = ev.judge.prompts(host)
     g = {"scenarios": mean_gate(host, gate, prompts),

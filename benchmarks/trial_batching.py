@@ -52,7 +52,7 @@ def main() -> None:
     host = nv.load_model(cfg.model)
     stats = stats_from_config(cfg, host)
     setup = eval_setup(cfg)
-    ev = Evaluator(host, setup.judge, setup.capability, setup.data, setup.cache_dir)
+    ev = setup.evaluator(host)
     ev.base()  # the unedited side is shared by both modes: not timed
     trials = trial_params(args.trials)
     times = {1: 0.0, 4: 0.0}

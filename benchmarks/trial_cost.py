@@ -174,7 +174,7 @@ def main() -> None:
     host = nv.load_model(args.model) if args.model else nv.load_model(cfg.model)
     stats = stats_from_config(cfg, host)
     setup = eval_setup(cfg)
-    ev = Evaluator(host, setup.judge, setup.capability, setup.data, setup.cache_dir)
+    ev = setup.evaluator(host)
     t0 = time.perf_counter()
     ev.base()  # the unedited side: once per replica and cached on disk, not part of a trial
     base_s = time.perf_counter() - t0

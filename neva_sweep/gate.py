@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from .stats import NeuronStats
 
 __all__ = ["GATES", "GATE_L2", "Gate", "GatePass", "fit_gate", "gate_accuracy", "gate_layer",
-           "gate_of", "pool", "pooled_features", "prompt_mask"]
+           "gate_of", "pool", "pooled_features", "prompt_mask", "text_gates"]
 
 GATE_L2 = 1e-2  # L2 penalty on the standardised weights (mean log-loss + GATE_L2/2 |w|^2)
 _NEWTON_STEPS = 50
@@ -335,6 +335,12 @@ def pooled_features(host: ModelHost, texts: Sequence[str], layer: int, batch_siz
     return torch.cat(out)
 
 
+def text_gates(host: ModelHost, gate: Gate, texts: Sequence[str], batch_size: int = 16,
+               max_length: int = 128) -> torch.Tensor:
+    """g of each text pooled whole as one prompt (the gate's own features), (n,) in [0, 1]."""
+    return gate.probability(pooled_features(host, texts, gate.layer, batch_size, max_length))
+
+
 def gate_accuracy(stats: NeuronStats, host: ModelHost, probes: ProbeSet | None = None,
                   neutral: Sequence[str] | None = None, batch_size: int = 16) -> dict:
     """Held-out accuracy of the stats' gate at threshold 0.5: value-laden texts (default: the
@@ -352,10 +358,8 @@ def gate_accuracy(stats: NeuronStats, host: ModelHost, probes: ProbeSet | None =
     max_length = stats.meta.get("config", {}).get("max_length", 128)
 
     def scores(value_texts: Sequence[str], neutral_texts: Sequence[str]) -> dict:
-        g_val = gate.probability(pooled_features(host, value_texts, gate.layer, batch_size,
-                                                 max_length))
-        g_neu = gate.probability(pooled_features(host, neutral_texts, gate.layer, batch_size,
-                                                 max_length))
+        g_val = text_gates(host, gate, value_texts, batch_size, max_length)
+        g_neu = text_gates(host, gate, neutral_texts, batch_size, max_length)
         recall_v = float((g_val > 0.5).float().mean())
         recall_n = float((g_neu <= 0.5).float().mean())
         n_v, n_n = len(g_val), len(g_neu)

@@ -94,7 +94,7 @@ class OneDataKind:
 
 def answer_prompt(host: ModelHost, text: str) -> str:
     """``text`` as a user turn awaiting the assistant's first token."""
-    if getattr(host.tokenizer, "chat_template", None):
+    if host.has_chat_template:
         return host.chat_prompt(text)
     return f"{text}\nAnswer:"
 
@@ -204,7 +204,7 @@ class ForcedChoiceJudge(OneDataKind):
 
     def prompts(self, host: ModelHost) -> tuple[list[str], list[list[str]]]:
         """The templated scenario prompts and, per prompt, the options in VALUES order."""
-        chat = bool(getattr(host.tokenizer, "chat_template", None))
+        chat = host.has_chat_template
         sep = "" if chat else " "  # plain models: the option follows "Answer:" after a space
         prompts = [answer_prompt(host, self.QUESTION.format(scenario=r["scenario"]))
                    for r in self.items]

@@ -89,7 +89,7 @@ def check_context(host: ModelHost, length: int, what: str, new_tokens: int = 0) 
 def default_system_prompt(host: ModelHost) -> str:
     """The system prompt the chat template puts in when none is given ("" when it puts
     none, or the model has no chat template)."""
-    if not getattr(host.tokenizer, "chat_template", None):
+    if not host.has_chat_template:
         return ""
     mark = "\x00"
     plain = host.chat_prompt(mark).split(mark)[0]  # the head with the default system turn
@@ -124,7 +124,7 @@ class EditGroup:
         # and with the default system prompt followed by edit g's prompt (or the prompt
         # alone: PromptEdit.replace_system, or a template without a default).
         self.heads: list[tuple[list[int], list[int]] | None] = [None] * len(edits)
-        if getattr(host.tokenizer, "chat_template", None):
+        if host.has_chat_template:
             mark = "\x00"
             default = encode(host, host.chat_prompt(mark).split(mark)[0])
             base = default_system_prompt(host)

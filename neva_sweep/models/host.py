@@ -85,7 +85,7 @@ class ModelHost:
 
     @property
     def has_chat_template(self) -> bool:
-        return getattr(self.tokenizer, "chat_template", None) is not None
+        return bool(getattr(self.tokenizer, "chat_template", None))  # None or "": none
 
     def chat_prompt(self, user_text: str, system: str | None = None) -> str:
         """``user_text`` wrapped in the model's chat template (plain text when it has none)."""

@@ -48,6 +48,10 @@ class EvalSetup:
     def __hash__(self) -> int:  # the configs are plain dataclasses (unhashable lists inside)
         return hash(repr(self))
 
+    def evaluator(self, host: ModelHost) -> Evaluator:
+        """An evaluator of ``host`` with these settings (a trial's, on a replica or alone)."""
+        return Evaluator(host, self.judge, self.capability, self.data, self.cache_dir)
+
 
 def _stats(box: StatsBox) -> NeuronStats:
     ref = box[0]
@@ -60,8 +64,7 @@ def _stats(box: StatsBox) -> NeuronStats:
 
 def _evaluator(host: ModelHost, setup: EvalSetup) -> Evaluator:
     if setup not in _EVALUATORS:
-        _EVALUATORS[setup] = Evaluator(host, setup.judge, setup.capability, setup.data,
-                                       setup.cache_dir, progress=False)
+        _EVALUATORS[setup] = setup.evaluator(host)
     return _EVALUATORS[setup]
 
 
