@@ -1,5 +1,7 @@
 """Integration on the embedded SmolLM2-135M-Instruct model (tier 3)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -23,9 +25,10 @@ def smollm():
 
 @pytest.fixture(scope="module")
 def stats(smollm):
-    # no neutral texts: these tests use no gate, so the statistics pass trains none
-    return nv.collect_stats(smollm, nv.load_probes(split="identify", neutral=False),
-                            progress=False)
+    # no neutral texts: these tests use no gate, so the statistics pass trains none; half
+    # the identify probes (180 of 360) select neurons good enough for every test here
+    probes = nv.load_probes(split="identify", neutral=False).shard(0, 2)
+    return nv.collect_stats(smollm, probes, progress=False)
 
 
 def test_embedded_model_shape(smollm):
@@ -36,7 +39,7 @@ def test_embedded_model_shape(smollm):
 def test_steering_makes_held_out_value_text_more_likely(smollm, stats):
     """Default settings toward universalism raise its validation texts' likelihood relative
     to the other values', and more than the same number of random neurons do."""
-    val = nv.load_probes(split="validate")
+    val = nv.load_probes(split="validate").shard(0, 2)  # 60 texts, six per value
     labels = torch.tensor(val.labels)
     value = "universalism"
     t = nv.VALUES.index(value)
@@ -51,19 +54,25 @@ def test_steering_makes_held_out_value_text_more_likely(smollm, stats):
 
     neva = effect(nmap[value])
     rand = effect(nv.random_neurons(stats, value, len(nmap[value]), seed=0))
-    assert neva > 0.05 and neva > 5 * abs(rand)
+    assert neva > 0.05 and neva > 5 * abs(rand)  # measured 0.21 and 0.003
 
 
 def test_mc_accuracy_clearly_above_chance(smollm):
-    correct = mc_correct(smollm, mc_questions(load_records("mc")))[0].astype(float)
+    correct = mc_correct(smollm, mc_questions(load_records("mc"), 100))[0].astype(float)
     lo, hi = _ci(correct, n_boot=2000)
-    assert lo > 0.40, (correct.mean(), lo, hi)  # chance is 0.25; measured 0.600 [0.53, 0.67]
+    # chance is 0.25; measured 0.600 [0.50, 0.69] on these 100 (0.600 [0.53, 0.67] on all 180)
+    assert lo > 0.40, (correct.mean(), lo, hi)
 
 
 @pytest.mark.parametrize("name", list(JUDGES))
 def test_judges_on_embedded_model(smollm, stats, name):
-    cfg = JudgeConfig(name=name, queries_per_value=1, max_new_tokens=12, scenarios_limit=24)
-    judge = make_judge(cfg, {k: load_records(k) for k in DATA_KINDS})
+    cfg = JudgeConfig(name=name, queries_per_value=1, max_new_tokens=12, scenarios_limit=12)
+    records = {k: load_records(k) for k in DATA_KINDS}
+    if name == "llm":  # five values' queries: the judge model asks ten questions per reply
+        q = records["queries"]
+        records["queries"] = replace(q, rows=tuple(r for r in q.rows
+                                                   if r["value"] in nv.VALUES[:5]))
+    judge = make_judge(cfg, records)
     nmap = nv.select_neurons(stats, "benevolence")
     edits = [None, EditSpec(nmap["benevolence"])]
     if name == "forced_choice":  # an explicit value prompt instead of the neuron edit
@@ -75,13 +84,13 @@ def test_judges_on_embedded_model(smollm, stats, name):
         low = -1 if name == "questionnaire" else 0  # centred per form
         assert j.E.shape[1] == 10 and ((j.E >= low) & (j.E <= 1)).all()
     if name == "questionnaire":
-        # The default edit raises the raw agreement with benevolence items (measured +0.25
+        # The default edit raises the raw agreement with benevolence items (measured +0.27
         # on the eight forms) and every other value's almost as much: see docs/results.md.
         assert edited.raw[:, b].mean() - base.raw[:, b].mean() > 0.05
     elif name == "forced_choice":
         # The judge sees an explicit tradition prompt: tradition rises most (measured
-        # +0.011 on the 72 built-in scenarios and +0.008 on 24 held-out ones; the null's
-        # sd is 0.0006; docs/results.md).
+        # +0.011 on the 72 built-in scenarios and on these 12, the next value +0.0025; the
+        # null's sd is 0.0006; docs/results.md).
         d = edited.E.mean(0) - base.E.mean(0)
         t = nv.VALUES.index("tradition")
         assert d.argmax() == t and d[t] > 0.003, d

@@ -267,7 +267,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n
 
 
 def test_chat_wrapped_rows_train_the_gate_and_leave_the_neuron_statistics_alone(
-        small_probes) -> None:
+        small_probes, monkeypatch) -> None:
     """With a chat template, every probe and neutral text reaches the gate a second time as
     a user turn (the form scenarios and MC questions have); the neuron statistics do not see
     those rows."""
@@ -275,16 +275,17 @@ def test_chat_wrapped_rows_train_the_gate_and_leave_the_neuron_statistics_alone(
     from neva_sweep.stats import GATE_VALUE
 
     host = nv.load_model("tiny-llama")
-    host.tokenizer.chat_template = CHAT_TEMPLATE
+    # monkeypatch restores the template: the tokenizer object is shared with other hosts
+    monkeypatch.setattr(host.tokenizer, "chat_template", CHAT_TEMPLATE)
     chat = nv.collect_stats(host, small_probes, progress=False)
     plain = nv.collect_stats(host, small_probes, StatsConfig(gate_chat=False), progress=False)
     n_p, n_n = len(small_probes), len(small_probes.neutral)
     labels = chat.gate_labels
     assert int((labels == GATE_VALUE).sum()) == n_p and int((labels == NEUTRAL).sum()) == 2 * n_n
     assert len(plain.gate_labels) == n_p + n_n
-    host.tokenizer.chat_template = None  # no template: nothing to wrap
+    monkeypatch.setattr(host.tokenizer, "chat_template", None)  # no template: nothing to wrap
     assert len(nv.collect_stats(host, small_probes, progress=False).gate_labels) == n_p + n_n
-    host.tokenizer.chat_template = CHAT_TEMPLATE
+    monkeypatch.setattr(host.tokenizer, "chat_template", CHAT_TEMPLATE)
     for name in ("count", "mean", "m2", "positive", "hist", "resid_sum"):
         assert torch.equal(getattr(chat, name), getattr(plain, name)), name
     # the chat rows are the plain rows' texts wrapped: their features differ

@@ -24,13 +24,14 @@ from optuna.trial import TrialState
 from ray import cloudpickle
 
 import neva_sweep as nv
-from neva_sweep.sweep import ConfigError, load_best_edit, run_sweep
+from neva_sweep.sweep import ConfigError, load_best_edit, run_sweep, worker
 from neva_sweep.sweep.methods import NeVA
 from neva_sweep.sweep.plan import ModelEntry, Resources, make_plan, replica_counts
 from neva_sweep.sweep.run import eval_setup
 from neva_sweep.sweep.studies import STALE_ERROR, open_storage
-from neva_sweep.sweep.worker import run_trials
+from neva_sweep.sweep.worker import prepare, run_trials
 from neva_sweep.tasks import run as run_task
+from neva_sweep.tasks import stats_from_config
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -225,46 +226,11 @@ def test_killed_actor_is_restarted_and_its_trial_retried(cluster, sweep_cfg, tmp
     assert retried and all(t.state == TrialState.COMPLETE for t in retried)
 
 
-def test_interrupt_then_resume_neither_loses_nor_duplicates(cluster, sweep_cfg, tmp_path):
-    run = tmp_path / "run"
-    cfg = sweep_cfg("search.n_trials=4")
-    seen = []
-
-    def interrupt_after_three(outcome):  # a real SIGINT, as from Ctrl-C
-        seen.append(outcome)
-        if len(seen) == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(cfg, run, callbacks=[interrupt_after_three])
-    url = f"sqlite:///{run / 'optuna.db'}"
-    before = states_by_study(url)
-    assert TrialState.RUNNING not in {s for v in before.values() for s in v}
-    done_before = {n: v.count(TrialState.COMPLETE) for n, v in before.items()}
-    assert sum(done_before.values()) == 3
-    complete_numbers = {(r["study"], r["trial"]) for r in trials(run) if r["state"] == "COMPLETE"}
-
-    # A driver killed hard leaves a RUNNING trial: the resumed run marks it FAIL.
-    storage = open_storage(url)
-    optuna.load_study(study_name="tiny-llama/power/neva", storage=storage).ask()
-
-    res = run_sweep(cfg, run)
-    after = states_by_study(url)
-    assert {n: v.count(TrialState.COMPLETE) for n, v in after.items()} == {
-        "tiny-llama/benevolence/neva": 4, "tiny-llama/power/neva": 4}
-    assert TrialState.RUNNING not in {s for v in after.values() for s in v}
-    rows = trials(run)
-    assert complete_numbers <= {(r["study"], r["trial"]) for r in rows
-                                if r["state"] == "COMPLETE"}
-    errors = {r["error"] for r in rows if r["state"] == "FAIL"}
-    assert STALE_ERROR in errors and any(e.startswith("interrupted") for e in errors)
-    assert sum(len(s.stale) for s in res.studies) == 1
-
-
 def test_sigterm_stops_safely_exits_143_and_resumes(cluster, cache, sweep_cfg, tmp_path):
     """SIGTERM (Slurm's time limit, scancel) to a real driver process takes Ctrl-C's path,
     also when repeated: no RUNNING trial left, files written, lock released, exit code 143;
-    re-running resumes."""
+    re-running resumes, neither losing nor duplicating a trial, and fails the RUNNING trial
+    a driver killed hard left behind. (Ctrl-C in process: the journal-storage test.)"""
     import subprocess
     import time
 
@@ -300,57 +266,68 @@ def test_sigterm_stops_safely_exits_143_and_resumes(cluster, cache, sweep_cfg, t
     assert len(rows) == sum(map(len, before.values()))
     assert not (run / "optuna.db.driver.lock").exists()
     assert "stopped by SIGTERM" in log.read_text()
+    complete_numbers = {(r["study"], r["trial"]) for r in rows if r["state"] == "COMPLETE"}
 
-    run_sweep(sweep_cfg("search.n_trials=4"), run)
+    # A driver killed hard leaves a RUNNING trial: the resumed run marks it FAIL.
+    optuna.load_study(study_name="tiny-llama/power/neva", storage=open_storage(url)).ask()
+
+    res = run_sweep(sweep_cfg("search.n_trials=4"), run)
     after = states_by_study(url)
     assert [v.count(TrialState.COMPLETE) for v in after.values()] == [4, 4]
-    errors = {r["error"] for r in trials(run) if r["state"] == "FAIL"}
-    assert errors == {"interrupted (SIGTERM); re-run the same command to resume"}
-
-
-def test_two_models_get_their_own_studies(cluster, sweep_cfg, tmp_path):
-    run = tmp_path / "run"
-    run_sweep(sweep_cfg("models=[tiny_llama,tiny_qwen2]", "sweep.values=[security]",
-                        "search.n_trials=2", "cluster.replicas_per_model=1"), run)
+    assert TrialState.RUNNING not in {s for v in after.values() for s in v}
     rows = trials(run)
-    assert {(r["study"], r["state"]) for r in rows} == {
-        ("tiny-llama/security/neva", "COMPLETE"), ("tiny-qwen2/security/neva", "COMPLETE")}
-    assert len(rows) == 4
-    assert {r["replica"] for r in rows} == {"tiny-llama#0", "tiny-qwen2#0"}
-    best = json.loads((run / "best_edits.json").read_text())
-    assert {e["model"] for e in best["edits"]} == {"tiny-llama", "tiny-qwen2"}
+    assert complete_numbers <= {(r["study"], r["trial"]) for r in rows
+                                if r["state"] == "COMPLETE"}
+    errors = {r["error"] for r in rows if r["state"] == "FAIL"}
+    assert errors == {STALE_ERROR, "interrupted (SIGTERM); re-run the same command to resume"}
+    assert sum(len(s.stale) for s in res.studies) == 1
 
 
-def test_methods_get_their_own_studies(cluster, sweep_cfg, tmp_path):
+def test_models_and_methods_get_their_own_studies(cluster, sweep_cfg, tmp_path):
     run = tmp_path / "run"
-    run_sweep(sweep_cfg("sweep.methods=[neva,caa,prompt,random_neurons]",
+    methods = ("neva", "caa", "prompt", "random_neurons")
+    run_sweep(sweep_cfg("models=[tiny_llama,tiny_qwen2]", f"sweep.methods=[{','.join(methods)}]",
                         "sweep.values=[security]", "search.n_trials=1",
                         "search.n_startup_trials=1", "cluster.replicas_per_model=1"), run)
     rows = trials(run)
-    assert {(r["study"], r["state"]) for r in rows} == {
-        (f"tiny-llama/security/{m}", "COMPLETE") for m in ("neva", "caa", "prompt",
-                                                           "random_neurons")}
+    models = ("tiny-llama", "tiny-qwen2")
+    assert sorted((r["study"], r["state"]) for r in rows) == sorted(
+        (f"{m}/security/{method}", "COMPLETE") for m in models for method in methods)
+    assert {r["replica"] for r in rows} == {"tiny-llama#0", "tiny-qwen2#0"}
+    assert all(r["replica"].startswith(r["study"].split("/")[0]) for r in rows)
     best = json.loads((run / "best_edits.json").read_text())
-    assert {e["method"] for e in best["edits"]} == {"neva", "caa", "prompt", "random_neurons"}
+    assert {(e["model"], e["method"]) for e in best["edits"]} == {
+        (m, method) for m in models for method in methods}
     caa = next(r for r in rows if r["method"] == "caa")
     assert caa["coefficient"] and caa["layer_frac"] and caa["n_neurons"] in ("0", 0)
 
 
-def test_tensor_parallel_sweep_matches_tp1(cluster, sweep_cfg, tmp_path):
-    """tp_size=2 (two shard actors, DeepSpeed AutoTP over gloo) reproduces tp_size=1: the
-    seeded sampler proposes the same trials, and their metrics agree."""
-    rows = {}
-    for tp in (1, 2):
-        cfg = sweep_cfg(f"model.tp_size={tp}", "sweep.values=[power]",
-                        "search.n_trials=2", "cluster.replicas_per_model=1")
-        run_sweep(cfg, tmp_path / f"tp{tp}")
-        rows[tp] = trials(tmp_path / f"tp{tp}")
-    assert [r["replica"] for r in rows[2]] == ["tiny-llama#0"] * 2
-    for a, b in zip(rows[1], rows[2]):
-        assert a["state"] == b["state"] == "COMPLETE"
-        assert (a["sparsity"], a["magnitude"]) == (b["sparsity"], b["magnitude"])
-        for k in ("alignment", "nlr", "kl", "accuracy_edited", "csr_power"):
-            assert float(a[k]) == pytest.approx(float(b[k]), abs=1e-4), k
+def test_tensor_parallel_sweep_matches_tp1(cluster, sweep_cfg, tmp_path, monkeypatch):
+    """A tp_size=2 sweep (two shard actors, DeepSpeed AutoTP over gloo) reproduces the
+    unsharded model: each of its trials, evaluated again in this process on one copy of the
+    model with the same parameters and statistics, gives the same metrics."""
+    cfg = sweep_cfg("model.tp_size=2", "sweep.values=[power]", "search.n_trials=2",
+                    "cluster.replicas_per_model=1")
+    run_sweep(cfg, tmp_path)
+    rows = trials(tmp_path)
+    assert [(r["replica"], r["state"]) for r in rows] == [("tiny-llama#0", "COMPLETE")] * 2
+    study = optuna.load_study(study_name="tiny-llama/power/neva",
+                              storage=open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"))
+    reqs = [{"value": "power", "method": "neva", "params": t.user_attrs["params"]}
+            for t in sorted(study.trials, key=lambda t: t.number)]
+    host = nv.load_model(cfg.model)  # tp_size 1
+    # this process's replica state (one host per process) is this test's alone
+    monkeypatch.setattr(worker, "_EVALUATORS", {})
+    monkeypatch.setattr(worker, "_STATS", {})
+    box = [ray.put(stats_from_config(cfg, host))]  # the statistics the sweep cached
+    setup = eval_setup(cfg)
+    prepare(host, box, setup)  # the unedited side and the judge's null, as a replica's
+    tp1 = run_trials(host, box, setup, reqs)
+    for a, b in zip(tp1, rows):
+        assert "error" not in a, a["error"]
+        assert a["csr_edited"]["power"] == pytest.approx(float(b["csr_power"]), abs=1e-4)
+        for k in ("alignment", "nlr", "kl", "accuracy_edited"):
+            assert a[k] == pytest.approx(float(b[k]), abs=1e-4), k
 
 
 # -- trial batching ----------------------------------------------------------------------------
