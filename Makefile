@@ -39,7 +39,7 @@ run:
 	$(PYTHON) -m neva_sweep hydra.run.dir=$(RUN_DIR)
 
 test:
-	$(PYTHON) -m pytest -q --durations=15
+	$(PYTHON) -m pytest -q -rs --durations=15
 
 test-fast:
 	$(PYTHON) -m pytest -q -m "not slow"

@@ -1,5 +1,6 @@
 """Integration on the embedded SmolLM2-135M-Instruct model (tier 3)."""
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -98,3 +99,18 @@ def test_judges_on_embedded_model(smollm, stats, name):
         assert any(r.strip() for r in edited.replies)
         assert edited.replies != base.replies
         assert np.isfinite(edited.E).all()
+
+
+def test_embedded_gguf_model_is_castable_for_deepspeed(smollm):
+    """The embedded model comes from a GGUF file: transformers marks it quantized though its
+    weights are dequantized, and DeepSpeed's cast (`.float()`) refused it, so the embedded
+    model could not run at tp_size > 1. Sharding drops that mark first."""
+    from neva_sweep.models.tp import _drop_gguf_quantizer
+
+    model = copy.deepcopy(smollm.model)  # the module's model is left as it is
+    assert model.is_quantized
+    with pytest.raises(ValueError, match="not supported for quantized model"):
+        model.float()
+    _drop_gguf_quantizer(model, torch.float32)
+    assert not getattr(model, "is_quantized", False)
+    assert model.float() is model  # what init_inference does

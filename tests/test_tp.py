@@ -162,19 +162,3 @@ def test_sharding_without_deepspeed_names_the_extra(monkeypatch):
     with pytest.raises(ModuleNotFoundError,
                        match=r"model.tp_size=2 .*pip install 'neva_sweep\[tp\]'"):
         _autotp(torch.nn.Linear(2, 2), 2, torch.float32, "cpu")
-
-
-@pytest.mark.slow
-def test_embedded_gguf_model_is_castable_for_deepspeed():
-    """The embedded model comes from a GGUF file: transformers marks it quantized though its
-    weights are dequantized, and DeepSpeed's cast (`.float()`) refused it, so the embedded
-    model could not run at tp_size > 1. Sharding drops that mark first."""
-    from neva_sweep.models.tp import _drop_gguf_quantizer
-
-    model = nv.load_model("smollm2-135m").model
-    assert model.is_quantized
-    with pytest.raises(ValueError, match="not supported for quantized model"):
-        model.float()
-    _drop_gguf_quantizer(model, torch.float32)
-    assert not getattr(model, "is_quantized", False)
-    assert model.float() is model  # what init_inference does
