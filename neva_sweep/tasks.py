@@ -50,14 +50,17 @@ def identify_probes(cfg: DictConfig) -> ProbeSet:
     return load_probes(cfg.data.probes, split="identify", neutral=cfg.data.neutral or True)
 
 
+def stats_settings(cfg: DictConfig) -> tuple[ProbeSet, StatsConfig, Path | None]:
+    """The statistics pass's probes, settings and cache directory (None: no cache)."""
+    cache = Path(cfg.cache_dir) / "stats" if cfg.cache_dir else None
+    return identify_probes(cfg), StatsConfig(**OmegaConf.to_container(cfg.stats)), cache
+
+
 def stats_from_config(cfg: DictConfig, host: ModelHost) -> NeuronStats:
     """Identification statistics for ``host``, from the cache when possible."""
     from .stats import cached_stats
 
-    probes = identify_probes(cfg)
-    stats_cfg = StatsConfig(**OmegaConf.to_container(cfg.stats))
-    cache = Path(cfg.cache_dir) / "stats" if cfg.cache_dir else None
-    return cached_stats(host, probes, stats_cfg, cache, progress=cfg.progress)
+    return cached_stats(host, *stats_settings(cfg), progress=cfg.progress)
 
 
 def selection_kwargs(cfg: DictConfig) -> dict:

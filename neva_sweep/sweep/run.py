@@ -22,9 +22,8 @@ from tqdm.auto import tqdm
 
 from ..capability import CapabilityConfig
 from ..config import DataConfig
-from ..data import load_probes
 from ..judges import JudgeConfig
-from ..stats import StatsConfig
+from ..tasks import stats_settings
 from .cluster import ReplicaWorker, model_stats, ray_session, start_replicas
 from .lock import run_lock
 from .logging import SweepLogger, make_logger
@@ -142,10 +141,7 @@ def eval_setup(cfg: DictConfig) -> EvalSetup:
 
 def _run_trials(cfg: DictConfig, plan: SweepPlan, states: list[StudyState], outputs: Outputs,
                 callbacks: list) -> None:
-    # the identify probes and the gate part of data.neutral (the gate's neutral class)
-    probes = load_probes(cfg.data.probes, split="identify", neutral=cfg.data.neutral or True)
-    stats_cfg = StatsConfig(**OmegaConf.to_container(cfg.stats))
-    stats_cache = Path(cfg.cache_dir) / "stats" if cfg.cache_dir else None
+    probes, stats_cfg, stats_cache = stats_settings(cfg)
     setup = eval_setup(cfg)
     # Only models with trials left get replicas (a resumed multi-model sweep).
     models = [m for m in plan.models if any(s.missing for s in states if s.key.model == m.label)]
