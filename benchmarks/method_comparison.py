@@ -147,11 +147,15 @@ def load_kl(paths: list[str]) -> dict[tuple[str, str], list[dict]]:
 MAX_ACQ_DROP = None  # --max-acq-drop: also require acquiescence >= -this
 
 
+def in_budget(p: dict, budget: float) -> bool:
+    """KL <= budget (and, with --max-acq-drop, option log-probabilities on the scenarios
+    lowered by at most that much)."""
+    return p["kl"] <= budget and (MAX_ACQ_DROP is None or p["acquiescence"] >= -MAX_ACQ_DROP)
+
+
 def best_within(points: list[dict], budget: float) -> dict | None:
-    """The highest-alignment trial with KL <= budget (and, with --max-acq-drop, option
-    log-probabilities on the scenarios lowered by at most that much; None if none is)."""
-    ok = [p for p in points if p["kl"] <= budget and (
-        MAX_ACQ_DROP is None or p["acquiescence"] >= -MAX_ACQ_DROP)]
+    """The highest-alignment trial within the budgets (None if none is)."""
+    ok = [p for p in points if in_budget(p, budget)]
     return max(ok, key=lambda p: p["alignment"]) if ok else None
 
 
@@ -228,7 +232,7 @@ def goal_table(paths: list[str], budgets: list[float], method: str = "neva",
 
 
 def convergence_table(paths: list[str], budget: float, within: float = 0.9) -> None:
-    """When each study's best alignment at KL <= budget was reached: the number of
+    """When each study's best alignment within the budgets was reached: the number of
     COMPLETE trials (in trial order) until the running best first came within ``within``
     of the final best, and until it reached it. Many studies reaching it only in their
     last trials means the search has not converged at this budget."""
@@ -240,7 +244,7 @@ def convergence_table(paths: list[str], budget: float, within: float = 0.9) -> N
     for v in VALUES:
         for m in sorted({k[1] for k in groups}):
             pts = sorted(groups.get((v, m), []), key=lambda p: p["trial"])
-            ok = [p["alignment"] if p["kl"] <= budget else -np.inf for p in pts]
+            ok = [p["alignment"] if in_budget(p, budget) else -np.inf for p in pts]
             if not pts or max(ok) <= 0:
                 continue
             run = np.maximum.accumulate(ok)
