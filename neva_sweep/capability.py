@@ -109,13 +109,16 @@ def kl_top_k(base_ids: torch.Tensor, base_logp: torch.Tensor, edited: torch.Tens
     return (kl + rest_b.exp() * (rest_b - rest_e)).clamp(min=0)
 
 
-def neutral_texts(neutral: Records, limit: int | None = None) -> list[str]:
-    """The ``capability`` part of the neutral texts (never the gate's training texts,
-    :func:`neva_sweep.data.neutral_split`), at most ``limit`` of them, evenly spread."""
-    texts = neutral_split(neutral, "capability")
+def neutral_texts(neutral: Records, limit: int | None = None, split: str = "search"
+                  ) -> list[str]:
+    """The ``split`` part (``search`` or ``test``) of the neutral texts (never the gate's
+    training texts, :func:`neva_sweep.data.neutral_split`), at most ``limit`` of them,
+    evenly spread."""
+    texts = neutral_split(neutral, split)
     if not texts:
-        raise DataError(f"{neutral.path}: no capability neutral texts (data.neutral; records "
-                        "without \"split\" or with \"split\": \"capability\")")
+        raise DataError(f"{neutral.path}: no {split} neutral texts (data.neutral; records "
+                        f"with \"split\": \"{split}\""
+                        + (" or without \"split\")" if split == "search" else ")"))
     return spread(texts, limit, "capability.neutral_limit")
 
 

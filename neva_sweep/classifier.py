@@ -233,7 +233,7 @@ class ClassifierJudge:
             raise DataError(f"{probes.path}: no identify probes to train the classifier on "
                             "(data.probes)")
         self.classifier = ValueClassifier.fit(train.texts, train.labels,
-                                              neutral_split(neutral, "capability"), encoder,
+                                              neutral_split(neutral, "search"), encoder,
                                               cache_dir=cache_dir)
 
     @classmethod

@@ -32,12 +32,19 @@ SCHEMAS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "scenarios": {"id": str, "scenario": str, "options": dict},
 }
 # kind -> keys a record may add to its schema's.
-OPTIONAL: dict[str, dict[str, type]] = {"neutral": {"split": str}}
+OPTIONAL: dict[str, dict[str, type]] = {"neutral": {"split": str},
+                                         "scenarios": {"split": str}}
 SPLITS = ("identify", "validate")
-# Neutral texts: ``capability`` (KL of next-token distributions, the classifier judge's
-# "none" class) or ``gate`` (training the value-relevance gate, neva_sweep/gate.py); a
-# record without ``split`` is ``capability``, so the two parts never share a text.
-NEUTRAL_SPLITS = ("capability", "gate")
+# Evaluation splits: edits are chosen on ``search`` and re-scored on ``test``, which no
+# search sees (scenarios, and the neutral texts KL reads). A record without ``split`` is
+# ``search``.
+EVAL_SPLITS = ("search", "test")
+# Neutral texts: ``search`` / ``test`` (KL of next-token distributions; ``search`` is also
+# the classifier judge's "none" class) or ``gate`` (training the value-relevance gate,
+# neva_sweep/gate.py); the parts never share a text. ``capability`` is the former name of
+# ``search`` and still accepted in files.
+NEUTRAL_SPLITS = (*EVAL_SPLITS, "gate")
+NEUTRAL_ALIASES = {"capability": "search"}
 
 
 class DataError(ValueError):
@@ -90,9 +97,12 @@ def _check_record(kind: str, rec: object, where: str) -> dict:
         )
     if kind == "probes" and rec["split"] not in SPLITS:
         raise DataError(f"{where}: split must be one of {list(SPLITS)}, got {rec['split']!r}")
-    if kind == "neutral" and rec.get("split", "capability") not in NEUTRAL_SPLITS:
+    if kind == "neutral" and record_split(rec) not in NEUTRAL_SPLITS:
         raise DataError(f"{where}: split must be one of {list(NEUTRAL_SPLITS)} (or absent: "
-                        f"capability), got {rec['split']!r}")
+                        f"search), got {rec['split']!r}")
+    if kind == "scenarios" and record_split(rec) not in EVAL_SPLITS:
+        raise DataError(f"{where}: split must be one of {list(EVAL_SPLITS)} (or absent: "
+                        f"search), got {rec['split']!r}")
     if kind == "mc":
         choices = rec["choices"]
         if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
@@ -170,18 +180,35 @@ def load_records(kind: str, path: str | Path | None = None) -> Records:
     return Records(kind, p, tuple(rows), hashlib.sha256(raw).hexdigest())
 
 
-def neutral_split(neutral: Records, split: str) -> list[str]:
-    """The texts of one part of a neutral file: ``capability`` (records without ``split``
-    too) or ``gate``.
+def record_split(rec: dict) -> str:
+    """A scenario's or neutral text's split: its ``split`` (aliases resolved), else ``search``.
 
-    >>> a, b = (neutral_split(load_records("neutral"), s) for s in NEUTRAL_SPLITS)
+    >>> record_split({"text": "x"}), record_split({"text": "x", "split": "capability"})
+    ('search', 'search')
+    """
+    split = rec.get("split", "search")
+    return NEUTRAL_ALIASES.get(split, split)
+
+
+def split_rows(records: Records, split: str) -> list[dict]:
+    """The records of one split (``search``: also those without ``split``)."""
+    valid = NEUTRAL_SPLITS if records.kind == "neutral" else EVAL_SPLITS
+    split = NEUTRAL_ALIASES.get(split, split)
+    if split not in valid:
+        raise KeyError(f"unknown {records.kind} split {split!r}; valid splits: "
+                       f"{', '.join(valid)}")
+    return [r for r in records.rows if record_split(r) == split]
+
+
+def neutral_split(neutral: Records, split: str) -> list[str]:
+    """The texts of one part of a neutral file: ``search`` (records without ``split``
+    too), ``test`` or ``gate``.
+
+    >>> a, b = (neutral_split(load_records("neutral"), s) for s in ("search", "gate"))
     >>> len(a) == len(b) == 72 and not set(a) & set(b)
     True
     """
-    if split not in NEUTRAL_SPLITS:
-        raise KeyError(f"unknown neutral split {split!r}; valid splits: "
-                       f"{', '.join(NEUTRAL_SPLITS)}")
-    return [r["text"] for r in neutral.rows if r.get("split", "capability") == split]
+    return [r["text"] for r in split_rows(neutral, split)]
 
 
 def load_scenarios(path: str | Path | None = None) -> Records:
@@ -216,6 +243,29 @@ class ProbeSet:
     def of_value(self, value: str) -> list[str]:
         i = VALUES.index(value)
         return [t for t, lab in zip(self.texts, self.labels) if lab == i]
+
+    def resample(self, seed: int) -> ProbeSet:
+        """A bootstrap resample: per value, as many texts drawn with replacement (seeded)
+        as the value has, so statistics can be repeated over probe samples
+        (``stats.resample_seed``). The hash covers the seed.
+
+        >>> p = load_probes(neutral=False)
+        >>> r = p.resample(1)
+        >>> len(r) == len(p) and r.labels == p.labels and r.sha256 != p.sha256
+        True
+        >>> r.texts == p.resample(1).texts != p.resample(2).texts
+        True
+        """
+        import random
+
+        gen = random.Random(seed)
+        texts = list(self.texts)
+        for label in sorted(set(self.labels)):
+            idx = [i for i, lab in enumerate(self.labels) if lab == label]
+            for i, j in zip(idx, gen.choices(idx, k=len(idx))):
+                texts[i] = self.texts[j]
+        key = hashlib.sha256(f"{self.sha256}:resample:{seed}".encode()).hexdigest()
+        return ProbeSet(tuple(texts), self.labels, key, self.split, self.path, self.neutral)
 
     def shard(self, rank: int, world: int) -> ProbeSet:
         """Every ``world``-th text starting at ``rank`` (data-parallel statistics)."""

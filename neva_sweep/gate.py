@@ -354,7 +354,7 @@ def gate_accuracy(stats: NeuronStats, host: ModelHost, probes: ProbeSet | None =
     gate = gate_of(stats, "context")
     probes = probes if probes is not None else load_probes(split="validate", neutral=False)
     neutral = (list(neutral) if neutral is not None
-               else neutral_split(load_records("neutral"), "capability"))
+               else neutral_split(load_records("neutral"), "search"))
     max_length = stats.meta.get("config", {}).get("max_length", 128)
 
     def scores(value_texts: Sequence[str], neutral_texts: Sequence[str]) -> dict:

@@ -254,7 +254,7 @@ def test_neutral_split_is_validated(tmp_path) -> None:
     bad = tmp_path / "neutral.jsonl"
     bad.write_text('{"text": "Snow fell.", "split": "train"}\n')
     with pytest.raises(DataError, match=r"neutral.jsonl:1: split must be one of "
-                                        r"\['capability', 'gate'\]"):
+                                        r"\['search', 'test', 'gate'\]"):
         load_records("neutral", bad)
     plain = tmp_path / "plain.jsonl"
     plain.write_text('{"text": "Snow fell."}\n')

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from neva_sweep.data import DataError, builtin_path, load_records, load_scenarios
+from neva_sweep.data import DataError, builtin_path, load_records, load_scenarios, split_rows
 from neva_sweep.values import VALUES
 
 DOMAINS = ("work", "family", "money", "leisure", "health", "neighbourhood", "study",
@@ -53,9 +53,14 @@ def test_builtin_file_lists_options_in_circumplex_order():
 
 
 def test_builtin_scenarios_cover_every_domain(scenarios):
-    counts = Counter(r["id"].rsplit("-", 1)[0] for r in scenarios.rows)
-    assert set(counts) == set(DOMAINS)
-    assert all(counts[d] >= 6 for d in DOMAINS), counts
+    """Search ids are ``<domain>-NN``, test ids ``test-<domain>-NN``; each split covers
+    every domain."""
+    for split, prefix, least in (("search", "", 6), ("test", "test-", 4)):
+        ids = [r["id"] for r in split_rows(scenarios, split)]
+        assert all(re.fullmatch(rf"{prefix}[a-z]+-\d\d", i) for i in ids), (split, ids)
+        counts = Counter(i.removeprefix(prefix).rsplit("-", 1)[0] for i in ids)
+        assert set(counts) == set(DOMAINS), (split, counts)
+        assert all(counts[d] >= least for d in DOMAINS), (split, counts)
 
 
 def test_builtin_texts_follow_the_prompt_format(scenarios):
