@@ -1,0 +1,322 @@
+"""Dose-matched null edits: random-direction controls with the same size as an edit.
+
+A control for an edit should differ from it in *direction* only: the same number of
+neurons in the same layers and the same total push on the residual stream. The
+random-neuron control of :func:`neva_sweep.select.random_neurons` gives each random neuron
+the target value's own mean difference (a subset of the same direction), and its push is
+typically several times smaller than NeVA's; the nulls built here match both.
+
+**Push.** The push of a neuron edit is the norm of its expected change of the residual
+stream, summed over layers in quadrature::
+
+    push = sqrt( sum_l || W_l[:, S_l] @ delta_l ||^2 )
+
+with ``W_l`` (H, I) layer l's MLP down-projection weight (GPT-2's ``Conv1D`` stores it
+transposed, (I, H); it is read as (H, I)), ``S_l`` the edited neurons of layer l and
+``delta_l`` their expected activation change over the value's probe tokens, from the
+edit's per-neuron (s, b, f) of a' = max(a (1 + s) + b, f)
+(:meth:`neva_sweep.edit.NeuronEdit.coefficients`):
+
+- ``add`` / ``add_sd`` (s = 0, f = -inf): delta = b, exactly;
+- ``scale`` (b = 0): delta = s * mu(i), exactly in expectation;
+- ``set`` (s = b = 0): delta = max(0, f - mu(i)), an *approximation*: the true expected
+  change E[max(0, f - a)] is at least this (Jensen), larger where the activation spreads
+  below the floor.
+
+``mu(i)`` is the neuron's mean activation over all probe tokens: the mean over the ten
+values of ``stats.mean`` with equal weights. A magnitude of 0 has zero push (the edit is
+masked out entirely). The push of a :class:`~neva_sweep.caa.ResidualEdit` is
+``sqrt(sum_l ||coefficient * v_l||^2)``. Gates are ignored: the push is that of the
+ungated edit (a gate only scales each row's edit by g in [0, 1]). Edit positions are
+ignored too (the change per edited token).
+
+**Tensor parallelism.** On a sharded host (:mod:`neva_sweep.models.tp`) each rank's
+down-projection holds the input columns of its own slice of neurons
+(``host.neuron_slices``); every rank computes ``W_local @ delta_local`` for its own
+neurons and the per-layer (H,) vectors are summed over ranks with one
+``torch.distributed.all_reduce``. Every rank must call :func:`edit_push`,
+:func:`residual_change` and :func:`dose_matched` with the same arguments in the same order
+(the SPMD contract); the seeded draws are the same on every rank.
+
+**Nulls** (:func:`dose_matched`): for a neuron edit, random neurons in the same layers
+(the same count per layer, none of the edit's own), edited by the ``add`` rule with
+magnitude 1, whose deltas are the edit's expected |delta| permuted within each layer with
+random signs, times one scalar that makes the null's push equal the edit's; for a residual
+edit, a Gaussian vector per layer rescaled to the norm of ``coefficient * v_l``. Prompt
+edits have no null. :func:`z_score` places an edit's result among its nulls' results.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+
+from .caa import ResidualEdit
+from .edit import NeuronEdit
+from .models.host import ModelHost
+from .models.identity import ModelId
+from .select import ValueNeurons, check_neurons
+from .stats import NeuronStats, layer_offsets
+
+LayerChange = dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _check_kind(edit) -> None:
+    if isinstance(edit, (NeuronEdit, ResidualEdit)):
+        return
+    if getattr(edit, "kind", None) == "prompt":
+        raise TypeError("a prompt edit has no dose-matched null: it touches no activations, "
+                        "so it has no push on the residual stream")
+    raise TypeError(f"no push or dose-matched null for {type(edit).__name__}; expected a "
+                    "NeuronEdit or a ResidualEdit")
+
+
+def mean_activation(stats: NeuronStats) -> torch.Tensor:
+    """mu(i): every neuron's mean activation over all probe tokens, the ten values weighted
+    equally: ``stats.mean.mean(0)``, (N,) float32 (columns layer-major, as in ``stats``)."""
+    return stats.mean.mean(0).float()
+
+
+def expected_change(edit: NeuronEdit, stats: NeuronStats | None = None) -> LayerChange:
+    """The expected activation change of every edited neuron, per layer.
+
+    Args:
+        edit: a neuron edit of any rule.
+        stats: statistics of the whole model (all layers, all shards joined); needed for
+            ``scale`` and ``set`` (mu(i), see the module docstring), unused by ``add`` and
+            ``add_sd``.
+
+    Returns:
+        ``{layer: (index, delta)}`` over the layers holding edited neurons, in layer
+        order: ``index`` (k_l,) int64 neuron indices within the layer (global across
+        shards), ``delta`` (k_l,) float32 their expected change (all zero at magnitude 0).
+
+    >>> import torch
+    >>> vn = ValueNeurons(torch.tensor([1, 0, 1]), torch.tensor([5, 2, 7]), torch.ones(3),
+    ...                   torch.tensor([0.5, -1.0, 2.0]), torch.zeros(3))
+    >>> expected_change(NeuronEdit(vn, "add", 2.0))
+    {0: (tensor([2]), tensor([-2.])), 1: (tensor([5, 7]), tensor([1., 4.]))}
+    """
+    _check_kind(edit)
+    if not isinstance(edit, NeuronEdit):
+        raise TypeError(f"expected_change takes a NeuronEdit, not {type(edit).__name__}")
+    vn = edit.neurons
+    layer, index = vn.layer.long(), vn.index.long()
+    s, b, f = (c.float() for c in edit.coefficients())  # (k,) each
+    if edit.magnitude == 0.0:
+        delta = torch.zeros(len(vn))
+    elif torch.all(s == 0) and torch.all(torch.isneginf(f)):  # add, add_sd
+        delta = b.clone()
+    else:
+        if stats is None:
+            raise ValueError(f"the push of a {edit.rule!r} edit needs the statistics (the "
+                             "neurons' mean activations); pass stats")
+        check_neurons(vn, stats.layer_sizes, "edit vs statistics")
+        offsets = torch.tensor(layer_offsets(stats.layer_sizes), dtype=torch.long)
+        mu = mean_activation(stats)[offsets[layer] + index]  # (k,)
+        moved = mu * (1 + s) + b
+        delta = torch.where(torch.isneginf(f), moved - mu, (torch.maximum(moved, f) - mu)
+                            .clamp(min=0))
+        # scale: s * mu; set (s = b = 0): max(0, f - mu); any mix of the two per formula
+    out: LayerChange = {}
+    for lay in sorted(layer.unique().tolist()):
+        sel = layer == lay
+        out[int(lay)] = (index[sel].clone(), delta[sel].clone())
+    return out
+
+
+def down_weight(site: nn.Module) -> torch.Tensor:
+    """The down-projection weight of a neuron site as (H, I_local) (a view, not a copy).
+
+    ``nn.Linear`` and DeepSpeed's ``LinearAllreduce`` store (out, in) = (H, I_local);
+    GPT-2's ``Conv1D`` stores (in, out) = (I, H) and is transposed.
+    """
+    w = site.weight
+    return w.t() if type(site).__name__ == "Conv1D" else w
+
+
+def is_sharded(host: ModelHost) -> bool:
+    """Whether ``host`` holds one tensor-parallel shard (not every neuron of some layer)."""
+    if int(host.meta.get("tp_size", 1)) > 1:
+        return True
+    return any((start, stop) != (0, size)
+               for (start, stop), size in zip(host.neuron_slices, host.layer_sizes))
+
+
+def _all_reduce(vectors: torch.Tensor) -> torch.Tensor:
+    """Sum (L, H) over tensor-parallel ranks, in place on its own device."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("a sharded host needs its torch.distributed process group to sum "
+                           "the ranks' partial residual changes (init_process_group)")
+    dist.all_reduce(vectors, op=dist.ReduceOp.SUM)
+    return vectors
+
+
+def residual_change(host: ModelHost, edit, stats: NeuronStats | None = None
+                    ) -> dict[int, torch.Tensor]:
+    """The expected change of the residual stream that ``edit`` adds at each layer.
+
+    For a neuron edit ``W_l[:, S_l] @ delta_l`` (:func:`expected_change`), summed over
+    tensor-parallel ranks on a sharded host (a collective: every rank must call it); for a
+    residual edit ``coefficient * v_l``. Gates are ignored.
+
+    Returns:
+        ``{layer: (H,) float32 CPU tensor}``, in layer order.
+    """
+    _check_kind(edit)
+    if isinstance(edit, ResidualEdit):
+        vectors = edit.coefficient * edit.vectors.float().cpu()  # (k, H)
+        return {int(lay): vectors[i] for i, lay in enumerate(edit.layers)}
+    check_neurons(edit.neurons, host.layer_sizes, f"edit on {host.name!r}")
+    change = expected_change(edit, stats)
+    layers = list(change)
+    weights = [down_weight(host.sites[lay]) for lay in layers]
+    hidden = weights[0].shape[0]
+    device = weights[0].device
+    out = torch.zeros(len(layers), hidden, device=device)  # (L_edit, H)
+    with torch.no_grad():
+        for row, (lay, w) in enumerate(zip(layers, weights)):
+            index, delta = change[lay]
+            start, stop = host.neuron_slices[lay]
+            mine = (index >= start) & (index < stop)
+            if mine.any():
+                local = (index[mine] - start).to(device)
+                out[row] = w[:, local].float() @ delta[mine].to(device)
+    if is_sharded(host):
+        out = _all_reduce(out)
+    out = out.cpu()
+    return {lay: out[row] for row, lay in enumerate(layers)}
+
+
+def push_of(change: dict[int, torch.Tensor]) -> float:
+    """sqrt(sum_l ||change[l]||^2) of per-layer (H,) residual changes."""
+    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in change.values()))
+
+
+def edit_push(host: ModelHost, edit, stats: NeuronStats | None = None) -> float:
+    """The push of ``edit`` on ``host`` (see the module docstring): the norm of its
+    expected residual-stream change, summed over layers in quadrature.
+
+    ``stats`` (the whole model's statistics) are needed for neuron edits with rule
+    ``scale`` or ``set``. A collective on a sharded host. A prompt edit raises TypeError.
+    """
+    return push_of(residual_change(host, edit, stats))
+
+
+def _null_neurons(host: ModelHost, edit: NeuronEdit, stats: NeuronStats | None,
+                  gen: torch.Generator) -> ValueNeurons:
+    """Random neurons and unscaled deltas (before matching the push) of a neuron edit's
+    null, as ``ValueNeurons`` of the ``add`` rule (k,)."""
+    change = expected_change(edit, stats)
+    own = {}
+    for lay, idx in zip(edit.neurons.layer.tolist(), edit.neurons.index.tolist()):
+        own.setdefault(lay, set()).add(idx)
+    layers, indices, deltas = [], [], []
+    for lay, (index, delta) in change.items():
+        k = index.numel()
+        size = host.layer_sizes[lay]
+        taken = torch.zeros(size, dtype=torch.bool)
+        taken[torch.tensor(sorted(own[lay]), dtype=torch.long)] = True
+        pool = (~taken).nonzero().flatten()  # (size - |own|,)
+        if pool.numel() < k:
+            raise ValueError(f"no dose-matched null: layer {lay} has {size} neurons, the edit "
+                             f"takes {int(taken.sum())} of them and the null needs {k} others")
+        chosen = pool[torch.randperm(pool.numel(), generator=gen)[:k]]
+        magnitude = delta.abs()[torch.randperm(k, generator=gen)]
+        sign = torch.randint(0, 2, (k,), generator=gen).float() * 2 - 1
+        layers.append(torch.full((k,), lay, dtype=torch.long))
+        indices.append(chosen)
+        deltas.append(magnitude * sign)
+    k = sum(x.numel() for x in layers)
+    model = ModelId.from_meta(stats.meta) if stats is not None else edit.neurons.model
+    vn = ValueNeurons(torch.cat(layers), torch.cat(indices), torch.zeros(k), torch.cat(deltas),
+                      torch.zeros(k), model, torch.ones(k))
+    return vn
+
+
+def _null_edit(edit: NeuronEdit, neurons: ValueNeurons) -> NeuronEdit:
+    return NeuronEdit(neurons, "add", 1.0, positions=edit.positions,
+                      allow_other_model=edit.allow_other_model, gate=edit.gate)
+
+
+def _dose_matched(host: ModelHost, edit, stats: NeuronStats | None, seed: int,
+                  target: float):
+    gen = torch.Generator().manual_seed(int(seed))
+    if isinstance(edit, ResidualEdit):
+        hidden = edit.vectors.shape[-1]
+        norms = (edit.coefficient * edit.vectors.float().cpu()).norm(dim=-1)  # (k,)
+        raw = torch.randn(len(edit.layers), hidden, generator=gen)  # (k, H)
+        vectors = raw / raw.norm(dim=-1, keepdim=True).clamp(min=1e-12) * norms[:, None]
+        return ResidualEdit(vectors, tuple(edit.layers), 1.0, edit.positions, edit.gate)
+    neurons = _null_neurons(host, edit, stats, gen)
+    raw = edit_push(host, _null_edit(edit, neurons))
+    if target == 0.0:
+        scale = 0.0
+    elif raw == 0.0:
+        raise ValueError("no dose-matched null: the random neurons' down-projection columns "
+                         "give no push (zero weights)")
+    else:
+        scale = target / raw
+    return _null_edit(edit, replace(neurons, mean_diff=neurons.mean_diff * scale))
+
+
+def dose_matched(host: ModelHost, edit, stats: NeuronStats | None, seed: int = 0):
+    """A random-direction null of ``edit`` with the same neuron count per layer and the same
+    push (:func:`edit_push`), an edit of the same kind.
+
+    - :class:`~neva_sweep.edit.NeuronEdit`: for every layer the edit touches, as many
+      neurons drawn at random (seeded ``torch.Generator``) from that layer's others (never
+      one of the edit's own); edited by rule ``add`` with magnitude 1 (same positions,
+      gate and ``allow_other_model``): neuron j of layer l is moved by
+      ``c * sign_j * |delta_l|[perm(j)]``, the edit's expected |delta| of that layer
+      (:func:`expected_change`) in random order with random signs, and ``c`` the one
+      scalar that makes the null's push equal the edit's. Its ``ValueNeurons`` hold
+      ``mean_diff`` = those deltas (k,), ``score`` and ``quantile`` zeros, ``std`` ones
+      and the statistics' model id.
+    - :class:`~neva_sweep.caa.ResidualEdit`: the same layers; per layer a seeded Gaussian
+      (H,) vector rescaled to the norm of ``coefficient * v_l``;
+      ``ResidualEdit(vectors (k, H), layers, coefficient=1.0, positions, gate)``.
+    - :class:`~neva_sweep.prompting.PromptEdit`: no null (TypeError).
+
+    An edit with zero push gives a null with zero push. ``stats`` (whole-model statistics)
+    are needed for neuron edits with rule ``scale`` or ``set``. A collective on a sharded
+    host; the same ``seed`` gives the same null on every rank and every call.
+    """
+    _check_kind(edit)
+    return _dose_matched(host, edit, stats, seed, edit_push(host, edit, stats))
+
+
+def dose_matched_nulls(host: ModelHost, edit, stats: NeuronStats | None, n: int,
+                       seed: int = 0) -> list:
+    """``n`` dose-matched nulls of ``edit`` (:func:`dose_matched`), seeds ``seed`` ..
+    ``seed + n - 1``."""
+    _check_kind(edit)
+    if n < 0:
+        raise ValueError(f"the number of nulls must be >= 0, got {n}")
+    target = edit_push(host, edit, stats)
+    return [_dose_matched(host, edit, stats, seed + i, target) for i in range(n)]
+
+
+def z_score(alignment: float, null_alignments: Sequence[float]) -> float | None:
+    """(alignment - mean) / sd of the nulls' alignments (sd with ddof = 1); None with fewer
+    than two nulls or when their sd is 0 (or not finite).
+
+    >>> z_score(3.0, [1.0, 2.0, 3.0])
+    1.0
+    >>> z_score(3.0, [1.0]) is None, z_score(3.0, [2.0, 2.0]) is None
+    (True, True)
+    """
+    values = [float(x) for x in null_alignments]
+    if len(values) < 2:
+        return None
+    sd = statistics.stdev(values)
+    if sd == 0 or not math.isfinite(sd):
+        return None
+    return (float(alignment) - statistics.fmean(values)) / sd
