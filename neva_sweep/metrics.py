@@ -19,6 +19,12 @@ the evaluator sets ``eps`` from the judge's null (``nlr_floor``).
 - ``suppression = max(0, -acquiescence)``: how far it lowered all ten together (for the
   forced-choice judge, every option's log-probability: the model breaking on the
   value-laden prompts themselves). Budget it with ``search.max_suppression``.
+- ``inflation = max(0, acquiescence)``: how far it raised all ten together (an edit that
+  makes every option likelier pays nothing in suppression). ``search.max_inflation``.
+- ``nglr_chance``: NGLR when the leakage falls on the nine other values at random (the
+  share of them outside every group of t: 7/9 for most values). ``leakage_tests`` gives
+  the exact permutation interval of NGLR for the edit's own leakage amounts and a
+  circumplex test (Spearman of leakage against circular distance, permutation p-value).
 All functions are pure; torch tensors are accepted and converted to float64 numpy arrays.
 """
 
@@ -152,6 +158,72 @@ def nglr(dcsr: ArrayLike, target: str) -> float:
     return float(leak[outside].sum() / total)
 
 
+def nglr_chance(target: str) -> float:
+    """NGLR under leakage spread uniformly over the nine other values: the share of them
+    outside every group of ``target``.
+
+    >>> round(nglr_chance("benevolence"), 4), round(nglr_chance("hedonism"), 4)
+    (0.8889, 0.5556)
+    """
+    related = related_values(target)
+    return sum(v not in related for v in VALUES) / (N_VALUES - 1)
+
+
+def nglr_permutation(dcsr: ArrayLike, target: str, level: float = 0.95) -> dict:
+    """NGLR against chance for the edit's own leakage amounts: every assignment of the nine
+    amounts to the nine other values (exactly: only which amounts land outside t's
+    groups matters, at most C(9, 4) = 126 subsets). Returns ``{"chance", "interval"
+    [lo, hi] (central ``level``), "p_low"}``: p_low = P(NGLR_perm <= observed), small when
+    leakage stays in related values more than chance. Without leakage: NGLR 0, p_low 1.
+
+    >>> d = np.zeros(10); d[8], d[9] = 0.5, 0.3  # benevolence, all leakage to universalism
+    >>> r = nglr_permutation(d, "benevolence"); round(r["p_low"], 4)  # 1 of 9 placements
+    0.1111
+    """
+    from itertools import combinations
+
+    t = value_index(target)
+    leak = np.delete(leakage(dcsr, target), t)  # (9,)
+    others = [v for v in VALUES if v != VALUES[t]]
+    m = sum(v not in related_values(target) for v in others)
+    total = leak.sum()
+    if total == 0 or m == 0:
+        return {"chance": nglr_chance(target), "interval": [0.0, 0.0], "p_low": 1.0}
+    perm = np.array([leak[list(c)].sum() / total for c in combinations(range(N_VALUES - 1), m)])
+    observed = nglr(dcsr, target)
+    lo, hi = np.quantile(perm, [(1 - level) / 2, (1 + level) / 2])
+    return {"chance": nglr_chance(target), "interval": [float(lo), float(hi)],
+            "p_low": float((perm <= observed + 1e-12).mean())}
+
+
+def circumplex_test(dcsr: ArrayLike, target: str, n_perm: int = 2000, seed: int = 0) -> dict:
+    """Does leakage fall off with circular distance from the target? Spearman rho of the
+    nine off-target changes dcsr_j against d(t, j), with a one-sided permutation p-value
+    (P(rho_perm <= rho): small when near neighbours move more, as the circumplex predicts).
+    ``rho`` is None when the changes are all equal.
+
+    >>> d = np.array([5, 4, 3, 2, 1, 0, 1, 2, 3, 4.0]) * 0.01; d[0] = 0.5  # 0.01 x (5 - d)
+    >>> r = circumplex_test(d, "self_direction"); round(r["rho"], 3), r["p"] < 0.05
+    (-1.0, True)
+    """
+    from scipy.stats import rankdata
+
+    t = value_index(target)
+    x = np.delete(_check_dcsr(dcsr), t)  # (9,)
+    dist = np.array([circular_distance(t, j) for j in range(N_VALUES) if j != t], float)
+    if np.ptp(x) == 0:
+        return {"rho": None, "p": None}
+    rx, rd = rankdata(x), rankdata(dist)
+
+    def rho(r: np.ndarray) -> float:
+        return float(np.corrcoef(r, rd)[0, 1])
+
+    observed = rho(rx)
+    gen = np.random.default_rng(seed)
+    perm = np.array([rho(gen.permutation(rx)) for _ in range(n_perm)])
+    return {"rho": observed, "p": float(((perm <= observed + 1e-12).sum() + 1) / (n_perm + 1))}
+
+
 def cwl(dcsr: ArrayLike, target: str, eps: float = EPS) -> float:
     """Circumplex-weighted leakage: leakage weighted by distance d(t, j)/5, over max(A_t, eps).
 
@@ -179,6 +251,15 @@ def suppression(acquiescence: float) -> float:
     return max(0.0, -float(acquiescence))
 
 
+def inflation(acquiescence: float) -> float:
+    """How far an edit raises all ten readings together: max(0, acquiescence).
+
+    >>> inflation(-0.4), inflation(0.02)
+    (0.0, 0.02)
+    """
+    return max(0.0, float(acquiescence))
+
+
 def acquiescence(R_base: ArrayLike, R_edited: ArrayLike) -> float:
     """Mean over the ten values of the change of the judge's raw (uncentred) reading.
 
@@ -201,7 +282,8 @@ def edit_metrics(E_base: ArrayLike, E_edited: ArrayLike, target: str, eps: float
                  ) -> dict:
     """All metrics of one edit toward ``target``, as plain floats and value -> float dicts.
 
-    Keys: alignment, nlr, nglr, cwl, csr_base, csr_edited, leakage.
+    Keys: alignment, nlr, nglr, nglr_chance, cwl, csr_base, csr_edited, leakage and
+    leakage_tests (:func:`nglr_permutation`, :func:`circumplex_test`).
 
     >>> base, edited = np.zeros((2, 10)), np.zeros((2, 10))
     >>> edited[:, 8] = 1.0
@@ -220,10 +302,13 @@ def edit_metrics(E_base: ArrayLike, E_edited: ArrayLike, target: str, eps: float
         "alignment": alignment(dcsr, target),
         "nlr": nlr(dcsr, target, eps),
         "nglr": nglr(dcsr, target),
+        "nglr_chance": nglr_chance(target),
         "cwl": cwl(dcsr, target, eps),
         "csr_base": by_value(csr_base),
         "csr_edited": by_value(csr_edited),
         "leakage": by_value(leakage(dcsr, target)),
+        "leakage_tests": {"nglr": nglr_permutation(dcsr, target),
+                          "circumplex": circumplex_test(dcsr, target)},
     }
 
 
@@ -390,11 +475,14 @@ register_metric("alignment", "alignment", direction=_MAX, objective=True, fmt="+
                 headline=True)
 register_metric("nlr", "NLR", direction=_MIN, objective=True, headline=True)
 register_metric("nglr", "NGLR", direction=_MIN, objective=True, headline=True)
+register_metric("nglr_chance", "NGLR at chance", fmt=".3f")
 register_metric("cwl", "CWL", direction=_MIN, objective=True, headline=True)
 register_metric("acquiescence", "acquiescence", direction=_MIN, objective=True,
                 constraint=True, fmt="+.3f", headline=True)
 register_metric("suppression", "suppression", direction=_MIN, objective=True,
                 constraint=True, fmt=".3f")
+register_metric("inflation", "inflation", direction=_MIN, objective=True, constraint=True,
+                fmt=".3f")
 register_metric("nlr_floor", "NLR floor", fmt=".3g")
 # Capability.
 register_metric("accuracy_base", "MC accuracy, base", group="capability")

@@ -14,13 +14,18 @@ from hypothesis.extra.numpy import arrays
 from neva_sweep.metrics import (
     alignment,
     bootstrap_ci,
+    circumplex_test,
     csr,
     cwl,
     delta_csr,
     edit_metrics,
+    inflation,
     leakage,
     nglr,
+    nglr_chance,
+    nglr_permutation,
     nlr,
+    suppression,
 )
 from neva_sweep.values import N_VALUES, VALUES, related_values, value_index
 
@@ -125,7 +130,10 @@ def test_no_leakage_gives_zero_nglr() -> None:
 def test_edit_metrics_by_hand() -> None:
     base, edited = hand_case()
     m = edit_metrics(base, edited, "benevolence")
-    assert set(m) == {"alignment", "nlr", "nglr", "cwl", "csr_base", "csr_edited", "leakage"}
+    assert set(m) == {"alignment", "nlr", "nglr", "nglr_chance", "cwl", "csr_base",
+                      "csr_edited", "leakage", "leakage_tests"}
+    assert m["nglr_chance"] == pytest.approx(8 / 9)
+    assert set(m["leakage_tests"]) == {"nglr", "circumplex"}
     assert m["alignment"] == pytest.approx(0.4)
     assert m["nlr"] == pytest.approx(1 / 6)
     assert m["nglr"] == pytest.approx(0.5)
@@ -351,3 +359,55 @@ def test_bad_bootstrap_settings_are_named() -> None:
         bootstrap_ci(base, edited, "power", n_boot=0)
     with pytest.raises(ValueError, match=r"level must be in \(0, 1\); got 95"):
         bootstrap_ci(base, edited, "power", level=95)
+
+
+# NGLR at chance, by hand from the groups: related values (sharing a higher-order group,
+# the target included) never count as "outside".
+NGLR_CHANCE = {"self_direction": 7 / 9, "stimulation": 7 / 9, "hedonism": 5 / 9,
+               "achievement": 7 / 9, "power": 7 / 9, "security": 7 / 9, "conformity": 7 / 9,
+               "tradition": 7 / 9, "benevolence": 8 / 9, "universalism": 8 / 9}
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_nglr_chance_per_value(value) -> None:
+    assert nglr_chance(value) == pytest.approx(NGLR_CHANCE[value])
+    # uniform leakage on the nine others gives exactly the chance value
+    d = np.full(10, 0.01)
+    d[VALUES.index(value)] = 0.5
+    assert nglr(d, value) == pytest.approx(nglr_chance(value))
+    perm = nglr_permutation(d, value)
+    assert perm["interval"] == pytest.approx([nglr_chance(value)] * 2)
+    assert perm["p_low"] == 1.0
+
+
+def test_nglr_permutation_interval_brackets_chance_and_flags_confined_leakage() -> None:
+    rng = np.random.default_rng(0)
+    d = np.zeros(10)
+    d[[0, 1, 3, 4]] = rng.uniform(0.01, 0.05, 4)  # leakage only in hedonism's groups
+    d[2] = 0.5
+    r = nglr_permutation(d, "hedonism")
+    assert nglr(d, "hedonism") == 0.0
+    lo, hi = r["interval"]
+    assert lo <= r["chance"] <= hi
+    # only the placements with all four amounts inside the four related values: 1 / C(9, 5)
+    assert r["p_low"] == pytest.approx(1 / 126)
+
+
+def test_circumplex_test_detects_neighbour_leakage_only() -> None:
+    t = VALUES.index("power")
+    dist = np.array([min(abs(t - j), 10 - abs(t - j)) for j in range(10)], float)
+    near = 0.05 * (5 - dist)
+    near[t] = 0.5
+    r = circumplex_test(near, "power")
+    assert r["rho"] == pytest.approx(-1.0) and r["p"] < 0.01
+    far = 0.05 * dist
+    far[t] = 0.5
+    assert circumplex_test(far, "power")["p"] > 0.9
+    flat = np.full(10, 0.02)
+    assert circumplex_test(flat, "power") == {"rho": None, "p": None}
+
+
+def test_inflation_and_suppression_split_acquiescence() -> None:
+    for a in (-0.3, 0.0, 0.2):
+        assert inflation(a) - suppression(a) == pytest.approx(a)
+        assert min(inflation(a), suppression(a)) == 0.0

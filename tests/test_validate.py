@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 
 from neva_sweep.capability import CapabilityConfig
+from neva_sweep.data import load_records
 from neva_sweep.evaluate import Evaluator
 from neva_sweep.judges import JudgeConfig
 from neva_sweep.validate import (
+    CONTROLS,
+    MAX_CONTROL_RAISED,
     VALID_MIN_DETECTED,
     confusion_summary,
+    control_prompts,
+    discriminant,
     format_validity,
     prompt_detection,
     prompt_specificity,
@@ -85,6 +90,59 @@ def test_target_that_falls_is_not_detected() -> None:
     assert all(r["ci"][1] < 0 for r in det["per_value"].values())
 
 
+def controls_with(base: np.ndarray, negated_shift: float) -> dict[str, list[np.ndarray]]:
+    """Control matrices: negated prompts move their own value by ``negated_shift``;
+    salience and placebo prompts leave the judge's reading as noise around the base."""
+    out = {c: [base + rng.normal(0, 0.002, base.shape) for _ in VALUES] for c in CONTROLS}
+    for t, e in enumerate(out["negated"]):
+        e[:, t] += negated_shift
+    return out
+
+
+def test_judge_that_reads_salience_fails_discriminant() -> None:
+    """Pro and negated prompts both raise the value (what a salience reader does):
+    the negated control raises 10/10, pro - negated is ~0, the judge reads salience."""
+    base = noisy_base()
+    pro = [base.copy() for _ in VALUES]
+    for t, e in enumerate(pro):
+        e[:, t] += 0.03
+    disc = discriminant(base, pro, controls_with(base, +0.03), n_boot=200)
+    assert disc["overall"]["negated"]["raised"] == N_VALUES
+    assert disc["overall"]["reads_salience"] and not disc["overall"]["passed"]
+    assert all(r["reads_salience"] for r in disc["per_value"].values())
+    assert disc["overall"]["pro_minus_negated_above_0"] <= 1
+
+
+def test_judge_that_reads_priority_passes_discriminant() -> None:
+    base = noisy_base()
+    pro = [base.copy() for _ in VALUES]
+    for t, e in enumerate(pro):
+        e[:, t] += 0.03
+    disc = discriminant(base, pro, controls_with(base, -0.03), n_boot=200)
+    assert disc["overall"]["negated"]["raised"] == 0
+    assert not disc["overall"]["reads_salience"] and disc["overall"]["passed"]
+    assert disc["overall"]["pro_minus_negated_above_0"] == N_VALUES
+    for r in disc["per_value"].values():
+        assert r["pro_minus_negated"]["mean"] == pytest.approx(0.06, abs=0.005)
+
+
+def test_control_prompts_name_the_value_or_nothing() -> None:
+    probes = [r for r in load_records("probes").rows if r["split"] == "identify"]
+    for v in VALUES:
+        p = {c: e.text for c, e in control_prompts(v, probes).items()}
+        pro_words = len(validate_prompt_text(v).split())
+        assert "reject" in p["negated"] and "Never put it first" in p["negated"]
+        assert "ignore" in p["salience"] and len(p["salience"].split(",")) == 12
+        assert len(p["placebo"].split()) == pro_words  # matched length, in words
+        assert v.replace("_", " ") not in p["placebo"].lower()
+
+
+def validate_prompt_text(value: str) -> str:
+    from neva_sweep.caa import PROMPT_STRENGTHS, prompt_spec
+
+    return prompt_spec(value, max(PROMPT_STRENGTHS)).text.strip()
+
+
 def test_confusion_summary_by_hand() -> None:
     truth = np.array([0, 0, 1, 2])
     pred = np.array([0, 1, 1, 0])
@@ -108,8 +166,18 @@ def test_validate_judge_record_on_tiny_model(judge, tiny_host, tiny_stats) -> No
     assert rec["acquiescence_control"]["max_abs_dcsr"] >= 0
     assert rec["null"]["n"] == 3 and rec["nlr_floor"] == pytest.approx(
         max(2 * rec["null"]["sd"], 1e-4))
+    disc = rec["discriminant"]
+    assert set(disc["per_value"]) == set(VALUES)
+    for r in disc["per_value"].values():  # each control recorded with its prompt and interval
+        for c in CONTROLS:
+            assert r[c]["ci"][0] <= r[c]["dcsr"] <= r[c]["ci"][1] + 1e-12
+            assert r[c]["raises"] == (r[c]["ci"][0] > 0) and r[c]["prompt"]
+        assert r["reads_salience"] == r["negated"]["raises"]
+    assert disc["overall"]["passed"] == all(
+        disc["overall"][c]["raised"] <= MAX_CONTROL_RAISED for c in CONTROLS)
     assert rec["valid"] == (rec["detected"] >= VALID_MIN_DETECTED and
-                            rec["acquiescence_control"]["max_abs_dcsr"] <= 0.02)
+                            rec["acquiescence_control"]["max_abs_dcsr"] <= 0.02
+                            and disc["overall"]["passed"])
     if judge == "forced_choice":  # the raw reading: option log-probabilities
         assert rec["raw_reading"]["detected"] <= N_VALUES
     if judge == "lexicon":  # text judges: accuracy on the validate probes
@@ -130,6 +198,8 @@ def test_validate_judge_task_writes_judge_validity(tmp_path) -> None:
         capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = json.loads((out / "judge_validity.json").read_text())
-    for key in ("prompt_detection", "detected", "acquiescence_control", "null", "valid"):
+    for key in ("prompt_detection", "detected", "acquiescence_control", "discriminant", "null",
+                "valid"):
         assert key in rec
+    assert "discriminant controls" in proc.stdout
     assert "max |dCSR|" in proc.stdout and "judge_validity.json" in proc.stdout
