@@ -31,17 +31,43 @@ for up to three values.
 
     python benchmarks/method_comparison.py --budgets 0.02 0.05 --figure docs/method_kl.png \
         runs/methods/trials.csv runs/methods_gated/trials.csv
+
+With ``--seeds N`` it runs the comparison itself, on held-out data: N sweeps
+(``experiment=methods``, or a tiny model with ``--tiny``), repeat s with ``search.seed=s``
+and ``stats.resample_seed=s`` (its own search and its own bootstrap of the identify
+probes), into ``--run-dir``/seed<s>; each sweep re-scores every study's chosen edit on the
+test split against dose-matched nulls (best_edits.json ``test``). Per value it prints each
+method's test-split alignment (mean over seeds), its z against the dose-matched null,
+NGLR against its chance level, and the paired difference A - B over test scenarios and
+seeds with its Holm-corrected interval (``neva_sweep.paired``); a win counts only when
+that interval excludes 0, and mean alignments are compared on the values both methods
+reach (a feasible chosen edit in every seed). Sweeps already complete are not rerun.
+
+    python benchmarks/method_comparison.py --seeds 3 --methods neva caa \
+        --run-dir runs/compare --json docs/method_comparison.json
+    python benchmarks/method_comparison.py --seeds 2 --tiny --run-dir /tmp/cmp  # minutes
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
+from neva_sweep.paired import compare_values
 from neva_sweep.values import VALUES
+
+# --tiny: the same code on a tiny random model (the test suite runs it)
+TINY = ["model=tiny_llama", "search.n_trials=2", "search.n_startup_trials=1",
+        "sweep.judge.scenarios_limit=4", "sweep.judge.null_edits=2",
+        "sweep.capability.neutral_limit=2", "search.test_nulls=2", "search.max_kl=null",
+        "search.max_suppression=null", "cluster.num_cpus=2", "cluster.replicas_per_model=1"]
 
 
 def num(r: dict, key: str) -> float:
@@ -296,6 +322,92 @@ def figure(paths: list[str], out: str, budgets: list[float],
     print(f"figure: {out}")
 
 
+def run_seeds(run_dir: Path, seeds: int, methods: list[str], values: list[str] | None,
+              tiny: bool, extra: list[str]) -> list[Path]:
+    """One sweep per seed (skipped when its best_edits.json has every held-out score)."""
+    dirs = []
+    for s in range(seeds):
+        d = run_dir / f"seed{s}"
+        dirs.append(d)
+        overrides = ["experiment=methods", f"sweep.methods=[{','.join(methods)}]",
+                     f"search.seed={s}", f"stats.resample_seed={s}", "logger=none",
+                     "progress=false", f"hydra.run.dir={d}", *(TINY if tiny else []),
+                     *([f"sweep.values=[{','.join(values)}]"] if values else []), *extra]
+        print(f"seed {s}: python -m neva_sweep {' '.join(overrides)}", flush=True)
+        subprocess.run([sys.executable, "-m", "neva_sweep", *overrides], check=True)
+    return dirs
+
+
+def held_out(dirs: list[Path]) -> dict[tuple[str, str], list[dict | None]]:
+    """(value, method) -> per seed the chosen edit's ``test`` record (None: no edit)."""
+    out: dict[tuple[str, str], list[dict | None]] = defaultdict(lambda: [None] * len(dirs))
+    for s, d in enumerate(dirs):
+        doc = json.loads((d / "best_edits.json").read_text())
+        for e in doc["edits"]:
+            out[(e["value"], e["method"])][s] = e.get("test")
+        for e in doc["missing"]:
+            out[(e["value"], e["method"])][s] = None
+    return out
+
+
+def paired_report(dirs: list[Path], a: str, b: str) -> dict:
+    """The held-out comparison of methods ``a`` and ``b`` over the seeds' sweeps."""
+    tests = held_out(dirs)
+    values = [v for v in VALUES if (v, a) in tests or (v, b) in tests]
+    rows, diffs = {}, {}
+    for v in values:
+        ra, rb = tests.get((v, a), [None] * len(dirs)), tests.get((v, b), [None] * len(dirs))
+        row = {}
+        for m, recs in ((a, ra), (b, rb)):
+            got = [r for r in recs if r is not None]
+            row[m] = {"n_seeds": len(got),
+                      "alignment": float(np.mean([r["alignment"] for r in got])) if got
+                      else None,
+                      "z": float(np.mean([r["z"] for r in got if r["z"] is not None]))
+                      if any(r["z"] is not None for r in got) else None,
+                      "nglr": float(np.mean([r["nglr"] for r in got])) if got else None,
+                      "nglr_chance": got[0]["nglr_chance"] if got else None}
+        if all(x is not None for x in (*ra, *rb)):  # both reach the value in every seed
+            diffs[v] = np.array([np.subtract(x["alignment_rows"], y["alignment_rows"])
+                                 for x, y in zip(ra, rb)])  # (S, Q)
+        rows[v] = row
+    verdicts = compare_values(diffs) if diffs else {}
+    both = list(diffs)
+    mean = {m: float(np.mean([rows[v][m]["alignment"] for v in both])) if both else None
+            for m in (a, b)}
+    return {"methods": [a, b], "n_seeds": len(dirs), "values": rows, "paired": verdicts,
+            "both_reach": both, "mean_on_both": mean,
+            "wins": {a: sum(r["win"] > 0 for r in verdicts.values()),
+                     b: sum(r["win"] < 0 for r in verdicts.values())}}
+
+
+def print_paired(rep: dict) -> None:
+    a, b = rep["methods"]
+    print(f"\nheld-out test split, {rep['n_seeds']} seeds: {a} vs {b} (paired over test "
+          "scenarios and seeds, Holm-corrected across values)")
+    print(f"| value | {a} A | {a} z | {b} A | {b} z | {a} NGLR (chance) | {a} - {b} "
+          "[Holm CI] | p (Holm) | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def f(x, fmt):
+        return "–" if x is None else format(x, fmt)
+
+    for v, row in rep["values"].items():
+        ra, rb, p = row[a], row[b], rep["paired"].get(v)
+        diff = (f"{p['mean']:+.4f} [{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}]" if p else
+                "– (not reached in every seed)")
+        verdict = "–" if not p else {1: f"{a} wins", -1: f"{b} wins", 0: "not distinguished"
+                                     }[p["win"]]
+        print(f"| {v} | {f(ra['alignment'], '+.4f')} | {f(ra['z'], '+.1f')} | "
+              f"{f(rb['alignment'], '+.4f')} | {f(rb['z'], '+.1f')} | "
+              f"{f(ra['nglr'], '.2f')} ({f(ra['nglr_chance'], '.2f')}) | {diff} | "
+              f"{f(p['p_holm'], '.3f') if p else '–'} | {verdict} |")
+    m = rep["mean_on_both"]
+    print(f"wins: {a} {rep['wins'][a]}, {b} {rep['wins'][b]} of {len(rep['values'])} values; "
+          f"mean test alignment on the {len(rep['both_reach'])} values both reach: "
+          f"{a} {f(m[a], '+.4f')}, {b} {f(m[b], '+.4f')}")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("trials", nargs="*", default=["runs/methods/trials.csv"])
@@ -307,9 +419,29 @@ if __name__ == "__main__":
     ap.add_argument("--max-acq-drop", type=float, default=None,
                     help="also require acquiescence >= -this (nats/token): a fluency budget "
                          "on the value-laden prompts themselves")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="run N sweeps (search.seed and stats.resample_seed = 0..N-1) and "
+                         "compare the methods on the held-out test split")
+    ap.add_argument("--run-dir", default="runs/compare", help="with --seeds: where the "
+                    "sweeps go (<run-dir>/seed<s>)")
+    ap.add_argument("--methods", nargs=2, default=["neva", "caa"], metavar=("A", "B"),
+                    help="with --seeds: the two methods compared (A - B)")
+    ap.add_argument("--values", nargs="+", default=None, choices=VALUES,
+                    help="with --seeds: the values (default: the preset's)")
+    ap.add_argument("--tiny", action="store_true", help="with --seeds: a tiny random model")
+    ap.add_argument("--json", default=None, help="with --seeds: also write the report here")
+    ap.add_argument("--override", nargs="*", default=[], help="with --seeds: more sweep "
+                    "overrides, e.g. search.n_trials=24")
     args = ap.parse_args()
     MAX_ACQ_DROP = args.max_acq_drop
-    if args.budgets:
+    if args.seeds:
+        dirs = run_seeds(Path(args.run_dir), args.seeds, args.methods, args.values,
+                         args.tiny, args.override)
+        report = paired_report(dirs, *args.methods)
+        print_paired(report)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+    elif args.budgets:
         budget_tables(args.trials, args.budgets)
         print()
         goal_table(args.trials, args.budgets)

@@ -52,6 +52,9 @@ class StatsConfig:
     # the gate also trains on every probe and neutral gate text wrapped as a user turn of
     # the model's chat template (gate-only rows), so the template itself reads as neither
     gate_chat: bool = True
+    # a bootstrap resample of the identify probes (per value, with replacement, seeded) so
+    # that results can be repeated over probe samples; None = the probes as they are
+    resample_seed: int | None = None
 
 
 @dataclass
@@ -62,6 +65,9 @@ class JudgeConfig:
     batch_size: int = 16
     centre: bool = True  # questionnaire: subtract each form's mean over the ten values
     scenarios_limit: int | None = None  # forced_choice: at most this many scenarios (spread)
+    # forced_choice: most = the options as replies to "What do you do?"; both = also as
+    # replies to "What would you be least willing to do?", E from the difference
+    ends: str = "most"
     null_edits: int = 10  # random-neuron edits (one per value) measuring the judge's null
     max_new_tokens: int = 48  # reply length for lexicon / llm
     queries_per_value: int | None = None  # None = every query (lexicon / llm)
@@ -171,6 +177,10 @@ class SearchConfig:
     # forced-choice judge the options' log-probability on the scenarios, nats/token): what
     # a gated edit costs, which KL on neutral text cannot see
     max_suppression: float | None = None
+    max_inflation: float | None = None  # constraint on the rise of all ten readings together
+    # dose-matched random edits scored with each chosen edit on the test split
+    # (best_edits.json "test", neva_sweep/heldout.py); 0 = the edit alone
+    test_nulls: int = 4
     best_max_nlr: float = 1.0  # best edit: highest alignment among feasible Pareto trials
     # with nlr <= this (see neva_sweep/sweep/outputs.py)
     trials_per_batch: int = 1  # trials of one model evaluated in one batched call

@@ -37,12 +37,20 @@ from .capability import (
     reply_nll,
     spread,
 )
-from .data import load_records
+from .data import DataError, Records, load_records, split_rows
 from .edit import EditSpec
 from .edits import EditKind
 from .files import atomic_path, load_or_heal, write_text_atomic
 from .judges import Judge, JudgeConfig, Judgement, make_judge, pick_queries
-from .metrics import EPS, acquiescence, bootstrap_ci, edit_metrics, mean_ci, suppression
+from .metrics import (
+    EPS,
+    acquiescence,
+    bootstrap_ci,
+    edit_metrics,
+    inflation,
+    mean_ci,
+    suppression,
+)
 from .models.host import ModelHost
 from .scoring import greedy_generate
 from .values import VALUES, check_value
@@ -96,6 +104,19 @@ class BaseSide:
                    b["fluency_prompts"], b["fluency_replies"], b["ppl"])
 
 
+def of_split(records: Records, split: str) -> Records:
+    """The records of one split, hashed as file + split (so caches tell splits apart); the
+    search split of a file without any ``split`` keys is the file itself."""
+    rows = tuple(split_rows(records, split))
+    if not rows:
+        raise DataError(f"{records.path}: no {records.kind} records of split {split!r} "
+                        f"(records carry \"split\": \"search\" or \"test\"; absent = search)")
+    if len(rows) == len(records.rows):
+        return records
+    tag = hashlib.sha256(f"{records.sha256}:{split}".encode()).hexdigest()
+    return Records(records.kind, records.path, rows, tag)
+
+
 def _null_summary(rec: object) -> dict:
     """A cached null as read back, checked for the keys :meth:`Evaluator.null` uses."""
     if not isinstance(rec, dict) or not {"mean", "sd", "n"} <= set(rec):
@@ -125,19 +146,24 @@ class Evaluator:
         cache_dir: str | Path | None = None,
         judge_host: ModelHost | None = None,
         progress: bool = False,
+        split: str = "search",
     ):
         self.host = host
+        self.split = split
         self.judge_cfg = judge or JudgeConfig()
         self.cap = capability or CapabilityConfig()
         path = (lambda kind: getattr(data, kind, None)) if data is not None else (lambda k: None)
         # Loading validates every file before any model work (errors name file:line).
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.records = {k: load_records(k, path(k)) for k in DATA_KINDS}
+        # The judge reads the scenarios of this split only (search: what sweeps choose
+        # edits on; test: held out, for re-scoring the chosen ones).
+        self.records["scenarios"] = of_split(self.records["scenarios"], split)
         self.judge: Judge = make_judge(self.judge_cfg, self.records, judge_host, self.cache_dir)
         # capability.mc_limit = 0: no multiple choice (accuracy fields are None)
         self.questions = (mc_questions(self.records["mc"], self.cap.mc_limit)
                           if self.cap.mc_limit != 0 else [])
-        self.neutral = neutral_texts(self.records["neutral"], self.cap.neutral_limit)
+        self.neutral = neutral_texts(self.records["neutral"], self.cap.neutral_limit, split)
         queries = pick_queries(self.records["queries"], None)
         self.fluency_prompts = [host.chat_prompt(r["text"]) for r in
                                 spread(queries, self.cap.fluency_queries, "capability."
@@ -157,6 +183,7 @@ class Evaluator:
             "capability": {k: v for k, v in asdict(self.cap).items()
                            if not k.startswith("lm_eval")},
             "data": {k: self.records[k].sha256 for k in ("neutral", "mc")},
+            **({"split": self.split} if self.split != "search" else {}),
         }, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -228,7 +255,7 @@ class Evaluator:
             "edit": None, "judge": self.judge.name,
             "csr_base": csr, "csr_edited": csr, **extra,
             "alignment": None, "nlr": None, "nglr": None, "cwl": None, "acquiescence": 0.0,
-            "suppression": 0.0,
+            "suppression": 0.0, "inflation": 0.0,
             "nlr_floor": self.nlr_floor,
             "accuracy_base": acc, "accuracy_edited": acc,
             "accuracy_drop": 0.0 if self.questions else None, "kl": 0.0,
@@ -343,6 +370,7 @@ class Evaluator:
                    "acquiescence": acquiescence(base.judgement.reading, judgements[g].reading),
                    "nlr_floor": self.nlr_floor}
             rec["suppression"] = suppression(rec["acquiescence"])
+            rec["inflation"] = inflation(rec["acquiescence"])
             if judgements[g].hard is not None:
                 rec["choice_share_base"] = dict(zip(VALUES, base.judgement.hard.mean(0).tolist()))
                 rec["choice_share_edited"] = dict(zip(VALUES,
@@ -358,6 +386,9 @@ class Evaluator:
                 ppl_base=base.ppl, ppl_edited=ppl[g],
                 n_queries=int(E.shape[0]), n_mc=len(self.questions),
                 n_neutral_tokens=base.neutral.n_tokens,
+                # the target's change per judge row (Q,): paired comparisons of edits
+                alignment_rows=(E[:, VALUES.index(value)]
+                                - base.judgement.E[:, VALUES.index(value)]).tolist(),
                 ci={**ci, "accuracy_edited": _ci(correct[g].astype(float), self.judge_cfg.n_boot)
                     if self.questions else None},
                 duration_s=share,

@@ -46,8 +46,11 @@ def host_from_config(cfg: DictConfig) -> ModelHost:
 
 def identify_probes(cfg: DictConfig) -> ProbeSet:
     """The statistics pass's texts: the identify probes of ``data.probes`` and the gate part
-    of ``data.neutral`` (the value-relevance gate's neutral class)."""
-    return load_probes(cfg.data.probes, split="identify", neutral=cfg.data.neutral or True)
+    of ``data.neutral`` (the value-relevance gate's neutral class); with
+    ``stats.resample_seed``, a bootstrap resample of the probes per value."""
+    probes = load_probes(cfg.data.probes, split="identify", neutral=cfg.data.neutral or True)
+    seed = cfg.stats.get("resample_seed")
+    return probes if seed is None else probes.resample(int(seed))
 
 
 def stats_settings(cfg: DictConfig) -> tuple[ProbeSet, StatsConfig, Path | None]:

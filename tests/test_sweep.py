@@ -174,6 +174,19 @@ def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sw
     entry = load_best_edit(run / "best_edits.json", value="power")
     assert entry["model"] == "tiny-llama" and 0 < entry["sparsity"] < 1
     assert Path(entry["neurons"]).is_file()
+    # Every chosen edit re-scored on the held-out test split against dose-matched nulls.
+    for e in json.loads((run / "best_edits.json").read_text())["edits"]:
+        test = e["test"]
+        assert test["split"] == "test" and test["n_queries"] == 36  # every test scenario
+        for k in ("alignment", "nlr", "nglr", "nglr_chance", "kl", "suppression", "push"):
+            assert isinstance(test[k], float), k
+        lo, hi = test["ci"]["alignment"]
+        assert lo <= test["alignment"] <= hi and len(test["alignment_rows"]) == 36
+        assert test["null"]["n"] == 4 and test["push"] > 0
+        assert test["alignment"] != e["metrics"]["alignment"]  # other scenarios, other score
+    chosen = {(r["value"], r["trial"]) for r in rows if r["test_alignment"]}
+    assert len(chosen) == 2 and all(r["test_alignment"] == "" for r in rows
+                                    if (r["value"], r["trial"]) not in chosen)
     capsys.readouterr()
     run_task(config("task=steer", f"best_edits={run / 'best_edits.json'}", "value=power",
                     "max_new_tokens=4", "progress=false", f"cache_dir={cache}"), tmp_path)

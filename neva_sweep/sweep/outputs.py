@@ -49,7 +49,7 @@ from .front import (
 )
 from .methods import METHODS
 from .plan import ModelEntry, StudyKey
-from .studies import StudyState
+from .studies import StudyState, heldout_attr, heldout_columns
 
 
 def _attrs(t: FrozenTrial) -> dict[str, Any]:
@@ -94,8 +94,7 @@ class Outputs:
         self._snapshot()
         paths = self.paths()
         self._write_csv(paths["trials"], self._rows())
-        fronts = {s.key: pareto_front(self._feasible_complete(s), self.objectives, _attrs)
-                  for s in self.states}
+        fronts = self._fronts()
         self._recorded = _recorded_stats_hashes(paths["best_edits"])
         _atomic_write(paths["pareto"], json.dumps(self._pareto(fronts), indent=2))
         _atomic_write(paths["best_edits"], json.dumps(self._best(fronts), indent=2))
@@ -110,7 +109,12 @@ class Outputs:
         for s in self.states:
             name = s.key.name(self.search.study_prefix)
             key = (s.key.model, s.key.value, s.key.method)
-            out += [trial_row(key, name, t, self.budgets) for t in self.trials[s.key]]
+            tests = s.study.user_attrs
+            for t in self.trials[s.key]:
+                row = trial_row(key, name, t, self.budgets)
+                # the chosen edits' held-out scores (sweep/rescore.py), blank elsewhere
+                row.update(heldout_columns(tests.get(heldout_attr(t.number))))
+                out.append(row)
         return out
 
     def _feasible_complete(self, s: StudyState) -> list[FrozenTrial]:
@@ -147,10 +151,25 @@ class Outputs:
     def _constraints(self) -> dict:
         return constraint_settings(self.search)
 
+    def chosen(self) -> dict[StudyKey, FrozenTrial]:
+        """Each study's chosen trial (studies without one left out), from the storage."""
+        self._snapshot()
+        return {k: t for k, t in self._chosen(self._fronts()).items() if t is not None}
+
+    def _fronts(self) -> dict[StudyKey, list[FrozenTrial]]:
+        return {s.key: pareto_front(self._feasible_complete(s), self.objectives, _attrs)
+                for s in self.states}
+
+    def _chosen(self, fronts: dict[StudyKey, list[FrozenTrial]]
+                ) -> dict[StudyKey, FrozenTrial | None]:
+        return {s.key: choose_best(fronts[s.key], self.search.best_max_nlr, _attrs)
+                for s in self.states}
+
     def _best(self, fronts: dict[StudyKey, list[FrozenTrial]]) -> dict:
         edits, missing = [], []
+        chosen = self._chosen(fronts)
         for s in self.states:
-            best = choose_best(fronts[s.key], self.search.best_max_nlr, _attrs)
+            best = chosen[s.key]
             if best is None:
                 n = len(self._feasible_complete(s))
                 missing.append({"model": s.key.model, "value": s.key.value,
@@ -168,6 +187,9 @@ class Outputs:
                  "value": s.key.value, "method": s.key.method,
                  "study": s.key.name(self.search.study_prefix), "trial": t.number,
                  **params, "params": params, "metrics": trial_summary(t)}
+        test = s.study.user_attrs.get(heldout_attr(t.number))
+        if test is not None:
+            entry["test"] = test
         neurons = self._save_neurons(s, t, params)
         if neurons is not None:
             entry["neurons"] = str(neurons.relative_to(self.run_dir))

@@ -37,6 +37,7 @@ from .plan import (
     trial_capability,
     trial_judge,
 )
+from .rescore import has_test_split, pending, rescore
 from .scheduler import Interrupted, Scheduler, reclaim_sigterm, sigterm_stops
 from .studies import StudyState, fail_stale_trials, open_storage, open_studies
 from .warm import warm_start
@@ -98,7 +99,7 @@ def _drive(cfg: DictConfig, plan: SweepPlan, run_dir: Path, states: list[StudySt
         done = sum(s.complete for s in states)
         log.info("sweep: %d studies in %s storage, %d trials complete, %d to run",
                  len(states), plan.storage.split("://")[0], done, missing)
-        if missing:
+        if missing or (pending(outputs) and has_test_split(cfg.data)):
             _run_trials(cfg, plan, states, outputs, [logger.log_trial, *callbacks])
         exit_code = 0
     except KeyboardInterrupt as e:
@@ -143,8 +144,10 @@ def _run_trials(cfg: DictConfig, plan: SweepPlan, states: list[StudyState], outp
                 callbacks: list) -> None:
     probes, stats_cfg, stats_cache = stats_settings(cfg)
     setup = eval_setup(cfg)
-    # Only models with trials left get replicas (a resumed multi-model sweep).
-    models = [m for m in plan.models if any(s.missing for s in states if s.key.model == m.label)]
+    # Only models with trials or held-out scores left get replicas (a resumed sweep).
+    unscored = {k.model for k in pending(outputs)} if has_test_split(cfg.data) else set()
+    models = [m for m in plan.models if m.label in unscored
+              or any(s.missing for s in states if s.key.model == m.label)]
     with ray_session(cfg.cluster) as resources:
         reclaim_sigterm()  # ray.init installed its own SIGTERM handler (exit 1, no safe stop)
         counts = replica_counts(models, cfg.cluster, resources)
@@ -162,6 +165,7 @@ def _run_trials(cfg: DictConfig, plan: SweepPlan, states: list[StudyState], outp
             prepare(workers)
             Scheduler(states, workers, cfg.search, callbacks=callbacks,
                       checkpoint=outputs.write, progress=cfg.progress).run()
+            rescore(outputs, workers, cfg.search, setup, cfg.progress)
         finally:
             for reps in replicas.values():
                 for r in reps:

@@ -27,6 +27,8 @@ from .front import budgets, constraint_values
 from .lock import NoLock, RunLock
 from .plan import JOURNAL, StudyKey
 
+TEST_ATTR = "test:{trial}"  # study user attribute: a chosen trial's held-out score
+TEST_COLUMNS = ("alignment", "nlr", "nglr", "kl", "suppression", "z")  # test_<name> columns
 STALE_ERROR = "stale: the driver stopped before this trial finished (marked FAIL on resume)"
 
 
@@ -247,3 +249,20 @@ def _journal_write(storage: JournalStorage, trial_id: int, attrs: dict, system: 
         storage._backend.append_logs([{**log, "worker_id": worker_id, "trial_id": trial_id}
                                       for log in logs])
         storage._sync_with_backend()
+
+
+def heldout_attr(trial: int) -> str:
+    """The study user attribute holding trial ``trial``'s held-out score (a COMPLETE
+    trial's own attributes can no longer be written, a study's can)."""
+    return TEST_ATTR.format(trial=trial)
+
+
+def heldout_columns(test: dict | None) -> dict:
+    """trials.csv's ``test_<metric>`` cells of a held-out score (None, a blank cell,
+    without one).
+
+    >>> [heldout_columns(t)["test_alignment"] for t in (None, {"alignment": 0.1})]
+    [None, 0.1]
+    """
+    test = test or {}
+    return {f"test_{k}": test.get(k) for k in TEST_COLUMNS}

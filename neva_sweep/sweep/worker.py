@@ -44,13 +44,15 @@ class EvalSetup:
     capability: CapabilityConfig
     data: DataConfig
     cache_dir: str | None
+    split: str = "search"  # the scenarios and neutral texts evaluated (data.EVAL_SPLITS)
 
     def __hash__(self) -> int:  # the configs are plain dataclasses (unhashable lists inside)
         return hash(repr(self))
 
     def evaluator(self, host: ModelHost) -> Evaluator:
         """An evaluator of ``host`` with these settings (a trial's, on a replica or alone)."""
-        return Evaluator(host, self.judge, self.capability, self.data, self.cache_dir)
+        return Evaluator(host, self.judge, self.capability, self.data, self.cache_dir,
+                         split=self.split)
 
 
 def _stats(box: StatsBox) -> NeuronStats:
@@ -129,3 +131,31 @@ def run_trials(host: ModelHost, box: StatsBox, setup: EvalSetup,
         for (i, _), rec in zip(items, records):
             results[i] = rec
     return results if _is_rank0(host) else None
+
+
+def score_heldout(host: ModelHost, box: StatsBox, setup: EvalSetup,
+                  jobs: Sequence[dict[str, Any]]) -> list[dict] | None:
+    """Re-score chosen edits on ``setup``'s split (the test split) against dose-matched
+    nulls: per job ``{"value", "method", "params", "n_nulls", "seed"}`` the edit and
+    ``n_nulls`` random-direction edits of the same neuron count and push
+    (:mod:`neva_sweep.nulls`) are evaluated in shared passes. Returns one
+    :func:`neva_sweep.heldout.heldout_record` per job on rank 0 (``{"error"}`` for a job
+    that failed), None on the other ranks.
+    """
+    from ..heldout import heldout_record
+    from ..nulls import dose_matched_nulls, edit_push
+
+    stats, ev = _stats(box), _evaluator(host, setup)
+    out = []
+    for job in jobs:
+        try:
+            edit = METHODS[job["method"]].build(stats, job["value"], job["params"])
+            nulls = ([] if edit.kind == "prompt" else
+                     dose_matched_nulls(host, edit, stats, job["n_nulls"], job["seed"]))
+            positions = job["params"].get("positions", "all")
+            recs = ev.evaluate([(job["value"], e) for e in (edit, *nulls)], positions)
+            push = None if edit.kind == "prompt" else edit_push(host, edit, stats)
+            out.append(heldout_record(recs[0], recs[1:], push, setup.split))
+        except Exception as e:
+            out.append(_error(e))
+    return out if _is_rank0(host) else None
