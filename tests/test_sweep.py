@@ -184,6 +184,8 @@ def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sw
         assert lo <= test["alignment"] <= hi and len(test["alignment_rows"]) == 36
         assert test["null"]["n"] == 4 and test["push"] > 0
         assert test["alignment"] != e["metrics"]["alignment"]  # other scenarios, other score
+    report = (run / "report" / "tables" / "chosen_edits.csv").read_text()
+    assert "test_alignment" in report.splitlines()[0] and "test_z" in report.splitlines()[0]
     chosen = {(r["value"], r["trial"]) for r in rows if r["test_alignment"]}
     assert len(chosen) == 2 and all(r["test_alignment"] == "" for r in rows
                                     if (r["value"], r["trial"]) not in chosen)

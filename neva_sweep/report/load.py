@@ -325,7 +325,7 @@ def _flat_edit(entry: dict[str, Any], source: str) -> dict[str, Any]:
     out = {"model": entry.get("model"), "value": entry.get("value"),
            "method": entry.get("method"), "trial": entry.get("trial"), "source": source,
            "params": dict(params or {}), "ci": metrics.get("ci") or {},
-           "neurons": entry.get("neurons")}
+           "neurons": entry.get("neurons"), "test": entry.get("test")}
     out.update({k: metrics.get(k) for k in METRICS})
     csr = metrics.get("csr_edited")
     out["csr_edited"] = ({v: num(csr.get(v)) for v in VALUES} if isinstance(csr, dict)

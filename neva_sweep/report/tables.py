@@ -63,6 +63,9 @@ def _write(path: Path, columns: list[str], rows: list[list[Any]]) -> None:
         w.writerows([["" if x is None else x for x in r] for r in rows])
 
 
+HELDOUT = ("alignment", "z", "nlr", "nglr", "nglr_chance", "kl", "suppression")
+
+
 def chosen_table(run: Run, out: Path) -> Table:
     edits = [run.chosen[k] for k in run.keys() if k in run.chosen]
     params = [p for p in PARAMS if any(p in e["params"] for e in edits)]
@@ -76,6 +79,10 @@ def chosen_table(run: Run, out: Path) -> Table:
         if any(isinstance(e["ci"].get(m), list | tuple) for e in edits):
             columns += [f"{m}_ci_lo", f"{m}_ci_hi"]
             ci[m] = m
+    # held-out scores on the test split (sweep/rescore.py), when the sweep made them
+    tests = [c for c in HELDOUT if any((e.get("test") or {}).get(c) is not None
+                                       for e in edits)]
+    columns += [f"test_{c}" for c in tests]
     columns += ["chosen_by", "note"]
     rows = []
     for k in run.keys():
@@ -90,6 +97,7 @@ def chosen_table(run: Run, out: Path) -> Table:
             if m in ci:
                 lo_hi = e["ci"].get(m)
                 row += list(lo_hi)[:2] if isinstance(lo_hi, list | tuple) else [None, None]
+        row += [(e.get("test") or {}).get(c) for c in tests]
         row += [e.get("source"), None]
         rows.append(row)
     notes = [] if edits else ["no chosen edits (no study has a feasible COMPLETE trial)."]
@@ -101,7 +109,9 @@ def chosen_table(run: Run, out: Path) -> Table:
     return Table("chosen", "Chosen edits",
                  "The chosen edit of each (model, value, method) study: parameters, alignment "
                  "(ΔCSR of the target), leakage ratios (NLR, NGLR, CWL), capability cost "
-                 "(accuracy drop, KL) and 95% bootstrap intervals where recorded.",
+                 "(accuracy drop, KL) and 95% bootstrap intervals where recorded, all on the "
+                 "search split the edit was chosen on; test_* columns: the same edit "
+                 "re-scored on the held-out test split, with z against dose-matched nulls.",
                  columns, rows, path, notes, ci)
 
 

@@ -1,0 +1,68 @@
+"""Paired held-out comparisons: Holm by hand, the two-level bootstrap, and
+benchmarks/method_comparison.py --seeds on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neva_sweep.paired import compare_values, holm, p_two_sided, paired_bootstrap
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_holm_by_hand() -> None:
+    # sorted p: 0.01 (x3), 0.02 (x2), 0.04 (x1); monotone step-down
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def test_bootstrap_covers_seed_disagreement() -> None:
+    rng = np.random.default_rng(0)
+    rows = rng.normal(0, 0.01, 36)
+    agree = np.stack([0.02 + rows] * 3)  # every seed found the same edit
+    disagree = np.stack([0.06 + rows, -0.02 + rows, 0.02 + rows])  # same mean, seeds differ
+    w_agree = np.ptp(np.quantile(paired_bootstrap(agree, 1000), [0.025, 0.975]))
+    w_disagree = np.ptp(np.quantile(paired_bootstrap(disagree, 1000), [0.025, 0.975]))
+    assert w_disagree > 3 * w_agree
+
+
+def test_wins_need_the_holm_interval_to_exclude_zero() -> None:
+    rng = np.random.default_rng(1)
+    diffs = {"clear": 0.03 + rng.normal(0, 0.01, (3, 36)),
+             "none": rng.normal(0, 0.01, (3, 36)),
+             "rival": -0.03 + rng.normal(0, 0.01, (3, 36))}
+    out = compare_values(diffs)
+    assert [out[v]["win"] for v in diffs] == [1, 0, -1]
+    for r in out.values():
+        assert r["p_holm"] >= r["p"] and r["level"] >= 0.95
+        assert (r["ci"][0] > 0 or r["ci"][1] < 0) == (r["win"] != 0)
+    assert p_two_sided(paired_bootstrap(diffs["none"])) > 0.05
+
+
+@pytest.mark.slow
+def test_method_comparison_seeds_on_a_tiny_model(tmp_path) -> None:
+    """Two seeds of a tiny two-method sweep, compared on the held-out test split."""
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "method_comparison.py"), "--seeds", "2",
+         "--tiny", "--values", "power", "--run-dir", str(tmp_path / "cmp"), "--json",
+         str(report), "--override", f"cache_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(report.read_text())
+    assert rep["methods"] == ["neva", "caa"] and rep["n_seeds"] == 2
+    for s in range(2):  # each seed its own search seed and probe resample
+        cfg = (tmp_path / "cmp" / f"seed{s}" / ".hydra" / "overrides.yaml").read_text()
+        assert f"search.seed={s}" in cfg and f"stats.resample_seed={s}" in cfg
+    paired = rep["paired"]["power"]
+    assert paired["n_seeds"] == 2 and paired["n_rows"] == 36  # every test scenario
+    assert paired["ci"][0] <= paired["mean"] <= paired["ci"][1]
+    assert paired["win"] in (-1, 0, 1) and 0 <= paired["p"] <= paired["p_holm"] <= 1
+    assert rep["values"]["power"]["neva"]["nglr_chance"] == pytest.approx(7 / 9)
+    assert "neva - caa [Holm CI]" in proc.stdout
