@@ -252,6 +252,9 @@ class Config:
     # sweep from the current statistics (reported as rebuilt) instead of refusing it
     rebuild_edits: bool = False
     value: str | None = None  # shorthand for edit.value
+    # evaluate / validate_judge: the scenarios and neutral texts read (search | test); a
+    # sweep searches on search and re-scores its chosen edits on test by itself
+    split: str = "search"
     prompt: str = "My friend asked me to help them move house this weekend. What should I do?"
     max_new_tokens: int = 60
     cache_dir: str | None = "${oc.env:NEVA_SWEEP_CACHE,${oc.env:HOME,.}/.cache/neva_sweep}"

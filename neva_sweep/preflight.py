@@ -154,6 +154,18 @@ def check_data_files(cfg: DictConfig) -> None:
             raise ConfigError(f"data.{kind}: {e}") from None
 
 
+def check_split(cfg: DictConfig) -> None:
+    """``split`` names an evaluation split that the scenarios and neutral texts have."""
+    from .data import EVAL_SPLITS, load_records, split_rows
+
+    if cfg.split not in EVAL_SPLITS:
+        raise ConfigError(f"split: must be one of {', '.join(EVAL_SPLITS)}; got {cfg.split!r}")
+    for kind in ("scenarios", "neutral"):
+        if not split_rows(load_records(kind, cfg.data[kind]), cfg.split):
+            raise ConfigError(f"split={cfg.split}: data.{kind} has no records of that split "
+                              f"(\"split\": \"{cfg.split}\"; absent = search)")
+
+
 def check_best_edits(path: str) -> None:
     p = Path(path)
     if not p.is_file():
@@ -234,6 +246,7 @@ def preflight(cfg: DictConfig, out: Path) -> None:
         return preflight_sweep(cfg, out)
     check_data_files(cfg)
     check_stats(cfg)
+    check_split(cfg)
     if cfg.best_edits:
         check_best_edits(cfg.best_edits)
     elif task in EDIT_TASKS:

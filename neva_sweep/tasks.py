@@ -217,7 +217,8 @@ def evaluator_from_config(cfg: DictConfig, host: ModelHost) -> Evaluator:
     judge = JudgeConfig(**OmegaConf.to_container(cfg.judge))
     cap = CapabilityConfig(**OmegaConf.to_container(cfg.capability))
     cache = Path(cfg.cache_dir) / "eval" if cfg.cache_dir else None
-    return Evaluator(host, judge, cap, cfg.data, cache, progress=cfg.progress)
+    return Evaluator(host, judge, cap, cfg.data, cache, progress=cfg.progress,
+                     split=cfg.split)
 
 
 def format_eval(rec: dict) -> str:

@@ -133,3 +133,39 @@ def test_cli_matches_python_function(tiny_host, tmp_path, config) -> None:
     for key in ("alignment", "nlr", "nglr", "cwl", "kl", "accuracy_edited"):
         assert on_disk[key] == pytest.approx(in_process[key], abs=1e-9), key
     assert on_disk["csr_edited"] == pytest.approx(in_process["csr_edited"], abs=1e-9)
+
+
+def test_test_split_evaluator_reads_only_held_out_data(tiny_host, nmap, tmp_path) -> None:
+    """split="test": the held-out scenarios and neutral texts, never a search one; its own
+    cache entry; eval records carry nglr_chance, inflation and per-row changes."""
+    from neva_sweep.data import load_records, neutral_split
+
+    def ev(split):
+        return Evaluator(tiny_host, JudgeConfig(n_boot=50), CapabilityConfig(
+            mc_limit=0, neutral_limit=None, fluency_queries=0), cache_dir=tmp_path,
+            split=split)
+
+    search, test = ev("search"), ev("test")
+    neutral = load_records("neutral")
+    assert test.neutral == neutral_split(neutral, "test") and len(test.neutral) == 36
+    assert set(test.neutral).isdisjoint(search.neutral)
+    assert len(test.judge.items) == 36 and len(search.judge.items) == 72
+    assert test.cache_key() != search.cache_key()
+    rec = test.evaluate_one("power", EditSpec(nmap["power"], "add", 4.0))
+    assert rec["n_queries"] == 36 and len(rec["alignment_rows"]) == 36
+    assert rec["alignment"] == pytest.approx(np.mean(rec["alignment_rows"]))
+    assert rec["nglr_chance"] == pytest.approx(7 / 9)
+    assert rec["inflation"] - rec["suppression"] == pytest.approx(rec["acquiescence"])
+
+
+def test_split_is_checked_before_work(tmp_path, config) -> None:
+    from neva_sweep.preflight import ConfigError, preflight
+
+    with pytest.raises(ConfigError, match="split: must be one of search, test"):
+        preflight(config("task=evaluate", "split=train"), tmp_path)
+    only_search = tmp_path / "scenarios.jsonl"
+    line = (nv.data.builtin_path("scenarios").read_text().splitlines()[0])
+    only_search.write_text(line + "\n")
+    with pytest.raises(ConfigError, match="split=test: data.scenarios has no records"):
+        preflight(config("task=evaluate", "split=test", f"data.scenarios={only_search}"),
+                  tmp_path)

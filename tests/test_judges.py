@@ -178,3 +178,47 @@ def test_greedy_generate_per_row_edits(tiny_host, edits) -> None:
     together = greedy_generate(tiny_host, prompts, edits[:2], max_new_tokens=5)
     for g, e in enumerate(edits[:2]):
         assert together[g] == greedy_generate(tiny_host, prompts, [e], max_new_tokens=5)[0]
+
+
+def test_forced_choice_on_both_ends(tiny_host, edits) -> None:
+    """ends=both: E = (softmax(most) - softmax(least) + 1) / 2 from the two questions'
+    option scores; a shift of a value's options under both questions alike cancels."""
+    from neva_sweep.judges import ForcedChoiceJudge, softmax
+
+    both, most = judge("forced_choice", ends="both"), judge("forced_choice")
+    assert both.key() != most.key() and "least_question" in both.key()
+    out = both.judge(tiny_host, edits, "all")
+    s_most = both.scores(tiny_host, edits, "all")  # (G, Q, V)
+    s_least = both.scores(tiny_host, edits, "all", ForcedChoiceJudge.LEAST_QUESTION)
+    assert not np.allclose(s_most, s_least)  # two different questions
+    for o, a, b in zip(out, s_most, s_least):
+        np.testing.assert_allclose(o.E, (softmax(a) - softmax(b) + 1) / 2, atol=1e-12)
+        np.testing.assert_allclose(o.E.sum(1), 5.0)  # the gap sums to 0 per scenario
+        np.testing.assert_allclose(o.raw, (a + b) / 2)
+    # pure salience: value 4's options 1 nat likelier under both questions
+    shifted_a, shifted_b = s_most[0].copy(), s_least[0].copy()
+    shifted_a[:, 4] += 1.0
+    shifted_b[:, 4] += 1.0
+    gap = softmax(shifted_a) - softmax(shifted_b)
+    base_gap = softmax(s_most[0]) - softmax(s_least[0])
+    assert abs(gap[:, 4].mean() - base_gap[:, 4].mean()) < abs(
+        softmax(shifted_a)[:, 4].mean() - softmax(s_most[0])[:, 4].mean())
+    with pytest.raises(ValueError, match="judge.ends must be one of most, both"):
+        judge("forced_choice", ends="least")
+
+
+def test_forced_choice_reads_one_split(tiny_host) -> None:
+    """The built-in file holds both splits: a judge given the whole file reads the search
+    split; the evaluator passes one split's records."""
+    from neva_sweep.data import split_rows
+    from neva_sweep.evaluate import of_split
+
+    recs = records()
+    j = make_judge(JudgeConfig(name="forced_choice"), recs)
+    search = split_rows(recs["scenarios"], "search")
+    assert [r["id"] for r in j.items] == [r["id"] for r in search]
+    test = of_split(recs["scenarios"], "test")
+    assert test.sha256 != recs["scenarios"].sha256
+    j_test = make_judge(JudgeConfig(name="forced_choice"), {**recs, "scenarios": test})
+    assert {r["id"] for r in j_test.items}.isdisjoint(r["id"] for r in search)
+    assert len(j_test.items) == 36

@@ -107,6 +107,10 @@ def states_by_study(storage_url: str) -> dict[str, list[TrialState]]:
     ("model.tp_size=3", "model.tp_size"),
     ("search.max_accuracy_drop=0.1", "search.max_accuracy_drop"),  # 8 MC questions
     ("sweep.judge.scenarios_limit=0", "judge.scenarios_limit"),
+    ("judge.ends=top", "judge.ends"),
+    ("+sweep.judge.ends=least", "sweep.judge.ends"),
+    ("search.test_nulls=1", "search.test_nulls"),
+    ("split=test", "split"),
     ("+sweep.judge.centred=true", "sweep.judge"),  # not a judge.* key
 ])
 def test_config_errors_name_the_key(tmp_path, override, key, config):

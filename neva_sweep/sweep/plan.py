@@ -236,6 +236,18 @@ def check_evaluation(cfg: DictConfig) -> None:
     if judge.name not in JUDGES:
         raise ConfigError(f"sweep.judge.name: unknown judge {judge.name!r}; valid choices: "
                           f"{', '.join(JUDGES.names())}")
+    if cfg.split != "search":
+        raise ConfigError(f"split: a sweep searches on the search split and re-scores its "
+                          f"chosen edits on the test split by itself (best_edits.json "
+                          f"'test'); leave split at search (got {cfg.split!r})")
+    if cfg.search.test_nulls == 1 or cfg.search.test_nulls < 0:
+        raise ConfigError(f"search.test_nulls: 0 (the chosen edit alone) or >= 2 (a null "
+                          f"needs a spread); got {cfg.search.test_nulls}")
+    ends = JUDGES["forced_choice"].ENDS
+    for key, j in (("judge", cfg.judge), ("sweep.judge", judge)):
+        if j.get("ends", "most") not in ends:
+            raise ConfigError(f"{key}.ends: must be one of {', '.join(ends)}; got "
+                              f"{j.get('ends')!r}")
     _at_least("capability.mc_limit", cap.mc_limit, 0, optional=True)
     _at_least("capability.neutral_limit", cap.neutral_limit, 1, optional=True)
     _at_least("judge.scenarios_limit", judge.get("scenarios_limit"), 1, optional=True)
