@@ -325,17 +325,21 @@ def figure(paths: list[str], out: str, budgets: list[float],
 def run_seeds(run_dir: Path, seeds: int, methods: list[str], values: list[str] | None,
               tiny: bool, extra: list[str]) -> list[Path]:
     """One sweep per seed (skipped when its best_edits.json has every held-out score)."""
-    dirs = []
-    for s in range(seeds):
-        d = run_dir / f"seed{s}"
-        dirs.append(d)
-        overrides = ["experiment=methods", f"sweep.methods=[{','.join(methods)}]",
-                     f"search.seed={s}", f"stats.resample_seed={s}", "logger=none",
-                     "progress=false", f"hydra.run.dir={d}", *(TINY if tiny else []),
-                     *([f"sweep.values=[{','.join(values)}]"] if values else []), *extra]
+    dirs = [run_dir / f"seed{s}" for s in range(seeds)]
+    for s, d in enumerate(dirs):
+        overrides = seed_overrides(s, d, methods, values, tiny, extra)
         print(f"seed {s}: python -m neva_sweep {' '.join(overrides)}", flush=True)
         subprocess.run([sys.executable, "-m", "neva_sweep", *overrides], check=True)
     return dirs
+
+
+def seed_overrides(s: int, run_dir: Path, methods: list[str], values: list[str] | None,
+                   tiny: bool, extra: list[str]) -> list[str]:
+    """The sweep of repeat ``s``: its own search seed and bootstrap of the probes."""
+    return ["experiment=methods", f"sweep.methods=[{','.join(methods)}]",
+            f"search.seed={s}", f"stats.resample_seed={s}", "logger=none", "progress=false",
+            f"hydra.run.dir={run_dir}", *(TINY if tiny else []),
+            *([f"sweep.values=[{','.join(values)}]"] if values else []), *extra]
 
 
 def held_out(dirs: list[Path]) -> dict[tuple[str, str], list[dict | None]]:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -161,6 +162,18 @@ def states(url: str) -> list[TrialState]:
         return []
 
 
+def n_studies(db: Path) -> int:
+    """Studies in an SQLite storage, read-only: opening it through Optuna while the driver
+    creates it races on the schema's creation (both insert alembic's version row)."""
+    import sqlite3
+
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
+            return c.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
+    except sqlite3.Error:  # not there yet, or its tables not yet created
+        return 0
+
+
 def test_second_driver_is_refused_while_the_first_runs(tmp_path, cache, config):
     """A second driver on a live run fails before opening a study; the first one's
     trials (not yet finished at that moment) are untouched and all end COMPLETE."""
@@ -174,8 +187,8 @@ def test_second_driver_is_refused_while_the_first_runs(tmp_path, cache, config):
     # Wait for the lock and the studies, not for a RUNNING trial: a tiny-model trial can
     # start and finish between two polls, while the lock is held from before the studies
     # open until after the last trial ends (Ray and the replicas start in between).
-    wait_for(lambda: lock.exists() and len(states(url)) == 2, 240, "the lock and the studies",
-             proc, log)
+    wait_for(lambda: lock.exists() and n_studies(run / "optuna.db") == 2, 240,
+             "the lock and the studies", proc, log)
     assert TrialState.COMPLETE not in states(url)
 
     ray_before, t0 = ray.is_initialized(), time.monotonic()

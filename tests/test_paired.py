@@ -45,23 +45,38 @@ def test_wins_need_the_holm_interval_to_exclude_zero() -> None:
     assert p_two_sided(paired_bootstrap(diffs["none"])) > 0.05
 
 
+def test_each_seed_has_its_own_search_seed_and_probe_resample(config) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from method_comparison import seed_overrides
+    finally:
+        sys.path.pop(0)
+    for s in range(3):
+        overrides = seed_overrides(s, Path(f"/tmp/cmp/seed{s}"), ["neva", "caa"], ["power"],
+                                   True, ["search.n_trials=3"])
+        cfg = config(*[o for o in overrides if not o.startswith("hydra.")])
+        assert cfg.search.seed == s and cfg.stats.resample_seed == s
+        assert list(cfg.sweep.methods) == ["neva", "caa"] and cfg.model.name == "tiny-llama"
+        assert cfg.search.n_trials == 3  # extra overrides win over the tiny preset
+
+
 @pytest.mark.slow
 def test_method_comparison_seeds_on_a_tiny_model(tmp_path) -> None:
-    """Two seeds of a tiny two-method sweep, compared on the held-out test split."""
+    """A tiny two-method sweep compared on the held-out test split (one seed: the seed
+    axis is the overrides above; each seed is one more sweep like this one)."""
     report = tmp_path / "report.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "method_comparison.py"), "--seeds", "2",
+        [sys.executable, str(ROOT / "benchmarks" / "method_comparison.py"), "--seeds", "1",
          "--tiny", "--values", "power", "--run-dir", str(tmp_path / "cmp"), "--json",
          str(report), "--override", f"cache_dir={tmp_path / 'cache'}"],
         capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads(report.read_text())
-    assert rep["methods"] == ["neva", "caa"] and rep["n_seeds"] == 2
-    for s in range(2):  # each seed its own search seed and probe resample
-        cfg = (tmp_path / "cmp" / f"seed{s}" / ".hydra" / "overrides.yaml").read_text()
-        assert f"search.seed={s}" in cfg and f"stats.resample_seed={s}" in cfg
+    assert rep["methods"] == ["neva", "caa"] and rep["n_seeds"] == 1
+    cfg = (tmp_path / "cmp" / "seed0" / ".hydra" / "overrides.yaml").read_text()
+    assert "search.seed=0" in cfg and "stats.resample_seed=0" in cfg
     paired = rep["paired"]["power"]
-    assert paired["n_seeds"] == 2 and paired["n_rows"] == 36  # every test scenario
+    assert paired["n_seeds"] == 1 and paired["n_rows"] == 36  # every test scenario
     assert paired["ci"][0] <= paired["mean"] <= paired["ci"][1]
     assert paired["win"] in (-1, 0, 1) and 0 <= paired["p"] <= paired["p_holm"] <= 1
     assert rep["values"]["power"]["neva"]["nglr_chance"] == pytest.approx(7 / 9)

@@ -162,3 +162,24 @@ def test_sharding_without_deepspeed_names_the_extra(monkeypatch):
     with pytest.raises(ModuleNotFoundError,
                        match=r"model.tp_size=2 .*pip install 'neva_sweep\[tp\]'"):
         _autotp(torch.nn.Linear(2, 2), 2, torch.float32, "cpu")
+
+
+def _push_and_null(host, edit, stats):
+    from neva_sweep.nulls import dose_matched, edit_push
+
+    null = dose_matched(host, edit, stats, seed=4)
+    return edit_push(host, edit, stats), null.neurons.index, edit_push(host, null, stats)
+
+
+def test_push_and_dose_matched_null_match_tp1(tp1, tp2, specs, tiny_stats):
+    """nulls.edit_push sums each rank's part of the residual change (one all-reduce) and
+    dose_matched draws the same neurons on every rank: tp=2 (64 + 32) equals tp=1."""
+    from neva_sweep.edit import NeuronEdit
+
+    for edit in (specs[0], NeuronEdit(specs[0].neurons, "scale", 2.0)):
+        (ref_push, ref_idx, ref_null), = ray.get(tp1.call_all(_push_and_null, edit, tiny_stats))
+        assert ref_push > 0 and ref_null == pytest.approx(ref_push, rel=1e-4)
+        for push, idx, null_push in ray.get(tp2.call_all(_push_and_null, edit, tiny_stats)):
+            assert push == pytest.approx(ref_push, abs=1e-4)
+            assert torch.equal(idx, ref_idx)
+            assert null_push == pytest.approx(ref_push, abs=1e-4)
