@@ -385,6 +385,28 @@ def paired_report(dirs: list[Path], a: str, b: str) -> dict:
                      b: sum(r["win"] < 0 for r in verdicts.values())}}
 
 
+def curse_table(dirs: list[Path]) -> None:
+    """Each chosen edit's alignment on the search split it was chosen on against the test
+    split (the winner's curse), with its push and z against the dose-matched null."""
+    print("\n| value | method | seed | search A | test A | test z (dose-matched null) | "
+          "push | test NGLR (chance) |")
+    print("|---|---|---|---|---|---|---|---|")
+    shrink = defaultdict(list)
+    for s, d in enumerate(dirs):
+        for e in json.loads((d / "best_edits.json").read_text())["edits"]:
+            t = e.get("test")
+            if not t:
+                continue
+            a = e["metrics"]["alignment"]
+            shrink[e["method"]].append(t["alignment"] - a)
+            z = "–" if t["z"] is None else f"{t['z']:+.1f}"
+            push = "–" if t["push"] is None else f"{t['push']:.2f}"
+            print(f"| {e['value']} | {e['method']} | {s} | {a:+.4f} | {t['alignment']:+.4f} | "
+                  f"{z} | {push} | {t['nglr']:.2f} ({t['nglr_chance']:.2f}) |")
+    print("mean test - search alignment: " + ", ".join(
+        f"{m} {np.mean(x):+.4f} (n={len(x)})" for m, x in sorted(shrink.items())))
+
+
 def print_paired(rep: dict) -> None:
     a, b = rep["methods"]
     print(f"\nheld-out test split, {rep['n_seeds']} seeds: {a} vs {b} (paired over test "
@@ -442,6 +464,7 @@ if __name__ == "__main__":
         dirs = run_seeds(Path(args.run_dir), args.seeds, args.methods, args.values,
                          args.tiny, args.override)
         report = paired_report(dirs, *args.methods)
+        curse_table(dirs)
         print_paired(report)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))
