@@ -186,7 +186,7 @@ def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sw
             assert isinstance(test[k], float), k
         lo, hi = test["ci"]["alignment"]
         assert lo <= test["alignment"] <= hi and len(test["alignment_rows"]) == 36
-        assert test["null"]["n"] == 4 and test["push"] > 0
+        assert test["null"]["n"] == 2 and test["push"] > 0  # experiment=default: 2 nulls
         assert test["alignment"] != e["metrics"]["alignment"]  # other scenarios, other score
     report = (run / "report" / "tables" / "chosen_edits.csv").read_text()
     assert "test_alignment" in report.splitlines()[0] and "test_z" in report.splitlines()[0]
