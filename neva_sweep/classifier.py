@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .config import JudgeConfig
 from .data import DataError, ProbeSet, Records, neutral_split
 from .files import atomic_path, load_or_heal
-from .judges import JUDGES, JudgeConfig, Judgement, pick_queries, split_sentences
+from .judging import JUDGES, Judgement, pick_queries, split_sentences
 from .scoring import Edits, greedy_generate
 from .values import N_VALUES, VALUES
 

@@ -23,39 +23,20 @@ list of them with :func:`neva_sweep.scoring.grouped`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .edit import RowEditor
+from .edit_kind import EditKind
 from .models.host import ModelHost
+
+__all__ = ["EditKind", "apply", "make_edit"]
 
 if TYPE_CHECKING:
     from .scoring import EditGroup
     from .stats import NeuronStats
 
 
-class EditKind(Protocol):
-    kind: ClassVar[str]  # "neurons", "residual", "prompt": the ``kind`` of describe()
-
-    @property
-    def positions(self) -> str | None: ...
-
-    @property
-    def prefix(self) -> str: ...
-
-    @property
-    def n_neurons(self) -> int: ...
-
-    def describe(self) -> dict[str, Any]: ...
-
-    def title(self) -> str: ...
-
-    @classmethod
-    def install(cls, host: ModelHost, edits: Sequence[Any], row_groups: torch.Tensor,
-                positions: str = "all") -> RowEditor: ...
 
 
 def make_edit(stats: NeuronStats, value: str, method: str = "neva", **params: Any) -> EditKind:

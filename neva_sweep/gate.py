@@ -38,7 +38,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -48,7 +48,6 @@ from .models.arch import residual_sites
 if TYPE_CHECKING:
     from .data import ProbeSet
     from .models.host import ModelHost
-    from .stats import NeuronStats
 
 __all__ = ["GATES", "GATE_L2", "Gate", "GatePass", "fit_gate", "gate_accuracy", "gate_layer",
            "gate_of", "pool", "pooled_features", "prompt_mask", "text_gates"]
@@ -306,7 +305,15 @@ class GatePass:
 # --- building, measuring ----------------------------------------------------------------------
 
 
-def gate_of(stats: NeuronStats, name: str) -> Gate | None:
+class WithGate(Protocol):
+    """What the gate functions read of statistics (:class:`neva_sweep.stats.NeuronStats`,
+    which imports this module: named by its shape, not imported)."""
+
+    gate: Gate | None
+    meta: dict
+
+
+def gate_of(stats: WithGate, name: str) -> Gate | None:
     """The gate ``name`` (``edit.gate``, a method's ``gate`` parameter) from ``stats``."""
     if name not in GATES:
         raise KeyError(f"unknown gate {name!r} (edit.gate / search.space.gates); valid "
@@ -341,7 +348,7 @@ def text_gates(host: ModelHost, gate: Gate, texts: Sequence[str], batch_size: in
     return gate.probability(pooled_features(host, texts, gate.layer, batch_size, max_length))
 
 
-def gate_accuracy(stats: NeuronStats, host: ModelHost, probes: ProbeSet | None = None,
+def gate_accuracy(stats: WithGate, host: ModelHost, probes: ProbeSet | None = None,
                   neutral: Sequence[str] | None = None, batch_size: int = 16) -> dict:
     """Held-out accuracy of the stats' gate at threshold 0.5: value-laden texts (default: the
     ``validate`` probes) vs neutral texts (default: the ``capability`` part of the built-in

@@ -26,8 +26,6 @@ active only while the edited rows are generated or scored; judging is never edit
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -36,34 +34,13 @@ import torch
 
 from .config import JudgeConfig
 from .data import DataError, Records, record_split, split_rows
+from .judging import JUDGES, Judgement, pick_queries, split_sentences
 from .models.host import ModelHost, load_model
-from .registry import Registry
 from .scoring import Edits, greedy_generate, next_token_logprobs, option_logprobs
 from .values import DEFINITIONS, DISPLAY_NAMES, N_VALUES, VALUES
 
 YES = ("Yes", " Yes", "yes", " yes", "YES")
 NO = ("No", " No", "no", " no", "NO")
-
-
-@dataclass
-class Judgement:
-    """One edit's judgement.
-
-    E (Q, V): value expression, what the metrics read. ``raw`` (Q, V): the uncentred,
-    unnormalised reading E came from (None = E itself); the mean change of ``raw`` over
-    the ten values is the edit's ``acquiescence``. ``hard`` (Q, V): one-hot choices, for
-    judges that pick one value per row. ``replies``: generated replies, for judges that
-    generate.
-    """
-
-    E: np.ndarray
-    replies: list[str] | None = None
-    raw: np.ndarray | None = None
-    hard: np.ndarray | None = None
-
-    @property
-    def reading(self) -> np.ndarray:
-        return self.E if self.raw is None else self.raw
 
 
 class Judge(Protocol):
@@ -116,28 +93,6 @@ def yes_probability(host: ModelHost, prompts: list[str], edits: Edits, positions
     lse_yes = torch.logsumexp(logp[..., : len(yes)], -1)
     lse_no = torch.logsumexp(logp[..., len(yes) :], -1)
     return torch.sigmoid(lse_yes - lse_no).numpy()  # (G, n)
-
-
-def split_sentences(text: str) -> list[str]:
-    """The non-blank sentences of ``text`` (split after . ! ? and at line breaks)."""
-    return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
-
-
-def pick_queries(queries: Records, per_value: int | None) -> list[dict]:
-    """The first ``per_value`` queries of each value (all when None), in file order."""
-    if not queries.rows:
-        raise DataError(f"{queries.path}: no queries (data.queries); the judge needs at least one")
-    if per_value is None:
-        return list(queries.rows)
-    if per_value < 1:
-        raise ValueError(f"judge.queries_per_value must be >= 1 or null; got {per_value}")
-    seen: dict[str, int] = {}
-    out = []
-    for r in queries.rows:
-        if seen.get(r["value"], 0) < per_value:
-            seen[r["value"]] = seen.get(r["value"], 0) + 1
-            out.append(r)
-    return out
 
 
 class QuestionnaireJudge(OneDataKind):
@@ -344,7 +299,6 @@ class LLMJudge:
         return out
 
 
-JUDGES: Registry[type] = Registry("judge")
 JUDGES.register("forced_choice", ForcedChoiceJudge)
 JUDGES.register("questionnaire", QuestionnaireJudge)
 JUDGES.register("lexicon", LexiconJudge)
@@ -360,5 +314,5 @@ def make_judge(cfg: JudgeConfig, records: dict[str, Records],
     return JUDGES[cfg.name].from_config(cfg, records, judge_host, cache_dir=cache_dir)
 
 
-# Judges in their own modules register themselves on import (after JUDGES exists).
+# Judges in their own modules register themselves into JUDGES (judging.py) on import.
 from . import classifier as _classifier  # noqa: E402,F401  "classifier"

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 import torch
 
 from .edit import RowEditor
-from .edits import EditKind
+from .edit_kind import EditKind
 from .models.host import ModelHost
 
 Edits = Sequence[EditKind | None]  # None = unedited

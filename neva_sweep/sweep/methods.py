@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..edit import DEFAULT_MAGNITUDE, DEFAULT_RULE, NeuronEdit
-from ..edits import EditKind
+from ..edit_kind import EditKind
 from ..gate import gate_of
 from ..registry import Registry
 from ..select import DEFAULT_SCORE, DEFAULT_SPARSITY, select_neurons
