@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .metrics import EPS, cwl, nlr
+from .nulls import z_score
 from .values import VALUES
 
 MIN_FLOOR = 1e-4
@@ -56,6 +57,6 @@ def heldout_record(rec: dict, nulls: list[dict], push: float | None, split: str 
     out.update(split=split, ci={"alignment": rec["ci"]["alignment"]},
                nlr=nlr(dcsr, rec["value"], floor), cwl=cwl(dcsr, rec["value"], floor),
                nlr_floor=floor, push=push, null=null,
-               z=(rec["alignment"] - null["mean"]) / sd if sd else None,
+               z=z_score(rec["alignment"], null["alignment"]),
                csr_base=rec["csr_base"], csr_edited=rec["csr_edited"])
     return out

@@ -36,9 +36,14 @@ def heldout_setup(setup: EvalSetup) -> EvalSetup:
 
 
 def has_test_split(data) -> bool:
-    """Whether ``data.scenarios`` and ``data.neutral`` both have a ``test`` split."""
-    return all(split_rows(load_records(kind, getattr(data, kind)), "test")
-               for kind in ("scenarios", "neutral"))
+    """Whether ``data.scenarios`` and ``data.neutral`` both have a ``test`` split (if not,
+    says so: the sweep then skips its held-out pass)."""
+    if all(split_rows(load_records(kind, getattr(data, kind)), "test")
+           for kind in ("scenarios", "neutral")):
+        return True
+    log.warning("no held-out scores: data.scenarios or data.neutral has no records with "
+                "\"split\": \"test\" (docs/data.md)")
+    return False
 
 
 def pending(outputs: Outputs) -> dict[StudyKey, FrozenTrial]:
@@ -53,14 +58,11 @@ def rescore(outputs: Outputs, workers: list[ReplicaWorker], search: DictConfig,
     """Score every pending chosen edit on the test split; returns how many were scored.
 
     Jobs go round-robin to the replicas of their model; a failed job is logged and left
-    pending (the next run tries again), never stored as a score.
+    pending (the next run tries again), never stored as a score. The data must have a
+    test split (:func:`has_test_split`, checked by the caller).
     """
     todo = pending(outputs)
     if not todo:
-        return 0
-    if not has_test_split(setup.data):
-        log.warning("no held-out scores: data.scenarios or data.neutral has no records with "
-                    "\"split\": \"test\" (docs/data.md)")
         return 0
     test = heldout_setup(setup)
     by_model: dict[str, list[ReplicaWorker]] = {}

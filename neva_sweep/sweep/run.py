@@ -99,8 +99,11 @@ def _drive(cfg: DictConfig, plan: SweepPlan, run_dir: Path, states: list[StudySt
         done = sum(s.complete for s in states)
         log.info("sweep: %d studies in %s storage, %d trials complete, %d to run",
                  len(states), plan.storage.split("://")[0], done, missing)
-        if missing or (pending(outputs) and has_test_split(cfg.data)):
-            _run_trials(cfg, plan, states, outputs, [logger.log_trial, *callbacks])
+        # models whose chosen edits still lack a held-out score (a resumed sweep)
+        unscored = ({k.model for k in pending(outputs)} if has_test_split(cfg.data)
+                    else None)
+        if missing or unscored:
+            _run_trials(cfg, plan, states, outputs, [logger.log_trial, *callbacks], unscored)
         exit_code = 0
     except KeyboardInterrupt as e:
         exit_code = getattr(e, "exit_code", 130)
@@ -141,12 +144,13 @@ def eval_setup(cfg: DictConfig) -> EvalSetup:
 
 
 def _run_trials(cfg: DictConfig, plan: SweepPlan, states: list[StudyState], outputs: Outputs,
-                callbacks: list) -> None:
+                callbacks: list, unscored: set[str] | None) -> None:
+    """Run the missing trials, then the held-out pass (``unscored`` None: the data have
+    no test split, no held-out pass)."""
     probes, stats_cfg, stats_cache = stats_settings(cfg)
     setup = eval_setup(cfg)
     # Only models with trials or held-out scores left get replicas (a resumed sweep).
-    unscored = {k.model for k in pending(outputs)} if has_test_split(cfg.data) else set()
-    models = [m for m in plan.models if m.label in unscored
+    models = [m for m in plan.models if m.label in (unscored or ())
               or any(s.missing for s in states if s.key.model == m.label)]
     with ray_session(cfg.cluster) as resources:
         reclaim_sigterm()  # ray.init installed its own SIGTERM handler (exit 1, no safe stop)
@@ -165,7 +169,8 @@ def _run_trials(cfg: DictConfig, plan: SweepPlan, states: list[StudyState], outp
             prepare(workers)
             Scheduler(states, workers, cfg.search, callbacks=callbacks,
                       checkpoint=outputs.write, progress=cfg.progress).run()
-            rescore(outputs, workers, cfg.search, setup, cfg.progress)
+            if unscored is not None:
+                rescore(outputs, workers, cfg.search, setup, cfg.progress)
         finally:
             for reps in replicas.values():
                 for r in reps:
