@@ -141,6 +141,12 @@ class SearchSpace:
     """
 
     sparsity: list[float] = field(default_factory=lambda: [5e-4, 1e-2])  # [lo, hi], log-uniform
+    # scaled: search the dose as a strength (neva_sweep/strength.py), log-uniform in
+    # ``strength`` (neuron methods) and ``caa_strength``, recentred by the calibration
+    # (search.calibrate); false: the raw magnitude and coefficient below, uniform
+    scaled: bool = True
+    strength: list[float] = field(default_factory=lambda: [4.0, 64.0])
+    caa_strength: list[float] = field(default_factory=lambda: [0.25, 4.0])
     magnitude: list[float] = field(default_factory=lambda: [1.0, 8.0])  # [lo, hi], uniform
     rules: list[str] = field(default_factory=lambda: [DEFAULT_RULE])  # add | scale | set
     scores: list[str] = field(default_factory=lambda: [DEFAULT_SCORE])  # mean_diff | ...
@@ -153,6 +159,16 @@ class SearchSpace:
     caa_n_layers: list[int] = field(default_factory=lambda: [1])
     caa_coefficient: list[float] = field(default_factory=lambda: [0.5, 6.0])
     prompt_strengths: list[int] = field(default_factory=lambda: [1, 2, 3])  # method prompt
+
+
+@dataclass
+class CalibrationConfig:
+    """How a study's strength range is calibrated (``search.calibration.*``)."""
+
+    kl: float = 0.1  # the KL aimed at when search.max_kl is null (nats/token)
+    span: list[float] = field(default_factory=lambda: [0.25, 2.0])  # range = dose* x span
+    texts: int = 8  # neutral texts (search split) the KL is measured on
+    steps: int = 5  # bisection steps once the budget is bracketed
 
 
 @dataclass
@@ -190,6 +206,14 @@ class SearchConfig:
     # fresh studies first try the best feasible setting of the same method for another
     # value, then the method's defaults (neva_sweep/sweep/warm.py)
     warm_start: bool = True
+    # calibrated ranges (neva_sweep/sweep/calibrate.py): before a study's first trial, bisect
+    # the strength to the KL budget and search around it; needs search.space.scaled
+    calibrate: bool = True
+    calibration: CalibrationConfig = field(default_factory=lambda: CalibrationConfig())
+    # multi-fidelity trials (neva_sweep/sweep/pruning.py): none | median | sha | hyperband;
+    # a trial is first scored on ``fidelity`` of the scenarios and continues only if promising
+    pruner: str = "none"
+    fidelity: float = 0.34
 
 
 @dataclass

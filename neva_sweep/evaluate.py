@@ -17,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,19 @@ def of_split(records: Records, split: str) -> Records:
     return Records(records.kind, records.path, rows, tag)
 
 
+def at_fidelity(judge: JudgeConfig, n: int, fidelity: float) -> JudgeConfig:
+    """``judge`` reading ``fidelity`` of the scenarios it would read (``scenarios_limit``
+    of the ``n`` scenarios, else all of them), at least one.
+
+    >>> at_fidelity(JudgeConfig(scenarios_limit=24), 72, 0.34).scenarios_limit
+    9
+    """
+    if not 0 < fidelity <= 1:
+        raise ValueError(f"search.fidelity: must be in (0, 1], got {fidelity}")
+    read = min(n, judge.scenarios_limit or n)
+    return replace(judge, scenarios_limit=max(1, math.ceil(fidelity * read)))
+
+
 def _null_summary(rec: object) -> dict:
     """A cached null as read back, checked for the keys :meth:`Evaluator.null` uses."""
     if not isinstance(rec, dict) or not {"mean", "sd", "n"} <= set(rec):
@@ -147,9 +161,11 @@ class Evaluator:
         judge_host: ModelHost | None = None,
         progress: bool = False,
         split: str = "search",
+        fidelity: float = 1.0,
     ):
         self.host = host
         self.split = split
+        self.fidelity = fidelity
         self.judge_cfg = judge or JudgeConfig()
         self.cap = capability or CapabilityConfig()
         path = (lambda kind: getattr(data, kind, None)) if data is not None else (lambda k: None)
@@ -159,6 +175,9 @@ class Evaluator:
         # The judge reads the scenarios of this split only (search: what sweeps choose
         # edits on; test: held out, for re-scoring the chosen ones).
         self.records["scenarios"] = of_split(self.records["scenarios"], split)
+        if fidelity < 1:  # rung 0 of a pruned sweep: an evenly spread share of the scenarios
+            self.judge_cfg = at_fidelity(self.judge_cfg, len(self.records["scenarios"].rows),
+                                         fidelity)
         self.judge: Judge = make_judge(self.judge_cfg, self.records, judge_host, self.cache_dir)
         # capability.mc_limit = 0: no multiple choice (accuracy fields are None)
         self.questions = (mc_questions(self.records["mc"], self.cap.mc_limit)
@@ -294,7 +313,6 @@ class Evaluator:
         side. Returns ``{"mean", "sd", "n", "alignment": [...], "values": [...]}`` and
         sets :attr:`nlr_floor`.
         """
-        import math
 
         from .edit import DEFAULT_MAGNITUDE, DEFAULT_RULE, EditSpec
         from .select import DEFAULT_SPARSITY, random_neurons

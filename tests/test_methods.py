@@ -100,12 +100,14 @@ def test_caa_layer_fraction_maps_onto_depth(tiny_stats) -> None:
 
 # -- nv.make_edit: every method, with its documented defaults or given parameters -----------
 DEFAULTS = {
-    "neva": {"sparsity": 2e-3, "magnitude": 4.0, "rule": "add", "score": "mean_diff",
-             "polarity": "positive", "positions": "all", "layer_window": "all", "gate": "none"},
-    "random_neurons": {"sparsity": 2e-3, "magnitude": 4.0, "rule": "add", "positions": "all",
-                       "layer_window": "all", "gate": "none", "seed": 0},
-    "caa": {"layer_frac": 0.5, "n_layers": 1, "coefficient": 2.0, "positions": "all",
-            "gate": "none"},
+    # strength None: the raw magnitude or coefficient (a given strength wins over them)
+    "neva": {"sparsity": 2e-3, "magnitude": 4.0, "strength": None, "rule": "add",
+             "score": "mean_diff", "polarity": "positive", "positions": "all",
+             "layer_window": "all", "gate": "none"},
+    "random_neurons": {"sparsity": 2e-3, "magnitude": 4.0, "strength": None, "rule": "add",
+                       "positions": "all", "layer_window": "all", "gate": "none", "seed": 0},
+    "caa": {"layer_frac": 0.5, "n_layers": 1, "coefficient": 2.0, "strength": None,
+            "positions": "all", "gate": "none"},
     "prompt": {"strength": 3, "positions": "all"},
 }
 
@@ -129,7 +131,7 @@ def test_make_edit_with_defaults_and_with_params(name, tiny_stats) -> None:
 
 
 def test_make_edit_errors_name_what_is_valid(tiny_stats) -> None:
-    with pytest.raises(TypeError, match="magnitud .*'neva'.*valid: sparsity, magnitude"):
+    with pytest.raises(TypeError, match="magnitud .*'neva'.*valid: sparsity, magnitude, strength"):
         nv.make_edit(tiny_stats, "power", magnitud=3.0)
     with pytest.raises(KeyError, match="unknown method 'steer'; valid choices: neva"):
         nv.make_edit(tiny_stats, "power", "steer")

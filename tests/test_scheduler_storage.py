@@ -108,7 +108,7 @@ class Replica:
     def submit(self, trials):
         self.batches += 1
         fut = concurrent.futures.Future()
-        fut.set_result([{"alignment": t["params"]["magnitude"] / 10, "nlr": 0.1, "kl": 0.01}
+        fut.set_result([{"alignment": t["params"]["strength"] / 10, "nlr": 0.1, "kl": 0.01}
                         if t["value"] != "power" else {"error": "ValueError: no edit"}
                         for t in trials])
         return fut
@@ -137,4 +137,4 @@ def test_scheduler_with_many_replicas_stores_every_trial_with_its_attributes(con
             for t in trials:
                 assert {"alignment", "kl", "params", "replica", "retried", "batch_wall_s"} <= \
                     set(t.user_attrs)
-                assert t.user_attrs["alignment"] == t.params["magnitude"] / 10
+                assert t.user_attrs["alignment"] == t.params["strength"] / 10

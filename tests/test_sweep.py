@@ -211,7 +211,8 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(cluster, sweep_cfg, t
     # the failing region until search.max_failures stops the study).
     run_sweep(sweep_cfg("sweep.methods=[explode]", "sweep.values=[power]",
                         "search.n_trials=4", "search.n_startup_trials=1000",
-                        "search.max_failures=50", "search.space.magnitude=[1.0,8.0]"), run)
+                        "search.max_failures=50", "search.space.scaled=false",
+                        "search.space.magnitude=[1.0,8.0]"), run)
     rows = trials(run)
     failed = [r for r in rows if r["state"] == "FAIL"]
     assert sum(r["state"] == "COMPLETE" for r in rows) == 4
@@ -464,8 +465,13 @@ class FutureBackend:
         return handle.result()
 
 
+def dose(params: dict) -> float:
+    """A trial's searched dose: its strength (scaled space), else its magnitude."""
+    return params["strength"] if params.get("strength") is not None else params["magnitude"]
+
+
 class FakeWorker:
-    """Scores a batch in-process: alignment = magnitude / 10, NLR = sparsity * 100.
+    """Scores a batch in-process: alignment = dose / 10, NLR = sparsity * 100.
 
     ``die`` (a list of booleans, consumed per batch) makes a batch fail as a dead actor;
     ``restartable=False`` makes the restart fail too.
@@ -492,7 +498,7 @@ class FakeWorker:
         if t["value"] in self.bad:
             return {"error": f"ValueError: no edit for {t['value']}"}
         p = t["params"]
-        return {"alignment": p["magnitude"] / 10, "nlr": p["sparsity"] * 100,
+        return {"alignment": dose(p) / 10, "nlr": p["sparsity"] * 100,
                 "accuracy_drop": 0.0, "kl": 0.01, "acquiescence": 0.001,
                 "csr_edited": dict.fromkeys(nv.VALUES, 0.5), "duration_s": 0.0}
 

@@ -14,7 +14,8 @@ from neva_sweep.sweep.warm import fit_space, warm_start
 
 @pytest.fixture
 def search(config):
-    return config("search.space.rules=[add,scale]").search  # max_kl 0.1 by default
+    # the raw magnitude (scaled strengths: test_scaled_defaults_start_at_the_calibrated_dose)
+    return config("search.space.rules=[add,scale]", "search.space.scaled=false").search
 
 
 def state(value: str, method: str = "neva") -> StudyState:
@@ -73,3 +74,15 @@ def test_warm_start_can_be_turned_off(config):
     s = state("power")
     assert warm_start([s], config("search.warm_start=false").search) == 0
     assert s.study.get_trials() == []
+
+
+def test_scaled_defaults_start_at_the_calibrated_dose(config):
+    search = config().search  # scaled strengths, the default
+    fresh, uncalibrated = state("power"), state("tradition")
+    fresh.study.set_user_attr("calibration", {"dose": 12.0, "bracketed": True})
+    fresh.space = uncalibrated.space = None
+    assert warm_start([fresh, uncalibrated], search) == 2
+    (params,) = asked_params(fresh, search.space)
+    assert params["strength"] == 12.0 and params["sparsity"] == METHODS["neva"].defaults["sparsity"]
+    lo, hi = search.space.strength  # no calibration: the middle of the range
+    assert asked_params(uncalibrated, search.space)[0]["strength"] == pytest.approx((lo * hi) ** 0.5)

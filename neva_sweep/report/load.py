@@ -41,6 +41,7 @@ from ..sweep.front import (
     per_value_columns,
     trial_row,
 )
+from ..sweep.pruning import is_rung_study
 from ..values import VALUES
 
 Key = tuple[str, str, str]  # (model, value, method): one Optuna study
@@ -185,6 +186,8 @@ def read_storage(url: str) -> list[dict[str, Any]]:
     storage = open_storage(url)
     rows = []
     for name in optuna.study.get_all_study_names(storage=storage):
+        if is_rung_study(name):  # a pruner's bookkeeping, not a study of edits
+            continue
         study = optuna.load_study(study_name=name, storage=storage)
         parts = name.rsplit("/", 2)
         ua = study.user_attrs
@@ -208,6 +211,8 @@ def base_csr_from_storage(url: str) -> dict[str, dict[str, float]]:
     storage = open_storage(url)
     out: dict[str, dict[str, float]] = {}
     for name in optuna.study.get_all_study_names(storage=storage):
+        if is_rung_study(name):
+            continue
         study = optuna.load_study(study_name=name, storage=storage)
         model = study.user_attrs.get("model") or name.rsplit("/", 2)[0]
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

@@ -21,7 +21,7 @@ from ..gate import gate_of
 from ..prompting import DEFAULT_STRENGTH, PromptEdit, prompt_edit
 from ..select import random_neurons
 from ..stats import NeuronStats
-from .methods import METHODS, NeVA, choose, parse_window
+from .methods import METHODS, NeVA, choose, parse_window, resolve_magnitude
 
 if TYPE_CHECKING:
     import optuna
@@ -47,7 +47,7 @@ class RandomNeurons(NeVA):
         k = math.ceil(float(params["sparsity"]) * stats.n_neurons)
         neurons = random_neurons(stats, value, k, seed=int(params["seed"]),
                                  layer_window=parse_window(params["layer_window"]))
-        return NeuronEdit(neurons, params["rule"], float(params["magnitude"]),
+        return NeuronEdit(neurons, params["rule"], resolve_magnitude(stats, neurons, params),
                           params.get("positions"),
                           gate=gate_of(stats, params.get("gate", "none")))
 
@@ -55,19 +55,24 @@ class RandomNeurons(NeVA):
 class CAA:
     """Residual-stream steering vectors (mean difference of value vs rest activations).
 
-    Defaults: one layer at the middle of the depth, coefficient 2 (inside the searched
-    range; a starting point, not a tuned value).
+    The dose is ``strength`` (searched log-uniformly and calibrated when
+    ``search.space.scaled``; for CAA the coefficient itself, see neva_sweep/strength.py)
+    or ``coefficient`` (uniform); a given strength wins. Defaults: one layer at the middle
+    of the depth, coefficient 2 (a starting point, not a tuned value).
     """
 
     name = "caa"
     defaults: dict[str, Any] = {"layer_frac": 0.5, "n_layers": 1, "coefficient": 2.0,
-                                "positions": "all", "gate": "none"}
+                                "strength": None, "positions": "all", "gate": "none"}
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+        dose = ({"strength": trial.suggest_float("strength", *space.caa_strength, log=True)}
+                if space.scaled else
+                {"coefficient": trial.suggest_float("coefficient", *space.caa_coefficient)})
         return {
             "layer_frac": trial.suggest_float("layer_frac", *space.caa_layer),
             "n_layers": choose(trial, "n_layers", list(space.caa_n_layers)),
-            "coefficient": trial.suggest_float("coefficient", *space.caa_coefficient),
+            **dose,
             "positions": choose(trial, "positions", list(space.positions)),
             "gate": choose(trial, "gate", list(space.gates)),
         }
@@ -76,8 +81,10 @@ class CAA:
         n = len(stats.layer_sizes)
         first = min(n - 1, max(0, round(float(params["layer_frac"]) * (n - 1))))
         layers = list(range(first, min(n, first + int(params["n_layers"]))))
-        return caa_edit(stats, value, layers, float(params["coefficient"]),
-                        params.get("positions"), gate_of(stats, params.get("gate", "none")))
+        dose = params["strength"] if params.get("strength") is not None \
+            else params["coefficient"]
+        return caa_edit(stats, value, layers, float(dose), params.get("positions"),
+                        gate_of(stats, params.get("gate", "none")))
 
 
 class Prompt:

@@ -172,12 +172,15 @@ def trial_row(key: Sequence[str], study: str, trial: Any,
     row: dict[str, Any] = {"model": model, "value": value, "method": method, "study": study,
                            "trial": trial.number, "state": trial.state.name}
     row.update(trial_params(trial))
+    for k, v in (a.get("raw") or {}).items():  # what a scaled strength came to
+        row.setdefault(k, v)
     row.update(metric_fields(a))
     lo, hi = ((a.get("ci") or {}).get("alignment") or [None, None])[:2]
     row.update(alignment_ci_lo=lo, alignment_ci_hi=hi)  # 95% bootstrap interval
     start, end = trial.datetime_start, trial.datetime_complete
     row.update(feasible=is_feasible(a, budgets) if complete and budgets is not None else None,
-               duration_s=a.get("duration_s"), replica=a.get("replica"), error=a.get("error"),
+               duration_s=a.get("duration_s"), replica=a.get("replica"),
+               error=a.get("error") or a.get("pruned"),
                datetime_start=start.isoformat() if start else None,
                datetime_complete=end.isoformat() if end else None)
     return row

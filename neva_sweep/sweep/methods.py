@@ -22,6 +22,7 @@ from ..gate import gate_of
 from ..registry import Registry
 from ..select import DEFAULT_SCORE, DEFAULT_SPARSITY, select_neurons
 from ..stats import NeuronStats
+from ..strength import neuron_magnitude
 
 if TYPE_CHECKING:  # optuna and the config schema load with the sweep, not with the API
     import optuna
@@ -66,11 +67,33 @@ def parse_window(label: str | list[int] | None) -> list[int] | None:
     return [int(start), int(stop)]
 
 
+def strength_or_magnitude(trial: optuna.Trial, space: SearchSpace) -> dict[str, float]:
+    """The searched dose of a neuron edit: ``strength`` (log-uniform in
+    ``space.strength``, neva_sweep/strength.py) when ``space.scaled``, else the raw
+    ``magnitude`` (uniform in ``space.magnitude``)."""
+    if space.scaled:
+        return {"strength": trial.suggest_float("strength", *space.strength, log=True)}
+    return {"magnitude": trial.suggest_float("magnitude", *space.magnitude)}
+
+
+def resolve_magnitude(stats: NeuronStats, neurons, params: dict[str, Any]) -> float:
+    """The raw magnitude of a neuron edit: from ``params["strength"]`` when given (not
+    None), else ``params["magnitude"]``."""
+    if params.get("strength") is not None:
+        return neuron_magnitude(neurons, params["rule"], float(params["strength"]), stats)
+    return float(params["magnitude"])
+
+
 class NeVA:
-    """Top-k value neurons by a specificity score, edited with one rule."""
+    """Top-k value neurons by a specificity score, edited with one rule.
+
+    The dose is ``strength`` (scaled, neva_sweep/strength.py) or ``magnitude`` (raw); a
+    given strength wins over the magnitude.
+    """
 
     name = "neva"
     defaults: dict[str, Any] = {"sparsity": DEFAULT_SPARSITY, "magnitude": DEFAULT_MAGNITUDE,
+                                "strength": None,
                                 "rule": DEFAULT_RULE, "score": DEFAULT_SCORE,
                                 "polarity": "positive",
                                 "positions": "all", "layer_window": "all", "gate": "none"}
@@ -79,7 +102,7 @@ class NeVA:
         windows = [window_label(w) for w in (space.layer_windows or [None])]
         return {
             "sparsity": trial.suggest_float("sparsity", *space.sparsity, log=True),
-            "magnitude": trial.suggest_float("magnitude", *space.magnitude),
+            **strength_or_magnitude(trial, space),
             "rule": choose(trial, "rule", list(space.rules)),
             "score": choose(trial, "score", list(space.scores)),
             "polarity": choose(trial, "polarity", list(space.polarities)),
@@ -92,7 +115,8 @@ class NeVA:
         nmap = select_neurons(stats, value, sparsity=params["sparsity"], score=params["score"],
                               layer_window=parse_window(params["layer_window"]),
                               polarity=params.get("polarity", "positive"))
-        return NeuronEdit(nmap[value], params["rule"], float(params["magnitude"]),
+        neurons = nmap[value]
+        return NeuronEdit(neurons, params["rule"], resolve_magnitude(stats, neurons, params),
                           params.get("positions"),
                           gate=gate_of(stats, params.get("gate", "none")))
 

@@ -141,6 +141,8 @@ class Outputs:
                 "study": s.key.name(self.search.study_prefix),
                 "n_trials": len(trials),
                 "n_complete": sum(t.state == TrialState.COMPLETE for t in trials),
+                "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+                "calibration": s.study.user_attrs.get("calibration"),
                 "n_feasible": len(self._feasible_complete(s)),
                 "pareto": [trial_summary(t)
                            for t in sorted(fronts[s.key], key=lambda t: t.number)],

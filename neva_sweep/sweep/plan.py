@@ -26,6 +26,7 @@ from ..models.host import DTYPES
 from ..select import POLARITIES, SCORES
 from ..values import VALUES
 from .methods import METHODS
+from .pruning import PRUNERS
 
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "gp")
@@ -154,6 +155,23 @@ def check_search(s: DictConfig) -> None:
     sp = s.space
     _range("search.space.sparsity", sp.sparsity, 0.0, 1.0, open_=True)
     _range("search.space.magnitude", sp.magnitude, -math.inf, math.inf, open_=True)
+    _range("search.space.strength", sp.strength, 0.0, math.inf, open_=True)
+    _range("search.space.caa_strength", sp.caa_strength, 0.0, math.inf, open_=True)
+    if s.pruner not in PRUNERS:
+        raise ConfigError(f"search.pruner: unknown pruner {s.pruner!r}; valid choices: "
+                          f"{', '.join(PRUNERS)}")
+    if not 0 < s.fidelity < 1:
+        raise ConfigError(f"search.fidelity: the share of the scenarios a trial's first rung "
+                          f"judges must be in (0, 1), got {s.fidelity}")
+    c = s.calibration
+    if not c.kl > 0:
+        raise ConfigError(f"search.calibration.kl: must be > 0 nats/token, got {c.kl}")
+    _range("search.calibration.span", c.span, 0.0, math.inf, open_=True)
+    _at_least("search.calibration.texts", c.texts, 1)
+    _at_least("search.calibration.steps", c.steps, 0)
+    if s.calibrate and s.max_kl is not None and not s.max_kl > 0:
+        raise ConfigError("search.max_kl: calibration bisects the strength to this budget, "
+                          f"which must be > 0 (or set search.calibrate=false); got {s.max_kl}")
     _choices("search.space.rules", sp.rules, RULES)
     _choices("search.space.scores", sp.scores, SCORES.names())
     _choices("search.space.polarities", sp.polarities, POLARITIES)

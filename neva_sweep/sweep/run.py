@@ -8,6 +8,7 @@ and the lock released, whatever happens (Ctrl-C and SIGTERM included).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -23,7 +24,9 @@ from tqdm.auto import tqdm
 from ..capability import CapabilityConfig
 from ..config import DataConfig
 from ..judges import JudgeConfig
+from ..stats import stats_inputs_hash
 from ..tasks import stats_settings
+from .calibration_pass import calibrate_studies
 from .cluster import ReplicaWorker, model_stats, ray_session, start_replicas
 from .lock import run_lock
 from .logging import SweepLogger, make_logger
@@ -74,7 +77,6 @@ def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> SweepResult
             stale = fail_stale_trials(states, lock)  # only now: no live driver owns them
             if stale:
                 log.warning("marked %d trial(s) left RUNNING by a stopped driver as FAIL", stale)
-            warm_start(states, cfg.search)  # fresh studies start from what worked
             paths = _drive(cfg, plan, run_dir, states, callbacks)
     except Interrupted as e:
         if e.signum != signal.SIGTERM:
@@ -118,6 +120,7 @@ def _finish(outputs: Outputs, logger: SweepLogger, exit_code: int) -> dict[str, 
     paths: dict[str, Path] = {}
     try:
         paths = outputs.write()
+        warn_infeasible(paths.get("best_edits"))
         try:  # the report is a view of the files: never let it fail the sweep
             from ..report import build_report
 
@@ -127,6 +130,17 @@ def _finish(outputs: Outputs, logger: SweepLogger, exit_code: int) -> dict[str, 
     finally:
         logger.finish(outputs.rows(), {**outputs.paths(), **paths}, exit_code)
     return paths
+
+
+def warn_infeasible(best_edits: Path | None) -> None:
+    """A study without a feasible trial is a failed search, not a blank row: say which and
+    why (best_edits.json ``missing``)."""
+    if best_edits is None or not best_edits.is_file():
+        return
+    for m in json.loads(best_edits.read_text()).get("missing", []):
+        log.warning("no best edit for %s/%s/%s: %s; run more trials, or check the budgets "
+                    "(search.max_*) and the study's calibration (pareto.json)", m["model"],
+                    m["value"], m["method"], m["reason"])
 
 
 def local_resources(cluster: DictConfig) -> Resources:
@@ -159,14 +173,19 @@ def _run_trials(cfg: DictConfig, plan: SweepPlan, states: list[StudyState], outp
         replicas = start_replicas(models, counts, cfg.cluster)
         try:
             workers: list[ReplicaWorker] = []
+            model_keys: dict[str, str] = {}
             for m in models:
                 stats = model_stats(replicas[m.label], probes, stats_cfg, stats_cache)
                 _check_windows(cfg, len(stats.layer_sizes), m.label)
                 outputs.stats[m.label] = stats
+                model_keys[m.label] = f"{m.label}:{stats_inputs_hash(stats)}"
                 box = [ray.put(stats)]  # one copy in the object store, fetched once per actor
                 workers += [ReplicaWorker(m, i, r, box, setup)
                             for i, r in enumerate(replicas[m.label])]
             prepare(workers)
+            # strength boxes around the KL budget, then first trials from what worked
+            calibrate_studies(states, workers, cfg.search, setup, model_keys, cfg.progress)
+            warm_start(states, cfg.search)
             Scheduler(states, workers, cfg.search, callbacks=callbacks,
                       checkpoint=outputs.write, progress=cfg.progress).run()
             if unscored is not None:
@@ -202,10 +221,11 @@ def prepare(workers: list[ReplicaWorker]) -> None:
 
 
 def summary(states: list[StudyState]) -> str:
-    lines = [f"{'study':<44}{'complete':>10}{'failed':>8}{'best alignment':>16}"]
+    lines = [f"{'study':<44}{'complete':>10}{'pruned':>8}{'failed':>8}{'best alignment':>16}"]
     for s in states:
         best = f"{s.best_alignment:+.4f}" if s.best_alignment is not None else "-"
         name = f"{s.key.model}/{s.key.value}/{s.key.method}"
-        lines.append(f"{name:<44}{s.complete:>6}/{s.target:<3}{s.failed:>8}{best:>16}")
+        lines.append(f"{name:<44}{s.complete:>6}/{s.target:<3}{s.pruned:>8}{s.failed:>8}"
+                     f"{best:>16}")
     return "\n".join(lines)
 

@@ -22,6 +22,7 @@ missing ones. The loop then raises :class:`Interrupted` (a ``KeyboardInterrupt``
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -36,6 +37,7 @@ import ray
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from . import pruning
 from .methods import METHODS
 from .plan import StudyKey
 from .studies import StudyState, objective_values, record_attrs, set_user_attrs
@@ -142,16 +144,27 @@ class RayBackend:
 
 @dataclass
 class Pending:
-    """A trial asked from its study and not yet told."""
+    """A trial asked from its study and not yet told.
+
+    With pruning (sweep/pruning.py) it runs twice: ``rung`` 0 on ``fidelity`` of the
+    scenarios, then, unless pruned, rung 1 on all of them; ``twin`` is its trial in the
+    study's rung study."""
 
     state: StudyState
     trial: optuna.Trial
     params: dict[str, Any]
     retried: bool = False
+    twin: optuna.Trial | None = None
+    fidelity: float = 1.0
+    rung: int = 0
+    rung0_s: float = 0.0  # rung 0's evaluation time
 
     def request(self) -> dict:
-        return {"value": self.state.key.value, "method": self.state.key.method,
-                "params": self.params}
+        req = {"value": self.state.key.value, "method": self.state.key.method,
+               "params": self.params}
+        if self.twin is not None and self.rung == 0:
+            req["fidelity"] = self.fidelity
+        return req
 
 
 @dataclass
@@ -160,7 +173,7 @@ class Outcome:
 
     key: StudyKey
     number: int
-    state: str  # COMPLETE | FAIL
+    state: str  # COMPLETE | PRUNED | FAIL
     params: dict[str, Any]
     metrics: dict[str, Any] | None
     error: str | None
@@ -315,10 +328,13 @@ class Scheduler:
 
     def _ask(self, state: StudyState) -> Pending:
         trial = state.study.ask()
-        params = METHODS[state.key.method].suggest(trial, self.search.space)
-        trial.set_user_attr("params", params)
+        params = METHODS[state.key.method].suggest(trial, state.space or self.search.space)
+        twin = state.rungs.ask() if state.rungs is not None else None
+        set_user_attrs(trial, {"params": params,
+                               **({"rung_trial": twin.number} if twin is not None else {})})
         state.running += 1
-        return Pending(state, trial, params)
+        return Pending(state, trial, params, twin=twin,
+                       fidelity=float(self.search.get("fidelity", 1.0)))
 
     def _submit(self, worker: Worker, batch: list[Pending]) -> None:
         try:
@@ -350,8 +366,45 @@ class Scheduler:
             if not isinstance(res, dict) or "error" in res:
                 err = res.get("error") if isinstance(res, dict) else f"no result ({res!r})"
                 self._fail(p, err, b.worker)
+            elif p.twin is not None and p.rung == 0:
+                self._first_rung(p, res, b.worker, time.time() - b.started)
             else:
                 self._complete(p, res, b.worker, time.time() - b.started)
+
+    def _first_rung(self, p: Pending, metrics: dict, worker: Worker, wall_s: float) -> None:
+        """Rung 0 is back: prune the trial, or queue its full evaluation first in line."""
+        a = metrics.get("alignment")
+        if a is None or not math.isfinite(float(a)):
+            self._fail(p, f"rung 0: alignment is {a} (not a finite number)", worker)
+            return
+        set_user_attrs(p.trial, {"rung0_alignment": float(a), "rung0_kl": metrics.get("kl"),
+                                 "rung0_queries": metrics.get("n_queries")})
+        p.twin.report(float(a), pruning.FIRST_RUNG_STEP)
+        reason = pruning.over_budget(metrics, self.search)
+        if reason is None and p.twin.should_prune():
+            reason = (f"search.pruner={self.search.pruner}: rung-0 alignment {float(a):+.4f} "
+                      f"on {metrics.get('n_queries')} judge rows")
+        if reason is not None:
+            self._prune(p, metrics, worker, reason, wall_s)
+            return
+        p.rung, p.rung0_s = 1, float(metrics.get("duration_s") or 0.0)
+        self.retry[p.state.key.model].appendleft(p)  # taken before any new ask
+
+    def _prune(self, p: Pending, metrics: dict, worker: Worker, reason: str,
+               wall_s: float) -> None:
+        """Tell the trial PRUNED: its rung-0 metrics stay as attributes, it never becomes a
+        best edit, and it counts toward the study's trials."""
+        record_attrs(p.trial, metrics, {"replica": worker.name, "pruned": reason,
+                                        "duration_s": metrics.get("duration_s"),
+                                        "batch_wall_s": wall_s}, self.search)
+        p.state.study.tell(p.trial, state=optuna.trial.TrialState.PRUNED)
+        p.state.rungs.tell(p.twin, state=optuna.trial.TrialState.PRUNED)
+        s = p.state
+        s.running -= 1
+        s.pruned += 1
+        self.bar.update(1)
+        self._told(Outcome(s.key, p.trial.number, "PRUNED", p.params, metrics, reason,
+                           worker.name))
 
     def _complete(self, p: Pending, metrics: dict, worker: Worker, wall_s: float) -> None:
         try:
@@ -359,10 +412,15 @@ class Scheduler:
         except FloatingPointError as e:
             self._fail(p, str(e), worker)
             return
+        duration = metrics.get("duration_s")
+        if duration is not None and p.rung0_s:  # both rungs' evaluation time
+            duration = float(duration) + p.rung0_s
         record_attrs(p.trial, metrics, {"replica": worker.name, "retried": p.retried,
-                                        "duration_s": metrics.get("duration_s"),
-                                        "batch_wall_s": wall_s}, self.search)
+                                        "duration_s": duration, "batch_wall_s": wall_s,
+                                        "raw": raw_dose(metrics)}, self.search)
         p.state.study.tell(p.trial, values)
+        if p.twin is not None:
+            p.state.rungs.tell(p.twin, float(metrics["alignment"]))
         s = p.state
         s.running -= 1
         s.complete += 1
@@ -379,6 +437,8 @@ class Scheduler:
             attrs["replica"] = worker.name
         set_user_attrs(p.trial, attrs)
         p.state.study.tell(p.trial, state=optuna.trial.TrialState.FAIL)
+        if p.twin is not None:
+            p.state.rungs.tell(p.twin, state=optuna.trial.TrialState.FAIL)
         p.state.running -= 1
         p.state.failed += 1
         self._told(Outcome(p.state.key, p.trial.number, "FAIL", p.params, None, str(error),
@@ -447,8 +507,17 @@ class Scheduler:
                 v = s.key.value
                 best[v] = max(best.get(v, -1e9), s.best_alignment)
         failed = sum(s.failed for s in self.studies)
-        parts = [f"failed={failed}"] + [f"{v[:5]}={a:+.3f}" for v, a in best.items()]
+        pruned = sum(s.pruned for s in self.studies)
+        parts = [f"failed={failed}"] + ([f"pruned={pruned}"] if pruned else [])
+        parts += [f"{v[:5]}={a:+.3f}" for v, a in best.items()]
         self.bar.set_postfix_str(" ".join(parts), refresh=False)
+
+
+def raw_dose(metrics: dict) -> dict[str, Any]:
+    """The raw setting an edit ran at (``magnitude``, ``coefficient``), from its record's
+    edit description: what a scaled ``strength`` came to (trials.csv columns)."""
+    edit = metrics.get("edit") or {}
+    return {k: edit[k] for k in ("magnitude", "coefficient") if k in edit}
 
 
 def _first_line(e: BaseException) -> str:

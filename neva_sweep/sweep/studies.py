@@ -15,6 +15,7 @@ import math
 import warnings
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
 from omegaconf import DictConfig
@@ -23,6 +24,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from ..metrics import METRICS
+from . import pruning
 from .front import budgets, constraint_values
 from .lock import NoLock, RunLock
 from .plan import JOURNAL, StudyKey
@@ -68,22 +70,25 @@ class StudyState:
 
     key: StudyKey
     study: optuna.Study
-    target: int  # COMPLETE trials wanted
+    target: int  # finished trials wanted (COMPLETE or PRUNED)
     max_failures: int
     complete: int = 0  # COMPLETE in storage (all runs)
+    pruned: int = 0  # PRUNED in storage (all runs)
     running: int = 0  # asked in this run, not yet told
     failed: int = 0  # FAIL in this run
     best_alignment: float | None = None
     stale: list[int] = field(default_factory=list)  # trial numbers failed as stale on open
     stopped: str | None = None  # why no more trials are asked in this run (None: not stopped)
+    rungs: optuna.Study | None = None  # the rung study when pruning (sweep/pruning.py)
+    space: Any = None  # the searched space when calibrated (sweep/calibrate.py); None: search.space
 
     @property
     def missing(self) -> int:
-        return max(0, self.target - self.complete)
+        return max(0, self.target - self.complete - self.pruned)
 
     def wants_more(self) -> bool:
         """Whether asking another trial is useful now."""
-        return (self.stopped is None and self.complete + self.running < self.target
+        return (self.stopped is None and self.complete + self.pruned + self.running < self.target
                 and self.failed < self.max_failures)
 
 
@@ -107,6 +112,9 @@ def open_studies(keys: list[StudyKey], storage: BaseStorage, search: DictConfig
             study.set_user_attr(attr, v)
         state = StudyState(key, study, int(search.n_trials), int(max_failures))
         state.complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        state.pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+        if pruning.enabled(search):
+            state.rungs = pruning.open_rung_study(storage, name, search)
         state.best_alignment = best_alignment(study)
         states.append(state)
     return states
@@ -131,6 +139,8 @@ def fail_stale_trials(states: list[StudyState], lock: RunLock | NoLock) -> int:
                            "take it (lock.run_lock(storage)) before failing stale trials")
     for s in states:
         s.stale = fail_stale(s.study)
+        if s.rungs is not None:
+            fail_stale(s.rungs)
     return sum(len(s.stale) for s in states)
 
 

@@ -8,7 +8,8 @@ takes over:
    studies of the same model and method for the *other* values, when any has one: a
    setting that worked for a neighbouring value is a better first guess than a random
    draw;
-2. the method's documented defaults (``METHODS[method].defaults``).
+2. the method's documented defaults (``METHODS[method].defaults``), at the study's
+   calibrated strength (sweep/calibrate.py) when the space is scaled.
 
 Only the parameters the method searches are enqueued, and only values inside the current
 search space (a donor trial from a wider space, or a default outside a narrowed one, is
@@ -19,6 +20,7 @@ among its ``n_startup_trials``. ``search.warm_start=false`` turns it off.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Any
 
@@ -26,6 +28,7 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
+from .calibrate import CALIBRATION_ATTR, strength_key
 from .front import budgets, is_feasible
 from .methods import METHODS
 from .studies import StudyState
@@ -63,6 +66,19 @@ def fit_space(method: str, space: Any, params: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def with_dose(state: StudyState, params: dict[str, Any], space: Any) -> dict[str, Any]:
+    """``params`` with a strength when the space searches one and they have none (the
+    methods' defaults): the study's calibrated dose, else the middle of its range."""
+    key = strength_key(state.key.method)
+    if not space.get("scaled") or key not in space or params.get("strength") is not None \
+            or "strength" not in params:
+        return params
+    cal = state.study.user_attrs.get(CALIBRATION_ATTR) or {}
+    lo, hi = space[key]
+    dose = cal.get("dose") if cal.get("bracketed") else None
+    return {**params, "strength": dose if dose is not None else math.sqrt(lo * hi)}
+
+
 def best_feasible(state: StudyState, limits: dict[str, float]) -> tuple[float, dict] | None:
     """(alignment, Optuna parameters) of the study's best feasible COMPLETE trial."""
     trials = [t for t in state.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -87,10 +103,11 @@ def warm_start(states: list[StudyState], search: DictConfig) -> int:
                   and o.key.method == s.key.method]
         found = [b for o in donors if (b := best_feasible(o, limits)) is not None]
         candidates = [max(found, key=lambda b: b[0])[1]] if found else []
-        candidates.append(dict(METHODS[s.key.method].defaults))
+        candidates.append(with_dose(s, dict(METHODS[s.key.method].defaults),
+                                    s.space or search.space))
         seen: list[dict] = []
         for params in candidates:
-            fitted = fit_space(s.key.method, search.space, params)
+            fitted = fit_space(s.key.method, s.space or search.space, params)
             if fitted is None or fitted in seen:
                 continue
             s.study.enqueue_trial(fitted, skip_if_exists=True)

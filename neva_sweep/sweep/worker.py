@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
 
-from ..capability import CapabilityConfig
+from ..capability import CapabilityConfig, spread
 from ..config import DataConfig
 from ..edit import EditSpec
 from ..evaluate import Evaluator
 from ..judges import JudgeConfig
 from ..models.host import ModelHost
 from ..stats import NeuronStats
+from .calibrate import calibrate_edit
 from .methods import METHODS
 
 # Per actor process; a restarted actor starts empty and fills them again.
@@ -45,6 +46,7 @@ class EvalSetup:
     data: DataConfig
     cache_dir: str | None
     split: str = "search"  # the scenarios and neutral texts evaluated (data.EVAL_SPLITS)
+    fidelity: float = 1.0  # share of the split's scenarios judged (a pruned sweep's rung 0)
 
     def __hash__(self) -> int:  # the configs are plain dataclasses (unhashable lists inside)
         return hash(repr(self))
@@ -52,7 +54,7 @@ class EvalSetup:
     def evaluator(self, host: ModelHost) -> Evaluator:
         """An evaluator of ``host`` with these settings (a trial's, on a replica or alone)."""
         return Evaluator(host, self.judge, self.capability, self.data, self.cache_dir,
-                         split=self.split)
+                         split=self.split, fidelity=self.fidelity)
 
 
 def _stats(box: StatsBox) -> NeuronStats:
@@ -110,21 +112,24 @@ def run_trials(host: ModelHost, box: StatsBox, setup: EvalSetup,
                trials: Sequence[dict[str, Any]]) -> list[dict] | None:
     """Evaluate ``trials`` (each ``{"value", "method", "params"}``) in shared forward passes.
 
-    Returns one dict per trial (the evaluator's record, or ``{"error": ...}``) on rank 0,
-    None on the other ranks.
+    A trial with ``"fidelity": f`` (rung 0 of a pruned sweep) is judged on that share of
+    the scenarios only. Returns one dict per trial (the evaluator's record, or
+    ``{"error": ...}``) on rank 0, None on the other ranks.
     """
-    stats, ev = _stats(box), _evaluator(host, setup)
+    stats = _stats(box)
     results: list[dict | None] = [None] * len(trials)
-    groups: dict[str, list[tuple[int, tuple[str, EditSpec]]]] = {}  # positions -> edits
+    # (positions, fidelity) -> edits evaluated together
+    groups: dict[tuple[str, float], list[tuple[int, tuple[str, EditSpec]]]] = {}
     for i, t in enumerate(trials):
         try:
             spec = METHODS[t["method"]].build(stats, t["value"], t["params"])
-            groups.setdefault(t["params"].get("positions", "all"), []).append(
-                (i, (t["value"], spec)))
+            group = (t["params"].get("positions", "all"), float(t.get("fidelity", 1.0)))
+            groups.setdefault(group, []).append((i, (t["value"], spec)))
         except Exception as e:
             results[i] = _error(e)
-    for positions, items in groups.items():
+    for (positions, fidelity), items in groups.items():
         try:
+            ev = _evaluator(host, replace(setup, fidelity=fidelity))
             records = _evaluate(ev, [edit for _, edit in items], positions)
         except Exception as e:
             records = [_error(e)] * len(items)
@@ -156,6 +161,24 @@ def score_heldout(host: ModelHost, box: StatsBox, setup: EvalSetup,
             recs = ev.evaluate([(job["value"], e) for e in (edit, *nulls)], positions)
             push = None if edit.kind == "prompt" else edit_push(host, edit, stats)
             out.append(heldout_record(recs[0], recs[1:], push, setup.split))
+        except Exception as e:
+            out.append(_error(e))
+    return out if _is_rank0(host) else None
+
+
+def calibrate(host: ModelHost, box: StatsBox, setup: EvalSetup,
+              jobs: Sequence[dict[str, Any]]) -> list[dict] | None:
+    """Bisect each job's dose to its KL budget on the first ``job["texts"]`` neutral texts
+    of the search split (:func:`neva_sweep.sweep.calibrate.calibrate_edit`). Returns one
+    :class:`~.calibrate.Calibration` dict per job on rank 0 (``{"error"}`` for a job that
+    failed), None on the other ranks.
+    """
+    stats, ev = _stats(box), _evaluator(host, setup)
+    out = []
+    for job in jobs:
+        try:
+            texts = spread(ev.neutral, job["texts"], "search.calibration.texts")
+            out.append(calibrate_edit(host, stats, texts, ev.cap, job).to_dict())
         except Exception as e:
             out.append(_error(e))
     return out if _is_rank0(host) else None

@@ -1,0 +1,280 @@
+"""Does the default search find each method's best edit within the budgets users run?
+
+    python benchmarks/search_convergence.py [--values power tradition hedonism benevolence]
+        [--methods neva caa] [--seeds 0 1 2] [--budgets 6 12 24 48] [--pruners none sha]
+        [--run-dir runs/convergence] [--json PATH] [--figure PATH] [--tiny]
+        [--override KEY=VALUE ...]
+
+**Reference.** Per (value, method) a dense grid scored in this process with the sweep's
+own trial settings (judge, capability texts, budgets): for NeVA five sparsities spread
+log-uniformly over ``search.space.sparsity``, for CAA five layer fractions over
+``search.space.caa_layer``; at each, the strength is bisected to the KL budget
+(neva_sweep/sweep/calibrate.py) and the edit scored at 0.5, 0.75 and 1.0 times that
+edge. The reference is the best feasible alignment (every ``search.max_<metric>`` budget
+met) of the grid and of every search run below (so regret is never negative).
+
+**Searches.** One sweep per (pruner, seed) with the default search
+(``python -m neva_sweep experiment=default``, the values and methods above,
+``search.n_trials`` = the largest budget, ``search.pruner``, ``search.seed``); the best
+feasible alignment after the first k finished trials (COMPLETE or PRUNED, in trial order)
+gives the regret curve at every budget k: best-so-far / reference (1 = found). CPU time is
+the sum of the trials' evaluation times (``duration_s``: both rungs of a promoted trial,
+rung 0 of a pruned one); trials per hour follow from it.
+
+Printed per (method, pruner, budget): the mean ratio over values and seeds, how many
+(value, seed) pairs reach 90% of the reference, and the CPU seconds to reach 90%
+(median over the pairs that reach it). ``--tiny`` runs the same code on a tiny random
+model in a few minutes (the test suite runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TINY = ["model=tiny_llama", "sweep.judge.scenarios_limit=6", "sweep.judge.null_edits=2",
+        "sweep.capability.neutral_limit=4", "search.max_kl=2e-5", "stats.batch_size=8"]
+GRID_FRACTIONS = (0.5, 0.75, 1.0)  # of the bisected KL edge
+GRID_POINTS = 5
+
+
+def sweep_overrides(run_dir: Path, values: list[str], methods: list[str], n_trials: int,
+                    pruner: str, seed: int, tiny: bool, extra: list[str]) -> list[str]:
+    return ["experiment=default", f"sweep.values=[{','.join(values)}]",
+            f"sweep.methods=[{','.join(methods)}]", f"search.n_trials={n_trials}",
+            f"search.pruner={pruner}", f"search.seed={seed}", "search.test_nulls=0",
+            "logger=none", "progress=false", f"hydra.run.dir={run_dir}",
+            *(TINY if tiny else []), *extra]
+
+
+def run_search(run_dir: Path, overrides: list[str]) -> float:
+    """Run (or resume) one sweep; returns its wall time (0 when already complete)."""
+    t0 = time.perf_counter()
+    print(f"python -m neva_sweep {' '.join(overrides)}", flush=True)
+    subprocess.run([sys.executable, "-m", "neva_sweep", *overrides], check=True)
+    return time.perf_counter() - t0
+
+
+def read_trials(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def curve(rows: list[dict], budgets: list[int]) -> tuple[list[float | None], list[float]]:
+    """Best feasible alignment after the first k finished trials, and the CPU seconds spent
+    by then, for every k in ``budgets`` (rows of one study)."""
+    done = sorted((r for r in rows if r["state"] in ("COMPLETE", "PRUNED")),
+                  key=lambda r: int(r["trial"]))
+    best, cpu, bests, cpus = None, 0.0, [], []
+    for r in done:
+        cpu += float(r["duration_s"] or 0.0)
+        if r["state"] == "COMPLETE" and r["feasible"] == "True" and r["alignment"]:
+            a = float(r["alignment"])
+            best = a if best is None else max(best, a)
+        bests.append(best)
+        cpus.append(cpu)
+    return ([bests[min(k, len(bests)) - 1] if bests else None for k in budgets],
+            [cpus[min(k, len(cpus)) - 1] if cpus else 0.0 for k in budgets])
+
+
+def first_reaching(rows: list[dict], target: float) -> float | None:
+    """CPU seconds until a feasible trial reaches ``target`` alignment (None: never)."""
+    cpu = 0.0
+    for r in sorted((r for r in rows if r["state"] in ("COMPLETE", "PRUNED")),
+                    key=lambda r: int(r["trial"])):
+        cpu += float(r["duration_s"] or 0.0)
+        if (r["state"] == "COMPLETE" and r["feasible"] == "True" and r["alignment"]
+                and float(r["alignment"]) >= target):
+            return cpu
+    return None
+
+
+def grid_reference(cfg, values: list[str], methods: list[str], n_points: int = GRID_POINTS
+                   ) -> dict:
+    """(value, method) -> the grid's points and best feasible alignment (module docstring)."""
+    from neva_sweep.capability import spread
+    from neva_sweep.sweep.calibrate import calibrate_edit, calibration_job
+    from neva_sweep.sweep.front import budgets, is_feasible
+    from neva_sweep.sweep.methods import METHODS
+    from neva_sweep.sweep.run import eval_setup
+    from neva_sweep.tasks import host_from_config, stats_from_config
+
+    host = host_from_config(cfg)
+    stats = stats_from_config(cfg, host)
+    ev = eval_setup(cfg).evaluator(host)
+    ev.null(stats)
+    limits = budgets(cfg.search)
+    space = cfg.search.space
+    out = {}
+    for value in values:
+        for method in methods:
+            job = calibration_job(method, value, cfg.search)
+            if method == "caa":
+                lo, hi = space.caa_layer
+                axis = [("layer_frac", lo + (hi - lo) * i / (n_points - 1))
+                        for i in range(n_points)]
+            else:
+                lo, hi = space.sparsity
+                axis = [("sparsity", lo * (hi / lo) ** (i / (n_points - 1)))
+                        for i in range(n_points)]
+            points, t0 = [], time.perf_counter()
+            for name, x in axis:
+                params = {**job["params"], name: x}
+                texts = spread(ev.neutral, cfg.search.calibration.texts, "texts")
+                cal = calibrate_edit(host, stats, texts, ev.cap, {**job, "params": params})
+                edits = [(value, METHODS[method].build(stats, value,
+                                                       {**params, "strength": cal.dose * f}))
+                         for f in GRID_FRACTIONS]
+                for f, rec in zip(GRID_FRACTIONS, ev.evaluate(edits, params["positions"])):
+                    points.append({name: x, "strength": cal.dose * f,
+                                   "alignment": rec["alignment"], "kl": rec["kl"],
+                                   "feasible": is_feasible(rec, limits)})
+            feasible = [p["alignment"] for p in points if p["feasible"]]
+            out[(value, method)] = {"points": points, "best": max(feasible, default=None),
+                                    "seconds": time.perf_counter() - t0}
+            best = out[(value, method)]["best"]
+            print(f"grid {value}/{method}: {len(points)} edits, best feasible "
+                  f"{'-' if best is None else format(best, '+.4f')} "
+                  f"({out[(value, method)]['seconds']:.0f} s)", flush=True)
+    return out
+
+
+def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets) -> dict:
+    """Per (method, pruner): ratio at every budget, pairs at >= 90%, CPU to 90%."""
+    summary = {}
+    print(f"\n{'method':<8}{'pruner':<10}" + "".join(f"{'@' + str(k):>9}" for k in budgets)
+          + f"{'>=90% @' + str(budgets[-1]):>12}{'CPU s to 90%':>14}{'trials/h':>10}")
+    for method in methods:
+        for pruner in pruners:
+            ratios = {k: [] for k in budgets}
+            reach, to90, cpu_total, n_trials = 0, [], 0.0, 0
+            pairs = 0
+            for value in values:
+                r = ref[(value, method)]
+                if r is None or r <= 0:
+                    continue
+                for seed in seeds:
+                    rows = [x for x in runs[(pruner, seed)]
+                            if x["value"] == value and x["method"] == method]
+                    bests, cpus = curve(rows, budgets)
+                    pairs += 1
+                    for k, b in zip(budgets, bests):
+                        ratios[k].append(0.0 if b is None else max(0.0, b) / r)
+                    reach += bool(bests[-1] is not None and bests[-1] >= 0.9 * r)
+                    t = first_reaching(rows, 0.9 * r)
+                    if t is not None:
+                        to90.append(t)
+                    cpu_total += cpus[-1]
+                    n_trials += sum(x["state"] in ("COMPLETE", "PRUNED") for x in rows)
+            mean = {k: statistics.fmean(v) if v else None for k, v in ratios.items()}
+            med90 = statistics.median(to90) if to90 else None
+            per_hour = n_trials / (cpu_total / 3600) if cpu_total else None
+            summary[f"{method}/{pruner}"] = {"ratio": mean, "reach90": reach, "pairs": pairs,
+                                             "cpu_to_90_s": med90, "cpu_s": cpu_total,
+                                             "trials_per_hour": per_hour}
+            cells = "".join(f"{'-' if mean[k] is None else format(mean[k], '.2f'):>9}"
+                            for k in budgets)
+            print(f"{method:<8}{pruner:<10}{cells}{f'{reach}/{pairs}':>12}"
+                  f"{'-' if med90 is None else format(med90, '.0f'):>14}"
+                  f"{'-' if per_hour is None else format(per_hour, '.0f'):>10}")
+    return summary
+
+
+def figure(runs, ref, values, methods, pruners, seeds, budgets, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 3.6), squeeze=False)
+    ks = list(range(1, budgets[-1] + 1))
+    for ax, method in zip(axes[0], methods):
+        for pruner in pruners:
+            for value in values:
+                r = ref[(value, method)]
+                if r is None or r <= 0:
+                    continue
+                ys = []
+                for seed in seeds:
+                    rows = [x for x in runs[(pruner, seed)]
+                            if x["value"] == value and x["method"] == method]
+                    bests, _ = curve(rows, ks)
+                    ys.append([0.0 if b is None else max(0.0, b) / r for b in bests])
+                mean = [statistics.fmean(col) for col in zip(*ys)]
+                ax.plot(ks, mean, ls="-" if pruner == "none" else "--",
+                        label=f"{value} ({pruner})")
+        ax.axhline(0.9, color="grey", lw=0.8)
+        ax.set(title=method, xlabel="finished trials", ylabel="best so far / reference",
+               ylim=(0, 1.05))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"figure: {out}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--values", nargs="+",
+                    default=["power", "tradition", "hedonism", "benevolence"])
+    ap.add_argument("--methods", nargs="+", default=["neva", "caa"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--budgets", nargs="+", type=int, default=[6, 12, 24, 48])
+    ap.add_argument("--pruners", nargs="+", default=["none", "sha"])
+    ap.add_argument("--run-dir", default="runs/convergence")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--figure", default=None)
+    ap.add_argument("--grid-points", type=int, default=None,
+                    help=f"reference grid points per method (default {GRID_POINTS}, --tiny 3)")
+    ap.add_argument("--tiny", action="store_true", help="a tiny random model (minutes)")
+    ap.add_argument("--override", nargs="*", default=[], help="more sweep overrides")
+    args = ap.parse_args(argv)
+    budgets = sorted(args.budgets)
+    run_dir = Path(args.run_dir)
+    runs, wall = {}, {}
+    for pruner in args.pruners:
+        for seed in args.seeds:
+            d = run_dir / f"{pruner}-seed{seed}"
+            wall[f"{pruner}/{seed}"] = run_search(d, sweep_overrides(
+                d, args.values, args.methods, budgets[-1], pruner, seed, args.tiny,
+                args.override))
+            runs[(pruner, seed)] = read_trials(d / "trials.csv")
+
+    from neva_sweep.config import compose_config
+
+    d0 = run_dir / f"{args.pruners[0]}-seed{args.seeds[0]}"
+    cfg = compose_config(*[o for o in sweep_overrides(d0, args.values, args.methods,
+                                                       budgets[-1], args.pruners[0],
+                                                       args.seeds[0], args.tiny, args.override)
+                           if not o.startswith("hydra.")])
+    grid = grid_reference(cfg, args.values, args.methods,
+                          args.grid_points or (3 if args.tiny else GRID_POINTS))
+    ref = {}
+    for key, g in grid.items():
+        found = [float(x["alignment"]) for rows in runs.values() for x in rows
+                 if (x["value"], x["method"]) == key and x["state"] == "COMPLETE"
+                 and x["feasible"] == "True" and x["alignment"]]
+        cands = [a for a in [g["best"], *found] if a is not None]
+        ref[key] = max(cands) if cands else None
+        shown = "-" if ref[key] is None else format(ref[key], "+.4f")
+        grid_best = "-" if g["best"] is None else format(g["best"], "+.4f")
+        print(f"reference {key[0]}/{key[1]}: {shown} (grid {grid_best})")
+    summary = table(runs, ref, args.values, args.methods, args.pruners, args.seeds, budgets)
+    if args.figure:
+        figure(runs, ref, args.values, args.methods, args.pruners, args.seeds, budgets,
+               args.figure)
+    result = {"args": vars(args), "reference": {f"{v}/{m}": r for (v, m), r in ref.items()},
+              "grid": {f"{v}/{m}": g for (v, m), g in grid.items()}, "summary": summary,
+              "wall_s": wall}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    main()

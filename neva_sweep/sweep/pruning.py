@@ -1,0 +1,98 @@
+"""Multi-fidelity trials: score an edit on a slice of the scenarios first, finish it only
+if it is promising.
+
+With ``search.pruner`` other than ``none`` every trial runs in two rungs:
+
+1. **rung 0**: the edit is scored on ``search.fidelity`` of the search split's scenarios
+   (an evenly spread subset, the same for every trial) and on the full neutral texts;
+2. **rung 1**: the full evaluation, as an unpruned trial gets.
+
+After rung 0 the trial is pruned (told PRUNED, never a best edit) when its KL or MC
+accuracy drop is over budget already (they are measured on the same texts at both
+rungs, so the full evaluation cannot change them), or when the configured Optuna pruner
+says so from its rung-0 alignment: ``median`` (:class:`optuna.pruners.MedianPruner`),
+``sha`` (:class:`optuna.pruners.SuccessiveHalvingPruner`, reduction factor
+1 / fidelity) or ``hyperband`` (:class:`optuna.pruners.HyperbandPruner`).
+
+Optuna's pruners read single-objective studies (``Trial.report`` is refused in
+multi-objective ones, and the sweep's studies have two or more objectives), so every
+study has a *rung study* beside it, ``<study name>:rungs``, maximising alignment: each
+trial has a twin there that carries its rung-0 alignment (``report`` at step 1) and its
+final alignment, and whose ``should_prune()`` decides. The main trial records its twin's
+number (``rung_trial``) and its rung-0 scores (``rung0_alignment``, ``rung0_kl``).
+
+A pruned trial counts toward ``search.n_trials`` (the budget is trials started, so pruning
+saves time instead of adding trials) and is counted in the progress bar, the summary and
+``pareto.json`` (``n_pruned``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig
+
+if TYPE_CHECKING:  # optuna loads with the sweep; the report only needs is_rung_study
+    import optuna
+
+PRUNERS = ("none", "median", "sha", "hyperband")
+RUNG_SUFFIX = ":rungs"
+FIRST_RUNG_STEP, LAST_RUNG_STEP = 1, 3  # resource units of rung 0 and of the full trial
+SCENARIO_FREE = ("kl", "accuracy_drop")  # budgets measured on the same texts at both rungs
+
+
+def rung_study_name(name: str) -> str:
+    """The rung study of study ``name``."""
+    return f"{name}{RUNG_SUFFIX}"
+
+
+def is_rung_study(name: str) -> bool:
+    return name.endswith(RUNG_SUFFIX)
+
+
+def enabled(search: DictConfig) -> bool:
+    return str(search.get("pruner", "none")) != "none"
+
+
+def make_pruner(search: DictConfig) -> optuna.pruners.BasePruner:
+    """The Optuna pruner ``search.pruner`` names (rung 0 is step 1, the full trial step
+    1 / fidelity rounded)."""
+    import optuna
+
+    kind = str(search.pruner)
+    factor = max(2, round(1.0 / float(search.fidelity)))
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=int(search.n_startup_trials),
+                                           n_warmup_steps=0)
+    if kind == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=FIRST_RUNG_STEP,
+                                                      reduction_factor=factor)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=FIRST_RUNG_STEP,
+                                              max_resource=FIRST_RUNG_STEP * factor,
+                                              reduction_factor=factor)
+    raise ValueError(f"search.pruner: unknown pruner {kind!r}; valid choices: "
+                     f"{', '.join(PRUNERS)}")
+
+
+def open_rung_study(storage, name: str, search: DictConfig) -> optuna.Study:
+    """The rung study of ``name`` (created when absent). Its sampler is never asked for
+    parameters: the twins carry none."""
+    import optuna
+
+    return optuna.create_study(storage=storage, study_name=rung_study_name(name),
+                               direction="maximize", pruner=make_pruner(search),
+                               sampler=optuna.samplers.RandomSampler(seed=0),
+                               load_if_exists=True)
+
+
+def over_budget(metrics: dict, search: DictConfig) -> str | None:
+    """Why a rung-0 result is infeasible whatever the full evaluation gives (a budget on
+    the neutral texts or the MC questions exceeded), or None."""
+    for name in SCENARIO_FREE:
+        limit, value = search.get(f"max_{name}"), metrics.get(name)
+        if limit is not None and value is not None and math.isfinite(float(value)) \
+                and float(value) > float(limit):
+            return f"{name} {float(value):.4g} over the budget search.max_{name}={limit}"
+    return None

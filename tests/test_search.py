@@ -1,0 +1,271 @@
+"""The search itself: scaled strengths, calibrated ranges and multi-fidelity (pruned) trials.
+
+Tiny models and in-process workers keep these to seconds; the real-Ray sweep with a
+pruner is in test_sweep.py.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import neva_sweep as nv
+from neva_sweep.capability import CapabilityConfig, base_distribution, mean_kl, neutral_texts
+from neva_sweep.data import load_records
+from neva_sweep.strength import neuron_magnitude, neuron_strength
+from neva_sweep.sweep.calibrate import bisect_dose, calibrate_edit, calibration_job
+from neva_sweep.sweep.lock import NoLock
+from neva_sweep.sweep.outputs import Outputs
+from neva_sweep.sweep.plan import ConfigError, ModelEntry, StudyKey, check_search
+from neva_sweep.sweep.pruning import RUNG_SUFFIX
+from neva_sweep.sweep.scheduler import Scheduler
+from neva_sweep.sweep.studies import fail_stale_trials, open_storage, open_studies
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- scaled strength ---------------------------------------------------------------------
+@pytest.mark.parametrize("method,rule", [("neva", "add"), ("neva", "add_sd"), ("neva", "scale"),
+                                         ("neva", "set"), ("random_neurons", "add")])
+def test_strength_gives_the_edit_of_the_raw_magnitude_it_records(tiny_stats, method, rule):
+    scaled = nv.make_edit(tiny_stats, "power", method, sparsity=0.05, rule=rule, strength=3.0)
+    raw = nv.make_edit(tiny_stats, "power", method, sparsity=0.05, rule=rule,
+                       magnitude=scaled.describe()["magnitude"])
+    for a, b in zip(scaled.coefficients(), raw.coefficients()):
+        torch.testing.assert_close(a, b)
+    assert neuron_strength(scaled.neurons, rule, scaled.magnitude, tiny_stats) == \
+        pytest.approx(3.0, rel=1e-3)
+
+
+def test_strength_is_linear_in_the_magnitude_and_grows_with_the_count(tiny_stats):
+    few = nv.make_edit(tiny_stats, "power", "neva", sparsity=0.01, magnitude=2.0)
+    many = nv.make_edit(tiny_stats, "power", "neva", sparsity=0.2, magnitude=2.0)
+    s_few = neuron_strength(few.neurons, "add", 2.0)
+    assert neuron_strength(few.neurons, "add", 4.0) == pytest.approx(2 * s_few)
+    assert neuron_strength(many.neurons, "add", 2.0) > s_few  # more neurons, more push
+    # one strength: a smaller magnitude on more neurons
+    assert neuron_magnitude(many.neurons, "add", 5.0) < neuron_magnitude(few.neurons, "add", 5.0)
+
+
+def test_caa_strength_is_its_coefficient(tiny_stats):
+    a = nv.make_edit(tiny_stats, "power", "caa", strength=1.5)
+    assert a.describe()["coefficient"] == 1.5
+
+
+# --- calibration ---------------------------------------------------------------------------
+def test_bisection_finds_the_budget_dose_and_reports_what_it_cannot_bracket():
+    c = bisect_dose(lambda d: 0.01 * d ** 2, budget=0.09, start=1.0, steps=10)
+    assert c.bracketed and c.dose == pytest.approx(3.0, rel=0.01) and c.kl <= 0.09
+    dead = bisect_dose(lambda d: 1e-9, budget=0.1)  # never reaches the budget
+    assert not dead.bracketed and dead.kl <= 0.1
+    wild = bisect_dose(lambda d: 5.0, budget=0.1)  # over it at every dose
+    assert not wild.bracketed and wild.kl > 0.1
+    with pytest.raises(ValueError, match="budget must be > 0"):
+        bisect_dose(lambda d: d, budget=0.0)
+
+
+@pytest.mark.parametrize("method", ["neva", "caa"])
+def test_calibration_brackets_the_kl_budget_on_a_tiny_model(config, tiny_host, tiny_stats,
+                                                            method):
+    budget = 2e-5  # the tiny random model's KL saturates near 1e-3
+    search = config("model=tiny_llama", f"search.max_kl={budget}").search
+    job = calibration_job(method, "power", search)
+    texts = neutral_texts(load_records("neutral"), 4)
+    cal = calibrate_edit(tiny_host, tiny_stats, texts, CapabilityConfig(), job)
+    assert cal.bracketed and cal.budget == budget and len(cal.steps) > job["steps"]
+    base = base_distribution(tiny_host, texts, CapabilityConfig().kl_top_k, 4)
+
+    def kl(dose):
+        edit = nv.make_edit(tiny_stats, "power", method, **{**job["params"], "strength": dose})
+        return float(mean_kl(tiny_host, texts, base, [edit], "all", 4)[0])
+
+    # below the budget at the dose, above it one bisection bracket further (2^(1/32) x)
+    assert kl(cal.dose) <= budget < kl(cal.dose * 2 ** (1 / 2 ** job["steps"]) * 1.001)
+
+
+def test_bad_search_settings_are_refused_before_any_work(config):
+    for override, key in (("search.pruner=asha", "search.pruner"),
+                          ("search.fidelity=1.0", "search.fidelity"),
+                          ("search.calibration.span=[2.0,1.0]", "search.calibration.span"),
+                          ("search.space.strength=[0.0,4.0]", "search.space.strength")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            check_search(config(override).search)
+
+
+# --- multi-fidelity trials -------------------------------------------------------------------
+class DoneBackend:
+    def wait(self, handles, timeout):
+        return list(handles)
+
+    def get(self, handle):
+        return handle.result()
+
+
+class RungWorker:
+    """In-process scores: alignment = strength / 100 (a slice reads it 0.01 lower), KL =
+    strength / 1000; ``stop_after`` batches, then Ctrl-C (a killed driver)."""
+
+    tp_size = 1
+
+    def __init__(self, model="a", i=0, stop_after=None):
+        self.model, self.name = model, f"{model}#{i}"
+        self.fidelities: list[float] = []
+        self.stop_after, self.batches = stop_after, 0
+
+    def submit(self, trials):
+        self.batches += 1
+        if self.stop_after is not None and self.batches > self.stop_after:
+            raise KeyboardInterrupt
+        fut = concurrent.futures.Future()
+        out = []
+        for t in trials:
+            f = t.get("fidelity", 1.0)
+            self.fidelities.append(f)
+            s = t["params"]["strength"]
+            out.append({"alignment": s / 100 - (0.01 if f < 1 else 0.0), "nlr": 0.1,
+                        "kl": s / 1000, "n_queries": 8 if f < 1 else 24,
+                        "edit": {"kind": "neurons", "magnitude": s / 7}})
+        fut.set_result(out)
+        return fut
+
+    def restart(self):
+        raise RuntimeError("no restarts here")
+
+
+def rung_sweep(config, storage, workers, *overrides):
+    search = config("search.pruner=sha", "search.n_trials=9", "search.n_startup_trials=3",
+                    "search.max_kl=0.03", *overrides).search
+    keys = [StudyKey("a", v, "neva") for v in ("power", "tradition")]
+    states = open_studies(keys, storage, search)
+    told = []
+    sched = Scheduler(states, workers, search, callbacks=[told.append], progress=False,
+                      backend=DoneBackend())
+    return search, states, told, sched
+
+
+def test_pruned_trials_are_stored_pruned_counted_and_never_chosen(config, tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/o.db")
+    w = RungWorker()
+    search, states, told, sched = rung_sweep(config, storage, [w])
+    sched.run()
+    for s in states:
+        trials = s.study.get_trials()
+        pruned = [t for t in trials if t.state == TrialState.PRUNED]
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        assert len(trials) == 9 and len(pruned) == s.pruned > 0 and len(complete) == s.complete
+        assert s.complete + s.pruned == 9 and s.missing == 0
+        for t in pruned:  # why, and its rung-0 scores
+            assert t.user_attrs["pruned"] and "rung0_alignment" in t.user_attrs
+        over = [t for t in pruned if t.user_attrs["rung0_kl"] > 0.03]
+        assert all("kl" in t.user_attrs["pruned"] for t in over)
+        for t in complete:  # both rungs ran; the full result is what was told
+            assert t.user_attrs["alignment"] == pytest.approx(t.params["strength"] / 100)
+            assert t.user_attrs["raw"] == {"magnitude": t.params["strength"] / 7}
+        # every trial has a twin in the rung study carrying the same outcome
+        twins = optuna.load_study(study_name=s.study.study_name + RUNG_SUFFIX, storage=storage)
+        states_of = {t.number: t.state for t in twins.get_trials()}
+        assert [states_of[t.user_attrs["rung_trial"]] for t in trials] == [t.state for t in trials]
+    assert sum(o.state == "PRUNED" for o in told) == sum(s.pruned for s in states)
+    # rung 0 at the fidelity, rung 1 in full: one full evaluation per COMPLETE trial
+    assert w.fidelities.count(search.fidelity) == 18
+    assert w.fidelities.count(1.0) == sum(s.complete for s in states)
+    out = Outputs(tmp_path, states, [ModelEntry("a", {"name": "a"})], search)
+    out.write()
+    best = json.loads((tmp_path / "best_edits.json").read_text())
+    pareto = json.loads((tmp_path / "pareto.json").read_text())
+    for e in best["edits"]:
+        st = next(s for s in states if s.key.value == e["value"])
+        assert st.study.trials[e["trial"]].state == TrialState.COMPLETE
+    assert [p["n_pruned"] for p in pareto["studies"]] == [s.pruned for s in states]
+    rows = (tmp_path / "trials.csv").read_text().splitlines()
+    assert sum(",PRUNED," in r for r in rows) == sum(s.pruned for s in states)
+
+
+def test_resume_after_a_kill_with_pruned_trials_in_storage(config, tmp_path):
+    url = f"sqlite:///{tmp_path}/o.db"
+    search, states, _, sched = rung_sweep(config, open_storage(url), [RungWorker(stop_after=7)])
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C mid-sweep
+        sched.run()
+    before = {s.key: (s.complete, s.pruned) for s in states}
+    assert any(p for _, p in before.values())  # pruned trials stored before the kill
+    # a fresh driver on the same storage: stale trials (main and rung studies) failed, then
+    # only the missing trials run
+    search, states, _, sched = rung_sweep(config, open_storage(url), [RungWorker()])
+    assert {s.key: (s.complete, s.pruned) for s in states} == before
+    fail_stale_trials(states, NoLock())
+    sched.run()
+    for s in states:
+        assert s.complete + s.pruned == 9
+        twins = optuna.load_study(study_name=s.study.study_name + RUNG_SUFFIX,
+                                  storage=open_storage(url))
+        assert not twins.get_trials(states=(TrialState.RUNNING,))
+        assert not s.study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_median_and_hyperband_pruners_run_through_the_scheduler(config, tmp_path):
+    for pruner in ("median", "hyperband"):
+        storage = open_storage(f"sqlite:///{tmp_path}/{pruner}.db")
+        _, states, _, sched = rung_sweep(config, storage, [RungWorker()],
+                                         f"search.pruner={pruner}", "search.max_kl=null")
+        sched.run()
+        assert all(s.complete + s.pruned == 9 and s.complete >= 1 for s in states)
+        assert math.isfinite(max(s.best_alignment for s in states))
+
+
+# --- the convergence benchmark, end to end on a tiny model -------------------------------------
+@pytest.mark.slow
+def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
+    """A calibrated, pruned sweep on real actors (a subprocess, as users run it) and the
+    grid reference: the files say what was calibrated and pruned, pruned trials are never
+    chosen, and regret is measured against a reference no search beats."""
+    out = tmp_path / "conv.json"
+    run_dir = tmp_path / "conv"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "search_convergence.py"), "--tiny",
+         "--values", "power", "--seeds", "0", "--budgets", "2", "4", "--pruners", "sha",
+         "--run-dir", str(run_dir), "--json", str(out),
+         "--override", f"cache_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    sweep = run_dir / "sha-seed0"
+    pareto = json.loads((sweep / "pareto.json").read_text())
+    with (sweep / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for st in pareto["studies"]:
+        cal = st["calibration"]
+        assert cal["bracketed"] and cal["budget"] == 2e-5
+        lo, hi = cal["range"]
+        assert lo == pytest.approx(cal["dose"] * 0.25) and hi == pytest.approx(cal["dose"] * 2)
+        mine = [r for r in rows if r["method"] == st["method"]]
+        assert len(mine) == 4 and st["n_complete"] + st["n_pruned"] == 4
+        assert all(lo <= float(r["strength"]) <= hi for r in mine)
+        raw = "magnitude" if st["method"] == "neva" else "coefficient"
+        assert all(float(r[raw]) > 0 for r in mine if r["state"] == "COMPLETE")
+    best = json.loads((sweep / "best_edits.json").read_text())
+    chosen = {(e["method"], e["trial"]) for e in best["edits"]}
+    assert all(r["state"] == "COMPLETE" for r in rows if (r["method"], int(r["trial"])) in chosen)
+    for method in ("neva", "caa"):
+        ref = rep["reference"][f"power/{method}"]
+        grid = rep["grid"][f"power/{method}"]
+        assert len(grid["points"]) == 9 and (grid["best"] is None or grid["best"] <= ref)
+        found = [float(r["alignment"]) for r in rows if r["method"] == method
+                 and r["feasible"] == "True"]
+        assert all(a <= ref for a in found)
+        ratio = rep["summary"][f"{method}/sha"]["ratio"]
+        if ref is not None and ref > 0:  # regret needs a positive reference
+            assert all(0 <= ratio[k] <= 1 for k in ("2", "4")) and ratio["2"] <= ratio["4"]
+        else:
+            assert ratio == {"2": None, "4": None}
+    assert "CPU s to 90%" in proc.stdout
