@@ -32,6 +32,7 @@ from .edit import HookedEdit, RowEditor, check_positions
 from .gate import Gate
 from .models.arch import residual_sites
 from .models.host import ModelHost
+from .models.identity import ModelId, check_model
 from .prompting import PROMPT_STRENGTHS, PromptEdit, prompt_edit
 from .stats import NeuronStats
 from .values import N_VALUES, value_index
@@ -57,7 +58,10 @@ class ResidualEdit(HookedEdit):
     ``positions`` (optional) is where the edit was meant to apply (a sweep trial's
     ``positions``); :func:`neva_sweep.edits.apply` uses it when not told otherwise.
     ``gate`` (optional) scales each row's addition by its value relevance
-    (:mod:`neva_sweep.gate`).
+    (:mod:`neva_sweep.gate`). ``model`` is the model whose statistics gave the vectors
+    (:func:`caa_edit` sets it): installing the edit on another model raises unless
+    ``allow_other_model``, as for neuron edits (a vector of the right width means nothing
+    in another model's residual stream).
     """
 
     vectors: torch.Tensor  # (k, H)
@@ -65,6 +69,8 @@ class ResidualEdit(HookedEdit):
     coefficient: float
     positions: str | None = None
     gate: Gate | None = None
+    model: ModelId | None = None  # None: unknown origin (hand-built vectors), not checked
+    allow_other_model: bool = False
 
     kind: ClassVar[str] = "residual"
     prefix: ClassVar[str] = ""  # no token prefix: the edit is hooks
@@ -103,7 +109,7 @@ def caa_edit(stats: NeuronStats, value: str, layers: Sequence[int], coefficient:
     if bad:
         raise ValueError(f"CAA layers {bad} outside the model's 0..{n - 1}")
     return ResidualEdit(vectors[list(layers)], tuple(int(x) for x in layers), float(coefficient),
-                        positions, gate)
+                        positions, gate, ModelId.from_meta(stats.meta))
 
 
 caa_spec = caa_edit  # the former name, kept for scripts
@@ -115,6 +121,8 @@ class ResidualEditor(RowEditor):
     def __init__(self, host: ModelHost, specs: Sequence[ResidualEdit],
                  row_groups: torch.Tensor, positions: str = "all"):
         super().__init__(host, len(specs), row_groups, positions)
+        for s in specs:  # before any hook: an edit of another model installs nothing
+            check_model(s.model, host, "residual (CAA) edit", s.allow_other_model)
         blocks = residual_sites(host.model)
         layers = sorted({layer for s in specs for layer in s.layers})
         if layers and layers[-1] >= len(blocks):

@@ -254,7 +254,8 @@ def _dose_matched(host: ModelHost, edit, stats: NeuronStats | None, seed: int,
         norms = (edit.coefficient * edit.vectors.float().cpu()).norm(dim=-1)  # (k,)
         raw = torch.randn(len(edit.layers), hidden, generator=gen)  # (k, H)
         vectors = raw / raw.norm(dim=-1, keepdim=True).clamp(min=1e-12) * norms[:, None]
-        return ResidualEdit(vectors, tuple(edit.layers), 1.0, edit.positions, edit.gate)
+        return ResidualEdit(vectors, tuple(edit.layers), 1.0, edit.positions, edit.gate,
+                            edit.model, edit.allow_other_model)
     neurons = _null_neurons(host, edit, stats, gen)
     raw = edit_push(host, _null_edit(edit, neurons))
     if target == 0.0:

@@ -3,6 +3,7 @@ best edits whose inputs changed, corrupt or unwritable caches, over-long prompts
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -412,3 +413,23 @@ def test_statistics_over_long_probes_warn_or_refuse(short_host, small_probes, ca
         stats = nv.collect_stats(short_host, probes, StatsConfig(max_length=16), progress=False)
     assert "of 60 probes are longer than stats.max_length=16 tokens" in caplog.text
     assert torch.isfinite(stats.mean).all()
+
+
+def test_residual_edit_of_another_model_is_refused_unless_allowed(tiny_host, other_host,
+                                                                  tiny_stats):
+    """A CAA vector of the right width means nothing in another model's residual stream:
+    refused like a neuron edit, with the same override."""
+    caa = nv.make_edit(tiny_stats, "power", "caa", coefficient=2.0)
+    assert caa.model == nv.models.identity.ModelId.of_host(tiny_host)
+    hooks = n_hooks(other_host)
+    with pytest.raises(ValueError, match="residual \\(CAA\\) edit was built for another model: "
+                                         "'tiny-llama' .*not 'tiny-qwen2'"):
+        with nv.apply(other_host, caa):
+            pass
+    assert n_hooks(other_host) == hooks  # nothing installed
+    enc = other_host.tokenize(["I help my neighbour carry boxes."])
+    base = other_host.model(**enc).logits
+    with nv.apply(other_host, dataclasses.replace(caa, allow_other_model=True)):
+        assert not torch.equal(base, other_host.model(**enc).logits)
+    with nv.apply(tiny_host, caa):  # its own model
+        pass

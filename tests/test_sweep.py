@@ -25,6 +25,7 @@ from ray import cloudpickle
 
 import neva_sweep as nv
 from neva_sweep.sweep import ConfigError, load_best_edit, run_sweep, worker
+from neva_sweep.sweep.outputs import best_edit_spec
 from neva_sweep.sweep.methods import NeVA
 from neva_sweep.sweep.plan import ModelEntry, Resources, make_plan, replica_counts
 from neva_sweep.sweep.run import eval_setup
@@ -178,6 +179,12 @@ def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sw
     entry = load_best_edit(run / "best_edits.json", value="power")
     assert entry["model"] == "tiny-llama" and 0 < entry["sparsity"] < 1
     assert Path(entry["neurons"]).is_file()
+    # the searched strength loads back as the raw magnitude the trial ran at, with or
+    # without the recorded raw value
+    assert entry["strength"] > 0 and entry["raw"]["magnitude"] > 0
+    raw = best_edit_spec(entry).magnitude
+    derived = best_edit_spec({**entry, "raw": None}).magnitude
+    assert raw == entry["raw"]["magnitude"] and derived == pytest.approx(raw, rel=1e-5)
     # Every chosen edit re-scored on the held-out test split against dose-matched nulls.
     for e in json.loads((run / "best_edits.json").read_text())["edits"]:
         test = e["test"]

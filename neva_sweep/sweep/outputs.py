@@ -47,7 +47,7 @@ from .front import (
     trial_row,
     trial_summary,
 )
-from .methods import METHODS
+from .methods import METHODS, resolve_magnitude
 from .plan import ModelEntry, StudyKey
 from .studies import StudyState, heldout_attr, heldout_columns
 
@@ -189,6 +189,8 @@ class Outputs:
                  "value": s.key.value, "method": s.key.method,
                  "study": s.key.name(self.search.study_prefix), "trial": t.number,
                  **params, "params": params, "metrics": trial_summary(t)}
+        if t.user_attrs.get("raw"):  # the magnitude or coefficient a strength came to
+            entry["raw"] = t.user_attrs["raw"]
         test = s.study.user_attrs.get(heldout_attr(t.number))
         if test is not None:
             entry["test"] = test
@@ -301,6 +303,25 @@ def best_edit_problems(entry: dict[str, Any], inputs_hash: str | None = None) ->
     return out
 
 
+def _magnitude(entry: dict[str, Any], params: dict[str, Any], neurons,
+               stats: Callable[[], NeuronStats] | None) -> float:
+    """A saved neuron edit's raw magnitude: as the sweep recorded it (``raw``), else from its
+    strength (the ``add`` rules need only the neurons; ``scale`` and ``set`` the
+    statistics), else its ``magnitude`` parameter."""
+    raw = (entry.get("raw") or {}).get("magnitude")
+    if raw is not None:
+        return float(raw)
+    if params.get("strength") is None:
+        return float(params["magnitude"])
+    if params["rule"] in ("add", "add_sd"):
+        return resolve_magnitude(None, neurons, params)
+    if stats is None:
+        raise FileNotFoundError(f"best_edits: the {entry['model']}/{entry['value']}/"
+                                f"{entry['method']} edit's strength needs statistics for "
+                                f"rule {params['rule']!r}; none were given")
+    return resolve_magnitude(stats(), neurons, params)
+
+
 def best_edit_spec(entry: dict[str, Any], stats: Callable[[], NeuronStats] | None = None,
                    inputs_hash: str | None = None, rebuild: bool = False,
                    allow_other_model: bool = False) -> EditKind:
@@ -334,7 +355,7 @@ def best_edit_spec(entry: dict[str, Any], stats: Callable[[], NeuronStats] | Non
                 raise FileNotFoundError(f"best_edits: the {name} edit is gated and needs "
                                         "statistics for its gate; none were given")
             gate = gate_of(stats(), params["gate"])
-        return NeuronEdit(neurons, params["rule"], float(params["magnitude"]),
+        return NeuronEdit(neurons, params["rule"], _magnitude(entry, params, neurons, stats),
                           params.get("positions"), allow_other_model=allow_other_model,
                           gate=gate)
     if stats is None:
