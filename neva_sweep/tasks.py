@@ -379,7 +379,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     found: list[type[BaseException]] = [ConfigError, KeyError, OSError]
     for module, name in (("data", "DataError"), ("report.build", "ReportError"),
-                         ("classifier", "EncoderNotInstalled")):
+                         ("classifier", "EncoderNotInstalled"), ("sweep.run", "SweepFailed")):
         loaded = sys.modules.get(f"{__package__}.{module}")
         if loaded is not None:
             found.append(getattr(loaded, name))
@@ -388,7 +388,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def run_cli(cfg: DictConfig, out: str | Path) -> None:
     """:func:`run` for ``python -m neva_sweep``: a user error is one line on stderr and exit
-    status 2 (``HYDRA_FULL_ERROR=1`` re-raises it, with the full traceback)."""
+    status 2, a failed sweep (no COMPLETE trial in a study, or most of its trials failed)
+    one line and exit status 1 (``HYDRA_FULL_ERROR=1`` re-raises either, with the full
+    traceback)."""
     import os
 
     try:
@@ -406,7 +408,7 @@ def run_cli(cfg: DictConfig, out: str | Path) -> None:
             if isinstance(handler, logging.FileHandler):
                 handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0,
                                               f"error: {msg}", None, None))
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(e, "exit_code", 2)) from None
 
 
 def run(cfg: DictConfig, out: str | Path = ".") -> None:

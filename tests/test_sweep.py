@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from ray import cloudpickle
 
 import neva_sweep as nv
-from neva_sweep.sweep import ConfigError, load_best_edit, run_sweep, worker
+from neva_sweep.sweep import ConfigError, SweepFailed, load_best_edit, run_sweep, worker
 from neva_sweep.sweep.outputs import best_edit_spec
 from neva_sweep.sweep.methods import NeVA
 from neva_sweep.sweep.plan import ModelEntry, Resources, make_plan, replica_counts
@@ -216,13 +216,20 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(cluster, sweep_cfg, t
     run = tmp_path / "run"
     # Random sampling (Optuna's samplers ignore FAIL trials, so TPE would keep proposing
     # the failing region until search.max_failures stops the study).
-    run_sweep(sweep_cfg("sweep.methods=[explode]", "sweep.values=[power]",
-                        "search.n_trials=4", "search.n_startup_trials=1000",
-                        "search.max_failures=50", "search.space.scaled=false",
-                        "search.space.magnitude=[1.0,8.0]"), run)
+    raised = None
+    try:  # a study where most trials failed is a failed sweep, after the files are written
+        run_sweep(sweep_cfg("sweep.methods=[explode]", "sweep.values=[power]",
+                            "search.n_trials=4", "search.n_startup_trials=1000",
+                            "search.max_failures=50", "search.space.scaled=false",
+                            "search.space.magnitude=[1.0,8.0]"), run)
+    except SweepFailed as e:
+        raised = str(e)
+        assert "tiny-llama/power/explode: " in raised and "trials failed" in raised
+        assert "first failure: ValueError: exploding on magnitude" in raised
     rows = trials(run)
     failed = [r for r in rows if r["state"] == "FAIL"]
     assert sum(r["state"] == "COMPLETE" for r in rows) == 4
+    assert (len(failed) > 2) == (raised is not None)  # failed iff more than half of 4 failed
     assert failed and all("ValueError: exploding on magnitude" in r["error"] for r in failed)
     assert all(float(r["magnitude"]) > 4 for r in failed)
 

@@ -21,10 +21,12 @@ from . import baselines  # noqa: F401,I001  (registers random_neurons, caa and p
 from .methods import METHODS, Method
 
 _LAZY = {"ConfigError": "plan", "make_plan": "plan", "Outcome": "scheduler",
-         "Scheduler": "scheduler", "SweepResult": "run", "run_sweep": "run",
+         "Scheduler": "scheduler", "SweepResult": "run", "SweepFailed": "run",
+         "run_sweep": "run",
          "best_edit_spec": "outputs", "load_best_edit": "outputs"}
 
-__all__ = ["METHODS", "ConfigError", "Method", "Outcome", "Scheduler", "SweepResult",
+__all__ = ["METHODS", "ConfigError", "Method", "Outcome", "Scheduler", "SweepFailed",
+           "SweepResult",
            "best_edit_spec", "load_best_edit", "make_plan", "run_sweep"]
 
 

@@ -78,6 +78,13 @@ class CAA:
         }
 
     def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> ResidualEdit:
+        frac, count = float(params["layer_frac"]), params["n_layers"]
+        if not 0.0 <= frac <= 1.0:
+            raise ValueError(f"caa: layer_frac is the first layer as a fraction of depth, in "
+                             f"[0, 1]; got {frac}")
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"caa: n_layers is a number of consecutive layers >= 1; got "
+                             f"{count!r}")
         n = len(stats.layer_sizes)
         first = min(n - 1, max(0, round(float(params["layer_frac"]) * (n - 1))))
         layers = list(range(first, min(n, first + int(params["n_layers"]))))

@@ -23,6 +23,7 @@ from ..edit import POSITIONS, RULES
 from ..judges import JUDGES
 from ..metrics import METRICS, constraint_metrics, objective_metrics
 from ..models.host import DTYPES
+from ..prompting import PROMPT_STRENGTHS
 from ..select import POLARITIES, SCORES
 from ..values import VALUES
 from .methods import METHODS
@@ -155,6 +156,16 @@ def check_search(s: DictConfig) -> None:
     sp = s.space
     _range("search.space.sparsity", sp.sparsity, 0.0, 1.0, open_=True)
     _range("search.space.magnitude", sp.magnitude, -math.inf, math.inf, open_=True)
+    _range("search.space.caa_layer", sp.caa_layer, 0.0, 1.0, open_=False)
+    _range("search.space.caa_coefficient", sp.caa_coefficient, -math.inf, math.inf, open_=True)
+    for n in sp.caa_n_layers or []:
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"search.space.caa_n_layers: each entry is a number of "
+                              f"consecutive layers >= 1, got {list(sp.caa_n_layers)}")
+    strengths = list(sp.prompt_strengths or [])
+    if not strengths or any(x not in PROMPT_STRENGTHS for x in strengths):
+        raise ConfigError(f"search.space.prompt_strengths: got {strengths}; valid entries: "
+                          f"{', '.join(str(k) for k in PROMPT_STRENGTHS)}")
     _range("search.space.strength", sp.strength, 0.0, math.inf, open_=True)
     _range("search.space.caa_strength", sp.caa_strength, 0.0, math.inf, open_=True)
     if s.pruner not in PRUNERS:

@@ -87,7 +87,34 @@ def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> SweepResult
     print(summary(states))
     for p in paths.values():
         log.info("wrote %s", p)
+    bad = failed_studies(states)
+    if bad:
+        raise SweepFailed(f"{len(bad)} of {len(states)} studies failed ({'; '.join(bad)}); "
+                          f"every trial is in {paths.get('trials', run_dir / 'trials.csv')}")
     return SweepResult(run_dir, states, paths)
+
+
+class SweepFailed(RuntimeError):
+    """The sweep ran but some study has no COMPLETE trial, or more than half of its trials
+    failed in this run: a failed search (the files are written). Exit status 1."""
+
+    exit_code = 1
+
+
+def failed_studies(states: list[StudyState]) -> list[str]:
+    """``"<study>: <why>, first failure: <its error>"`` for each failed study."""
+    out = []
+    for s in states:
+        if s.complete and s.failed * 2 <= s.target:
+            continue
+        why = ("no COMPLETE trial" if not s.complete else
+               f"{s.failed} of {s.target} trials failed")
+        first = next((t.user_attrs.get("error") for t in s.study.get_trials(deepcopy=False)
+                      if t.state == optuna.trial.TrialState.FAIL
+                      and t.user_attrs.get("error")), None)
+        name = f"{s.key.model}/{s.key.value}/{s.key.method}"
+        out.append(f"{name}: {why}" + (f", first failure: {first}" if first else ""))
+    return out
 
 
 def _drive(cfg: DictConfig, plan: SweepPlan, run_dir: Path, states: list[StudyState],
