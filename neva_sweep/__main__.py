@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .config import register_configs
+from .redact import redact_hydra_dir
 from .tasks import run_cli
 
 register_configs()
@@ -17,7 +18,11 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    run_cli(cfg, HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    # Hydra has written the run's config files: mask the secrets in them before anything
+    # (the report, a colleague) reads them; this process keeps the real values
+    redact_hydra_dir(hc.runtime.output_dir, hc.output_subdir)
+    run_cli(cfg, hc.runtime.output_dir)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..capability import CapabilityConfig
 from ..config import DataConfig
 from ..judges import JudgeConfig
+from ..redact import redact
 from ..stats import stats_inputs_hash
 from ..tasks import stats_settings
 from .calibration_pass import calibrate_studies
@@ -121,7 +122,8 @@ def _drive(cfg: DictConfig, plan: SweepPlan, run_dir: Path, states: list[StudySt
            callbacks) -> dict[str, Path]:
     """Run the missing trials; the files and the logger are finished however it ends."""
     outputs = Outputs(run_dir, states, plan.models, cfg.search)
-    logger = make_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    # W&B gets the config with secrets masked (storage passwords, keys named like tokens)
+    logger = make_logger(cfg.logger, run_dir, redact(OmegaConf.to_container(cfg, resolve=True)))
     exit_code = 1
     try:
         missing = sum(s.missing for s in states)
