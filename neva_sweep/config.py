@@ -167,7 +167,9 @@ class CalibrationConfig:
 
     kl: float = 0.1  # the KL aimed at when search.max_kl is null (nats/token)
     span: list[float] = field(default_factory=lambda: [0.25, 2.0])  # range = dose* x span
-    texts: int = 8  # neutral texts (search split) the KL is measured on
+    # neutral texts the KL is measured on: null = the trials' own (sweep.capability),
+    # so the calibrated dose meets the budget the trials are held to
+    texts: int | None = None
     steps: int = 5  # bisection steps once the budget is bracketed
 
 
@@ -179,7 +181,10 @@ class SearchConfig:
     study_prefix: str = ""  # study names: {study_prefix}{model}/{value}/{method}
     sampler: str = "tpe"  # tpe (multivariate, multi-objective) | nsga2 | gp
     seed: int = 0
-    n_trials: int = 8  # COMPLETE trials wanted per study; re-running tops studies up to it
+    # finished (COMPLETE or PRUNED) trials per study; re-running tops studies up to it. 24:
+    # NeVA's best feasible edit reached >= 90% of a dense grid's by 24 trials, 68% by 12
+    # (benchmarks/search_convergence.py, docs/results.md section 0d)
+    n_trials: int = 24
     n_startup_trials: int = 4  # random trials before tpe/gp model the results
     population_size: int = 8  # nsga2 generation size
     space: SearchSpace = field(default_factory=SearchSpace)

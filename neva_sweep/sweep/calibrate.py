@@ -2,7 +2,7 @@
 
 Before a study's first trial, the actors of its model bisect the method's *dose* (its
 scaled ``strength``, neva_sweep/strength.py) at a reference setting of the other
-parameters until the edit's mean KL(base || edited) on a few neutral texts equals the
+parameters until the edit's mean KL(base || edited) on the trials' neutral texts equals the
 budget (``search.max_kl``, or ``search.calibration.kl`` when that is unset). The study then
 searches ``strength`` log-uniformly in ``[d* x span[0], d* x span[1]]`` around that dose
 d*: a box that holds the feasible edge whatever the model, value and method, instead of a
@@ -10,14 +10,16 @@ hand-set box that holds it for some of them.
 
 The result is stored as the study's user attribute ``calibration`` (the range of a
 resumed study never moves) and in the run's cache directory
-(``<cache_dir>/calibration/``), keyed by model, statistics, value, method, budget and
-reference setting: a second sweep on the same model does not repeat it.
+(``<cache_dir>/eval/calibration/``), keyed by model, statistics, capability and data
+settings, value, method, budget and reference setting: a second sweep on the same model
+does not repeat it.
 
 The bisection (:func:`bisect_dose`) is in log dose: first it doubles (or halves) from the
 start until the budget is bracketed, then halves the bracket ``steps`` times. KL grows
 with the dose for every edit kind; a dose range that never reaches the budget (a dead
-edit) or that exceeds it at the smallest dose tried is reported as unbracketed, and the
-range is centred on the last dose tried, with a warning.
+edit) or that exceeds it at the smallest dose tried is reported as unbracketed, with a
+warning: the first keeps the configured box, the second is searched around the smallest
+dose (sweep/calibration_pass.py).
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def calibration_job(method: str, value: str, search: Any) -> dict[str, Any]:
     """What the actors need to calibrate one study (:func:`neva_sweep.sweep.worker.calibrate`)."""
     lo, hi = search.space[strength_key(method)]
     return {"value": value, "method": method, "params": reference_params(method, search.space),
-            "budget": budget_of(search), "texts": int(search.calibration.texts),
+            "budget": budget_of(search), "texts": search.calibration.texts,
             "steps": int(search.calibration.steps), "start": math.sqrt(lo * hi)}
 
 

@@ -32,13 +32,16 @@ from .worker import calibrate
 log = logging.getLogger(__name__)
 
 
-def cache_path(cache_dir: str | None, model_key: str, job: dict[str, Any]) -> Any:
-    """Where a calibration is cached on disk (None without a cache directory)."""
-    if not cache_dir:
+def cache_path(setup: Any, model_key: str, job: dict[str, Any]) -> Path | None:
+    """Where a calibration is cached on disk (None without a cache directory): keyed by
+    the model and its statistics, the trials' capability and data settings (which neutral
+    texts) and the job."""
+    if not setup.cache_dir:
         return None
-    blob = json.dumps({"model": model_key, **job}, sort_keys=True, default=str)
+    blob = json.dumps({"model": model_key, "capability": repr(setup.capability),
+                       "data": repr(setup.data), **job}, sort_keys=True, default=str)
     tag = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return Path(cache_dir) / "calibration" / f"{job['method']}-{job['value']}-{tag}.json"
+    return Path(setup.cache_dir) / "calibration" / f"{job['method']}-{job['value']}-{tag}.json"
 
 
 def calibrate_studies(states: list, workers: list, search: Any, setup: Any,
@@ -69,7 +72,7 @@ def calibrate_studies(states: list, workers: list, search: Any, setup: Any,
     refs, done = [], 0
     for i, s in enumerate(todo):
         job = calibration_job(s.key.method, s.key.value, search)
-        path = cache_path(setup.cache_dir, model_keys.get(s.key.model, s.key.model), job)
+        path = cache_path(setup, model_keys.get(s.key.model, s.key.model), job)
         if path is not None and path.is_file():
             _store(s, Calibration.from_dict(_read_json(path)), search, span, None)
             done += 1

@@ -178,7 +178,7 @@ def check_search(s: DictConfig) -> None:
     if not c.kl > 0:
         raise ConfigError(f"search.calibration.kl: must be > 0 nats/token, got {c.kl}")
     _range("search.calibration.span", c.span, 0.0, math.inf, open_=True)
-    _at_least("search.calibration.texts", c.texts, 1)
+    _at_least("search.calibration.texts", c.texts, 1, optional=True)
     _at_least("search.calibration.steps", c.steps, 0)
     if s.calibrate and s.max_kl is not None and not s.max_kl > 0:
         raise ConfigError("search.max_kl: calibration bisects the strength to this budget, "
