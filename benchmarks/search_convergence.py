@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", default=None)
     ap.add_argument("--figure", default=None)
     ap.add_argument("--grid-points", type=int, default=None,
-                    help=f"reference grid points per method (default {GRID_POINTS}, --tiny 3)")
+                    help=f"reference grid points per method (default {GRID_POINTS}, --tiny 2)")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model (minutes)")
     ap.add_argument("--override", nargs="*", default=[], help="more sweep overrides")
     args = ap.parse_args(argv)
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                        args.seeds[0], args.tiny, args.override)
                            if not o.startswith("hydra.")])
     grid = grid_reference(cfg, args.values, args.methods,
-                          args.grid_points or (3 if args.tiny else GRID_POINTS))
+                          args.grid_points or (2 if args.tiny else GRID_POINTS))
     ref = {}
     for key, g in grid.items():
         found = [float(x["alignment"]) for rows in runs.values() for x in rows

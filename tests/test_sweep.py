@@ -25,8 +25,8 @@ from ray import cloudpickle
 
 import neva_sweep as nv
 from neva_sweep.sweep import ConfigError, SweepFailed, load_best_edit, run_sweep, worker
-from neva_sweep.sweep.outputs import best_edit_spec
 from neva_sweep.sweep.methods import NeVA
+from neva_sweep.sweep.outputs import best_edit_spec
 from neva_sweep.sweep.plan import ModelEntry, Resources, make_plan, replica_counts
 from neva_sweep.sweep.run import eval_setup
 from neva_sweep.sweep.studies import STALE_ERROR, open_storage
@@ -41,7 +41,7 @@ FAST = ["model=tiny_llama", "sweep.values=[benevolence,power]", "search.n_trials
         "search.n_startup_trials=2", "sweep.capability.mc_limit=8",
         "sweep.judge.scenarios_limit=4", "sweep.judge.null_edits=2",
         "sweep.capability.neutral_limit=4", "sweep.capability.fluency_queries=0",
-        "judge.n_boot=50", "logger=none", "progress=false",
+        "judge.n_boot=50", "logger=none", "progress=false", "search.test_nulls=0",
         "cluster.replicas_per_model=2", "cluster.num_cpus_per_actor=1"]
 
 
@@ -159,7 +159,8 @@ def test_replica_counts_fill_the_cluster_or_fail(config):
 def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sweep_cfg, config,
                                                               tmp_path, capsys, caplog):
     run = tmp_path / "run"
-    run_sweep(sweep_cfg("logger=wandb_offline", "search.trials_per_batch=2"), run)
+    run_sweep(sweep_cfg("logger=wandb_offline", "search.trials_per_batch=2",
+                        "search.test_nulls=2"), run)
     rows = trials(run)
     assert len(rows) == 6 and {r["state"] for r in rows} == {"COMPLETE"}
     for col in ("model", "value", "method", "trial", "state", "sparsity", "magnitude", "rule",
@@ -193,7 +194,7 @@ def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sw
             assert isinstance(test[k], float), k
         lo, hi = test["ci"]["alignment"]
         assert lo <= test["alignment"] <= hi and len(test["alignment_rows"]) == 36
-        assert test["null"]["n"] == 2 and test["push"] > 0  # experiment=default: 2 nulls
+        assert test["null"]["n"] == 2 and test["push"] > 0
         assert test["alignment"] != e["metrics"]["alignment"]  # other scenarios, other score
     report = (run / "report" / "tables" / "chosen_edits.csv").read_text()
     assert "test_alignment" in report.splitlines()[0] and "test_z" in report.splitlines()[0]
@@ -207,7 +208,7 @@ def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sw
 
     # Re-running finds nothing to do and starts no actor.
     caplog.set_level(logging.INFO, logger="neva_sweep")
-    run_sweep(sweep_cfg("logger=wandb_offline"), run)
+    run_sweep(sweep_cfg("logger=wandb_offline", "search.test_nulls=2"), run)
     assert len(trials(run)) == 6
     assert "0 to run" in caplog.text  # the run's log (INFO)
 

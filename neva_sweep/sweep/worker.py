@@ -168,8 +168,9 @@ def score_heldout(host: ModelHost, box: StatsBox, setup: EvalSetup,
 
 def calibrate(host: ModelHost, box: StatsBox, setup: EvalSetup,
               jobs: Sequence[dict[str, Any]]) -> list[dict] | None:
-    """Bisect each job's dose to its KL budget on the trials' neutral texts (an evenly spread
-    ``job["texts"]`` of them when that is not None) (:func:`neva_sweep.sweep.calibrate.calibrate_edit`). Returns one
+    """Bisect each job's dose to its KL budget on the trials' neutral texts (an evenly
+    spread ``job["texts"]`` of them when that is not None;
+    :func:`neva_sweep.sweep.calibrate.calibrate_edit`). Returns one
     :class:`~.calibrate.Calibration` dict per job on rank 0 (``{"error"}`` for a job that
     failed), None on the other ranks.
     """
