@@ -3,7 +3,7 @@
     python benchmarks/search_convergence.py [--values power tradition hedonism benevolence]
         [--methods neva caa] [--seeds 0 1 2] [--budgets 6 12 24 48] [--pruners none sha]
         [--run-dir runs/convergence] [--json PATH] [--figure PATH] [--tiny]
-        [--override KEY=VALUE ...]
+        [--grid-from PATH] [--override KEY=VALUE ...]
 
 **Reference.** Per (value, method) a dense grid scored in this process with the sweep's
 own trial settings (judge, capability texts, budgets): for NeVA five sparsities spread
@@ -12,6 +12,7 @@ log-uniformly over ``search.space.sparsity``, for CAA five layer fractions over
 (neva_sweep/sweep/calibrate.py) and the edit scored at 0.5, 0.75 and 1.0 times that
 edge. The reference is the best feasible alignment (every ``search.max_<metric>`` budget
 met) of the grid and of every search run below (so regret is never negative).
+``--grid-from`` reuses the grid of an earlier ``--json`` output (more seeds later).
 
 **Searches.** One sweep per (pruner, seed) with the default search
 (``python -m neva_sweep experiment=default``, the values and methods above,
@@ -231,6 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--figure", default=None)
     ap.add_argument("--grid-points", type=int, default=None,
                     help=f"reference grid points per method (default {GRID_POINTS}, --tiny 2)")
+    ap.add_argument("--grid-from", default=None,
+                    help="reuse the reference grid of an earlier --json output")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model (minutes)")
     ap.add_argument("--override", nargs="*", default=[], help="more sweep overrides")
     args = ap.parse_args(argv)
@@ -252,8 +255,16 @@ def main(argv: list[str] | None = None) -> dict:
                                                        budgets[-1], args.pruners[0],
                                                        args.seeds[0], args.tiny, args.override)
                            if not o.startswith("hydra.")])
-    grid = grid_reference(cfg, args.values, args.methods,
-                          args.grid_points or (2 if args.tiny else GRID_POINTS))
+    if args.grid_from:  # the grid of an earlier run of this benchmark (same model, data)
+        saved = json.loads(Path(args.grid_from).read_text())["grid"]
+        grid = {tuple(k.split("/")): g for k, g in saved.items()}
+        missing = [f"{v}/{m}" for v in args.values for m in args.methods
+                   if (v, m) not in grid]
+        if missing:
+            raise SystemExit(f"--grid-from {args.grid_from}: no grid for {', '.join(missing)}")
+    else:
+        grid = grid_reference(cfg, args.values, args.methods,
+                              args.grid_points or (2 if args.tiny else GRID_POINTS))
     ref = {}
     for key, g in grid.items():
         found = [float(x["alignment"]) for rows in runs.values() for x in rows
