@@ -23,8 +23,6 @@ list of them with :func:`neva_sweep.scoring.grouped`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .edit_kind import EditKind
@@ -73,21 +71,59 @@ def make_edit(stats: NeuronStats, value: str, method: str = "neva", **params: An
     if unknown:
         raise TypeError(f"unknown parameter(s) {', '.join(unknown)} of method {method!r}; "
                         f"valid: {', '.join(m.defaults)}")
+    for k, v in params.items():  # a number where the method expects one (strength: or None)
+        numeric = isinstance(m.defaults[k], int | float) and not isinstance(m.defaults[k], bool)
+        if (numeric or k == "strength") and v is not None and (
+                isinstance(v, bool) or not isinstance(v, int | float)):
+            raise TypeError(f"make_edit: parameter {k!r} of method {method!r} must be a number, "
+                            f"got {v!r} ({type(v).__name__})")
     return m.build(stats, check_value(value), {**m.defaults, **params})
 
 
-@contextmanager
-def apply(host: ModelHost, edit: EditKind, positions: str | None = None
-          ) -> Iterator[EditGroup]:
+def check_edit(edit: object, where: str) -> None:
+    """A TypeError saying what was passed where an edit was expected (a value name, a map)."""
+    if isinstance(edit, str):
+        raise TypeError(f"{where} takes an edit, not the string {edit!r}; build one with "
+                        f"nv.make_edit(stats, {edit!r}, method=...) or nv.NeuronEdit(...)")
+    if not callable(getattr(edit, "install", None)) or not hasattr(edit, "positions"):
+        raise TypeError(f"{where} takes an edit (nv.make_edit, nv.NeuronEdit, ResidualEdit or "
+                        f"PromptEdit), not a {type(edit).__name__}")
+
+
+def apply(host: ModelHost, edit: EditKind, positions: str | None = None) -> Applied:
     """Install ``edit`` for every row of every batch; hooks are removed on exit.
 
     ``positions``: ``all`` or ``response``; by default the edit's own positions, else
     ``all``. A prompt edit installs no hooks: it acts through the token prefix, which the
     scoring functions of :mod:`neva_sweep.scoring` prepend when given the edit; with a plain
-    ``host.model(...)`` call, prepend ``group.prefixes[0]`` to each sequence's ids.
+    ``host.model(...)`` call, prepend ``group.prefixes[0]`` to each sequence's ids. The
+    returned object may be entered again after its block ends (each ``with`` installs
+    the edit anew); entering it inside its own block raises.
     """
-    from .scoring import grouped
+    check_edit(edit, "nv.apply")
+    return Applied(host, edit, positions or edit.positions or "all")
 
-    with grouped(host, [edit], positions or edit.positions or "all") as group:
+
+class Applied:
+    """The context manager :func:`apply` returns: installs on enter, removes on exit."""
+
+    def __init__(self, host: ModelHost, edit: EditKind, positions: str):
+        self.host, self.edit, self.positions = host, edit, positions
+        self._active = None
+
+    def __enter__(self) -> EditGroup:
+        from .scoring import grouped
+
+        if self._active is not None:
+            raise RuntimeError("this nv.apply(...) block is already active: entering it again "
+                               "inside itself would install the edit twice; end the block "
+                               "first, or call nv.apply again for a second edit")
+        cm = grouped(self.host, [self.edit], self.positions)
+        group = cm.__enter__()
+        self._active = cm
         group.set_rows([0])  # one row group: every row of any batch
-        yield group
+        return group
+
+    def __exit__(self, *exc) -> bool | None:
+        cm, self._active = self._active, None
+        return cm.__exit__(*exc)

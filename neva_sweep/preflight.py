@@ -253,6 +253,9 @@ def preflight(cfg: DictConfig, out: Path) -> None:
         check_edit(cfg, OmegaConf.to_container(cfg.model, resolve=True), EDIT_TASKS[task])
     if cfg.max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens: must be >= 1, got {cfg.max_new_tokens}")
+    if task == "steer" and not str(cfg.get("prompt") or "").strip():
+        raise ConfigError("prompt: task=steer needs a prompt to answer (prompt=\"...\"); "
+                          "got an empty one")
     check_writable("hydra.run.dir", out)
 
 

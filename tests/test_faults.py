@@ -43,6 +43,7 @@ def test_bad_edit_key_fails_on_a_cold_cache_before_any_model_load(tmp_path):
      r"edit.layer_window: window \[1, 3\] reaches past the 2 layers of model 'tiny-llama'"),
     (["task=identify", "edit.layer_window=[2,1]"], r"edit.layer_window: a layer window is"),
     (["task=steer", "value=power", "max_new_tokens=0"], "max_new_tokens: must be >= 1"),
+    (["task=steer", "value=power", "prompt=  "], "prompt: task=steer needs a prompt"),
     (["task=sweep", "search.space.layer_windows=[[0,4]]"],
      r"search.space.layer_windows: window \[0, 4\] reaches past the 2 layers"),
 ])

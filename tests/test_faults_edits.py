@@ -433,3 +433,34 @@ def test_residual_edit_of_another_model_is_refused_unless_allowed(tiny_host, oth
         assert not torch.equal(base, other_host.model(**enc).logits)
     with nv.apply(tiny_host, caa):  # its own model
         pass
+
+
+def test_api_misuse_names_what_is_wrong(tiny_host, tiny_stats):
+    with pytest.raises(TypeError, match="parameter 'magnitude' of method 'neva' must be a "
+                                        "number, got 'big'"):
+        nv.make_edit(tiny_stats, "power", magnitude="big")
+    with pytest.raises(TypeError, match="parameter 'strength' of method 'caa' must be a number"):
+        nv.make_edit(tiny_stats, "power", "caa", strength=True)
+    with pytest.raises(TypeError, match="nv.apply takes an edit, not the string 'power'; "
+                                        r"build one with nv.make_edit\(stats, 'power'"):
+        nv.apply(tiny_host, "power")
+    with pytest.raises(TypeError, match="not a NeuronStats"):
+        nv.apply(tiny_host, tiny_stats)
+
+
+def test_an_applied_edit_can_be_entered_again_but_not_inside_itself(tiny_host, tiny_stats):
+    hooks = n_hooks(tiny_host)
+    enc = tiny_host.tokenize(["I help my neighbour carry boxes."])
+    base = tiny_host.model(**enc).logits
+    applied = nv.apply(tiny_host, nv.make_edit(tiny_stats, "power", sparsity=0.1))
+    with applied:
+        first = tiny_host.model(**enc).logits
+    with applied:  # a second block installs it again
+        assert torch.equal(tiny_host.model(**enc).logits, first)
+    assert not torch.equal(first, base) and n_hooks(tiny_host) == hooks
+    with pytest.raises(RuntimeError, match="already active: entering it again inside itself"):
+        with applied:
+            with applied:
+                pass
+    assert n_hooks(tiny_host) == hooks  # the outer block still removed its hooks
+    assert torch.equal(tiny_host.model(**enc).logits, base)
