@@ -159,19 +159,20 @@ def comparison_tables(run: Run, out: Path) -> list[Table]:
 
 
 def studies_table(run: Run, out: Path) -> Table:
-    columns = ["model", "value", "method", "trials", "complete", "failed", "other", "feasible",
-               "pareto", "best_alignment", "median_duration_s", "last_error"]
+    columns = ["model", "value", "method", "trials", "complete", "pruned", "failed", "other",
+               "feasible", "pareto", "best_alignment", "median_duration_s", "last_error"]
     rows = []
     for k in run.keys():
         trials = run.trials(k)
         done = [r for r in trials if is_complete(r)]
         failed = [r for r in trials if r.get("state") == "FAIL"]
+        pruned = [r for r in trials if r.get("state") == "PRUNED"]
         aligns = [a for r in done if (a := num(r.get("alignment"))) is not None]
         durations = [d for r in done if (d := num(r.get("duration_s"))) is not None]
-        errors = [str(r["error"]) for r in sorted(trials, key=lambda r: r["trial"])
-                  if r.get("error")]
-        rows.append([*k, len(trials), len(done), len(failed),
-                     len(trials) - len(done) - len(failed),
+        errors = [str(r["error"]) for r in sorted(failed, key=lambda r: r["trial"])
+                  if r.get("error")]  # a pruned trial's reason is not an error
+        rows.append([*k, len(trials), len(done), len(pruned), len(failed),
+                     len(trials) - len(done) - len(pruned) - len(failed),
                      sum(feasible(r, run.constraints) for r in done),
                      len(run.fronts.get(k, [])), max(aligns, default=None),
                      statistics.median(durations) if durations else None,
@@ -180,7 +181,8 @@ def studies_table(run: Run, out: Path) -> Table:
     _write(path, columns, rows)
     notes = [] if rows else ["no studies found."]
     return Table("studies", "Studies",
-                 "Every Optuna study: trials by state (other = RUNNING, WAITING or PRUNED), "
+                 "Every Optuna study: trials by state (PRUNED: stopped after the first rung "
+                 "of a pruned sweep; other = RUNNING or WAITING), "
                  "trials within the budgets, Pareto front size, best alignment and the last "
                  "error message.", columns, rows, path, notes)
 
