@@ -5,6 +5,9 @@ Only Hydra and the config schemas are imported here; each task imports the model
 The configs are the package's own (``neva_sweep/conf/``), found wherever it is installed.
 """
 
+import os
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -25,5 +28,22 @@ def main(cfg: DictConfig) -> None:
     run_cli(cfg, hc.runtime.output_dir)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command: overrides checked first (a mistyped key, an unknown option or a value of
+    the wrong type is one line naming the key, exit 2), then Hydra runs :func:`main`.
+    ``HYDRA_FULL_ERROR=1`` leaves the errors to Hydra, with its full report."""
+    if os.environ.get("HYDRA_FULL_ERROR") != "1":
+        from .config import ConfigError
+        from .overrides import check_overrides
+
+        try:
+            check_overrides(sys.argv[1:])
+        except ConfigError as e:
+            print(f"error: {e}\n(set HYDRA_FULL_ERROR=1 for Hydra's own report)",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
     main()
+
+
+if __name__ == "__main__":
+    cli()

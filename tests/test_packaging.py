@@ -69,7 +69,7 @@ def test_wheel_carries_every_config_and_data_file(wheel):
                if p.relative_to(ROOT).as_posix() not in names]
     assert not missing, f"not in the wheel: {missing}"
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "neva-sweep = neva_sweep.__main__:main" in zipfile.ZipFile(wheel).read(
+    assert "neva-sweep = neva_sweep.__main__:cli" in zipfile.ZipFile(wheel).read(
         entry_points).decode()
 
 
