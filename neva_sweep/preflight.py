@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,10 @@ def check_storage(url: str) -> None:
                     raise ConfigError(f"search.storage: {path} is not an SQLite database "
                                       "(corrupt or another file); move it aside to start "
                                       "afresh, or point search.storage elsewhere")
+            problem = sqlite_problem(path)
+            if problem:
+                raise ConfigError(f"search.storage: {path} is damaged ({problem}); restore it "
+                                  "from a copy, or move it aside to start afresh")
         return
     if "://" not in url or url.startswith("journal:"):
         return  # file-based journal storage: opened (and checked) by the studies
@@ -224,6 +229,20 @@ def check_storage(url: str) -> None:
         raise ConfigError(f"search.storage: cannot connect to {_redact(url)}: {first}") from None
     finally:
         engine.dispose()
+
+
+def sqlite_problem(path: Path) -> str | None:
+    """Why an SQLite file cannot be read (truncated, malformed), or None: its own
+    ``PRAGMA quick_check``, read-only (a file in use by nobody is only read)."""
+    import sqlite3
+
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.Error as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    result = rows[0][0] if rows else "no result"
+    return None if result == "ok" else str(result).splitlines()[0]
 
 
 def _connect_timeout(url: str) -> dict:

@@ -99,6 +99,16 @@ def test_storage_problems_are_named_before_ray_starts(tmp_path, config):
     garbage.write_bytes(b"\x00" * 64)
     with pytest.raises(ConfigError, match=f"search.storage: {garbage} is not an SQLite"):
         preflight(config(*sweep), tmp_path)  # the default storage: the run dir's optuna.db
+    # a real database cut short (a copy interrupted, a full disk): its own integrity check
+    import optuna
+
+    optuna.create_study(storage=f"sqlite:///{garbage}.full", study_name="s").optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=40)
+    data = (tmp_path / "optuna.db.full").read_bytes()
+    garbage.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match=f"search.storage: {garbage} is damaged "
+                                          r"\(database disk image is malformed\)"):
+        preflight(config(*sweep), tmp_path)
     garbage.unlink()
     with pytest.raises(ConfigError, match="search.storage: the database driver for "
                                           "'postgresql' is not installed"):
