@@ -211,9 +211,16 @@ def check_storage(url: str) -> None:
                 raise ConfigError(f"search.storage: {path} is damaged ({problem}); restore it "
                                   "from a copy, or move it aside to start afresh")
         return
-    if "://" not in url or url.startswith("journal:"):
-        return  # file-based journal storage: opened (and checked) by the studies
+    if url.startswith("journal:"):  # Optuna would create a missing directory silently
+        path = Path(url.removeprefix("journal://"))
+        if not path.parent.is_dir():
+            raise ConfigError(f"search.storage: the directory of {path} does not exist; "
+                              "create it or point search.storage elsewhere")
+        return  # the journal file itself is opened (and checked) by the studies
+    if "://" not in url:
+        return
     from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import NoSuchModuleError
 
     try:
         engine = create_engine(url, connect_args=_connect_timeout(url))
@@ -221,6 +228,10 @@ def check_storage(url: str) -> None:
         raise ConfigError(f"search.storage: the database driver for {url.split('://')[0]!r} "
                           f"is not installed ({e.name}); pip install it (e.g. psycopg2-binary "
                           "for postgresql, pymysql for mysql+pymysql)") from None
+    except NoSuchModuleError:
+        raise ConfigError(f"search.storage: unknown storage scheme {url.split('://')[0]!r}; "
+                          "valid: sqlite:///path, journal:///path, or a database URL "
+                          "(postgresql://..., mysql+pymysql://...)") from None
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))

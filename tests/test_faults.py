@@ -110,6 +110,12 @@ def test_storage_problems_are_named_before_ray_starts(tmp_path, config):
                                           r"\(database disk image is malformed\)"):
         preflight(config(*sweep), tmp_path)
     garbage.unlink()
+    with pytest.raises(ConfigError, match="search.storage: the directory of .* does not exist"):
+        preflight(config(*sweep, f"search.storage=journal:///{tmp_path}/no/dir/x.log"),
+                  tmp_path)  # refused like SQLite's, not created silently
+    assert not (tmp_path / "no").exists()
+    with pytest.raises(ConfigError, match="search.storage: unknown storage scheme 'foo'"):
+        preflight(config(*sweep, "search.storage=foo://bar"), tmp_path)
     with pytest.raises(ConfigError, match="search.storage: the database driver for "
                                           "'postgresql' is not installed"):
         preflight(config(*sweep, "search.storage=postgresql://u:secret@127.0.0.1:9/db"),
