@@ -10,7 +10,9 @@ whose message starts with the key and says what is valid ("did you mean ...").
 from __future__ import annotations
 
 import difflib
+import os
 import re
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -56,12 +58,30 @@ def explain(e: Exception, keys: list[str]) -> str:
     return f"{key}: {detail}" if key else detail
 
 
+def check_creatable(key: str, path: Path) -> None:
+    """``path`` exists as a writable directory or can be created: its nearest existing
+    ancestor is a writable directory (nothing is created here; Hydra creates the run
+    directory, and without this check fails with a bare OSError)."""
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{key}: {probe} is a file, so {path} cannot be a directory; choose "
+                          "another run directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: cannot write to {probe} (permission denied), so {path} "
+                          "cannot be created; choose a writable run directory")
+
+
 def check_overrides(args: list[str]) -> None:
     """Compose the config with ``args`` (the command line's overrides); a composition error
-    raises a one-line :class:`ConfigError`. Hydra's own flags (``--help``, ``-m``,
+    raises a one-line :class:`ConfigError`, as does a run directory that cannot be created
+    (``hydra.run.dir``, else ``runs/`` here). Hydra's own flags (``--help``, ``-m``,
     ``--cfg``...) are left to Hydra: with any of them nothing is checked here."""
     if any(a.startswith("-") for a in args):
         return
+    run_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+    check_creatable("hydra.run.dir", Path(run_dir) if run_dir else Path("runs"))
     try:
         compose_config(*args)
     except Exception as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -38,3 +39,20 @@ def test_the_command_exits_2_with_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.splitlines()[0].startswith("error: serch.n_trials: no such key; did "
                                                  "you mean search.n_trials")
+
+
+def test_a_run_directory_that_cannot_be_created_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match=f"hydra.run.dir: {blocker} is a file"):
+        check_overrides([f"hydra.run.dir={blocker / 'run'}"])
+    check_overrides([f"hydra.run.dir={tmp_path / 'new' / 'run'}"])  # creatable: fine
+    assert not (tmp_path / "new").exists()  # nothing created by the check
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_a_read_only_parent_is_named(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    with pytest.raises(ConfigError, match=f"hydra.run.dir: cannot write to {ro}"):
+        check_overrides([f"hydra.run.dir={ro / 'run'}"])
