@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -117,9 +118,21 @@ def check_edit(cfg: DictConfig, model: dict[str, Any], need_value: bool) -> None
         if given not in valid:
             raise ConfigError(f"{key}: unknown choice {given!r}; valid choices: "
                               f"{', '.join(valid)}")
+    from .select import SIGNED_SCORES
+
+    if e.polarity == "both" and e.score not in SIGNED_SCORES:
+        raise ConfigError(f"edit.polarity: both needs a signed score (edit.score: "
+                          f"{', '.join(SIGNED_SCORES)}); {e.score!r} has no anti-specific side")
     if e.layer_window is not None:
         check_window("edit.layer_window", e.layer_window, model_n_layers(model),
                      str(model["name"]))
+
+
+def check_device(device: Any) -> None:
+    """``model.device``: cpu, cuda or cuda:<index>, before the model loads."""
+    d = str(device)
+    if d != "cpu" and not re.fullmatch(r"cuda(:\d+)?", d):
+        raise ConfigError(f"model.device: {d!r}; valid choices: cpu, cuda, cuda:<index>")
 
 
 def check_stats(cfg: DictConfig) -> None:
@@ -277,6 +290,7 @@ def preflight(cfg: DictConfig, out: Path) -> None:
     check_data_files(cfg)
     check_stats(cfg)
     check_split(cfg)
+    check_device(cfg.model.get("device", "cpu"))
     if cfg.best_edits:
         check_best_edits(cfg.best_edits)
     elif task in EDIT_TASKS:

@@ -44,6 +44,10 @@ def test_bad_edit_key_fails_on_a_cold_cache_before_any_model_load(tmp_path):
     (["task=identify", "edit.layer_window=[2,1]"], r"edit.layer_window: a layer window is"),
     (["task=steer", "value=power", "max_new_tokens=0"], "max_new_tokens: must be >= 1"),
     (["task=steer", "value=power", "prompt=  "], "prompt: task=steer needs a prompt"),
+    (["task=steer", "value=power", "model.device=tpu"],
+     "model.device: 'tpu'; valid choices: cpu, cuda"),
+    (["task=identify", "edit.score=lape", "edit.polarity=both"],
+     "edit.polarity: both needs a signed score"),
     (["task=sweep", "search.space.layer_windows=[[0,4]]"],
      r"search.space.layer_windows: window \[0, 4\] reaches past the 2 layers"),
 ])
