@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CapabilityConfig, JudgeConfig, StatsConfig
+from .config import CapabilityConfig, ConfigError, JudgeConfig, StatsConfig
 from .data import load_probes
 from .registry import Registry
 from .values import check_value
@@ -168,16 +168,23 @@ def best_edit(cfg: DictConfig) -> tuple[dict, ModelHost, EditKind]:
     rebuilt from the current statistics, ``entry["rebuilt"]`` says why and a line is printed.
     """
     from .models.host import load_model
-    from .sweep.outputs import best_edit_spec, load_best_edit
+    from .sweep.outputs import best_edit_problems, best_edit_spec, load_best_edit
     from .sweep.plan import model_label
 
     value = cfg.value if cfg.value is not None else cfg.edit.value
     entry = load_best_edit(cfg.best_edits, value=check_value(value) if value else None,
                            model=model_label(OmegaConf.to_container(cfg.model)),
                            method=cfg.method)
+    inputs_hash = stats_inputs_hash_of(cfg)
+    problems = best_edit_problems(entry, inputs_hash)
+    if problems and not cfg.rebuild_edits:  # said before the model loads
+        raise ConfigError(f"best_edits: the {entry['model']}/{entry['value']}/"
+                          f"{entry['method']} edit would not be the sweep's: "
+                          f"{'; '.join(problems)}; restore them, or pass rebuild_edits=true "
+                          "to rebuild it from the current statistics")
     host = load_model(OmegaConf.create(entry["model_config"]))
     spec = best_edit_spec(entry, stats=lambda: stats_from_config(cfg, host),
-                          inputs_hash=stats_inputs_hash_of(cfg), rebuild=cfg.rebuild_edits,
+                          inputs_hash=inputs_hash, rebuild=cfg.rebuild_edits,
                           allow_other_model=cfg.edit.allow_other_model)
     entry.setdefault("rebuilt", None)
     if entry["rebuilt"]:

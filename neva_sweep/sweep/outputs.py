@@ -31,6 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from ..config import ConfigError
 from ..edit import NeuronEdit
 from ..edits import EditKind
 from ..files import atomic_path, sha256_file, write_text_atomic
@@ -341,14 +342,18 @@ def best_edit_spec(entry: dict[str, Any], stats: Callable[[], NeuronStats] | Non
         log.warning("best_edits: the %s edit records no hashes of its inputs (written by an "
                     "older neva_sweep); loading it unchecked", name)
     problems = best_edit_problems(entry, inputs_hash)
-    if problems and not rebuild:
-        raise ValueError(f"best_edits: the {name} edit would not be the sweep's: "
+    if problems and not rebuild:  # a ConfigError: one line at the command line
+        raise ConfigError(f"best_edits: the {name} edit would not be the sweep's: "
                          f"{'; '.join(problems)}; restore them, or pass rebuild_edits=true to "
                          "rebuild it from the current statistics")
     if problems:
         entry["rebuilt"] = "; ".join(problems)
     elif entry.get("neurons"):
-        neurons = NeuronMap.load(entry["neurons"])[value]
+        try:
+            neurons = NeuronMap.load(entry["neurons"])[value]
+        except ValueError as e:  # e.g. a neuron index past its layer's width
+            raise ConfigError(f"best_edits: the {name} edit's neurons file "
+                              f"{entry['neurons']}: {e}") from None
         gate = None
         if params.get("gate", "none") != "none":  # the probe lives with the statistics
             if stats is None:
