@@ -530,7 +530,11 @@ def cached_stats(
     if stats is not None:
         return stats
     stats = collect_stats(host, probes, cfg, progress)
-    stats.save(path)
+    try:
+        stats.save(path)
+    except OSError as e:  # a full or read-only cache: the computed statistics are not lost
+        logging.getLogger(__name__).warning(
+            "statistics not cached: %s; keeping them in memory for this run", e.strerror or e)
     return stats
 
 

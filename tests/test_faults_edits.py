@@ -82,6 +82,21 @@ def test_statistics_write_without_space_leaves_no_temporary(tiny_stats, tmp_path
     assert list(target.parent.iterdir()) == []
 
 
+def test_statistics_survive_a_full_cache(tiny_host, small_probes, tmp_path, monkeypatch, caplog):
+    """Collected statistics are kept for the run when the cache cannot take them."""
+    import neva_sweep.stats as stats_module
+
+    def full_disk(tensors, filename, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(stats_module, "save_file", full_disk)
+    cache = tmp_path / "cache"
+    stats = stats_module.cached_stats(tiny_host, small_probes, nv.StatsConfig(), cache,
+                                      progress=False)
+    assert stats.n_neurons == tiny_host.n_neurons and list(cache.iterdir()) == []
+    assert "statistics not cached: no space left on" in caplog.text
+
+
 def test_evaluation_cache_write_without_space_leaves_no_temporary(tiny_host, tmp_path,
                                                                   monkeypatch):
     ev = small_evaluator(tiny_host, None)
