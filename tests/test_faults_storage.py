@@ -67,6 +67,27 @@ def test_lock_holds_who_and_a_live_heartbeat_and_is_removed_on_release(tmp_path)
     assert not path.exists() and not list(tmp_path.iterdir())  # no temporary file left
 
 
+def test_a_full_disk_leaves_no_lock_temporary(tmp_path, monkeypatch):
+    """The heartbeat's rewrite fails (ENOSPC): the lock stays, no empty temporary remains."""
+    import errno
+    from pathlib import Path
+
+    path = tmp_path / f"optuna.db{SUFFIX}"
+    with RunLock(path, heartbeat_s=3600) as lock:
+        real = Path.write_text
+
+        def full(self, *a, **k):
+            self.touch()  # the file exists, its content never arrives
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(Path, "write_text", full)
+        with pytest.raises(OSError):
+            lock.refresh()
+        monkeypatch.setattr(Path, "write_text", real)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [path.name] and lock.held
+    assert not list(tmp_path.iterdir())
+
+
 def test_live_lock_of_another_process_refuses_at_once_then_its_corpse_is_taken_over(
         tmp_path, caplog):
     path = tmp_path / f"optuna.db{SUFFIX}"

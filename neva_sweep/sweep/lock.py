@@ -200,8 +200,14 @@ class RunLock:
         grave.unlink(missing_ok=True)
 
     def _write_tmp(self) -> Path:
+        """Our holder record in a fresh temporary file beside the lock (removed again if the
+        write fails, e.g. on a full disk: no empty temporary file is left behind)."""
         tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(asdict(self.me)))
+        try:
+            tmp.write_text(json.dumps(asdict(self.me)))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return tmp
 
     # -- holding it -----------------------------------------------------------------------
@@ -226,7 +232,11 @@ class RunLock:
                       holder.describe() if holder else "none left", self.stale_after_s)
             return
         self.me = Holder(**{**asdict(self.me), "heartbeat": time.time()})
-        os.replace(self._write_tmp(), self.path)
+        tmp = self._write_tmp()
+        try:
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)  # gone after a replace; removed if it failed
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lock file if it is still this driver's."""
