@@ -405,11 +405,17 @@ def run_cli(cfg: DictConfig, out: str | Path) -> None:
     except Exception as e:
         # a KeyError (e.g. an unknown task) is told without user_errors(), which imports the
         # model stack: a mistyped task is answered at once
-        if not isinstance(e, KeyError) and not isinstance(e, user_errors()):
+        storage = type(e).__name__ == "StorageInternalError"  # Optuna's: disk full, locked
+        if not isinstance(e, KeyError) and not storage and not isinstance(e, user_errors()):
             raise
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if storage:
+            cause = str(e.__cause__ or e).strip().splitlines()
+            msg = (f"search.storage: the storage refused a write ({cause[0] if cause else e}); "
+                   "check the disk's free space, then run the same command to resume")
+            e.exit_code = 1  # not a typo: the run failed
         print(f"error: {msg}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
         for handler in logging.getLogger().handlers:  # the run's log file tells it too
             if isinstance(handler, logging.FileHandler):

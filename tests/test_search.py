@@ -316,3 +316,24 @@ def test_caa_layers_outside_the_model_are_refused(tiny_stats):
         nv.make_edit(tiny_stats, "power", "caa", layer_frac=5)
     with pytest.raises(ValueError, match="n_layers is a number of consecutive layers >= 1"):
         nv.make_edit(tiny_stats, "power", "caa", n_layers=0)
+
+
+def test_a_storage_that_refuses_writes_is_one_line(config, monkeypatch, capsys):
+    """Optuna's StorageInternalError (here: SQLite's disk full) ends the run in one line."""
+    import sqlite3
+
+    from neva_sweep import tasks
+
+    def run(cfg, out):
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as e:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the "
+                                                         "commit.") from e
+
+    monkeypatch.setattr(tasks, "run", run)
+    with pytest.raises(SystemExit) as exit_:
+        tasks.run_cli(config(), ".")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.startswith(
+        "error: search.storage: the storage refused a write (database or disk is full)")
