@@ -155,7 +155,7 @@ def check_stats(cfg: DictConfig) -> None:
 
 def check_data_files(cfg: DictConfig) -> None:
     """Parse every data file given under ``data.*`` (the built-in ones are tested)."""
-    from .data import DataError, load_records
+    from .data import DataError, load_probes, load_records
 
     for kind, path in OmegaConf.to_container(cfg.data).items():
         if path is None:
@@ -164,6 +164,8 @@ def check_data_files(cfg: DictConfig) -> None:
             raise ConfigError(f"data.{kind}: no such file {path}")
         try:
             load_records(kind, path)
+            if kind == "probes":  # every value needs identify probes (before any model work)
+                load_probes(path, split="identify", neutral=False)
         except DataError as e:
             raise ConfigError(f"data.{kind}: {e}") from None
 

@@ -72,6 +72,12 @@ def test_bad_data_files_name_the_file_and_line(tmp_path, config):
     with pytest.raises(ConfigError, match=rf"{bad}:1: not UTF-8"):
         preflight(config("task=evaluate", "model=tiny_llama", f"data.scenarios={bad}"),
                   tmp_path)
+    probes = tmp_path / "probes.jsonl"  # identify probes for one value only
+    probes.write_text('{"text": "I help.", "value": "benevolence", "split": "identify"}\n')
+    with pytest.raises(ConfigError, match=r"data.probes: .* no identify probes for values "
+                                          r"\['self_direction'"):
+        preflight(config("task=identify", "model=tiny_llama", f"data.probes={probes}"),
+                  tmp_path)
     with pytest.raises(ConfigError, match="data.mc: no such file"):
         preflight(config("task=evaluate", "model=tiny_llama", f"data.mc={tmp_path}/no.jsonl"),
                   tmp_path)
