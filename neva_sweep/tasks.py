@@ -195,6 +195,17 @@ def best_edit(cfg: DictConfig) -> tuple[dict, ModelHost, EditKind]:
 
 
 @TASKS.add("steer")
+def check_prompt_fits(host: ModelHost, prompt: str, max_new_tokens: int) -> None:
+    """The templated prompt and the reply fit the model's context (``prompt``,
+    ``max_new_tokens``), counted with the model's own tokenizer."""
+    limit = getattr(getattr(host.model, "config", None), "max_position_embeddings", None)
+    n = len(host.tokenizer(host.chat_prompt(prompt))["input_ids"])
+    if limit and n + max_new_tokens > limit:
+        raise ConfigError(f"prompt: {n} tokens (with the chat template) plus max_new_tokens="
+                          f"{max_new_tokens} exceed {host.name}'s context of {limit} tokens; "
+                          "shorten the prompt or lower max_new_tokens")
+
+
 def steer(cfg: DictConfig, out: Path) -> None:
     """Greedy replies to ``prompt``, unedited and edited toward ``value``, side by side."""
     from .scoring import greedy_generate
@@ -206,10 +217,13 @@ def steer(cfg: DictConfig, out: Path) -> None:
     else:
         value = edit_value(cfg)
         host = host_from_config(cfg)
+        check_prompt_fits(host, cfg.prompt, cfg.max_new_tokens)  # before the statistics
         stats = stats_from_config(cfg, host)
         nmap: NeuronMap = select_neurons(stats, value, **selection_kwargs(cfg))
         spec = config_edit(cfg, stats, nmap, value)
         positions = cfg.edit.positions
+    if cfg.best_edits:
+        check_prompt_fits(host, cfg.prompt, cfg.max_new_tokens)
     base, edited = (r[0] for r in greedy_generate(host, [host.chat_prompt(cfg.prompt)],
                                                     [None, spec], positions,
                                                     cfg.max_new_tokens))

@@ -479,3 +479,13 @@ def test_an_applied_edit_can_be_entered_again_but_not_inside_itself(tiny_host, t
                 pass
     assert n_hooks(tiny_host) == hooks  # the outer block still removed its hooks
     assert torch.equal(tiny_host.model(**enc).logits, base)
+
+
+def test_a_prompt_longer_than_the_context_is_named(tiny_host):
+    from neva_sweep.config import ConfigError
+    from neva_sweep.tasks import check_prompt_fits
+
+    check_prompt_fits(tiny_host, "I help my neighbour.", 16)
+    with pytest.raises(ConfigError, match=r"prompt: \d+ tokens \(with the chat template\) plus "
+                                          "max_new_tokens=4 exceed tiny-llama's context of 512"):
+        check_prompt_fits(tiny_host, "word " * 2000, 4)
