@@ -83,8 +83,9 @@ def test_scaled_defaults_start_at_the_calibrated_dose(config):
     fresh.space = uncalibrated.space = None
     assert warm_start([fresh, uncalibrated], search) == 2
     (params,) = asked_params(fresh, search.space)
-    assert params["strength"] == 12.0
-    assert params["sparsity"] == METHODS["neva"].defaults["sparsity"]
-    lo, hi = search.space.strength  # no calibration: the middle of the range
-    middle = asked_params(uncalibrated, search.space)[0]["strength"]
-    assert middle == pytest.approx((lo * hi) ** 0.5)
+    lo, hi = search.space.sparsity  # the calibration's reference setting, at its dose
+    assert params["strength"] == 12.0 and params["sparsity"] == pytest.approx((lo * hi) ** 0.5)
+    lo, hi = search.space.strength  # no calibration: the defaults, mid-range strength
+    (first,) = asked_params(uncalibrated, search.space)
+    assert first["sparsity"] == METHODS["neva"].defaults["sparsity"]
+    assert first["strength"] == pytest.approx((lo * hi) ** 0.5)

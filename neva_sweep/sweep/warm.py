@@ -8,8 +8,9 @@ takes over:
    studies of the same model and method for the *other* values, when any has one: a
    setting that worked for a neighbouring value is a better first guess than a random
    draw;
-2. the method's documented defaults (``METHODS[method].defaults``), at the study's
-   calibrated strength (sweep/calibrate.py) when the space is scaled.
+2. the method's documented defaults (``METHODS[method].defaults``); in a calibrated study
+   the calibration's reference setting at its calibrated strength instead
+   (sweep/calibrate.py), an edit measured at the KL budget.
 
 Only the parameters the method searches are enqueued, and only values inside the current
 search space (a donor trial from a wider space, or a default outside a narrowed one, is
@@ -28,7 +29,7 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from .calibrate import CALIBRATION_ATTR, strength_key
+from .calibrate import CALIBRATION_ATTR, reference_params, strength_key
 from .front import budgets, is_feasible
 from .methods import METHODS
 from .studies import StudyState
@@ -68,15 +69,18 @@ def fit_space(method: str, space: Any, params: dict[str, Any]) -> dict[str, Any]
 
 def with_dose(state: StudyState, params: dict[str, Any], space: Any) -> dict[str, Any]:
     """``params`` with a strength when the space searches one and they have none (the
-    methods' defaults): the study's calibrated dose, else the middle of its range."""
+    methods' defaults). A calibrated study starts where its calibration measured: the
+    reference setting (sweep/calibrate.py) at the calibrated dose, an edit at the KL
+    budget on the trials' own texts; otherwise the middle of the strength range."""
     key = strength_key(state.key.method)
     if not space.get("scaled") or key not in space or params.get("strength") is not None \
             or "strength" not in params:
         return params
     cal = state.study.user_attrs.get(CALIBRATION_ATTR) or {}
+    if cal.get("bracketed") and cal.get("dose") is not None:
+        return {**params, **reference_params(state.key.method, space), "strength": cal["dose"]}
     lo, hi = space[key]
-    dose = cal.get("dose") if cal.get("bracketed") else None
-    return {**params, "strength": dose if dose is not None else math.sqrt(lo * hi)}
+    return {**params, "strength": math.sqrt(lo * hi)}
 
 
 def best_feasible(state: StudyState, limits: dict[str, float]) -> tuple[float, dict] | None:
