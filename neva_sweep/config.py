@@ -182,7 +182,7 @@ class SearchConfig:
     sampler: str = "tpe"  # tpe (multivariate, multi-objective) | nsga2 | gp
     seed: int = 0
     # finished (COMPLETE or PRUNED) trials per study; re-running tops studies up to it. 24:
-    # NeVA's best feasible edit reached >= 90% of a dense grid's by 24 trials, 68% by 12
+    # NeVA's best feasible edit reached 93% of a dense grid's by 24 trials, 72% by 12
     # (benchmarks/search_convergence.py, docs/results.md section 0d)
     n_trials: int = 24
     n_startup_trials: int = 4  # random trials before tpe/gp model the results
