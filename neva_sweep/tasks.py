@@ -194,7 +194,6 @@ def best_edit(cfg: DictConfig) -> tuple[dict, ModelHost, EditKind]:
     return entry, host, spec
 
 
-@TASKS.add("steer")
 def check_prompt_fits(host: ModelHost, prompt: str, max_new_tokens: int) -> None:
     """The templated prompt and the reply fit the model's context (``prompt``,
     ``max_new_tokens``), counted with the model's own tokenizer."""
@@ -206,6 +205,7 @@ def check_prompt_fits(host: ModelHost, prompt: str, max_new_tokens: int) -> None
                           "shorten the prompt or lower max_new_tokens")
 
 
+@TASKS.add("steer")
 def steer(cfg: DictConfig, out: Path) -> None:
     """Greedy replies to ``prompt``, unedited and edited toward ``value``, side by side."""
     from .scoring import greedy_generate
