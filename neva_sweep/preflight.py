@@ -30,6 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
+from .redact import redact_text
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # Tasks that edit with edit.* when no best_edits= is given, and whether a value is needed.
@@ -252,7 +253,9 @@ def check_storage(url: str) -> None:
             conn.execute(text("SELECT 1"))
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"search.storage: cannot connect to {_redact(url)}: {first}") from None
+        # the driver's message may repeat the URL: both masked like every shareable copy
+        raise ConfigError(f"search.storage: cannot connect to {redact_text(url)}: "
+                          f"{redact_text(first)}") from None
     finally:
         engine.dispose()
 
@@ -273,13 +276,6 @@ def sqlite_problem(path: Path) -> str | None:
 
 def _connect_timeout(url: str) -> dict:
     return {"connect_timeout": 10} if url.startswith(("postgresql", "mysql")) else {}
-
-
-def _redact(url: str) -> str:
-    """The URL without its password."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def preflight(cfg: DictConfig, out: Path) -> None:
