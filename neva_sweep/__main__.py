@@ -2,7 +2,8 @@
 
 Only Hydra and the config schemas are imported here; each task imports the model stack
 (torch, transformers, Ray) when it runs, so ``--help`` and a mistyped task answer at once.
-The configs are the package's own (``neva_sweep/conf/``), found wherever it is installed.
+The configs are the package's own (``neva_sweep/conf/``), found wherever it is installed,
+after the user's own (``./conf`` or ``$NEVA_SWEEP_CONF``, :mod:`neva_sweep.userconf`).
 """
 
 import os
@@ -35,8 +36,10 @@ def cli() -> None:
     if os.environ.get("HYDRA_FULL_ERROR") != "1":
         from .config import ConfigError
         from .overrides import check_overrides
+        from .userconf import user_conf_dir
 
         try:
+            user_conf_dir()  # a $NEVA_SWEEP_CONF that names no directory: one line
             check_overrides(sys.argv[1:])
         except ConfigError as e:
             print(f"error: {e}\n(set HYDRA_FULL_ERROR=1 for Hydra's own report)",

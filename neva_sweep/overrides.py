@@ -44,8 +44,9 @@ def explain(e: Exception, keys: list[str]) -> str:
     if missing:  # an unknown option of a config group (model=..., judge=...)
         group, option = missing[1], missing[2]
         choices = re.findall(r"^\t(\S+)$", text.split("Available options", 1)[-1], re.M)
-        return (f"{group}: unknown option {option!r}; valid choices: {', '.join(choices)}"
-                if choices else f"{group}: unknown option {option!r}")
+        own = f" (add your own as ./conf/{group}/{option}.yaml or under $NEVA_SWEEP_CONF)"
+        return (f"{group}: unknown option {option!r}; valid choices: {', '.join(choices)}{own}"
+                if choices else f"{group}: unknown option {option!r}{own}")
     key = _override_key(text)
     if key and ("not in" in text or "Could not override" in text):
         close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
