@@ -239,10 +239,13 @@ class LoggerConfig:
     written."""
 
     kind: str = "wandb"  # wandb | none
-    mode: str = "offline"  # offline (files under <run dir>/wandb) | online
+    # offline (files under <run dir>/wandb) | online | disabled; $WANDB_MODE, when set, wins
+    mode: str = "offline"
     project: str = "neva_sweep"
     entity: str | None = None
     group: str | None = None  # None = the run directory's name
+    name: str | None = None  # the W&B run's name; None = W&B's own
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from omegaconf import OmegaConf
 
+from neva_sweep.config import ConfigError
 from neva_sweep.sweep.logging import WandbLogger
-from neva_sweep.sweep.plan import StudyKey
+from neva_sweep.sweep.plan import StudyKey, check_logger
 from neva_sweep.sweep.scheduler import Outcome
 
 
@@ -37,3 +39,33 @@ def test_offline_run_holds_step_metrics_scatters_and_the_report(tmp_path):
     assert b"tiny/power/neva/trial" in log  # the study's step metric (define_metric)
     assert b"scatter/power/alignment_vs_kl" in log and b"scatter/power/alignment_vs_nlr" in log
     assert b"index.html" in log  # the report artifact's manifest
+
+
+def test_name_tags_and_wandb_mode_from_the_environment(tmp_path, monkeypatch):
+    cfg = OmegaConf.create({"project": "p", "entity": None, "group": "g", "mode": "online",
+                            "name": "my-run", "tags": ["ablation", "135m"], "kind": "wandb"})
+    monkeypatch.setenv("WANDB_MODE", "offline")  # W&B's convention wins over logger.mode
+    logger = WandbLogger(cfg, tmp_path, {"task": "sweep"})
+    assert logger.run.name == "my-run" and set(logger.run.tags) == {"ablation", "135m"}
+    assert logger.run.group == "g" and logger.run.settings.mode == "offline"
+    logger.finish([], {}, 0)
+    logger.wandb.teardown()
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(ConfigError, match=r"\$WANDB_MODE: 'sometimes'; valid choices: "):
+        check_logger(cfg)
+
+
+def test_online_accepts_a_login_for_a_self_hosted_server(tmp_path, monkeypatch):
+    cfg = OmegaConf.create({"kind": "wandb", "mode": "online"})
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine wandb.example.org\n  login user\n  password k3y\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    check_logger(cfg)  # the login for the configured server is enough
+    monkeypatch.setenv("WANDB_BASE_URL", "https://other.example.org")
+    with pytest.raises(ConfigError, match="API key for other.example.org"):
+        check_logger(cfg)

@@ -20,7 +20,10 @@ concurrent W&B runs cost more than the trials on a small machine. Inside the run
 The run's config is the resolved Hydra config.
 
 Mode ``offline`` (default) writes under ``<run dir>/wandb`` and needs no network;
-``online`` reads WANDB_API_KEY from the environment. The key is never printed or written.
+``online`` reads WANDB_API_KEY from the environment (or the ``wandb login`` of the server
+``WANDB_BASE_URL`` names); ``disabled`` logs nothing. ``$WANDB_MODE``, when set, wins over
+``logger.mode``. ``logger.name`` and ``logger.tags`` name and tag the run. The key is never
+printed or written.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any, Protocol
 from omegaconf import DictConfig
 
 from ..metrics import all_metrics
+from .plan import wandb_mode
 from .scheduler import Outcome
 
 TRIAL_METRICS = tuple(m.name for m in all_metrics() if m.headline)
@@ -61,7 +65,8 @@ class WandbLogger:
         group = cfg.group or run_dir.resolve().name
         self.run = wandb.init(
             project=cfg.project, entity=cfg.entity, group=group, job_type="sweep",
-            dir=str(run_dir), mode=cfg.mode, config=config, reinit="create_new",
+            name=cfg.get("name"), tags=list(cfg.get("tags") or []) or None,
+            dir=str(run_dir), mode=wandb_mode(cfg), config=config, reinit="create_new",
             # console off: tqdm owns the terminal; no system-metrics sampler on small machines.
             settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
         )

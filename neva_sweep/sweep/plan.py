@@ -307,18 +307,49 @@ def check_logger(lg: DictConfig) -> None:
     if lg.kind not in ("wandb", "none"):
         raise ConfigError(f"logger.kind: unknown logger {lg.kind!r}; valid choices: wandb, none "
                           "(or pick a preset: logger=wandb_offline|wandb|none)")
-    if lg.kind == "wandb" and lg.mode not in ("offline", "online"):
-        raise ConfigError(f"logger.mode: {lg.mode!r}; valid choices: offline, online")
-    if lg.kind == "wandb" and lg.mode == "online" and not _has_wandb_key():
-        raise ConfigError("logger.mode: online needs a W&B API key: export WANDB_API_KEY (or "
-                          "run `wandb login`), or use logger=wandb_offline")
+    mode = wandb_mode(lg)
+    where = "$WANDB_MODE" if os.environ.get("WANDB_MODE") else "logger.mode"
+    if lg.kind == "wandb" and mode not in WANDB_MODES:
+        raise ConfigError(f"{where}: {mode!r}; valid choices: {', '.join(WANDB_MODES)}")
+    if lg.kind == "wandb" and mode == "online" and not _has_wandb_key():
+        raise ConfigError(f"{where}: online needs a W&B API key for {wandb_host()}: export "
+                          "WANDB_API_KEY (or run `wandb login`, with WANDB_BASE_URL for a "
+                          "self-hosted server), or use logger=wandb_offline")
+
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def wandb_mode(lg: DictConfig) -> str:
+    """The W&B mode a sweep runs in: ``$WANDB_MODE`` when set (W&B's own convention, e.g.
+    on a cluster that has no network), else ``logger.mode``; ``dryrun`` is W&B's old name
+    of offline."""
+    mode = os.environ.get("WANDB_MODE") or lg.mode
+    return "offline" if mode == "dryrun" else str(mode)
+
+
+def wandb_host() -> str:
+    """The W&B server's host: ``$WANDB_BASE_URL``'s (a self-hosted server), else W&B's."""
+    from urllib.parse import urlparse
+
+    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    return urlparse(url if "://" in url else f"https://{url}").hostname or url
 
 
 def _has_wandb_key() -> bool:
+    """An API key in the environment, or a login (``wandb login`` writes ~/.netrc) for the
+    server the run logs to."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+    if not netrc.is_file():
+        return False
+    import netrc as netrc_lib
+
+    try:
+        return netrc_lib.netrc(str(netrc)).authenticators(wandb_host()) is not None
+    except (netrc_lib.NetrcParseError, OSError):
+        return wandb_host() in netrc.read_text(errors="ignore")
 
 
 JOURNAL = "journal://"
