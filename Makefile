@@ -33,7 +33,7 @@ install:
 
 # A fixed run directory, the default sweep's own (hydra.run.dir in neva_sweep/conf/config.yaml:
 # runs/<experiment>): `make run` again resumes the same sweep (nothing left = no work).
-RUN_DIR ?= runs/default
+RUN_DIR ?= runs/default/smollm2_135m
 
 run:
 	$(PYTHON) -m neva_sweep hydra.run.dir=$(RUN_DIR)

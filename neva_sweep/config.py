@@ -293,16 +293,25 @@ class Config:
     progress: bool = True
 
 
-def run_name(task: str, experiment: str | None) -> str:
-    """The default run directory's name (``hydra.run.dir=runs/<name>``, config.yaml): the
-    experiment preset for a sweep (``runs/default``, as ``make run``), else the task
-    (``runs/identify``). Fixed, not dated, so that the same command again resumes the same
-    directory: a sweep tops its studies up, cached work is found.
+def run_name(task: str, experiment: str | None, model: str | None = None,
+             models: Any = None) -> str:
+    """The default run directory's name (``hydra.run.dir=runs/<name>``, config.yaml): for a
+    sweep the experiment preset and the model (``runs/default/smollm2_135m``, as ``make
+    run``; the models joined by ``+`` for a multi-model sweep), so that sweeps of different
+    models never share a directory; else the task (``runs/identify``). Fixed, not dated,
+    so that the same command again resumes the same directory: a sweep tops its studies
+    up, cached work is found.
 
-    >>> run_name("sweep", "default"), run_name("identify", "default")
-    ('default', 'identify')
+    >>> run_name("sweep", "default", "smollm2_135m"), run_name("identify", "default")
+    ('default/smollm2_135m', 'identify')
+    >>> run_name("sweep", "methods", "tiny_llama", ["tiny_llama", "tiny_gpt2"])
+    'methods/tiny_llama+tiny_gpt2'
     """
-    return str(experiment or "sweep") if task == "sweep" else task
+    if task != "sweep":
+        return task
+    name = str(experiment or "sweep")
+    model_part = "+".join(str(m) for m in models) if models else model
+    return f"{name}/{model_part}" if model_part else name
 
 
 def register_configs() -> None:

@@ -124,8 +124,9 @@ def test_default_run_dir_is_fixed_per_task_and_experiment(tmp_path):
         assert out.returncode == 2 and (tmp_path / run_dir / ".hydra").is_dir(), out.stderr
     from neva_sweep.config import run_name
 
-    assert run_name("sweep", "default") == "default" and run_name("sweep", "smoke") == "smoke"
-    assert run_name("identify", "smoke") == "identify"
+    assert run_name("sweep", "default", "smollm2_135m") == "default/smollm2_135m"
+    assert run_name("sweep", "smoke", "tiny_llama") == "smoke/tiny_llama"
+    assert run_name("identify", "smoke", "tiny_llama") == "identify"
 
 
 def test_package_import_loads_no_model_stack():

@@ -29,6 +29,7 @@ from ..stats import stats_inputs_hash
 from ..tasks import stats_settings
 from .calibration_pass import calibrate_studies
 from .cluster import ReplicaWorker, model_stats, ray_session, start_replicas
+from .identity import check_identity
 from .lock import run_lock
 from .logging import SweepLogger, make_logger
 from .outputs import Outputs
@@ -74,6 +75,7 @@ def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> SweepResult
         replica_counts(plan.models, cfg.cluster, local_resources(cfg.cluster))  # fail early
     try:
         with sigterm_stops(), run_lock(plan.storage) as lock:
+            check_identity(cfg, run_dir)  # another setup in this directory: refused here
             states = open_studies(plan.studies, open_storage(plan.storage), cfg.search)
             stale = fail_stale_trials(states, lock)  # only now: no live driver owns them
             if stale:
