@@ -268,6 +268,9 @@ class Config:
     task: str = "sweep"
     model: ModelConfig = field(default_factory=ModelConfig)
     models: list[str] | None = None  # conf/model/ names for a multi-model sweep; None = model
+    # modules that register the user's own methods, rules, scores, judges... when imported,
+    # on the driver and on every actor (neva_sweep/plugins.py)
+    plugins: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     edit: EditConfig = field(default_factory=EditConfig)

@@ -40,6 +40,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from .data import ProbeSet
 from .models.host import ModelHost
 from .models.tp import init_process_group, load_tp_host
+from .plugins import load_env_plugins
 from .stats import NeuronStats, StatsConfig, collect_stats, concat
 
 _START_ERROR = "cannot start shard"
@@ -66,6 +67,7 @@ class ShardActor:
 
         hf_logging.disable_progress_bar()
         try:
+            load_env_plugins()  # the user's plugins register here too (plugins=[...])
             if tp_size > 1:
                 init_process_group(rank, tp_size, master_addr, master_port)
             self.host = load_tp_host(model_cfg, tp_size)

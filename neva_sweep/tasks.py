@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import CapabilityConfig, ConfigError, JudgeConfig, StatsConfig
 from .data import load_probes
+from .plugins import load_plugins
 from .registry import Registry
 from .values import check_value
 
@@ -442,6 +443,7 @@ def run(cfg: DictConfig, out: str | Path = ".") -> None:
     """Run ``cfg.task`` with outputs under ``out``, after checking every key it reads
     (:mod:`neva_sweep.preflight`: no weights, statistics or Ray before that)."""
     task = TASKS[cfg.task]  # an unknown task names the valid ones, before any heavy import
+    load_plugins(cfg.get("plugins") or [])  # the user's registrations, before any check
     from .preflight import preflight  # (imports the model stack)
 
     preflight(cfg, Path(out))

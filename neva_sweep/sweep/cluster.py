@@ -19,6 +19,7 @@ import ray
 from omegaconf import DictConfig
 
 from ..data import ProbeSet
+from ..plugins import plugins_env
 from ..replica import Replica
 from ..stats import NeuronStats, StatsConfig, cache_key, load_cached, merge
 from .plan import ModelEntry, Resources
@@ -81,19 +82,23 @@ class ReplicaWorker:
         self.replica.kill()
 
 
-def actor_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+def actor_env(plugins: list[str] | None = None) -> dict[str, str]:
+    """The shard processes' environment: :data:`FORWARDED_ENV` from the driver's, and the
+    ``plugins`` to import (neva_sweep/plugins.py)."""
+    return {**{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+            **plugins_env(plugins or [])}
 
 
-def start_replicas(models: list[ModelEntry], counts: dict[str, int], cluster: DictConfig
-                   ) -> dict[str, list[Replica]]:
-    """Every model's replicas, started in parallel (model loading dominates)."""
+def start_replicas(models: list[ModelEntry], counts: dict[str, int], cluster: DictConfig,
+                   plugins: list[str] | None = None) -> dict[str, list[Replica]]:
+    """Every model's replicas, started in parallel (model loading dominates); each shard
+    imports ``plugins`` (``plugins=[...]``) before it loads its model."""
     jobs = [(m, i) for m in models for i in range(counts[m.label])]
 
     def start(job: tuple[ModelEntry, int]) -> Replica:
         m, _ = job
         return Replica(m.config, tp_size=m.tp_size, num_cpus=cluster.num_cpus_per_actor,
-                       num_gpus=cluster.num_gpus_per_actor, env=actor_env())
+                       num_gpus=cluster.num_gpus_per_actor, env=actor_env(plugins))
 
     out: dict[str, list[Replica]] = {m.label: [] for m in models}
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:

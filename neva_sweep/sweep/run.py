@@ -201,7 +201,8 @@ def _run_trials(cfg: DictConfig, plan: SweepPlan, states: list[StudyState], outp
         reclaim_sigterm()  # ray.init installed its own SIGTERM handler (exit 1, no safe stop)
         counts = replica_counts(models, cfg.cluster, resources)
         log.info("replicas: %s", ", ".join(f"{m} x{n}" for m, n in counts.items()))
-        replicas = start_replicas(models, counts, cfg.cluster)
+        replicas = start_replicas(models, counts, cfg.cluster,
+                                  list(cfg.get("plugins") or []))
         try:
             workers: list[ReplicaWorker] = []
             model_keys: dict[str, str] = {}
