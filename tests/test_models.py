@@ -69,3 +69,20 @@ def test_load_by_model_config():
 
     host = nv.load_model(ModelConfig(name="tiny-qwen2", short_name="q"))
     assert host.name == "q" and host.model.config.model_type == "qwen2"
+
+
+def test_packaged_tokenizer_is_the_embedded_models():
+    """models/tokenizer/ (package data, for the tiny models and the wheel) was saved from the
+    embedded GGUF: same vocabulary, ids, special tokens and chat template."""
+    from neva_sweep.models.registry import embedded_tokenizer, gguf_tokenizer
+
+    ours, gguf = embedded_tokenizer(), gguf_tokenizer()
+    assert len(ours) == len(gguf) == 49152
+    for text in ["Hello world!", "  tabs\tand\nnewlines ünïcödé 你好 🙂",
+                 "<|im_start|>user\nhi<|im_end|>", "I would rather work it out myself."]:
+        assert ours(text).input_ids == gguf(text).input_ids, text
+    for attr in ("pad_token_id", "bos_token_id", "eos_token_id", "padding_side"):
+        assert getattr(ours, attr) == getattr(gguf, attr), attr
+    chat = [{"role": "user", "content": "What should I do?"}]
+    assert (ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+            == gguf.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))

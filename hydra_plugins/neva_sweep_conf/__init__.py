@@ -10,8 +10,10 @@ class NevaSweepUserConf(SearchPathPlugin):
         # only neva_sweep's own apps: other Hydra apps on the machine are left alone
         from neva_sweep.userconf import PACKAGED, user_conf_dir
 
-        # the packaged configs as a package (compose_config) or a directory (hydra.main)
-        ours = {"pkg://neva_sweep.conf", str(PACKAGED), f"file://{PACKAGED}"}
+        # the packaged configs as a package (compose_config: pkg://neva_sweep.conf; an
+        # installed hydra.main: pkg://neva_sweep/conf) or a directory (a checkout)
+        ours = {"pkg://neva_sweep.conf", "pkg://neva_sweep/conf", str(PACKAGED),
+                f"file://{PACKAGED}"}
         if not any(e.path in ours for e in search_path.get_path()):
             return
 
