@@ -66,6 +66,8 @@ def test_plugin_method_runs_in_a_ray_sweep(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr  # the driver's phase log (neva_sweep/sweep/phases.py)
+    assert "tiny-llama: statistics (" in log and "every replica: done in" in log
     pids = {p.name for p in marks.iterdir()}
     assert len(pids) >= 2, pids  # the driver and the shard actor each imported it
     best = json.loads((run_dir / "best_edits.json").read_text())

@@ -33,6 +33,7 @@ from .identity import check_identity
 from .lock import run_lock
 from .logging import SweepLogger, make_logger
 from .outputs import Outputs
+from .phases import phase
 from .plan import (
     ConfigError,
     Resources,
@@ -201,27 +202,32 @@ def _run_trials(cfg: DictConfig, plan: SweepPlan, states: list[StudyState], outp
         reclaim_sigterm()  # ray.init installed its own SIGTERM handler (exit 1, no safe stop)
         counts = replica_counts(models, cfg.cluster, resources)
         log.info("replicas: %s", ", ".join(f"{m} x{n}" for m, n in counts.items()))
-        replicas = start_replicas(models, counts, cfg.cluster,
-                                  list(cfg.get("plugins") or []))
+        with phase(f"starting {sum(counts.values())} replica(s) (model loading)"):
+            replicas = start_replicas(models, counts, cfg.cluster,
+                                      list(cfg.get("plugins") or []))
         try:
             workers: list[ReplicaWorker] = []
             model_keys: dict[str, str] = {}
             for m in models:
-                stats = model_stats(replicas[m.label], probes, stats_cfg, stats_cache)
+                with phase(f"{m.label}: statistics ({len(probes)} probe texts on "
+                           f"{len(replicas[m.label])} replica(s), or the cache)"):
+                    stats = model_stats(replicas[m.label], probes, stats_cfg, stats_cache)
                 _check_windows(cfg, len(stats.layer_sizes), m.label)
                 outputs.stats[m.label] = stats
                 model_keys[m.label] = f"{m.label}:{stats_inputs_hash(stats)}"
                 box = [ray.put(stats)]  # one copy in the object store, fetched once per actor
                 workers += [ReplicaWorker(m, i, r, box, setup)
                             for i, r in enumerate(replicas[m.label])]
-            prepare(workers)
+            with phase("unedited side and the judge's null on every replica"):
+                prepare(workers)
             # strength boxes around the KL budget, then first trials from what worked
             calibrate_studies(states, workers, cfg.search, setup, model_keys, cfg.progress)
             warm_start(states, cfg.search)
             Scheduler(states, workers, cfg.search, callbacks=callbacks,
                       checkpoint=outputs.write, progress=cfg.progress).run()
             if unscored is not None:
-                rescore(outputs, workers, cfg.search, setup, cfg.progress)
+                with phase("held-out pass: chosen edits on the test split"):
+                    rescore(outputs, workers, cfg.search, setup, cfg.progress)
         finally:
             for reps in replicas.values():
                 for r in reps:
