@@ -309,3 +309,24 @@ def test_trials_from_an_optuna_storage(tmp_path):
     assert run.dcsr("tiny-a", run.chosen["tiny-a", "power", "neva"]["csr_edited"])[
         "achievement"] == pytest.approx(0.05)
     assert "leakage_tiny-a_neva.png" in page and "search.storage=sqlite:&#47;&#47;" in page
+
+
+def test_chosen_edits_that_do_not_beat_their_null_are_warned_about(tmp_path):
+    run_dir = fabricate_run(tmp_path, neuron_files=False, **SMALL)
+    best = json.loads((run_dir / "best_edits.json").read_text())
+    for e in best["edits"]:  # power: z below 2 on the test split; benevolence: clear
+        z = 0.7 if e["value"] == "power" else 9.0
+        e["test"] = {"alignment": 0.004, "z": z, "nlr": 0.3}
+    (run_dir / "best_edits.json").write_text(json.dumps(best))
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg.sweep = {"capability": {"mc_limit": 0}}  # the preset measures no accuracy
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    page = build_report(run_dir).read_text()
+    warnings = page.split('<section id="warnings"', 1)[1].split("</section>", 1)[0]
+    assert "tiny-a/power/neva: does not beat its dose-matched nulls on the test split " \
+           "(z = 0.7 &lt; 2)" in warnings
+    assert "benevolence" not in warnings
+    with (run_dir / "report" / "tables" / "chosen_edits.csv").open() as f:
+        notes = {r["value"]: r["note"] for r in csv.DictReader(f)}
+    assert "z = 0.7" in notes["power"] and notes["benevolence"] == ""
+    assert "no accuracy_drop values" not in page  # by the preset's design, not missing

@@ -167,13 +167,22 @@ def _annotate(ax, m: np.ndarray, fmt: str, norm) -> None:
                     color="white" if dark else "black")
 
 
+def mc_off(run: Run) -> bool:
+    """Whether the run's config switched multiple-choice accuracy off for the trials
+    (``sweep.capability.mc_limit: 0``, as the presets do on CPUs): no accuracy_drop then
+    is the design, not something missing."""
+    cfg = run.config or {}
+    trial = ((cfg.get("sweep") or {}).get("capability") or {}).get("mc_limit")
+    return (trial if trial is not None else (cfg.get("capability") or {}).get("mc_limit")) == 0
+
+
 # -- Pareto fronts --------------------------------------------------------------------------------
 def pareto_section(run: Run, out: Path) -> Section:
     sec = _section("pareto")
     drops = [d for r in run.rows if (d := num(r.get("accuracy_drop"))) is not None]
     budget = num(run.constraints.get("max_accuracy_drop"))
     norm = Normalize(min([0.0, *drops]), max([1e-3, *drops, *([budget] if budget else [])]))
-    if run.rows and not drops:
+    if run.rows and not drops and not mc_off(run):
         sec.notes.append("no accuracy_drop values: front points are not coloured.")
     series = _series(run)
     for value in run.values:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .figures import Plot, Section
 from .load import Run, is_complete
-from .tables import Table, fmt
+from .tables import Table, chosen_warnings, fmt
 
 PACKAGES = ("neva_sweep", "torch", "transformers", "optuna", "ray", "deepspeed", "wandb",
             "hydra-core", "omegaconf", "pyvalues", "numpy", "matplotlib")
@@ -141,7 +141,9 @@ def write_html(run: Run, sections: list[Section], tables: list[Table], path: Pat
     title = f"neva_sweep report: {run.run_dir.resolve().name}"
     missing = [*run.missing, *(f"{s.title}: {n}" for s in sections for n in s.notes),
                *(f"{t.title}: {n}" for t in tables for n in t.notes)]
-    nav = [("missing", "What is missing")] if missing else []
+    warnings = chosen_warnings(run)
+    nav = [("warnings", "Warnings")] if warnings else []
+    nav += [("missing", "What is missing")] if missing else []
     first, rest = [t for t in tables if t.id != "studies"], [t for t in tables if
                                                              t.id == "studies"]
     nav += [(t.id, t.title) for t in first] + [(s.id, s.title) for s in sections]
@@ -160,6 +162,10 @@ def write_html(run: Run, sections: list[Section], tables: list[Table], path: Pat
         f"</code>. Generated {esc(now)}.</p>",
         "<nav>" + "".join(f'<a href="#{i}">{esc(t)}</a>' for i, t in nav) + "</nav></header>",
     ]
+    if warnings:
+        parts.append('<section id="warnings" class="missing"><h2>Warnings</h2><p>Chosen '
+                     "edits that are not evidence of steering toward their value:</p><ul>"
+                     + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul></section>")
     if missing:
         parts.append('<section id="missing" class="missing"><h2>What is missing</h2><ul>'
                      + "".join(f"<li>{esc(m)}</li>" for m in missing) + "</ul></section>")

@@ -66,6 +66,36 @@ def _write(path: Path, columns: list[str], rows: list[list[Any]]) -> None:
 HELDOUT = ("alignment", "z", "nlr", "nglr", "nglr_chance", "kl", "suppression")
 
 
+Z_NULL = 2.0  # a chosen edit "beats its null" when its test z against dose-matched nulls >= this
+
+
+def edit_warnings(e: dict) -> list[str]:
+    """Why a chosen edit should not be read as steering toward its value (empty: no reason):
+    alignment <= 0 where it was chosen, or, on the held-out test split, alignment <= 0 or a
+    z-score against its dose-matched nulls below :data:`Z_NULL`.
+
+    >>> edit_warnings({"alignment": 0.01, "test": {"alignment": 0.002, "z": 0.7}})
+    ['does not beat its dose-matched nulls on the test split (z = 0.7 < 2)']
+    """
+    out = []
+    a = e.get("alignment")
+    if a is not None and a <= 0:
+        out.append(f"alignment {a:+.4f} <= 0 on the search split: it moves the target down")
+    test = e.get("test") or {}
+    if test.get("alignment") is not None and test["alignment"] <= 0:
+        out.append(f"test alignment {test['alignment']:+.4f} <= 0")
+    elif test.get("z") is not None and test["z"] < Z_NULL:
+        out.append(f"does not beat its dose-matched nulls on the test split "
+                   f"(z = {test['z']:.1f} < {Z_NULL:g})")
+    return out
+
+
+def chosen_warnings(run: Run) -> list[str]:
+    """One line per chosen edit with :func:`edit_warnings`, for the page's Warnings."""
+    return [f"{'/'.join(k)}: {'; '.join(w)}" for k in run.keys() if k in run.chosen
+            for w in [edit_warnings(run.chosen[k])] if w]
+
+
 def chosen_table(run: Run, out: Path) -> Table:
     edits = [run.chosen[k] for k in run.keys() if k in run.chosen]
     params = [p for p in PARAMS if any(p in e["params"] for e in edits)]
@@ -98,7 +128,7 @@ def chosen_table(run: Run, out: Path) -> Table:
                 lo_hi = e["ci"].get(m)
                 row += list(lo_hi)[:2] if isinstance(lo_hi, list | tuple) else [None, None]
         row += [(e.get("test") or {}).get(c) for c in tests]
-        row += [e.get("source"), None]
+        row += [e.get("source"), "; ".join(edit_warnings(e)) or None]
         rows.append(row)
     notes = [] if edits else ["no chosen edits (no study has a feasible COMPLETE trial)."]
     if edits and not ci:
