@@ -50,6 +50,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .models.host import ModelHost
+from .pairs import common_prefix, reply_mask
 from .values import N_VALUES, VALUES
 
 FIELDS = ("value", "situation", "pro", "anti")
@@ -78,31 +79,13 @@ def _value_index(rec: Mapping, k: int) -> int:
     return VALUES.index(rec["value"])
 
 
-def reply_mask(attention_mask: torch.Tensor, n_reply: torch.Tensor) -> torch.Tensor:
-    """The last ``n_reply[b]`` attended positions of each row, (B, S) bool.
-
-    attention_mask (B, S) 0/1 with padding on either side; n_reply (B,) int. Counting from
-    the end of the real tokens makes the mask the same under left and right padding.
-    """
-    mask = attention_mask.bool()
-    from_end = mask.long().flip(1).cumsum(1).flip(1)  # 1 at each row's last real token
-    return mask & (from_end <= n_reply.to(mask.device)[:, None])
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
 def _reply_lengths(host: ModelHost, situations: list[str], texts: list[str],
                    max_length: int) -> list[int]:
     """Number of reply tokens of each text (within ``max_length``); see the module docstring."""
     tok = host.tokenizer
     full = tok(texts, truncation=True, max_length=max_length).input_ids
     context = tok(situations, truncation=True, max_length=max_length).input_ids
-    return [len(f) - _common_prefix(f, c) for f, c in zip(full, context)]
+    return [len(f) - common_prefix(f, c) for f, c in zip(full, context)]
 
 
 def _check_host(host: ModelHost) -> None:

@@ -29,8 +29,9 @@ DEFAULT_MAGNITUDE = 4.0  # chosen with benchmarks/steering_effect.py on the embe
 DEFAULT_SPARSITY = 2e-3  # 93 of SmolLM2's 46,080 neurons (benchmarks/steering_effect.py)
 DEFAULT_SCORE = "mean_diff"  # lape ignores neurons that fire for less than 5% of the value's tokens
 # Value-relevance gates (neva_sweep/gate.py): none = every row fully edited; context = each
-# row's edit scaled by a probe's P(value-laden prompt).
-GATES = ("none", "context")
+# row's edit scaled by a probe's P(value-laden prompt); value = by a probe's P(prompt about
+# the edit's own value) (one-vs-rest over the ten values, no neutral texts).
+GATES = ("none", "context", "value")
 
 
 class ConfigError(ValueError):
@@ -55,6 +56,9 @@ class StatsConfig:
     # a bootstrap resample of the identify probes (per value, with replacement, seeded) so
     # that results can be repeated over probe samples; None = the probes as they are
     resample_seed: int | None = None
+    # a gradient pass over the stance pairs for the attribution score (attribution.py;
+    # tp_size=1 only); switched on by itself when a configured score is attribution
+    attribution: bool = False
 
 
 @dataclass
@@ -127,7 +131,7 @@ class EditConfig:
     positions: str = "all"
     layer_window: list[int] | None = None
     exclusive: bool = False
-    gate: str = "none"  # none | context: scale each row's edit by its value relevance
+    gate: str = "none"  # none | context | value: scale each row's edit by its relevance
     polarity: str = "positive"  # positive | both (also damp the most anti-specific neurons)
     # apply neurons selected on another model (name or architecture fingerprint differ)
     allow_other_model: bool = False
@@ -142,19 +146,26 @@ class SearchSpace:
 
     sparsity: list[float] = field(default_factory=lambda: [5e-4, 1e-2])  # [lo, hi], log-uniform
     # scaled: search the dose as a strength (neva_sweep/strength.py), log-uniform in
-    # ``strength`` (neuron methods) and ``caa_strength``, recentred by the calibration
-    # (search.calibrate); false: the raw magnitude and coefficient below, uniform
+    # ``strength`` (neuron methods) and ``caa_strength`` (diffmean), recentred by the
+    # calibration (search.calibrate); false: the raw magnitude and coefficient below, uniform
     scaled: bool = True
     strength: list[float] = field(default_factory=lambda: [4.0, 64.0])
     caa_strength: list[float] = field(default_factory=lambda: [0.25, 4.0])
+    # caa_pairs: fraction of the residual norm added, always log-uniform (calibrated when
+    # scaled); see conf/search/default.yaml for how the box was chosen
+    caa_pairs_strength: list[float] = field(default_factory=lambda: [0.05, 1.0])
     magnitude: list[float] = field(default_factory=lambda: [1.0, 8.0])  # [lo, hi], uniform
-    rules: list[str] = field(default_factory=lambda: [DEFAULT_RULE])  # add | scale | set
+    # edit rules (edit.py; also add_sd), searched; the first is the calibration reference
+    rules: list[str] = field(
+        default_factory=lambda: [DEFAULT_RULE, "scale", "set", "gate_neuron"])
     scores: list[str] = field(default_factory=lambda: [DEFAULT_SCORE])  # mean_diff | ...
     polarities: list[str] = field(default_factory=lambda: ["positive"])  # positive | both
     positions: list[str] = field(default_factory=lambda: ["all"])  # all | response
-    gates: list[str] = field(default_factory=lambda: ["none"])  # none | context (not prompt)
+    # none | context | value (gate.py); the prompt method takes no gate
+    gates: list[str] = field(default_factory=lambda: ["none", "value"])
     layer_windows: list[list[int]] | None = None  # [[start, stop], ...]; None = all layers
-    # method caa: first layer as a fraction of depth [lo, hi], consecutive layers, coefficient
+    # methods diffmean and caa_pairs: first layer as a fraction of depth [lo, hi],
+    # consecutive layers; diffmean, scaled: false: its coefficient
     caa_layer: list[float] = field(default_factory=lambda: [0.2, 0.8])
     caa_n_layers: list[int] = field(default_factory=lambda: [1])
     caa_coefficient: list[float] = field(default_factory=lambda: [0.5, 6.0])
@@ -254,8 +265,8 @@ class SweepSection:
     more)."""
 
     values: list[str] = field(default_factory=lambda: list(VALUES))
-    methods: list[str] = field(default_factory=lambda: ["neva"])  # neva | random_neurons | caa
-    # | prompt
+    # neva | random_neurons | diffmean | caa_pairs | prompt (caa: diffmean's former name)
+    methods: list[str] = field(default_factory=lambda: ["neva"])
     # Evaluation settings for the sweep's trials only, over ``capability.*`` (task=evaluate
     # keeps the full sets): e.g. {mc_limit: 40, neutral_limit: 16, fluency_queries: 0}.
     capability: dict[str, Any] = field(default_factory=dict)
@@ -281,6 +292,9 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: SweepSection = field(default_factory=SweepSection)
     run_dir: str | None = None  # task=report: the sweep's run directory; None = this run's
+    # task=compare: two or more sweeps' run directories, compared in one report (add
+    # +compare_judges=any to compare runs whose judges differ)
+    run_dirs: list[str] | None = None
     method: str | None = None  # with best_edits=: which method's edit (when several match)
     best_edits: str | None = None  # steer/evaluate: a sweep's best_edits.json to load the edit
     # with best_edits=: rebuild an edit whose neurons file or data/statistics changed since the

@@ -1,5 +1,5 @@
 """Value data: probes, queries, questionnaire items, neutral texts, multiple-choice set,
-forced-choice scenarios.
+forced-choice scenarios, contrastive stance pairs.
 
 Every file is JSON Lines, one record per line, with exactly the keys of its schema
 (see ``SCHEMAS`` and docs/data.md). Loading validates each line and raises
@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import NamedTuple
 
 from .values import VALUES
 
@@ -30,6 +31,9 @@ SCHEMAS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "mc": {"subject": str, "question": str, "choices": list, "answer": int},
     # ``options`` is an object keyed by value: one first-person continuation per value.
     "scenarios": {"id": str, "scenario": str, "options": dict},
+    # A first-person situation and two replies to it: ``pro`` acts on the value, ``anti``
+    # rejects or deprioritises it in the same topic words (the pair differs in stance only).
+    "pairs": {"value": str, "situation": str, "pro": str, "anti": str},
 }
 # kind -> keys a record may add to its schema's.
 OPTIONAL: dict[str, dict[str, type]] = {"neutral": {"split": str},
@@ -116,6 +120,9 @@ def _check_record(kind: str, rec: object, where: str) -> dict:
             )
     if kind == "scenarios":
         rec["options"] = _check_options(rec["options"], where)
+    if kind == "pairs" and rec["pro"].strip() == rec["anti"].strip():
+        raise DataError(f"{where}: 'pro' and 'anti' are the same text; a pair needs two "
+                        "replies of opposite stance")
     return rec
 
 
@@ -224,11 +231,36 @@ def load_scenarios(path: str | Path | None = None) -> Records:
     return load_records("scenarios", path)
 
 
+def load_pairs(path: str | Path | None = None) -> Records:
+    """Load contrastive stance pairs (built-in or ``path``).
+
+    Each row has a ``value``, an everyday first-person ``situation`` and two one-sentence
+    replies to it: ``pro`` acts on the value, ``anti`` rejects or deprioritises it with the
+    same topic words, so that the pair differs in stance rather than in topic or value
+    vocabulary (stats.py reads neuron and residual differences from them).
+
+    >>> p = load_pairs()
+    >>> len(p.by_value("power")), sorted(p.rows[0])
+    (12, ['anti', 'pro', 'situation', 'value'])
+    """
+    return load_records("pairs", path)
+
+
+class Pair(NamedTuple):
+    """One stance pair as the statistics read it: ``label`` indexes VALUES."""
+
+    label: int
+    situation: str
+    pro: str
+    anti: str
+
+
 @dataclass(frozen=True)
 class ProbeSet:
     """Probe texts with their value labels (indices into VALUES), for one split or all,
     plus the neutral texts the statistics pass trains the value-relevance gate on
-    (``neutral``; empty = no gate)."""
+    (``neutral``; empty = no gate) and the contrastive stance pairs it reads reply-token and
+    answer-letter differences from (``pairs``; empty = none, and the statistics hold none)."""
 
     texts: tuple[str, ...]
     labels: tuple[int, ...]
@@ -236,6 +268,7 @@ class ProbeSet:
     split: str | None
     path: Path
     neutral: tuple[str, ...] = ()
+    pairs: tuple[Pair, ...] = ()
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -247,7 +280,8 @@ class ProbeSet:
     def resample(self, seed: int) -> ProbeSet:
         """A bootstrap resample: per value, as many texts drawn with replacement (seeded)
         as the value has, so statistics can be repeated over probe samples
-        (``stats.resample_seed``). The hash covers the seed.
+        (``stats.resample_seed``); the stance pairs likewise, per value. The hash covers
+        the seed.
 
         >>> p = load_probes(neutral=False)
         >>> r = p.resample(1)
@@ -264,11 +298,18 @@ class ProbeSet:
             idx = [i for i, lab in enumerate(self.labels) if lab == label]
             for i, j in zip(idx, gen.choices(idx, k=len(idx))):
                 texts[i] = self.texts[j]
+        pairs = list(self.pairs)  # drawn after the texts: their draws stay as they were
+        for label in sorted({p.label for p in self.pairs}):
+            idx = [i for i, p in enumerate(self.pairs) if p.label == label]
+            for i, j in zip(idx, gen.choices(idx, k=len(idx))):
+                pairs[i] = self.pairs[j]
         key = hashlib.sha256(f"{self.sha256}:resample:{seed}".encode()).hexdigest()
-        return ProbeSet(tuple(texts), self.labels, key, self.split, self.path, self.neutral)
+        return ProbeSet(tuple(texts), self.labels, key, self.split, self.path, self.neutral,
+                        tuple(pairs))
 
     def shard(self, rank: int, world: int) -> ProbeSet:
-        """Every ``world``-th text starting at ``rank`` (data-parallel statistics)."""
+        """Every ``world``-th text (neutral text, pair) starting at ``rank`` (data-parallel
+        statistics)."""
         idx = range(rank, len(self.texts), world)
         return ProbeSet(
             tuple(self.texts[i] for i in idx),
@@ -277,17 +318,21 @@ class ProbeSet:
             self.split,
             self.path,
             self.neutral[rank::world],
+            self.pairs[rank::world],
         )
 
 
 def load_probes(path: str | Path | None = None, split: str | None = "identify",
-                neutral: str | Path | bool = True) -> ProbeSet:
+                neutral: str | Path | bool = True, pairs: str | Path | bool = True
+                ) -> ProbeSet:
     """Load probe texts (built-in or ``path``), keeping one split (``None`` = all).
 
     Every value must have at least one probe in the kept split. ``neutral``: where the
     gate's neutral texts come from, the ``gate`` part of a neutral file (``True``: the
     built-in one; a path, as ``data.neutral``; ``False``: none, and the statistics get no
-    gate). They enter the set's hash, so statistics caches follow them.
+    gate). ``pairs``: where the contrastive stance pairs come from, likewise (``True``: the
+    built-in file; a path; ``False``: none; see :func:`load_pairs`). Both enter the set's
+    hash, so statistics caches follow them.
 
     >>> p = load_probes(split="validate")
     >>> sorted(set(p.labels)) == list(range(10))
@@ -307,6 +352,12 @@ def load_probes(path: str | Path | None = None, split: str | None = "identify",
         gate = tuple(neutral_split(records, "gate"))
         if gate:  # a file without gate texts hashes as none at all
             tag += f":gate:{hashlib.sha256(json.dumps(gate).encode()).hexdigest()}"
+    stance: tuple[Pair, ...] = ()
+    if pairs is not False:
+        records = load_pairs(None if pairs is True else pairs)
+        stance = tuple(Pair(VALUES.index(r["value"]), r["situation"], r["pro"], r["anti"])
+                       for r in records.rows)
+        tag += f":pairs:{records.sha256}"
     key = hashlib.sha256(tag.encode()).hexdigest()
     return ProbeSet(
         tuple(r["text"] for r in kept),
@@ -315,4 +366,5 @@ def load_probes(path: str | Path | None = None, split: str | None = "identify",
         split,
         recs.path,
         gate,
+        stance,
     )

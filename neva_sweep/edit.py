@@ -1,21 +1,37 @@
 """Inference-time activation edits on selected neurons (forward pre-hooks, no weight updates).
 
-Rules, for a selected neuron i of value t with magnitude alpha (all four are one
-formula a' = max(a * (1 + s) + b, f) with per-neuron s, b, f):
+Every rule is one formula with per-neuron terms (s, b, f, t, d) (:class:`Coefficients`)::
 
-- ``add``:    a += alpha * (mu_t(i) - mu_ref(i))     (s = 0, b = alpha * delta, f = -inf)
-- ``add_sd``: a += alpha * sign(delta(i)) * sd(i)     (s = 0, b = alpha * sign * sd, f = -inf)
-- ``scale``:  a *= 1 + alpha                          (s = alpha, b = 0, f = -inf)
-- ``set``:    a = max(a, alpha * q_t(i))              (s = 0, b = 0, f = alpha * q_t)
+    a' = max(a * (1 + s) + b, f)   where the neuron is on: d * (a - t) > 0
+    a' = a                         elsewhere (bitwise)
+
+For a selected neuron i of value t with magnitude alpha:
+
+- ``add``:    a += alpha * (mu_t(i) - mu_ref(i))     (b = alpha * delta; always on)
+- ``add_sd``: a += alpha * sign(delta(i)) * sd(i)     (b = alpha * sign * sd; always on)
+- ``scale``:  a *= 1 + alpha                          (s = alpha; always on)
+- ``set``:    a = max(a, alpha * q_t(i)) where a > 0  (f = alpha * q_t; t = 0, d = +1)
+- ``gate_neuron``: a += alpha * delta(i) where a is beyond the midpoint
+  m(i) = mu_ref(i) + delta(i) / 2 in the direction of delta (b = alpha * delta;
+  t = m, d = sign(delta))
+
+"Always on" is t = -inf, d = +1. ``set`` and ``gate_neuron`` are *input-dependent*: a
+neuron is edited only in the contexts where its own activation says so. ``set`` raises
+an active neuron (a > 0) to at least ``alpha`` times its high quantile on the value's
+probes and leaves silent ones silent, so it cannot switch a neuron on everywhere.
+``gate_neuron`` pushes a neuron along its mean difference only where its activation
+already sits on the value's side of the midpoint between the value's mean and the
+reference's: the push lands on value-like contexts and leaves the others alone.
 
 ``add_sd`` moves every neuron by ``alpha`` of its own standard deviation on the probes
 (pooled over the value and its reference), so one magnitude means a comparable push on
 every neuron and every model, whatever the scale of its activations. Anti-specific
-neurons (negative score, from sign-aware selection) are damped: ``add`` and ``add_sd``
-move them down by construction (their delta is negative), ``scale`` divides them by
-1 + alpha; ``set`` only raises and refuses them.
+neurons (negative score, from sign-aware selection) are damped: ``add``, ``add_sd`` and
+``gate_neuron`` move them down by construction (their delta is negative; ``gate_neuron``
+where they sit below the midpoint), ``scale`` divides them by 1 + alpha; ``set`` only
+raises and refuses them.
 
-Each rule is registered once in :data:`RULES` with its (s, b, f) formula.
+Each rule is registered once in :data:`RULES` with its formula.
 
 Positions: ``all`` tokens, or ``response``: the last prompt token and every generated
 token. A magnitude of 0 leaves the activations bitwise untouched (the edit is masked out).
@@ -25,7 +41,8 @@ Edits are kept as tensors so that different rows of one batch can carry differen
 -1 meaning "no edit".
 
 Gated edits (``gate``, neva_sweep/gate.py) scale each row's edit by its value relevance
-g in [0, 1]: a' = a + g (rule(a) - a), bitwise a at g = 0 and rule(a) at g = 1.
+g in [0, 1]: a' = a + g (rule(a) - a), bitwise a at g = 0 and rule(a) at g = 1 (and
+bitwise a wherever the rule's condition is off).
 """
 
 from __future__ import annotations
@@ -33,7 +50,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -47,18 +64,73 @@ from .select import NeuronMap, ValueNeurons, check_neurons
 
 POSITIONS = ("all", "response")
 
-Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+@dataclass(frozen=True)
+class Coefficients:
+    """The per-neuron terms of the one edit formula (see the module docstring)::
+
+        a' = max(a * (1 + scale) + shift, floor)  where direction * (a - threshold) > 0
+        a' = a                                    elsewhere
+
+    Each field is a float32 tensor of the same shape: (k,) from a rule, (G + 1, k) per
+    layer once compiled, (B, 1, k) per row in the hook. ``threshold = -inf`` with
+    ``direction = +1`` is "always on" (the unconditioned rules).
+    """
+
+    scale: torch.Tensor
+    shift: torch.Tensor
+    floor: torch.Tensor
+    threshold: torch.Tensor
+    direction: torch.Tensor  # +1 (on above the threshold) or -1 (on below it)
+
+    @classmethod
+    def of(cls, shape: int | tuple[int, ...], scale: torch.Tensor | None = None,
+           shift: torch.Tensor | None = None, floor: torch.Tensor | None = None,
+           threshold: torch.Tensor | None = None, direction: torch.Tensor | None = None
+           ) -> Coefficients:
+        """Terms of ``shape`` (k neurons, or (G + 1, k)); each one left out is the
+        identity's (s = b = 0, f = -inf, always on).
+
+        >>> c = Coefficients.of(2, shift=torch.tensor([1.0, 1.0]), threshold=torch.zeros(2))
+        >>> a = torch.tensor([-0.5, 0.5])
+        >>> torch.where(c.on(a), c.moved(a), a)  # a' = a + 1 where a > 0
+        tensor([-0.5000,  1.5000])
+        """
+        size = (shape,) if isinstance(shape, int) else tuple(shape)
+
+        def fill(x: torch.Tensor | None, value: float) -> torch.Tensor:
+            return torch.full(size, value) if x is None else x.float()
+
+        return cls(fill(scale, 0.0), fill(shift, 0.0), fill(floor, -math.inf),
+                   fill(threshold, -math.inf), fill(direction, 1.0))
+
+    def conditioned(self) -> torch.Tensor:
+        """(same shape) bool: neurons whose edit depends on their own activation."""
+        return ~(torch.isneginf(self.threshold) & (self.direction > 0))
+
+    def on(self, a: torch.Tensor) -> torch.Tensor:
+        """Where the edit applies: d * (a - t) > 0 as a bool tensor of a's broadcast shape."""
+        return torch.where(self.direction > 0, a > self.threshold, a < self.threshold)
+
+    def moved(self, a: torch.Tensor) -> torch.Tensor:
+        """max(a (1 + s) + b, f), unconditioned (float32 for float32 or half inputs)."""
+        return torch.maximum(a * (1 + self.scale) + self.shift, self.floor)
+
+    def take(self, index) -> Coefficients:
+        """The terms at ``index`` of every field (rows of compiled edits, a subset)."""
+        return Coefficients(*(getattr(self, f.name)[index] for f in fields(self)))
+
+
 RuleFn = Callable[[ValueNeurons, float], Coefficients]
 RULES: Registry[RuleFn] = Registry("edit rule")
-"""Edit rules: ``RULES[name](neurons, alpha)`` gives the (s, b, f) of
-a' = max(a * (1 + s) + b, f), each (k,) float32."""
+"""Edit rules: ``RULES[name](neurons, alpha)`` gives the :class:`Coefficients` (k,) of
+a' = max(a * (1 + s) + b, f) where d * (a - t) > 0, else a."""
 
 
 @RULES.add("add")
 def add_rule(neurons: ValueNeurons, alpha: float) -> Coefficients:
     """a += alpha * (mu_t - mu_rest)."""
-    k = len(neurons)
-    return torch.zeros(k), alpha * neurons.mean_diff.float(), torch.full((k,), -math.inf)
+    return Coefficients.of(len(neurons), shift=alpha * neurons.mean_diff.float())
 
 
 @RULES.add("add_sd")
@@ -67,9 +139,8 @@ def add_sd_rule(neurons: ValueNeurons, alpha: float) -> Coefficients:
     if neurons.std is None:
         raise ValueError("rule add_sd needs the neurons' standard deviations, which neuron "
                          "maps saved by older versions lack; select the neurons again")
-    k = len(neurons)
     shift = alpha * torch.sign(neurons.mean_diff.float()) * neurons.std.float()
-    return torch.zeros(k), shift, torch.full((k,), -math.inf)
+    return Coefficients.of(len(neurons), shift=shift)
 
 
 @RULES.add("scale")
@@ -80,17 +151,32 @@ def scale_rule(neurons: ValueNeurons, alpha: float) -> Coefficients:
     # 1 + s = 1 / (1 + alpha) for alpha >= 0; |alpha| keeps a negative magnitude finite
     scale = torch.where(anti, torch.full((k,), -alpha / (1.0 + abs(alpha))),
                         torch.full((k,), alpha))
-    return scale, torch.zeros(k), torch.full((k,), -math.inf)
+    return Coefficients.of(k, scale=scale)
 
 
 @RULES.add("set")
 def set_rule(neurons: ValueNeurons, alpha: float) -> Coefficients:
-    """a = max(a, alpha * q_t)."""
+    """a = max(a, alpha * q_t) where the neuron is active (a > 0); a elsewhere."""
     if (neurons.score.float() < 0).any():
         raise ValueError("rule set only raises activations; anti-specific neurons "
-                         "(polarity=both) need rule add, add_sd or scale (edit.rule)")
+                         "(polarity=both) need rule add, add_sd, scale or gate_neuron "
+                         "(edit.rule)")
     k = len(neurons)
-    return torch.zeros(k), torch.zeros(k), alpha * neurons.quantile.float()
+    return Coefficients.of(k, floor=alpha * neurons.quantile.float(), threshold=torch.zeros(k))
+
+
+@RULES.add("gate_neuron")
+def gate_neuron_rule(neurons: ValueNeurons, alpha: float) -> Coefficients:
+    """a += alpha * (mu_t - mu_ref) where a is beyond the midpoint mu_ref + (mu_t - mu_ref) / 2
+    in the direction of mu_t - mu_ref; a elsewhere."""
+    if neurons.mean_ref is None:
+        raise ValueError("rule gate_neuron needs the neurons' reference means (mean_ref), "
+                         "which neuron maps saved by older versions lack; select the neurons "
+                         "again")
+    delta = neurons.mean_diff.float()
+    direction = torch.where(delta < 0, -1.0, 1.0)
+    return Coefficients.of(len(neurons), shift=alpha * delta,
+                           threshold=neurons.mean_ref.float() + delta / 2, direction=direction)
 
 
 def check_positions(positions: str) -> str:
@@ -157,7 +243,7 @@ class NeuronEdit(HookedEdit):
         return len(self.neurons)
 
     def coefficients(self) -> Coefficients:
-        """(s, b, f) of a' = max(a * (1 + s) + b, f), each (k,)."""
+        """The (k,) terms of this edit's formula (:class:`Coefficients`)."""
         return RULES[self.rule](self.neurons, float(self.magnitude))
 
     def describe(self) -> dict:
@@ -179,15 +265,14 @@ class _LayerEdit:
     """Edits of one layer for G groups, over the union of their local neuron indices."""
 
     idx: torch.Tensor  # (k,) local neuron indices in this shard
-    scale: torch.Tensor  # (G + 1, k); the last row is the "no edit" group
-    shift: torch.Tensor  # (G + 1, k)
-    floor: torch.Tensor  # (G + 1, k)
+    coef: Coefficients  # each (G + 1, k); the last row is the "no edit" group
     active: torch.Tensor  # (G + 1, k) bool
+    conditioned: bool  # some edit here depends on the activation (else the hook skips on())
 
 
 def compile_edits(host: ModelHost, specs: Sequence[NeuronEdit]) -> dict[int, _LayerEdit]:
     """Per-layer edit tensors for ``specs``, restricted to the neurons this host holds."""
-    per_layer: dict[int, list[tuple[int, torch.Tensor, torch.Tensor, tuple]]] = {}
+    per_layer: dict[int, list[tuple[int, torch.Tensor, torch.Tensor, Coefficients]]] = {}
     for g, spec in enumerate(specs):
         if spec.magnitude == 0.0:
             continue
@@ -204,16 +289,16 @@ def compile_edits(host: ModelHost, specs: Sequence[NeuronEdit]) -> dict[int, _La
     for layer, items in per_layer.items():
         idx = torch.cat([local for _, local, _, _ in items]).unique()  # (k,) sorted
         n_groups = len(specs) + 1
-        scale = torch.zeros(n_groups, idx.numel())
-        shift = torch.zeros(n_groups, idx.numel())
-        floor = torch.full((n_groups, idx.numel()), -math.inf)
+        table = Coefficients.of((n_groups, idx.numel()))  # the identity, filled per group
         active = torch.zeros(n_groups, idx.numel(), dtype=torch.bool)
-        for g, local, sel, (s, b, f) in items:
+        for g, local, sel, coef in items:
             col = torch.searchsorted(idx, local)
-            scale[g, col], shift[g, col], floor[g, col] = s[sel], b[sel], f[sel]
+            for f in fields(table):
+                getattr(table, f.name)[g, col] = getattr(coef, f.name)[sel]
             active[g, col] = True
-        out[layer] = _LayerEdit(idx.to(device), scale.to(device), shift.to(device),
-                                floor.to(device), active.to(device))
+        conditioned = bool((table.conditioned() & active).any())
+        table = Coefficients(*(getattr(table, f.name).to(device) for f in fields(table)))
+        out[layer] = _LayerEdit(idx.to(device), table, active.to(device), conditioned)
     return out
 
 
@@ -324,10 +409,11 @@ class Editor(RowEditor):
             bsz, seq = x.shape[0], x.shape[1]
             g = self.rows_of(bsz)
             xs = x[..., le.idx]  # (B, S, k)
-            scale, shift = le.scale[g][:, None, :], le.shift[g][:, None, :]  # (B, 1, k)
-            floor = le.floor[g][:, None, :]
-            new = torch.maximum(xs * (1 + scale) + shift, floor).to(x.dtype)
+            coef = le.coef.take((g, None))  # (B, 1, k) each
+            new = coef.moved(xs).to(x.dtype)
             mask = le.active[g][:, None, :]  # (B, 1, k)
+            if le.conditioned:  # input-dependent rules: only where the neuron is on
+                mask = mask & coef.on(xs)  # (B, S, k)
             pos = self._position_mask(bsz, seq, x.device)
             if pos is not None:
                 mask = mask & pos

@@ -16,7 +16,7 @@ evaluation records, ``task=steer``, sweep outputs and lm-eval never switch on it
 - ``positions``: where it was meant to apply, or None.
 
 The kinds: :class:`~neva_sweep.edit.NeuronEdit` (NeVA, random neurons),
-:class:`~neva_sweep.caa.ResidualEdit` (CAA steering vectors) and
+:class:`~neva_sweep.caa.ResidualEdit` (diffmean and caa_pairs steering vectors) and
 :class:`~neva_sweep.prompting.PromptEdit` (prompt prefixes). Batched scoring installs a
 list of them with :func:`neva_sweep.scoring.grouped`.
 """
@@ -40,17 +40,18 @@ if TYPE_CHECKING:
 def make_edit(stats: NeuronStats, value: str, method: str = "neva", **params: Any) -> EditKind:
     """The edit of ``method`` toward ``value``; absent ``params`` take the method's defaults.
 
-    ``method`` is a name of :data:`neva_sweep.sweep.METHODS` (neva, random_neurons, caa,
-    prompt); ``params`` are that method's sweep parameters (as in trials.csv and
-    best_edits.json), and ``METHODS[method].defaults`` lists them with their defaults.
-    The hooked methods (neva, random_neurons, caa) take ``gate``: ``"none"`` or
-    ``"context"`` (each row's edit scaled by its value relevance, :mod:`neva_sweep.gate`;
-    the statistics must hold a gate).
+    ``method`` is a name of :data:`neva_sweep.sweep.METHODS` (neva, random_neurons,
+    diffmean, caa_pairs, prompt; caa: diffmean's deprecated former name); ``params`` are
+    that method's sweep parameters (as in trials.csv and best_edits.json), and
+    ``METHODS[method].defaults`` lists them with their defaults.
+    The hooked methods (neva, random_neurons, diffmean, caa_pairs) take ``gate``: ``"none"``,
+    ``"context"`` (each row's edit scaled by its value relevance) or ``"value"`` (by its
+    relevance to ``value`` itself), :mod:`neva_sweep.gate`; the statistics must hold a gate.
 
     >>> import neva_sweep as nv
     >>> host = nv.load_model("tiny-llama")
     >>> stats = nv.collect_stats(host, nv.load_probes().shard(0, 2), progress=False)
-    >>> edit = nv.make_edit(stats, "power", "caa", coefficient=1.5, layer_frac=1.0)
+    >>> edit = nv.make_edit(stats, "power", "diffmean", coefficient=1.5, layer_frac=1.0)
     >>> edit.describe()
     {'kind': 'residual', 'layers': [1], 'coefficient': 1.5}
     >>> with nv.apply(host, edit):  # every row edited; hooks removed on exit
@@ -64,7 +65,8 @@ def make_edit(stats: NeuronStats, value: str, method: str = "neva", **params: An
     if "gate" in unknown:  # gate="none" is every method's behaviour; another is refused
         if params["gate"] != "none":
             raise TypeError(f"method {method!r} takes no gate (edit.gate / search.space.gates "
-                            "apply to neva, random_neurons and caa); valid parameters: "
+                            "apply to neva, random_neurons, diffmean and caa_pairs); valid "
+                            "parameters: "
                             f"{', '.join(m.defaults)}")
         params = {k: v for k, v in params.items() if k != "gate"}
         unknown.remove("gate")

@@ -1,8 +1,10 @@
 """Context-aware editing: a value-relevance gate that scales each row's edit (ConVA-style).
 
 Value-laden prompts should be steered; neutral text, multiple-choice questions and
-lm-eval tasks should be left nearly untouched. The gate is a logistic probe on the
-residual stream of the *unedited* model:
+lm-eval tasks should be left nearly untouched. A gate is a logistic probe on the
+residual stream of the *unedited* model. Two kinds (``edit.gate`` / ``search.space.gates``,
+:data:`GATES`): ``context`` (value-laden vs neutral, below) and ``value`` (the edit's own
+value vs the other nine, see *The value gate*).
 
 - **Training** (in the statistics pass, :func:`neva_sweep.stats.collect_stats`): for every
   identify probe and every neutral text of the ``gate`` part of ``data.neutral`` (never the
@@ -30,30 +32,53 @@ residual stream of the *unedited* model:
 - **Scaling**: a neuron edit becomes a' = a + g (rule(a) - a), a residual edit adds
   g * delta. g = 0 leaves the activations bitwise untouched (masked with ``torch.where``)
   and g = 1 is exactly the ungated edit; ``gate="none"`` installs nothing.
+
+The value gate
+--------------
+The context gate fires on any value-laden text, whatever the edit's value, and it is
+trained against neutral texts of the kind KL is measured on, so its KL ~ 0 is by
+construction. The ``value`` gate asks a narrower question: is this prompt about the edit's
+*target* value t? One probe per value (:func:`fit_value_gate`), one-vs-rest on the same
+pooled rows of the statistics: t's probes, plain and chat-wrapped (label 1), vs the other
+nine values' (label 0), with the same fit (standardised, class-balanced, Newton). It sees
+*no neutral text*, so what it does on neutral text is not trained in: a KL near zero, and
+the mean g on neutral text that :func:`value_gate_accuracy` reports, are findings, not
+constructions. It is fitted from ``stats.gate_features`` / ``gate_labels`` on first use and
+cached per (statistics object, value) (:func:`value_gate`), so it needs statistics that
+hold gate rows (collected with neutral gate texts) but adds nothing to them.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from .config import GATES
 from .models.arch import residual_sites
+from .values import N_VALUES, VALUES
 
 if TYPE_CHECKING:
     from .data import ProbeSet
     from .models.host import ModelHost
 
-__all__ = ["GATES", "GATE_L2", "Gate", "GatePass", "fit_gate", "gate_accuracy", "gate_layer",
-           "gate_of", "pool", "pooled_features", "prompt_mask", "text_gates"]
+__all__ = ["GATES", "GATE_L2", "GATE_VALUE", "NEUTRAL", "Gate", "GatePass", "fit_gate",
+           "fit_value_gate", "gate_accuracy", "gate_layer", "gate_of", "pool",
+           "pooled_features", "prompt_mask", "row_values", "text_gates", "value_gate",
+           "value_gate_accuracy"]
 
 GATE_L2 = 1e-2  # L2 penalty on the standardised weights (mean log-loss + GATE_L2/2 |w|^2)
 _NEWTON_STEPS = 50
+# Labels of the gate's training rows (stats.gate_labels): a value index 0..9 for a probe,
+# NEUTRAL for a neutral text, GATE_VALUE + t for value t's probe wrapped in the chat
+# template (a row the gates alone read, never the neuron statistics).
+NEUTRAL = N_VALUES
+GATE_VALUE = N_VALUES + 1
 
 
 # --- the probe (pure maths) ---------------------------------------------------------------
@@ -61,16 +86,16 @@ _NEWTON_STEPS = 50
 
 @dataclass(frozen=True, eq=False)
 class Gate:
-    """A fitted value-relevance probe: g = sigmoid(w . (x - mean) / std + bias) on the
-    mean-pooled residual x of block ``layer``."""
+    """A fitted relevance probe: g = sigmoid(w . (x - mean) / std + bias) on the
+    mean-pooled residual x of block ``layer``; ``name`` says what it tells apart."""
 
     layer: int
     weight: torch.Tensor  # (H,) float32, on standardised features
     bias: float
     mean: torch.Tensor  # (H,) float32 feature mean over the training rows
     std: torch.Tensor  # (H,) float32 feature std (floored, never 0)
-
-    name = "context"  # the gate's name in edit.gate / search.space.gates
+    name: str = "context"  # the gate's name in edit.gate / search.space.gates
+    value: str | None = None  # the value gate's target value (None for "context")
 
     def logit(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, H) pooled residuals -> (B,) float32 logits."""
@@ -83,10 +108,12 @@ class Gate:
 
     def describe(self) -> dict[str, Any]:
         """The gate's part of an edit's record (eval.json ``edit``)."""
-        return {"gate": self.name, "gate_layer": self.layer}
+        return {"gate": self.name, "gate_layer": self.layer,
+                **({"gate_value": self.value} if self.value is not None else {})}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The probe as safetensors entries (``gate_*``), see :meth:`from_tensors`."""
+        """The context probe as safetensors entries (``gate_*``), see :meth:`from_tensors`
+        (value gates are never stored: they are refitted from the statistics' rows)."""
         return {"gate_weight": self.weight, "gate_mean": self.mean, "gate_std": self.std,
                 "gate_bias": torch.tensor([self.bias], dtype=torch.float64),
                 "gate_layer": torch.tensor([self.layer], dtype=torch.int64)}
@@ -147,6 +174,49 @@ def _fit(features: torch.Tensor, labels: torch.Tensor, layer: int, l2: float) ->
         if float(step.abs().max()) < 1e-10:
             break
     return Gate(layer, theta[:-1].float(), float(theta[-1]), mean.float(), std.float())
+
+
+def row_values(labels: torch.Tensor) -> torch.Tensor:
+    """(n,) labels of the gate's training rows -> (n,) int64 value index of each value-laden
+    row, plain or chat-wrapped, and -1 for a neutral row.
+
+    >>> row_values(torch.tensor([3, NEUTRAL, GATE_VALUE + 3, GATE_VALUE])).tolist()
+    [3, -1, 3, 0]
+    """
+    labels = labels.long()
+    chat = torch.where(labels >= GATE_VALUE, labels - GATE_VALUE, torch.full_like(labels, -1))
+    return torch.where(labels < NEUTRAL, labels, chat)
+
+
+def fit_value_gate(features: torch.Tensor, labels: torch.Tensor, layer: int, value: str,
+                   l2: float = GATE_L2) -> Gate:
+    """The one-vs-rest probe of ``value``: its rows (label 1) vs the other values' rows
+    (label 0) of ``features`` (n, H) with gate labels ``labels`` (n,); neutral rows are left
+    out, so the probe's behaviour on neutral text is not trained in. Same fit as
+    :func:`fit_gate` (standardised over the value rows, class-balanced, Newton)."""
+    t = _value_index(value)
+    v = row_values(labels)
+    keep = v >= 0  # (n,) the value-laden rows
+    y = v[keep] == t
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"the value gate of {value!r} needs gate rows of {value!r} and of "
+                         f"other values; the statistics hold {n_pos} and {n_neg} (collect "
+                         "them on probes of every value)")
+    with torch.inference_mode(False):
+        gate = _fit(features[keep].clone(), y.clone(), int(layer), float(l2))
+    return replace(gate, name="value", value=value)
+
+
+def _value_index(value: str | None) -> int:
+    if value is None:
+        raise ValueError("gate 'value' (edit.gate / search.space.gates) needs the edit's "
+                         "target value: gate_of(stats, 'value', value=...); valid choices: "
+                         + ", ".join(VALUES))
+    if value not in VALUES:
+        raise KeyError(f"gate 'value': unknown value {value!r}; valid choices: "
+                       f"{', '.join(VALUES)}")
+    return VALUES.index(value)
 
 
 def prompt_mask(attention_mask: torch.Tensor, response_start: torch.Tensor | None
@@ -310,22 +380,47 @@ class WithGate(Protocol):
     which imports this module: named by its shape, not imported)."""
 
     gate: Gate | None
+    gate_features: torch.Tensor | None  # (n, H) the gates' training rows
+    gate_labels: torch.Tensor | None  # (n,) their labels (NEUTRAL, a value, GATE_VALUE + t)
     meta: dict
 
 
-def gate_of(stats: WithGate, name: str) -> Gate | None:
-    """The gate ``name`` (``edit.gate``, a method's ``gate`` parameter) from ``stats``."""
+def gate_of(stats: WithGate, name: str, value: str | None = None) -> Gate | None:
+    """The gate ``name`` (``edit.gate``, a method's ``gate`` parameter) from ``stats``;
+    ``value`` (the edit's target value) is needed by ``"value"`` and ignored otherwise."""
     if name not in GATES:
         raise KeyError(f"unknown gate {name!r} (edit.gate / search.space.gates); valid "
                        f"choices: {', '.join(GATES)}")
     if name == "none":
         return None
+    if name == "value":
+        _value_index(value)  # before the statistics: a missing value is the caller's error
     if stats.gate is None:
-        raise ValueError("gate 'context' needs statistics with a gate probe, and these have "
+        raise ValueError(f"gate {name!r} needs statistics with a gate probe, and these have "
                          "none: they were collected without neutral gate texts (data.neutral "
                          "needs records with \"split\": \"gate\"; load_probes(neutral=...)) or "
                          "by an older neva_sweep (delete the cached statistics to recollect)")
-    return stats.gate
+    return value_gate(stats, value) if name == "value" else stats.gate
+
+
+# id(stats) -> value -> (gate_features, gate_labels, the value gate fitted on them)
+_VALUE_GATES: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor, Gate]]] = {}
+
+
+def value_gate(stats: WithGate, value: str) -> Gate:
+    """The value gate of ``value`` on ``stats``' gate rows (:func:`fit_value_gate`), fitted
+    on first use and cached per (statistics object, value): trials build their edits many
+    times, and a fit costs ~0.1-1 s. The entry goes when the statistics object does, and is
+    refitted if its gate rows were replaced."""
+    cache = _VALUE_GATES.get(id(stats))
+    if cache is None:
+        cache = _VALUE_GATES[id(stats)] = {}
+        weakref.finalize(stats, _VALUE_GATES.pop, id(stats), None)
+    x, y = stats.gate_features, stats.gate_labels
+    hit = cache.get(value)
+    if hit is None or hit[0] is not x or hit[1] is not y:
+        hit = cache[value] = (x, y, fit_value_gate(x, y, stats.gate.layer, value))
+    return hit[2]
 
 
 @torch.inference_mode()
@@ -376,6 +471,54 @@ def gate_accuracy(stats: WithGate, host: ModelHost, probes: ProbeSet | None = No
                 "mean_g_neutral": float(g_neu.mean()), "n_value": n_v, "n_neutral": n_n}
 
     out = {"layer": gate.layer, **scores(probes.texts, neutral)}
+    if host.has_chat_template:
+        out["chat"] = scores([host.chat_prompt(t) for t in probes.texts],
+                             [host.chat_prompt(t) for t in neutral])
+    return out
+
+
+def value_gate_accuracy(stats: WithGate, host: ModelHost, probes: ProbeSet | None = None,
+                        neutral: Sequence[str] | None = None, batch_size: int = 16) -> dict:
+    """Held-out accuracy of every value's value gate at threshold 0.5: value t's probes
+    (default: the ``validate`` probes) vs the other values' probes, per value (accuracy,
+    balanced accuracy, the recall of each side, mean g of each side, counts) and their
+    macro mean (``macro``); and the mean g on neutral texts (default: the ``capability``
+    part of the built-in neutral file), reported because the value gate never trained on
+    neutral text. With a chat template, the same figures with every text wrapped as a user
+    turn (``chat``). A value without validate probes is left out."""
+    from .data import load_probes, load_records, neutral_split
+
+    gates = {v: gate_of(stats, "value", v) for v in VALUES}
+    layer = stats.gate.layer
+    probes = probes if probes is not None else load_probes(split="validate", neutral=False)
+    neutral = (list(neutral) if neutral is not None
+               else neutral_split(load_records("neutral"), "search"))
+    max_length = stats.meta.get("config", {}).get("max_length", 128)
+    labels = torch.tensor(probes.labels, dtype=torch.long)  # (n,) value indices
+
+    def scores(value_texts: Sequence[str], neutral_texts: Sequence[str]) -> dict:
+        x = pooled_features(host, value_texts, layer, batch_size, max_length)  # (n, H)
+        x_neu = pooled_features(host, neutral_texts, layer, batch_size, max_length)
+        per = {}
+        for t, v in enumerate(VALUES):
+            pos = labels == t
+            if not pos.any() or pos.all():
+                continue
+            g = gates[v].probability(x)  # (n,)
+            recall = float((g[pos] > 0.5).float().mean())
+            rest = float((g[~pos] <= 0.5).float().mean())
+            n_v, n_r = int(pos.sum()), int((~pos).sum())
+            per[v] = {"accuracy": (recall * n_v + rest * n_r) / (n_v + n_r),
+                      "balanced_accuracy": (recall + rest) / 2, "value_recall": recall,
+                      "rest_recall": rest, "mean_g_value": float(g[pos].mean()),
+                      "mean_g_rest": float(g[~pos].mean()),
+                      "mean_g_neutral": float(gates[v].probability(x_neu).mean()),
+                      "n_value": n_v, "n_rest": n_r, "n_neutral": len(x_neu)}
+        keys = ("accuracy", "balanced_accuracy", "mean_g_value", "mean_g_rest", "mean_g_neutral")
+        macro = {k: sum(r[k] for r in per.values()) / max(len(per), 1) for k in keys}
+        return {"per_value": per, "macro": macro}
+
+    out = {"layer": layer, **scores(probes.texts, neutral)}
     if host.has_chat_template:
         out["chat"] = scores([host.chat_prompt(t) for t in probes.texts],
                              [host.chat_prompt(t) for t in neutral])

@@ -13,22 +13,23 @@ stream, summed over layers in quadrature::
 
 with ``W_l`` (H, I) layer l's MLP down-projection weight (GPT-2's ``Conv1D`` stores it
 transposed, (I, H); it is read as (H, I)), ``S_l`` the edited neurons of layer l and
-``delta_l`` their expected activation change over the value's probe tokens, from the
-edit's per-neuron (s, b, f) of a' = max(a (1 + s) + b, f)
+``delta_l`` their expected activation change over the probe tokens, from the edit's
+per-neuron terms of a' = max(a (1 + s) + b, f) where d (a - t) > 0, else a
 (:meth:`neva_sweep.edit.NeuronEdit.coefficients`):
 
-- ``add`` / ``add_sd`` (s = 0, f = -inf): delta = b, exactly;
-- ``scale`` (b = 0): delta = s * mu(i), exactly in expectation;
-- ``set`` (s = b = 0): delta = max(0, f - mu(i)), an *approximation*: the true expected
-  change E[max(0, f - a)] is at least this (Jensen), larger where the activation spreads
-  below the floor.
+- linear, always-on neurons (``add``, ``add_sd``, ``scale``: f = -inf, t = -inf):
+  delta = s * mu(i) + b, exactly in expectation (b alone for s = 0, no statistics needed);
+- every other neuron (``set``, ``gate_neuron``: a floor or a condition):
+  delta = E[rule(a) - a] over the neuron's activation distribution, from the statistics'
+  histograms (:func:`activation_quadrature`): ``set`` gives E[max(0, f - a); a > 0],
+  ``gate_neuron`` b * P(d (a - t) > 0).
 
-``mu(i)`` is the neuron's mean activation over all probe tokens: the mean over the ten
-values of ``stats.mean`` with equal weights. A magnitude of 0 has zero push (the edit is
-masked out entirely). The push of a :class:`~neva_sweep.caa.ResidualEdit` is
-``sqrt(sum_l ||coefficient * v_l||^2)``. Gates are ignored: the push is that of the
-ungated edit (a gate only scales each row's edit by g in [0, 1]). Edit positions are
-ignored too (the change per edited token).
+Both average over all probe tokens with the ten values weighted equally: ``mu(i)`` is the
+mean over values of ``stats.mean``, the distribution the equal-weight mixture of the values'
+histograms. A magnitude of 0 has zero push (the edit is masked out entirely). The push of
+a :class:`~neva_sweep.caa.ResidualEdit` is ``sqrt(sum_l ||coefficient * v_l||^2)``. Gates
+are ignored: the push is that of the ungated edit (a gate only scales each row's edit by g
+in [0, 1]). Edit positions are ignored too (the change per edited token).
 
 **Tensor parallelism.** On a sharded host (:mod:`neva_sweep.models.tp`) each rank's
 down-projection holds the input columns of its own slice of neurons
@@ -82,14 +83,68 @@ def mean_activation(stats: NeuronStats) -> torch.Tensor:
     return stats.mean.mean(0).float()
 
 
+QUAD_PER_BIN = 4  # quadrature points per positive histogram bin, uniform in softsign y
+QUAD_NEGATIVE = 8  # quadrature points of each value's negative side (a <= 0)
+QUAD_CHUNK = 4096  # neurons per quadrature call: (chunk, P) float64 temporaries stay small
+
+
+def activation_quadrature(stats: NeuronStats, columns: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted points standing for the activation distribution of neurons ``columns``.
+
+    The distribution is the equal-weight mixture over the ten values (as in
+    :func:`mean_activation`). A value's positive side is its histogram on the softsign grid
+    (:func:`neva_sweep.stats.softsign_bins`), each bin's mass spread over QUAD_PER_BIN
+    points uniform in y = a / (a + c) inside the bin, mapped back to a = c y / (1 - y). The
+    grid does not resolve a <= 0 (bin 0), so that mass is an exponential on (-inf, 0] whose
+    mean makes the value's points reproduce its recorded mean activation (``stats.mean``)
+    exactly: MLP activations below zero pile up near 0 and thin out below (SwiGLU's
+    silu(g) u). This is the approximate part: on tiny-llama a log-normal fitted to two
+    moments did worse (tests/test_rules.py measures the whole against captured activations).
+
+    Args:
+        stats: statistics of the whole model (all layers, all shards joined).
+        columns: (k,) int64 neuron columns of ``stats`` (layer-major).
+
+    Returns:
+        ``(a, w)``, each (k, P) float64: points and weights summing to 1 per neuron, with
+        P = (B - 1) * QUAD_PER_BIN + V * QUAD_NEGATIVE.
+    """
+    scale = stats.hist_scale
+    hist = stats.hist[:, columns].double()  # (V, k, B)
+    n_bins = hist.shape[-1]
+    total = hist.sum(-1)  # (V, k)
+    prob = hist / total.clamp(min=1)[..., None]  # (V, k, B)
+    has = (total > 0).double()
+    value_w = has / has.sum(0).clamp(min=1)  # (V, k): equal weight per value with counts
+    # Positive side, the same points for every neuron: bin b >= 1 holds y in (b-1, b] / (B-1).
+    sub = (torch.arange(QUAD_PER_BIN, dtype=torch.float64) + 0.5) / QUAD_PER_BIN
+    y = (torch.arange(n_bins - 1, dtype=torch.float64)[:, None] + sub) / (n_bins - 1)
+    a_bin = scale * y / (1 - y)  # (B-1, m)
+    positive_part = prob[..., 1:] @ a_bin.mean(-1)  # (V, k): E[a; a > 0] per value
+    w_pos = (value_w[..., None] * prob[..., 1:]).sum(0)  # (k, B-1) pooled
+    # Negative side of each value: Exp(1) quantile points scaled to the mean it must have.
+    e = -torch.log1p(-(torch.arange(QUAD_NEGATIVE, dtype=torch.float64) + 0.5) / QUAD_NEGATIVE)
+    e = e / e.mean()  # unit mean, so the points' mean is exactly the scale below
+    p_neg = prob[..., 0]  # (V, k)
+    mean_neg = ((stats.mean[:, columns].double() - positive_part) / p_neg.clamp(min=1e-12)
+                ).clamp(max=0)  # (V, k): E[a | a <= 0]
+    k = columns.numel()
+    a_neg = (mean_neg.T[..., None] * e).flatten(1)  # (k, V n)
+    w_neg = (value_w * p_neg).T.repeat_interleave(QUAD_NEGATIVE, -1) / QUAD_NEGATIVE
+    a = torch.cat([a_bin.flatten().expand(k, -1), a_neg], -1)  # (k, P)
+    w = torch.cat([w_pos.repeat_interleave(QUAD_PER_BIN, -1) / QUAD_PER_BIN, w_neg], -1)
+    return a, w
+
+
 def expected_change(edit: NeuronEdit, stats: NeuronStats | None = None) -> LayerChange:
     """The expected activation change of every edited neuron, per layer.
 
     Args:
         edit: a neuron edit of any rule.
         stats: statistics of the whole model (all layers, all shards joined); needed for
-            ``scale`` and ``set`` (mu(i), see the module docstring), unused by ``add`` and
-            ``add_sd``.
+            every rule but ``add`` and ``add_sd`` (mu(i) and the histograms, see the module
+            docstring).
 
     Returns:
         ``{layer: (index, delta)}`` over the layers holding edited neurons, in layer
@@ -107,22 +162,27 @@ def expected_change(edit: NeuronEdit, stats: NeuronStats | None = None) -> Layer
         raise TypeError(f"expected_change takes a NeuronEdit, not {type(edit).__name__}")
     vn = edit.neurons
     layer, index = vn.layer.long(), vn.index.long()
-    s, b, f = (c.float() for c in edit.coefficients())  # (k,) each
+    coef = edit.coefficients()  # (k,) each
+    s, b = coef.scale.float(), coef.shift.float()
+    linear = torch.isneginf(coef.floor) & ~coef.conditioned()  # (k,): s mu + b is exact
     if edit.magnitude == 0.0:
         delta = torch.zeros(len(vn))
-    elif torch.all(s == 0) and torch.all(torch.isneginf(f)):  # add, add_sd
+    elif linear.all() and torch.all(s == 0):  # add, add_sd
         delta = b.clone()
     else:
         if stats is None:
             raise ValueError(f"the push of a {edit.rule!r} edit needs the statistics (the "
-                             "neurons' mean activations); pass stats")
+                             "neurons' activation distributions); pass stats")
         check_neurons(vn, stats.layer_sizes, "edit vs statistics")
         offsets = torch.tensor(layer_offsets(stats.layer_sizes), dtype=torch.long)
-        mu = mean_activation(stats)[offsets[layer] + index]  # (k,)
-        moved = mu * (1 + s) + b
-        delta = torch.where(torch.isneginf(f), moved - mu, (torch.maximum(moved, f) - mu)
-                            .clamp(min=0))
-        # scale: s * mu; set (s = b = 0): max(0, f - mu); any mix of the two per formula
+        columns = offsets[layer] + index  # (k,)
+        delta = s * mean_activation(stats)[columns] + b
+        for part in (~linear).nonzero().flatten().split(QUAD_CHUNK):
+            # a floor or a condition: E[rule(a) - a] from the histograms (float64: small b)
+            a, w = activation_quadrature(stats, columns[part])  # (chunk, P) each
+            c = coef.take((part, None))  # (chunk, 1) each
+            change = torch.where(c.on(a), c.moved(a) - a, 0.0)
+            delta[part] = (w * change).sum(-1).float()
     out: LayerChange = {}
     for lay in sorted(layer.unique().tolist()):
         sel = layer == lay
@@ -204,8 +264,9 @@ def edit_push(host: ModelHost, edit, stats: NeuronStats | None = None) -> float:
     """The push of ``edit`` on ``host`` (see the module docstring): the norm of its
     expected residual-stream change, summed over layers in quadrature.
 
-    ``stats`` (the whole model's statistics) are needed for neuron edits with rule
-    ``scale`` or ``set``. A collective on a sharded host. A prompt edit raises TypeError.
+    ``stats`` (the whole model's statistics) are needed for neuron edits of every rule
+    but ``add`` and ``add_sd``. A collective on a sharded host. A prompt edit raises
+    TypeError.
     """
     return push_of(residual_change(host, edit, stats))
 
@@ -287,7 +348,7 @@ def dose_matched(host: ModelHost, edit, stats: NeuronStats | None, seed: int = 0
     - :class:`~neva_sweep.prompting.PromptEdit`: no null (TypeError).
 
     An edit with zero push gives a null with zero push. ``stats`` (whole-model statistics)
-    are needed for neuron edits with rule ``scale`` or ``set``. A collective on a sharded
+    are needed for neuron edits of every rule but ``add`` and ``add_sd``. A collective on a sharded
     host; the same ``seed`` gives the same null on every rank and every call.
     """
     _check_kind(edit)

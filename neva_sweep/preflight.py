@@ -8,6 +8,8 @@ not the minutes of a model load and a statistics pass. What it checks:
   model's layer count read from its config file (no weights);
 - the data files configured under ``data.*`` (parsed; errors name file:line);
 - ``best_edits=`` (readable JSON with an ``edits`` list);
+- for ``task=compare``: ``run_dirs`` (two or more distinct directories) and
+  ``+compare_judges``;
 - for sweeps: the whole plan (:func:`neva_sweep.sweep.plan.make_plan`), the layer
   windows of ``search.space`` against every model, the storage (driver importable,
   server reachable, an existing SQLite file really a database);
@@ -283,6 +285,11 @@ def preflight(cfg: DictConfig, out: Path) -> None:
     task = cfg.task
     if task == "report":
         return  # reads an existing run; checked by the report task itself
+    if task == "compare":  # reads existing runs: their trials and judges by the task itself
+        from .report.compare import check_compare
+
+        check_compare(cfg.run_dirs, cfg.get("compare_judges"))
+        return check_writable("hydra.run.dir", out)
     if task == "sweep":
         return preflight_sweep(cfg, out)
     check_data_files(cfg)

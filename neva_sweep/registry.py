@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class Registry(Generic[T]):
@@ -13,7 +16,9 @@ class Registry(Generic[T]):
 
     Plug-ins are added with :meth:`register` or the :meth:`add` decorator; a name can be
     registered once. Looking up an unknown name raises a ``KeyError`` that lists every
-    registered name, so a config error says what is valid.
+    registered name, so a config error says what is valid. A renamed plug-in keeps its old
+    name for a while as an :meth:`alias` (the same object; the first look-up by the old
+    name logs a deprecation warning).
 
     >>> scores = Registry("score")
     >>> @scores.add("ones")
@@ -30,6 +35,8 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._aliases: dict[str, tuple[str, str]] = {}  # old name -> (name, why)
+        self._warned: set[str] = set()
 
     def register(self, name: str, obj: T) -> T:
         if name in self._items:
@@ -37,23 +44,52 @@ class Registry(Generic[T]):
         self._items[name] = obj
         return obj
 
+    def alias(self, old: str, name: str, why: str) -> None:
+        """Keep ``old`` as another name of the registered ``name``: it looks up the same
+        object and counts among the names; the first look-up by it logs ``why`` as a
+        deprecation warning (once per process).
+
+        >>> scores = Registry("score")
+        >>> _ = scores.register("ones", 1.0)
+        >>> scores.alias("unit", "ones", "renamed to ones")
+        >>> scores["unit"] is scores["ones"], scores.canonical("unit"), scores.names()
+        (True, 'ones', ['ones', 'unit'])
+        """
+        if old in self._items or old in self._aliases:
+            raise ValueError(f"{self.kind} {old!r} is registered twice")
+        if name not in self._items:
+            raise KeyError(f"alias {old!r} of an unknown {self.kind} {name!r}; valid choices: "
+                           f"{', '.join(self._items)}")
+        self._aliases[old] = (name, why)
+
+    def canonical(self, name: str) -> str:
+        """The registered name ``name`` stands for (itself unless it is an alias)."""
+        return self._aliases[name][0] if name in self._aliases else name
+
     def add(self, name: str) -> Callable[[T], T]:
         """Decorator form of :meth:`register`."""
         return lambda obj: self.register(name, obj)
 
     def __getitem__(self, name: str) -> T:
+        if name in self._aliases:
+            target, why = self._aliases[name]
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning("%s %r is deprecated and will be removed: %s", self.kind, name, why)
+            return self._items[target]
         try:
             return self._items[name]
         except KeyError:
             raise KeyError(
-                f"unknown {self.kind} {name!r}; valid choices: {', '.join(self._items)}"
+                f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}"
             ) from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
+        return iter(self.names())
 
     def names(self) -> list[str]:
-        return list(self._items)
+        """Every valid name: the registered ones in order, then the aliases."""
+        return [*self._items, *self._aliases]

@@ -14,6 +14,14 @@ taken against the same reference.
 the most value-specific ones (raised by the edit rules) and the most *anti*-specific ones
 (damped: ``add`` moves them along their negative mean difference, ``scale`` divides them
 by 1 + magnitude, ``add_sd`` lowers them by magnitude standard deviations).
+
+``pairs_d`` reads judgements instead of words: the paired Cohen's d (d_z) over value t's
+contrastive stance pairs (pairs.py) of a neuron's reply-token mean activation difference
+pro - anti, two replies to one situation in the same topic words that differ in stance
+only. Probe scores reward neurons that fire on value *words*; this one, neurons that
+separate acting on the value from rejecting it. Its reference is the pair's other reply,
+so the ``add`` direction (``mean_diff``) of a neuron it selects is the mean difference pro -
+anti over t's pairs (the stance direction); ``std`` stays the pooled sd against the rest.
 """
 
 from __future__ import annotations
@@ -38,7 +46,9 @@ ScoreFn = Callable[[NeuronStats], torch.Tensor]
 SCORES: Registry[ScoreFn] = Registry("score")
 LAPE_MIN_PROB = 0.05
 POLARITIES = ("positive", "both")
-SIGNED_SCORES = ("mean_diff", "prob_diff", "contrast_d")  # scores whose sign means "anti"
+# scores whose sign means "anti"
+SIGNED_SCORES = ("mean_diff", "prob_diff", "contrast_d", "pairs_d")
+PAIRS_SD_FLOOR = 1e-8  # pairs_d: floor of the sd of the pair differences
 OPPOSITE_DISTANCE = 4  # circumplex steps (of at most 5) from which a value is an opposite
 
 
@@ -99,6 +109,22 @@ def prob_diff_score(stats: NeuronStats) -> torch.Tensor:
     return stats.prob - prob_rest
 
 
+@SCORES.add("pairs_d")
+def pairs_d_score(stats: NeuronStats) -> torch.Tensor:
+    """Paired Cohen's d (d_z) of the reply-token difference pro - anti over value t's stance
+    pairs: mean / sd of the differences, the sd floored at PAIRS_SD_FLOOR (module docstring).
+
+    Needs statistics collected with stance pairs, at least two per value.
+    """
+    mean = stats.pair_mean  # (V, N); raises when the statistics hold no pairs
+    few = (stats.pair_count < 2).nonzero().flatten().tolist()
+    if few:
+        raise ValueError(f"score pairs_d needs at least two stance pairs per value; the "
+                         f"statistics have fewer for {', '.join(VALUES[t] for t in few)} "
+                         "(add pairs to the pairs file, load_probes(pairs=...))")
+    return mean / stats.pair_var.sqrt().clamp(min=PAIRS_SD_FLOOR)
+
+
 @SCORES.add("lape")
 def lape_score(stats: NeuronStats) -> torch.Tensor:
     """Low activation-probability entropy, weighted by the value's share.
@@ -113,6 +139,21 @@ def lape_score(stats: NeuronStats) -> torch.Tensor:
     score = (math.log(N_VALUES) - entropy) * N_VALUES * share  # (V, N)
     eligible = (share > 1.0 / N_VALUES) & (p >= LAPE_MIN_PROB)
     return torch.where(eligible, score, torch.full_like(score, -math.inf))
+
+
+@SCORES.add("attribution")
+def attribution_score(stats: NeuronStats) -> torch.Tensor:
+    """delta_i * G[t, i]: the first-order effect of the ``add`` edit's move of neuron i
+    (delta = mu_t - mu_rest) on the pro-minus-anti log-likelihood margin of value t's stance
+    pairs (attribution patching, neva_sweep/attribution.py). Needs statistics collected with
+    ``stats.attribution`` (on by itself when a configured score is attribution)."""
+    if stats.pair_grad is None or stats.pair_count is None:
+        raise ValueError("score attribution needs the stance pairs' gradients, and these "
+                         "statistics hold none: collect them with stats.attribution=true "
+                         "(a gradient pass over the pairs; tp_size=1)")
+    mean_rest, _, _ = rest_stats(stats)
+    grad = stats.pair_grad / stats.pair_count.clamp(min=1)[:, None]  # (V, N) mean G
+    return (stats.mean - mean_rest) * grad
 
 
 @dataclass
@@ -130,9 +171,10 @@ class ValueNeurons:
     quantile: torch.Tensor  # float32, q_t: floor of the `set` rule
     model: ModelId | None = None  # the model they were selected on; None = unknown
     std: torch.Tensor | None = None  # float32, pooled sd of (t, ref): unit of `add_sd`
+    mean_ref: torch.Tensor | None = None  # float32, mu_ref: `gate_neuron`'s midpoint
 
     FIELDS = ("layer", "index", "score", "mean_diff", "quantile")
-    OPTIONAL = ("std",)  # saved when present; maps saved before it load without it
+    OPTIONAL = ("std", "mean_ref")  # saved when present; older maps load without them
 
     def __len__(self) -> int:
         return self.layer.numel()
@@ -293,7 +335,7 @@ def select_neurons(
         stats: statistics of the whole model (all layers, all shards joined).
         value: one value, a list, or None for all ten.
         sparsity: fraction of all MLP neurons to select, in (0, 1).
-        score: one of ``SCORES`` (mean_diff, contrast_d, prob_diff, lape).
+        score: one of ``SCORES`` (mean_diff, contrast_d, prob_diff, pairs_d, lape).
         layer_window: optional [start, stop) layers to select from.
         exclusive: a neuron belongs to at most one value (the one it scores highest for).
         polarity: ``positive`` (the most value-specific neurons) or ``both`` (the largest
@@ -326,6 +368,8 @@ def select_neurons(
     k = math.ceil(sparsity * stats.n_neurons)
     mean_ref, var_ref = reference_stats(stats, score)
     std = pooled_sd(stats, var_ref)  # (V, N), the unit of add_sd
+    # The add direction: against the reference, or for pairs_d the stance direction.
+    diff = stats.pair_mean if score == "pairs_d" else stats.mean - mean_ref  # (V, N)
     quant = stats.quantile()
     index = stats.index_in_layer()
     built_for = ModelId.from_meta(stats.meta)
@@ -339,8 +383,8 @@ def select_neurons(
         top = top[torch.isfinite(rank[top])]
         chosen[v] = ValueNeurons(
             layer[top].clone(), index[top].clone(), s[top].clone(),
-            (stats.mean[t, top] - mean_ref[t, top]).float(), quant[t, top].float(), built_for,
-            std[t, top].float(),
+            diff[t, top].float(), quant[t, top].float(), built_for,
+            std[t, top].float(), mean_ref[t, top].float(),
         )
     meta = {"score": score, "sparsity": sparsity, "k": k, "layer_window": [start, stop],
             "exclusive": exclusive, "polarity": polarity, "model": stats.meta.get("model"),
@@ -368,4 +412,5 @@ def random_neurons(
         layer[top].clone(), stats.index_in_layer()[top].clone(), torch.zeros(top.numel()),
         (stats.mean[t, top] - mean_rest[t, top]).float(), stats.quantile()[t, top].float(),
         ModelId.from_meta(stats.meta), pooled_sd(stats, var_rest)[t, top].float(),
+        mean_rest[t, top].float(),
     )

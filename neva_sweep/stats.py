@@ -19,8 +19,15 @@ gate layer, mean-pooled over its tokens, is kept (``gate_features``, ``gate_labe
 fit the probe (``gate``). Without neutral texts the statistics hold no gate. With
 ``stats.gate_chat`` (default) and a model that has a chat template, every probe and
 neutral text also runs once more wrapped as the user turn of that template (gate-only
-rows, label :data:`GATE_VALUE` or neutral, never in the neuron statistics): prompts
+rows, label ``GATE_VALUE + t`` or neutral, never in the neuron statistics): prompts
 reach the gate in both forms, so neither form alone can stand for "value-laden".
+
+The probes' contrastive stance pairs (``ProbeSet.pairs``, pairs.py) run last in the same
+pass, in batches of their own: per value, the sum and sum of squares over its pairs of
+every neuron's reply-token mean difference pro - anti (``pair_count``, ``pair_sum``,
+``pair_sumsq``), and the answer-letter residual differences of the forced-choice form
+(``pair_resid_sum``, ``pair_resid_count``, ``pair_resid_norm``). Without pairs these
+fields are None.
 
 Memory is O(values x neurons x bins) and independent of the data size. Statistics from
 data shards combine with :func:`merge`; statistics from tensor-parallel ranks (each
@@ -46,15 +53,16 @@ from tqdm.auto import tqdm
 from .config import StatsConfig
 from .data import ProbeSet
 from .files import atomic_path, load_or_heal
-from .gate import Gate, _GateStop, fit_gate, gate_layer, pool
+from .gate import GATE_VALUE, NEUTRAL, Gate, _GateStop, fit_gate, gate_layer, pool
 from .models.arch import residual_sites
 from .models.host import ModelHost
+from .pairs import PAIR_FIELDS, PairAccumulator, PairBatch, pair_batches
 from .values import N_VALUES, VALUES
 
-NEUTRAL = N_VALUES  # label of a neutral text: the gate only (a negative example)
-GATE_VALUE = N_VALUES + 1  # label of a value-laden text the gate alone reads (chat-wrapped)
+# Gate-only row labels (gate.py): NEUTRAL, a neutral text; GATE_VALUE + t, value t's probe
+# chat-wrapped (the value gate reads its value; the context gate, only "value-laden").
 
-STATS_VERSION = 3  # bump when the statistics' content changes (invalidates caches)
+STATS_VERSION = 4  # bump when the statistics' content changes (invalidates caches)
 
 
 @dataclass
@@ -70,10 +78,24 @@ class NeuronStats:
     meta: dict = field(default_factory=dict)
     resid_sum: torch.Tensor | None = None  # (V, L, H) float64; same on every TP rank
     # The gate's training rows (gate.py): pooled gate-layer residual per text (n, H) float32,
-    # its label (n,) int64 (a value index, N_VALUES = neutral), and the probe fitted on them.
+    # its label (n,) int64 (a value index, NEUTRAL, or GATE_VALUE + value index for a
+    # chat-wrapped probe), and the context probe fitted on them.
     gate_features: torch.Tensor | None = None
     gate_labels: torch.Tensor | None = None
     gate: Gate | None = None
+    # Contrastive stance pairs (pairs.py; all None without pairs). Per value: pairs, and the
+    # sum and sum of squares over them of each neuron's reply-token mean difference pro - anti.
+    pair_count: torch.Tensor | None = None  # (V,) float64
+    pair_sum: torch.Tensor | None = None  # (V, N) float64
+    pair_sumsq: torch.Tensor | None = None  # (V, N) float64
+    # Answer-letter residual differences pro letter - anti letter, summed over each value's
+    # pairs and both letter orders; their count; the letter residual's mean norm per layer.
+    pair_resid_sum: torch.Tensor | None = None  # (V, L, H) float64; same on every TP rank
+    pair_resid_count: torch.Tensor | None = None  # (V,) float64
+    pair_resid_norm: torch.Tensor | None = None  # (L,) float64
+    # With stats.attribution: per value, the sum over its pairs of the pro-minus-anti reply
+    # log-likelihood gradient of every neuron (attribution.py), (V, N) float64; else None.
+    pair_grad: torch.Tensor | None = None
 
     @classmethod
     def zeros(cls, layer_sizes: list[int], bins: int, meta: dict | None = None) -> NeuronStats:
@@ -97,6 +119,34 @@ class NeuronStats:
                              "older neva_sweep); delete the cached file to recollect")
         return self.resid_sum / self.count.clamp(min=1)[:, None, None]
 
+    def _pairs(self, name: str) -> torch.Tensor:
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError("these statistics hold no stance pairs (collected with "
+                             "load_probes(pairs=False), or by an older neva_sweep); collect "
+                             "them with the pairs (load_probes' default; delete the cached "
+                             "file to recollect)")
+        return value
+
+    @property
+    def pair_mean(self) -> torch.Tensor:
+        """Mean reply-token difference pro - anti per value and neuron, (V, N)."""
+        return self._pairs("pair_sum") / self._pairs("pair_count").clamp(min=1)[:, None]
+
+    @property
+    def pair_var(self) -> torch.Tensor:
+        """Unbiased variance of the reply-token difference over each value's pairs, (V, N)."""
+        n = self._pairs("pair_count")[:, None]
+        m2 = self._pairs("pair_sumsq") - self.pair_sum**2 / n.clamp(min=1)
+        return m2.clamp(min=0) / (n - 1).clamp(min=1)
+
+    @property
+    def pair_resid_mean(self) -> torch.Tensor:
+        """Mean answer-letter residual difference (pro letter - anti letter) per value and
+        layer over pairs and letter orders, (V, L, H): the pairs' CAA steering vectors."""
+        count = self._pairs("pair_resid_count").clamp(min=1)[:, None, None]
+        return self._pairs("pair_resid_sum") / count
+
     @property
     def n_neurons(self) -> int:
         return self.mean.shape[1]
@@ -111,11 +161,15 @@ class NeuronStats:
         """P(a > 0), (V, N)."""
         return self.positive / self.count[:, None].clamp(min=1)
 
+    @property
+    def hist_scale(self) -> float:
+        """c of the histogram's softsign grid (:func:`softsign_bins`) these were collected on."""
+        return self.meta.get("config", {}).get("hist_scale", StatsConfig.hist_scale)
+
     def quantile(self, q: float | None = None) -> torch.Tensor:
         """High quantile per value and neuron from the histogram, (V, N)."""
         q = self.meta.get("config", {}).get("quantile", 0.95) if q is None else q
-        scale = self.meta.get("config", {}).get("hist_scale", StatsConfig.hist_scale)
-        return histogram_quantile(self.hist, q, scale)
+        return histogram_quantile(self.hist, q, self.hist_scale)
 
     def layer_of(self) -> torch.Tensor:
         """Layer of every neuron column, (N,)."""
@@ -138,6 +192,8 @@ class NeuronStats:
         if self.gate is not None:
             tensors.update(self.gate.tensors(), gate_features=self.gate_features,
                            gate_labels=self.gate_labels)
+        tensors.update(pair_fields(self) if self.pair_count is not None else {})
+        tensors.update({"pair_grad": self.pair_grad} if self.pair_grad is not None else {})
         with atomic_path(path) as tmp:  # never half a file under the cache's name
             save_file(tensors, str(tmp), metadata={"neva_sweep": json.dumps(meta)})
 
@@ -153,7 +209,8 @@ class NeuronStats:
         sizes = meta.pop("layer_sizes")
         return cls(t["count"], t["mean"], t["m2"], t["positive"], t["hist"], sizes, meta,
                    t.get("resid_sum"), t.get("gate_features"), t.get("gate_labels"),
-                   Gate.from_tensors(t))
+                   Gate.from_tensors(t), **{name: t.get(name) for name in PAIR_FIELDS},
+                   pair_grad=t.get("pair_grad"))
 
 
 # --- pure maths -------------------------------------------------------------------------
@@ -207,7 +264,32 @@ def merge(a: NeuronStats, b: NeuronStats) -> NeuronStats:
              else None)
     gate_rows = merge_gate(a, b)
     return NeuronStats(n, mean, m2, a.positive + b.positive, a.hist + b.hist,
-                       list(a.layer_sizes), dict(a.meta), resid, *gate_rows)
+                       list(a.layer_sizes), dict(a.meta), resid, *gate_rows,
+                       **merge_pairs(a, b), pair_grad=_add_or_either(a.pair_grad, b.pair_grad))
+
+
+def _add_or_either(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """a + b, or whichever is not None (a data shard with no pairs adds nothing)."""
+    return b if a is None else a if b is None else a + b
+
+
+def pair_fields(stats: NeuronStats) -> dict[str, torch.Tensor | None]:
+    """The stance-pair fields (:data:`~neva_sweep.pairs.PAIR_FIELDS`) of ``stats``, by name."""
+    return {name: getattr(stats, name) for name in PAIR_FIELDS}
+
+
+def merge_pairs(a: NeuronStats, b: NeuronStats) -> dict[str, torch.Tensor | None]:
+    """The stance-pair fields of two data shards: sums and counts add, the letter residual's
+    mean norm is averaged over both shards' answer rows; a shard without pairs (fewer pairs
+    than shards) adds nothing."""
+    if a.pair_count is None or b.pair_count is None:
+        return pair_fields(b if a.pair_count is None else a)
+    out = {name: getattr(a, name) + getattr(b, name)
+           for name in PAIR_FIELDS if name != "pair_resid_norm"}
+    rows_a, rows_b = a.pair_resid_count.sum(), b.pair_resid_count.sum()  # proportional to rows
+    out["pair_resid_norm"] = ((a.pair_resid_norm * rows_a + b.pair_resid_norm * rows_b)
+                              / (rows_a + rows_b).clamp(min=1))
+    return out
 
 
 def merge_gate(a: NeuronStats, b: NeuronStats) -> tuple:
@@ -243,10 +325,15 @@ def concat(shards: list[NeuronStats]) -> NeuronStats:
 
     sizes = [sum(ws) for ws in zip(*(s.layer_sizes for s in shards))]
     # The residual stream is replicated across ranks: every shard holds the same sums (and
-    # the same gate).
+    # the same gate, pair counts and answer-letter residuals).
+    pairs = pair_fields(first)
+    if first.pair_sum is not None:
+        pairs.update(pair_sum=join("pair_sum"), pair_sumsq=join("pair_sumsq"))
+    grad = join("pair_grad") if first.pair_grad is not None else None
     return NeuronStats(first.count.clone(), join("mean"), join("m2"), join("positive"),
                        join("hist"), sizes, dict(first.meta), first.resid_sum,
-                       first.gate_features, first.gate_labels, first.gate)
+                       first.gate_features, first.gate_labels, first.gate, **pairs,
+                       pair_grad=grad)
 
 
 def layer_offsets(layer_sizes: list[int]) -> list[int]:
@@ -258,10 +345,14 @@ def select_columns(stats: NeuronStats, slices: list[tuple[int, int]]) -> NeuronS
     """The statistics of neurons [start, stop) of every layer (a tensor-parallel shard's view)."""
     offsets = layer_offsets(stats.layer_sizes)
     cols = torch.cat([torch.arange(o + a, o + b) for o, (a, b) in zip(offsets, slices)])
+    pairs = pair_fields(stats)
+    if stats.pair_sum is not None:
+        pairs.update(pair_sum=stats.pair_sum[:, cols], pair_sumsq=stats.pair_sumsq[:, cols])
     return NeuronStats(stats.count.clone(), stats.mean[:, cols], stats.m2[:, cols],
                        stats.positive[:, cols], stats.hist[:, cols],
                        [b - a for a, b in slices], dict(stats.meta), stats.resid_sum,
-                       stats.gate_features, stats.gate_labels, stats.gate)
+                       stats.gate_features, stats.gate_labels, stats.gate, **pairs,
+                       pair_grad=None if stats.pair_grad is None else stats.pair_grad[:, cols])
 
 
 def rest_stats(stats: NeuronStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -306,7 +397,7 @@ class _Accumulator:
 
     def set_batch(self, attention_mask: torch.Tensor, labels: torch.Tensor) -> None:
         """Prepare per-batch token weights. attention_mask (B, S), labels (B,) value ids
-        (NEUTRAL, GATE_VALUE: rows that feed the gate only).
+        (NEUTRAL, GATE_VALUE + t: rows that feed the gate only).
 
         Work in the hooks is restricted to the values present in the batch (usually one,
         since batches are grouped by value).
@@ -421,7 +512,8 @@ def collect_stats(
     progress: bool = True,
 ) -> NeuronStats:
     """One streaming pass over ``probes``: per-value statistics of every neuron of ``host``,
-    and the value-relevance gate when ``probes.neutral`` holds neutral texts (gate.py).
+    the value-relevance gate when ``probes.neutral`` holds neutral texts (gate.py), and the
+    stance-pair fields when ``probes.pairs`` holds pairs (pairs.py).
 
     >>> import neva_sweep as nv
     >>> host = nv.load_model("tiny-llama")
@@ -441,13 +533,22 @@ def collect_stats(
                for idx in neutral_batches(probes, cfg.batch_size)]
     batches = value + neutral
     if neutral and cfg.gate_chat and host.has_chat_template:
-        batches += [([host.chat_prompt(t) for t in texts], [GATE_VALUE] * len(texts))
-                    for texts, _ in value]
+        batches += [([host.chat_prompt(t) for t in texts], [GATE_VALUE + v for v in labels])
+                    for texts, labels in value]
         batches += [([host.chat_prompt(t) for t in texts], labels) for texts, labels in neutral]
+    # Last, the stance pairs: batches of their own, read by their own hooks.
+    pair_acc = PairAccumulator(host) if probes.pairs else None
+    batches += pair_batches(host, probes.pairs, cfg.batch_size) if probes.pairs else []
     n_tokens = 0
     try:
         bar = tqdm(batches, desc=f"statistics {host.name}", unit="batch", disable=not progress)
-        for texts, labels in bar:
+        for batch in bar:
+            if isinstance(batch, PairBatch):  # every probe batch is done: its hooks go
+                acc.remove()
+                n_tokens += pair_acc.step(batch, kwargs)
+                bar.set_postfix(tokens=n_tokens, refresh=False)
+                continue
+            texts, labels = batch
             enc = host.tokenize(texts, max_length=cfg.max_length)
             labels = torch.tensor(labels, device=enc.input_ids.device)
             acc.set_batch(enc.attention_mask, labels)
@@ -463,6 +564,10 @@ def collect_stats(
     finally:
         acc.remove()
     stats = acc.stats
+    for name, value in (pair_acc.fields() if pair_acc is not None else {}).items():
+        setattr(stats, name, value)
+    if cfg.attribution and probes.pairs:  # a gradient pass over the pairs (attribution.py)
+        stats.pair_grad = pair_gradient_sums(host, probes, cfg, progress)
     stats.meta.update(
         model=host.name,
         fingerprint=host.meta.get("fingerprint"),  # the ModelId of maps selected from these
@@ -472,6 +577,19 @@ def collect_stats(
         config=asdict(cfg),
     )
     return stats
+
+
+def pair_gradient_sums(host: ModelHost, probes: ProbeSet, cfg: StatsConfig,
+                       progress: bool) -> torch.Tensor:
+    """Per value, the sum over its pairs of the pro-minus-anti reply gradient of every
+    neuron, (V, N) float64 (sums, so that data shards merge by adding)."""
+    from .attribution import pair_counts, pair_gradients
+
+    records = [{"value": VALUES[p.label], "situation": p.situation, "pro": p.pro,
+                "anti": p.anti} for p in probes.pairs]
+    mean = pair_gradients(host, records, max(1, cfg.batch_size // 2), cfg.max_length,
+                          progress)
+    return mean * pair_counts(records).to(mean.dtype)[:, None]
 
 
 def inputs_hash(data_hash: str, config: dict) -> str:

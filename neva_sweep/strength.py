@@ -13,21 +13,29 @@ deviation::
 
 with ``E[delta_S]`` the expected change of the k edited neurons
 (:func:`neva_sweep.nulls.expected_change`: exact for ``add``, ``add_sd`` and ``scale``,
-a lower bound for ``set``) and ``sd_S`` their pooled standard deviation on the probes
-(:attr:`ValueNeurons.std`). For the linear rules the magnitude is
-``strength / unit`` with ``unit`` the norm at magnitude 1; for ``set`` it is found by
-bisection (the norm grows monotonically with the magnitude). Doubling the count at a
+from the statistics' histograms for the input-dependent ``set`` and ``gate_neuron``) and
+``sd_S`` their pooled standard deviation on the probes (:attr:`ValueNeurons.std`). For the
+rules linear in the magnitude (``add``, ``add_sd``, ``scale``, ``gate_neuron``: its
+condition does not depend on the magnitude) the magnitude is ``strength / unit`` with
+``unit`` the norm at magnitude 1; for ``set`` it is found by bisection (the norm grows
+monotonically with the magnitude). Doubling the count at a
 fixed strength halves each neuron's share of the squared push, so a strength means
 roughly the same capability cost at every sparsity: on SmolLM2 the strength that reaches
 KL 0.05 moves 1.1-1.9x over sparsities 5e-4 to 0.05 (24 to 2,304 neurons), the raw
 magnitude 2.1-4.6x (benchmarks/strength_scaling.py, four values).
 
-**Residual edits** (method caa). The strength is the coefficient itself: a multiple of
-the value's own steering vector at the edited layer, whose norm already follows the
-layer's scale. Dividing by the norm of the mean residual stream at the layer was measured
-and rejected: across layers 0.2-0.8 of the depth, the coefficient that reaches KL 0.05
-moves by 1.8-4.3x per value, the relative norm by 4.5-7.7x (benchmarks/strength_scaling.py
-on SmolLM2, four values; docs/strength_scaling.json).
+**Residual edits, diffmean** (formerly ``caa``). The strength is the coefficient itself: a
+multiple of the value's own steering vector at the edited layer, whose norm already
+follows the layer's scale. Dividing by the norm of the mean residual stream at the layer
+was measured and rejected: across layers 0.2-0.8 of the depth, the coefficient that
+reaches KL 0.05 moves by 1.8-4.3x per value, the relative norm by 4.5-7.7x
+(benchmarks/strength_scaling.py on SmolLM2, four values; docs/strength_scaling.json).
+
+**Residual edits, caa_pairs.** The vector is a unit direction (the stance pairs' mean
+difference) times the mean residual norm at the answer position, so the strength is the
+fraction of that norm added (neva_sweep/caa.py :func:`~neva_sweep.caa.pair_vectors`): the
+direction's raw norm measures how separable the pairs are, not a dose. The calibration
+recentres its box (``search.space.caa_pairs_strength``) as for the other methods.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ MAX_MAGNITUDE = 1e4  # bisection bound for non-linear rules (set): far past any 
 def neuron_strength(neurons: ValueNeurons, rule: str, magnitude: float,
                     stats: NeuronStats | None = None) -> float:
     """|| E[delta] / sd ||_2 of ``rule`` at ``magnitude`` on ``neurons`` (see the module
-    docstring); ``stats`` is needed for ``scale`` and ``set``.
+    docstring); ``stats`` is needed for every rule but ``add`` and ``add_sd``.
 
     >>> import torch
     >>> vn = ValueNeurons(torch.tensor([0, 1]), torch.tensor([3, 4]), torch.ones(2),
@@ -71,8 +79,9 @@ def neuron_magnitude(neurons: ValueNeurons, rule: str, strength: float,
                      stats: NeuronStats | None = None, tol: float = 1e-4) -> float:
     """The magnitude whose :func:`neuron_strength` is ``strength`` (>= 0).
 
-    Linear rules (``add``, ``add_sd``, ``scale``): ``strength / unit``. Others: bisection
-    on [0, MAX_MAGNITUDE] to a relative tolerance ``tol``.
+    Rules linear in the magnitude (``add``, ``add_sd``, ``scale``, ``gate_neuron``: the
+    strength doubles with it): ``strength / unit``. Others (``set``): bisection on
+    [0, MAX_MAGNITUDE] to a relative tolerance ``tol``.
 
     >>> import torch
     >>> vn = ValueNeurons(torch.tensor([0, 1]), torch.tensor([3, 4]), torch.ones(2),

@@ -57,7 +57,16 @@ def identify_probes(cfg: DictConfig) -> ProbeSet:
 def stats_settings(cfg: DictConfig) -> tuple[ProbeSet, StatsConfig, Path | None]:
     """The statistics pass's probes, settings and cache directory (None: no cache)."""
     cache = Path(cfg.cache_dir) / "stats" if cfg.cache_dir else None
-    return identify_probes(cfg), StatsConfig(**OmegaConf.to_container(cfg.stats)), cache
+    settings = StatsConfig(**OmegaConf.to_container(cfg.stats))
+    if needs_attribution(cfg):  # the attribution score reads the pairs' gradients
+        settings.attribution = True
+    return identify_probes(cfg), settings, cache
+
+
+def needs_attribution(cfg: DictConfig) -> bool:
+    """Whether a configured score (``edit.score``, ``search.space.scores``) is attribution."""
+    scores = {cfg.edit.get("score"), *(cfg.search.space.get("scores") or [])}
+    return "attribution" in scores
 
 
 def stats_from_config(cfg: DictConfig, host: ModelHost) -> NeuronStats:
@@ -95,7 +104,7 @@ def identify(cfg: DictConfig, out: Path) -> None:
     stats.save(out / f"{host.name}.safetensors")
     summary = nmap.summary()
     if stats.gate is not None:  # held out: validate probes vs capability neutral texts
-        summary["gate"] = gate_summary(cfg, stats, host)
+        summary["gate"], summary["value_gate"] = gate_summary(cfg, stats, host)
     (out / f"{host.name}.json").write_text(json.dumps(summary, indent=2))
     print(f"{'value':<16}{'neurons':>8}  top layers")
     for v in nmap.values:
@@ -115,18 +124,25 @@ def identify(cfg: DictConfig, out: Path) -> None:
                   f"{c['mean_g_neutral']:.3f}")
         log.info("gate accuracy %.3f (balanced %.3f, layer %d)", g["accuracy"],
                  g["balanced_accuracy"], g["layer"])
+        m = summary["value_gate"]["macro"]
+        print(f"value gate (one-vs-rest per value, macro mean): accuracy {m['accuracy']:.3f} "
+              f"(balanced {m['balanced_accuracy']:.3f}); mean g {m['mean_g_value']:.3f} on "
+              f"the value's probes, {m['mean_g_rest']:.3f} on other values', "
+              f"{m['mean_g_neutral']:.3f} on neutral texts (never trained on)")
     log.info("wrote %s.safetensors and %s.json", out / host.name, out / host.name)
 
 
-def gate_summary(cfg: DictConfig, stats: NeuronStats, host: ModelHost) -> dict:
-    """:func:`neva_sweep.gate.gate_accuracy` on ``data.probes``' validate split vs the
-    capability part of ``data.neutral`` (texts the gate never saw)."""
+def gate_summary(cfg: DictConfig, stats: NeuronStats, host: ModelHost) -> tuple[dict, dict]:
+    """:func:`neva_sweep.gate.gate_accuracy` and :func:`~neva_sweep.gate.value_gate_accuracy`
+    on ``data.probes``' validate split and the capability part of ``data.neutral`` (texts
+    the gates never saw)."""
     from .data import load_records, neutral_split
-    from .gate import gate_accuracy
+    from .gate import gate_accuracy, value_gate_accuracy
 
     validate = load_probes(cfg.data.probes, split="validate", neutral=False)
     neutral = neutral_split(load_records("neutral", cfg.data.neutral), "capability")
-    return gate_accuracy(stats, host, validate, neutral)
+    return (gate_accuracy(stats, host, validate, neutral),
+            value_gate_accuracy(stats, host, validate, neutral))
 
 
 def config_edit(cfg: DictConfig, stats: NeuronStats, nmap: NeuronMap, value: str):
@@ -135,7 +151,7 @@ def config_edit(cfg: DictConfig, stats: NeuronStats, nmap: NeuronMap, value: str
     from .gate import gate_of
 
     return NeuronEdit(nmap[value], cfg.edit.rule, float(cfg.edit.magnitude),
-                      cfg.edit.positions, gate=gate_of(stats, cfg.edit.gate))
+                      cfg.edit.positions, gate=gate_of(stats, cfg.edit.gate, value))
 
 
 def side_by_side(left: str, right: str, titles: tuple[str, str]) -> str:
@@ -391,6 +407,16 @@ def report(cfg: DictConfig, out: Path) -> None:
 
         storage = storage_url(cfg.search, run_dir)
     log.info("wrote %s", build_report(run_dir, storage=storage, strict=True))
+
+
+@TASKS.add("compare")
+def compare(cfg: DictConfig, out: Path) -> None:
+    """Several sweeps side by side (``run_dirs=[A,B,...]``) -> <hydra.run.dir>/report/
+    (see neva_sweep.report.compare)."""
+    from .report.compare import compare_runs
+
+    log.info("wrote %s", compare_runs(list(cfg.run_dirs or []), out,
+                                      judges=cfg.get("compare_judges")))
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -141,3 +141,43 @@ def test_bad_records_and_lengths(tiny_host):
         pair_gradients(tiny_host, [{k: v for k, v in PAIRS[0].items() if k != "anti"}])
     with pytest.raises(ValueError, match="no reply token within max_length=4"):
         pair_gradients(tiny_host, PAIRS[:1], max_length=4)
+
+
+# --- the attribution score, from statistics collected with stats.attribution -------------------
+def test_attribution_score_from_collected_statistics(tiny_host, small_probes, tmp_path):
+    import neva_sweep as nv
+    from neva_sweep.config import StatsConfig
+    from neva_sweep.select import SCORES, select_neurons
+    from neva_sweep.stats import NeuronStats, rest_stats
+    from neva_sweep.values import VALUES
+
+    stats = nv.collect_stats(tiny_host, small_probes, StatsConfig(attribution=True),
+                             progress=False)
+    records = [{"value": VALUES[p.label], "situation": p.situation, "pro": p.pro,
+                "anti": p.anti} for p in small_probes.pairs]
+    grad = pair_gradients(tiny_host, records, batch_size=8)
+    assert torch.equal(stats.pair_count, pair_counts(records).double())
+    mean = stats.pair_grad / stats.pair_count[:, None]
+    assert torch.allclose(mean, grad, rtol=1e-5, atol=1e-9)
+    score = SCORES["attribution"](stats)
+    assert torch.allclose(score, (stats.mean - rest_stats(stats)[0]) * grad, rtol=1e-5,
+                          atol=1e-12)
+    t = VALUES.index("power")
+    chosen = select_neurons(stats, "power", sparsity=0.05, score="attribution")["power"]
+    offsets = torch.tensor([0, *torch.tensor(stats.layer_sizes).cumsum(0)[:-1].tolist()])
+    ids = set((offsets[chosen.layer] + chosen.index).tolist())
+    assert ids == set(score[t].float().topk(len(chosen)).indices.tolist())
+    stats.save(tmp_path / "s.safetensors")
+    assert torch.equal(NeuronStats.load(tmp_path / "s.safetensors").pair_grad, stats.pair_grad)
+    with pytest.raises(ValueError, match="stats.attribution=true"):
+        SCORES["attribution"](replace(stats, pair_grad=None))
+
+
+def test_a_configured_attribution_score_switches_the_gradient_pass_on():
+    from neva_sweep.config import compose_config
+    from neva_sweep.tasks import stats_settings
+
+    assert not stats_settings(compose_config())[1].attribution
+    cfg = compose_config("search.space.scores=[mean_diff,attribution]")
+    assert stats_settings(cfg)[1].attribution
+    assert stats_settings(compose_config("edit.score=attribution"))[1].attribution

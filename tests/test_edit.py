@@ -1,6 +1,7 @@
 """Edit contract, parametrised over every rule and position mode, and over every edit kind."""
 
 import json
+from dataclasses import fields
 
 import pytest
 import torch
@@ -44,13 +45,17 @@ def test_edit_changes_only_selected_neurons(tiny_host, nmap, batch, rule):
             assert not changed[:, ~selected].any()
         if selected.any() and rule != "set":
             assert changed[:, selected].any()
-    # Layer 0 selected neurons follow the rule's a' = max(a * (1 + s) + b, f) exactly.
+    # Layer 0 selected neurons follow the rule's a' = max(a * (1 + s) + b, f) where
+    # d * (a - t) > 0 exactly, and keep a bitwise where they are off.
     sel0 = vn.layer == 0
     idx = vn.index[sel0]
     a = before[0][..., idx]
-    s, b, f = NeuronEdit(vn, rule, 3.0).coefficients()
+    c = NeuronEdit(vn, rule, 3.0).coefficients().take(sel0)
+    on = c.direction * (a - c.threshold) > 0
     torch.testing.assert_close(after[0][..., idx],
-                               torch.maximum(a * (1 + s[sel0]) + b[sel0], f[sel0]))
+                               torch.where(on, torch.maximum(a * (1 + c.scale) + c.shift,
+                                                             c.floor), a))
+    assert torch.equal(after[0][..., idx][~on], a[~on])
 
 
 def test_response_positions_edit_last_prompt_token_and_generation(tiny_host, nmap):
@@ -106,7 +111,8 @@ def test_default_edit_and_errors(tiny_host, nmap, batch):
     with pytest.raises(ValueError, match="pass value="):
         with nv.edit(tiny_host, nmap):
             pass
-    with pytest.raises(KeyError, match="unknown edit rule 'shift'.*add, add_sd, scale, set"):
+    with pytest.raises(KeyError, match="unknown edit rule 'shift'.*add, add_sd, scale, set, "
+                                       "gate_neuron"):
         with nv.edit(tiny_host, nmap, rule="shift", value="power"):
             pass
     with pytest.raises(KeyError, match="edit.positions"):
@@ -217,21 +223,28 @@ def test_apply_positions_default_to_the_edit_s_own(tiny_host, nmap):
 
 def test_rules_are_a_registry_with_their_formula(nmap):
     vn = nmap["power"]
+    k = len(vn)
     for rule in RULES:
-        s, b, f = NeuronEdit(vn, rule, 2.0).coefficients()
-        assert s.shape == b.shape == f.shape == (len(vn),)
-    neg_inf = torch.full((len(vn),), -torch.inf)
-    zero = torch.zeros(len(vn))
-    expected = {"add": (zero, 2.0 * vn.mean_diff.float(), neg_inf),  # a += 2 (mu_t - mu_rest)
+        c = NeuronEdit(vn, rule, 2.0).coefficients()
+        assert all(getattr(c, f.name).shape == (k,) for f in fields(c))
+    neg_inf, zero, one = torch.full((k,), -torch.inf), torch.zeros(k), torch.ones(k)
+    delta = vn.mean_diff.float()
+    # (s, b, f, t, d) of a' = max(a (1 + s) + b, f) where d (a - t) > 0, else a
+    expected = {"add": (zero, 2.0 * delta, neg_inf, neg_inf, one),  # a += 2 (mu_t - mu_rest)
                 # a += 2 sd in the direction of mu_t - mu_rest
-                "add_sd": (zero, 2.0 * vn.mean_diff.float().sign() * vn.std, neg_inf),
-                "scale": (torch.full((len(vn),), 2.0), zero, neg_inf),  # a *= 1 + 2
-                "set": (zero, zero, 2.0 * vn.quantile.float())}  # a = max(a, 2 q_t)
+                "add_sd": (zero, 2.0 * delta.sign() * vn.std, neg_inf, neg_inf, one),
+                "scale": (torch.full((k,), 2.0), zero, neg_inf, neg_inf, one),  # a *= 1 + 2
+                "set": (zero, zero, 2.0 * vn.quantile.float(), zero, one),  # where a > 0
+                # a += 2 delta where a is past the midpoint of mu_ref and mu_t, towards mu_t
+                "gate_neuron": (zero, 2.0 * delta, neg_inf, vn.mean_ref + delta / 2,
+                                torch.where(delta < 0, -1.0, 1.0))}
     assert set(expected) == set(RULES)  # every registered rule has its formula checked
     for rule, coef in expected.items():
-        assert all(torch.equal(x, y) for x, y in zip(RULES[rule](vn, 2.0), coef)), rule
+        got = RULES[rule](vn, 2.0)
+        assert all(torch.equal(getattr(got, f.name), x) for f, x in zip(fields(got), coef)), rule
+        assert got.conditioned().any() == (rule in ("set", "gate_neuron")), rule
     with pytest.raises(KeyError, match=r"unknown edit rule 'shift' \(edit.rule\); valid "
-                                       r"choices: add, add_sd, scale, set"):
+                                       r"choices: add, add_sd, scale, set, gate_neuron"):
         NeuronEdit(vn, "shift")
 
 
@@ -239,10 +252,12 @@ def test_anti_specific_neurons_are_damped(tiny_stats, tiny_host, batch):
     vn = nv.select_neurons(tiny_stats, "power", sparsity=0.05, polarity="both")["power"]
     anti = vn.score < 0
     assert anti.any() and (~anti).any()
-    s, b, _ = NeuronEdit(vn, "scale", 3.0).coefficients()
+    s = NeuronEdit(vn, "scale", 3.0).coefficients().scale
     assert torch.allclose(1 + s[anti], torch.tensor(0.25)) and (s[~anti] == 3.0).all()
-    _, b, _ = NeuronEdit(vn, "add_sd", 2.0).coefficients()
+    b = NeuronEdit(vn, "add_sd", 2.0).coefficients().shift
     assert (b[anti] < 0).all() and (b[~anti] > 0).all()
+    gate = NeuronEdit(vn, "gate_neuron", 2.0).coefficients()  # pushed down below the midpoint
+    assert (gate.shift[anti] < 0).all() and (gate.direction[anti] == -1).all()
     with pytest.raises(ValueError, match="rule set only raises activations"):
         NeuronEdit(vn, "set", 2.0).coefficients()
     # magnitude 0 stays bitwise identical with damped neurons too
@@ -251,9 +266,10 @@ def test_anti_specific_neurons_are_damped(tiny_stats, tiny_host, batch):
         assert torch.equal(tiny_host.model(**batch).logits, base)
 
 
-def test_add_sd_needs_standard_deviations(nmap):
+@pytest.mark.parametrize("rule,field", [("add_sd", "std"), ("gate_neuron", "mean_ref")])
+def test_rules_need_the_fields_of_newer_maps(nmap, rule, field):
     from dataclasses import replace
 
-    old = replace(nmap["power"], std=None)  # as in maps saved before sd was stored
-    with pytest.raises(ValueError, match="select the neurons again"):
-        NeuronEdit(old, "add_sd", 2.0).coefficients()
+    old = replace(nmap["power"], **{field: None})  # as in maps saved before the field
+    with pytest.raises(ValueError, match=f"rule {rule} needs .*select the neurons again"):
+        NeuronEdit(old, rule, 2.0).coefficients()

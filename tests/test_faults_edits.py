@@ -420,7 +420,8 @@ def test_generation_past_the_context_is_refused_naming_the_limit(short_host):
 def test_statistics_over_long_probes_warn_or_refuse(short_host, small_probes, caplog):
     from dataclasses import replace
 
-    probes = replace(small_probes, texts=(LONG, *small_probes.texts[1:]))
+    # without the stance pairs, which a 32-token context cannot hold (refused on their own)
+    probes = replace(small_probes, texts=(LONG, *small_probes.texts[1:]), pairs=())
     with pytest.raises(ValueError, match=r"^stats.max_length=128: probes of \d+ tokens exceed "
                                          r"the 32-token context .*set stats.max_length <= 32"):
         nv.collect_stats(short_host, probes, StatsConfig(), progress=False)

@@ -12,7 +12,19 @@ import neva_sweep as nv
 from neva_sweep.caa import caa_edit
 from neva_sweep.config import ConfigError
 from neva_sweep.data import load_records, neutral_split
-from neva_sweep.gate import _SUSPENDED, Gate, fit_gate, gate_accuracy, gate_layer, prompt_mask
+from neva_sweep.gate import (
+    _SUSPENDED,
+    GATE_VALUE,
+    Gate,
+    fit_gate,
+    fit_value_gate,
+    gate_accuracy,
+    gate_layer,
+    gate_of,
+    prompt_mask,
+    row_values,
+    value_gate_accuracy,
+)
 from neva_sweep.models.arch import residual_sites
 from neva_sweep.scoring import (
     continuation_logprobs,
@@ -21,7 +33,7 @@ from neva_sweep.scoring import (
     option_logprobs,
 )
 from neva_sweep.stats import NEUTRAL, NeuronStats, merge
-from neva_sweep.values import N_VALUES
+from neva_sweep.values import N_VALUES, VALUES
 
 PROMPTS = ["I always help my neighbours when they need it.", "Paris is in France.",
            "What should I do this weekend with my family and friends?"]
@@ -101,19 +113,21 @@ def test_gate_values_lie_in_zero_one_and_share_nothing_between_rows(tiny_host, t
     assert [dict(b._forward_hooks) for b in residual_sites(tiny_host.model)] == before
 
 
+@pytest.mark.parametrize("name", ["context", "value"])
 @pytest.mark.parametrize("kind", [0, 1], ids=["neurons", "residual"])
-def test_gate_zero_is_bitwise_unedited_and_gate_one_is_the_ungated_edit(kind, tiny_host,
+def test_gate_zero_is_bitwise_unedited_and_gate_one_is_the_ungated_edit(kind, name, tiny_host,
                                                                         tiny_stats, edits,
                                                                         batch) -> None:
     edit = edits[kind]
+    gate = gate_of(tiny_stats, name, "power")
     base, plain = logits(tiny_host, batch), logits(tiny_host, batch, edit)
     assert (plain - base).abs().max() > 1e-4  # the edit acts
-    off = dataclasses.replace(edit, gate=forced(tiny_stats.gate, -1e4))
-    on = dataclasses.replace(edit, gate=forced(tiny_stats.gate, 1e4))
+    off = dataclasses.replace(edit, gate=forced(gate, -1e4))
+    on = dataclasses.replace(edit, gate=forced(gate, 1e4))
     assert torch.equal(logits(tiny_host, batch, off), base)
     assert torch.equal(logits(tiny_host, batch, on), plain)
-    gated = dataclasses.replace(edit, gate=tiny_stats.gate)  # somewhere in between
-    assert gated.describe()["gate"] == "context" and "gate" not in edit.describe()
+    gated = dataclasses.replace(edit, gate=gate)  # somewhere in between
+    assert gated.describe()["gate"] == name and "gate" not in edit.describe()
     mid = logits(tiny_host, batch, gated)
     assert (mid - base).abs().max() > 0
 
@@ -199,8 +213,9 @@ def test_stats_round_trip_keep_the_gate_and_old_files_load(tiny_stats, tmp_path)
     old = NeuronStats.load(tmp_path / "old.safetensors")
     assert old.gate is None
     nv.make_edit(old, "power", "neva")
-    with pytest.raises(ValueError, match="gate 'context' needs statistics with a gate probe"):
-        nv.make_edit(old, "power", "neva", gate="context")
+    for name in ("context", "value"):
+        with pytest.raises(ValueError, match=f"gate '{name}' needs statistics with a gate"):
+            nv.make_edit(old, "power", "neva", gate=name)
 
 
 def test_merged_shards_fit_the_same_gate(tiny_host, probes) -> None:
@@ -217,10 +232,15 @@ def test_gate_parameter_of_the_methods(tiny_stats) -> None:
         edit = nv.make_edit(tiny_stats, "power", method, gate="context")
         assert edit.gate is tiny_stats.gate and edit.describe()["gate"] == "context"
         assert nv.make_edit(tiny_stats, "power", method).gate is None
-    with pytest.raises(KeyError, match="unknown gate 'always'.*valid choices: none, context"):
+        edit = nv.make_edit(tiny_stats, "tradition", method, gate="value")
+        assert edit.gate is gate_of(tiny_stats, "value", "tradition")
+        assert edit.describe()["gate"] == "value" and edit.describe()["gate_value"] == "tradition"
+    with pytest.raises(KeyError, match="unknown gate 'always'.*valid choices: none, context, "
+                                       "value"):
         nv.make_edit(tiny_stats, "power", "caa", gate="always")
-    with pytest.raises(TypeError, match="method 'prompt' takes no gate"):
-        nv.make_edit(tiny_stats, "power", "prompt", gate="context")
+    for name in ("context", "value"):
+        with pytest.raises(TypeError, match="method 'prompt' takes no gate"):
+            nv.make_edit(tiny_stats, "power", "prompt", gate=name)
     assert nv.make_edit(tiny_stats, "power", "prompt", gate="none").prefix
 
 
@@ -231,11 +251,100 @@ def test_gate_accuracy_reports_both_classes(tiny_host, tiny_stats) -> None:
     assert 0 <= acc["accuracy"] <= 1 and 0 <= acc["mean_g_neutral"] <= 1
 
 
+# -- the value gate: one-vs-rest per value, no neutral rows ----------------------------------
+
+
+def synthetic_rows(n_per_value: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 16) features whose first ten dimensions hold a one-hot of the row's value (+6,
+    over unit noise), and (n,) the value of each row: the answer is known."""
+    g = torch.Generator().manual_seed(seed)
+    values = torch.arange(N_VALUES).repeat_interleave(n_per_value)
+    x = torch.randn(len(values), 16, generator=g)
+    x[torch.arange(len(values)), values] += 6.0
+    return x, values
+
+
+def test_value_gate_separates_its_value_and_ignores_neutral_rows() -> None:
+    x, v = synthetic_rows(20, seed=0)
+    chat_x, chat_v = synthetic_rows(20, seed=1)
+    neutral = torch.randn(30, 16, generator=torch.Generator().manual_seed(2)) * 10 + 5
+    features = torch.cat([x, chat_x, neutral])
+    labels = torch.cat([v, GATE_VALUE + chat_v, torch.full((30,), NEUTRAL)])
+    assert torch.equal(row_values(labels), torch.cat([v, chat_v, torch.full((30,), -1)]))
+    test_x, test_v = synthetic_rows(20, seed=3)
+    for t, value in enumerate(VALUES):
+        gate = fit_value_gate(features, labels, 4, value)
+        assert (gate.name, gate.value, gate.layer) == ("value", value, 4)
+        p = gate.probability(test_x)  # held-out rows
+        assert ((p > 0.5) == (test_v == t)).float().mean() > 0.95
+        assert p[test_v == t].min() > p[test_v != t].median()
+    # neutral rows take no part in the fit, and a chat-wrapped row counts as its value
+    gate = fit_value_gate(features, labels, 4, "power")
+    alone = fit_value_gate(torch.cat([x, chat_x]), torch.cat([v, chat_v]), 4, "power")
+    for name in ("weight", "mean", "std"):
+        assert torch.equal(getattr(gate, name), getattr(alone, name))
+    assert gate.bias == alone.bias
+    with pytest.raises(ValueError, match="value gate of 'power' needs gate rows of 'power'"):
+        fit_value_gate(x[v != 4], v[v != 4], 4, "power")
+
+
+def test_value_gate_ranks_its_values_training_rows_first(tiny_stats) -> None:
+    v = row_values(tiny_stats.gate_labels)
+    for t, value in enumerate(VALUES):
+        gate = gate_of(tiny_stats, "value", value)
+        assert gate.layer == tiny_stats.gate.layer and gate is not tiny_stats.gate
+        p = gate.probability(tiny_stats.gate_features)
+        pos, neg = p[v == t], p[(v >= 0) & (v != t)]  # plain and chat-wrapped rows
+        assert len(pos) == 12 and len(neg) == 108  # 6 probes per value, twice
+        auc = (pos[:, None] > neg[None, :]).float().mean()
+        assert auc > 0.95 and pos.mean() > 0.5 > neg.mean(), value
+
+
+def test_value_gate_fit_is_cached_per_statistics_and_value(tiny_stats) -> None:
+    a = gate_of(tiny_stats, "value", "power")
+    assert gate_of(tiny_stats, "value", "power") is a
+    assert gate_of(tiny_stats, "value", "tradition") is not a
+    copy = dataclasses.replace(tiny_stats)  # another statistics object: its own fit, equal
+    b = gate_of(copy, "value", "power")
+    assert b is not a and torch.equal(b.weight, a.weight) and b.bias == a.bias
+    assert gate_of(copy, "value", "power") is b
+
+
+def test_value_gate_errors_name_the_key_and_the_choices(tiny_stats) -> None:
+    with pytest.raises(ValueError, match=r"gate 'value' \(edit.gate / search.space.gates\) "
+                                         r"needs the edit's target value.*self_direction"):
+        gate_of(tiny_stats, "value")
+    with pytest.raises(KeyError, match="unknown value 'kindness'; valid choices: "
+                                       "self_direction, stimulation"):
+        gate_of(tiny_stats, "value", "kindness")
+    with pytest.raises(KeyError, match=r"unknown gate 'values' \(edit.gate / "
+                                       r"search.space.gates\); valid choices: none, context, "
+                                       r"value"):
+        gate_of(tiny_stats, "values", "power")
+    assert gate_of(tiny_stats, "context") is tiny_stats.gate  # the value is not needed
+    assert gate_of(tiny_stats, "none", "power") is None
+
+
+def test_value_gate_accuracy_per_value_and_macro(tiny_host, tiny_stats) -> None:
+    val = nv.load_probes(split="validate", neutral=False).shard(0, 12)
+    acc = value_gate_accuracy(tiny_stats, tiny_host, val, ["The river is wide.", "Snow fell."])
+    per = acc["per_value"]
+    assert acc["layer"] == 1 and set(per) == {VALUES[t] for t in set(val.labels)}
+    for value, r in per.items():
+        n = sum(lab == VALUES.index(value) for lab in val.labels)
+        assert (r["n_value"], r["n_rest"], r["n_neutral"]) == (n, len(val) - n, 2)
+        assert r["balanced_accuracy"] == (r["value_recall"] + r["rest_recall"]) / 2
+        assert 0 <= r["mean_g_neutral"] <= 1
+    for key in ("accuracy", "balanced_accuracy", "mean_g_neutral"):
+        assert acc["macro"][key] == pytest.approx(sum(r[key] for r in per.values()) / len(per))
+    assert set(acc["chat"]) == {"per_value", "macro"}  # tiny-llama has a chat template
+
+
 def test_preflight_names_the_gate_keys(config, tmp_path) -> None:
     from neva_sweep.preflight import preflight
 
     with pytest.raises(ConfigError, match=r"edit.gate: unknown choice 'always'; valid "
-                                          r"choices: none, context"):
+                                          r"choices: none, context, value"):
         preflight(config("task=steer", "value=power", "edit.gate=always"), tmp_path)
     with pytest.raises(ConfigError, match=r"search.space.gates: unknown entry 'always'"):
         preflight(config("search.space.gates=[none,always]"), tmp_path)
@@ -272,7 +381,6 @@ def test_chat_wrapped_rows_train_the_gate_and_leave_the_neuron_statistics_alone(
     a user turn (the form scenarios and MC questions have); the neuron statistics do not see
     those rows."""
     from neva_sweep.config import StatsConfig
-    from neva_sweep.stats import GATE_VALUE
 
     host = nv.load_model("tiny-llama")
     # monkeypatch restores the template: the tokenizer object is shared with other hosts
@@ -281,7 +389,9 @@ def test_chat_wrapped_rows_train_the_gate_and_leave_the_neuron_statistics_alone(
     plain = nv.collect_stats(host, small_probes, StatsConfig(gate_chat=False), progress=False)
     n_p, n_n = len(small_probes), len(small_probes.neutral)
     labels = chat.gate_labels
-    assert int((labels == GATE_VALUE).sum()) == n_p and int((labels == NEUTRAL).sum()) == 2 * n_n
+    assert int((labels >= GATE_VALUE).sum()) == n_p and int((labels == NEUTRAL).sum()) == 2 * n_n
+    # a chat-wrapped probe keeps its value (GATE_VALUE + t), in the plain rows' order
+    assert torch.equal(labels[labels >= GATE_VALUE] - GATE_VALUE, labels[labels < N_VALUES])
     assert len(plain.gate_labels) == n_p + n_n
     monkeypatch.setattr(host.tokenizer, "chat_template", None)  # no template: nothing to wrap
     assert len(nv.collect_stats(host, small_probes, progress=False).gate_labels) == n_p + n_n
@@ -289,7 +399,7 @@ def test_chat_wrapped_rows_train_the_gate_and_leave_the_neuron_statistics_alone(
     for name in ("count", "mean", "m2", "positive", "hist", "resid_sum"):
         assert torch.equal(getattr(chat, name), getattr(plain, name)), name
     # the chat rows are the plain rows' texts wrapped: their features differ
-    wrapped = chat.gate_features[labels == GATE_VALUE]
+    wrapped = chat.gate_features[labels >= GATE_VALUE]
     assert not torch.allclose(wrapped, chat.gate_features[labels < N_VALUES])
     acc = gate_accuracy(chat, host, small_probes.shard(0, 12), ["The river is wide."])
     assert set(acc["chat"]) == set(acc) - {"layer", "chat"}

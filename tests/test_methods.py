@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 import neva_sweep as nv
 from neva_sweep.caa import PromptSpec, ResidualSpec
 from neva_sweep.edit import EditSpec
+from neva_sweep.gate import gate_of
+from neva_sweep.models.arch import residual_sites
 from neva_sweep.scoring import next_token_logprobs
 from neva_sweep.sweep import METHODS, best_edit_spec
 
@@ -19,16 +22,19 @@ PARAMS = {
               "polarity": "both", "positions": "all", "layer_window": "all"}, "magnitude"),
     "random_neurons": ({"sparsity": 0.05, "magnitude": 6.0, "rule": "scale", "seed": 3,
                         "positions": "all", "layer_window": "all"}, "magnitude"),
-    "caa": ({"layer_frac": 0.5, "n_layers": 1, "coefficient": 8.0, "positions": "all"},
-            "coefficient"),
+    "diffmean": ({"layer_frac": 0.5, "n_layers": 1, "coefficient": 8.0, "positions": "all"},
+                 "coefficient"),
+    "caa_pairs": ({"layer_frac": 0.5, "n_layers": 1, "strength": 2.0, "positions": "response"},
+                  "strength"),
     "prompt": ({"strength": 3, "positions": "all"}, "strength"),
 }
+ALIASES = {"caa": "diffmean"}  # deprecated names: the same method object
 PROMPTS = ["Is this person like you?", "What should I do this weekend?"]
 CANDIDATES = torch.arange(200)
 
 
 def test_every_registered_method_is_covered() -> None:
-    assert set(METHODS) == set(PARAMS)
+    assert set(METHODS) == set(PARAMS) | set(ALIASES)
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
@@ -91,11 +97,81 @@ def test_random_neurons_follow_the_seed_and_neva_count(tiny_stats) -> None:
     assert ids(a) != ids(b)
 
 
-def test_caa_layer_fraction_maps_onto_depth(tiny_stats) -> None:
-    build = METHODS["caa"].build
-    first = build(tiny_stats, "power", {**PARAMS["caa"][0], "layer_frac": 0.0})
-    last = build(tiny_stats, "power", {**PARAMS["caa"][0], "layer_frac": 1.0, "n_layers": 3})
+@pytest.mark.parametrize("name", ["diffmean", "caa_pairs"])
+def test_residual_layer_fraction_maps_onto_depth(name, tiny_stats) -> None:
+    build = METHODS[name].build
+    first = build(tiny_stats, "power", {**PARAMS[name][0], "layer_frac": 0.0})
+    last = build(tiny_stats, "power", {**PARAMS[name][0], "layer_frac": 1.0, "n_layers": 3})
     assert first.layers == (0,) and last.layers == (nv.load_model("tiny-llama").n_layers - 1,)
+
+
+# -- caa_pairs: the vector, its positions; diffmean's former name --------------------------
+def first_block_output(host, batch) -> torch.Tensor:
+    """Block 0's output hidden state as the next block reads it (after any edit's hook),
+    (B, S, H)."""
+    seen = []
+    handle = residual_sites(host.model)[0].register_forward_hook(
+        lambda module, args, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        host.model(**batch)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_caa_pairs_adds_strength_times_the_residual_norm_along_the_pair_difference(
+        tiny_host, tiny_stats) -> None:
+    """On the collected stance pairs of the tiny statistics."""
+    t, strength = nv.VALUES.index("tradition"), 0.3
+    edit = nv.make_edit(tiny_stats, "tradition", "caa_pairs", layer_frac=0.0,
+                        strength=strength, positions="all")
+    batch = tiny_host.tokenize(PROMPTS)
+    base = first_block_output(tiny_host, batch)
+    with nv.apply(tiny_host, edit):
+        added = first_block_output(tiny_host, batch) - base  # (B, S, H)
+    real = batch.attention_mask.bool()
+    norms = added[real].double().norm(dim=-1)  # every token got the same vector
+    expected = strength * float(tiny_stats.pair_resid_norm[0])
+    torch.testing.assert_close(norms, torch.full_like(norms, expected), atol=1e-6, rtol=1e-5)
+    direction = tiny_stats.pair_resid_mean[t, 0]  # (H,)
+    cosine = torch.nn.functional.cosine_similarity(added[real].double(), direction[None], dim=-1)
+    torch.testing.assert_close(cosine, torch.ones_like(cosine), atol=1e-5, rtol=0)
+
+
+def test_caa_pairs_edits_the_response_only(tiny_host, tiny_stats) -> None:
+    """Published CAA adds after the instruction: under positions="response" the logits of
+    the prompt tokens before the last one stay bitwise the same, later ones all move (the
+    last prompt token's output predicts the first response token)."""
+    edit = nv.make_edit(tiny_stats, "power", "caa_pairs", strength=2.0)
+    assert edit.positions == "response"
+    batch = tiny_host.tokenize(["I help my neighbour carry boxes."])  # one row, no padding
+    start = 4  # the response starts at token 4: tokens 0-3 are the prompt
+    base = tiny_host.model(**batch).logits[0]  # (S, vocab)
+    with nv.apply(tiny_host, edit) as group:
+        group.set_response_start(torch.tensor([start]))
+        edited = tiny_host.model(**batch).logits[0]
+    torch.testing.assert_close(edited[: start - 1], base[: start - 1], atol=0, rtol=0)
+    assert ((edited[start - 1:] - base[start - 1:]).abs().amax(-1) > 1e-5).all()
+
+
+def test_caa_pairs_without_stance_pairs_says_how_to_recollect(tiny_stats) -> None:
+    stats = copy.copy(tiny_stats)
+    stats.pair_resid_sum = stats.pair_resid_count = stats.pair_resid_norm = None
+    with pytest.raises(ValueError, match="hold no stance pairs.*delete the cached statistics"):
+        nv.make_edit(stats, "power", "caa_pairs")
+    nv.make_edit(stats, "power", "diffmean")  # the other residual method needs none
+
+
+def test_caa_is_diffmean_under_its_former_name(tiny_stats, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(METHODS, "_warned", set())  # as in a fresh process
+    with caplog.at_level("WARNING", logger="neva_sweep.registry"):
+        assert METHODS["caa"] is METHODS["diffmean"] and METHODS["caa"] is METHODS["caa"]
+    warnings = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert len(warnings) == 1 and "'caa'" in warnings[0] and "diffmean" in warnings[0]
+    params, _ = PARAMS["diffmean"]
+    assert same(nv.make_edit(tiny_stats, "power", "caa", **params),
+                nv.make_edit(tiny_stats, "power", "diffmean", **params))
+    assert METHODS.canonical("caa") == "diffmean" and "caa" in METHODS.names()
 
 
 # -- nv.make_edit: every method, with its documented defaults or given parameters -----------
@@ -106,14 +182,16 @@ DEFAULTS = {
              "layer_window": "all", "gate": "none"},
     "random_neurons": {"sparsity": 2e-3, "magnitude": 4.0, "strength": None, "rule": "add",
                        "positions": "all", "layer_window": "all", "gate": "none", "seed": 0},
-    "caa": {"layer_frac": 0.5, "n_layers": 1, "coefficient": 2.0, "strength": None,
-            "positions": "all", "gate": "none"},
+    "diffmean": {"layer_frac": 0.5, "n_layers": 1, "coefficient": 2.0, "strength": None,
+                 "positions": "all", "gate": "none"},
+    "caa_pairs": {"layer_frac": 0.5, "n_layers": 1, "strength": 0.2, "positions": "response",
+                  "gate": "none"},
     "prompt": {"strength": 3, "positions": "all"},
 }
 
 
 def test_documented_defaults() -> None:
-    assert {name: METHODS[name].defaults for name in METHODS} == DEFAULTS
+    assert {name: METHODS[name].defaults for name in PARAMS} == DEFAULTS
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
@@ -127,7 +205,8 @@ def test_make_edit_with_defaults_and_with_params(name, tiny_stats) -> None:
     one = {knob: params[knob]}  # one parameter given, the rest defaults
     assert same(nv.make_edit(tiny_stats, "power", name, **one),
                 method.build(tiny_stats, "power", {**DEFAULTS[name], **one}))
-    assert given.positions in ("all", None) and given.describe()["kind"] == given.kind
+    assert given.positions in (params["positions"], None)
+    assert given.describe()["kind"] == given.kind
 
 
 def test_make_edit_errors_name_what_is_valid(tiny_stats) -> None:
@@ -157,28 +236,32 @@ def test_best_edit_entries_rebuild_with_defaults_for_absent_params(name, tiny_st
 
 
 # -- the hooked methods again, gated (neva_sweep/gate.py) -----------------------------------
-GATED = ("neva", "random_neurons", "caa")  # prompt edits take no gate
+GATED = ("neva", "random_neurons", "diffmean", "caa_pairs")  # prompt edits take no gate
+GATES = ("context", "value")  # every gate but none
 
 
+@pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("name", GATED)
-def test_gated_zero_strength_is_identity_and_strength_moves_logits(name, tiny_host, tiny_stats
-                                                                   ) -> None:
+def test_gated_zero_strength_is_identity_and_strength_moves_logits(name, gate, tiny_host,
+                                                                   tiny_stats) -> None:
     params, knob = PARAMS[name]
-    params = {**params, "gate": "context"}
+    params = {**params, "gate": gate}
     method = METHODS[name]
     strong = method.build(tiny_stats, "tradition", params)
     zero = method.build(tiny_stats, "tradition", {**params, knob: 0})
-    assert strong.gate is tiny_stats.gate and strong.describe()["gate"] == "context"
+    assert strong.gate is gate_of(tiny_stats, gate, "tradition")
+    assert strong.describe()["gate"] == gate
     base, z, s = (next_token_logprobs(tiny_host, PROMPTS, CANDIDATES, [e])[0]
                   for e in (None, zero, strong))
     torch.testing.assert_close(z, base, atol=0, rtol=0)
     assert (s - base).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("name", GATED)
-def test_gated_build_make_edit_and_best_edit_entries(name, tiny_stats, tmp_path) -> None:
+def test_gated_build_make_edit_and_best_edit_entries(name, gate, tiny_stats, tmp_path) -> None:
     params, knob = PARAMS[name]
-    params = {**params, "gate": "context"}
+    params = {**params, "gate": gate}
     a = METHODS[name].build(tiny_stats, "power", params)
     assert same(a, METHODS[name].build(tiny_stats, "power", params))
     assert same(nv.make_edit(tiny_stats, "power", name, **params), a)

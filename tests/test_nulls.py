@@ -14,6 +14,7 @@ from neva_sweep.edit import RULES, NeuronEdit
 from neva_sweep.gate import gate_of
 from neva_sweep.models.identity import ModelId
 from neva_sweep.nulls import (
+    activation_quadrature,
     dose_matched,
     dose_matched_nulls,
     edit_push,
@@ -94,13 +95,21 @@ def test_null_matches_count_and_push(model, kind):
 
 
 def direct_delta(rule: str, neurons: ValueNeurons, stats, alpha: float) -> torch.Tensor:
-    """(k,) expected activation change, written out per rule (not through the rules)."""
+    """(k,) expected activation change, written out per rule (not through the rules); the
+    input-dependent rules over the histograms' points (tests/test_rules.py checks those
+    against captured activations)."""
     offsets = torch.tensor(layer_offsets(stats.layer_sizes))
-    mu = stats.mean.mean(0).float()[offsets[neurons.layer] + neurons.index]
+    cols = offsets[neurons.layer] + neurons.index
+    mu = stats.mean.mean(0).float()[cols]
+    a, w = activation_quadrature(stats, cols)  # (k, P)
+    floor = (alpha * neurons.quantile)[:, None]
+    midpoint = (neurons.mean_ref + neurons.mean_diff / 2)[:, None]
+    beyond = torch.where(neurons.mean_diff[:, None] < 0, a < midpoint, a > midpoint)
     return {"add": alpha * neurons.mean_diff,
             "add_sd": alpha * neurons.mean_diff.sign() * neurons.std,
             "scale": alpha * mu,  # positive polarity: every neuron is raised
-            "set": (alpha * neurons.quantile - mu).clamp(min=0)}[rule]
+            "set": (w * (a > 0) * (a.clamp(min=floor) - a)).sum(-1).float(),  # active only
+            "gate_neuron": alpha * neurons.mean_diff * (w * beyond).sum(-1).float()}[rule]
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -207,10 +216,11 @@ def test_prompt_edit_has_no_null(tiny_host, tiny_stats):
 
 
 def test_errors(tiny_host, tiny_stats):
-    # scale/set need the statistics (mean activations)
+    # every rule but add and add_sd needs the statistics (activation distributions)
     neurons = nv.select_neurons(tiny_stats, VALUE, sparsity=0.05)[VALUE]
-    with pytest.raises(ValueError, match="pass stats"):
-        edit_push(tiny_host, NeuronEdit(neurons, "scale", 1.0))
+    for rule in ("scale", "set", "gate_neuron"):
+        with pytest.raises(ValueError, match="pass stats"):
+            edit_push(tiny_host, NeuronEdit(neurons, rule, 1.0))
     # a layer without enough other neurons for the null
     k = 60
     big = ValueNeurons(torch.zeros(k, dtype=torch.long), torch.arange(k), torch.ones(k),

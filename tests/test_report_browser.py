@@ -55,3 +55,17 @@ def test_chromium_renders_the_title_and_figures(page, tmp_path):
     # figures are within the first 2000 pixels and were decoded and painted.
     colourful = (img.max(axis=2) - img.min(axis=2)) > 0.3
     assert colourful.mean() > 0.001, f"only {colourful.mean():.5f} of the pixels are coloured"
+
+
+def test_chromium_renders_the_compare_page(tmp_path_factory):
+    from neva_sweep.report.compare import compare_runs
+
+    root = tmp_path_factory.mktemp("compare")
+    small = dict(models=("tiny-a",), values=("power",), n_trials=3, neuron_files=False)
+    runs = [fabricate_run(root / "one", methods=("neva",), **small),
+            fabricate_run(root / "two", methods=("random",), seed=1, **small)]
+    page = compare_runs(runs, root / "out")
+    dom = chromium("--dump-dom", page.resolve().as_uri())
+    assert "<title>neva_sweep comparison: one vs two</title>" in dom
+    assert dom.count('<img src="data:image/png;base64,') >= 5  # fronts, leakage, profiles...
+    assert "<th class=\"text\">run</th>" in dom

@@ -12,6 +12,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import astuple
 from pathlib import Path
 
 import optuna
@@ -23,7 +24,14 @@ import neva_sweep as nv
 from neva_sweep.capability import CapabilityConfig, base_distribution, mean_kl, neutral_texts
 from neva_sweep.data import load_records
 from neva_sweep.strength import neuron_magnitude, neuron_strength
-from neva_sweep.sweep.calibrate import bisect_dose, calibrate_edit, calibration_job
+from neva_sweep.sweep.calibrate import (
+    bisect_dose,
+    calibrate_edit,
+    calibration_job,
+    is_scaled,
+    reference_params,
+    strength_key,
+)
 from neva_sweep.sweep.lock import NoLock
 from neva_sweep.sweep.outputs import Outputs
 from neva_sweep.sweep.plan import ConfigError, ModelEntry, StudyKey, check_search
@@ -37,12 +45,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # --- scaled strength ---------------------------------------------------------------------
 @pytest.mark.parametrize("method,rule", [("neva", "add"), ("neva", "add_sd"), ("neva", "scale"),
-                                         ("neva", "set"), ("random_neurons", "add")])
+                                         ("neva", "set"), ("neva", "gate_neuron"),
+                                         ("random_neurons", "add"),
+                                         ("random_neurons", "gate_neuron")])
 def test_strength_gives_the_edit_of_the_raw_magnitude_it_records(tiny_stats, method, rule):
     scaled = nv.make_edit(tiny_stats, "power", method, sparsity=0.05, rule=rule, strength=3.0)
     raw = nv.make_edit(tiny_stats, "power", method, sparsity=0.05, rule=rule,
                        magnitude=scaled.describe()["magnitude"])
-    for a, b in zip(scaled.coefficients(), raw.coefficients()):
+    for a, b in zip(astuple(scaled.coefficients()), astuple(raw.coefficients())):
         torch.testing.assert_close(a, b)
     assert neuron_strength(scaled.neurons, rule, scaled.magnitude, tiny_stats) == \
         pytest.approx(3.0, rel=1e-3)
@@ -58,9 +68,21 @@ def test_strength_is_linear_in_the_magnitude_and_grows_with_the_count(tiny_stats
     assert neuron_magnitude(many.neurons, "add", 5.0) < neuron_magnitude(few.neurons, "add", 5.0)
 
 
-def test_caa_strength_is_its_coefficient(tiny_stats):
-    a = nv.make_edit(tiny_stats, "power", "caa", strength=1.5)
+def test_diffmean_strength_is_its_coefficient(tiny_stats):
+    a = nv.make_edit(tiny_stats, "power", "diffmean", strength=1.5)
     assert a.describe()["coefficient"] == 1.5
+
+
+def test_residual_methods_calibrate_their_own_strength_box(config):
+    space = config().search.space
+    keys = {m: strength_key(m) for m in ("neva", "diffmean", "caa", "caa_pairs", "prompt")}
+    assert keys == {"neva": "strength", "diffmean": "caa_strength", "caa": "caa_strength",
+                    "caa_pairs": "caa_pairs_strength", "prompt": "strength"}
+    assert [is_scaled(m) for m in ("diffmean", "caa", "caa_pairs", "prompt")] == [
+        True, True, True, False]
+    ref = reference_params("caa_pairs", space)  # its own positions, not search.space's
+    assert ref["positions"] == "response" and ref["layer_frac"] == sum(space.caa_layer) / 2
+    assert reference_params("caa", space) == reference_params("diffmean", space)
 
 
 # --- calibration ---------------------------------------------------------------------------
@@ -75,7 +97,7 @@ def test_bisection_finds_the_budget_dose_and_reports_what_it_cannot_bracket():
         bisect_dose(lambda d: d, budget=0.0)
 
 
-@pytest.mark.parametrize("method", ["neva", "caa"])
+@pytest.mark.parametrize("method", ["neva", "diffmean", "caa_pairs"])
 def test_calibration_brackets_the_kl_budget_on_a_tiny_model(config, tiny_host, tiny_stats,
                                                             method):
     budget = 2e-5  # the tiny random model's KL saturates near 1e-3
@@ -98,7 +120,9 @@ def test_bad_search_settings_are_refused_before_any_work(config):
     for override, key in (("search.pruner=asha", "search.pruner"),
                           ("search.fidelity=1.0", "search.fidelity"),
                           ("search.calibration.span=[2.0,1.0]", "search.calibration.span"),
-                          ("search.space.strength=[0.0,4.0]", "search.space.strength")):
+                          ("search.space.strength=[0.0,4.0]", "search.space.strength"),
+                          ("search.space.caa_pairs_strength=[0.0,1.0]",
+                           "search.space.caa_pairs_strength")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             check_search(config(override).search)
 

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -68,7 +69,10 @@ def test_edit_quantities_carried_by_the_map(tiny_stats):
     mean_rest = rest_stats(tiny_stats)[0]
     expected = (tiny_stats.mean[t, cols] - mean_rest[t, cols]).float()
     torch.testing.assert_close(vn.mean_diff, expected)
+    torch.testing.assert_close(vn.mean_ref, mean_rest[t, cols].float())  # gate_neuron's
     torch.testing.assert_close(vn.quantile, tiny_stats.quantile()[t, cols].float())
+    rand = nv.random_neurons(tiny_stats, "security", 10, seed=1)
+    torch.testing.assert_close(rand.mean_ref, mean_rest[t, rand.layer * 96 + rand.index].float())
 
 
 def test_map_save_load_and_summary(tmp_path, tiny_stats):
@@ -77,7 +81,7 @@ def test_map_save_load_and_summary(tmp_path, tiny_stats):
     back = NeuronMap.load(tmp_path / "m.safetensors")
     assert back.values == ["power", "universalism"] and back.meta == nmap.meta
     for v in back.values:
-        for f in ("layer", "index", "score", "mean_diff", "quantile", "std"):
+        for f in ("layer", "index", "score", "mean_diff", "quantile", "std", "mean_ref"):
             assert torch.equal(getattr(back[v], f), getattr(nmap[v], f))
     summary = nmap.summary(top=3)
     assert sum(summary["values"]["power"]["per_layer"]) == len(nmap["power"])
@@ -97,7 +101,7 @@ def test_random_neurons_are_seeded(tiny_stats):
     (dict(sparsity=0.0), "sparsity must be in \\(0, 1\\) \\(edit.sparsity\\)"),
     (dict(sparsity=1.5), "edit.sparsity"),
     (dict(score="cosine"), "unknown score 'cosine'; valid choices: mean_diff, contrast_d, "
-                           "prob_diff, lape"),
+                           "prob_diff, pairs_d, lape"),
     (dict(polarity="negative"), "unknown polarity 'negative' \\(edit.polarity\\); valid "
                                 "choices: positive, both"),
     (dict(polarity="both", score="lape"), "polarity=both needs a signed score"),
@@ -110,8 +114,13 @@ def test_selection_errors(tiny_stats, kwargs, message):
 
 
 def test_all_scores_select_for_every_value(tiny_stats):
+    # attribution reads the pairs' gradients (stats.attribution): a stand-in here, the score
+    # itself is checked against a real gradient pass in tests/test_attribution.py
+    grad = torch.randn(tiny_stats.mean.shape, generator=torch.Generator().manual_seed(0),
+                       dtype=torch.float64)
+    stats = replace(tiny_stats, pair_grad=grad)
     for score in nv.SCORES:
-        nmap = nv.select_neurons(tiny_stats, sparsity=0.05, score=score)
+        nmap = nv.select_neurons(stats, sparsity=0.05, score=score)
         assert len(nmap.values) == N_VALUES
 
 

@@ -116,6 +116,9 @@ def test_collect_stats_matches_tp1(tp1, tp2, small_probes):
         torch.testing.assert_close(getattr(got, name), getattr(ref, name), atol=1e-4, rtol=1e-4)
     # Histogram bins may differ where an activation sits on a bin edge (rounding).
     assert (got.hist != ref.hist).float().mean() < 1e-3
+    assert ref.pair_count.sum() > 0  # each rank reads every pair: its columns, the residuals
+    for name in ("pair_count", "pair_sum", "pair_sumsq", "pair_resid_sum", "pair_resid_norm"):
+        torch.testing.assert_close(getattr(got, name), getattr(ref, name), atol=1e-4, rtol=1e-4)
 
 
 def test_call_error_carries_message(tp2):

@@ -47,9 +47,10 @@ def asked_params(s: StudyState, space) -> list[dict]:
 def test_fit_space_keeps_searched_parameters_inside_the_space(search):
     defaults = METHODS["neva"].defaults
     fitted = fit_space("neva", search.space, dict(defaults))
-    # sparsity, magnitude and rule are searched here; score, positions... have one choice
+    # sparsity, magnitude, rule and gate (search.space.gates: none, value) are searched here;
+    # score, positions... have one choice
     assert fitted == {"sparsity": defaults["sparsity"], "magnitude": defaults["magnitude"],
-                      "rule": "add"}
+                      "rule": "add", "gate": "none"}
     assert fit_space("neva", search.space, {**defaults, "magnitude": 80.0}) is None
     assert fit_space("neva", search.space, {**defaults, "rule": "set"}) is None
     assert fit_space("neva", search.space, {"magnitude": 4.0}) is None  # sparsity missing
@@ -57,14 +58,15 @@ def test_fit_space_keeps_searched_parameters_inside_the_space(search):
 
 def test_fresh_study_starts_from_another_values_best_feasible_then_defaults(search):
     done, fresh, caa = state("power"), state("benevolence"), state("security", "caa")
-    good = {"sparsity": 0.004, "magnitude": 6.0, "rule": "scale"}
+    good = {"sparsity": 0.004, "magnitude": 6.0, "rule": "scale", "gate": "value"}
     finish(done, search.space, good, alignment=0.02, kl=0.05)
-    finish(done, search.space, {"sparsity": 0.008, "magnitude": 7.5, "rule": "add"},
+    finish(done, search.space, {"sparsity": 0.008, "magnitude": 7.5, "rule": "add",
+                                "gate": "none"},
            alignment=0.05, kl=0.5)  # higher alignment but over the KL budget: not a donor
     assert warm_start([done, fresh, caa], search) == 3
     defaults = fit_space("neva", search.space, dict(METHODS["neva"].defaults))
     assert asked_params(fresh, search.space) == [good, defaults]
-    # the caa study has no donor of its method: its defaults only
+    # the caa study (diffmean's former name) has no donor of its method: its defaults only
     assert asked_params(caa, search.space) == [
         fit_space("caa", search.space, dict(METHODS["caa"].defaults))]
     assert len(done.study.get_trials()) == 2  # a study with trials gets nothing
@@ -76,6 +78,19 @@ def test_warm_start_can_be_turned_off(config):
     assert s.study.get_trials() == []
 
 
+def test_caa_pairs_starts_at_its_calibrated_dose_else_its_default_strength(config):
+    search = config().search
+    fresh, uncalibrated = state("power", "caa_pairs"), state("tradition", "caa_pairs")
+    fresh.study.set_user_attr("calibration", {"dose": 0.3, "bracketed": True})
+    fresh.space = uncalibrated.space = None
+    assert warm_start([fresh, uncalibrated], search) == 2
+    (params,) = asked_params(fresh, search.space)
+    assert params["strength"] == 0.3 and params["gate"] == "none"
+    assert params["layer_frac"] == pytest.approx(sum(search.space.caa_layer) / 2)
+    (first,) = asked_params(uncalibrated, search.space)
+    assert first["strength"] == METHODS["caa_pairs"].defaults["strength"]
+
+
 def test_scaled_defaults_start_at_the_calibrated_dose(config):
     search = config().search  # scaled strengths, the default
     fresh, uncalibrated = state("power"), state("tradition")
@@ -85,6 +100,9 @@ def test_scaled_defaults_start_at_the_calibrated_dose(config):
     (params,) = asked_params(fresh, search.space)
     lo, hi = search.space.sparsity  # the calibration's reference setting, at its dose
     assert params["strength"] == 12.0 and params["sparsity"] == pytest.approx((lo * hi) ** 0.5)
+    # the rule is searched by default; the reference (and so the first trial) stays add
+    assert list(search.space.rules) == ["add", "scale", "set", "gate_neuron"]
+    assert params["rule"] == "add"
     lo, hi = search.space.strength  # no calibration: the defaults, mid-range strength
     (first,) = asked_params(uncalibrated, search.space)
     assert first["sparsity"] == METHODS["neva"].defaults["sparsity"]

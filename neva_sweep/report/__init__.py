@@ -5,9 +5,11 @@ best_edits.json, neuron maps, the Hydra config -> a :class:`Run` that lists what
 missing), ``figures`` (Pareto fronts, leakage matrices, value profiles, neuron maps,
 optimisation history; PNG + SVG), ``tables`` (chosen edits, model comparison, studies;
 CSV), ``html`` (one self-contained page) and ``build`` (:func:`build_report`).
+``compare`` (:func:`compare_runs`, ``task=compare``) merges several runs into one report.
 """
 
 from .build import build_report
+from .compare import compare_runs
 from .load import Run, load_run
 
-__all__ = ["Run", "build_report", "load_run"]
+__all__ = ["Run", "build_report", "compare_runs", "load_run"]

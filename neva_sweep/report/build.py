@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from .figures import make_figures
 from .html import write_html
-from .load import load_run
+from .load import Run, load_run
 from .tables import make_tables
 
 
@@ -41,13 +42,18 @@ def build_report(run_dir: str | Path, storage: str | None = None, strict: bool =
     run = load_run(run_dir, storage)
     if strict and run.errors and not run.rows:
         raise ReportError(" ".join(run.errors))
-    out = run.run_dir / "report"
+    page = write_report(run, run.run_dir / "report")
+    if strict and run.errors:
+        raise ReportError(f"wrote {page}, but: " + " ".join(run.errors))
+    return page
+
+
+def write_report(run: Run, out: Path, **page: Any) -> Path:
+    """Figures, tables and ``index.html`` of ``run`` under ``out`` (``figures/`` and
+    ``tables/`` rebuilt from scratch); ``page``: :func:`~.html.write_html`'s keywords."""
     for old in (out / "figures", out / "tables"):  # no stale files from an earlier build
         if old.is_dir():
             shutil.rmtree(old)
     sections = make_figures(run, out / "figures")
     tables = make_tables(run, out / "tables")
-    page = write_html(run, sections, tables, out / "index.html")
-    if strict and run.errors:
-        raise ReportError(f"wrote {page}, but: " + " ".join(run.errors))
-    return page
+    return write_html(run, sections, tables, out / "index.html", **page)

@@ -13,6 +13,7 @@ import base64
 import html
 import platform
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -82,7 +83,7 @@ def _table(t: Table, root: Path) -> str:
     shown = [c for c in t.columns if not c.endswith(("_ci_lo", "_ci_hi"))]
     idx = {c: i for i, c in enumerate(t.columns)}
     left = ' class="text"'
-    head = "".join(f"<th{left if c in ('model', 'value', 'method') else ''}>{esc(c)}</th>"
+    head = "".join(f"<th{left if c in ('run', 'model', 'value', 'method') else ''}>{esc(c)}</th>"
                    for c in shown)
     body = []
     for row in t.rows:
@@ -135,14 +136,22 @@ def _reproduce(run: Run) -> str:
     return "\n".join(lines)
 
 
-def write_html(run: Run, sections: list[Section], tables: list[Table], path: Path) -> Path:
-    """Write the report page to ``path`` (its figures and CSVs already lie beside it)."""
+def write_html(run: Run, sections: list[Section], tables: list[Table], path: Path, *,
+               title: str | None = None, notices: Sequence[str] = (),
+               reproduce: str | None = None) -> Path:
+    """Write the report page to ``path`` (its figures and CSVs already lie beside it).
+
+    ``title`` (default: from the run directory), ``notices`` (warnings about the whole
+    page, above the chosen edits' ones) and ``reproduce`` (the commands that rebuild it)
+    let ``task=compare`` (:mod:`neva_sweep.report.compare`) describe a merged run.
+    """
     root = path.parent
-    title = f"neva_sweep report: {run.run_dir.resolve().name}"
+    title = title or f"neva_sweep report: {run.run_dir.resolve().name}"
+    reproduce = reproduce or _reproduce(run)
     missing = [*run.missing, *(f"{s.title}: {n}" for s in sections for n in s.notes),
                *(f"{t.title}: {n}" for t in tables for n in t.notes)]
     warnings = chosen_warnings(run)
-    nav = [("warnings", "Warnings")] if warnings else []
+    nav = [("warnings", "Warnings")] if warnings or notices else []
     nav += [("missing", "What is missing")] if missing else []
     first, rest = [t for t in tables if t.id != "studies"], [t for t in tables if
                                                              t.id == "studies"]
@@ -162,10 +171,13 @@ def write_html(run: Run, sections: list[Section], tables: list[Table], path: Pat
         f"</code>. Generated {esc(now)}.</p>",
         "<nav>" + "".join(f'<a href="#{i}">{esc(t)}</a>' for i, t in nav) + "</nav></header>",
     ]
-    if warnings:
-        parts.append('<section id="warnings" class="missing"><h2>Warnings</h2><p>Chosen '
-                     "edits that are not evidence of steering toward their value:</p><ul>"
-                     + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul></section>")
+    if warnings or notices:
+        chosen = ("<p>Chosen edits that are not evidence of steering toward their value:</p>"
+                  "<ul>" + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>"
+                  if warnings else "")
+        parts.append('<section id="warnings" class="missing"><h2>Warnings</h2>'
+                     + "".join(f"<p><b>{esc(n)}</b></p>" for n in notices) + chosen
+                     + "</section>")
     if missing:
         parts.append('<section id="missing" class="missing"><h2>What is missing</h2><ul>'
                      + "".join(f"<li>{esc(m)}</li>" for m in missing) + "</ul></section>")
@@ -176,7 +188,7 @@ def write_html(run: Run, sections: list[Section], tables: list[Table], path: Pat
         f'<section id="config"><h2>Config</h2><pre>{esc(config)}</pre></section>',
         f'<section id="versions"><h2>Versions</h2><p>Packages of the Python that built this '
         f"report ({esc(sys.executable)}).</p><table>{vers}</table></section>",
-        f'<section id="reproduce"><h2>Reproduce</h2><pre>{esc(_reproduce(run))}</pre>'
+        f'<section id="reproduce"><h2>Reproduce</h2><pre>{esc(reproduce)}</pre>'
         "</section>", "</body></html>",
     ]
     path.write_text("\n".join(parts), encoding="utf-8")

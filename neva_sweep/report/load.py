@@ -99,6 +99,9 @@ class Run:
     overrides: list[str] | None = None
     missing: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # problems that make the report wrong
+    # task=compare (report/compare.py): merged model label -> (run name, the run's own model
+    # label), for the tables' run column; empty for one run
+    origins: dict[str, tuple[str, str]] = field(default_factory=dict)
     _by_key: dict[Key, list[dict[str, Any]]] | None = field(default=None, repr=False)
     _indexed: int = field(default=0, repr=False)
 

@@ -6,6 +6,8 @@
 - ``model_comparison.csv`` and ``model_comparison_by_value.csv`` (several models only).
 - ``studies.csv``: trial counts by state, feasible trials, front size, best alignment and
   the last error of every study.
+
+In a comparison of runs (``task=compare``) every table starts with a ``run`` column.
 """
 
 from __future__ import annotations
@@ -90,6 +92,17 @@ def edit_warnings(e: dict) -> list[str]:
     return out
 
 
+def model_columns(run: Run) -> list[str]:
+    """The tables' leading columns naming a model: ``model``, and ``run`` before it when
+    the report compares several runs (``task=compare``)."""
+    return ["run", "model"] if run.origins else ["model"]
+
+
+def model_cells(run: Run, model: str) -> list[str]:
+    """The cells of :func:`model_columns` for ``model`` (a merged label in a comparison)."""
+    return list(run.origins[model]) if run.origins else [model]
+
+
 def chosen_warnings(run: Run) -> list[str]:
     """One line per chosen edit with :func:`edit_warnings`, for the page's Warnings."""
     return [f"{'/'.join(k)}: {'; '.join(w)}" for k in run.keys() if k in run.chosen
@@ -100,7 +113,7 @@ def chosen_table(run: Run, out: Path) -> Table:
     edits = [run.chosen[k] for k in run.keys() if k in run.chosen]
     params = [p for p in PARAMS if any(p in e["params"] for e in edits)]
     params += sorted({p for e in edits for p in e["params"]} - set(params))
-    columns = ["model", "value", "method", "trial", *params]
+    columns = [*model_columns(run), "value", "method", "trial", *params]
     ci: dict[str, str] = {}
     # the headline metrics always; the others (perplexity, ...) when some edit has them
     metrics = [m for m in METRICS if m in SUMMARY or any(e.get(m) is not None for e in edits)]
@@ -117,11 +130,12 @@ def chosen_table(run: Run, out: Path) -> Table:
     rows = []
     for k in run.keys():
         e = run.chosen.get(k)
+        study = [*model_cells(run, k[0]), *k[1:]]
         if e is None:
             reason = run.no_edit.get(k, "no chosen edit")
-            rows.append([*k, *[None] * (len(columns) - 4), reason])
+            rows.append([*study, *[None] * (len(columns) - len(study) - 1), reason])
             continue
-        row = [*k, e.get("trial"), *[e["params"].get(p) for p in params]]
+        row = [*study, e.get("trial"), *[e["params"].get(p) for p in params]]
         for m in metrics:
             row.append(e.get(m))
             if m in ci:
@@ -154,7 +168,7 @@ def comparison_tables(run: Run, out: Path) -> list[Table]:
     """Model comparison tables; none when the sweep has a single model."""
     if len(run.models) < 2:
         return []
-    columns = ["model", "method", "values", "edits",
+    columns = [*model_columns(run), "method", "values", "edits",
                *(f"mean_{m}" for m in SUMMARY), "max_accuracy_drop"]
     rows = []
     for model in run.models:
@@ -164,7 +178,7 @@ def comparison_tables(run: Run, out: Path) -> list[Table]:
                 continue
             edits = [run.chosen[k] for k in keys if k in run.chosen]
             drops = [num(e.get("accuracy_drop")) for e in edits]
-            rows.append([model, method, len(keys), len(edits),
+            rows.append([*model_cells(run, model), method, len(keys), len(edits),
                          *(_mean([num(e.get(m)) for e in edits]) for m in SUMMARY),
                          max((d for d in drops if d is not None), default=None)])
     path = out / "model_comparison.csv"
@@ -189,7 +203,8 @@ def comparison_tables(run: Run, out: Path) -> list[Table]:
 
 
 def studies_table(run: Run, out: Path) -> Table:
-    columns = ["model", "value", "method", "trials", "complete", "pruned", "failed", "other",
+    columns = [*model_columns(run), "value", "method", "trials", "complete", "pruned",
+               "failed", "other",
                "feasible", "pareto", "best_alignment", "median_duration_s", "last_error"]
     rows = []
     for k in run.keys():
@@ -201,7 +216,8 @@ def studies_table(run: Run, out: Path) -> Table:
         durations = [d for r in done if (d := num(r.get("duration_s"))) is not None]
         errors = [str(r["error"]) for r in sorted(failed, key=lambda r: r["trial"])
                   if r.get("error")]  # a pruned trial's reason is not an error
-        rows.append([*k, len(trials), len(done), len(pruned), len(failed),
+        rows.append([*model_cells(run, k[0]), *k[1:], len(trials), len(done), len(pruned),
+                     len(failed),
                      len(trials) - len(done) - len(pruned) - len(failed),
                      sum(feasible(r, run.constraints) for r in done),
                      len(run.fronts.get(k, [])), max(aligns, default=None),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import baselines  # noqa: F401,I001  (registers random_neurons, caa and prompt)
+from . import baselines  # noqa: F401,I001  (registers the baselines: random_neurons, diffmean, caa_pairs, prompt)
 from .methods import METHODS, Method
 
 _LAZY = {"ConfigError": "plan", "make_plan": "plan", "Outcome": "scheduler",

@@ -3,9 +3,14 @@
 - ``random_neurons``: as many neurons as NeVA would select at the trial's sparsity, drawn
   uniformly at random (seed recorded in the trial's params), with NeVA's edit rule: the
   control that tells whether *selection* matters.
-- ``caa``: contrastive activation addition on the residual stream (neva_sweep/caa.py);
+- ``diffmean``: a residual-stream steering vector, the difference of mean residuals of the
+  value's probes and the rest over all probe tokens (ActAdd-style; neva_sweep/caa.py);
   searched over the layer (as a fraction of depth, so one space fits every model), the
-  number of consecutive layers and the coefficient.
+  number of consecutive layers and the coefficient. ``caa`` is its former name, kept as a
+  deprecated alias for one release (same object; studies keep the configured name).
+- ``caa_pairs``: contrastive activation addition as published (Rimsky et al. 2024): the
+  mean residual difference of stance pairs at the answer letter, scaled to the residual
+  norm, added after the prompt; searched over the same layers and the strength.
 - ``prompt``: a prefix asking the model to prioritise the value, at one of three
   strengths (the no-internals baseline; neva_sweep/prompting.py).
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from ..caa import ResidualEdit, caa_edit
+from ..caa import ResidualEdit, caa_edit, caa_pairs_edit, depth_layers
 from ..edit import NeuronEdit
 from ..gate import gate_of
 from ..prompting import DEFAULT_STRENGTH, PromptEdit, prompt_edit
@@ -49,19 +54,35 @@ class RandomNeurons(NeVA):
                                  layer_window=parse_window(params["layer_window"]))
         return NeuronEdit(neurons, params["rule"], resolve_magnitude(stats, neurons, params),
                           params.get("positions"),
-                          gate=gate_of(stats, params.get("gate", "none")))
+                          gate=gate_of(stats, params.get("gate", "none"), value))
 
 
-class CAA:
-    """Residual-stream steering vectors (mean difference of value vs rest activations).
+def layer_params(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """The searched layers of a residual method: ``layer_frac`` (uniform in
+    ``space.caa_layer``) and ``n_layers`` (from ``space.caa_n_layers``)."""
+    return {"layer_frac": trial.suggest_float("layer_frac", *space.caa_layer),
+            "n_layers": choose(trial, "n_layers", list(space.caa_n_layers))}
 
-    The dose is ``strength`` (searched log-uniformly and calibrated when
-    ``search.space.scaled``; for CAA the coefficient itself, see neva_sweep/strength.py)
-    or ``coefficient`` (uniform); a given strength wins. Defaults: one layer at the middle
-    of the depth, coefficient 2 (a starting point, not a tuned value).
+
+def chosen_layers(stats: NeuronStats, params: dict[str, Any]) -> list[int]:
+    """The blocks a residual method's ``layer_frac`` and ``n_layers`` name
+    (:func:`neva_sweep.caa.depth_layers`)."""
+    return depth_layers(len(stats.layer_sizes), float(params["layer_frac"]), params["n_layers"])
+
+
+class DiffMean:
+    """Residual steering vectors from the difference of mean residuals over *all* probe
+    tokens, value vs the rest (ActAdd / mean-difference style; neva_sweep/caa.py). Not
+    published CAA, which reads contrastive pairs at the answer token: that is ``caa_pairs``.
+    Registered as ``diffmean`` and, for one release, under its former name ``caa``.
+
+    The dose is ``strength`` (searched log-uniformly in ``search.space.caa_strength`` and
+    calibrated when ``search.space.scaled``; the coefficient itself, see
+    neva_sweep/strength.py) or ``coefficient`` (uniform); a given strength wins. Defaults:
+    one layer at the middle of the depth, coefficient 2 (a starting point, not a tuned value).
     """
 
-    name = "caa"
+    name = "diffmean"
     defaults: dict[str, Any] = {"layer_frac": 0.5, "n_layers": 1, "coefficient": 2.0,
                                 "strength": None, "positions": "all", "gate": "none"}
 
@@ -70,28 +91,52 @@ class CAA:
                 if space.scaled else
                 {"coefficient": trial.suggest_float("coefficient", *space.caa_coefficient)})
         return {
-            "layer_frac": trial.suggest_float("layer_frac", *space.caa_layer),
-            "n_layers": choose(trial, "n_layers", list(space.caa_n_layers)),
+            **layer_params(trial, space),
             **dose,
             "positions": choose(trial, "positions", list(space.positions)),
             "gate": choose(trial, "gate", list(space.gates)),
         }
 
     def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> ResidualEdit:
-        frac, count = float(params["layer_frac"]), params["n_layers"]
-        if not 0.0 <= frac <= 1.0:
-            raise ValueError(f"caa: layer_frac is the first layer as a fraction of depth, in "
-                             f"[0, 1]; got {frac}")
-        if not isinstance(count, int) or count < 1:
-            raise ValueError(f"caa: n_layers is a number of consecutive layers >= 1; got "
-                             f"{count!r}")
-        n = len(stats.layer_sizes)
-        first = min(n - 1, max(0, round(float(params["layer_frac"]) * (n - 1))))
-        layers = list(range(first, min(n, first + int(params["n_layers"]))))
         dose = params["strength"] if params.get("strength") is not None \
             else params["coefficient"]
-        return caa_edit(stats, value, layers, float(dose), params.get("positions"),
-                        gate_of(stats, params.get("gate", "none")))
+        return caa_edit(stats, value, chosen_layers(stats, params), float(dose),
+                        params.get("positions"),
+                        gate_of(stats, params.get("gate", "none"), value))
+
+
+class CaaPairs:
+    """Contrastive activation addition as published (Rimsky et al. 2024): the mean
+    residual difference of stance pairs (a reply acting on the value vs one rejecting it,
+    read at the A/B answer letter), rescaled to the typical residual norm and added after
+    the prompt (neva_sweep/caa.py :func:`~neva_sweep.caa.pair_vectors`).
+
+    ``strength`` is the fraction of the residual norm added on each chosen layer; it is
+    always searched log-uniformly in ``search.space.caa_pairs_strength`` (there is no raw
+    coefficient: the vector's own norm carries no meaning), recentred by the calibration
+    when ``search.space.scaled``. ``positions`` is ``response`` (not searched: published CAA
+    adds after the instruction); ``nv.make_edit`` may still set ``all``. Needs statistics
+    with stance pairs (``stats.pair_resid_mean``).
+    """
+
+    name = "caa_pairs"
+    # strength 0.2: KL 0.06-0.10 on SmolLM2's neutral text at every layer measured, at the
+    # default budget (search.max_kl 0.1); conf/search/default.yaml gives the measurement
+    defaults: dict[str, Any] = {"layer_frac": 0.5, "n_layers": 1, "strength": 0.2,
+                                "positions": "response", "gate": "none"}
+
+    def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+        return {
+            **layer_params(trial, space),
+            "strength": trial.suggest_float("strength", *space.caa_pairs_strength, log=True),
+            "positions": "response",
+            "gate": choose(trial, "gate", list(space.gates)),
+        }
+
+    def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> ResidualEdit:
+        return caa_pairs_edit(stats, value, chosen_layers(stats, params),
+                              float(params["strength"]), params.get("positions"),
+                              gate_of(stats, params.get("gate", "none"), value))
 
 
 class Prompt:
@@ -107,10 +152,15 @@ class Prompt:
     def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> PromptEdit:
         if params.get("gate", "none") != "none":
             raise ValueError("method prompt takes no gate: a prompt edit acts through tokens, "
-                             "not hooks (gate applies to neva, random_neurons and caa)")
+                             "not hooks (gate applies to neva, random_neurons, diffmean and "
+                             "caa_pairs)")
         return prompt_edit(value, int(params["strength"]))
 
 
 METHODS.register("random_neurons", RandomNeurons())
-METHODS.register("caa", CAA())
+METHODS.register("diffmean", DiffMean())
+METHODS.register("caa_pairs", CaaPairs())
+METHODS.alias("caa", "diffmean", "it is now called diffmean (the difference of mean residuals "
+              "over all probe tokens, not published CAA; published CAA is caa_pairs): set "
+              "sweep.methods / method=diffmean")
 METHODS.register("prompt", Prompt())

@@ -35,7 +35,10 @@ from .methods import METHODS, window_label
 log = logging.getLogger(__name__)
 
 MIN_DOSE, MAX_DOSE = 1e-4, 1e4  # the bracket search gives up outside these
-SCALED_METHODS = ("neva", "random_neurons", "caa")  # methods with a strength to calibrate
+# Methods with a strength to calibrate (registered names; an alias counts as its method).
+SCALED_METHODS = ("neva", "random_neurons", "diffmean", "caa_pairs")
+# The search-space key of each method's strength range (absent: ``strength``).
+STRENGTH_KEYS = {"diffmean": "caa_strength", "caa_pairs": "caa_pairs_strength"}
 
 
 @dataclass
@@ -110,26 +113,35 @@ def searched_range(cal: Calibration, span: tuple[float, float]) -> list[float]:
 
 def reference_params(method: str, space: Any) -> dict[str, Any]:
     """The setting a method is calibrated at: the geometric middle of the sparsity range,
-    the middle layer fraction, and the first choice of every categorical parameter."""
+    the middle layer fraction, and the first choice of every categorical parameter
+    (caa_pairs keeps its ``response`` positions: it searches no others)."""
     params = dict(METHODS[method].defaults)
+    method = METHODS.canonical(method)
     if method in ("neva", "random_neurons"):
         lo, hi = space.sparsity
         params.update(sparsity=math.sqrt(lo * hi), rule=space.rules[0],
                       layer_window=window_label((space.layer_windows or [None])[0]))
         if "score" in params:
             params.update(score=space.scores[0], polarity=space.polarities[0])
-    elif method == "caa":
+    elif method in ("diffmean", "caa_pairs"):
         params.update(layer_frac=sum(space.caa_layer) / 2, n_layers=space.caa_n_layers[0])
-    params.update(positions=space.positions[0], gate="none")
+    if method != "caa_pairs":
+        params.update(positions=space.positions[0])
+    params.update(gate="none")
     return params
 
 
 CALIBRATION_ATTR = "calibration"  # study user attribute: the Calibration dict with its range
 
 
+def is_scaled(method: str) -> bool:
+    """Whether ``method`` (a registered name or alias) has a strength to calibrate."""
+    return METHODS.canonical(method) in SCALED_METHODS
+
+
 def strength_key(method: str) -> str:
-    """The search-space key of ``method``'s strength range."""
-    return "caa_strength" if method == "caa" else "strength"
+    """The search-space key of ``method``'s strength range (``method``: a name or alias)."""
+    return STRENGTH_KEYS.get(METHODS.canonical(method), "strength")
 
 
 def space_with(space: Any, method: str, strength_range: list[float]) -> Any:

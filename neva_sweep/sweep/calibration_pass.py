@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 from ..files import write_text_atomic
 from .calibrate import (
     CALIBRATION_ATTR,
-    SCALED_METHODS,
     Calibration,
     budget_of,
     calibration_job,
+    is_scaled,
     searched_range,
     space_with,
     strength_key,
@@ -59,7 +59,7 @@ def calibrate_studies(states: list, workers: list, search: Any, setup: Any,
     span = tuple(search.calibration.span)
     todo = []
     for s in states:
-        if s.key.method not in SCALED_METHODS:
+        if not is_scaled(s.key.method):
             continue
         stored = s.study.user_attrs.get(CALIBRATION_ATTR)
         if stored and stored.get("range"):

@@ -10,6 +10,10 @@ Parameters are a plain JSON-able dict (they are stored as Optuna params and writ
 trials.csv and best_edits.json); ``params["positions"]`` says where the edit applies.
 ``defaults`` holds every parameter of the method with its documented default, which
 :func:`neva_sweep.make_edit` fills in for absent ones.
+
+A renamed method keeps its former name for a release as an alias
+(:meth:`~neva_sweep.registry.Registry.alias`: the same object, a deprecation warning on
+first use; ``caa`` is ``diffmean``); a study keeps the name its config gave it.
 """
 
 from __future__ import annotations
@@ -118,7 +122,7 @@ class NeVA:
         neurons = nmap[value]
         return NeuronEdit(neurons, params["rule"], resolve_magnitude(stats, neurons, params),
                           params.get("positions"),
-                          gate=gate_of(stats, params.get("gate", "none")))
+                          gate=gate_of(stats, params.get("gate", "none"), value))
 
 
 METHODS: Registry[Method] = Registry("method")

@@ -359,7 +359,7 @@ def best_edit_spec(entry: dict[str, Any], stats: Callable[[], NeuronStats] | Non
             if stats is None:
                 raise FileNotFoundError(f"best_edits: the {name} edit is gated and needs "
                                         "statistics for its gate; none were given")
-            gate = gate_of(stats(), params["gate"])
+            gate = gate_of(stats(), params["gate"], value)
         return NeuronEdit(neurons, params["rule"], _magnitude(entry, params, neurons, stats),
                           params.get("positions"), allow_other_model=allow_other_model,
                           gate=gate)

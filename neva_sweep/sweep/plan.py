@@ -168,6 +168,7 @@ def check_search(s: DictConfig) -> None:
                           f"{', '.join(str(k) for k in PROMPT_STRENGTHS)}")
     _range("search.space.strength", sp.strength, 0.0, math.inf, open_=True)
     _range("search.space.caa_strength", sp.caa_strength, 0.0, math.inf, open_=True)
+    _range("search.space.caa_pairs_strength", sp.caa_pairs_strength, 0.0, math.inf, open_=True)
     if s.pruner not in PRUNERS:
         raise ConfigError(f"search.pruner: unknown pruner {s.pruner!r}; valid choices: "
                           f"{', '.join(PRUNERS)}")

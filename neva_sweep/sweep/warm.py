@@ -71,14 +71,16 @@ def with_dose(state: StudyState, params: dict[str, Any], space: Any) -> dict[str
     """``params`` with a strength when the space searches one and they have none (the
     methods' defaults). A calibrated study starts where its calibration measured: the
     reference setting (sweep/calibrate.py) at the calibrated dose, an edit at the KL
-    budget on the trials' own texts; otherwise the middle of the strength range."""
+    budget on the trials' own texts; otherwise the default's own strength (caa_pairs has
+    one), else the middle of the strength range."""
     key = strength_key(state.key.method)
-    if not space.get("scaled") or key not in space or params.get("strength") is not None \
-            or "strength" not in params:
+    if not space.get("scaled") or key not in space or "strength" not in params:
         return params
     cal = state.study.user_attrs.get(CALIBRATION_ATTR) or {}
     if cal.get("bracketed") and cal.get("dose") is not None:
         return {**params, **reference_params(state.key.method, space), "strength": cal["dose"]}
+    if params.get("strength") is not None:
+        return params
     lo, hi = space[key]
     return {**params, "strength": math.sqrt(lo * hi)}
 

@@ -1,0 +1,235 @@
+"""Why NeVA wins or loses: every edit variant at one matched KL, scored on the test split.
+
+    python benchmarks/dose_decomposition.py [--tiny] [--model smollm2-135m]
+        [--values power tradition benevolence hedonism] [--kls 0.01 0.02 0.05]
+        [--variants NAME ...] [--texts 8] [--nulls 2] [--steps 4]
+        [--json PATH] [--figure PATH]
+
+Each variant below is one edit of one method with its other settings fixed; only its
+dose (the scaled ``strength``, neva_sweep/strength.py) is set, by bisection (the sweep's
+calibration, neva_sweep/sweep/calibrate.py), so that its mean KL(base || edited) on
+``--texts`` neutral texts of the *search* split equals each ``--kls`` budget. At that dose
+it is scored on the *test* split (scenarios and neutral texts no search saw) beside
+``--nulls`` dose-matched random-direction edits (neva_sweep/nulls.py: same layers, same
+neuron count, same residual push): the z-score says whether the edit beats an edit of
+the same size that targets nothing. Comparing variants at one KL then separates what
+each part of NeVA contributes:
+
+- selection: ``neva_add`` vs ``dense_all`` (every neuron's mean difference) and the
+  dose-matched null (random neurons, random signs, equal push);
+  ``neva_pairs_d`` / ``neva_attribution``: selection by stance pairs or by attribution;
+- layers: ``neva_no_last3`` (NeVA without the last three blocks);
+- subspace: ``diffmean_1`` / ``diffmean_all`` (the residual-stream mean difference at
+  one block / every block) against the neuron edits;
+- the steering rival: ``caa_pairs`` (contrastive-pair CAA at the answer token);
+- input dependence: ``neva_scale``, ``neva_set``, ``neva_gate_neuron`` (rules that act
+  on the current activation) against ``neva_add`` (a constant push).
+
+The table gives, per value, KL budget and variant: the test alignment with its 95%
+interval, its z against the nulls, NLR (leakage) and the KL it reached on the test
+split's neutral texts. The summary counts, per budget, the values on which the best
+NeVA variant is >= the best steering rival (diffmean, caa_pairs) with lower NLR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections import defaultdict
+
+import numpy as np
+
+import neva_sweep as nv
+from neva_sweep.capability import CapabilityConfig, base_distribution, mean_kl, neutral_texts
+from neva_sweep.config import StatsConfig
+from neva_sweep.data import load_records
+from neva_sweep.evaluate import Evaluator
+from neva_sweep.heldout import heldout_record
+from neva_sweep.judges import JudgeConfig
+from neva_sweep.nulls import dose_matched_nulls, edit_push
+from neva_sweep.sweep.calibrate import bisect_dose
+from neva_sweep.sweep.methods import METHODS
+
+RIVALS = ("diffmean_1", "diffmean_all", "caa_pairs")  # steering methods, not NeVA
+
+
+def variants(n_layers: int) -> dict[str, tuple[str, dict, float]]:
+    """name -> (method, fixed params, bisection start) for a model of ``n_layers`` blocks."""
+    return {
+        "neva_add": ("neva", {}, 16.0),
+        "neva_no_last3": ("neva", {"layer_window": f"0-{max(1, n_layers - 3)}"}, 16.0),
+        "dense_all": ("neva", {"sparsity": 0.999}, 16.0),
+        "neva_pairs_d": ("neva", {"score": "pairs_d"}, 16.0),
+        "neva_attribution": ("neva", {"score": "attribution"}, 16.0),
+        "neva_scale": ("neva", {"rule": "scale"}, 16.0),
+        "neva_set": ("neva", {"rule": "set"}, 16.0),
+        "neva_gate_neuron": ("neva", {"rule": "gate_neuron"}, 16.0),
+        "diffmean_1": ("diffmean", {"layer_frac": 0.5, "n_layers": 1}, 1.0),
+        "diffmean_all": ("diffmean", {"layer_frac": 0.0, "n_layers": n_layers}, 0.1),
+        "caa_pairs": ("caa_pairs", {"layer_frac": 0.5, "n_layers": 1}, 0.1),
+    }
+
+
+def calibrated_edit(host, stats, texts, base, value, method, params, budget, start, steps):
+    """The edit at the dose bisected to ``budget`` (KL on ``texts``) and its Calibration."""
+    full = {**METHODS[method].defaults, **params}
+    positions = full.get("positions") or "all"
+
+    def kl_at(dose: float) -> float:
+        edit = nv.make_edit(stats, value, method, **{**full, "strength": dose})
+        return float(mean_kl(host, texts, base, [edit], positions, 4)[0])
+
+    cal = bisect_dose(kl_at, budget, start, steps)
+    return nv.make_edit(stats, value, method, **{**full, "strength": cal.dose}), cal
+
+
+def score(ev: Evaluator, host, stats, value, edit, n_nulls: int, seed: int) -> dict:
+    """The edit and its dose-matched nulls on the evaluator's (test) split (no nulls for an
+    edit that leaves no other neurons to draw them from, such as ``dense_all``)."""
+    try:
+        nulls = dose_matched_nulls(host, edit, stats, n_nulls, seed)
+    except ValueError:  # every neuron of a layer edited: no random others of equal count
+        nulls = []
+    positions = edit.positions or "all"
+    recs = ev.evaluate([(value, e) for e in (edit, *nulls)], positions)
+    rec = heldout_record(recs[0], recs[1:], edit_push(host, edit, stats), "test")
+    return {k: rec[k] for k in ("alignment", "ci", "z", "nlr", "kl", "push", "null")}
+
+
+def summary(rows: list[dict], kls: list[float]) -> dict:
+    """Per budget: on how many values the best NeVA variant (by test alignment) is >= the
+    best rival with lower NLR."""
+    out = {}
+    for kl in kls:
+        by_value = defaultdict(dict)
+        for r in rows:
+            if r["budget"] == kl and r.get("alignment") is not None:
+                by_value[r["value"]][r["variant"]] = r
+        wins, detail = 0, {}
+        for value, vs in by_value.items():
+            ours = [r for n, r in vs.items() if n not in RIVALS]
+            rivals = [r for n, r in vs.items() if n in RIVALS]
+            if not ours or not rivals:
+                continue
+            a = max(ours, key=lambda r: r["alignment"])
+            b = max(rivals, key=lambda r: r["alignment"])
+            win = a["alignment"] >= b["alignment"] and a["nlr"] < b["nlr"]
+            wins += win
+            detail[value] = {"neva": a["variant"], "rival": b["variant"], "win": bool(win)}
+        out[str(kl)] = {"wins": wins, "values": len(detail), "detail": detail}
+    return out
+
+
+def figure(rows: list[dict], kls: list[float], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({r["variant"] for r in rows})
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name in names:
+        xs, ys, es = [], [], []
+        for kl in kls:
+            al = [r["alignment"] for r in rows if r["variant"] == name and r["budget"] == kl
+                  and r.get("alignment") is not None]
+            if al:
+                xs.append(kl)
+                ys.append(float(np.mean(al)))
+                es.append(float(np.std(al, ddof=1) / math.sqrt(len(al))) if len(al) > 1
+                          else 0.0)
+        style = "--" if name in RIVALS else "-"
+        ax.errorbar(xs, ys, yerr=es, label=name, linestyle=style, marker="o", capsize=2)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("KL budget on neutral search texts (nats/token)")
+    ax.set_ylabel("test alignment (mean over values, +- s.e.)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--tiny", action="store_true",
+                    help="tiny-llama, 2 values, one budget, 3 scenarios, 2 nulls")
+    ap.add_argument("--values", nargs="+",
+                    default=["power", "tradition", "benevolence", "hedonism"])
+    ap.add_argument("--kls", nargs="+", type=float, default=[0.01, 0.02, 0.05])
+    ap.add_argument("--variants", nargs="+", default=None, help="default: all")
+    ap.add_argument("--texts", type=int, default=8, help="neutral search texts for the KL")
+    ap.add_argument("--nulls", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--scenarios", type=int, default=None,
+                    help="test scenarios judged (default: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--figure", default=None)
+    args = ap.parse_args()
+    if args.tiny:
+        args.model, args.values, args.kls = "tiny-llama", args.values[:2], [2e-5]
+        args.texts, args.nulls, args.steps, args.scenarios = 3, 2, 2, 3
+    t0 = time.perf_counter()
+    names = args.variants or list(variants(1))
+    unknown = sorted(set(names) - set(variants(1)))
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; valid choices: "
+                         f"{', '.join(variants(1))}")
+    host = nv.load_model(args.model)
+    # the attribution variant reads the stance pairs' gradients (a pass of its own)
+    stats = nv.collect_stats(host, nv.load_probes(split="identify"),
+                             StatsConfig(attribution="neva_attribution" in names),
+                             progress=False)
+    specs = variants(len(stats.layer_sizes))
+    texts = neutral_texts(load_records("neutral"), args.texts, "search")
+    base = base_distribution(host, texts, 64, 4)
+    ev = Evaluator(host, JudgeConfig(scenarios_limit=args.scenarios, n_boot=200),
+                   CapabilityConfig(mc_limit=0, fluency_queries=0), split="test")
+    rows = []
+    print(f"{args.model}: {len(names)} variants x {len(args.values)} values x budgets "
+          f"{args.kls}; KL on {len(texts)} neutral search texts, scored on the test split")
+    print(f"{'value':<13}{'KL':>6} {'variant':<18}{'dose':>9}{'A test':>10}{'95% CI':>22}"
+          f"{'z':>7}{'NLR':>7}{'test KL':>9}")
+    for value in args.values:
+        for kl in args.kls:
+            for name in names:
+                method, params, start = specs[name]
+                row = {"value": value, "budget": kl, "variant": name, "method": method,
+                       "params": params}
+                try:
+                    edit, cal = calibrated_edit(host, stats, texts, base, value, method,
+                                                params, kl, start, args.steps)
+                    row.update(dose=cal.dose, search_kl=cal.kl, bracketed=cal.bracketed,
+                               n_neurons=edit.n_neurons,
+                               **score(ev, host, stats, value, edit, args.nulls, args.seed))
+                except (KeyError, ValueError) as e:  # a variant this version cannot build
+                    row["error"] = str(e).splitlines()[0]
+                    print(f"{value:<13}{kl:>6g} {name:<18} skipped: {row['error']}")
+                    rows.append(row)
+                    continue
+                rows.append(row)
+                lo, hi = row["ci"]["alignment"]
+                z = "n/a" if row["z"] is None else f"{row['z']:+.1f}"
+                print(f"{value:<13}{kl:>6g} {name:<18}{row['dose']:>9.3g}"
+                      f"{row['alignment']:>+10.4f}   [{lo:+.4f}, {hi:+.4f}]{z:>7}"
+                      f"{row['nlr']:>7.2f}{row['kl']:>9.3f}"
+                      + ("" if row["bracketed"] else "  (budget not bracketed)"))
+    summ = summary(rows, args.kls)
+    print("\nbest NeVA variant >= best rival (diffmean, caa_pairs) with lower NLR:")
+    for kl, s in summ.items():
+        print(f"  KL {kl}: {s['wins']}/{s['values']} values "
+              + ", ".join(f"{v}: {d['neva']} vs {d['rival']}{' (win)' if d['win'] else ''}"
+                          for v, d in s["detail"].items()))
+    print(f"{time.perf_counter() - t0:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rows": rows, "summary": summ}, f, indent=2)
+    if args.figure:
+        figure(rows, args.kls, args.figure)
+
+
+if __name__ == "__main__":
+    main()
