@@ -4,7 +4,7 @@
 next-token distributions on neutral texts, base reply perplexity), computed once and
 cached on disk keyed by (model, data, judge and capability config). ``evaluate`` then
 scores any number of edits in shared, trial-batched forward passes and returns one record
-per edit with the fields of ``eval.json`` (README, "Evaluating an edit").
+per edit with the fields of ``eval.json`` (docs/guide.md, "Evaluating an edit").
 
 The judge's *null* (:meth:`Evaluator.null`) is the alignment of random-neuron edits of the
 default size, one per value: what the judge reports for an edit that targets nothing.
