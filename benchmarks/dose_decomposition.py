@@ -28,7 +28,11 @@ each part of NeVA contributes:
 The table gives, per value, KL budget and variant: the test alignment with its 95%
 interval, its z against the nulls, NLR (leakage) and the KL it reached on the test
 split's neutral texts. The summary counts, per budget, the values on which the best
-NeVA variant is >= the best steering rival (diffmean, caa_pairs) with lower NLR.
+NeVA variant is >= the best steering rival (diffmean, caa_pairs) with lower NLR and beats
+its own dose-matched nulls (z >= 2).
+
+All variants of one (value, budget) bisect in lock-step (one batched KL pass per round) and
+are scored in one batched evaluation per edit positions.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from collections import defaultdict
 
@@ -49,10 +54,12 @@ from neva_sweep.evaluate import Evaluator
 from neva_sweep.heldout import heldout_record
 from neva_sweep.judges import JudgeConfig
 from neva_sweep.nulls import dose_matched_nulls, edit_push
+from neva_sweep.stats import cached_stats
 from neva_sweep.sweep.calibrate import bisect_dose
 from neva_sweep.sweep.methods import METHODS
 
 RIVALS = ("diffmean_1", "diffmean_all", "caa_pairs")  # steering methods, not NeVA
+Z_NULL = 2.0  # an edit "beats its null" when its test z against dose-matched nulls >= this
 
 
 def variants(n_layers: int) -> dict[str, tuple[str, dict, float]]:
@@ -72,35 +79,98 @@ def variants(n_layers: int) -> dict[str, tuple[str, dict, float]]:
     }
 
 
-def calibrated_edit(host, stats, texts, base, value, method, params, budget, start, steps):
-    """The edit at the dose bisected to ``budget`` (KL on ``texts``) and its Calibration."""
-    full = {**METHODS[method].defaults, **params}
-    positions = full.get("positions") or "all"
+def bisection(budget: float, start: float, steps: int):
+    """:func:`~neva_sweep.sweep.calibrate.bisect_dose` as a generator: yields the next dose,
+    is sent its KL, returns the Calibration, so that many variants bisect in lock-step and
+    share one batched KL pass per round."""
+    known: list[float] = []  # the KLs of the doses asked so far, in order
+    while True:  # bisect_dose is deterministic: replay it up to the first unknown dose
+        try:
+            return bisect_dose(replay(known), budget, start, steps)
+        except _NeedKL as need:
+            known.append((yield need.dose))
 
-    def kl_at(dose: float) -> float:
-        edit = nv.make_edit(stats, value, method, **{**full, "strength": dose})
-        return float(mean_kl(host, texts, base, [edit], positions, 4)[0])
 
-    cal = bisect_dose(kl_at, budget, start, steps)
-    return nv.make_edit(stats, value, method, **{**full, "strength": cal.dose}), cal
+class _NeedKL(Exception):
+    def __init__(self, dose: float):
+        self.dose = dose
 
 
-def score(ev: Evaluator, host, stats, value, edit, n_nulls: int, seed: int) -> dict:
-    """The edit and its dose-matched nulls on the evaluator's (test) split (no nulls for an
-    edit that leaves no other neurons to draw them from, such as ``dense_all``)."""
-    try:
-        nulls = dose_matched_nulls(host, edit, stats, n_nulls, seed)
-    except ValueError:  # every neuron of a layer edited: no random others of equal count
-        nulls = []
-    positions = edit.positions or "all"
-    recs = ev.evaluate([(value, e) for e in (edit, *nulls)], positions)
-    rec = heldout_record(recs[0], recs[1:], edit_push(host, edit, stats), "test")
-    return {k: rec[k] for k in ("alignment", "ci", "z", "nlr", "kl", "push", "null")}
+def replay(known: list[float]):
+    """A kl_at for bisect_dose that answers from ``known`` in order and stops (raising
+    _NeedKL) at the first dose it does not know yet."""
+    it = iter(known)
+
+    def f(dose: float) -> float:
+        try:
+            return next(it)
+        except StopIteration:
+            raise _NeedKL(dose) from None
+    return f
+
+
+def calibrate_all(host, stats, texts, base, value, specs: dict, budget: float, steps: int
+                  ) -> dict[str, tuple]:
+    """name -> (edit at the bisected dose, Calibration) for every variant in ``specs``
+    (name -> (method, params, start)); each round evaluates every variant's next dose in one
+    mean_kl call per edit positions."""
+    full = {n: {**METHODS[m].defaults, **p} for n, (m, p, _) in specs.items()}
+    gens = {n: bisection(budget, start, steps) for n, (_, _, start) in specs.items()}
+    pending = {n: next(g) for n, g in gens.items()}  # name -> dose to evaluate
+    done: dict[str, tuple] = {}
+
+    def edit_at(name: str, dose: float):
+        method = specs[name][0]
+        return nv.make_edit(stats, value, method, **{**full[name], "strength": dose})
+
+    while pending:
+        by_pos: dict[str, list[str]] = defaultdict(list)
+        for n in pending:
+            by_pos[full[n].get("positions") or "all"].append(n)
+        kls: dict[str, float] = {}
+        for positions, names in by_pos.items():
+            edits = [edit_at(n, pending[n]) for n in names]
+            for n, k in zip(names, mean_kl(host, texts, base, edits, positions, 8)):
+                kls[n] = float(k)
+        for n in list(pending):
+            try:
+                pending[n] = gens[n].send(kls[n])
+            except StopIteration as stop:
+                cal = stop.value
+                done[n] = (edit_at(n, cal.dose), cal)
+                del pending[n]
+    return done
+
+
+def score_all(ev: Evaluator, host, stats, value, edits: dict, n_nulls: int, seed: int
+              ) -> dict[str, dict]:
+    """name -> held-out record of each edit beside its dose-matched nulls on the evaluator's
+    (test) split, all edits of one positions in one batched evaluation (no nulls for an edit
+    that leaves no other neurons to draw them from, such as ``dense_all``)."""
+    groups: dict[str, list] = defaultdict(list)  # positions -> [(name, edit, nulls)]
+    for name, edit in edits.items():
+        try:
+            nulls = dose_matched_nulls(host, edit, stats, n_nulls, seed)
+        except ValueError:  # every neuron of a layer edited: no random others of equal count
+            nulls = []
+        groups[edit.positions or "all"].append((name, edit, nulls))
+    out = {}
+    for positions, items in groups.items():
+        flat = [(value, e) for _, edit, nulls in items for e in (edit, *nulls)]
+        recs = iter(ev.evaluate(flat, positions))
+        for name, edit, nulls in items:
+            own = next(recs)
+            null_recs = [next(recs) for _ in nulls]
+            rec = heldout_record(own, null_recs, edit_push(host, edit, stats), "test")
+            out[name] = {k: rec[k] for k in ("alignment", "ci", "z", "nlr", "kl", "push",
+                                             "null")}
+    return out
 
 
 def summary(rows: list[dict], kls: list[float]) -> dict:
     """Per budget: on how many values the best NeVA variant (by test alignment) is >= the
-    best rival with lower NLR."""
+    best rival, with lower NLR, and beats its own dose-matched nulls (z >= 2): a NeVA
+    variant that does not beat an edit of its size that targets nothing wins nothing."""
     out = {}
     for kl in kls:
         by_value = defaultdict(dict)
@@ -115,9 +185,12 @@ def summary(rows: list[dict], kls: list[float]) -> dict:
                 continue
             a = max(ours, key=lambda r: r["alignment"])
             b = max(rivals, key=lambda r: r["alignment"])
-            win = a["alignment"] >= b["alignment"] and a["nlr"] < b["nlr"]
+            beats_null = a["z"] is not None and a["z"] >= Z_NULL
+            win = a["alignment"] >= b["alignment"] and a["nlr"] < b["nlr"] and beats_null
             wins += win
-            detail[value] = {"neva": a["variant"], "rival": b["variant"], "win": bool(win)}
+            detail[value] = {"neva": a["variant"], "rival": b["variant"], "win": bool(win),
+                             "neva_beats_null": bool(beats_null),
+                             "rival_beats_null": b["z"] is not None and b["z"] >= Z_NULL}
         out[str(kl)] = {"wins": wins, "values": len(detail), "detail": detail}
     return out
 
@@ -166,9 +239,13 @@ def main() -> None:
     ap.add_argument("--scenarios", type=int, default=None,
                     help="test scenarios judged (default: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", default=os.environ.get(
+        "NEVA_SWEEP_CACHE", os.path.expanduser("~/.cache/neva_sweep")),
+                    help="the sweep's cache directory (statistics, unedited side); '' = none")
     ap.add_argument("--json", default=None)
     ap.add_argument("--figure", default=None)
     args = ap.parse_args()
+    args.cache_dir = args.cache_dir or None
     if args.tiny:
         args.model, args.values, args.kls = "tiny-llama", args.values[:2], [2e-5]
         args.texts, args.nulls, args.steps, args.scenarios = 3, 2, 2, 3
@@ -180,36 +257,44 @@ def main() -> None:
                          f"{', '.join(variants(1))}")
     host = nv.load_model(args.model)
     # the attribution variant reads the stance pairs' gradients (a pass of its own)
-    stats = nv.collect_stats(host, nv.load_probes(split="identify"),
-                             StatsConfig(attribution="neva_attribution" in names),
-                             progress=False)
+    stats = cached_stats(host, nv.load_probes(split="identify"),
+                         StatsConfig(attribution="neva_attribution" in names),
+                         args.cache_dir and os.path.join(args.cache_dir, "stats"),
+                         progress=False)
     specs = variants(len(stats.layer_sizes))
     texts = neutral_texts(load_records("neutral"), args.texts, "search")
     base = base_distribution(host, texts, 64, 4)
     ev = Evaluator(host, JudgeConfig(scenarios_limit=args.scenarios, n_boot=200),
-                   CapabilityConfig(mc_limit=0, fluency_queries=0), split="test")
+                   CapabilityConfig(mc_limit=0, fluency_queries=0), split="test",
+                   cache_dir=args.cache_dir and os.path.join(args.cache_dir, "eval"))
     rows = []
     print(f"{args.model}: {len(names)} variants x {len(args.values)} values x budgets "
           f"{args.kls}; KL on {len(texts)} neutral search texts, scored on the test split")
     print(f"{'value':<13}{'KL':>6} {'variant':<18}{'dose':>9}{'A test':>10}{'95% CI':>22}"
           f"{'z':>7}{'NLR':>7}{'test KL':>9}")
     for value in args.values:
+        buildable = {}
+        for name in names:  # a variant this version or these statistics cannot build
+            method, params, start = specs[name]
+            try:
+                nv.make_edit(stats, value, method, **{**params, "strength": start})
+                buildable[name] = specs[name]
+            except (KeyError, ValueError) as e:
+                rows.append({"value": value, "variant": name, "method": method,
+                             "params": params, "error": str(e).splitlines()[0]})
+                print(f"{value:<13}{'':>6} {name:<18} skipped: {rows[-1]['error']}")
         for kl in args.kls:
-            for name in names:
-                method, params, start = specs[name]
+            t1 = time.perf_counter()
+            edits = calibrate_all(host, stats, texts, base, value, buildable, kl, args.steps)
+            scores = score_all(ev, host, stats, value, {n: e for n, (e, _) in edits.items()},
+                               args.nulls, args.seed)
+            for name in buildable:
+                method, params, _ = specs[name]
+                edit, cal = edits[name]
                 row = {"value": value, "budget": kl, "variant": name, "method": method,
-                       "params": params}
-                try:
-                    edit, cal = calibrated_edit(host, stats, texts, base, value, method,
-                                                params, kl, start, args.steps)
-                    row.update(dose=cal.dose, search_kl=cal.kl, bracketed=cal.bracketed,
-                               n_neurons=edit.n_neurons,
-                               **score(ev, host, stats, value, edit, args.nulls, args.seed))
-                except (KeyError, ValueError) as e:  # a variant this version cannot build
-                    row["error"] = str(e).splitlines()[0]
-                    print(f"{value:<13}{kl:>6g} {name:<18} skipped: {row['error']}")
-                    rows.append(row)
-                    continue
+                       "params": params, "dose": cal.dose, "search_kl": cal.kl,
+                       "bracketed": cal.bracketed, "n_neurons": edit.n_neurons,
+                       **scores[name]}
                 rows.append(row)
                 lo, hi = row["ci"]["alignment"]
                 z = "n/a" if row["z"] is None else f"{row['z']:+.1f}"
@@ -217,8 +302,9 @@ def main() -> None:
                       f"{row['alignment']:>+10.4f}   [{lo:+.4f}, {hi:+.4f}]{z:>7}"
                       f"{row['nlr']:>7.2f}{row['kl']:>9.3f}"
                       + ("" if row["bracketed"] else "  (budget not bracketed)"))
+            print(f"  ({value}, KL {kl}: {time.perf_counter() - t1:.0f} s)", flush=True)
     summ = summary(rows, args.kls)
-    print("\nbest NeVA variant >= best rival (diffmean, caa_pairs) with lower NLR:")
+    print("\nbest NeVA variant >= best rival (diffmean, caa_pairs), lower NLR, z >= 2:")
     for kl, s in summ.items():
         print(f"  KL {kl}: {s['wins']}/{s['values']} values "
               + ", ".join(f"{v}: {d['neva']} vs {d['rival']}{' (win)' if d['win'] else ''}"

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -16,7 +18,7 @@ def test_dose_decomposition_on_a_tiny_model(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "dose_decomposition.py"), "--tiny",
          "--values", "power", "--variants", "neva_add", "dense_all", "diffmean_1",
-         "caa_pairs", "--json", str(out)],
+         "caa_pairs", "--json", str(out), "--cache-dir", ""],
         capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads(out.read_text())
@@ -35,3 +37,36 @@ def test_dose_decomposition_on_a_tiny_model(tmp_path):
     assert rows["dense_all"]["n_neurons"] > 0.99 * 192  # tiny-llama: 192 MLP neurons
     s = rep["summary"]["2e-05"]
     assert s["values"] == 1 and s["detail"]["power"]["rival"] in ("diffmean_1", "caa_pairs")
+
+
+def test_lock_step_bisection_equals_one_by_one(tiny_host, tiny_stats):
+    """The benchmark bisects every variant in lock-step (batched KL passes): the doses are
+    the ones bisect_dose finds for each variant alone."""
+    import importlib.util
+
+    import neva_sweep as nv
+    from neva_sweep.capability import base_distribution, mean_kl, neutral_texts
+    from neva_sweep.data import load_records
+    from neva_sweep.sweep.calibrate import bisect_dose
+
+    spec = importlib.util.spec_from_file_location("dd", ROOT / "benchmarks" /
+                                                  "dose_decomposition.py")
+    dd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dd)
+    texts = neutral_texts(load_records("neutral"), 3, "search")
+    base = base_distribution(tiny_host, texts, 64, 4)
+    specs = {k: v for k, v in dd.variants(2).items() if k in ("neva_add", "diffmean_1")}
+    together = dd.calibrate_all(tiny_host, tiny_stats, texts, base, "power", specs, 2e-5, 3)
+    for name, (method, params, start) in specs.items():
+        full = {**dd.METHODS[method].defaults, **params}
+
+        def kl_at(dose, method=method, full=full):
+            edit = nv.make_edit(tiny_stats, "power", method, **{**full, "strength": dose})
+            return float(mean_kl(tiny_host, texts, base, [edit], "all", 8)[0])
+
+        alone = bisect_dose(kl_at, 2e-5, start, 3)
+        got = together[name][1].steps  # [[dose, kl], ...] in the order evaluated
+        assert [d for d, _ in got] == [d for d, _ in alone.steps]
+        # the same KLs, from batched passes instead of one edit at a time
+        assert [k for _, k in got] == pytest.approx([k for _, k in alone.steps], rel=1e-4)
+        assert together[name][1].dose == alone.dose
