@@ -291,11 +291,15 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: SweepSection = field(default_factory=SweepSection)
-    run_dir: str | None = None  # task=report: the sweep's run directory; None = this run's
+    # task=report / task=export: the sweep's run directory (report: None = this run's)
+    run_dir: str | None = None
+    # task=export: hooks | weights | steering_vector (neva_sweep/exporting.py)
+    format: str = "hooks"
     # task=compare: two or more sweeps' run directories, compared in one report (add
     # +compare_judges=any to compare runs whose judges differ)
     run_dirs: list[str] | None = None
-    method: str | None = None  # with best_edits=: which method's edit (when several match)
+    # with best_edits= (or task=export's run_dir=): which method's edit (when several match)
+    method: str | None = None
     best_edits: str | None = None  # steer/evaluate: a sweep's best_edits.json to load the edit
     # with best_edits=: rebuild an edit whose neurons file or data/statistics changed since the
     # sweep from the current statistics (reported as rebuilt) instead of refusing it

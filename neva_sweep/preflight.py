@@ -8,6 +8,8 @@ not the minutes of a model load and a statistics pass. What it checks:
   model's layer count read from its config file (no weights);
 - the data files configured under ``data.*`` (parsed; errors name file:line);
 - ``best_edits=`` (readable JSON with an ``edits`` list);
+- for ``task=export``: ``format``, ``run_dir`` (with a best_edits.json) and ``value`` /
+  ``method`` picking one of its edits;
 - for ``task=compare``: ``run_dirs`` (two or more distinct directories) and
   ``+compare_judges``;
 - for sweeps: the whole plan (:func:`neva_sweep.sweep.plan.make_plan`), the layer
@@ -292,6 +294,8 @@ def preflight(cfg: DictConfig, out: Path) -> None:
         return check_writable("hydra.run.dir", out)
     if task == "sweep":
         return preflight_sweep(cfg, out)
+    if task == "export":
+        return preflight_export(cfg, out)
     check_data_files(cfg)
     check_stats(cfg)
     check_split(cfg)
@@ -305,6 +309,50 @@ def preflight(cfg: DictConfig, out: Path) -> None:
     if task == "steer" and not str(cfg.get("prompt") or "").strip():
         raise ConfigError("prompt: task=steer needs a prompt to answer (prompt=\"...\"); "
                           "got an empty one")
+    check_writable("hydra.run.dir", out)
+
+
+def check_export(cfg: DictConfig) -> None:
+    """``format``, ``run_dir`` (a directory with a readable best_edits.json) and ``value`` /
+    ``method`` picking exactly one of its edits (the file lists them otherwise)."""
+    from .exporting import FORMATS, best_edits_path
+    from .sweep.outputs import load_best_edit
+    from .sweep.plan import model_label
+    from .values import VALUES
+
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format: unknown export format {cfg.format!r}; valid choices: "
+                          f"{', '.join(FORMATS.names())}")
+    if not cfg.run_dir:
+        raise ConfigError("run_dir: task=export exports an edit a sweep chose; give the sweep's "
+                          "run directory (run_dir=<the sweep's hydra.run.dir>)")
+    run_dir = Path(cfg.run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"run_dir: no such directory {run_dir}; give a sweep's run directory "
+                          "(run_dir=<the sweep's hydra.run.dir>)")
+    best = best_edits_path(run_dir)
+    if not best.is_file():
+        raise ConfigError(f"run_dir: {run_dir} has no best_edits.json (a sweep writes it there "
+                          "once a study has a feasible trial); give a sweep's run directory")
+    check_best_edits(str(best))
+    value = cfg.value if cfg.value is not None else cfg.edit.value
+    if value is not None and value not in VALUES:
+        raise ConfigError(f"value: unknown value {value!r}; valid choices: {', '.join(VALUES)}")
+    try:
+        load_best_edit(best, value=value, method=cfg.method,
+                       model=model_label(OmegaConf.to_container(cfg.model, resolve=True)))
+    except KeyError as e:  # none or several match: the message lists the file's edits
+        raise ConfigError(f"value, method: {str(e.args[0]).removeprefix('best_edits: ')}"
+                          ) from None
+    except ValueError as e:  # a malformed entry
+        raise ConfigError(f"run_dir: {str(e).removeprefix('best_edits: ')}") from None
+
+
+def preflight_export(cfg: DictConfig, out: Path) -> None:
+    check_export(cfg)
+    check_data_files(cfg)  # the edit may be rebuilt from statistics on these
+    check_stats(cfg)
+    check_device(cfg.model.get("device", "cpu"))
     check_writable("hydra.run.dir", out)
 
 

@@ -419,6 +419,18 @@ def compare(cfg: DictConfig, out: Path) -> None:
                                       judges=cfg.get("compare_judges")))
 
 
+@TASKS.add("export")
+def export(cfg: DictConfig, out: Path) -> None:
+    """A sweep's chosen edit (``run_dir=``, ``value=``, ``method=``) as files usable without
+    neva_sweep: ``format=hooks|weights|steering_vector`` (see neva_sweep.exporting)."""
+    from .exporting import best_edits_path, export_edit
+
+    cfg = OmegaConf.merge(cfg, {"best_edits": str(best_edits_path(cfg.run_dir))})
+    entry, host, spec = best_edit(cfg)  # the edit task=steer best_edits=... would apply
+    for path in export_edit(host, spec, entry, cfg.format, out):
+        print(f"wrote {path}")
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says what to fix: the CLI prints them as one line. Classes of
     modules not imported yet cannot have been raised, so they are not imported here (the
