@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import optuna
 import pytest
 import yaml
 from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from neva_sweep.config import SearchConfig
@@ -63,7 +65,12 @@ def _trial(rng, value: str, method: str, base: np.ndarray):
              "ci": {"alignment": [a - 0.03, a + 0.03], "accuracy_edited": [0.4, 0.5]}}
     if method == "neva":  # a newer metric: the other method's records predate it
         attrs.update(acquiescence=float(d.mean()), nlr_floor=0.01)
-    return optuna.trial.create_trial(values=[a, attrs["nlr"]], user_attrs=attrs)
+    # the searched parameters with their search space, as trial.suggest_* records them
+    space = {"sparsity": FloatDistribution(5e-4, 1e-2, log=True),
+             "magnitude": FloatDistribution(1, 8), "rule": CategoricalDistribution(["add"])}
+    return optuna.trial.create_trial(values=[a, attrs["nlr"]], user_attrs=attrs,
+                                     params={p: attrs["params"][p] for p in space},
+                                     distributions=space)
 
 
 def _failed():
@@ -74,18 +81,22 @@ def _failed():
 
 def fabricate_run(run_dir: Path, models=MODELS, methods=METHODS, values=SWEPT,
                   n_trials: int = 8, fail_all: bool = False, neuron_files: bool = True,
-                  seed: int = 0) -> Path:
+                  seed: int = 0, storage: bool = False) -> Path:
     """A run directory like a finished sweep's, written by the sweep's own writer from
     Optuna studies: trials.csv, pareto.json, best_edits.json, .hydra/config.yaml,
-    neurons/<first model>.json and (optionally) the neuron files of the second model's
+    neurons/<first model>.json and (optionally) the neuron files of the last model's
     chosen neva edits. Every study has n_trials COMPLETE trials (none with ``fail_all``)
-    and one FAIL trial."""
+    and one FAIL trial. ``storage``: the studies live in the run's ``optuna.db`` (as a
+    sweep's do), not in memory."""
     rng = np.random.default_rng(seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = OmegaConf.merge(OmegaConf.structured(SearchConfig),
                              yaml.safe_load(CONFIG)["search"])  # the config below
     keys = [StudyKey(m, v, k) for m in models for v in values for k in methods]
-    states = open_studies(keys, optuna.storages.InMemoryStorage(), search)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store = (optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}") if storage
+             else optuna.storages.InMemoryStorage())
+    states = open_studies(keys, store, search)
     bases = {m: rng.uniform(0.1, 0.5, len(VALUES)) for m in models}  # unedited CSR per model
     for state in states:
         model, value, method = state.key.model, state.key.value, state.key.method
@@ -107,7 +118,7 @@ def fabricate_run(run_dir: Path, models=MODELS, methods=METHODS, values=SWEPT,
 
 def _neurons(run_dir: Path, rng, models, edits: list[dict]) -> None:
     """neurons/<first model>.json as task=identify writes it, and the neuron files of the
-    second model's chosen neva edits (where the sweep keeps them)."""
+    last model's chosen neva edits (where the sweep keeps them)."""
     import torch
 
     from neva_sweep import NeuronMap, ValueNeurons
@@ -123,7 +134,7 @@ def _neurons(run_dir: Path, rng, models, edits: list[dict]) -> None:
     (run_dir / "neurons" / f"{models[0]}.json").write_text(json.dumps(
         {"meta": {}, "layer_sizes": [40] * 4, "values": per_value, "jaccard": jac}))
     for e in edits:
-        if e["model"] != models[-1] or e["method"] != "neva" or len(models) < 2:
+        if e["model"] != models[-1] or e["method"] != "neva":
             continue
         ids = sorted(sets[e["value"]])
         n = len(ids)
@@ -164,8 +175,8 @@ def test_report_from_a_synthetic_sweep(full_report):
     assert {"history_tiny-a", "history_tiny-b"} <= figures
     assert sum(f.startswith("neurons_") for f in figures) == 2  # identify json + chosen files
     assert page.count('<img src="data:image/png;base64,') == len(figures)
-    for section in ("chosen", "models", "pareto", "leakage", "profiles", "neurons", "history",
-                    "studies", "config", "versions", "reproduce"):
+    for section in ("chosen", "models", "pareto", "leakage", "profiles", "neurons", "params",
+                    "history", "samples", "studies", "config", "versions", "reproduce"):
         assert f'<section id="{section}"' in page
     assert "python -m neva_sweep task=report run_dir=" in page
     assert "python -m neva_sweep experiment=smoke hydra.run.dir=" in page
@@ -330,3 +341,127 @@ def test_chosen_edits_that_do_not_beat_their_null_are_warned_about(tmp_path):
         notes = {r["value"]: r["note"] for r in csv.DictReader(f)}
     assert "z = 0.7" in notes["power"] and notes["benevolence"] == ""
     assert "no accuracy_drop values" not in page  # by the preset's design, not missing
+
+
+FIGURE_SECTIONS = ("pareto", "leakage", "profiles", "neurons", "params", "history")
+
+
+def _section_html(page: str, sid: str) -> str:
+    return page.split(f'<section id="{sid}"', 1)[1].split("</section>", 1)[0]
+
+
+def test_one_value_one_method_figures_are_whole(tmp_path, monkeypatch):
+    """A run of one value, model and method: every figure section draws, no figure is too
+    small for its title, legend and colour bar, and nothing sticks out of a figure."""
+    from matplotlib.figure import Figure
+    from matplotlib.image import imread
+
+    save, laid_out = Figure.savefig, {}
+
+    def checked_savefig(fig, fname, **kw):  # the layout as drawn, before "tight" saving
+        if str(fname).endswith(".png"):
+            fig.draw_without_rendering()
+            box = fig.get_tightbbox(fig._get_renderer())  # inches
+            w, h = fig.get_size_inches()
+            panels = [a.get_position().size * (w, h) for a in fig.axes
+                      if a.get_visible() and a.get_label() != "<colorbar>"]
+            laid_out[Path(fname).stem] = (box.x0 >= -0.01 and box.y0 >= -0.01
+                                          and box.x1 <= w + 0.01 and box.y1 <= h + 0.01,
+                                          min(min(p) for p in panels))
+        return save(fig, fname, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", checked_savefig)
+    run_dir = fabricate_run(tmp_path, models=("tiny-a",), methods=("neva",), values=("power",),
+                            n_trials=6, storage=True)
+    page = build_report(run_dir).read_text()
+    figures = {p.stem: p for p in (tmp_path / "report" / "figures").glob("*.png")}
+    assert set(figures) == {"pareto_power", "leakage_tiny-a_neva", "profiles_tiny-a_neva",
+                            "neurons_0_tiny-a", "neurons_1_tiny-a___neva",
+                            "params_tiny-a_power_neva", "history_tiny-a"}
+    for name, path in figures.items():
+        height, width = imread(path).shape[:2]
+        assert height >= 300 and width >= 400, (name, height, width)
+        inside, smallest_panel = laid_out[name]
+        assert inside, f"{name}: an artist lies outside the figure"
+        assert smallest_panel >= 1.2, f"{name}: a panel of {smallest_panel:.2f} inch"
+    for sid in FIGURE_SECTIONS:
+        section = _section_html(page, sid)
+        assert '<p class="note">' not in section and "<img" in section, sid
+    # the one-value neuron map of the chosen edit: counts only, no 1 × 1 overlap matrix
+    assert "One value: no overlap between values to show." in _section_html(page, "neurons")
+
+
+def _study(url: str, value: str, objective, n: int = 0, magnitudes=()) -> None:
+    """A study over sparsity (log), magnitude and rule with what the report reads of a
+    sweep's trials: ``n`` random trials scored ``objective(sparsity, magnitude)``, then
+    one per magnitude of ``magnitudes`` at a fixed sparsity and rule."""
+    study = optuna.create_study(storage=url, study_name=f"tiny-a/{value}/neva",
+                                directions=["maximize", "minimize"])
+    with warnings.catch_warnings():  # experimental in Optuna, and what the sweep does
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["alignment", "nlr"])
+    for attr, v in (("model", "tiny-a"), ("value", value), ("method", "neva")):
+        study.set_user_attr(attr, v)
+    space = {"sparsity": FloatDistribution(1e-4, 1e-2, log=True),
+             "magnitude": FloatDistribution(1, 8), "rule": CategoricalDistribution(["add", "mul"])}
+    rng = np.random.default_rng(n)
+    params = [{"sparsity": float(10 ** rng.uniform(-4, -2)), "magnitude": float(rng.uniform(1, 8)),
+               "rule": ["add", "mul"][i % 2]} for i in range(n)]
+    params += [{"sparsity": 1e-3, "magnitude": m, "rule": "add"} for m in magnitudes]
+    trials = []
+    for p in params:
+        a = objective(p["sparsity"], p["magnitude"]) + float(rng.normal(0, 1e-3))
+        attrs = {"alignment": a, "nlr": 0.1, "csr_base": {v: 0.2 for v in VALUES}}
+        trials.append(optuna.trial.create_trial(values=[a, 0.1], params=p, distributions=space,
+                                                user_attrs=attrs))
+    study.add_trials(trials)
+
+
+def test_parameter_importances_per_study(tmp_path):
+    """One figure per study with enough COMPLETE trials and two varying parameters; the
+    parameter that drives the objective ranks first, the same on every build."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    _study(url, "power", lambda s, m: 0.1 * np.log10(s) + 0.001 * m, n=12)  # sparsity matters
+    _study(url, "benevolence", lambda s, m: m, n=3)  # too few trials
+    _study(url, "hedonism", lambda s, m: m / 10, magnitudes=(1, 2, 3, 4, 5))  # one varies
+    page = build_report(tmp_path).read_text()
+    figures = {p.stem for p in (tmp_path / "report" / "figures").glob("params_*.png")}
+    assert figures == {"params_tiny-a_power_neva"}
+    section = _section_html(page, "params")
+    assert section.count("<img") == 1
+    assert "tiny-a/benevolence/neva: 3 COMPLETE trials; parameter importances need 4." in section
+    assert "tiny-a/hedonism/neva: only &#x27;magnitude&#x27; varied" in section
+    first, again = (load_run(tmp_path).param_studies for _ in range(2))
+    power = next(p for p in first if p.key == ("tiny-a", "power", "neva"))
+    assert power.objective == "alignment" and power.params[0] == "sparsity"
+    assert set(power.importances) == {"sparsity", "magnitude", "rule"}
+    assert sum(power.importances.values()) == pytest.approx(1.0)
+    assert power.log == {"sparsity"} and power.choices == {"rule": ["add", "mul"]}
+    assert [p.importances for p in first] == [p.importances for p in again]  # seeded
+
+
+def test_steered_replies(tmp_path):
+    from neva_sweep.report.tables import samples_table
+
+    run_dir = fabricate_run(tmp_path, neuron_files=False, **SMALL)
+    none = samples_table(load_run(run_dir), tmp_path / "tables")
+    assert not none.rows and none.notes[0].startswith("no steered replies: the chosen edits")
+    best = json.loads((run_dir / "best_edits.json").read_text())
+    for e in best["edits"]:
+        if e["value"] == "power":
+            e["samples"] = [{"prompt": f"Q{i}?", "unedited": f"calm {i}",
+                             "edited": f"<b>I lead</b> {i}"} for i in range(5)]
+            e["samples"].append({"prompt": "no reply"})  # malformed: left out
+    (run_dir / "best_edits.json").write_text(json.dumps(best))
+    page = build_report(run_dir).read_text()
+    section = _section_html(page, "samples")
+    assert "no steered replies" not in page
+    assert section.count("<tr>") == 1 + 3  # header, the first 3 of the 5 replies
+    assert "&lt;b&gt;I lead&lt;/b&gt; 0" in section and "calm 2" in section
+    assert "calm 3" not in section
+    with (run_dir / "report" / "tables" / "steered_replies.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["value"], r["prompt"], r["edited"]) for r in rows] == [
+        ("power", f"Q{i}?", f"<b>I lead</b> {i}") for i in range(5)]
+    assert page.index('<section id="history"') < page.index('<section id="samples"') \
+        < page.index('<section id="studies"')

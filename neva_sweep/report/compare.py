@@ -150,6 +150,9 @@ def merge_runs(runs: Sequence[Run], names: Sequence[str], out: Path) -> Run:
         merged.base_csr |= {f"{name}/{m}": v for m, v in run.base_csr.items()}
         merged.neuron_maps += [replace(nm, title=f"{name}/{nm.title}")
                                for nm in run.neuron_maps]
+        if run.param_studies is not None:  # None stays None: no run read a storage
+            merged.param_studies = [*(merged.param_studies or []),
+                                    *(replace(p, key=key(p.key)) for p in run.param_studies)]
         merged.origins |= {f"{name}/{m}": (name, m) for m in run.models}
         merged.missing += [f"{name}: {m}" for m in run.missing]
         merged.errors += [f"{name}: {e}" for e in run.errors]

@@ -23,6 +23,7 @@ from matplotlib.transforms import blended_transform_factory, offset_copy
 
 from ..values import DISPLAY_NAMES, GROUPS, VALUES
 from .load import Key, Run, feasible, is_complete, num, value_order
+from .params import ParamStudy
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000",
              "#F0E442")
@@ -39,6 +40,9 @@ RC = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fonts
       "svg.fonttype": "path", "svg.hashsalt": "neva_sweep", "axes.spines.top": False,
       "axes.spines.right": False}
 DPI = 110
+# Inches: a figure of one panel (a run of one value, model or method) keeps room for its
+# title, legend and colour bar.
+MIN_SIZE = (6.0, 3.2)
 ALIGNMENT_LABEL = "alignment: ΔCSR of the target (judge score, 0–1)"
 NLR_LABEL = "NLR: mean leakage / alignment (ratio)"
 DROP_LABEL = "accuracy drop (fraction of MC questions)"
@@ -82,6 +86,14 @@ SECTION_TEXT: dict[str, tuple[str, str]] = {
                "Left: selected neurons per layer for each value. Right: Jaccard overlap between "
                "the values' neuron sets, in circumplex order with the higher-order groups "
                "marked."),
+    "params": ("Parameter importances",
+               "Per Optuna study with at least 4 COMPLETE trials and two searched parameters "
+               "that varied: left, each parameter's share of the variance of the first "
+               "objective (fANOVA, seeded: the same trials give the same bars); right, every "
+               "COMPLETE trial as a line through its parameters (most important first; log "
+               "scales where the search was) and that objective, coloured by it, the best "
+               "trials drawn on top. Read from the run's Optuna storage, which alone keeps "
+               "the search space."),
     "history": ("Optimisation history",
                "Per study: each COMPLETE trial's alignment (dots), the best so far (steps) and "
                "failed trials (× on the bottom edge), against the trial number."),
@@ -100,12 +112,24 @@ def _done(sec: Section, has_data: bool, what: str) -> Section:
     return sec
 
 
+def _size(width: float, height: float) -> tuple[float, float]:
+    """A figure size (inches) no smaller than :data:`MIN_SIZE`.
+
+    >>> _size(3.5, 2.4)
+    (6.0, 3.2)
+    """
+    return max(width, MIN_SIZE[0]), max(height, MIN_SIZE[1])
+
+
 def _save(fig: Figure, out: Path, name: str, title: str, caption: str) -> Plot:
     out.mkdir(parents=True, exist_ok=True)
     png, svg = out / f"{name}.png", out / f"{name}.svg"
-    fig.savefig(png, dpi=DPI, metadata={"Software": None})
+    # "tight": the files hold every artist, even a title longer than the figure is wide
+    # (a long model name); within the figure it only trims the margin to 0.05 inch.
+    tight = {"bbox_inches": "tight", "pad_inches": 0.05}
+    fig.savefig(png, dpi=DPI, metadata={"Software": None}, **tight)
     fig.set_layout_engine("none")  # keep the layout just computed: the SVG needs no second pass
-    fig.savefig(svg, metadata={"Date": None, "Creator": None})  # reproducible files
+    fig.savefig(svg, metadata={"Date": None, "Creator": None}, **tight)  # reproducible files
     return Plot(name, title, caption, png, svg)
 
 
@@ -267,7 +291,7 @@ def _leakage_plot(m: np.ndarray, targets: list[str], model: str, method: str, ma
     lim = max(0.01, float(np.nanmax(np.abs(off))) if np.isfinite(off).any() else 0.0)
     norm = TwoSlopeNorm(0.0, -lim, lim)
     with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(8.2, 1.9 + 0.48 * len(targets)), layout="constrained")
+        fig = Figure(figsize=_size(8.2, 1.9 + 0.48 * len(targets)), layout="constrained")
         ax = fig.add_subplot()
         cmap = matplotlib.colormaps[DIVERGING].with_extremes(bad="#EEEEEE")
         im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, norm=norm, aspect="auto")
@@ -322,7 +346,7 @@ def _radar_plot(profiles: dict[str, dict], base: dict[str, float], colour: str, 
     rows, cols = _grid(len(profiles), 4)
     short = {v: DISPLAY_NAMES[v].replace("Self-direction", "Self-dir.") for v in VALUES}
     with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(3.5 * cols, 3.2 * rows + 0.7), layout="constrained")
+        fig = Figure(figsize=_size(3.5 * cols, 3.2 * rows + 0.7), layout="constrained")
         for i, (target, prof) in enumerate(profiles.items()):
             ax = fig.add_subplot(rows, cols, i + 1, projection="radar")
             ax.set_ylim(0, top)
@@ -357,32 +381,121 @@ def neurons_section(run: Run, out: Path) -> Section:
         jac = np.array([[np.nan if a == b or (x := num(nm.jaccard.get(a, {}).get(b))) is None
                          else x for b in values] for a in values])  # (values, values)
         with matplotlib.rc_context(RC):
-            fig = Figure(figsize=(12.5, 1.6 + 0.42 * len(values)), layout="constrained")
-            a1, a2 = fig.subplots(1, 2, width_ratios=[1.6, 1])
+            fig = Figure(figsize=_size(12.5 if len(values) > 1 else 8.0,
+                                       1.6 + 0.42 * len(values)), layout="constrained")
+            if len(values) > 1:
+                a1, a2 = fig.subplots(1, 2, width_ratios=[1.6, 1])
+                _jaccard_axes(a2, values, jac)
+            else:  # one value: no overlap to show, and a 1 × 1 matrix of the left-out diagonal
+                a1 = fig.add_subplot()
             im = a1.imshow(counts, cmap=SEQUENTIAL, aspect="auto", interpolation="nearest")
             a1.set_yticks(range(len(values)), [DISPLAY_NAMES.get(v, v) for v in values])
             a1.set_xlabel("layer (index)")
             a1.xaxis.set_major_locator(MaxNLocator(integer=True))
             a1.set_title("selected neurons per layer")
             fig.colorbar(im, ax=a1, label="neurons (count)", pad=0.02)
-            top = float(np.nanmax(jac)) if np.isfinite(jac).any() else 1.0
-            jnorm = Normalize(0.0, max(top, 0.01))  # the diagonal (always 1) is left out
-            im2 = a2.imshow(jac, cmap=matplotlib.colormaps[SEQUENTIAL].with_extremes(
-                bad="#EEEEEE"), norm=jnorm)
-            _annotate(a2, jac, ".2f", jnorm)
-            labels = [DISPLAY_NAMES.get(v, v) for v in values]
-            a2.set_xticks(range(len(values)), labels, rotation=40, ha="right")
-            a2.set_yticks(range(len(values)), labels)
-            mark_groups(a2, values, "x")
-            a2.set_title("Jaccard overlap (diagonal left out)", pad=40)
-            fig.colorbar(im2, ax=a2, label="Jaccard index (0–1)", pad=0.04)
             fig.suptitle(nm.title)
+        one = "" if len(values) > 1 else " One value: no overlap between values to show."
         sec.plots.append(_save(fig, out, f"neurons_{i}_{_safe(nm.title.split(':')[0])}",
-                               nm.title, f"Source: {nm.source}."))
+                               nm.title, f"Source: {nm.source}.{one}"))
     if not run.neuron_maps:
         sec.notes.append("no neuron maps in this run directory (neurons/<model>.json from "
                          "task=identify, or neuron files of the chosen edits).")
     return sec
+
+
+def _jaccard_axes(ax, values: list[str], jac: np.ndarray) -> None:
+    """The Jaccard overlap matrix ``jac`` (values, values) of the values' neuron sets."""
+    top = float(np.nanmax(jac)) if np.isfinite(jac).any() else 1.0
+    jnorm = Normalize(0.0, max(top, 0.01))  # the diagonal (always 1) is left out
+    im = ax.imshow(jac, cmap=matplotlib.colormaps[SEQUENTIAL].with_extremes(bad="#EEEEEE"),
+                   norm=jnorm)
+    _annotate(ax, jac, ".2f", jnorm)
+    labels = [DISPLAY_NAMES.get(v, v) for v in values]
+    ax.set_xticks(range(len(values)), labels, rotation=40, ha="right")
+    ax.set_yticks(range(len(values)), labels)
+    mark_groups(ax, values, "x")
+    ax.set_title("Jaccard overlap (diagonal left out)", pad=40)
+    ax.figure.colorbar(im, ax=ax, label="Jaccard index (0–1)", pad=0.04)
+
+
+# -- parameter importances and parallel coordinates ---------------------------------------------
+def params_section(run: Run, out: Path) -> Section:
+    sec = _section("params")
+    if run.param_studies is None:
+        sec.notes.append("the trials were not read from an Optuna storage (no optuna.db in the "
+                         "run directory, or search.storage=): no search spaces to rank.")
+        return sec
+    for ps in run.param_studies:
+        name = "/".join(ps.key)
+        if ps.note:
+            sec.notes.append(f"{name}: {ps.note}")
+            continue
+        sec.plots.append(_save(_params_figure(ps), out, f"params_{_safe('_'.join(ps.key))}",
+                               f"Parameters: {name}",
+                               f"Importance for {ps.objective} and the trials' parameters."))
+    return _done(sec, bool(run.param_studies), "Optuna studies")
+
+
+def _scaled(ps: ParamStudy, p: str) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """Parameter ``p`` of every trial on [0, 1] (log scale where the search was; a
+    categorical's choices evenly spaced), and the (position, label) ticks of its axis."""
+    x = [params[p] for params, _ in ps.trials]
+    if p in ps.choices:
+        seen = [c for c in ps.choices[p] if c in x]  # the choices the trials took
+        pos = np.array([seen.index(c) for c in x], dtype=float) / max(1, len(seen) - 1)
+        return pos, [(i / max(1, len(seen) - 1), str(c)) for i, c in enumerate(seen)]
+    v = np.asarray(x, dtype=float)
+    t = np.log10(v) if p in ps.log and (v > 0).all() else v
+    lo, hi = float(t.min()), float(t.max())
+    pos = (t - lo) / (hi - lo) if hi > lo else np.full_like(t, 0.5)
+    return pos, [(0.0, format(v.min(), ".3g")), (1.0, format(v.max(), ".3g"))]
+
+
+def _params_figure(ps: ParamStudy) -> Figure:
+    """Importance bars (left) and parallel coordinates of the trials (right) of one study."""
+    y = np.array([value for _, value in ps.trials])  # (trials,)
+    columns = [*ps.params, ps.objective]
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=_size(3.2 + 1.5 * len(columns), 3.6), layout="constrained")
+        a1, a2 = fig.subplots(1, 2, width_ratios=[1, 0.55 * len(columns)])
+        share = [ps.importances.get(p, 0.0) for p in ps.params]
+        a1.barh(range(len(ps.params)), share, color=OKABE_ITO[0])
+        a1.set_yticks(range(len(ps.params)), ps.params)
+        a1.invert_yaxis()  # the most important on top
+        a1.set_xlim(0, 1)
+        for i, x in enumerate(share):  # the share at the bar's end, inside a long bar
+            inside = x > 0.8
+            a1.text(x - 0.02 if inside else x + 0.02, i, f"{x:.2f}", va="center", fontsize=8,
+                    ha="right" if inside else "left", color="white" if inside else "black")
+        a1.set_xlabel(f"importance for {ps.objective}\n(fANOVA, share of variance)")
+        scaled = [_scaled(ps, p) for p in ps.params]
+        lo, hi = float(y.min()), float(y.max())
+        scaled.append(((y - lo) / (hi - lo), [(0.0, format(lo, ".3g")), (1.0, format(hi, ".3g"))]))
+        pos = np.stack([s for s, _ in scaled], axis=1)  # (trials, columns) on [0, 1]
+        norm = Normalize(lo, hi)
+        cmap = matplotlib.colormaps[SEQUENTIAL if ps.maximize else f"{SEQUENTIAL}_r"]
+        # the best trials last, so that they are drawn on top
+        for i in np.argsort(y if ps.maximize else -y):
+            a2.plot(range(len(columns)), pos[i], color=cmap(norm(y[i])), lw=1.2, alpha=0.8)
+        for j, (_, ticks) in enumerate(scaled):
+            a2.axvline(j, color="#555555", lw=0.8, zorder=0)
+            for at, label in ticks:
+                a2.text(j + 0.04, at, label, fontsize=7.5, va="center", ha="left",
+                        bbox={"fc": "white", "ec": "none", "alpha": 0.7, "pad": 0.5})
+        labels = [f"{c} (log)" if c in ps.log else c for c in columns]
+        a2.set_xticks(range(len(columns)), labels, rotation=20, ha="right")
+        a2.set_xlim(-0.15, len(columns) - 0.6)
+        a2.set_ylim(-0.06, 1.06)
+        a2.set_yticks([])
+        a2.spines[["left", "bottom"]].set_visible(False)
+        a2.tick_params(axis="x", length=0)
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm, cmap), ax=a2, label=ps.objective,
+                     pad=0.02)
+        best = "highest" if ps.maximize else "lowest"
+        fig.suptitle(f"{'/'.join(ps.key)}: {len(ps.trials)} COMPLETE trials "
+                     f"({best} {ps.objective} drawn on top)")
+    return fig
 
 
 # -- optimisation history -------------------------------------------------------------------------
@@ -396,7 +509,8 @@ def history_section(run: Run, out: Path) -> Section:
             continue
         rows_, cols = _grid(len(values))
         with matplotlib.rc_context(RC):
-            fig = Figure(figsize=(3.3 * cols, 2.8 * rows_ + 0.5), layout="constrained")
+            width, height = _size(3.3 * cols, 2.8 * rows_ + 0.5)
+            fig = Figure(figsize=(width, height), layout="constrained")
             axes = fig.subplots(rows_, cols, squeeze=False, sharey=True)
             for ax in axes.flat[len(values):]:
                 ax.set_visible(False)
@@ -417,8 +531,8 @@ def history_section(run: Run, out: Path) -> Section:
             handles = [Line2D([], [], color=c, marker=mk, label=lab) for (mo, _), (lab, c, mk)
                        in series.items() if mo == model]
             handles.append(Line2D([], [], color="#555555", marker="x", ls="", label="failed"))
-            fig.legend(handles=handles, loc="outside lower center", ncols=len(handles),
-                       frameon=False)
+            fig.legend(handles=handles, loc="outside lower center", frameon=False,
+                       ncols=min(len(handles), max(2, int(width / 1.5))))  # rows, not clipping
             fig.suptitle(f"Optimisation history: {model}")
         sec.plots.append(_save(fig, out, f"history_{_safe(model)}",
                                f"Optimisation history: {model}",
@@ -443,7 +557,8 @@ def _history_axes(ax, rows: list[dict], style: tuple[str, str, str]) -> None:
 
 
 SECTIONS: tuple[Callable[[Run, Path], Section], ...] = (
-    pareto_section, leakage_section, radar_section, neurons_section, history_section)
+    pareto_section, leakage_section, radar_section, neurons_section, params_section,
+    history_section)
 
 
 def make_figures(run: Run, out: Path) -> list[Section]:

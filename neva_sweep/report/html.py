@@ -24,6 +24,10 @@ from .tables import Table, chosen_warnings, fmt
 
 PACKAGES = ("neva_sweep", "torch", "transformers", "optuna", "ray", "deepspeed", "wandb",
             "hydra-core", "omegaconf", "pyvalues", "numpy", "matplotlib")
+TEXT_COLUMNS = ("run", "model", "value", "method", "prompt", "unedited", "edited")
+MAX_CELL = 800  # characters of a table cell on the page
+# Tables shown after the figures (the others come first).
+LATE_TABLES = ("samples", "studies")
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
        margin: 0 auto; max-width: 1200px; padding: 0 24px 48px; color: #222; line-height: 1.45; }
@@ -40,6 +44,8 @@ table { border-collapse: collapse; font-size: 0.85em; margin: 8px 0; }
 th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; white-space: nowrap; }
 th { background: #f2f2f2; position: sticky; top: 0; }
 td.text, th.text { text-align: left; }
+#samples td { vertical-align: top; }
+#samples td:nth-last-child(-n+3) { white-space: pre-wrap; min-width: 14em; max-width: 34em; }
 pre { background: #f6f6f6; padding: 10px; overflow-x: auto; font-size: 0.85em; }
 """
 
@@ -83,14 +89,15 @@ def _table(t: Table, root: Path) -> str:
     shown = [c for c in t.columns if not c.endswith(("_ci_lo", "_ci_hi"))]
     idx = {c: i for i, c in enumerate(t.columns)}
     left = ' class="text"'
-    head = "".join(f"<th{left if c in ('run', 'model', 'value', 'method') else ''}>{esc(c)}</th>"
-                   for c in shown)
+    head = "".join(f"<th{left if c in TEXT_COLUMNS else ''}>{esc(c)}</th>" for c in shown)
     body = []
     for row in t.rows:
         cells = []
         for c in shown:
             x = row[idx[c]]
             text = fmt(x)
+            if len(text) > MAX_CELL:  # a reply: the CSV has it whole
+                text = text[:MAX_CELL] + " …"
             if c in t.ci and row[idx[f"{c}_ci_lo"]] is not None:
                 text += f" [{fmt(row[idx[f'{c}_ci_lo']])}, {fmt(row[idx[f'{c}_ci_hi']])}]"
             cells.append(f"<td{left if isinstance(x, str) else ''}>{esc(text)}</td>")
@@ -153,8 +160,8 @@ def write_html(run: Run, sections: list[Section], tables: list[Table], path: Pat
     warnings = chosen_warnings(run)
     nav = [("warnings", "Warnings")] if warnings or notices else []
     nav += [("missing", "What is missing")] if missing else []
-    first, rest = [t for t in tables if t.id != "studies"], [t for t in tables if
-                                                             t.id == "studies"]
+    first = [t for t in tables if t.id not in LATE_TABLES]
+    rest = [t for t in tables if t.id in LATE_TABLES]
     nav += [(t.id, t.title) for t in first] + [(s.id, s.title) for s in sections]
     nav += [(t.id, t.title) for t in rest] + [("config", "Config"), ("versions", "Versions"),
                                               ("reproduce", "Reproduce")]

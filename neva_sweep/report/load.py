@@ -14,6 +14,10 @@ Sources, the files a sweep writes (:mod:`neva_sweep.sweep.outputs`):
   :mod:`neva_sweep.sweep.front`, the sweep's own);
 - neuron maps: ``neurons/<model>.json`` (``task=identify``) and the chosen edits' neuron
   files (``best_edits/<model>/<value>-<method>.safetensors``);
+- searched parameters and their importances, per study (:mod:`.params`): from the Optuna
+  storage only (it alone keeps the search space);
+- steered replies: the ``samples`` of best_edits.json's entries (``[{"prompt", "unedited",
+  "edited"}]``), when the sweep saved some;
 - the run's config: ``.hydra/config.yaml`` and ``.hydra/overrides.yaml``.
 """
 
@@ -23,9 +27,10 @@ import csv
 import json
 import re
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..metrics import METRICS as SCHEMA
 from ..metrics import scalar_metrics
@@ -43,6 +48,10 @@ from ..sweep.front import (
 )
 from ..sweep.pruning import is_rung_study
 from ..values import VALUES
+from .params import ParamStudy, param_study
+
+if TYPE_CHECKING:
+    import optuna
 
 Key = tuple[str, str, str]  # (model, value, method): one Optuna study
 # The scalar metrics of the schema, plus the trial's duration (trials.csv, chosen edits).
@@ -86,12 +95,15 @@ class Run:
 
     run_dir: Path
     source: str = "nothing"  # where the trials came from
+    storage: str | None = None  # the Optuna storage URL the trials were read from
     rows: list[dict[str, Any]] = field(default_factory=list)  # one per trial
     fronts: dict[Key, list[int]] = field(default_factory=dict)  # Pareto trial numbers
     chosen: dict[Key, dict[str, Any]] = field(default_factory=dict)  # flat: params + metrics
     no_edit: dict[Key, str] = field(default_factory=dict)  # study -> why it has no edit
     base_csr: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> value -> CSR
     neuron_maps: list[NeuronCounts] = field(default_factory=list)
+    # per study, its searched parameters (params.py); None: no storage was read
+    param_studies: list[ParamStudy] | None = None
     objectives: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_OBJECTIVES))
     constraints: dict[str, float | None] = field(default_factory=dict)
     config: dict[str, Any] | None = None
@@ -179,23 +191,30 @@ def read_trials_csv(path: Path) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("model") is not None]
 
 
-def read_storage(url: str) -> list[dict[str, Any]]:
-    """trials.csv rows (the sweep's own row builder, plus ``ci``) of every study in an Optuna
-    storage."""
+def storage_studies(url: str) -> Iterator[tuple[Key, str, optuna.Study]]:
+    """(key, name, study) of every study of edits in an Optuna storage; the key from the
+    study's user attributes (the sweep sets them), else its name ``<model>/<value>/<method>``."""
     import optuna
 
     from ..sweep.studies import open_storage  # SQLAlchemy URLs and journal:///path
 
     storage = open_storage(url)
-    rows = []
     for name in optuna.study.get_all_study_names(storage=storage):
         if is_rung_study(name):  # a pruner's bookkeeping, not a study of edits
             continue
         study = optuna.load_study(study_name=name, storage=storage)
         parts = name.rsplit("/", 2)
         ua = study.user_attrs
-        key = [ua.get(k) or (parts[i] if len(parts) == 3 else name)
-               for i, k in enumerate(("model", "value", "method"))]
+        key = tuple(ua.get(k) or (parts[i] if len(parts) == 3 else name)
+                    for i, k in enumerate(("model", "value", "method")))
+        yield key, name, study
+
+
+def read_storage(url: str) -> list[dict[str, Any]]:
+    """trials.csv rows (the sweep's own row builder, plus ``ci``) of every study in an Optuna
+    storage."""
+    rows = []
+    for key, name, study in storage_studies(url):
         for t in study.get_trials(deepcopy=False):
             # feasibility: from the budgets, once they are known (_load_fronts_and_edits)
             row = trial_row(key, name, t, budgets=None)
@@ -206,18 +225,10 @@ def read_storage(url: str) -> list[dict[str, Any]]:
 
 def base_csr_from_storage(url: str) -> dict[str, dict[str, float]]:
     """model -> value -> unedited CSR, from the first COMPLETE trial of each study."""
-    import optuna
     from optuna.trial import TrialState
 
-    from ..sweep.studies import open_storage  # SQLAlchemy URLs and journal:///path
-
-    storage = open_storage(url)
     out: dict[str, dict[str, float]] = {}
-    for name in optuna.study.get_all_study_names(storage=storage):
-        if is_rung_study(name):
-            continue
-        study = optuna.load_study(study_name=name, storage=storage)
-        model = study.user_attrs.get("model") or name.rsplit("/", 2)[0]
+    for (model, _, _), _, study in storage_studies(url):
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             base = {v: x for v, x in (t.user_attrs.get("csr_base") or {}).items()
                     if v in VALUES and num(x) is not None}
@@ -251,6 +262,7 @@ def _load_trials(run: Run, storage: str | None) -> None:
         else:
             try:
                 run.rows, run.source = read_storage(storage), f"Optuna storage {storage}"
+                run.storage = storage
             except Exception as e:  # any storage error: report it, fall back to trials.csv
                 first = (str(e).strip().splitlines() or [""])[0]
                 run.error(f"could not read the Optuna storage {storage} ({type(e).__name__}: "
@@ -333,7 +345,8 @@ def _flat_edit(entry: dict[str, Any], source: str) -> dict[str, Any]:
     out = {"model": entry.get("model"), "value": entry.get("value"),
            "method": entry.get("method"), "trial": entry.get("trial"), "source": source,
            "params": dict(params or {}), "ci": metrics.get("ci") or {},
-           "neurons": entry.get("neurons"), "test": entry.get("test")}
+           "neurons": entry.get("neurons"), "test": entry.get("test"),
+           "samples": samples_of(entry)}
     out.update({k: metrics.get(k) for k in METRICS})
     csr = metrics.get("csr_edited")
     out["csr_edited"] = ({v: num(csr.get(v)) for v in VALUES} if isinstance(csr, dict)
@@ -341,6 +354,22 @@ def _flat_edit(entry: dict[str, Any], source: str) -> dict[str, Any]:
     if isinstance(metrics.get("csr_base"), dict):
         out["csr_base"] = {v: num(metrics["csr_base"].get(v)) for v in VALUES}
     return out
+
+
+def samples_of(entry: dict[str, Any]) -> list[dict[str, str]]:
+    """A best_edits.json entry's steered replies: its ``samples``, the well-formed ones
+    (``{"prompt", "unedited", "edited"}``, text each) as strings.
+
+    >>> samples_of({"samples": [{"prompt": "Hi", "unedited": "Hello", "edited": "Rule!"},
+    ...                         {"prompt": "no replies"}]})
+    [{'prompt': 'Hi', 'unedited': 'Hello', 'edited': 'Rule!'}]
+    """
+    samples = entry.get("samples")
+    if not isinstance(samples, list):
+        return []
+    fields = ("prompt", "unedited", "edited")
+    return [{k: str(s[k]) for k in fields} for s in samples
+            if isinstance(s, dict) and all(s.get(k) is not None for k in fields)]
 
 
 def _load_fronts_and_edits(run: Run) -> None:
@@ -456,6 +485,28 @@ def _load_neuron_maps(run: Run) -> None:
                            "readable neuron files of chosen edits (best_edits/<model>/).")
 
 
+# -- searched parameters ---------------------------------------------------------------------
+def _load_param_studies(run: Run) -> None:
+    """Each study's searched parameters and their importances (:mod:`.params`), when the
+    trials came from an Optuna storage; a study that fails gets a note, not an exception."""
+    if run.storage is None:
+        return
+    objective = next(iter(run.objectives), None)
+    studies = []
+    try:
+        for key, _, study in storage_studies(run.storage):
+            try:
+                studies.append(param_study(key, study, objective))
+            except Exception as e:  # one odd study: say so, keep the others
+                studies.append(ParamStudy(key, objective or "objective 0", True,
+                                          note=f"importances failed ({type(e).__name__}: {e})."))
+    except Exception as e:  # the storage read a moment ago: it changed or went away
+        run.missing.append(f"could not read the studies' parameters from {run.storage} "
+                           f"({type(e).__name__}).")
+    order = {k: i for i, k in enumerate(run.keys())}
+    run.param_studies = sorted(studies, key=lambda p: order.get(p.key, len(order)))
+
+
 # -- config ---------------------------------------------------------------------------------------
 def _load_config(run: Run) -> None:
     path = run.run_dir / ".hydra" / "config.yaml"
@@ -493,4 +544,5 @@ def load_run(run_dir: str | Path, storage: str | None = None) -> Run:
     _load_fronts_and_edits(run)
     _estimate_base_csr(run)
     _load_neuron_maps(run)
+    _load_param_studies(run)
     return run

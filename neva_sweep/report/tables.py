@@ -4,6 +4,9 @@
   metric and the bootstrap intervals the sweep recorded (``<metric>_ci_lo``/``_ci_hi``);
   studies without an edit are listed with the reason.
 - ``model_comparison.csv`` and ``model_comparison_by_value.csv`` (several models only).
+- ``steered_replies.csv``: the chosen edits' steered replies (prompt, unedited reply,
+  edited reply) from best_edits.json's ``samples``; the page shows the first
+  :data:`SAMPLES_SHOWN` of each edit.
 - ``studies.csv``: trial counts by state, feasible trials, front size, best alignment and
   the last error of every study.
 
@@ -202,6 +205,33 @@ def comparison_tables(run: Run, out: Path) -> list[Table]:
                            "per model.", by_value_cols, by_value, path2)]
 
 
+SAMPLES_SHOWN = 3  # steered replies per chosen edit on the page (the CSV has all)
+
+
+def samples_table(run: Run, out: Path) -> Table:
+    """The chosen edits' steered replies, unedited beside edited: what an edit does to text,
+    which no score shows. Read from best_edits.json (``samples`` of each entry); the report
+    runs no model, so a sweep that saved none gets a note."""
+    columns = [*model_columns(run), "value", "method", "prompt", "unedited", "edited"]
+    rows, shown = [], []
+    for k in run.keys():
+        samples = (run.chosen.get(k) or {}).get("samples") or []
+        for i, s in enumerate(samples):
+            row = [*model_cells(run, k[0]), *k[1:], s["prompt"], s["unedited"], s["edited"]]
+            rows.append(row)
+            if i < SAMPLES_SHOWN:
+                shown.append(row)
+    path = out / "steered_replies.csv"
+    _write(path, columns, rows)
+    notes = [] if rows or not run.chosen else [
+        "no steered replies: the chosen edits in best_edits.json carry no 'samples' "
+        "([{prompt, unedited, edited}]); the report runs no model to make them."]
+    return Table("samples", "Steered replies",
+                 f"Up to {SAMPLES_SHOWN} replies per chosen edit (the CSV has all of them): "
+                 "the prompt, the unedited model's reply and the edited model's.",
+                 columns, shown, path, notes)
+
+
 def studies_table(run: Run, out: Path) -> Table:
     columns = [*model_columns(run), "value", "method", "trials", "complete", "pruned",
                "failed", "other",
@@ -235,4 +265,5 @@ def studies_table(run: Run, out: Path) -> Table:
 
 def make_tables(run: Run, out: Path) -> list[Table]:
     """Every table, written as CSV under ``out``."""
-    return [chosen_table(run, out), *comparison_tables(run, out), studies_table(run, out)]
+    return [chosen_table(run, out), *comparison_tables(run, out), samples_table(run, out),
+            studies_table(run, out)]
