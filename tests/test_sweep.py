@@ -196,6 +196,13 @@ def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sw
         assert lo <= test["alignment"] <= hi and len(test["alignment_rows"]) == 36
         assert test["null"]["n"] == 2 and test["push"] > 0
         assert test["alignment"] != e["metrics"]["alignment"]  # other scenarios, other score
+        # steered replies to three of the value's queries, unedited and edited (the report's)
+        queries = {r["text"] for r in nv.data.load_records("queries").rows
+                   if r["value"] == e["value"]}
+        assert len(e["samples"]) == 3 and {s["prompt"] for s in e["samples"]} <= queries
+        assert all(set(s) == {"prompt", "unedited", "edited"} for s in e["samples"])
+        assert any(s["unedited"] != s["edited"] for s in e["samples"])
+    assert "Steered replies" in (run / "report" / "index.html").read_text()
     report = (run / "report" / "tables" / "chosen_edits.csv").read_text()
     assert "test_alignment" in report.splitlines()[0] and "test_z" in report.splitlines()[0]
     chosen = {(r["value"], r["trial"]) for r in rows if r["test_alignment"]}

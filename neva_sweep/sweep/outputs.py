@@ -194,7 +194,9 @@ class Outputs:
             entry["raw"] = t.user_attrs["raw"]
         test = s.study.user_attrs.get(heldout_attr(t.number))
         if test is not None:
-            entry["test"] = test
+            entry["test"] = {k: v for k, v in test.items() if k != "samples"}
+            if test.get("samples"):  # steered replies, unedited vs edited (the report's)
+                entry["samples"] = test["samples"]
         neurons = self._save_neurons(s, t, params)
         if neurons is not None:
             entry["neurons"] = str(neurons.relative_to(self.run_dir))

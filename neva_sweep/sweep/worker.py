@@ -160,10 +160,32 @@ def score_heldout(host: ModelHost, box: StatsBox, setup: EvalSetup,
             positions = job["params"].get("positions", "all")
             recs = ev.evaluate([(job["value"], e) for e in (edit, *nulls)], positions)
             push = None if edit.kind == "prompt" else edit_push(host, edit, stats)
-            out.append(heldout_record(recs[0], recs[1:], push, setup.split))
+            rec = heldout_record(recs[0], recs[1:], push, setup.split)
+            rec["samples"] = steered_samples(host, ev, job["value"], edit, positions)
+            out.append(rec)
         except Exception as e:
             out.append(_error(e))
     return out if _is_rank0(host) else None
+
+
+SAMPLES, SAMPLE_TOKENS = 3, 40  # steered replies kept per chosen edit, and their length
+
+
+def steered_samples(host: ModelHost, ev: Evaluator, value: str, edit: Any, positions: str
+                    ) -> list[dict[str, str]]:
+    """Greedy replies to :data:`SAMPLES` of ``value``'s queries (evenly spread), unedited
+    and under ``edit``: what the report shows a reader beside the numbers."""
+    from ..scoring import greedy_generate
+
+    rows = [r for r in ev.records["queries"].rows if r.get("value") == value]
+    rows = spread(rows, SAMPLES, "samples")
+    if not rows:
+        return []
+    prompts = [host.chat_prompt(r["text"]) for r in rows]
+    base, edited = greedy_generate(host, prompts, [None, edit], positions, SAMPLE_TOKENS,
+                                   ev.cap.batch_size)
+    return [{"prompt": r["text"], "unedited": b, "edited": e}
+            for r, b, e in zip(rows, base, edited)]
 
 
 def calibrate(host: ModelHost, box: StatsBox, setup: EvalSetup,
