@@ -50,7 +50,7 @@ import torch
 from .edit import HookedEdit, RowEditor, check_positions
 from .gate import Gate
 from .models.arch import residual_sites
-from .models.host import ModelHost
+from .models.host import ModelHost, module_device
 from .models.identity import ModelId, check_model
 from .prompting import PROMPT_STRENGTHS, PromptEdit, prompt_edit
 from .stats import NeuronStats
@@ -216,7 +216,7 @@ class ResidualEditor(RowEditor):
                 if layer in s.layers and s.coefficient != 0.0:
                     add[g] = s.coefficient * s.vectors[s.layers.index(layer)]
             self.handles.append(blocks[layer].register_forward_hook(
-                self._hook(add.to(host.device))))
+                self._hook(add.to(module_device(blocks[layer])))))
         self.install_gates([s.gate if s.coefficient != 0.0 else None for s in specs])
 
     def _hook(self, add: torch.Tensor):
@@ -225,7 +225,7 @@ class ResidualEditor(RowEditor):
                 return None
             h = output[0] if isinstance(output, tuple) else output  # (B, S, H)
             bsz, seq = h.shape[0], h.shape[1]
-            delta = add[self.rows_of(bsz)][:, None, :].to(h.dtype)  # (B, 1, H)
+            delta = add[self.rows_of(bsz).to(add.device)][:, None, :].to(h)  # (B, 1, H)
             gate = self.row_gate(bsz)
             if gate is not None:  # g * delta; exactly delta at g = 1
                 gb = gate.to(h.device)[:, None, None]  # (B, 1, 1)

@@ -105,6 +105,9 @@ class ModelConfig:
     device: str = "cpu"
     trust_remote_code: bool = False
     tp_size: int = 1  # tensor-parallel degree: GPUs (or CPU processes) per model replica
+    # One replica over several devices through accelerate (instead of model.device): auto |
+    # balanced | balanced_low_0 | sequential | {module name: device}; not with tp_size > 1.
+    device_map: Any = None
 
 
 @dataclass

@@ -57,7 +57,7 @@ import torch
 
 from .config import DEFAULT_MAGNITUDE, DEFAULT_RULE
 from .gate import Gate, GatePass, is_suspended
-from .models.host import ModelHost
+from .models.host import ModelHost, module_device
 from .models.identity import ALLOW_HINT, check_model
 from .registry import Registry
 from .select import NeuronMap, ValueNeurons, check_neurons
@@ -271,7 +271,8 @@ class _LayerEdit:
 
 
 def compile_edits(host: ModelHost, specs: Sequence[NeuronEdit]) -> dict[int, _LayerEdit]:
-    """Per-layer edit tensors for ``specs``, restricted to the neurons this host holds."""
+    """Per-layer edit tensors for ``specs``, restricted to the neurons this host holds,
+    each on the device of the site it edits."""
     per_layer: dict[int, list[tuple[int, torch.Tensor, torch.Tensor, Coefficients]]] = {}
     for g, spec in enumerate(specs):
         if spec.magnitude == 0.0:
@@ -284,9 +285,9 @@ def compile_edits(host: ModelHost, specs: Sequence[NeuronEdit]) -> dict[int, _La
             if sel.any():
                 local = spec.neurons.index[sel] - start
                 per_layer.setdefault(layer, []).append((g, local, sel, coef))
-    device = host.device
     out = {}
     for layer, items in per_layer.items():
+        device = module_device(host.sites[layer])  # its own device under model.device_map
         idx = torch.cat([local for _, local, _, _ in items]).unique()  # (k,) sorted
         n_groups = len(specs) + 1
         table = Coefficients.of((n_groups, idx.numel()))  # the identity, filled per group
@@ -407,7 +408,7 @@ class Editor(RowEditor):
             if flat:
                 x = x.view(*self.batch_shape, x.shape[-1])
             bsz, seq = x.shape[0], x.shape[1]
-            g = self.rows_of(bsz)
+            g = self.rows_of(bsz).to(le.idx.device)
             xs = x[..., le.idx]  # (B, S, k)
             coef = le.coef.take((g, None))  # (B, 1, k) each
             new = coef.moved(xs).to(x.dtype)

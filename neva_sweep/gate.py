@@ -348,8 +348,9 @@ class GatePass:
         if mask is None:
             mask = torch.ones(bsz, seq, dtype=torch.long, device=x.device)
         mask = prompt_mask(mask, self.editor.response_start)
-        self.values = torch.stack([g.probability(pool(hidden[g.layer], mask))
-                                   for g in self.gates])  # (K, B)
+        # (K, B) on the input's device: under model.device_map the gates' blocks may not be
+        self.values = torch.stack([g.probability(pool(hidden[g.layer], mask)).to(x.device)
+                                   for g in self.gates])
         return None
 
     def rows(self, bsz: int) -> torch.Tensor:

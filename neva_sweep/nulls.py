@@ -59,7 +59,7 @@ import torch.nn as nn
 
 from .caa import ResidualEdit
 from .edit import NeuronEdit
-from .models.host import ModelHost
+from .models.host import ModelHost, module_device
 from .models.identity import ModelId
 from .select import ValueNeurons, check_neurons
 from .stats import NeuronStats, layer_offsets
@@ -230,6 +230,8 @@ def residual_change(host: ModelHost, edit, stats: NeuronStats | None = None
     Returns:
         ``{layer: (H,) float32 CPU tensor}``, in layer order.
     """
+    from accelerate.utils import align_module_device
+
     _check_kind(edit)
     if isinstance(edit, ResidualEdit):
         vectors = edit.coefficient * edit.vectors.float().cpu()  # (k, H)
@@ -237,18 +239,19 @@ def residual_change(host: ModelHost, edit, stats: NeuronStats | None = None
     check_neurons(edit.neurons, host.layer_sizes, f"edit on {host.name!r}")
     change = expected_change(edit, stats)
     layers = list(change)
-    weights = [down_weight(host.sites[lay]) for lay in layers]
-    hidden = weights[0].shape[0]
-    device = weights[0].device
+    hidden = down_weight(host.sites[layers[0]]).shape[0]
+    device = module_device(host.sites[layers[0]])  # a shard's own GPU, for the all-reduce
     out = torch.zeros(len(layers), hidden, device=device)  # (L_edit, H)
     with torch.no_grad():
-        for row, (lay, w) in enumerate(zip(layers, weights)):
+        for row, lay in enumerate(layers):
             index, delta = change[lay]
             start, stop = host.neuron_slices[lay]
             mine = (index >= start) & (index < stop)
-            if mine.any():
-                local = (index[mine] - start).to(device)
-                out[row] = w[:, local].float() @ delta[mine].to(device)
+            if mine.any():  # on the site's own device (model.device_map), its weight
+                with align_module_device(host.sites[lay]):  # loaded if offloaded
+                    w = down_weight(host.sites[lay])
+                    local = (index[mine] - start).to(w.device)
+                    out[row] = (w[:, local].float() @ delta[mine].to(w.device)).to(device)
     if is_sharded(host):
         out = _all_reduce(out)
     out = out.cpu()

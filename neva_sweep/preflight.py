@@ -15,6 +15,7 @@ not the minutes of a model load and a statistics pass. What it checks:
 - for sweeps: the whole plan (:func:`neva_sweep.sweep.plan.make_plan`), the layer
   windows of ``search.space`` against every model, the storage (driver importable,
   server reachable, an existing SQLite file really a database);
+- ``model.device`` and ``model.device_map`` (not with ``model.tp_size`` > 1);
 - the run directory is writable.
 
 Every error is a :class:`~neva_sweep.sweep.plan.ConfigError` whose message starts with
@@ -138,6 +139,15 @@ def check_device(device: Any) -> None:
     d = str(device)
     if d != "cpu" and not re.fullmatch(r"cuda(:\d+)?", d):
         raise ConfigError(f"model.device: {d!r}; valid choices: cpu, cuda, cuda:<index>")
+
+
+def check_placement(model: Any, where: str = "") -> None:
+    """``model.device`` and ``model.device_map`` (well formed, and not with ``model.tp_size``
+    > 1) of one ``model.*`` config."""
+    from .models.host import check_device_map
+
+    check_device(model.get("device", "cpu"))
+    check_device_map(model.get("device_map"), model.get("tp_size", 1), where)
 
 
 def check_stats(cfg: DictConfig) -> None:
@@ -299,7 +309,7 @@ def preflight(cfg: DictConfig, out: Path) -> None:
     check_data_files(cfg)
     check_stats(cfg)
     check_split(cfg)
-    check_device(cfg.model.get("device", "cpu"))
+    check_placement(cfg.model)
     if cfg.best_edits:
         check_best_edits(cfg.best_edits)
     elif task in EDIT_TASKS:
@@ -352,7 +362,7 @@ def preflight_export(cfg: DictConfig, out: Path) -> None:
     check_export(cfg)
     check_data_files(cfg)  # the edit may be rebuilt from statistics on these
     check_stats(cfg)
-    check_device(cfg.model.get("device", "cpu"))
+    check_placement(cfg.model)
     check_writable("hydra.run.dir", out)
 
 
@@ -362,6 +372,7 @@ def preflight_sweep(cfg: DictConfig, out: Path) -> None:
     check_writable("hydra.run.dir", out)
     plan = make_plan(cfg, out)
     for m in plan.models:
+        check_placement(m.config, f"model.* of {m.label!r}")
         n_layers = model_n_layers(m.config)
         for w in cfg.search.space.layer_windows or []:
             check_window("search.space.layer_windows", w, n_layers, m.label)

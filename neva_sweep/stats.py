@@ -427,10 +427,11 @@ class _Accumulator:
             x = args[0]
             width = x.shape[-1]
             x2 = x.reshape(-1, width).float()  # (B*S, I)
-            s = (self.w @ x2).double().cpu()  # (P, I) sums
-            ss = (self.w @ (x2 * x2)).double().cpu()
+            w = self.w.to(x2.device)  # a no-op unless model.device_map put this layer apart
+            s = (w @ x2).double().cpu()  # (P, I) sums
+            ss = (w @ (x2 * x2)).double().cpu()
             # gt into a float buffer is ~4x faster than (x2 > 0).float() on CPU.
-            pos = (self.w @ torch.gt(x2, 0, out=torch.empty_like(x2))).double().cpu()
+            pos = (w @ torch.gt(x2, 0, out=torch.empty_like(x2))).double().cpu()
             st, o, vals = self.stats, self.offsets[layer], self.present
             cols = slice(o, o + width)
             n_a = st.count[vals][:, None]  # (P, 1)
@@ -445,7 +446,7 @@ class _Accumulator:
             st.positive[vals, cols] += pos
             offsets = torch.arange(width, device=x2.device, dtype=torch.int32) * bins
             for v, rows in zip(vals.tolist(), self.hist_rows):
-                b = softsign_bins(x2[rows], bins, self.cfg.hist_scale)  # (T_v, I) int32
+                b = softsign_bins(x2[rows.to(x2.device)], bins, self.cfg.hist_scale)  # (T_v, I)
                 b += offsets
                 counts = torch.bincount(b.view(-1), minlength=width * bins)
                 st.hist[v, cols] += counts.view(width, bins).to(torch.int32).cpu()
@@ -464,7 +465,8 @@ class _Accumulator:
             if self.stats.resid_sum is None:
                 self.stats.resid_sum = torch.zeros(N_VALUES, n_layers, h.shape[-1],
                                                    dtype=torch.float64)
-            self.stats.resid_sum[self.present, layer] += (self.w @ h).double().cpu()  # (P, H)
+            self.stats.resid_sum[self.present, layer] += (
+                self.w.to(h.device) @ h).double().cpu()  # (P, H)
 
         return hook
 

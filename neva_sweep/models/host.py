@@ -2,10 +2,20 @@
 
 A host may hold a full model (``tp_size = 1``) or one tensor-parallel shard; in the
 latter case ``neuron_slices[layer]`` says which global neuron ids this shard sees.
+
+``model.device_map`` spreads one full replica over several devices of one node through
+accelerate (the simple alternative to tensor parallelism: no process group, layers run in
+turn): ``auto``, ``balanced``, ``balanced_low_0``, ``sequential`` or a dict {module name:
+device} (``0``, ``cuda:1``, ``cpu``, ``disk``). Then ``model.device`` is not used,
+``host.device`` is where inputs go (the input embedding's device), and every hook keeps its
+tensors on the device of the module it hooks (:func:`module_device`), so edits, statistics
+and gates give what they give on one device.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +24,63 @@ import torch
 import torch.nn as nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
+from ..config import ConfigError
 from .arch import neuron_sites, site_width
 from .identity import fingerprint
-from .registry import MODELS
+from .registry import MODELS, dispatch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# model.device_map strings, resolved by accelerate from the devices' free memory.
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_MAP_DEVICE = re.compile(r"cpu|disk|cuda(:\d+)?")  # a dict's values, besides GPU indices
+
+
+def check_device_map(device_map: Any, tp_size: int = 1, where: str = "") -> None:
+    """Refuse a malformed ``model.device_map``, or one given with ``model.tp_size`` > 1 (a
+    replica is either split by layers over devices or tensor-parallel, not both).
+
+    >>> check_device_map({"model.layers.0": 0, "lm_head": "cpu"})
+    >>> check_device_map("auto", tp_size=2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    neva_sweep.config.ConfigError: model.device_map, model.tp_size: ...
+    """
+    if device_map is None:
+        return
+    at = f" ({where})" if where else ""
+    if int(tp_size) > 1:
+        raise ConfigError(f"model.device_map, model.tp_size: device_map={device_map!r} spreads "
+                          f"one replica over devices, tp_size={tp_size} shards it: set one of "
+                          f"them (model.device_map=null or model.tp_size=1){at}")
+    valid = (f"valid choices: {', '.join(DEVICE_MAP_STRATEGIES)}, or a dict {{module name: "
+             "device} with devices a GPU index, cuda:<index>, cpu or disk")
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise ConfigError(f"model.device_map: {device_map!r}{at}; {valid}")
+        return
+    if not isinstance(device_map, Mapping) or not device_map:
+        raise ConfigError(f"model.device_map: {device_map!r}{at}; {valid}")
+    for name, dev in device_map.items():
+        ok = (isinstance(dev, int) and not isinstance(dev, bool) and dev >= 0) or (
+            isinstance(dev, str) and _MAP_DEVICE.fullmatch(dev))
+        if not ok:
+            raise ConfigError(f"model.device_map: module {name!r} on {dev!r}{at}; {valid}")
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device ``module`` computes on: accelerate's execution device when a device map
+    dispatched it (its weights may then sit offloaded on ``meta``), else its first
+    parameter's (or buffer's) device, else the CPU."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
+        dev = getattr(h, "execution_device", None)
+        if dev is not None:
+            return torch.device(dev)
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 @dataclass
@@ -62,7 +124,11 @@ class ModelHost:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embedding's device (with ``model.device_map`` the
+        blocks may sit on others; hooks use :func:`module_device` of what they hook)."""
+        root = getattr(self.model, "module", self.model)  # a DeepSpeed engine wraps it
+        embed = getattr(root, "get_input_embeddings", lambda: None)()
+        return module_device(embed if embed is not None else root)
 
     def tokenize(
         self, texts: list[str], padding_side: str = "right", max_length: int | None = None
@@ -115,44 +181,56 @@ def load_model(
     device: str = "cpu",
     trust_remote_code: bool = False,
     name: str | None = None,
+    device_map: Any = None,
 ) -> ModelHost:
     """Load a model by registry name, Hugging Face id, local path, or model config.
 
     A model config is any object with the fields of ``neva_sweep.config.ModelConfig``
-    (``name``, ``dtype``, ``device``, ``trust_remote_code``, ``short_name``); its fields
-    override the keyword arguments. Registry names: ``smollm2-135m`` (the embedded GGUF
-    model) and ``tiny-<arch>`` random models for tests (see ``neva_sweep.models.registry.MODELS``).
+    (``name``, ``dtype``, ``device``, ``trust_remote_code``, ``short_name``, optionally
+    ``device_map`` and ``tp_size``); its fields override the keyword arguments. Registry
+    names: ``smollm2-135m`` (the embedded GGUF model) and ``tiny-<arch>`` random models for
+    tests (see ``neva_sweep.models.registry.MODELS``). ``device_map`` (see the module
+    docstring) replaces ``device``: Hugging Face models get it in ``from_pretrained``,
+    registry models are built on the CPU and dispatched by accelerate.
 
     >>> host = load_model("tiny-llama")
     >>> host.n_layers, host.layer_sizes
     (2, [96, 96])
     """
     if not isinstance(spec, (str, Path)):
+        device_map = getattr(spec, "device_map", None)
+        check_device_map(device_map, getattr(spec, "tp_size", 1))
         return load_model(spec.name, dtype=spec.dtype, device=spec.device,
                           trust_remote_code=spec.trust_remote_code,
-                          name=getattr(spec, "short_name", None))
+                          name=getattr(spec, "short_name", None), device_map=device_map)
     spec = str(spec)
+    check_device_map(device_map)
+    if isinstance(device_map, Mapping):  # an OmegaConf DictConfig from the model config
+        device_map = {str(k): v for k, v in device_map.items()}
     if dtype not in DTYPES:
         raise KeyError(f"unknown dtype {dtype!r} (model.dtype); valid choices: {', '.join(DTYPES)}")
     torch_dtype = DTYPES[dtype]
     if spec in MODELS:
         model, tok = MODELS[spec](torch_dtype)
+        if device_map is not None:  # built on the CPU: accelerate places its modules
+            model = dispatch(model, device_map)
     else:
         path = Path(spec)
         gguf = None
         if path.suffix == ".gguf":
             path, gguf = path.parent, path.name
         try:
-            kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, gguf_file=gguf)
-            tok = AutoTokenizer.from_pretrained(str(path), **{k: v for k, v in kwargs.items()
-                                                              if k != "dtype"})
-            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+            kwargs = dict(trust_remote_code=trust_remote_code, gguf_file=gguf)
+            tok = AutoTokenizer.from_pretrained(str(path), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype,
+                                                         device_map=device_map, **kwargs)
         except (OSError, ValueError) as e:
             raise OSError(
                 f"cannot load model {spec!r} (model.name): not a registry name "
                 f"({', '.join(MODELS.names())}), and loading it as a Hugging Face id or local "
                 f"path failed: {e}"
             ) from e
-    model.to(device)
+    if device_map is None:
+        model.to(device)
     short = name or Path(spec).name.removesuffix(".gguf")
     return host_from_model(model, tok, short, meta={"spec": spec, "dtype": dtype})

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import tempfile
+import weakref
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -106,6 +110,31 @@ def tiny_model(name: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     return model, tok
+
+
+def dispatch(model: PreTrainedModel, device_map: str | dict[str, Any]) -> PreTrainedModel:
+    """Spread ``model`` (built on the CPU) over devices as ``from_pretrained(device_map=...)``
+    would: a strategy string (``auto``, ``balanced``, ``balanced_low_0``, ``sequential``) is
+    resolved by accelerate from the devices' free memory, keeping each decoder block whole;
+    a dict {module name: device} is used as given. Modules mapped to ``disk`` are offloaded
+    to a temporary folder that goes with the model."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory, get_max_memory
+
+    if isinstance(device_map, str):
+        no_split = getattr(model, "_no_split_modules", None) or []
+        if device_map == "sequential":
+            memory = get_max_memory()
+        else:
+            memory = get_balanced_memory(model, no_split_module_classes=no_split,
+                                         low_zero=device_map == "balanced_low_0")
+        device_map = infer_auto_device_map(model, max_memory=memory,
+                                           no_split_module_classes=no_split)
+    offload_dir = None
+    if "disk" in device_map.values():
+        offload_dir = tempfile.mkdtemp(prefix="neva_offload_")
+        weakref.finalize(model, shutil.rmtree, offload_dir, True)
+    return dispatch_model(model, device_map=dict(device_map), offload_dir=offload_dir)
 
 
 for _name in TINY_CONFIGS:

@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .arch import neuron_sites, site_width
-from .host import DTYPES, ModelHost, load_model
+from .host import DTYPES, ModelHost, check_device_map, load_model
 
 # Architectures DeepSpeed AutoTP cannot shard (GPT-2's Conv1D projections).
 NOT_SHARDABLE = ("gpt2",)
@@ -73,8 +73,11 @@ def load_tp_host(
     forward pass runs the all-reduces, so call it on every rank (see the module docstring).
     """
     spec, dtype, device, name, trust = _resolve(model_cfg_or_spec, dtype, device, name)
+    device_map = _field(model_cfg_or_spec, "device_map")
+    check_device_map(device_map, tp_size)
     if tp_size == 1:
-        return load_model(spec, dtype=dtype, device=device, trust_remote_code=trust, name=name)
+        return load_model(spec, dtype=dtype, device=device, trust_remote_code=trust, name=name,
+                          device_map=device_map)
     if tp_size < 1:
         raise ValueError(f"model.tp_size must be >= 1, got {tp_size}")
     if not dist.is_initialized() or dist.get_world_size() != tp_size:
@@ -126,6 +129,13 @@ def _resolve(spec: str | Any, dtype: str, device: str, name: str | None):
         spec = SimpleNamespace(**spec)
     return (spec.name, getattr(spec, "dtype", dtype), getattr(spec, "device", device),
             name or getattr(spec, "short_name", None), getattr(spec, "trust_remote_code", False))
+
+
+def _field(spec: str | Any, key: str) -> Any:
+    """``spec``'s field ``key`` (a model config object or mapping), None for a plain name."""
+    if isinstance(spec, (str, Path)):
+        return None
+    return spec.get(key) if isinstance(spec, Mapping) else getattr(spec, key, None)
 
 
 def _local_width(site: nn.Module) -> int:
