@@ -203,7 +203,7 @@ def figure(rows: list[dict], kls: list[float], path: str) -> None:
 
     names = sorted({r["variant"] for r in rows})
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name in names:
+    for i, name in enumerate(names):
         xs, ys, es = [], [], []
         for kl in kls:
             al = [r["alignment"] for r in rows if r["variant"] == name and r["budget"] == kl
@@ -214,7 +214,8 @@ def figure(rows: list[dict], kls: list[float], path: str) -> None:
                 es.append(float(np.std(al, ddof=1) / math.sqrt(len(al))) if len(al) > 1
                           else 0.0)
         style = "--" if name in RIVALS else "-"
-        ax.errorbar(xs, ys, yerr=es, label=name, linestyle=style, marker="o", capsize=2)
+        ax.errorbar(xs, ys, yerr=es, label=name, linestyle=style, marker="o", capsize=2,
+                    color=plt.cm.tab20(i % 20))  # 11 variants: more than the 10-colour cycle
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("KL budget on neutral search texts (nats/token)")
