@@ -183,13 +183,18 @@ def test_report_from_a_synthetic_sweep(full_report):
     assert "matplotlib" in page and "max_accuracy_drop: 0.1" in page
 
 
-def test_every_referenced_file_exists_and_no_external_urls(full_report):
-    page = full_report.read_text()
+def assert_self_contained(page_path: Path) -> None:
+    """The page references figures and CSVs that all exist beside it, and nothing online."""
+    page = page_path.read_text()
     refs = referenced_files(page)
     assert any(r.endswith(".svg") for r in refs) and any(r.endswith(".csv") for r in refs)
     for ref in refs:
-        assert (full_report.parent / ref).is_file(), ref
+        assert (page_path.parent / ref).is_file(), ref
     assert_offline(page)  # the config's wandb URL and the error's URL are escaped
+
+
+def test_every_referenced_file_exists_and_no_external_urls(full_report):
+    assert_self_contained(full_report)
 
 
 def test_tables(full_report):
