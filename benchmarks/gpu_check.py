@@ -18,6 +18,11 @@ Prepared for one H200-class GPU with no network, in at most 8 minutes
   (benchmarks/trial_batching.py) on the 8B-shaped and the embedded model, with the
   sweep's batch sizes (``default``) and with batch sizes scaled by K (``scaled``: on a
   GPU the default forced-choice batch holds one scenario, so K trials cannot fill it).
+- ``sharded_load``: the 8B-shaped model of ``forward`` saved as a safetensors checkpoint,
+  then loaded by fresh processes through ``load_tp_host`` at tp=1 and at tp=2 with
+  ``model.tp_load=sharded`` (each rank reads only its slices; benchmarks/tp_memory.py):
+  per-rank host memory (the ranks run on CPU with gloo: one GPU cannot hold two NCCL
+  ranks) and the tp=2/tp=1 ratio through loading and a first forward pass;
 
 Each section runs in its own try/except: a failure becomes the section's ``error`` (and
 the last lines of its traceback) and the next section runs. The JSON is rewritten after
@@ -50,6 +55,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
+import tp_memory  # noqa: E402
 import trial_batching  # noqa: E402
 import trial_cost  # noqa: E402
 from stats_throughput import plain_pass  # noqa: E402
@@ -380,12 +386,32 @@ def section_deepspeed(ctx: Context) -> dict:
             dist.destroy_process_group()
 
 
+def section_sharded_load(ctx: Context) -> dict:
+    """Per-rank host memory of loading the 8B-shaped checkpoint at tp=1 and tp=2 (sharded)."""
+    import tempfile
+
+    s = ctx.settings
+    host = ctx.keep["llama8b"][0] if "llama8b" in ctx.keep else build_llama(s, "llama3-8b-shaped")
+    with tempfile.TemporaryDirectory(prefix="gpu_check_ckpt_") as tmp:
+        t0 = time.perf_counter()
+        host.model.save_pretrained(tmp, safe_serialization=True)
+        host.tokenizer.save_pretrained(tmp)
+        save_s = time.perf_counter() - t0
+        spec = f"llama3-8b-shaped={tmp}"
+        records = [*tp_memory.measure(spec, 1, s.dtype),
+                   *tp_memory.measure(spec, 2, s.dtype, tp_load="sharded")]
+    ratio = tp_memory.ratios(records, "llama3-8b-shaped", 2)
+    return {"save_s": save_s, "records": records, **ratio,
+            "meets_goal": ratio["in_use_ratio"] <= tp_memory.GOAL}
+
+
 SECTIONS: dict[str, tuple[Callable[[Context], dict], float]] = {
     # name: (function, seconds it needs at least to be worth starting)
     "environment": (section_environment, 0),
     "forward": (section_forward, 60),
     "deepspeed": (section_deepspeed, 30),
     "trial_batching": (section_trial_batching, 60),
+    "sharded_load": (section_sharded_load, 90),
 }
 
 

@@ -105,6 +105,10 @@ class ModelConfig:
     device: str = "cpu"
     trust_remote_code: bool = False
     tp_size: int = 1  # tensor-parallel degree: GPUs (or CPU processes) per model replica
+    # How a tp_size > 1 replica loads: sharded (each rank reads only its slices of a
+    # safetensors checkpoint; GGUF converted once) | full (every rank loads the whole model
+    # first) | auto (sharded wherever there is a checkpoint).
+    tp_load: str = "auto"
     # One replica over several devices through accelerate (instead of model.device): auto |
     # balanced | balanced_low_0 | sequential | {module name: device}; not with tp_size > 1.
     device_map: Any = None

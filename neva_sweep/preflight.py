@@ -15,7 +15,7 @@ not the minutes of a model load and a statistics pass. What it checks:
 - for sweeps: the whole plan (:func:`neva_sweep.sweep.plan.make_plan`), the layer
   windows of ``search.space`` against every model, the storage (driver importable,
   server reachable, an existing SQLite file really a database);
-- ``model.device`` and ``model.device_map`` (not with ``model.tp_size`` > 1);
+- ``model.device``, ``model.device_map`` (not with ``model.tp_size`` > 1) and ``model.tp_load``;
 - the run directory is writable.
 
 Every error is a :class:`~neva_sweep.sweep.plan.ConfigError` whose message starts with
@@ -142,12 +142,17 @@ def check_device(device: Any) -> None:
 
 
 def check_placement(model: Any, where: str = "") -> None:
-    """``model.device`` and ``model.device_map`` (well formed, and not with ``model.tp_size``
-    > 1) of one ``model.*`` config."""
+    """``model.device``, ``model.device_map`` (well formed, and not with ``model.tp_size``
+    > 1) and ``model.tp_load`` of one ``model.*`` config."""
     from .models.host import check_device_map
+    from .models.sharded import TP_LOADS
 
     check_device(model.get("device", "cpu"))
     check_device_map(model.get("device_map"), model.get("tp_size", 1), where)
+    tp_load = model.get("tp_load", "auto")
+    if tp_load not in TP_LOADS:
+        at = f" ({where})" if where else ""
+        raise ConfigError(f"model.tp_load: {tp_load!r}{at}; valid choices: {', '.join(TP_LOADS)}")
 
 
 def check_stats(cfg: DictConfig) -> None:

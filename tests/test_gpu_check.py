@@ -26,6 +26,7 @@ NUMBERS = {
                 "trial_over_plain", "trial_tokens", "trial_forward_calls", "peak_memory_gib"),
     "deepspeed": ("edit_max_abs_change", "unedited_max_abs_diff", "edited_max_abs_diff",
                   "logit_scale", "tolerance"),
+    "sharded_load": ("save_s", "in_use_ratio", "storage_ratio", "params_ratio"),
     "trial_batching": tuple(
         f"{model}.{key}" for model in ("llama8b", "embedded") for variant in ("default", "scaled")
         for key in (*(f"{variant}_k{k}.{f}" for k in KS for f in ("trials_per_hour", "wall_s")),
@@ -58,7 +59,8 @@ def report(tmp_path_factory) -> dict:
 
 def test_every_section_ran(report):
     sections = report["sections"]
-    assert list(sections) == ["environment", "forward", "deepspeed", "trial_batching"]
+    assert list(sections) == ["environment", "forward", "deepspeed", "trial_batching",
+                              "sharded_load"]
     for name, sec in sections.items():
         assert sec["ok"] is True and sec["error"] is None, name
         assert math.isfinite(sec["wall_s"]), name
@@ -94,6 +96,14 @@ def test_figures_are_consistent(report):
             assert lookup(tb, f"{model}.{variant}_max_metric_diff") < 1e-3
         scaled = tb[model][f"scaled_k{KS[-1]}"]
         assert scaled["judge_batch_size"] == KS[-1] * tb[model]["default_k1"]["judge_batch_size"]
+
+
+def test_sharded_load_splits_the_model(report):
+    sec = report["sections"]["sharded_load"]
+    ranks = [r for r in sec["records"] if r["tp"] == 2]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["tp_load"] == "sharded" for r in ranks)
+    assert sec["storage_ratio"] < 1  # each rank holds less than the whole model
 
 
 def test_deepspeed_edits(report):

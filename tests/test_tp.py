@@ -52,6 +52,22 @@ def tp2(cluster) -> Replica:
     rep.kill()
 
 
+@pytest.fixture
+def tp2_sharded(cluster, tmp_path_factory) -> Replica:
+    """tiny-llama saved as a safetensors checkpoint, each rank reading only its slices
+    (killed after its test: the cluster's 4 CPUs are then free for the later replicas)."""
+    from neva_sweep.models.registry import MODELS
+
+    directory = tmp_path_factory.mktemp("checkpoint") / "tiny-llama"
+    model, tok = MODELS["tiny-llama"](torch.float32)
+    model.save_pretrained(directory, safe_serialization=True)
+    tok.save_pretrained(directory)
+    rep = Replica({"name": str(directory), "tp_load": "sharded"}, tp_size=2, num_cpus=0.5,
+                  env=ENV)
+    yield rep
+    rep.kill()
+
+
 @pytest.fixture(scope="module")
 def specs() -> list[EditSpec]:
     """Edits on neurons 3, 40 (rank 0) and 70, 95 (rank 1) of both layers."""
@@ -81,6 +97,13 @@ def _logits(host: nv.ModelHost, specs: list[EditSpec], texts: list[str]) -> torc
     return torch.stack(out)
 
 
+def _loaded(host: nv.ModelHost) -> tuple[dict, str, int]:
+    """(host.meta, host.name, bytes of the distinct tensor storages this rank holds)."""
+    seen = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes()
+            for p in host.model.parameters()}
+    return host.meta, host.name, sum(seen.values())
+
+
 def _boom(host: nv.ModelHost) -> None:
     raise ValueError(f"boom on {host.name}")
 
@@ -102,6 +125,24 @@ def test_edited_logits_match_tp1(tp1, tp2, specs):
     ref = ray.get(tp1.call(_logits, specs, TEXTS))
     out = ray.get(tp2.call(_logits, specs, TEXTS))
     assert not torch.allclose(ref[0], ref[1]) and not torch.allclose(ref[0], ref[2])
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+
+
+@torch.inference_mode()
+def test_sharded_loading_matches_tp1(tp1, tp2_sharded, specs):
+    """model.tp_load=sharded: each rank built the model empty and read only its slices of the
+    checkpoint (the vocabulary split too); same name, fingerprint and edited logits as tp=1,
+    and no tensor held by both ranks: their bytes add up to tp=1's (AutoTP alone keeps a
+    full embedding on each rank: 1.5x here)."""
+    (ref_meta, ref_name, ref_bytes), = ray.get(tp1.call_all(_loaded))
+    loaded = ray.get(tp2_sharded.call_all(_loaded))
+    for meta, name, nbytes in loaded:
+        assert meta["tp_load"] == "sharded" and name == ref_name == "tiny-llama"
+        assert meta["fingerprint"] == ref_meta["fingerprint"]
+        assert nbytes < ref_bytes
+    assert sum(nbytes for _, _, nbytes in loaded) <= 1.01 * ref_bytes
+    ref = ray.get(tp1.call(_logits, specs, TEXTS))
+    out = ray.get(tp2_sharded.call(_logits, specs, TEXTS))
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
 
 

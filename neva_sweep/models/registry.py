@@ -62,6 +62,13 @@ def gguf_tokenizer() -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
+def gguf_file(spec: str) -> Path | None:
+    """The GGUF file behind ``spec`` (the embedded model's, or a ``.gguf`` path), else None."""
+    if spec == "smollm2-135m":
+        return embedded_model_path()
+    return Path(spec) if spec.endswith(".gguf") else None
+
+
 @MODELS.add("smollm2-135m")
 def _smollm2(dtype: torch.dtype):
     path = embedded_model_path()

@@ -27,8 +27,21 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..config import ConfigError
 from .arch import neuron_sites, site_width
 from .host import DTYPES, ModelHost, check_device_map, load_model
+from .identity import fingerprint
+from .registry import gguf_file
+from .sharded import (
+    TP_LOADS,
+    SafetensorsIndex,
+    checkpoint_dir,
+    convert_once,
+    empty_model,
+    fill_from_checkpoint,
+    gguf_cache_dir,
+    tied_names,
+)
 
 # Architectures DeepSpeed AutoTP cannot shard (GPT-2's Conv1D projections).
 NOT_SHARDABLE = ("gpt2",)
@@ -66,11 +79,15 @@ def load_tp_host(
 
     ``model_cfg_or_spec`` is what :func:`~neva_sweep.models.host.load_model` accepts; a
     model config's fields override ``dtype``/``device``/``name``. ``tp_size == 1`` is
-    plain :func:`load_model` (no process group needed). Otherwise every rank loads the
-    full model on CPU, DeepSpeed AutoTP keeps this rank's slice, and the host's
-    ``neuron_slices`` say which global neurons that is. ``host.model`` is the sharded
-    transformers module (``engine.module``): hooks registered on it fire, and its
-    forward pass runs the all-reduces, so call it on every rank (see the module docstring).
+    plain :func:`load_model` (no process group needed). Otherwise DeepSpeed AutoTP shards
+    the model and the host's ``neuron_slices`` say which global neurons this rank holds.
+    How it is loaded is ``model.tp_load``: ``sharded`` builds it empty and reads only this
+    rank's slices from a safetensors checkpoint (:mod:`neva_sweep.models.sharded`; GGUF
+    models are converted once), ``full`` loads the full model on every rank first, and
+    ``auto`` (the default) is ``sharded`` wherever a checkpoint allows it.
+    ``host.model`` is the sharded transformers module (``engine.module``): hooks
+    registered on it fire, and its forward pass runs the all-reduces, so call it on every
+    rank (see the module docstring).
     """
     spec, dtype, device, name, trust = _resolve(model_cfg_or_spec, dtype, device, name)
     device_map = _field(model_cfg_or_spec, "device_map")
@@ -86,23 +103,134 @@ def load_tp_host(
             f"load_tp_host needs an initialised process group of size model.tp_size={tp_size} "
             f"(found: {size}); call init_process_group on every rank first"
         )
-    full = load_model(spec, dtype=dtype, device="cpu", trust_remote_code=trust, name=name)
-    model_type = full.model.config.model_type
+    if dtype not in DTYPES:
+        raise KeyError(f"unknown dtype {dtype!r} (model.dtype); valid choices: {', '.join(DTYPES)}")
+    source = sharded_source(spec, dtype, _field(model_cfg_or_spec, "tp_load") or "auto")
+    if source is None:  # every rank loads the full model; AutoTP keeps a slice
+        full = load_model(spec, dtype=dtype, device="cpu", trust_remote_code=trust, name=name)
+        model, tokenizer, layer_sizes = full.model, full.tokenizer, full.layer_sizes
+        meta = dict(full.meta, tp_load="full")
+    else:  # an empty model; each rank reads its own slices after AutoTP has cut it
+        model = empty_model(source, DTYPES[dtype], trust)
+        layer_sizes = [site_width(s) for s in neuron_sites(model)]
+        meta = {"spec": spec, "dtype": dtype, "fingerprint": fingerprint(model, layer_sizes),
+                "tp_load": "sharded", "checkpoint": str(source)}
+        tokenizer = _tokenizer(source, trust)
+    model_type = model.config.model_type
     if model_type in NOT_SHARDABLE:
         raise ValueError(f"model {spec!r} ({model_type}) cannot be sharded by DeepSpeed AutoTP; "
                          "set model.tp_size=1")
-    module = _autotp(full.model, tp_size, DTYPES[dtype], device)
+    tied = tied_names(model)
+    # init_inference allocates an empty model's buffers uninitialised too (``to_empty``);
+    # they are not in checkpoints (the rotary frequencies), so they are put back
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()} if source else {}
+    module = _autotp(model, tp_size, DTYPES[dtype], device)
+    if source is not None:
+        _vocab_parallel(module, tied)
+        _materialize(module, torch.device(device))
+        _restore_buffers(module, buffers)
+        fill_from_checkpoint(module, SafetensorsIndex(source), tied)
     sites = neuron_sites(module)
     widths = [_local_width(s) for s in sites]
     slices, sizes = shard_slices(_all_gather_widths(widths), dist.get_rank())
-    if sizes != full.layer_sizes:
+    if sizes != layer_sizes:
         raise ValueError(
             f"model {spec!r} ({model_type}): DeepSpeed AutoTP did not split the MLP neurons "
-            f"(shard widths sum to {sizes[:2]}..., the model has {full.layer_sizes[:2]}...); "
+            f"(shard widths sum to {sizes[:2]}..., the model has {layer_sizes[:2]}...); "
             "set model.tp_size=1"
         )
-    meta = dict(full.meta, tp_size=tp_size, rank=dist.get_rank())
-    return ModelHost(module, full.tokenizer, full.name, sites, slices, sizes, meta)
+    short = name or Path(spec).name.removesuffix(".gguf")
+    meta = dict(meta, tp_size=tp_size, rank=dist.get_rank())
+    return ModelHost(module, tokenizer, short, sites, slices, sizes, meta)
+
+
+def sharded_source(spec: str, dtype: str, tp_load: str) -> Path | None:
+    """The safetensors checkpoint each rank reads its slices from (``model.tp_load``), or
+    None to load the full model on every rank. A GGUF model is converted once to a cached
+    checkpoint (rank 0 converts, the others wait); a registry model built from a config
+    (the tiny test models) has no checkpoint."""
+    if tp_load not in TP_LOADS:
+        raise ConfigError(f"model.tp_load: {tp_load!r}; valid choices: {', '.join(TP_LOADS)}")
+    if tp_load == "full":
+        return None
+    gguf = gguf_file(spec)
+    if gguf is not None:
+        return convert_once(gguf_cache_dir(spec, gguf, dtype),
+                            lambda tmp: _save_checkpoint(spec, dtype, tmp))
+    source = checkpoint_dir(spec)
+    if source is None and tp_load == "sharded":
+        raise ConfigError(
+            f"model.tp_load=sharded: model {spec!r} (model.name) has no safetensors checkpoint "
+            "to read slices from (a local directory with config.json and *.safetensors, a "
+            "Hugging Face id, or a GGUF model); use model.tp_load=auto or full")
+    return source
+
+
+def _save_checkpoint(spec: str, dtype: str, directory: Path) -> None:
+    """Load ``spec`` in full and save it as a safetensors checkpoint with its tokenizer."""
+    host = load_model(spec, dtype=dtype, device="cpu")
+    _drop_gguf_quantizer(host.model, DTYPES[dtype])
+    host.model.save_pretrained(str(directory), safe_serialization=True)
+    host.tokenizer.save_pretrained(str(directory))
+
+
+def _tokenizer(directory: Path, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _restore_buffers(module: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Put back the buffers ``saved`` from the model before sharding (same name and shape)."""
+    for name, buf in module.named_buffers():
+        if name in saved and buf.shape == saved[name].shape:
+            buf.data = saved[name].to(buf.device)
+
+
+def _vocab_parallel(module: nn.Module, tied: dict[str, str]) -> None:
+    """Split the input embedding by vocabulary rows over the ranks too (DeepSpeed's
+    ``VocabParallelEmbedding``: each rank looks up its rows, an all-reduce joins them);
+    AutoTP alone leaves a full copy of it on every rank, a quarter of a small model. When
+    the output head is tied to it, the head becomes DeepSpeed's ``VocabParallelLinear`` on
+    the same rows (one copy per rank) with its logits gathered, so every rank still ends a
+    forward pass with the full logits. Embeddings with their own forward are left whole."""
+    from deepspeed.module_inject.layers import VocabParallelEmbedding, VocabParallelLinear
+
+    ref = next((m for m in module.modules() if getattr(m, "mp_group", None) is not None), None)
+    embed = module.get_input_embeddings()
+    if ref is None or type(embed) is not nn.Embedding:
+        return
+    head = None
+    out_name = next(iter(tied), "").removesuffix(".weight")
+    if out_name:
+        vocab, hidden = embed.weight.shape
+        head = VocabParallelLinear(nn.Linear(hidden, vocab, bias=False, device="meta"),
+                                   ref.mp_group, name="lm_head", tp_meta=ref.tp_meta)
+        head.gather_output = True  # full logits on every rank, as the unsplit head gives
+        owner, _, attr = out_name.rpartition(".")
+        setattr(module.get_submodule(owner) if owner else module, attr, head)
+    module.set_input_embeddings(VocabParallelEmbedding(
+        embed, ref.mp_group, tied_vocab_parallel_linear=head, tp_meta=ref.tp_meta))
+
+
+def _materialize(module: nn.Module, device: torch.device) -> None:
+    """Give every parameter or buffer still on ``meta`` (AutoTP leaves some there) an
+    uninitialised tensor on ``device``, to be filled from the checkpoint; a parameter two
+    modules share (a tied embedding) stays shared."""
+    done: dict[int, nn.Parameter] = {}
+    for mod in module.modules():
+        for key, p in list(mod._parameters.items()):
+            if p is not None and p.is_meta:
+                if id(p) not in done:
+                    done[id(p)] = nn.Parameter(torch.empty_like(p, device=device),
+                                               requires_grad=False)
+                mod._parameters[key] = done[id(p)]
+        for key, b in list(mod._buffers.items()):
+            if b is not None and b.is_meta:
+                mod._buffers[key] = torch.empty_like(b, device=device)
 
 
 def shard_slices(
