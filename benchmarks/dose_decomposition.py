@@ -4,6 +4,7 @@
         [--values power tradition benevolence hedonism] [--kls 0.01 0.02 0.05]
         [--variants NAME ...] [--texts 8] [--nulls 2] [--steps 4]
         [--json PATH] [--figure PATH]
+    python benchmarks/dose_decomposition.py --merge A.json B.json [--json PATH]
 
 Each variant below is one edit of one method with its other settings fixed; only its
 dose (the scaled ``strength``, neva_sweep/strength.py) is set, by bisection (the sweep's
@@ -30,6 +31,10 @@ interval, its z against the nulls, NLR (leakage) and the KL it reached on the te
 split's neutral texts. The summary counts, per budget, the values on which the best
 NeVA variant is >= the best steering rival (diffmean, caa_pairs) with lower NLR and beats
 its own dose-matched nulls (z >= 2).
+
+``--merge`` joins the rows of earlier ``--json`` outputs (runs of other values with the
+same settings; a later file's row replaces an earlier one for the same value, budget and
+variant), prints the verdict per value and budget, and writes them with the summary.
 
 All variants of one (value, budget) bisect in lock-step (one batched KL pass per round) and
 are scored in one batched evaluation per edit positions.
@@ -195,6 +200,54 @@ def summary(rows: list[dict], kls: list[float]) -> dict:
     return out
 
 
+def verdicts(rows: list[dict], kl: float) -> list[dict]:
+    """Per value at budget ``kl``: the best NeVA variant and the best rival by test
+    alignment, each with its 95% interval, z and NLR, and the verdict: ``NeVA ahead`` /
+    ``rival ahead`` when the intervals do not overlap, else ``overlap`` (per-edit
+    intervals, not paired: a conservative reading)."""
+    by_value: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get("budget") == kl and r.get("alignment") is not None:
+            by_value[r["value"]].append(r)
+    out = []
+    for value, rs in by_value.items():
+        ours = [r for r in rs if r["variant"] not in RIVALS]
+        rivals = [r for r in rs if r["variant"] in RIVALS]
+        if not ours or not rivals:
+            continue
+        a = max(ours, key=lambda r: r["alignment"])
+        b = max(rivals, key=lambda r: r["alignment"])
+        (alo, ahi), (blo, bhi) = a["ci"]["alignment"], b["ci"]["alignment"]
+        verdict = ("NeVA ahead" if alo > bhi else "rival ahead" if blo > ahi else "overlap")
+        out.append({"value": value, "neva": a, "rival": b, "verdict": verdict})
+    return out
+
+
+def print_verdicts(rows: list[dict], kls: list[float]) -> None:
+    for kl in kls:
+        print(f"\nKL {kl}: best NeVA variant against the best rival (test alignment [95% CI],"
+              " z, NLR)")
+        for v in verdicts(rows, kl):
+            cells = []
+            for side in ("neva", "rival"):
+                r = v[side]
+                lo, hi = r["ci"]["alignment"]
+                z = "n/a" if r["z"] is None else f"{r['z']:+.1f}"
+                cells.append(f"{r['variant']} {r['alignment']:+.4f} [{lo:+.4f}, {hi:+.4f}] "
+                             f"z {z} NLR {r['nlr']:.2f}")
+            print(f"  {v['value']:<15}{cells[0]:<62}{cells[1]:<62}{v['verdict']}")
+
+
+def merge(paths: list[str]) -> list[dict]:
+    """The rows of several --json outputs; later files win on (value, budget, variant)."""
+    rows: dict[tuple, dict] = {}
+    for path in paths:
+        with open(path) as f:
+            for r in json.load(f)["rows"]:
+                rows[(r["value"], r.get("budget"), r["variant"])] = r
+    return list(rows.values())
+
+
 def figure(rows: list[dict], kls: list[float], path: str) -> None:
     import matplotlib
 
@@ -245,7 +298,29 @@ def main() -> None:
                     help="the sweep's cache directory (statistics, unedited side); '' = none")
     ap.add_argument("--json", default=None)
     ap.add_argument("--figure", default=None)
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="join earlier --json outputs and print the verdicts (no model runs)")
     args = ap.parse_args()
+    if args.merge:
+        rows = merge(args.merge)
+        kls = sorted({r["budget"] for r in rows if r.get("budget") is not None}, reverse=True)
+        print_verdicts(rows, kls)
+        summ = summary(rows, kls)
+        for kl, s in summ.items():
+            print(f"  KL {kl}: {s['wins']}/{s['values']} values won by NeVA "
+                  "(>= best rival, lower NLR, z >= 2)")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": {"merge": args.merge}, "rows": rows, "summary": summ,
+                           "verdicts": {str(kl): [{"value": v["value"],
+                                                   "neva": v["neva"]["variant"],
+                                                   "rival": v["rival"]["variant"],
+                                                   "verdict": v["verdict"]}
+                                                  for v in verdicts(rows, kl)]
+                                        for kl in kls}}, f, indent=2)
+        if args.figure:
+            figure(rows, kls, args.figure)
+        return
     args.cache_dir = args.cache_dir or None
     if args.tiny:
         args.model, args.values, args.kls = "tiny-llama", args.values[:2], [2e-5]
@@ -304,6 +379,7 @@ def main() -> None:
                       f"{row['nlr']:>7.2f}{row['kl']:>9.3f}"
                       + ("" if row["bracketed"] else "  (budget not bracketed)"))
             print(f"  ({value}, KL {kl}: {time.perf_counter() - t1:.0f} s)", flush=True)
+    print_verdicts(rows, args.kls)
     summ = summary(rows, args.kls)
     print("\nbest NeVA variant >= best rival (diffmean, caa_pairs), lower NLR, z >= 2:")
     for kl, s in summ.items():

@@ -38,6 +38,25 @@ def test_dose_decomposition_on_a_tiny_model(tmp_path):
     s = rep["summary"]["2e-05"]
     assert s["values"] == 1 and s["detail"]["power"]["rival"] in ("diffmean_1", "caa_pairs")
 
+    # --merge: another run's rows join these (a later file wins on the same key), and the
+    # verdict per value is recomputed from the joined rows, with no model loaded
+    other = dict(rep, rows=[dict(r, value="tradition") for r in rep["rows"]])
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    merged_path = tmp_path / "merged.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dose_decomposition.py"), "--merge",
+         str(out), str(tmp_path / "other.json"), "--json", str(merged_path)],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = json.loads(merged_path.read_text())
+    assert len(merged["rows"]) == 2 * len(rep["rows"])
+    assert merged["summary"]["2e-05"]["values"] == 2
+    verdicts = {v["value"]: v for v in merged["verdicts"]["2e-05"]}
+    assert set(verdicts) == {"power", "tradition"}
+    assert verdicts["power"]["verdict"] in ("NeVA ahead", "rival ahead", "overlap")
+    assert verdicts["power"]["neva"] in ("neva_add", "dense_all")
+    assert "power" in proc.stdout and "tradition" in proc.stdout
+
 
 def test_lock_step_bisection_equals_one_by_one(tiny_host, tiny_stats):
     """The benchmark bisects every variant in lock-step (batched KL passes): the doses are
