@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--grid-points", type=int, default=None,
                     help=f"reference grid points per method (default {GRID_POINTS}, --tiny 2)")
     ap.add_argument("--grid-from", default=None,
-                    help="reuse the reference grid of an earlier --json output")
+                    help="reuse the reference grid of an earlier --json output (values it "
+                    "does not cover are measured)")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model (minutes)")
     ap.add_argument("--override", nargs="*", default=[], help="more sweep overrides")
     args = ap.parse_args(argv)
@@ -255,16 +256,15 @@ def main(argv: list[str] | None = None) -> dict:
                                                        budgets[-1], args.pruners[0],
                                                        args.seeds[0], args.tiny, args.override)
                            if not o.startswith("hydra.")])
+    grid: dict = {}
     if args.grid_from:  # the grid of an earlier run of this benchmark (same model, data)
         saved = json.loads(Path(args.grid_from).read_text())["grid"]
-        grid = {tuple(k.split("/")): g for k, g in saved.items()}
-        missing = [f"{v}/{m}" for v in args.values for m in args.methods
-                   if (v, m) not in grid]
-        if missing:
-            raise SystemExit(f"--grid-from {args.grid_from}: no grid for {', '.join(missing)}")
-    else:
-        grid = grid_reference(cfg, args.values, args.methods,
-                              args.grid_points or (2 if args.tiny else GRID_POINTS))
+        grid = {tuple(k.split("/")): g for k, g in saved.items()
+                if tuple(k.split("/")) in {(v, m) for v in args.values for m in args.methods}}
+    missing = [v for v in args.values if any((v, m) not in grid for m in args.methods)]
+    if missing:  # values the saved grid does not cover are measured here
+        grid.update(grid_reference(cfg, missing, args.methods,
+                                   args.grid_points or (2 if args.tiny else GRID_POINTS)))
     ref = {}
     for key, g in grid.items():
         found = [float(x["alignment"]) for rows in runs.values() for x in rows
