@@ -113,6 +113,19 @@ def _blocks(model: torch.nn.Module) -> tuple[str, list[torch.nn.Module], str]:
     return model_type, list(model.get_submodule(layers)), site
 
 
+def _device(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` computes: accelerate's execution device when a device map dispatched
+    it (its weights may then sit offloaded on ``meta``), else its first parameter's."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
+        dev = getattr(h, "execution_device", None)
+        if dev is not None:
+            return torch.device(dev)
+    for t in module.parameters():
+        return t.device
+    return torch.device("cpu")
+
+
 def _width(site: torch.nn.Module) -> int:
     """Neurons entering a down-projection (GPT-2's Conv1D keeps its weight as (in, out))."""
     if isinstance(site, torch.nn.Linear):
@@ -184,7 +197,7 @@ class EditHandle:
         for layer in layers:
             if f"neurons.{layer}.index" in tensors:
                 module = blocks[layer].get_submodule(site)
-                device = next(module.parameters()).device
+                device = _device(module)
                 idx = tensors[f"neurons.{layer}.index"].long().to(device)
                 if int(idx.max()) >= _width(module):
                     raise ValueError(f"the edit's neuron {int(idx.max())} of layer {layer} is past "
@@ -195,7 +208,7 @@ class EditHandle:
                 self.handles.append(module.register_forward_pre_hook(
                     self._neuron_hook(idx, terms, conditioned)))
             if f"residual.{layer}" in tensors:
-                device = next(blocks[layer].parameters()).device
+                device = _device(blocks[layer])
                 add = tensors[f"residual.{layer}"].float().to(device)  # (H,)
                 self.handles.append(blocks[layer].register_forward_hook(self._residual_hook(add)))
         self.gate = None

@@ -112,3 +112,28 @@ def test_device_map_with_tensor_parallelism_is_refused(config, tmp_path) -> None
     with pytest.raises(ConfigError, match="module 'lm_head' on 'gpu1'"):
         check_placement({"device_map": {"lm_head": "gpu1"}})
     check_placement({"device_map": {"model.layers.0": 0, "lm_head": "cuda:1"}})
+
+
+def test_exported_hooks_follow_the_device_map(mapped, tiny_host, tiny_stats, tmp_path) -> None:
+    """task=export's standalone loader places each hook's tensors where its module computes
+    (accelerate's execution device), not by a weight's device, which is ``meta`` when
+    offloaded: on the mapped model the exported edits give nv.apply's logits."""
+    from neva_sweep import export
+    from neva_sweep.exporting import export_edit
+
+    host, tol = mapped
+    neurons = nv.select_neurons(tiny_stats, "power", sparsity=0.05)["power"]
+    gate = gate_of(tiny_stats, "value", "power")
+    entry = {"model": "tiny-llama", "value": "power", "method": "neva"}
+    batch = tiny_host.tokenize(PROMPTS)
+    for i, edit in enumerate([NeuronEdit(neurons, "gate_neuron", 6.0, gate=gate),
+                              caa_edit(tiny_stats, "power", [0, 1], 4.0)]):
+        path, _ = export_edit(tiny_host, edit, entry, "hooks", tmp_path / str(i))
+        with torch.no_grad(), nv.apply(tiny_host, edit):
+            ref = tiny_host.model(**batch).logits
+        with torch.no_grad(), export.install(host.model, path):
+            got = host.model(**host.tokenize(PROMPTS)).logits.cpu()
+        with torch.no_grad():
+            base = tiny_host.model(**batch).logits
+        assert (ref - base).abs().max() > 1e-3  # the edit acts
+        torch.testing.assert_close(got, ref, atol=max(tol, 1e-5), rtol=0)
