@@ -197,8 +197,10 @@ def _vocab_parallel(module: nn.Module, tied: dict[str, str]) -> None:
     the output head is tied to it, the head becomes DeepSpeed's ``VocabParallelLinear`` on
     the same rows (one copy per rank) with its logits gathered, so every rank still ends a
     forward pass with the full logits. Embeddings with their own forward are left whole."""
-    from deepspeed.module_inject.layers import VocabParallelEmbedding, VocabParallelLinear
-
+    try:
+        from deepspeed.module_inject.layers import VocabParallelEmbedding, VocabParallelLinear
+    except ImportError:  # an older DeepSpeed: the embedding stays whole on every rank
+        return
     ref = next((m for m in module.modules() if getattr(m, "mp_group", None) is not None), None)
     embed = module.get_input_embeddings()
     if ref is None or type(embed) is not nn.Embedding:
