@@ -154,6 +154,10 @@ def scale_rule(neurons: ValueNeurons, alpha: float) -> Coefficients:
     return Coefficients.of(k, scale=scale)
 
 
+ONE_SIDED_RULES = frozenset({"set"})
+"""Rules that only raise activations: they refuse anti-specific neurons (polarity=both)."""
+
+
 @RULES.add("set")
 def set_rule(neurons: ValueNeurons, alpha: float) -> Coefficients:
     """a = max(a, alpha * q_t) where the neuron is active (a > 0); a elsewhere."""

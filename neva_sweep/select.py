@@ -338,8 +338,10 @@ def select_neurons(
         score: one of ``SCORES`` (mean_diff, contrast_d, prob_diff, pairs_d, lape).
         layer_window: optional [start, stop) layers to select from.
         exclusive: a neuron belongs to at most one value (the one it scores highest for).
-        polarity: ``positive`` (the most value-specific neurons) or ``both`` (the largest
-            |score|: anti-specific neurons too, to be damped; signed scores only).
+        polarity: ``positive`` (the most value-specific neurons: with a signed score, only
+            those scoring > 0, so a large sparsity can give fewer than ``k``) or ``both``
+            (the largest |score|: anti-specific neurons too, to be damped; signed scores
+            only).
 
     >>> import neva_sweep as nv
     >>> stats = nv.collect_stats(nv.load_model("tiny-llama"), nv.load_probes(), progress=False)
@@ -378,6 +380,11 @@ def select_neurons(
         t = VALUES.index(v)
         s = scores[t]  # (N,)
         allowed = candidates if owner is None else candidates & (owner == t)
+        if polarity == "positive" and score in SIGNED_SCORES:
+            # A neuron that fires less for the value is not value-specific: past the
+            # positive ones, top-k would hand anti-specific neurons to rules (set) that
+            # only raise activations.
+            allowed = allowed & (s > 0)
         rank = (s.abs() if polarity == "both" else s).masked_fill(~allowed, -math.inf)
         top = rank.topk(min(k, int(candidates.sum()))).indices
         top = top[torch.isfinite(rank[top])]

@@ -275,3 +275,27 @@ def test_gated_build_make_edit_and_best_edit_entries(name, gate, tiny_stats, tmp
                     a)
         with pytest.raises(FileNotFoundError, match="gated and needs statistics"):
             best_edit_spec({**entry, "neurons": str(path)})
+
+
+def test_neva_search_space_never_samples_an_edit_it_refuses(tiny_stats) -> None:
+    """polarity=both with rule set or an unsigned score is refused by make_edit, so the
+    space draws polarity only where both is buildable; every sampled trial builds."""
+    import optuna
+
+    from neva_sweep.config import SearchSpace
+    from neva_sweep.sweep.studies import make_sampler
+    from omegaconf import OmegaConf
+
+    space = SearchSpace(sparsity=[0.01, 0.9], rules=["add", "set"], scores=["mean_diff", "lape"],
+                        polarities=["positive", "both"], gates=["none"])
+    search = OmegaConf.create({"sampler": "tpe", "n_startup_trials": 4})
+    study = optuna.create_study(sampler=make_sampler(search, 0))
+    seen = set()
+    for i in range(16):
+        trial = study.ask()
+        params = METHODS["neva"].suggest(trial, space)
+        seen.add((params["rule"], params["score"], params["polarity"]))
+        nv.make_edit(tiny_stats, "power", "neva", **params)  # raises if refused
+        study.tell(trial, float(i % 5))
+    assert ("add", "mean_diff", "both") in seen or ("add", "mean_diff", "positive") in seen
+    assert not {s for s in seen if s[2] == "both" and (s[0] == "set" or s[1] == "lape")}

@@ -150,3 +150,13 @@ def test_polarity_both_keeps_the_largest_abs_scores(tiny_stats):
     assert both.score.abs().min() >= d.abs().topk(len(both)).values.min() - 1e-6
     # the add direction of an anti-specific neuron points down: the edit damps it
     assert ((both.mean_diff < 0) == (both.score < 0)).all()
+
+
+def test_positive_polarity_never_picks_anti_specific_neurons(tiny_stats):
+    """Past the neurons scoring > 0, top-k stops: a large sparsity gives fewer neurons,
+    never anti-specific ones (rule set would refuse them)."""
+    d = nv.SCORES["mean_diff"](tiny_stats)[VALUES.index("power")]
+    wide = nv.select_neurons(tiny_stats, "power", sparsity=0.9)["power"]
+    assert (wide.score > 0).all() and len(wide) == int((d > 0).sum())
+    assert len(wide) < math.ceil(0.9 * tiny_stats.n_neurons)
+    nv.make_edit(tiny_stats, "power", "neva", sparsity=0.9, rule="set")  # builds

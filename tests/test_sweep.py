@@ -97,6 +97,7 @@ def states_by_study(storage_url: str) -> dict[str, list[TrialState]]:
     ("sweep.methods=[telepathy]", "sweep.methods"),
     ("search.space.rules=[push]", "search.space.rules"),
     ("search.space.scores=[vibes]", "search.space.scores"),
+    ("search.space.polarities=[both]", "search.space.polarities"),  # rule set cannot damp
     ("search.sampler=random", "search.sampler"),
     ("judge.name=oracle", "judge.name"),
     ("search.n_trials=0", "search.n_trials"),

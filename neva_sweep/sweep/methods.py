@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..edit import DEFAULT_MAGNITUDE, DEFAULT_RULE, NeuronEdit
+from ..edit import DEFAULT_MAGNITUDE, DEFAULT_RULE, ONE_SIDED_RULES, NeuronEdit
 from ..edit_kind import EditKind
 from ..gate import gate_of
 from ..registry import Registry
-from ..select import DEFAULT_SCORE, DEFAULT_SPARSITY, select_neurons
+from ..select import DEFAULT_SCORE, DEFAULT_SPARSITY, SIGNED_SCORES, select_neurons
 from ..stats import NeuronStats
 from ..strength import neuron_magnitude
 
@@ -50,6 +50,20 @@ def choose(trial: optuna.Trial, name: str, choices: list) -> Any:
     if len(choices) == 1:
         return choices[0]
     return trial.suggest_categorical(name, list(choices))
+
+
+def polarities_for(rule: str, score: str, polarities: list[str]) -> list[str]:
+    """The searched polarities a trial with ``rule`` and ``score`` can build: ``both``
+    needs a signed score and a rule that can damp (not ``set``), so the space never
+    samples an edit the method refuses.
+
+    >>> polarities_for("set", "mean_diff", ["positive", "both"])
+    ['positive']
+    >>> polarities_for("add", "mean_diff", ["positive", "both"])
+    ['positive', 'both']
+    """
+    return [p for p in polarities
+            if p != "both" or (score in SIGNED_SCORES and rule not in ONE_SIDED_RULES)]
 
 
 def window_label(window: list[int] | None) -> str:
@@ -104,12 +118,18 @@ class NeVA:
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         windows = [window_label(w) for w in (space.layer_windows or [None])]
+        sparsity = trial.suggest_float("sparsity", *space.sparsity, log=True)
+        dose = strength_or_magnitude(trial, space)
+        rule = choose(trial, "rule", list(space.rules))
+        score = choose(trial, "score", list(space.scores))
         return {
-            "sparsity": trial.suggest_float("sparsity", *space.sparsity, log=True),
-            **strength_or_magnitude(trial, space),
-            "rule": choose(trial, "rule", list(space.rules)),
-            "score": choose(trial, "score", list(space.scores)),
-            "polarity": choose(trial, "polarity", list(space.polarities)),
+            "sparsity": sparsity,
+            **dose,
+            "rule": rule,
+            "score": score,
+            # searched only where both are buildable: a conditional parameter
+            "polarity": choose(trial, "polarity",
+                               polarities_for(rule, score, list(space.polarities))),
             "positions": choose(trial, "positions", list(space.positions)),
             "layer_window": choose(trial, "layer_window", windows),
             "gate": choose(trial, "gate", list(space.gates)),

@@ -19,12 +19,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from ..config import GATES, ClusterConfig, ConfigError, ModelConfig, load_group_option
-from ..edit import POSITIONS, RULES
+from ..edit import ONE_SIDED_RULES, POSITIONS, RULES
 from ..judges import JUDGES
 from ..metrics import METRICS, constraint_metrics, objective_metrics
 from ..models.host import DTYPES
 from ..prompting import PROMPT_STRENGTHS
-from ..select import POLARITIES, SCORES
+from ..select import POLARITIES, SCORES, SIGNED_SCORES
 from ..values import VALUES
 from .methods import METHODS
 from .pruning import PRUNERS
@@ -187,6 +187,14 @@ def check_search(s: DictConfig) -> None:
     _choices("search.space.rules", sp.rules, RULES)
     _choices("search.space.scores", sp.scores, SCORES.names())
     _choices("search.space.polarities", sp.polarities, POLARITIES)
+    if "positive" not in sp.polarities:
+        one_sided = sorted(set(sp.rules) & ONE_SIDED_RULES)
+        unsigned = [x for x in sp.scores if x not in SIGNED_SCORES]
+        if one_sided or unsigned:
+            raise ConfigError(f"search.space.polarities: [both] alone cannot be built with "
+                              f"rules {one_sided} or unsigned scores {unsigned} (both damps "
+                              f"anti-specific neurons); add positive, or drop those from "
+                              f"search.space.rules / search.space.scores")
     _choices("search.space.positions", sp.positions, POSITIONS)
     _choices("search.space.gates", sp.gates, GATES)
     for w in sp.layer_windows or []:

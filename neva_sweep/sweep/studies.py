@@ -55,8 +55,12 @@ def make_sampler(search: DictConfig, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=search.n_startup_trials)
     # constant_liar: trials asked but not yet told (batches, parallel replicas) count as
     # bad results, so parallel asks spread out instead of piling on one point.
-    return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed,
-                                      n_startup_trials=search.n_startup_trials)
+    # group: polarity is conditional (methods.polarities_for); group=True models each
+    # set of co-occurring parameters jointly instead of falling back to independent TPE.
+    with warnings.catch_warnings():  # multivariate, group: experimental, stable since 2.2/2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True,
+                                          seed=seed, n_startup_trials=search.n_startup_trials)
 
 
 def study_seed(seed: int, name: str) -> int:
