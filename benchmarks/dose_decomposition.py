@@ -7,11 +7,11 @@
     python benchmarks/dose_decomposition.py --merge A.json B.json [--json PATH]
 
 Each variant below is one edit of one method with its other settings fixed; only its
-dose (the scaled ``strength``, neva_sweep/strength.py) is set, by bisection (the sweep's
+dose (the scaled ``strength``, neva_sweep/methods/strength.py) is set, by bisection (the sweep's
 calibration, neva_sweep/sweep/calibrate.py), so that its mean KL(base || edited) on
 ``--texts`` neutral texts of the *search* split equals each ``--kls`` budget. At that dose
 it is scored on the *test* split (scenarios and neutral texts no search saw) beside
-``--nulls`` dose-matched random-direction edits (neva_sweep/nulls.py: same layers, same
+``--nulls`` dose-matched random-direction edits (neva_sweep/methods/nulls.py: same layers, same
 neuron count, same residual push): the z-score says whether the edit beats an edit of
 the same size that targets nothing. Comparing variants at one KL then separates what
 each part of NeVA contributes:
@@ -52,16 +52,20 @@ from collections import defaultdict
 import numpy as np
 
 import neva_sweep as nv
-from neva_sweep.capability import CapabilityConfig, base_distribution, mean_kl, neutral_texts
-from neva_sweep.config import StatsConfig
+from neva_sweep.config import JudgeConfig, StatsConfig
 from neva_sweep.data import load_records
-from neva_sweep.evaluate import Evaluator
-from neva_sweep.heldout import heldout_record
-from neva_sweep.judges import JudgeConfig
-from neva_sweep.nulls import dose_matched_nulls, edit_push
-from neva_sweep.stats import cached_stats
+from neva_sweep.evaluation.capability import (
+    CapabilityConfig,
+    base_distribution,
+    mean_kl,
+    neutral_texts,
+)
+from neva_sweep.evaluation.evaluator import Evaluator
+from neva_sweep.evaluation.heldout import heldout_record
+from neva_sweep.methods import METHODS
+from neva_sweep.methods.nulls import dose_matched_nulls, edit_push
+from neva_sweep.neurons.stats import cached_stats
 from neva_sweep.sweep.calibrate import bisect_dose
-from neva_sweep.sweep.methods import METHODS
 
 RIVALS = ("diffmean_1", "diffmean_all", "caa_pairs")  # steering methods, not NeVA
 Z_NULL = 2.0  # an edit "beats its null" when its test z against dose-matched nulls >= this
@@ -72,7 +76,9 @@ def variants(n_layers: int) -> dict[str, tuple[str, dict, float]]:
     return {
         "neva_add": ("neva", {}, 16.0),
         "neva_no_last3": ("neva", {"layer_window": f"0-{max(1, n_layers - 3)}"}, 16.0),
-        "dense_all": ("neva", {"sparsity": 0.999}, 16.0),
+        # every neuron: polarity both, as positive keeps only the neurons scoring > 0 (the
+        # anti-specific ones move down along their negative mean difference, as add does)
+        "dense_all": ("neva", {"sparsity": 0.999, "polarity": "both"}, 16.0),
         "neva_pairs_d": ("neva", {"score": "pairs_d"}, 16.0),
         "neva_attribution": ("neva", {"score": "attribution"}, 16.0),
         "neva_scale": ("neva", {"rule": "scale"}, 16.0),

@@ -21,10 +21,10 @@ import argparse
 import json
 
 import neva_sweep as nv
+from neva_sweep.builders import stats_from_config
 from neva_sweep.config import compose_config
-from neva_sweep.sweep.methods import METHODS
+from neva_sweep.methods import METHODS
 from neva_sweep.sweep.run import eval_setup
-from neva_sweep.tasks import stats_from_config
 
 FIELDS = ("alignment", "nlr", "kl", "suppression", "n_neurons")
 

@@ -10,7 +10,7 @@ options, which run as one batch. Prints the tokens each computes, the wall time 
     python benchmarks/forced_choice_cost.py --mc 40             # MC capability questions
 
 With ``--mc N`` the same comparison runs on N multiple-choice questions (each question
-once, its cache serving the four choices: neva_sweep.capability.mc_scores) instead of the
+once, its cache serving the four choices: neva_sweep.evaluation.capability.mc_scores) instead of the
 scenarios.
 """
 
@@ -22,9 +22,10 @@ import time
 import torch
 
 import neva_sweep as nv
+from neva_sweep.config import JudgeConfig
 from neva_sweep.data import load_records
-from neva_sweep.judges import ForcedChoiceJudge, JudgeConfig
-from neva_sweep.scoring import continuation_logprobs, option_logprobs, option_rows
+from neva_sweep.evaluation.judges.forced_choice import ForcedChoiceJudge
+from neva_sweep.evaluation.scoring import continuation_logprobs, option_logprobs, option_rows
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
 
     host = nv.load_model(args.model)
     if args.mc:
-        from neva_sweep.capability import mc_prompt, mc_questions
+        from neva_sweep.evaluation.capability import mc_prompt, mc_questions
 
         prompts, options = map(list, zip(*(mc_prompt(q) for q in mc_questions(
             load_records("mc"), args.mc))))

@@ -26,12 +26,12 @@ import json
 import torch
 
 import neva_sweep as nv
-from neva_sweep.capability import mc_prompt
+from neva_sweep.builders import stats_from_config
 from neva_sweep.config import compose_config
-from neva_sweep.gate import gate_accuracy, gate_of, text_gates
-from neva_sweep.sweep.methods import METHODS
+from neva_sweep.evaluation.capability import mc_prompt
+from neva_sweep.methods import METHODS
+from neva_sweep.neurons.gate import gate_accuracy, gate_of, text_gates
 from neva_sweep.sweep.run import eval_setup
-from neva_sweep.tasks import stats_from_config
 
 
 @torch.inference_mode()

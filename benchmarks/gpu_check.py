@@ -62,13 +62,13 @@ from stats_throughput import plain_pass  # noqa: E402
 
 import neva_sweep as nv  # noqa: E402
 from neva_sweep.config import DEFAULT_MAGNITUDE, compose_config  # noqa: E402
-from neva_sweep.edit import NeuronEdit, edit_rows  # noqa: E402
-from neva_sweep.evaluate import Evaluator  # noqa: E402
+from neva_sweep.edits.neuron import NeuronEdit, edit_rows  # noqa: E402
+from neva_sweep.evaluation.evaluator import Evaluator  # noqa: E402
 from neva_sweep.files import write_text_atomic  # noqa: E402
+from neva_sweep.methods import METHODS  # noqa: E402
 from neva_sweep.models.host import DTYPES, ModelHost, host_from_model  # noqa: E402
-from neva_sweep.select import DEFAULT_SPARSITY, ValueNeurons  # noqa: E402
-from neva_sweep.stats import StatsConfig, collect_stats  # noqa: E402
-from neva_sweep.sweep.methods import METHODS  # noqa: E402
+from neva_sweep.neurons.selection import DEFAULT_SPARSITY, ValueNeurons  # noqa: E402
+from neva_sweep.neurons.stats import StatsConfig, collect_stats  # noqa: E402
 from neva_sweep.sweep.run import eval_setup  # noqa: E402
 
 LLAMA3_8B = dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336,

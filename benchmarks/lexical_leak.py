@@ -6,10 +6,10 @@ prints one row of a markdown table:
 - n: scenarios in the set;
 - NB accuracy: a multinomial naive Bayes fitted on the words of the 360 ``identify``
   probes (neva_sweep/data/probes.jsonl) predicts the value of every option
-  (neva_sweep.lexical.naive_bayes_leak; chance 0.10): how much the options give their
+  (neva_sweep.evaluation.lexical.naive_bayes_leak; chance 0.10): how much the options give their
   value away by sharing topic words with the probes;
 - near search: share of the set's scenarios whose situation has a TF-IDF cosine above
-  0.3 (neva_sweep.lexical.NEIGHBOUR_THRESHOLD) to some built-in search scenario (for the
+  0.3 (neva_sweep.evaluation.lexical.NEIGHBOUR_THRESHOLD) to some built-in search scenario (for the
   search split itself: to another search scenario);
 - max cos: the largest such cosine.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from neva_sweep.data import load_probes, load_scenarios, split_rows
-from neva_sweep.lexical import (
+from neva_sweep.evaluation.lexical import (
     NEIGHBOUR_THRESHOLD,
     naive_bayes_leak,
     scenario_text,

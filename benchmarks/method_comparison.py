@@ -39,7 +39,7 @@ probes), into ``--run-dir``/seed<s>; each sweep re-scores every study's chosen e
 test split against dose-matched nulls (best_edits.json ``test``). Per value it prints each
 method's test-split alignment (mean over seeds), its z against the dose-matched null,
 NGLR against its chance level, and the paired difference A - B over test scenarios and
-seeds with its Holm-corrected interval (``neva_sweep.paired``); a win counts only when
+seeds with its Holm-corrected interval (``neva_sweep.evaluation.paired``); a win counts only when
 that interval excludes 0, and mean alignments are compared on the values both methods
 reach (a feasible chosen edit in every seed). Sweeps already complete are not rerun.
 
@@ -60,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neva_sweep.paired import compare_values
+from neva_sweep.evaluation.paired import compare_values
 from neva_sweep.values import VALUES
 
 # --tiny: the same code on a tiny random model (the test suite runs it)

@@ -11,8 +11,10 @@ scores the same ten value prompts and the acquiescence prompt two ways,
   neva_sweep's default since),
 
 and reads each with the library's own validity maths: detection against the unprompted
-model (:func:`neva_sweep.validate.prompt_detection`), specificity against the other nine
-value prompts (:func:`neva_sweep.validate.prompt_specificity`), the acquiescence control,
+model (:func:`neva_sweep.evaluation.judge_validity.prompt_detection`), specificity against the
+other nine
+value prompts (:func:`neva_sweep.evaluation.judge_validity.prompt_specificity`), the acquiescence
+control,
 and the shift every value prompt causes alike.
 
     python benchmarks/prompt_placement.py --scenarios benchmarks/data/heldout_scenarios.jsonl
@@ -28,11 +30,17 @@ import time
 import numpy as np
 
 import neva_sweep as nv
+from neva_sweep.config import JudgeConfig
 from neva_sweep.data import load_records
-from neva_sweep.judges import ForcedChoiceJudge, JudgeConfig
-from neva_sweep.prompting import PromptEdit, prompt_edit
-from neva_sweep.scoring import default_system_prompt, option_logprobs
-from neva_sweep.validate import ACQUIESCENCE_PROMPT, prompt_detection, prompt_specificity
+from neva_sweep.edits.group import default_system_prompt
+from neva_sweep.edits.prompt import PromptEdit, prompt_edit
+from neva_sweep.evaluation.judge_validity import (
+    ACQUIESCENCE_PROMPT,
+    prompt_detection,
+    prompt_specificity,
+)
+from neva_sweep.evaluation.judges.forced_choice import ForcedChoiceJudge
+from neva_sweep.evaluation.scoring import option_logprobs
 from neva_sweep.values import VALUES
 
 

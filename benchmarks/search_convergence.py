@@ -99,12 +99,12 @@ def first_reaching(rows: list[dict], target: float) -> float | None:
 def grid_reference(cfg, values: list[str], methods: list[str], n_points: int = GRID_POINTS
                    ) -> dict:
     """(value, method) -> the grid's points and best feasible alignment (module docstring)."""
-    from neva_sweep.capability import spread
+    from neva_sweep.builders import host_from_config, stats_from_config
+    from neva_sweep.evaluation.capability import spread
+    from neva_sweep.methods import METHODS
     from neva_sweep.sweep.calibrate import calibrate_edit, calibration_job
     from neva_sweep.sweep.front import budgets, is_feasible
-    from neva_sweep.sweep.methods import METHODS
     from neva_sweep.sweep.run import eval_setup
-    from neva_sweep.tasks import host_from_config, stats_from_config
 
     host = host_from_config(cfg)
     stats = stats_from_config(cfg, host)

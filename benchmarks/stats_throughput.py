@@ -16,7 +16,12 @@ import time
 import torch
 
 import neva_sweep as nv
-from neva_sweep.stats import StatsConfig, collect_stats, forward_kwargs, length_sorted_batches
+from neva_sweep.neurons.stats import (
+    StatsConfig,
+    collect_stats,
+    forward_kwargs,
+    length_sorted_batches,
+)
 
 
 @torch.inference_mode()

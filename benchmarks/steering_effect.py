@@ -21,8 +21,8 @@ import time
 import torch
 
 import neva_sweep as nv
-from neva_sweep.likelihood import mean_token_logprob
-from neva_sweep.select import NeuronMap
+from neva_sweep.evaluation.likelihood import mean_token_logprob
+from neva_sweep.neurons.selection import NeuronMap
 
 
 def relative_effect(delta: torch.Tensor, labels: torch.Tensor, t: int) -> float:
@@ -34,10 +34,10 @@ def relative_effect(delta: torch.Tensor, labels: torch.Tensor, t: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--sparsity", type=float, default=nv.select.DEFAULT_SPARSITY)
+    ap.add_argument("--sparsity", type=float, default=nv.neurons.selection.DEFAULT_SPARSITY)
     ap.add_argument("--magnitude", type=float, default=nv.DEFAULT_MAGNITUDE)
     ap.add_argument("--rule", default=nv.DEFAULT_RULE)
-    ap.add_argument("--score", default=nv.select.DEFAULT_SCORE)
+    ap.add_argument("--score", default=nv.neurons.selection.DEFAULT_SCORE)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 

@@ -7,8 +7,8 @@
 For each value and sparsity, the NeVA edit's dose is bisected (the sweep's calibration,
 neva_sweep/sweep/calibrate.py) until its mean KL(base || edited) on ``--texts`` neutral
 texts equals ``--kl``, once in the raw magnitude and once in the scaled strength
-(neva_sweep/strength.py); the residual-stream push of the edit at that dose
-(neva_sweep/nulls.py) is printed beside them. A parametrisation that means the same dose
+(neva_sweep/methods/strength.py); the residual-stream push of the edit at that dose
+(neva_sweep/methods/nulls.py) is printed beside them. A parametrisation that means the same dose
 at every count has a budget dose that does not move with the sparsity: the *spread*
 (largest / smallest budget dose over the sparsities) is 1 for a perfect one. CAA's strength
 is checked the same way across layers (``--caa-layers``).
@@ -22,9 +22,9 @@ import math
 import time
 
 import neva_sweep as nv
-from neva_sweep.capability import base_distribution, mean_kl, neutral_texts
 from neva_sweep.data import load_records
-from neva_sweep.nulls import edit_push
+from neva_sweep.evaluation.capability import base_distribution, mean_kl, neutral_texts
+from neva_sweep.methods.nulls import edit_push
 from neva_sweep.sweep.calibrate import bisect_dose
 
 

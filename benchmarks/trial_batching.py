@@ -16,11 +16,11 @@ import time
 import torch
 
 import neva_sweep as nv
+from neva_sweep.builders import stats_from_config
 from neva_sweep.config import compose_config
-from neva_sweep.evaluate import Evaluator
-from neva_sweep.sweep.methods import METHODS
+from neva_sweep.evaluation.evaluator import Evaluator
+from neva_sweep.methods import METHODS
 from neva_sweep.sweep.run import eval_setup
-from neva_sweep.tasks import stats_from_config
 
 VALUES = ("benevolence", "power", "tradition", "stimulation")
 

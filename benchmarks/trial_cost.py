@@ -36,13 +36,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 import neva_sweep as nv
-import neva_sweep.evaluate as evaluate_module
+import neva_sweep.evaluation.evaluator as evaluate_module
+from neva_sweep.builders import stats_from_config
 from neva_sweep.config import compose_config
-from neva_sweep.evaluate import Evaluator
+from neva_sweep.evaluation.evaluator import Evaluator
+from neva_sweep.methods import METHODS
 from neva_sweep.models.host import ModelHost
-from neva_sweep.sweep.methods import METHODS
 from neva_sweep.sweep.run import eval_setup
-from neva_sweep.tasks import stats_from_config
 
 PARTS = ("build edit", "judge", "mc", "kl", "fluency", "other")
 # The capability functions Evaluator.evaluate calls, by the name it imports them under.

@@ -1,8 +1,8 @@
 """neva_sweep: neuron-level value alignment (NeVA) as a research instrument.
 
 The public API: ``load_model`` -> ``collect_stats`` -> ``select_neurons`` -> ``edit``, or
-for any method ``make_edit`` -> ``apply`` (see README.md; :func:`neva_sweep.edit.edit` and
-:func:`neva_sweep.edits.make_edit` carry runnable examples).
+for any method ``make_edit`` -> ``apply`` (see README.md; :func:`neva_sweep.edits.neuron.edit` and
+:func:`neva_sweep.methods.make_edit` carry runnable examples).
 
 The names below are imported on first use (PEP 562 ``__getattr__``), not by ``import
 neva_sweep``: most of them need torch and transformers (seconds to import), and
@@ -11,36 +11,45 @@ neva_sweep``: most of them need torch and transformers (seconds to import), and
 
 from __future__ import annotations
 
-import sys
 from importlib import import_module
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
-    from .caa import ResidualEdit, ResidualSpec
     from .data import DataError, load_probes, load_records
-    from .edit import DEFAULT_MAGNITUDE, DEFAULT_RULE, RULES, EditSpec, NeuronEdit, edit, edit_rows
-    from .edits import EditKind, apply, make_edit
+    from .edits.apply import apply
+    from .edits.kind import EditKind
+    from .edits.neuron import (
+        DEFAULT_MAGNITUDE,
+        DEFAULT_RULE,
+        RULES,
+        EditSpec,
+        NeuronEdit,
+        edit,
+        edit_rows,
+    )
+    from .edits.prompt import PromptEdit
+    from .edits.residual import ResidualEdit, ResidualSpec
+    from .methods.make import make_edit
     from .models import ModelHost, embedded_model_path, load_model
-    from .prompting import PromptEdit
-    from .select import SCORES, NeuronMap, ValueNeurons, random_neurons, select_neurons
-    from .stats import NeuronStats, StatsConfig, collect_stats
+    from .neurons.selection import SCORES, NeuronMap, ValueNeurons, random_neurons, select_neurons
+    from .neurons.stats import NeuronStats, StatsConfig, collect_stats
     from .values import GROUPS, VALUES, circular_distance
 
 __version__ = "0.1.0"
 
 # public name -> the submodule defining it
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(["ResidualEdit", "ResidualSpec"], "caa"),
+    **dict.fromkeys(["ResidualEdit", "ResidualSpec"], "edits.residual"),
     **dict.fromkeys(["DataError", "load_probes", "load_records"], "data"),
     **dict.fromkeys(["DEFAULT_MAGNITUDE", "DEFAULT_RULE", "RULES", "EditSpec", "NeuronEdit",
-                     "edit", "edit_rows"], "edit"),
-    **dict.fromkeys(["EditKind", "apply", "make_edit"], "edits"),
+                     "edit", "edit_rows"], "edits.neuron"),
+    **dict.fromkeys(["EditKind", "apply"], "edits"),
+    "make_edit": "methods",
     **dict.fromkeys(["ModelHost", "embedded_model_path", "load_model"], "models"),
-    "PromptEdit": "prompting",
+    "PromptEdit": "edits.prompt",
     **dict.fromkeys(["SCORES", "NeuronMap", "ValueNeurons", "random_neurons",
-                     "select_neurons"], "select"),
-    **dict.fromkeys(["NeuronStats", "StatsConfig", "collect_stats"], "stats"),
+                     "select_neurons"], "neurons.selection"),
+    **dict.fromkeys(["NeuronStats", "StatsConfig", "collect_stats"], "neurons.stats"),
     **dict.fromkeys(["GROUPS", "VALUES", "circular_distance"], "values"),
 }
 
@@ -52,7 +61,7 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     try:
-        return import_module(f".{name}", __name__)  # nv.stats.merge without importing it
+        return import_module(f".{name}", __name__)  # nv.neurons, nv.sweep... without importing them
     except ModuleNotFoundError as e:
         if e.name != f"{__name__}.{name}":  # a missing dependency of an existing submodule
             raise
@@ -62,23 +71,6 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
 
-
-class _Package(ModuleType):
-    """``nv.edit`` is the function :func:`neva_sweep.edit.edit`, as with an eager package.
-
-    Importing a submodule sets the package attribute of its name to the module, so a later
-    ``import neva_sweep.edit`` (anywhere) would turn ``nv.edit`` into the module; the
-    function is kept instead. ``from neva_sweep.edit import ...`` is unaffected.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (isinstance(value, ModuleType) and _EXPORTS.get(name) == name
-                and value.__name__ == f"{__name__}.{name}"):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "DEFAULT_MAGNITUDE",

@@ -13,9 +13,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from .cli import run_cli
 from .config import register_configs
 from .redact import redact_hydra_dir
-from .tasks import run_cli
 
 register_configs()
 

@@ -21,14 +21,15 @@ if TYPE_CHECKING:
 
 CONFIG_PACKAGE = "neva_sweep.conf"  # the YAML configs, shipped as package data
 
-# Edit defaults, shared by the schema and the Python API (neva_sweep.edit, neva_sweep.select
+# Edit defaults, shared by the schema and the Python API (neva_sweep.edits.neuron,
+# neva_sweep.neurons.selection
 # re-export them). They live here, with every schema, because this module must import
 # without torch: `python -m neva_sweep --help` and a mistyped task answer in a second.
 DEFAULT_RULE = "add"
 DEFAULT_MAGNITUDE = 4.0  # chosen with benchmarks/steering_effect.py on the embedded model
 DEFAULT_SPARSITY = 2e-3  # 93 of SmolLM2's 46,080 neurons (benchmarks/steering_effect.py)
 DEFAULT_SCORE = "mean_diff"  # lape ignores neurons that fire for less than 5% of the value's tokens
-# Value-relevance gates (neva_sweep/gate.py): none = every row fully edited; context = each
+# Value-relevance gates (neva_sweep/neurons/gate.py): none = every row fully edited; context = each
 # row's edit scaled by a probe's P(value-laden prompt); value = by a probe's P(prompt about
 # the edit's own value) (one-vs-rest over the ten values, no neutral texts).
 GATES = ("none", "context", "value")
@@ -49,21 +50,23 @@ class StatsConfig:
     hist_scale: float = 0.2  # c in y = a / (a + c); bins uniform in y (see softsign_bins)
     hist_stride: int = 3  # histogram sees positions 0, stride, 2*stride, ...
     quantile: float = 0.95  # the high quantile q_t(i) used by the `set` rule
-    gate_depth: float = 0.5  # the gate probe's block: floor(gate_depth * n_layers) (gate.py)
+    # the gate probe's block: floor(gate_depth * n_layers) (neurons/gate.py)
+    gate_depth: float = 0.5
     # the gate also trains on every probe and neutral gate text wrapped as a user turn of
     # the model's chat template (gate-only rows), so the template itself reads as neither
     gate_chat: bool = True
     # a bootstrap resample of the identify probes (per value, with replacement, seeded) so
     # that results can be repeated over probe samples; None = the probes as they are
     resample_seed: int | None = None
-    # a gradient pass over the stance pairs for the attribution score (attribution.py;
+    # a gradient pass over the stance pairs for the attribution score (neurons/attribution.py;
     # tp_size=1 only); switched on by itself when a configured score is attribution
     attribution: bool = False
 
 
 @dataclass
 class JudgeConfig:
-    """Judge settings (``judge.*``, ``neva_sweep/conf/judge/*.yaml``; see neva_sweep.judges)."""
+    """Judge settings (``judge.*``, ``neva_sweep/conf/judge/*.yaml``; see
+    neva_sweep.evaluation.judges)."""
 
     name: str = "forced_choice"  # forced_choice | questionnaire | lexicon | classifier | llm
     batch_size: int = 16
@@ -82,11 +85,12 @@ class JudgeConfig:
 
 @dataclass
 class CapabilityConfig:
-    """Capability settings (``capability.*``; see neva_sweep.capability)."""
+    """Capability settings (``capability.*``; see neva_sweep.evaluation.capability)."""
 
     mc_limit: int | None = None  # at most this many MC questions, evenly spread; 0 = no MC
     neutral_limit: int | None = None  # at most this many neutral texts for KL
-    kl_top_k: int = 256  # base tokens kept per position for KL (see neva_sweep.capability)
+    # base tokens kept per position for KL (see neva_sweep.evaluation.capability)
+    kl_top_k: int = 256
     fluency_queries: int = 8  # replies generated for perplexity when the judge makes none
     max_new_tokens: int = 48
     batch_size: int = 16
@@ -152,7 +156,7 @@ class SearchSpace:
     """
 
     sparsity: list[float] = field(default_factory=lambda: [5e-4, 1e-2])  # [lo, hi], log-uniform
-    # scaled: search the dose as a strength (neva_sweep/strength.py), log-uniform in
+    # scaled: search the dose as a strength (neva_sweep/methods/strength.py), log-uniform in
     # ``strength`` (neuron methods) and ``caa_strength`` (diffmean), recentred by the
     # calibration (search.calibrate); false: the raw magnitude and coefficient below, uniform
     scaled: bool = True
@@ -162,13 +166,13 @@ class SearchSpace:
     # scaled); see conf/search/default.yaml for how the box was chosen
     caa_pairs_strength: list[float] = field(default_factory=lambda: [0.05, 1.0])
     magnitude: list[float] = field(default_factory=lambda: [1.0, 8.0])  # [lo, hi], uniform
-    # edit rules (edit.py; also add_sd), searched; the first is the calibration reference
+    # edit rules (edits/neuron.py; also add_sd), searched; the first is the calibration reference
     rules: list[str] = field(
         default_factory=lambda: [DEFAULT_RULE, "scale", "set", "gate_neuron"])
     scores: list[str] = field(default_factory=lambda: [DEFAULT_SCORE])  # mean_diff | ...
     polarities: list[str] = field(default_factory=lambda: ["positive"])  # positive | both
     positions: list[str] = field(default_factory=lambda: ["all"])  # all | response
-    # none | context | value (gate.py); the prompt method takes no gate
+    # none | context | value (neurons/gate.py); the prompt method takes no gate
     gates: list[str] = field(default_factory=lambda: ["none", "value"])
     layer_windows: list[list[int]] | None = None  # [[start, stop], ...]; None = all layers
     # methods diffmean and caa_pairs: first layer as a fraction of depth [lo, hi],
@@ -218,7 +222,7 @@ class SearchConfig:
     max_suppression: float | None = None
     max_inflation: float | None = None  # constraint on the rise of all ten readings together
     # dose-matched random edits scored with each chosen edit on the test split
-    # (best_edits.json "test", neva_sweep/heldout.py); 0 = the edit alone
+    # (best_edits.json "test", neva_sweep/evaluation/heldout.py); 0 = the edit alone
     test_nulls: int = 4
     best_max_nlr: float = 1.0  # best edit: highest alignment among feasible Pareto trials
     # with nlr <= this (see neva_sweep/sweep/outputs.py)

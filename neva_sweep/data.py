@@ -45,7 +45,7 @@ SPLITS = ("identify", "validate")
 EVAL_SPLITS = ("search", "test")
 # Neutral texts: ``search`` / ``test`` (KL of next-token distributions; ``search`` is also
 # the classifier judge's "none" class) or ``gate`` (training the value-relevance gate,
-# neva_sweep/gate.py); the parts never share a text. ``capability`` is the former name of
+# neva_sweep/neurons/gate.py); the parts never share a text. ``capability`` is the former name of
 # ``search`` and still accepted in files.
 NEUTRAL_SPLITS = (*EVAL_SPLITS, "gate")
 NEUTRAL_ALIASES = {"capability": "search"}
@@ -237,7 +237,7 @@ def load_pairs(path: str | Path | None = None) -> Records:
     Each row has a ``value``, an everyday first-person ``situation`` and two one-sentence
     replies to it: ``pro`` acts on the value, ``anti`` rejects or deprioritises it with the
     same topic words, so that the pair differs in stance rather than in topic or value
-    vocabulary (stats.py reads neuron and residual differences from them).
+    vocabulary (neurons/stats.py reads neuron and residual differences from them).
 
     >>> p = load_pairs()
     >>> len(p.by_value("power")), sorted(p.rows[0])

@@ -113,15 +113,18 @@ def _blocks(model: torch.nn.Module) -> tuple[str, list[torch.nn.Module], str]:
     return model_type, list(model.get_submodule(layers)), site
 
 
-def _device(module: torch.nn.Module) -> torch.device:
-    """Where ``module`` computes: accelerate's execution device when a device map dispatched
-    it (its weights may then sit offloaded on ``meta``), else its first parameter's."""
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device ``module`` computes on: accelerate's execution device when a device map
+    dispatched it (its weights may then sit offloaded on ``meta``), else its first
+    parameter's (or buffer's) device, else the CPU."""
     hook = getattr(module, "_hf_hook", None)
     for h in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
         dev = getattr(h, "execution_device", None)
         if dev is not None:
             return torch.device(dev)
     for t in module.parameters():
+        return t.device
+    for t in module.buffers():
         return t.device
     return torch.device("cpu")
 
@@ -197,7 +200,7 @@ class EditHandle:
         for layer in layers:
             if f"neurons.{layer}.index" in tensors:
                 module = blocks[layer].get_submodule(site)
-                device = _device(module)
+                device = module_device(module)
                 idx = tensors[f"neurons.{layer}.index"].long().to(device)
                 if int(idx.max()) >= _width(module):
                     raise ValueError(f"the edit's neuron {int(idx.max())} of layer {layer} is past "
@@ -208,7 +211,7 @@ class EditHandle:
                 self.handles.append(module.register_forward_pre_hook(
                     self._neuron_hook(idx, terms, conditioned)))
             if f"residual.{layer}" in tensors:
-                device = _device(blocks[layer])
+                device = module_device(blocks[layer])
                 add = tensors[f"residual.{layer}"].float().to(device)  # (H,)
                 self.handles.append(blocks[layer].register_forward_hook(self._residual_hook(add)))
         self.gate = None

@@ -58,7 +58,7 @@ import torch.nn as nn
 
 from . import __version__
 from .config import ConfigError
-from .edit_kind import EditKind
+from .edits.kind import EditKind
 from .export import FORMAT_VERSION, META_KEY, TERMS
 from .files import atomic_path
 from .models.host import ModelHost
@@ -126,7 +126,7 @@ def metadata(host: ModelHost, edit: Any, entry: dict[str, Any]) -> dict[str, Any
 # -- format=hooks ----------------------------------------------------------------------------
 def neuron_tensors(edit: Any) -> dict[str, torch.Tensor]:
     """Per edited layer L: ``neurons.L.index`` (k,) int64 in increasing order and the five
-    terms of :class:`~neva_sweep.edit.Coefficients`, ``neurons.L.<term>`` (k,) float32."""
+    terms of :class:`~neva_sweep.edits.neuron.Coefficients`, ``neurons.L.<term>`` (k,) float32."""
     if not _active(edit):  # as compile_edits: a zero magnitude edits nothing
         return {}
     coef, n = edit.coefficients(), edit.neurons
@@ -254,7 +254,7 @@ def add_missing_biases(host: ModelHost, why: str) -> None:
 def fold(host: ModelHost, edit: Any, why: str) -> None:
     """Fold a static ``edit`` into ``host.model``'s down-projection biases, in place, and
     check that the folded model gives the hooked edit's logits on :data:`PROBE_TEXT`."""
-    from .edits import apply
+    from .edits.apply import apply
 
     deltas = bias_deltas(host, edit)
     batch = host.tokenize([PROBE_TEXT])

@@ -5,7 +5,7 @@ when imported, through the same registries neva_sweep's own use (``METHODS``, ``
 ``SCORES``, judges, model architectures...)::
 
     # my_pkg/my_module.py
-    from neva_sweep.sweep.methods import METHODS, NeVA
+    from neva_sweep.methods.base import METHODS, NeVA
 
     class Louder(NeVA):
         name = "louder"

@@ -113,8 +113,8 @@ def check_edit(cfg: DictConfig, model: dict[str, Any], need_value: bool) -> None
     if cfg.max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens: must be >= 1, got {cfg.max_new_tokens}")
     from .config import GATES
-    from .edit import POSITIONS, RULES
-    from .select import POLARITIES, SCORES
+    from .edits.neuron import POSITIONS, RULES
+    from .neurons.selection import POLARITIES, SCORES
 
     for key, given, valid in (("edit.rule", e.rule, RULES.names()),
                               ("edit.score", e.score, SCORES.names()),
@@ -124,7 +124,7 @@ def check_edit(cfg: DictConfig, model: dict[str, Any], need_value: bool) -> None
         if given not in valid:
             raise ConfigError(f"{key}: unknown choice {given!r}; valid choices: "
                               f"{', '.join(valid)}")
-    from .select import SIGNED_SCORES
+    from .neurons.selection import SIGNED_SCORES
 
     if e.polarity == "both" and e.score not in SIGNED_SCORES:
         raise ConfigError(f"edit.polarity: both needs a signed score (edit.score: "

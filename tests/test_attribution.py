@@ -1,4 +1,5 @@
-"""Attribution patching (attribution.py): G against finite differences, padding, clean-up."""
+"""Attribution patching (neurons/attribution.py): G against finite differences, padding,
+clean-up."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from neva_sweep.attribution import pair_counts, pair_gradients, reply_mask
 from neva_sweep.models.host import host_from_model
 from neva_sweep.models.registry import tiny_model
+from neva_sweep.neurons.attribution import pair_counts, pair_gradients, reply_mask
 from neva_sweep.values import VALUES
 
 PAIRS = [
@@ -147,8 +148,8 @@ def test_bad_records_and_lengths(tiny_host):
 def test_attribution_score_from_collected_statistics(tiny_host, small_probes, tmp_path):
     import neva_sweep as nv
     from neva_sweep.config import StatsConfig
-    from neva_sweep.select import SCORES, select_neurons
-    from neva_sweep.stats import NeuronStats, rest_stats
+    from neva_sweep.neurons.selection import SCORES, select_neurons
+    from neva_sweep.neurons.stats import NeuronStats, rest_stats
     from neva_sweep.values import VALUES
 
     stats = nv.collect_stats(tiny_host, small_probes, StatsConfig(attribution=True),
@@ -174,8 +175,8 @@ def test_attribution_score_from_collected_statistics(tiny_host, small_probes, tm
 
 
 def test_a_configured_attribution_score_switches_the_gradient_pass_on():
+    from neva_sweep.builders import stats_settings
     from neva_sweep.config import compose_config
-    from neva_sweep.tasks import stats_settings
 
     assert not stats_settings(compose_config())[1].attribution
     cfg = compose_config("search.space.scores=[mean_diff,attribution]")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.caa import ResidualSpec, caa_spec, caa_vectors, prompt_spec
 from neva_sweep.data import ProbeSet
-from neva_sweep.scoring import next_token_logprobs
+from neva_sweep.edits.residual import ResidualSpec, caa_spec, caa_vectors, prompt_spec
+from neva_sweep.evaluation.scoring import next_token_logprobs
 
 # Three one-token words per value (no BOS with the embedded tokenizer), so that the mean
 # over all tokens (ours) equals the last-token reading of steering-vectors.
@@ -74,7 +74,7 @@ def test_zero_coefficient_is_identity_and_edit_stays_at_its_layer(tiny_host, wor
                                                                    0.0)])
     torch.testing.assert_close(zero, base, atol=0, rtol=0)
     # An edit on layer 1 leaves the layer-0 residual untouched and changes layer 1's.
-    from neva_sweep.scoring import grouped
+    from neva_sweep.edits.group import grouped
 
     batch = tiny_host.tokenize(prompts)
     before = residuals(tiny_host, batch)
@@ -106,7 +106,7 @@ def test_prompt_prefix_changes_only_edited_rows(tiny_host) -> None:
 def test_prompt_joins_the_default_system_prompt_unless_replacing(tiny_host) -> None:
     """Chat-templated rows get the instruction after the template's default system prompt
     (only the instruction differs from unedited rows); replace_system drops the default."""
-    from neva_sweep.scoring import EditGroup, default_system_prompt
+    from neva_sweep.edits.group import EditGroup, default_system_prompt
 
     default = default_system_prompt(tiny_host)
     assert default.startswith("You are a helpful AI assistant")
@@ -123,7 +123,8 @@ def test_prompt_joins_the_default_system_prompt_unless_replacing(tiny_host) -> N
 
 def test_former_names_are_the_edit_kinds() -> None:
     """Scripts that import the former names keep working."""
-    from neva_sweep import caa, prompting
+    from neva_sweep.edits import prompt as prompting
+    from neva_sweep.edits import residual as caa
 
     assert nv.EditSpec is nv.NeuronEdit and caa.ResidualSpec is nv.ResidualEdit
     assert caa.PromptSpec is prompting.PromptEdit is nv.PromptEdit

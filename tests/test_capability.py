@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.capability import (
+from neva_sweep.data import DataError, load_records
+from neva_sweep.edits.neuron import EditSpec
+from neva_sweep.evaluation.capability import (
     base_distribution,
     kl_top_k,
     mc_correct,
@@ -16,9 +18,7 @@ from neva_sweep.capability import (
     neutral_texts,
     reply_nll,
 )
-from neva_sweep.data import DataError, load_records
-from neva_sweep.edit import EditSpec
-from neva_sweep.scoring import token_logprobs
+from neva_sweep.evaluation.scoring import token_logprobs
 
 
 def test_builtin_mc_set_is_valid_and_mixed() -> None:
@@ -87,8 +87,8 @@ def test_reply_nll_counts_reply_tokens_only(tiny_host) -> None:
 def test_mc_scores_with_a_shared_question_equal_separate_pairs(arch, tiny_stats) -> None:
     """The question's KV cache serving its four choices gives the scores of scoring every
     question + choice pair on its own (left padding: questions of different lengths)."""
-    from neva_sweep.capability import mc_prompt, mc_scores
-    from neva_sweep.scoring import continuation_logprobs
+    from neva_sweep.evaluation.capability import mc_prompt, mc_scores
+    from neva_sweep.evaluation.scoring import continuation_logprobs
 
     host = nv.load_model(arch)
     qs = mc_questions(load_records("mc"), limit=6)

@@ -10,8 +10,11 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep import classifier as clf_mod
-from neva_sweep.classifier import (
+from neva_sweep.config import JudgeConfig
+from neva_sweep.data import load_records
+from neva_sweep.edits.neuron import EditSpec
+from neva_sweep.evaluation.judges import classifier as clf_mod
+from neva_sweep.evaluation.judges.classifier import (
     CLASSES,
     INSTALL_COMMAND,
     NONE,
@@ -22,9 +25,6 @@ from neva_sweep.classifier import (
     encoder_path,
     validity,
 )
-from neva_sweep.data import load_records
-from neva_sweep.edit import EditSpec
-from neva_sweep.judges import JudgeConfig
 
 needs_encoder = pytest.mark.skipif(
     importlib.util.find_spec(clf_mod.ENCODER_PACKAGE) is None,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from neva_sweep.tasks import format_eval, run
+from neva_sweep.cli import format_eval, run
 from neva_sweep.values import VALUES
 
 
@@ -96,7 +96,7 @@ def cli_without_torch(cwd, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_unknown_task_names_the_valid_ones_without_the_model_stack(tmp_path):
-    from neva_sweep.tasks import TASKS
+    from neva_sweep.cli import TASKS
 
     out = cli_without_torch(tmp_path, "task=train")
     assert out.returncode == 2, out.stderr[-2000:]
@@ -105,7 +105,7 @@ def test_unknown_task_names_the_valid_ones_without_the_model_stack(tmp_path):
 
 
 def test_help_names_every_task_and_group_without_the_model_stack(tmp_path):
-    from neva_sweep.tasks import TASKS
+    from neva_sweep.cli import TASKS
 
     out = cli_without_torch(tmp_path, "--help")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -130,7 +130,7 @@ def test_default_run_dir_is_fixed_per_task_and_experiment(tmp_path):
 
 
 def test_package_import_loads_no_model_stack():
-    code = ("import sys, neva_sweep, neva_sweep.config, neva_sweep.tasks, neva_sweep.__main__; "
+    code = ("import sys, neva_sweep, neva_sweep.config, neva_sweep.cli, neva_sweep.__main__; "
             "print(sorted({'torch', 'transformers', 'ray', 'pyvalues'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
@@ -146,7 +146,8 @@ def test_public_api_names_are_their_modules_objects():
     for name in nv.__all__:
         module = importlib.import_module(f"neva_sweep.{nv._EXPORTS[name]}")
         assert getattr(nv, name) is getattr(module, name), name
-    assert nv.edit is sys.modules["neva_sweep.edit"].edit  # the function, not the module
-    assert nv.stats.merge is sys.modules["neva_sweep.stats"].merge  # submodules on demand
+    assert nv.edit is sys.modules["neva_sweep.edits.neuron"].edit  # the function, not the module
+    # submodules on demand
+    assert nv.neurons.stats.merge is sys.modules["neva_sweep.neurons.stats"].merge
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         nv.nope  # noqa: B018

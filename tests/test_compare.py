@@ -11,10 +11,10 @@ import pytest
 import yaml
 from test_report import assert_self_contained, fabricate_run, referenced_files
 
+from neva_sweep.cli import run
 from neva_sweep.config import ConfigError
 from neva_sweep.report.compare import compare_runs, judge_differences, run_names
 from neva_sweep.report.load import load_run
-from neva_sweep.tasks import run
 
 TINY = {"models": ("tiny-a",), "values": ("power",), "n_trials": 3, "neuron_files": False}
 

@@ -64,8 +64,8 @@ def test_lock_step_bisection_equals_one_by_one(tiny_host, tiny_stats):
     import importlib.util
 
     import neva_sweep as nv
-    from neva_sweep.capability import base_distribution, mean_kl, neutral_texts
     from neva_sweep.data import load_records
+    from neva_sweep.evaluation.capability import base_distribution, mean_kl, neutral_texts
     from neva_sweep.sweep.calibrate import bisect_dose
 
     spec = importlib.util.spec_from_file_location("dd", ROOT / "benchmarks" /

@@ -15,16 +15,16 @@ import torch
 from accelerate import dispatch_model
 
 import neva_sweep as nv
-from neva_sweep.caa import caa_edit
 from neva_sweep.config import ConfigError, ModelConfig
-from neva_sweep.edit import NeuronEdit
-from neva_sweep.gate import gate_of
+from neva_sweep.edits.neuron import NeuronEdit
+from neva_sweep.edits.residual import caa_edit
+from neva_sweep.evaluation.scoring import next_token_logprobs
+from neva_sweep.methods.nulls import edit_push
 from neva_sweep.models.host import host_from_model, load_model, module_device
 from neva_sweep.models.registry import tiny_model
 from neva_sweep.models.tp import load_tp_host
-from neva_sweep.nulls import edit_push
+from neva_sweep.neurons.gate import gate_of
 from neva_sweep.preflight import check_placement, preflight
-from neva_sweep.scoring import next_token_logprobs
 
 OFFLOADED = {"model.embed_tokens": "disk", "model.layers.0": "cpu", "model.layers.1": "disk",
              "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.caa import caa_edit
-from neva_sweep.edit import POSITIONS, RULES, EditSpec, NeuronEdit, edit_rows
-from neva_sweep.prompting import PromptEdit, prompt_edit
-from neva_sweep.scoring import next_token_logprobs
+from neva_sweep.edits.neuron import POSITIONS, RULES, EditSpec, NeuronEdit, edit_rows
+from neva_sweep.edits.prompt import PromptEdit, prompt_edit
+from neva_sweep.edits.residual import caa_edit
+from neva_sweep.evaluation.scoring import next_token_logprobs
 from tests.conftest import capture_site_inputs
 from tests.test_methods import same
 

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.caa import prompt_spec
-from neva_sweep.capability import mc_correct, mc_questions
+from neva_sweep.config import JudgeConfig
 from neva_sweep.data import load_records
-from neva_sweep.edit import EditSpec
-from neva_sweep.evaluate import DATA_KINDS, _ci
-from neva_sweep.judges import JUDGES, JudgeConfig, make_judge
-from neva_sweep.likelihood import mean_token_logprob
+from neva_sweep.edits.neuron import EditSpec
+from neva_sweep.edits.residual import prompt_spec
+from neva_sweep.evaluation.capability import mc_correct, mc_questions
+from neva_sweep.evaluation.evaluator import DATA_KINDS, _ci
+from neva_sweep.evaluation.judges.base import JUDGES, make_judge
+from neva_sweep.evaluation.likelihood import mean_token_logprob
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import neva_sweep as nv
-from neva_sweep.capability import CapabilityConfig
-from neva_sweep.edit import EditSpec
-from neva_sweep.evaluate import Evaluator
-from neva_sweep.judges import JudgeConfig
-from neva_sweep.tasks import evaluate_config
+from neva_sweep.cli import evaluate_config
+from neva_sweep.config import JudgeConfig
+from neva_sweep.edits.neuron import EditSpec
+from neva_sweep.evaluation.capability import CapabilityConfig
+from neva_sweep.evaluation.evaluator import Evaluator
 
 FIELDS = {"csr_base", "csr_edited", "alignment", "nlr", "nglr", "cwl", "accuracy_base",
           "accuracy_edited", "kl", "n_queries", "n_mc", "judge", "acquiescence", "nlr_floor"}

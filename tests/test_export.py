@@ -18,10 +18,10 @@ from omegaconf import OmegaConf
 
 import neva_sweep as nv
 from neva_sweep import export
-from neva_sweep.caa import ResidualEdit, caa_edit
 from neva_sweep.config import ConfigError
+from neva_sweep.edits.residual import ResidualEdit, caa_edit
 from neva_sweep.exporting import export_edit
-from neva_sweep.gate import gate_of
+from neva_sweep.neurons.gate import gate_of
 
 TEXTS = ["I help my neighbour carry boxes up the stairs.", "Win the match."]
 ENTRY = {"model": "tiny-llama", "value": "power"}
@@ -282,7 +282,7 @@ def sweep_dir(tmp_path, config) -> Path:
 
 
 def test_export_task(sweep_dir, tiny_host, tiny_stats, config, tmp_path, monkeypatch, capsys):
-    from neva_sweep import tasks
+    from neva_sweep import cli as tasks
 
     monkeypatch.setattr("neva_sweep.models.host.load_model", lambda cfg: tiny_host)
     monkeypatch.setattr(tasks, "stats_from_config", lambda cfg, host: tiny_stats)

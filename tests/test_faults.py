@@ -13,10 +13,10 @@ import sys
 import optuna
 import pytest
 
+from neva_sweep.cli import run
 from neva_sweep.preflight import model_n_layers, preflight
 from neva_sweep.report.build import ReportError
 from neva_sweep.sweep.plan import ConfigError
-from neva_sweep.tasks import run
 from neva_sweep.values import VALUES
 
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.capability import CapabilityConfig
+from neva_sweep.config import JudgeConfig
 from neva_sweep.data import DataError, load_records
-from neva_sweep.evaluate import Evaluator
+from neva_sweep.evaluation.capability import CapabilityConfig
+from neva_sweep.evaluation.evaluator import Evaluator
 from neva_sweep.files import atomic_path
-from neva_sweep.judges import JudgeConfig
-from neva_sweep.stats import StatsConfig, cached_stats
+from neva_sweep.neurons.stats import StatsConfig, cached_stats
 
 
 def small_evaluator(host, cache_dir) -> Evaluator:
@@ -68,7 +68,7 @@ def test_corrupt_evaluation_caches_are_recomputed(tiny_host, tiny_stats, tmp_pat
 
 
 def test_statistics_write_without_space_leaves_no_temporary(tiny_stats, tmp_path, monkeypatch):
-    import neva_sweep.stats as stats_module
+    import neva_sweep.neurons.stats as stats_module
 
     def full_disk(tensors, filename, metadata=None):
         with open(filename, "wb") as f:  # half a file, then the disk is full
@@ -84,7 +84,7 @@ def test_statistics_write_without_space_leaves_no_temporary(tiny_stats, tmp_path
 
 def test_statistics_survive_a_full_cache(tiny_host, small_probes, tmp_path, monkeypatch, caplog):
     """Collected statistics are kept for the run when the cache cannot take them."""
-    import neva_sweep.stats as stats_module
+    import neva_sweep.neurons.stats as stats_module
 
     def full_disk(tensors, filename, metadata=None):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -270,7 +270,7 @@ def sweep_run(tmp_path, tiny_stats, config):
 def run_task(monkeypatch, tiny_host, tiny_stats, cfg, out):
     """A CLI task on the entry's model (tiny_host) with tiny_stats as current statistics."""
     import neva_sweep.models.host
-    from neva_sweep import tasks
+    from neva_sweep import cli as tasks
 
     def load_model(model_cfg):
         return tiny_host
@@ -282,9 +282,9 @@ def run_task(monkeypatch, tiny_host, tiny_stats, cfg, out):
 
 
 def test_best_edits_record_what_each_edit_was_built_from(sweep_run, tiny_stats, config):
+    from neva_sweep.cli import stats_inputs_hash_of
     from neva_sweep.files import sha256_file
-    from neva_sweep.stats import stats_inputs_hash
-    from neva_sweep.tasks import stats_inputs_hash_of
+    from neva_sweep.neurons.stats import stats_inputs_hash
 
     (entry,) = json.loads((sweep_run / "best_edits.json").read_text())["edits"]
     assert entry["neurons_sha256"] == sha256_file(sweep_run / entry["neurons"])
@@ -381,7 +381,7 @@ def short_host() -> nv.ModelHost:
 
 
 def test_scored_prompts_past_the_context_keep_their_end_with_a_warning(short_host, caplog):
-    from neva_sweep.scoring import (
+    from neva_sweep.evaluation.scoring import (
         continuation_logprobs,
         next_token_logprobs,
         option_logprobs,
@@ -407,7 +407,7 @@ def test_scored_prompts_past_the_context_keep_their_end_with_a_warning(short_hos
 
 
 def test_generation_past_the_context_is_refused_naming_the_limit(short_host):
-    from neva_sweep.scoring import greedy_generate
+    from neva_sweep.evaluation.scoring import greedy_generate
 
     with pytest.raises(ValueError, match=r"^a prompt has \d+ tokens \+ 4 new, more than the "
                                          "32-token context of model 'tiny-gpt2-short'; shorten"):
@@ -483,8 +483,8 @@ def test_an_applied_edit_can_be_entered_again_but_not_inside_itself(tiny_host, t
 
 
 def test_a_prompt_longer_than_the_context_is_named(tiny_host):
+    from neva_sweep.cli import check_prompt_fits
     from neva_sweep.config import ConfigError
-    from neva_sweep.tasks import check_prompt_fits
 
     check_prompt_fits(tiny_host, "I help my neighbour.", 16)
     with pytest.raises(ConfigError, match=r"prompt: \d+ tokens \(with the chat template\) plus "

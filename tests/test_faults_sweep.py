@@ -12,7 +12,7 @@ from neva_sweep.sweep.plan import StudyKey
 
 def test_a_study_without_complete_trials_or_mostly_failed_fails_the_sweep(config, monkeypatch,
                                                                           capsys):
-    from neva_sweep import tasks
+    from neva_sweep import cli as tasks
     from neva_sweep.sweep.run import SweepFailed, failed_studies
     from neva_sweep.sweep.studies import StudyState
 
@@ -56,7 +56,7 @@ def test_a_storage_that_refuses_writes_is_one_line(config, monkeypatch, capsys):
     """Optuna's StorageInternalError (here: SQLite's disk full) ends the run in one line."""
     import sqlite3
 
-    from neva_sweep import tasks
+    from neva_sweep import cli as tasks
 
     def run(cfg, out):
         try:

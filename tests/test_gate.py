@@ -1,4 +1,4 @@
-"""The value-relevance gate (neva_sweep/gate.py) on tiny random models: its probe, the
+"""The value-relevance gate (neva_sweep/neurons/gate.py) on tiny random models: its probe, the
 pre-pass, and gated neuron and residual edits through every scoring path."""
 
 from __future__ import annotations
@@ -9,10 +9,17 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.caa import caa_edit
 from neva_sweep.config import ConfigError
 from neva_sweep.data import load_records, neutral_split
-from neva_sweep.gate import (
+from neva_sweep.edits.residual import caa_edit
+from neva_sweep.evaluation.scoring import (
+    continuation_logprobs,
+    greedy_generate,
+    next_token_logprobs,
+    option_logprobs,
+)
+from neva_sweep.models.arch import residual_sites
+from neva_sweep.neurons.gate import (
     _SUSPENDED,
     GATE_VALUE,
     Gate,
@@ -25,14 +32,7 @@ from neva_sweep.gate import (
     row_values,
     value_gate_accuracy,
 )
-from neva_sweep.models.arch import residual_sites
-from neva_sweep.scoring import (
-    continuation_logprobs,
-    greedy_generate,
-    next_token_logprobs,
-    option_logprobs,
-)
-from neva_sweep.stats import NEUTRAL, NeuronStats, merge
+from neva_sweep.neurons.stats import NEUTRAL, NeuronStats, merge
 from neva_sweep.values import N_VALUES, VALUES
 
 PROMPTS = ["I always help my neighbours when they need it.", "Paris is in France.",

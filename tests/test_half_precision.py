@@ -22,14 +22,13 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.capability import CapabilityConfig
-from neva_sweep.config import compose_config
+from neva_sweep.config import JudgeConfig, compose_config
 from neva_sweep.data import ProbeSet
-from neva_sweep.edit import RULES, NeuronEdit, edit_rows
-from neva_sweep.evaluate import Evaluator
-from neva_sweep.judges import JudgeConfig
+from neva_sweep.edits.neuron import RULES, NeuronEdit, edit_rows
+from neva_sweep.evaluation.capability import CapabilityConfig
+from neva_sweep.evaluation.evaluator import Evaluator
 from neva_sweep.models.host import DTYPES, ModelHost, host_from_model
-from neva_sweep.stats import StatsConfig, collect_stats
+from neva_sweep.neurons.stats import StatsConfig, collect_stats
 from neva_sweep.sweep import worker
 from neva_sweep.sweep.run import eval_setup
 

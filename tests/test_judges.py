@@ -7,13 +7,15 @@ import pytest
 import torch
 
 import neva_sweep as nv
+from neva_sweep.config import JudgeConfig
 from neva_sweep.data import load_records
-from neva_sweep.edit import EditSpec
-from neva_sweep.evaluate import DATA_KINDS
-from neva_sweep.judges import JUDGES, JudgeConfig, LexiconJudge, make_judge
-from neva_sweep.scoring import (
+from neva_sweep.edits.group import encode
+from neva_sweep.edits.neuron import EditSpec
+from neva_sweep.evaluation.evaluator import DATA_KINDS
+from neva_sweep.evaluation.judges.base import JUDGES, make_judge
+from neva_sweep.evaluation.judges.lexicon import LexiconJudge
+from neva_sweep.evaluation.scoring import (
     continuation_logprobs,
-    encode,
     greedy_generate,
     next_token_logprobs,
     option_logprobs,
@@ -89,7 +91,7 @@ def test_prefix_cached_option_scores_equal_naive(arch, positions, small_probes) 
     """One prompt forward + a cached batch of options == full prompt+option forwards, for
     every architecture, with left padding (prompts of different lengths) and per-row edits
     of every kind."""
-    from neva_sweep.caa import prompt_spec
+    from neva_sweep.edits.residual import prompt_spec
 
     host = nv.load_model(arch)
     nmap = nv.select_neurons(nv.collect_stats(host, small_probes.shard(0, 3), progress=False),
@@ -183,7 +185,7 @@ def test_greedy_generate_per_row_edits(tiny_host, edits) -> None:
 def test_forced_choice_on_both_ends(tiny_host, edits) -> None:
     """ends=both: E = (softmax(most) - softmax(least) + 1) / 2 from the two questions'
     option scores; a shift of a value's options under both questions alike cancels."""
-    from neva_sweep.judges import ForcedChoiceJudge, softmax
+    from neva_sweep.evaluation.judges.forced_choice import ForcedChoiceJudge, softmax
 
     both, most = judge("forced_choice", ends="both"), judge("forced_choice")
     assert both.key() != most.key() and "least_question" in both.key()
@@ -211,7 +213,7 @@ def test_forced_choice_reads_one_split(tiny_host) -> None:
     """The built-in file holds both splits: a judge given the whole file reads the search
     split; the evaluator passes one split's records."""
     from neva_sweep.data import split_rows
-    from neva_sweep.evaluate import of_split
+    from neva_sweep.evaluation.evaluator import of_split
 
     recs = records()
     j = make_judge(JudgeConfig(name="forced_choice"), recs)

@@ -1,4 +1,4 @@
-"""neva_sweep.lexical, and the independence of the built-in evaluation splits."""
+"""neva_sweep.evaluation.lexical, and the independence of the built-in evaluation splits."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from neva_sweep.data import load_probes, load_records, load_scenarios, split_rows
-from neva_sweep.lexical import (
+from neva_sweep.evaluation.lexical import (
     NEIGHBOUR_THRESHOLD,
     max_cross_similarity,
     naive_bayes_leak,

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.caa import caa_edit
-from neva_sweep.edit import Editor
-from neva_sweep.lm_eval_adapter import N_SAMPLES, lm_eval_drop, lm_eval_scores
-from neva_sweep.prompting import prompt_edit
+from neva_sweep.edits.neuron import Editor
+from neva_sweep.edits.prompt import prompt_edit
+from neva_sweep.edits.residual import caa_edit
+from neva_sweep.evaluation.lm_eval_adapter import N_SAMPLES, lm_eval_drop, lm_eval_scores
 from tests.test_edit import n_hooks
 
 TASK_DIR = Path(__file__).parent / "lm_eval_task"
@@ -151,7 +151,7 @@ def test_evaluate_with_a_caa_best_edit_scores_lm_eval_with_it(tiny_host, task_di
     lm-eval side runs the chosen edit at its own positions."""
     from omegaconf import OmegaConf
 
-    from neva_sweep import tasks
+    from neva_sweep import cli as tasks
     from tests.conftest import compose_config
 
     # the entry's model (tasks import load_model when they run)

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.caa import PromptSpec, ResidualSpec
-from neva_sweep.edit import EditSpec
-from neva_sweep.gate import gate_of
+from neva_sweep.edits.neuron import EditSpec
+from neva_sweep.edits.residual import PromptSpec, ResidualSpec
+from neva_sweep.evaluation.scoring import next_token_logprobs
+from neva_sweep.methods import METHODS
 from neva_sweep.models.arch import residual_sites
-from neva_sweep.scoring import next_token_logprobs
-from neva_sweep.sweep import METHODS, best_edit_spec
+from neva_sweep.neurons.gate import gate_of
+from neva_sweep.sweep import best_edit_spec
 
 # Per method: parameters of a strong edit, and the key that sets its strength to zero.
 PARAMS = {
@@ -235,7 +236,7 @@ def test_best_edit_entries_rebuild_with_defaults_for_absent_params(name, tiny_st
         assert same(best_edit_spec({**entry, "neurons": str(path)}), edit)
 
 
-# -- the hooked methods again, gated (neva_sweep/gate.py) -----------------------------------
+# -- the hooked methods again, gated (neva_sweep/neurons/gate.py) ----------------------------------
 GATED = ("neva", "random_neurons", "diffmean", "caa_pairs")  # prompt edits take no gate
 GATES = ("context", "value")  # every gate but none
 
@@ -281,10 +282,10 @@ def test_neva_search_space_never_samples_an_edit_it_refuses(tiny_stats) -> None:
     """polarity=both with rule set or an unsigned score is refused by make_edit, so the
     space draws polarity only where both is buildable; every sampled trial builds."""
     import optuna
+    from omegaconf import OmegaConf
 
     from neva_sweep.config import SearchSpace
     from neva_sweep.sweep.studies import make_sampler
-    from omegaconf import OmegaConf
 
     space = SearchSpace(sparsity=[0.01, 0.9], rules=["add", "set"], scores=["mean_diff", "lape"],
                         polarities=["positive", "both"], gates=["none"])

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from neva_sweep.metrics import (
+from neva_sweep.evaluation.metrics import (
     alignment,
     bootstrap_ci,
     circumplex_test,

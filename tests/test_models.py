@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.edit import EditSpec, edit_rows
+from neva_sweep.edits.neuron import EditSpec, edit_rows
 from neva_sweep.models import ARCHITECTURES, TINY_CONFIGS, UnsupportedArchitecture
-from neva_sweep.select import ValueNeurons
+from neva_sweep.neurons.selection import ValueNeurons
 from tests.conftest import capture_site_inputs
 
 

@@ -1,4 +1,4 @@
-"""Dose-matched null edits (neva_sweep/nulls.py) on tiny random models: tiny-llama
+"""Dose-matched null edits (neva_sweep/methods/nulls.py) on tiny random models: tiny-llama
 (nn.Linear down-projections) and tiny-gpt2 (Conv1D, weight stored transposed)."""
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.caa import ResidualEdit, caa_edit
-from neva_sweep.edit import RULES, NeuronEdit
-from neva_sweep.gate import gate_of
-from neva_sweep.models.identity import ModelId
-from neva_sweep.nulls import (
+from neva_sweep.edits.neuron import RULES, NeuronEdit
+from neva_sweep.edits.prompt import prompt_edit
+from neva_sweep.edits.residual import ResidualEdit, caa_edit
+from neva_sweep.methods.nulls import (
     activation_quadrature,
     dose_matched,
     dose_matched_nulls,
@@ -22,9 +21,10 @@ from neva_sweep.nulls import (
     residual_change,
     z_score,
 )
-from neva_sweep.prompting import prompt_edit
-from neva_sweep.select import ValueNeurons
-from neva_sweep.stats import layer_offsets
+from neva_sweep.models.identity import ModelId
+from neva_sweep.neurons.gate import gate_of
+from neva_sweep.neurons.selection import ValueNeurons
+from neva_sweep.neurons.stats import layer_offsets
 
 VALUE = "power"
 MAGNITUDE = 3.0

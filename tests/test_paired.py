@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neva_sweep.paired import compare_values, holm, p_two_sided, paired_bootstrap
+from neva_sweep.evaluation.paired import compare_values, holm, p_two_sided, paired_bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,8 @@ import torch
 import neva_sweep as nv
 from neva_sweep.data import DataError, Pair, ProbeSet, load_pairs, load_probes, load_records
 from neva_sweep.models.arch import residual_sites
-from neva_sweep.pairs import PAIR_FIELDS, answer_texts
-from neva_sweep.stats import NeuronStats, StatsConfig, concat, merge, select_columns
+from neva_sweep.neurons.pairs import PAIR_FIELDS, answer_texts
+from neva_sweep.neurons.stats import NeuronStats, StatsConfig, concat, merge, select_columns
 from neva_sweep.values import N_VALUES, VALUES
 from tests.conftest import capture_site_inputs
 

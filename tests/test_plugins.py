@@ -13,15 +13,15 @@ import textwrap
 import pytest
 
 from neva_sweep.config import ConfigError
+from neva_sweep.neurons.selection import NeuronMap
 from neva_sweep.plugins import load_plugins
-from neva_sweep.select import NeuronMap
 
 PLUGIN = textwrap.dedent('''
     """A user's plugin: NeVA that always edits twice its configured sparsity."""
     import os
     from pathlib import Path
 
-    from neva_sweep.sweep.methods import METHODS, NeVA
+    from neva_sweep.methods import METHODS, NeVA
 
     # every process that imports the plugin leaves its pid (driver and actors)
     Path(os.environ["PLUGIN_MARKS"], str(os.getpid())).touch()

@@ -291,19 +291,19 @@ def test_guide_commands_compose(monkeypatch):
     for command in commands:
         argv = cli(command)[3:]  # after python -m neva_sweep
         cfg = compose_config(*[a for a in argv if not a.startswith("hydra.")])
-        from neva_sweep.tasks import TASKS
+        from neva_sweep.cli import TASKS
 
         assert cfg.task in TASKS, command
 
 
 # -- the facts the README states -------------------------------------------------------------
 def test_readme_facts_match_the_code():
+    from neva_sweep.methods import METHODS
     from neva_sweep.models.registry import EMBEDDED_GGUF
-    from neva_sweep.sweep.methods import METHODS
 
     text = " ".join(README.read_text().split())
     assert "Q4_1" in EMBEDDED_GGUF and "de-quantised from a Q4_1 GGUF file" in text
-    from neva_sweep.tasks import TASKS
+    from neva_sweep.cli import TASKS
 
     for name in [*METHODS.names(), *TASKS.names()]:  # every method and task is named
         assert f"`{name}`" in text, name

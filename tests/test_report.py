@@ -17,7 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from neva_sweep.config import SearchConfig
-from neva_sweep.metrics import cwl, nglr, nlr
+from neva_sweep.evaluation.metrics import cwl, nglr, nlr
 from neva_sweep.report import build_report, load_run
 from neva_sweep.sweep.outputs import Outputs
 from neva_sweep.sweep.plan import ModelEntry, StudyKey

@@ -11,12 +11,12 @@ import torch
 
 import neva_sweep as nv
 from neva_sweep.config import StatsConfig
-from neva_sweep.edit import POSITIONS, NeuronEdit, edit_rows
-from neva_sweep.gate import gate_of
-from neva_sweep.nulls import activation_quadrature, expected_change, mean_activation
-from neva_sweep.select import ValueNeurons
-from neva_sweep.stats import layer_offsets
-from neva_sweep.strength import neuron_magnitude, neuron_strength
+from neva_sweep.edits.neuron import POSITIONS, NeuronEdit, edit_rows
+from neva_sweep.methods.nulls import activation_quadrature, expected_change, mean_activation
+from neva_sweep.methods.strength import neuron_magnitude, neuron_strength
+from neva_sweep.neurons.gate import gate_of
+from neva_sweep.neurons.selection import ValueNeurons
+from neva_sweep.neurons.stats import layer_offsets
 from tests.conftest import capture_site_inputs
 
 CONDITIONED = ("set", "gate_neuron")

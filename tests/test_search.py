@@ -21,9 +21,14 @@ import torch
 from optuna.trial import TrialState
 
 import neva_sweep as nv
-from neva_sweep.capability import CapabilityConfig, base_distribution, mean_kl, neutral_texts
 from neva_sweep.data import load_records
-from neva_sweep.strength import neuron_magnitude, neuron_strength
+from neva_sweep.evaluation.capability import (
+    CapabilityConfig,
+    base_distribution,
+    mean_kl,
+    neutral_texts,
+)
+from neva_sweep.methods.strength import neuron_magnitude, neuron_strength
 from neva_sweep.sweep.calibrate import (
     bisect_dose,
     calibrate_edit,

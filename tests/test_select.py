@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.select import NeuronMap, lape_score, mean_diff_score, prob_diff_score
-from neva_sweep.stats import NeuronStats
+from neva_sweep.neurons.selection import NeuronMap, lape_score, mean_diff_score, prob_diff_score
+from neva_sweep.neurons.stats import NeuronStats
 from neva_sweep.values import N_VALUES, VALUES
 
 
@@ -61,7 +61,7 @@ def test_top_k_by_sparsity_window_and_exclusivity(tiny_stats):
 
 
 def test_edit_quantities_carried_by_the_map(tiny_stats):
-    from neva_sweep.stats import rest_stats
+    from neva_sweep.neurons.stats import rest_stats
 
     vn = nv.select_neurons(tiny_stats, "security", sparsity=0.05)["security"]
     t = VALUES.index("security")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.stats import (
+from neva_sweep.neurons.stats import (
     StatsConfig,
     cached_stats,
     concat,

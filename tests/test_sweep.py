@@ -24,15 +24,16 @@ from optuna.trial import TrialState
 from ray import cloudpickle
 
 import neva_sweep as nv
+from neva_sweep.builders import stats_from_config
+from neva_sweep.cli import run as run_task
+from neva_sweep.methods.neva import NeVA
+from neva_sweep.report import build_report
 from neva_sweep.sweep import ConfigError, SweepFailed, load_best_edit, run_sweep, worker
-from neva_sweep.sweep.methods import NeVA
 from neva_sweep.sweep.outputs import best_edit_spec
 from neva_sweep.sweep.plan import ModelEntry, Resources, make_plan, replica_counts
 from neva_sweep.sweep.run import eval_setup
 from neva_sweep.sweep.studies import STALE_ERROR, open_storage
 from neva_sweep.sweep.worker import prepare, run_trials
-from neva_sweep.tasks import run as run_task
-from neva_sweep.tasks import stats_from_config
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -58,7 +59,7 @@ class Explode(NeVA):
 
 def register_test_methods() -> None:
     # Imported here: sent by value, a global would be a copy of the registry, not the module's.
-    from neva_sweep.sweep.methods import METHODS
+    from neva_sweep.methods import METHODS
 
     if "explode" not in METHODS:
         METHODS.register("explode", Explode())
@@ -161,7 +162,7 @@ def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sw
                                                               tmp_path, capsys, caplog):
     run = tmp_path / "run"
     run_sweep(sweep_cfg("logger=wandb_offline", "search.trials_per_batch=2",
-                        "search.test_nulls=2"), run)
+                        "search.test_nulls=2"), run, report=build_report)
     rows = trials(run)
     assert len(rows) == 6 and {r["state"] for r in rows} == {"COMPLETE"}
     for col in ("model", "value", "method", "trial", "state", "sparsity", "magnitude", "rule",
@@ -423,7 +424,7 @@ def test_pareto_and_best_edit_rule(config):
 def test_suppression_budget_rejects_an_edit_that_breaks_the_value_laden_prompts(config):
     """A gated edit can leave neutral text alone (KL ~ 0) while lowering every option's
     log-probability on the scenarios; experiment=methods budgets that fall."""
-    from neva_sweep.metrics import suppression
+    from neva_sweep.evaluation.metrics import suppression
     from neva_sweep.sweep.front import budgets, is_feasible
 
     limits = budgets(config("experiment=methods").search)

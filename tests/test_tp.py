@@ -15,11 +15,11 @@ import torch
 from ray import cloudpickle
 
 import neva_sweep as nv
-from neva_sweep.edit import EditSpec, edit_rows
+from neva_sweep.edits.neuron import EditSpec, edit_rows
 from neva_sweep.models.tp import load_tp_host
-from neva_sweep.replica import Replica
-from neva_sweep.select import ValueNeurons
-from neva_sweep.stats import StatsConfig
+from neva_sweep.neurons.selection import ValueNeurons
+from neva_sweep.neurons.stats import StatsConfig
+from neva_sweep.sweep.replica import Replica
 
 # The shard actors cannot import this test module: send its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -209,7 +209,7 @@ def test_sharding_without_deepspeed_names_the_extra(monkeypatch):
 
 
 def _push_and_null(host, edit, stats):
-    from neva_sweep.nulls import dose_matched, edit_push
+    from neva_sweep.methods.nulls import dose_matched, edit_push
 
     null = dose_matched(host, edit, stats, seed=4)
     return edit_push(host, edit, stats), null.neurons.index, edit_push(host, null, stats)
@@ -218,7 +218,7 @@ def _push_and_null(host, edit, stats):
 def test_push_and_dose_matched_null_match_tp1(tp1, tp2, specs, tiny_stats):
     """nulls.edit_push sums each rank's part of the residual change (one all-reduce) and
     dose_matched draws the same neurons on every rank: tp=2 (64 + 32) equals tp=1."""
-    from neva_sweep.edit import NeuronEdit
+    from neva_sweep.edits.neuron import NeuronEdit
 
     for edit in (specs[0], NeuronEdit(specs[0].neurons, "scale", 2.0)):
         (ref_push, ref_idx, ref_null), = ray.get(tp1.call_all(_push_and_null, edit, tiny_stats))

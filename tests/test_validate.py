@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from neva_sweep.capability import CapabilityConfig
+from neva_sweep.config import JudgeConfig
 from neva_sweep.data import load_records
-from neva_sweep.evaluate import Evaluator
-from neva_sweep.judges import JudgeConfig
-from neva_sweep.validate import (
+from neva_sweep.evaluation.capability import CapabilityConfig
+from neva_sweep.evaluation.evaluator import Evaluator
+from neva_sweep.evaluation.judge_validity import (
     CONTROLS,
     MAX_CONTROL_RAISED,
     VALID_MIN_DETECTED,
@@ -138,7 +138,7 @@ def test_control_prompts_name_the_value_or_nothing() -> None:
 
 
 def validate_prompt_text(value: str) -> str:
-    from neva_sweep.caa import PROMPT_STRENGTHS, prompt_spec
+    from neva_sweep.edits.residual import PROMPT_STRENGTHS, prompt_spec
 
     return prompt_spec(value, max(PROMPT_STRENGTHS)).text.strip()
 

@@ -9,9 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from neva_sweep.config import ConfigError
-from neva_sweep.sweep.logging import WandbLogger
 from neva_sweep.sweep.plan import StudyKey, check_logger
 from neva_sweep.sweep.scheduler import Outcome
+from neva_sweep.sweep.tracking import WandbLogger
 
 
 def test_offline_run_holds_step_metrics_scatters_and_the_report(tmp_path):

@@ -6,7 +6,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from neva_sweep.sweep.methods import METHODS
+from neva_sweep.methods import METHODS
 from neva_sweep.sweep.plan import StudyKey
 from neva_sweep.sweep.studies import StudyState
 from neva_sweep.sweep.warm import fit_space, warm_start

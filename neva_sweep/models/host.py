@@ -25,6 +25,7 @@ import torch.nn as nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
 from ..config import ConfigError
+from ..export import module_device  # one definition; export.py stays standalone
 from .arch import neuron_sites, site_width
 from .identity import fingerprint
 from .registry import MODELS, dispatch
@@ -65,22 +66,6 @@ def check_device_map(device_map: Any, tp_size: int = 1, where: str = "") -> None
             isinstance(dev, str) and _MAP_DEVICE.fullmatch(dev))
         if not ok:
             raise ConfigError(f"model.device_map: module {name!r} on {dev!r}{at}; {valid}")
-
-
-def module_device(module: nn.Module) -> torch.device:
-    """The device ``module`` computes on: accelerate's execution device when a device map
-    dispatched it (its weights may then sit offloaded on ``meta``), else its first
-    parameter's (or buffer's) device, else the CPU."""
-    hook = getattr(module, "_hf_hook", None)
-    for h in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
-        dev = getattr(h, "execution_device", None)
-        if dev is not None:
-            return torch.device(dev)
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 @dataclass

@@ -5,8 +5,8 @@ on the *same* inputs in the same order. Each rank holds a contiguous slice of ev
 layer's MLP neurons (``host.neuron_slices``) and of the attention heads; the
 down-projections all-reduce their outputs, so every rank ends a forward pass with the
 full hidden states and full logits. Statistics hooks and edit hooks on a rank only see
-(and only touch) that rank's neurons; :func:`neva_sweep.stats.concat` joins per-rank
-statistics, and :mod:`neva_sweep.edit` maps global neuron ids to local ones through
+(and only touch) that rank's neurons; :func:`neva_sweep.neurons.stats.concat` joins per-rank
+statistics, and :mod:`neva_sweep.edits.neuron` maps global neuron ids to local ones through
 ``neuron_slices``. A rank that skips or reorders a forward pass deadlocks the others.
 
 Shard widths may be uneven (DeepSpeed splits MLP widths in grains of 64 and gives the

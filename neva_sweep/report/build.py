@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .figures import make_figures
-from .html import write_html
 from .load import Run, load_run
+from .page import write_html
 from .tables import make_tables
 
 

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..metrics import METRICS as SCHEMA
-from ..metrics import scalar_metrics
-from ..select import NeuronMap
+from ..evaluation.metrics import METRICS as SCHEMA
+from ..evaluation.metrics import scalar_metrics
+from ..neurons.selection import NeuronMap
 from ..sweep.front import (
     DEFAULT_BEST_MAX_NLR,
     DEFAULT_OBJECTIVES,

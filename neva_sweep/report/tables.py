@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..metrics import scalar_metrics
+from ..evaluation.metrics import scalar_metrics
 from .load import Run, feasible, is_complete, num
 
 PARAMS = ("sparsity", "magnitude", "rule", "score", "positions", "layer_window")

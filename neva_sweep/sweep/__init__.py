@@ -1,15 +1,17 @@
 """Distributed sweeps: Optuna studies per (model, value, method) on Ray model replicas.
 
-Stages, one file each: ``plan`` (config checks, models, study keys), ``methods``
-(what a trial searches and how it becomes an edit), ``studies`` (Optuna storage,
-samplers, constraints), ``cluster`` (Ray, replicas, statistics once per model),
+Stages, one file each: ``plan`` (config checks, models, study keys), ``studies``
+(Optuna storage, samplers, constraints), ``cluster`` (Ray, replicas, statistics once per
+model), ``replica`` (the Ray actor hosting a model shard),
 ``worker`` (the trial function on the actors), ``scheduler`` (the ask/tell driver),
 ``front`` (feasibility, Pareto fronts, the best-edit rule and trials rows, on plain data:
 shared with the report), ``outputs`` (trials.csv, pareto.json, best_edits.json),
-``logging`` (W&B), ``warm`` (the first trials of fresh studies) and ``run`` (``task=sweep``).
+``tracking`` (W&B and the other loggers), ``warm`` (the first trials of fresh studies) and ``run``
+(``task=sweep``).
 
-The methods are registered on import; the driver's modules (and Ray) load on first use
-of the names below, so the report can use ``front`` without them.
+What a trial searches and how it becomes an edit: :mod:`neva_sweep.methods`. The driver's
+modules (and Ray) load on first use of the names below, so the report can use ``front``
+without them.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import baselines  # noqa: F401,I001  (registers the baselines: random_neurons, diffmean, caa_pairs, prompt)
-from .methods import METHODS, Method
+from ..methods import METHODS, Method  # re-exported: plug-ins written for 0.1 import them here
 
 _LAZY = {"ConfigError": "plan", "make_plan": "plan", "Outcome": "scheduler",
          "Scheduler": "scheduler", "SweepResult": "run", "SweepFailed": "run",

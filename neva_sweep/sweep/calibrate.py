@@ -1,7 +1,7 @@
 """Calibrated search ranges: where a method's edit reaches the capability budget.
 
 Before a study's first trial, the actors of its model bisect the method's *dose* (its
-scaled ``strength``, neva_sweep/strength.py) at a reference setting of the other
+scaled ``strength``, neva_sweep/methods/strength.py) at a reference setting of the other
 parameters until the edit's mean KL(base || edited) on the trials' neutral texts equals the
 budget (``search.max_kl``, or ``search.calibration.kl`` when that is unset). The study then
 searches ``strength`` log-uniformly in ``[d* x span[0], d* x span[1]]`` around that dose
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .methods import METHODS, window_label
+from ..methods.base import METHODS, window_label
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def calibrate_edit(host: Any, stats: Any, texts: list[str], cap: Any, job: dict[
                    ) -> Calibration:
     """Bisect one job's dose on ``host`` (:func:`calibration_job` describes the job): the
     strength at which the method's edit moves ``texts`` by the job's KL budget."""
-    from ..capability import base_distribution, mean_kl
+    from ..evaluation.capability import base_distribution, mean_kl
 
     batch = max(1, cap.batch_size // 2)
     base = base_distribution(host, texts, cap.kl_top_k, batch)

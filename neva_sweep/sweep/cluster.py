@@ -2,7 +2,7 @@
 
 ``cluster=local`` starts a private Ray instance in this process (``address="local"``,
 never joining another process's cluster); ``cluster=ray`` connects to a running one.
-Each model gets ``replicas_per_model`` :class:`~neva_sweep.replica.Replica` s; the
+Each model gets ``replicas_per_model`` :class:`~neva_sweep.sweep.replica.Replica` s; the
 scheduler sees each as a :class:`ReplicaWorker`.
 """
 
@@ -19,10 +19,10 @@ import ray
 from omegaconf import DictConfig
 
 from ..data import ProbeSet
+from ..neurons.stats import NeuronStats, StatsConfig, cache_key, load_cached, merge
 from ..plugins import plugins_env
-from ..replica import Replica
-from ..stats import NeuronStats, StatsConfig, cache_key, load_cached, merge
 from .plan import ModelEntry, Resources
+from .replica import Replica
 from .worker import EvalSetup, StatsBox, prepare, run_trials
 
 # Environment the shard processes need from the driver's (read at import time there).

@@ -9,7 +9,7 @@ metrics are plain mappings (a trial's user attributes, a trials.csv row, an eval
 
 - **Feasible**: every constrained metric within its budget. Budgets are the search
   config's ``max_<metric>`` entries for the metrics the schema lets be constraints
-  (:func:`neva_sweep.metrics.constraint_metrics`; ``search.max_accuracy_drop``,
+  (:func:`neva_sweep.evaluation.metrics.constraint_metrics`; ``search.max_accuracy_drop``,
   ``search.max_kl``, ...); a metric that was not measured constrains nothing.
 - **Pareto front**: the items no other item dominates on ``search.objectives``.
 - **Best edit**: among a study's feasible Pareto trials, the one with the highest
@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ..metrics import all_metrics, constraint_metrics, scalar_metrics
+from ..evaluation.metrics import all_metrics, constraint_metrics, scalar_metrics
 from ..values import VALUES
 
 T = TypeVar("T")

@@ -2,7 +2,7 @@
 regenerates them from every trial of its studies):
 
 - ``trials.csv``: one row per trial (model, value, method, study, trial, state, the
-  method's parameters, every metric of the schema in :mod:`neva_sweep.metrics`,
+  method's parameters, every metric of the schema in :mod:`neva_sweep.evaluation.metrics`,
   csr_<value> and csr_base_<value>, feasibility, duration, replica, error).
 - ``pareto.json``: per (model, value, method) the Pareto-optimal COMPLETE trials among
   those meeting the constraints (``search.max_<metric>`` budgets: ``max_accuracy_drop``,
@@ -11,7 +11,7 @@ regenerates them from every trial of its studies):
   parameters ``task=steer``/``task=evaluate`` need (``best_edits=PATH``), its metrics,
   and its selected neurons saved under ``best_edits/<model>/<value>-<method>.safetensors``.
   Each edit records what it was built from, so that loading it reproduces it or says why
-  not: ``stats_hash`` (:func:`neva_sweep.stats.inputs_hash` of the probe data and the
+  not: ``stats_hash`` (:func:`neva_sweep.neurons.stats.inputs_hash` of the probe data and the
   statistics config) and ``neurons_sha256`` (of its neurons file, when it has one).
 
 Feasibility, the Pareto front, the best-edit rule and the rows are those of
@@ -32,12 +32,13 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config import ConfigError
-from ..edit import NeuronEdit
-from ..edits import EditKind
+from ..edits.kind import EditKind
+from ..edits.neuron import NeuronEdit
 from ..files import atomic_path, sha256_file, write_text_atomic
-from ..gate import gate_of
-from ..select import NeuronMap
-from ..stats import NeuronStats, stats_inputs_hash
+from ..methods.base import METHODS, resolve_magnitude
+from ..neurons.gate import gate_of
+from ..neurons.selection import NeuronMap
+from ..neurons.stats import NeuronStats, stats_inputs_hash
 from .front import (
     BEST_RULE,
     budgets,
@@ -48,7 +49,6 @@ from .front import (
     trial_row,
     trial_summary,
 )
-from .methods import METHODS, resolve_magnitude
 from .plan import ModelEntry, StudyKey
 from .studies import StudyState, heldout_attr, heldout_columns
 

@@ -19,14 +19,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from ..config import GATES, ClusterConfig, ConfigError, ModelConfig, load_group_option
-from ..edit import ONE_SIDED_RULES, POSITIONS, RULES
-from ..judges import JUDGES
-from ..metrics import METRICS, constraint_metrics, objective_metrics
+from ..edits.neuron import ONE_SIDED_RULES, POSITIONS, RULES
+from ..edits.prompt import PROMPT_STRENGTHS
+from ..evaluation.judges.base import JUDGES
+from ..evaluation.metrics import METRICS, constraint_metrics, objective_metrics
+from ..methods.base import METHODS
 from ..models.host import DTYPES
-from ..prompting import PROMPT_STRENGTHS
-from ..select import POLARITIES, SCORES, SIGNED_SCORES
+from ..neurons.selection import POLARITIES, SCORES, SIGNED_SCORES
 from ..values import VALUES
-from .methods import METHODS
 from .pruning import PRUNERS
 
 DIRECTIONS = ("maximize", "minimize")

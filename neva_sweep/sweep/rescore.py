@@ -3,7 +3,7 @@
 After the search, each study's chosen trial (:meth:`~.outputs.Outputs.chosen`) that has
 no held-out score yet is evaluated on the ``test`` split of the scenarios and neutral
 texts, with ``search.test_nulls`` dose-matched random edits beside it
-(:func:`~.worker.score_heldout`, :mod:`neva_sweep.heldout`). Scores go to the study's
+(:func:`~.worker.score_heldout`, :mod:`neva_sweep.evaluation.heldout`). Scores go to the study's
 user attributes (``test:<trial>``), so a resumed sweep re-scores only a chosen edit that
 changed, and best_edits.json (``test``) and trials.csv (``test_<metric>``) are written
 from the storage like everything else.

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,17 +22,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from ..capability import CapabilityConfig
-from ..config import DataConfig
-from ..judges import JudgeConfig
+from ..builders import stats_settings
+from ..config import DataConfig, JudgeConfig
+from ..evaluation.capability import CapabilityConfig
+from ..neurons.stats import stats_inputs_hash
 from ..redact import redact
-from ..stats import stats_inputs_hash
-from ..tasks import stats_settings
 from .calibration_pass import calibrate_studies
 from .cluster import ReplicaWorker, model_stats, ray_session, start_replicas
 from .identity import check_identity
 from .lock import run_lock
-from .logging import SweepLogger, make_logger
 from .outputs import Outputs
 from .phases import phase
 from .plan import (
@@ -46,6 +45,7 @@ from .plan import (
 from .rescore import has_test_split, pending, rescore
 from .scheduler import Interrupted, Scheduler, reclaim_sigterm, sigterm_stops
 from .studies import StudyState, fail_stale_trials, open_storage, open_studies
+from .tracking import SweepLogger, make_logger
 from .warm import warm_start
 from .worker import EvalSetup
 
@@ -59,10 +59,14 @@ class SweepResult:
     paths: dict[str, Path]
 
 
-def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> SweepResult:
+def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=(),
+              report: Callable[[Path], Path] | None = None) -> SweepResult:
     """Run (or resume) the sweep ``cfg`` describes, writing its files into ``run_dir``.
 
     ``callbacks`` get every told trial (:class:`~neva_sweep.sweep.scheduler.Outcome`).
+    ``report(run_dir)``: a view of the written files (``task=sweep`` passes
+    :func:`neva_sweep.report.build_report`), built before the logger closes so that it
+    is logged too; its failure is a warning, never the sweep's.
     Ctrl-C raises :class:`~neva_sweep.sweep.scheduler.Interrupted` (a KeyboardInterrupt)
     after the files are written; SIGTERM takes the same path and ends in
     ``SystemExit(143)``, as a terminated process should. Another live driver on the same
@@ -81,7 +85,7 @@ def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> SweepResult
             stale = fail_stale_trials(states, lock)  # only now: no live driver owns them
             if stale:
                 log.warning("marked %d trial(s) left RUNNING by a stopped driver as FAIL", stale)
-            paths = _drive(cfg, plan, run_dir, states, callbacks)
+            paths = _drive(cfg, plan, run_dir, states, callbacks, report)
     except Interrupted as e:
         if e.signum != signal.SIGTERM:
             raise
@@ -122,7 +126,7 @@ def failed_studies(states: list[StudyState]) -> list[str]:
 
 
 def _drive(cfg: DictConfig, plan: SweepPlan, run_dir: Path, states: list[StudyState],
-           callbacks) -> dict[str, Path]:
+           callbacks, report: Callable[[Path], Path] | None) -> dict[str, Path]:
     """Run the missing trials; the files and the logger are finished however it ends."""
     outputs = Outputs(run_dir, states, plan.models, cfg.search)
     # W&B gets the config with secrets masked (storage passwords, keys named like tokens)
@@ -143,20 +147,20 @@ def _drive(cfg: DictConfig, plan: SweepPlan, run_dir: Path, states: list[StudySt
         exit_code = getattr(e, "exit_code", 130)
         raise
     finally:
-        paths = _finish(outputs, logger, exit_code)
+        paths = _finish(outputs, logger, exit_code, report)
     return paths
 
 
-def _finish(outputs: Outputs, logger: SweepLogger, exit_code: int) -> dict[str, Path]:
+def _finish(outputs: Outputs, logger: SweepLogger, exit_code: int,
+            report: Callable[[Path], Path] | None) -> dict[str, Path]:
     """Write the files, then close the logger even if writing failed."""
     paths: dict[str, Path] = {}
     try:
         paths = outputs.write()
         warn_infeasible(paths.get("best_edits"))
         try:  # the report is a view of the files: never let it fail the sweep
-            from ..report import build_report
-
-            paths["report"] = build_report(outputs.run_dir)
+            if report is not None:
+                paths["report"] = report(outputs.run_dir)
         except Exception as e:
             log.warning("report not written: %s: %s", type(e).__name__, e)
     finally:

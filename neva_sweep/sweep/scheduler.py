@@ -37,8 +37,8 @@ import ray
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from ..methods.base import METHODS
 from . import pruning
-from .methods import METHODS
 from .plan import StudyKey
 from .studies import StudyState, objective_values, record_attrs, set_user_attrs
 

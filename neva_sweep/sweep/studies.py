@@ -1,7 +1,8 @@
 """Optuna studies: one per (model, value, method), all in one storage.
 
 Trials are driven with ask/tell by the scheduler. A finished trial carries every metric
-of the schema (:data:`neva_sweep.metrics.METRICS`: ``alignment``, ``nlr``, ``csr_edited``,
+of the schema (:data:`neva_sweep.evaluation.metrics.METRICS`: ``alignment``, ``nlr``,
+``csr_edited``,
 ``kl``, ...) as user attributes, plus ``ci``, ``judge``, ``params``, ``replica`` and
 ``duration_s``; a failed one carries ``error``. The objective values are the configured
 metrics (``search.objectives``); the constraints (each budgeted metric against its
@@ -23,7 +24,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from ..metrics import METRICS
+from ..evaluation.metrics import METRICS
 from . import pruning
 from .front import budgets, constraint_values
 from .lock import NoLock, RunLock

@@ -29,9 +29,9 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
+from ..methods.base import METHODS
 from .calibrate import CALIBRATION_ATTR, reference_params, strength_key
 from .front import budgets, is_feasible
-from .methods import METHODS
 from .studies import StudyState
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
-"""The trial function that runs on a model's shard actors (SPMD, see neva_sweep.replica).
+"""The trial function that runs on a model's shard actors (SPMD, see neva_sweep.sweep.replica).
 
 Each actor process keeps, in module-level caches, its model's statistics (fetched once
-from the object store) and one :class:`~neva_sweep.evaluate.Evaluator` per evaluation
+from the object store) and one :class:`~neva_sweep.evaluation.evaluator.Evaluator` per evaluation
 setup (the unedited side computed once, or read from the disk cache). A call then only
 selects neurons, builds the edits and scores all of them in shared forward passes.
 
@@ -19,15 +19,14 @@ from typing import Any
 
 import ray
 
-from ..capability import CapabilityConfig, spread
-from ..config import DataConfig
-from ..edit import EditSpec
-from ..evaluate import Evaluator
-from ..judges import JudgeConfig
+from ..config import DataConfig, JudgeConfig
+from ..edits.neuron import EditSpec
+from ..evaluation.capability import CapabilityConfig, spread
+from ..evaluation.evaluator import Evaluator
+from ..methods.base import METHODS
 from ..models.host import ModelHost
-from ..stats import NeuronStats
+from ..neurons.stats import NeuronStats
 from .calibrate import calibrate_edit
-from .methods import METHODS
 
 # Per actor process; a restarted actor starts empty and fills them again.
 _STATS: dict[str, NeuronStats] = {}
@@ -143,12 +142,12 @@ def score_heldout(host: ModelHost, box: StatsBox, setup: EvalSetup,
     """Re-score chosen edits on ``setup``'s split (the test split) against dose-matched
     nulls: per job ``{"value", "method", "params", "n_nulls", "seed"}`` the edit and
     ``n_nulls`` random-direction edits of the same neuron count and push
-    (:mod:`neva_sweep.nulls`) are evaluated in shared passes. Returns one
-    :func:`neva_sweep.heldout.heldout_record` per job on rank 0 (``{"error"}`` for a job
+    (:mod:`neva_sweep.methods.nulls`) are evaluated in shared passes. Returns one
+    :func:`neva_sweep.evaluation.heldout.heldout_record` per job on rank 0 (``{"error"}`` for a job
     that failed), None on the other ranks.
     """
-    from ..heldout import heldout_record
-    from ..nulls import dose_matched_nulls, edit_push
+    from ..evaluation.heldout import heldout_record
+    from ..methods.nulls import dose_matched_nulls, edit_push
 
     stats, ev = _stats(box), _evaluator(host, setup)
     out = []
@@ -175,7 +174,7 @@ def steered_samples(host: ModelHost, ev: Evaluator, value: str, edit: Any, posit
                     ) -> list[dict[str, str]]:
     """Greedy replies to :data:`SAMPLES` of ``value``'s queries (evenly spread), unedited
     and under ``edit``: what the report shows a reader beside the numbers."""
-    from ..scoring import greedy_generate
+    from ..evaluation.scoring import greedy_generate
 
     rows = [r for r in ev.records["queries"].rows if r.get("value") == value]
     rows = spread(rows, SAMPLES, "samples")

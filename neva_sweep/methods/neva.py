@@ -1,0 +1,70 @@
+"""NeVA: the top-k value neurons by a specificity score, edited with one rule."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..edits.neuron import DEFAULT_MAGNITUDE, DEFAULT_RULE, NeuronEdit
+from ..neurons.gate import gate_of
+from ..neurons.selection import DEFAULT_SCORE, DEFAULT_SPARSITY, select_neurons
+from ..neurons.stats import NeuronStats
+from .base import (
+    METHODS,
+    choose,
+    parse_window,
+    polarities_for,
+    resolve_magnitude,
+    strength_or_magnitude,
+    window_label,
+)
+
+if TYPE_CHECKING:  # optuna and the config schema load with the sweep, not with the API
+    import optuna
+
+    from ..config import SearchSpace
+
+
+class NeVA:
+    """Top-k value neurons by a specificity score, edited with one rule.
+
+    The dose is ``strength`` (scaled, neva_sweep/methods/strength.py) or ``magnitude`` (raw); a
+    given strength wins over the magnitude.
+    """
+
+    name = "neva"
+    defaults: dict[str, Any] = {"sparsity": DEFAULT_SPARSITY, "magnitude": DEFAULT_MAGNITUDE,
+                                "strength": None,
+                                "rule": DEFAULT_RULE, "score": DEFAULT_SCORE,
+                                "polarity": "positive",
+                                "positions": "all", "layer_window": "all", "gate": "none"}
+
+    def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+        windows = [window_label(w) for w in (space.layer_windows or [None])]
+        sparsity = trial.suggest_float("sparsity", *space.sparsity, log=True)
+        dose = strength_or_magnitude(trial, space)
+        rule = choose(trial, "rule", list(space.rules))
+        score = choose(trial, "score", list(space.scores))
+        return {
+            "sparsity": sparsity,
+            **dose,
+            "rule": rule,
+            "score": score,
+            # searched only where both are buildable: a conditional parameter
+            "polarity": choose(trial, "polarity",
+                               polarities_for(rule, score, list(space.polarities))),
+            "positions": choose(trial, "positions", list(space.positions)),
+            "layer_window": choose(trial, "layer_window", windows),
+            "gate": choose(trial, "gate", list(space.gates)),
+        }
+
+    def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> NeuronEdit:
+        nmap = select_neurons(stats, value, sparsity=params["sparsity"], score=params["score"],
+                              layer_window=parse_window(params["layer_window"]),
+                              polarity=params.get("polarity", "positive"))
+        neurons = nmap[value]
+        return NeuronEdit(neurons, params["rule"], resolve_magnitude(stats, neurons, params),
+                          params.get("positions"),
+                          gate=gate_of(stats, params.get("gate", "none"), value))
+
+
+METHODS.register("neva", NeVA())
