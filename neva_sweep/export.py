@@ -157,8 +157,8 @@ class _Stop(Exception):  # noqa: N818 (control flow: the gate's pre-pass has its
     pass
 
 
-def _continues_cache(kwargs: dict) -> bool:
-    """Does this forward continue from a filled KV cache (a generation step)?"""
+def continues_cache(kwargs: dict) -> bool:
+    """Does this forward continue from a filled KV cache (a generation step, options)?"""
     for key in ("past_key_values", "cache"):
         cache = kwargs.get(key)
         if cache is None:
@@ -170,6 +170,72 @@ def _continues_cache(kwargs: dict) -> bool:
             return True
     pos = kwargs.get("cache_position")
     return pos is not None and pos.numel() > 0 and int(pos.reshape(-1)[0]) > 0
+
+
+def position_mask(positions: str, response_start: torch.Tensor | None, bsz: int, seq: int,
+                  device) -> torch.Tensor | None:
+    """(B, S, 1) bool of the positions an edit applies to, or None for all of them.
+
+    ``positions="response"``: from the last prompt token on when ``response_start`` (B,)
+    gives each row's first response token, else the last position only (a generation
+    step, S = 1, is all response)."""
+    if positions == "all":
+        return None
+    pos = torch.arange(seq, device=device)
+    if response_start is not None:
+        first = (response_start.to(device) - 1).clamp(min=0)  # last prompt token
+        return (pos[None, :] >= first[:, None])[:, :, None]
+    if seq == 1:
+        return None
+    return (pos == seq - 1)[None, :, None].expand(bsz, seq, 1)
+
+
+def add_gated(h: torch.Tensor, delta: torch.Tensor, gate: torch.Tensor | None,
+              pos: torch.Tensor | None) -> torch.Tensor:
+    """h + g * delta at the edited positions: h (B, S, H), delta (B or 1, 1, H), gate (B,)
+    or None (ungated, g = 1), pos (B, S, 1) bool or None (every position). A row with
+    g = 0 keeps h bitwise."""
+    gb = None
+    if gate is not None:  # g * delta; exactly delta at g = 1
+        gb = gate.to(h.device)[:, None, None]  # (B, 1, 1)
+        delta = delta * gb.to(h.dtype)
+    new = h + (delta if pos is None else delta * pos)
+    return new if gb is None else torch.where(gb > 0, new, h)
+
+
+def batch_shape(args: tuple, kwargs: dict) -> tuple[int, int] | None:
+    """(B, S) of a model forward's input ids or embeddings, None when it has neither."""
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if ids is None:
+        ids = kwargs.get("inputs_embeds")
+    return None if ids is None else (ids.shape[0], ids.shape[1])
+
+
+def model_inputs(args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+    """The tensors a model forward was called with (ids or embeddings, mask, positions)."""
+    inputs = {k: kwargs[k] for k in ("input_ids", "inputs_embeds", "attention_mask",
+                                     "position_ids") if kwargs.get(k) is not None}
+    if args and "input_ids" not in inputs:
+        inputs["input_ids"] = args[0]
+    return inputs
+
+
+def write_neurons(x: torch.Tensor, idx: torch.Tensor, new: torch.Tensor, mask: torch.Tensor,
+                  gate: torch.Tensor | None, pos: torch.Tensor | None) -> torch.Tensor:
+    """x (B, S, I) with neurons ``idx`` (k,) set to ``new`` (B, S, k) where ``mask``
+    (broadcast to (B, S, k)) and ``pos`` (B, S, 1) hold; a gate (B,) blends each row:
+    a' = a + g (rule(a) - a), exactly rule(a) at g = 1, the input itself bitwise at g = 0."""
+    xs = x[..., idx]  # (B, S, k)
+    if pos is not None:
+        mask = mask & pos
+    if gate is not None:
+        gb = gate.to(x.device)[:, None, None]  # (B, 1, 1)
+        part = (xs.float() + gb * (new.float() - xs.float())).to(x.dtype)
+        new = torch.where(gb >= 1, new, part)
+        mask = mask & (gb > 0)
+    out = x.clone()
+    out[..., idx] = torch.where(mask, new, xs)
+    return out
 
 
 class EditHandle:
@@ -228,23 +294,10 @@ class EditHandle:
 
     # -- which rows and positions ---------------------------------------------------------
     def _record_shape(self, module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is None:
-            ids = kwargs.get("inputs_embeds")
-        if ids is not None:
-            self._batch_shape = (ids.shape[0], ids.shape[1])
+        self._batch_shape = batch_shape(args, kwargs) or self._batch_shape
 
     def _position_mask(self, bsz: int, seq: int, device) -> torch.Tensor | None:
-        """(B, S, 1) bool of edited positions, or None for all positions."""
-        if self.positions == "all":
-            return None
-        pos = torch.arange(seq, device=device)
-        if self.response_start is not None:
-            first = (self.response_start.to(device) - 1).clamp(min=0)  # last prompt token
-            return (pos[None, :] >= first[:, None])[:, :, None]
-        if seq == 1:
-            return None
-        return (pos == seq - 1)[None, :, None].expand(bsz, seq, 1)
+        return position_mask(self.positions, self.response_start, bsz, seq, device)
 
     def _row_gate(self, bsz: int) -> torch.Tensor | None:
         """(B,) float32 g of every row, or None when the edit is not gated."""
@@ -264,12 +317,9 @@ class EditHandle:
     # -- the gate's pre-pass --------------------------------------------------------------
     @torch.no_grad()
     def _gate_hook(self, module, args, kwargs):
-        if self._suspended or _continues_cache(kwargs):
+        if self._suspended or continues_cache(kwargs):
             return None
-        inputs = {k: kwargs[k] for k in ("input_ids", "inputs_embeds", "attention_mask",
-                                         "position_ids") if kwargs.get(k) is not None}
-        if args and "input_ids" not in inputs:
-            inputs["input_ids"] = args[0]
+        inputs = model_inputs(args, kwargs)
         x = inputs.get("input_ids", inputs.get("inputs_embeds"))
         bsz, seq = x.shape[0], x.shape[1]
         seen: list[torch.Tensor] = []
@@ -318,17 +368,8 @@ class EditHandle:
             if conditioned:  # only where the neuron is on: direction * (a - threshold) > 0
                 mask = mask & torch.where(c["direction"] > 0, xs > c["threshold"],
                                           xs < c["threshold"])
-            pos = self._position_mask(bsz, seq, x.device)
-            if pos is not None:
-                mask = mask & pos
-            gate = self._row_gate(bsz)
-            if gate is not None:  # a' = a + g (rule(a) - a); exactly rule(a) at g = 1
-                gb = gate.to(x.device)[:, None, None]  # (B, 1, 1)
-                part = (xs.float() + gb * (new.float() - xs.float())).to(x.dtype)
-                new = torch.where(gb >= 1, new, part)
-                mask = mask & (gb > 0)  # g = 0: the input itself, bitwise
-            out = x.clone()
-            out[..., idx] = torch.where(mask, new, xs)
+            out = write_neurons(x, idx, new, mask, self._row_gate(bsz),
+                                self._position_mask(bsz, seq, x.device))
             return (out.view(-1, out.shape[-1]) if flat else out, *args[1:])
 
         return hook
@@ -340,14 +381,7 @@ class EditHandle:
             h = output[0] if isinstance(output, tuple) else output  # (B, S, H)
             bsz, seq = h.shape[0], h.shape[1]
             delta = add[None, None, :].to(h.dtype)  # (1, 1, H)
-            gate = self._row_gate(bsz)
-            if gate is not None:  # g * delta; exactly delta at g = 1
-                gb = gate.to(h.device)[:, None, None]  # (B, 1, 1)
-                delta = delta * gb.to(h.dtype)
-            pos = self._position_mask(bsz, seq, h.device)
-            new = h + (delta if pos is None else delta * pos)
-            if gate is not None:
-                new = torch.where(gb > 0, new, h)  # g = 0: the block's output, bitwise
+            new = add_gated(h, delta, self._row_gate(bsz), self._position_mask(bsz, seq, h.device))
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return hook

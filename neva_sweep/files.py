@@ -119,3 +119,26 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def save_tensors(path: str | Path, tensors: dict, meta: dict) -> None:
+    """A safetensors file with ``meta`` as JSON under the ``neva_sweep`` metadata key,
+    written atomically (never half a file under ``path``)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"neva_sweep": json.dumps(meta)})
+
+
+def load_tensors(path: str | Path) -> tuple[dict, dict]:
+    """(tensors, meta) of a file :func:`save_tensors` wrote."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["neva_sweep"])
+    return load_file(str(path)), meta

@@ -56,6 +56,7 @@ from typing import ClassVar
 import torch
 
 from ..config import DEFAULT_MAGNITUDE, DEFAULT_RULE
+from ..export import batch_shape, position_mask, write_neurons
 from ..models.host import ModelHost, module_device
 from ..models.identity import ALLOW_HINT, check_model
 from ..neurons.gate import Gate, GatePass, is_suspended
@@ -362,15 +363,7 @@ class RowEditor:
 
     def _position_mask(self, bsz: int, seq: int, device) -> torch.Tensor | None:
         """(B, S, 1) bool of edited positions, or None for all positions."""
-        if self.positions == "all":
-            return None
-        pos = torch.arange(seq, device=device)
-        if self.response_start is not None:
-            first = (self.response_start.to(device) - 1).clamp(min=0)  # last prompt token
-            return (pos[None, :] >= first[:, None])[:, :, None]
-        if seq == 1:
-            return None
-        return (pos == seq - 1)[None, :, None].expand(bsz, seq, 1)
+        return position_mask(self.positions, self.response_start, bsz, seq, device)
 
     def remove(self) -> None:
         for h in self.handles:
@@ -397,11 +390,7 @@ class Editor(RowEditor):
         self.install_gates([s.gate if s.magnitude != 0.0 else None for s in specs])
 
     def _record_shape(self, module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is None:
-            ids = kwargs.get("inputs_embeds")
-        if ids is not None:
-            self.batch_shape = (ids.shape[0], ids.shape[1])
+        self.batch_shape = batch_shape(args, kwargs) or self.batch_shape
 
     def _hook(self, le: _LayerEdit):
         def hook(module, args):
@@ -419,17 +408,8 @@ class Editor(RowEditor):
             mask = le.active[g][:, None, :]  # (B, 1, k)
             if le.conditioned:  # input-dependent rules: only where the neuron is on
                 mask = mask & coef.on(xs)  # (B, S, k)
-            pos = self._position_mask(bsz, seq, x.device)
-            if pos is not None:
-                mask = mask & pos
-            gate = self.row_gate(bsz)
-            if gate is not None:  # a' = a + g (rule(a) - a); exactly rule(a) at g = 1
-                gb = gate.to(x.device)[:, None, None]  # (B, 1, 1)
-                part = (xs.float() + gb * (new.float() - xs.float())).to(x.dtype)
-                new = torch.where(gb >= 1, new, part)
-                mask = mask & (gb > 0)  # g = 0: the input itself, bitwise
-            out = x.clone()
-            out[..., le.idx] = torch.where(mask, new, xs)
+            out = write_neurons(x, le.idx, new, mask, self.row_gate(bsz),
+                                self._position_mask(bsz, seq, x.device))
             return (out.view(-1, out.shape[-1]) if flat else out, *args[1:])
 
         return hook

@@ -47,6 +47,7 @@ from typing import ClassVar
 
 import torch
 
+from ..export import add_gated
 from ..models.arch import residual_sites
 from ..models.host import ModelHost, module_device
 from ..models.identity import ModelId, check_model
@@ -226,14 +227,7 @@ class ResidualEditor(RowEditor):
             h = output[0] if isinstance(output, tuple) else output  # (B, S, H)
             bsz, seq = h.shape[0], h.shape[1]
             delta = add[self.rows_of(bsz).to(add.device)][:, None, :].to(h)  # (B, 1, H)
-            gate = self.row_gate(bsz)
-            if gate is not None:  # g * delta; exactly delta at g = 1
-                gb = gate.to(h.device)[:, None, None]  # (B, 1, 1)
-                delta = delta * gb.to(h.dtype)
-            pos = self._position_mask(bsz, seq, h.device)
-            new = h + (delta if pos is None else delta * pos)
-            if gate is not None:
-                new = torch.where(gb > 0, new, h)  # g = 0: the block's output, bitwise
+            new = add_gated(h, delta, self.row_gate(bsz), self._position_mask(bsz, seq, h.device))
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return hook

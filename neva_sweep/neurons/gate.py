@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from ..config import GATES
+from ..export import continues_cache, model_inputs  # export.py stays standalone
 from ..models.arch import residual_sites
 from ..values import N_VALUES, VALUES
 
@@ -292,21 +293,6 @@ def hidden_states(model: torch.nn.Module, layers: Sequence[int], **inputs: Any
     return seen
 
 
-def _continues_cache(kwargs: dict) -> bool:
-    """Does this forward continue from a filled KV cache (a generation step, options)?"""
-    for key in ("past_key_values", "cache"):
-        cache = kwargs.get(key)
-        if cache is None:
-            continue
-        if hasattr(cache, "get_seq_length"):
-            if cache.get_seq_length() > 0:
-                return True
-        elif len(cache) > 0:  # a legacy tuple of per-layer tensors
-            return True
-    pos = kwargs.get("cache_position")
-    return pos is not None and pos.numel() > 0 and int(pos.reshape(-1)[0]) > 0
-
-
 class GatePass:
     """Per-row gate values for one installed editor (a :class:`~neva_sweep.edits.neuron.RowEditor`).
 
@@ -334,12 +320,9 @@ class GatePass:
 
     @torch.no_grad()
     def _hook(self, module, args, kwargs):
-        if is_suspended(self.root) or _continues_cache(kwargs):
+        if is_suspended(self.root) or continues_cache(kwargs):
             return None
-        inputs = {k: kwargs[k] for k in ("input_ids", "inputs_embeds", "attention_mask",
-                                         "position_ids") if kwargs.get(k) is not None}
-        if args and "input_ids" not in inputs:
-            inputs["input_ids"] = args[0]
+        inputs = model_inputs(args, kwargs)
         x = inputs.get("input_ids", inputs.get("inputs_embeds"))
         bsz, seq = x.shape[0], x.shape[1]
         hidden = hidden_states(self.root, [g.layer for g in self.gates], use_cache=False,

@@ -26,17 +26,15 @@ anti over t's pairs (the stance direction); ``std`` stays the pooled sd against 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from ..config import DEFAULT_SCORE, DEFAULT_SPARSITY
-from ..files import atomic_path
+from ..files import load_tensors, save_tensors
 from ..models.identity import ModelId
 from ..registry import Registry
 from ..values import N_VALUES, VALUES, check_value, circular_distance
@@ -188,16 +186,13 @@ def check_neurons(neurons: ValueNeurons, layer_sizes: list[int], what: str) -> N
     """
     n_layers = len(layer_sizes)
     layer, index = neurons.layer.long(), neurons.index.long()
-    bad = (layer < 0) | (layer >= n_layers)
-    if bad.any():
-        i = int(bad.nonzero()[0])
+    first = lambda bad: int(bad.nonzero()[0]) if bad.any() else None  # noqa: E731
+    if (i := first((layer < 0) | (layer >= n_layers))) is not None:
         raise ValueError(f"{what}: layer {int(layer[i])} does not exist (the model has "
                          f"{n_layers} layers, 0..{n_layers - 1}); was it built for another "
                          "model?")
     width = torch.tensor(layer_sizes, dtype=torch.long)[layer]
-    bad = (index < 0) | (index >= width)
-    if bad.any():
-        i = int(bad.nonzero()[0])
+    if (i := first((index < 0) | (index >= width))) is not None:
         raise ValueError(f"{what}: neuron index {int(index[i])} of layer {int(layer[i])} is "
                          f"outside its MLP width {int(width[i])} (valid 0..{int(width[i]) - 1});"
                          " was it built for another model?")
@@ -291,16 +286,11 @@ class NeuronMap:
                    for f in ValueNeurons.FIELDS + ValueNeurons.OPTIONAL
                    if getattr(vn, f) is not None}
         meta = {"layer_sizes": self.layer_sizes, "values": list(self.neurons), **self.meta}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"neva_sweep": json.dumps(meta)})
+        save_tensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronMap:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["neva_sweep"])
-        t = load_file(str(path))
+        t, meta = load_tensors(path)
         values = meta.pop("values")
         sizes = meta.pop("layer_sizes")
         neurons = {v: ValueNeurons(*(t[f"{v}.{f}"] for f in ValueNeurons.FIELDS),

@@ -47,12 +47,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..config import StatsConfig
 from ..data import ProbeSet
-from ..files import atomic_path, load_or_heal
+from ..files import load_or_heal, load_tensors, save_tensors
 from ..models.arch import residual_sites
 from ..models.host import ModelHost
 from ..values import N_VALUES, VALUES
@@ -195,16 +194,11 @@ class NeuronStats:
                            gate_labels=self.gate_labels)
         tensors.update(pair_fields(self) if self.pair_count is not None else {})
         tensors.update({"pair_grad": self.pair_grad} if self.pair_grad is not None else {})
-        with atomic_path(path) as tmp:  # never half a file under the cache's name
-            save_file(tensors, str(tmp), metadata={"neva_sweep": json.dumps(meta)})
+        save_tensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronStats:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["neva_sweep"])
-        t = load_file(str(path))
+        t, meta = load_tensors(path)
         if meta.pop("values") != list(VALUES):
             raise ValueError(f"{path}: statistics were saved with a different value order")
         sizes = meta.pop("layer_sizes")
