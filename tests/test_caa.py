@@ -9,7 +9,8 @@ import torch
 
 import neva_sweep as nv
 from neva_sweep.data import ProbeSet
-from neva_sweep.edits.residual import ResidualSpec, caa_spec, caa_vectors, prompt_spec
+from neva_sweep.edits.prompt import prompt_edit
+from neva_sweep.edits.residual import ResidualEdit, caa_edit, caa_vectors
 from neva_sweep.evaluation.scoring import next_token_logprobs
 
 # Three one-token words per value (no BOS with the embedded tokenizer), so that the mean
@@ -55,7 +56,7 @@ def test_vectors_and_steered_logits_match_steering_vectors(tiny_host, word_stats
     ours = caa_vectors(word_stats, value)  # (L, H)
     torch.testing.assert_close(sv.layer_activations[0].float(), ours[0], atol=1e-5, rtol=1e-4)
 
-    spec = caa_spec(word_stats, value, [0], 3.0)
+    spec = caa_edit(word_stats, value, [0], 3.0)
     prompts = ["I help my neighbour.", "The river is long."]
     cand = torch.arange(50)
     mine = next_token_logprobs(tiny_host, prompts, cand, [spec])[0]
@@ -70,7 +71,7 @@ def test_zero_coefficient_is_identity_and_edit_stays_at_its_layer(tiny_host, wor
     prompts = ["We should protect the forest.", "Win the match."]
     cand = torch.arange(100)
     base = next_token_logprobs(tiny_host, prompts, cand)
-    zero = next_token_logprobs(tiny_host, prompts, cand, [caa_spec(word_stats, "power", [1],
+    zero = next_token_logprobs(tiny_host, prompts, cand, [caa_edit(word_stats, "power", [1],
                                                                    0.0)])
     torch.testing.assert_close(zero, base, atol=0, rtol=0)
     # An edit on layer 1 leaves the layer-0 residual untouched and changes layer 1's.
@@ -78,7 +79,7 @@ def test_zero_coefficient_is_identity_and_edit_stays_at_its_layer(tiny_host, wor
 
     batch = tiny_host.tokenize(prompts)
     before = residuals(tiny_host, batch)
-    with grouped(tiny_host, [caa_spec(word_stats, "power", [1], 5.0)], "all") as g:
+    with grouped(tiny_host, [caa_edit(word_stats, "power", [1], 5.0)], "all") as g:
         g.set_rows([0, 0])
         after = residuals(tiny_host, batch)
     torch.testing.assert_close(after[0], before[0], atol=0, rtol=0)
@@ -87,20 +88,20 @@ def test_zero_coefficient_is_identity_and_edit_stays_at_its_layer(tiny_host, wor
 
 def test_bad_residual_layers_are_named(word_stats) -> None:
     with pytest.raises(ValueError, match="outside"):
-        caa_spec(word_stats, "power", [7], 1.0)
+        caa_edit(word_stats, "power", [7], 1.0)
     with pytest.raises(ValueError, match="layer"):
-        ResidualSpec(torch.zeros(0, 64), (), 1.0)
+        ResidualEdit(torch.zeros(0, 64), (), 1.0)
 
 
 def test_prompt_prefix_changes_only_edited_rows(tiny_host) -> None:
     prompts = ["Is this person like you?"]
     cand = torch.arange(20)
-    out = next_token_logprobs(tiny_host, prompts, cand, [None, prompt_spec("tradition", 3)])
+    out = next_token_logprobs(tiny_host, prompts, cand, [None, prompt_edit("tradition", 3)])
     assert (out[0] - out[1]).abs().max() > 1e-4
     torch.testing.assert_close(out[0], next_token_logprobs(tiny_host, prompts, cand)[0])
-    assert "tradition" in prompt_spec("tradition", 1).text.lower()
+    assert "tradition" in prompt_edit("tradition", 1).text.lower()
     with pytest.raises(ValueError, match="strength"):
-        prompt_spec("tradition", 9)
+        prompt_edit("tradition", 9)
 
 
 def test_prompt_joins_the_default_system_prompt_unless_replacing(tiny_host) -> None:
@@ -122,11 +123,6 @@ def test_prompt_joins_the_default_system_prompt_unless_replacing(tiny_host) -> N
 
 
 def test_former_names_are_the_edit_kinds() -> None:
-    """Scripts that import the former names keep working."""
-    from neva_sweep.edits import prompt as prompting
-    from neva_sweep.edits import residual as caa
-
-    assert nv.EditSpec is nv.NeuronEdit and caa.ResidualSpec is nv.ResidualEdit
-    assert caa.PromptSpec is prompting.PromptEdit is nv.PromptEdit
-    assert caa.caa_spec is caa.caa_edit and caa.prompt_spec is prompting.prompt_edit
-    assert prompt_spec("power", 0) == nv.PromptEdit("")
+    """Scripts that use the public API's former names keep working."""
+    assert nv.EditSpec is nv.NeuronEdit and nv.ResidualSpec is nv.ResidualEdit
+    assert prompt_edit("power", 0) == nv.PromptEdit("")

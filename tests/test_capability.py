@@ -8,7 +8,7 @@ import torch
 
 import neva_sweep as nv
 from neva_sweep.data import DataError, load_records
-from neva_sweep.edits.neuron import EditSpec
+from neva_sweep.edits.neuron import NeuronEdit
 from neva_sweep.evaluation.capability import (
     base_distribution,
     kl_top_k,
@@ -67,7 +67,7 @@ def test_kl_zero_without_edit_positive_with(tiny_host, tiny_stats) -> None:
     base = base_distribution(tiny_host, texts, k=10**6)  # k >= vocab: exact KL
     assert base.coverage == pytest.approx(1.0, abs=1e-4)
     nmap = nv.select_neurons(tiny_stats, sparsity=0.1)
-    edits = [EditSpec(nmap["power"], "add", 0.0), EditSpec(nmap["power"], "scale", 20.0)]
+    edits = [NeuronEdit(nmap["power"], "add", 0.0), NeuronEdit(nmap["power"], "scale", 20.0)]
     kl = mean_kl(tiny_host, texts, base, edits)
     assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[1] > 1e-4
     # The same number computed from full distributions by hand.
@@ -94,7 +94,7 @@ def test_mc_scores_with_a_shared_question_equal_separate_pairs(arch, tiny_stats)
     qs = mc_questions(load_records("mc"), limit=6)
     nmap = nv.select_neurons(nv.collect_stats(host, nv.load_probes().shard(0, 3),
                                               progress=False), sparsity=0.1)
-    edits = [None, EditSpec(nmap["power"], "add", 3.0)]
+    edits = [None, NeuronEdit(nmap["power"], "add", 3.0)]
     contexts, conts = [], []
     for q in qs:
         ctx, choices = mc_prompt(q)

@@ -10,8 +10,8 @@ import torch
 import neva_sweep as nv
 from neva_sweep.config import JudgeConfig
 from neva_sweep.data import load_records
-from neva_sweep.edits.neuron import EditSpec
-from neva_sweep.edits.residual import prompt_spec
+from neva_sweep.edits.neuron import NeuronEdit
+from neva_sweep.edits.prompt import prompt_edit
 from neva_sweep.evaluation.capability import mc_correct, mc_questions
 from neva_sweep.evaluation.evaluator import DATA_KINDS, _ci
 from neva_sweep.evaluation.judges.base import JUDGES, make_judge
@@ -76,9 +76,9 @@ def test_judges_on_embedded_model(smollm, stats, name):
                                                    if r["value"] in nv.VALUES[:5]))
     judge = make_judge(cfg, records)
     nmap = nv.select_neurons(stats, "benevolence")
-    edits = [None, EditSpec(nmap["benevolence"])]
+    edits = [None, NeuronEdit(nmap["benevolence"])]
     if name == "forced_choice":  # an explicit value prompt instead of the neuron edit
-        edits[1] = prompt_spec("tradition", 3)
+        edits[1] = prompt_edit("tradition", 3)
     out = judge.judge(smollm, edits, "all")
     base, edited = out[0], out[1]
     b = nv.VALUES.index("benevolence")

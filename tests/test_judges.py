@@ -10,7 +10,7 @@ import neva_sweep as nv
 from neva_sweep.config import JudgeConfig
 from neva_sweep.data import load_records
 from neva_sweep.edits.group import encode
-from neva_sweep.edits.neuron import EditSpec
+from neva_sweep.edits.neuron import NeuronEdit
 from neva_sweep.evaluation.evaluator import DATA_KINDS
 from neva_sweep.evaluation.judges.base import JUDGES, make_judge
 from neva_sweep.evaluation.judges.lexicon import LexiconJudge
@@ -37,7 +37,7 @@ def judge(name: str, **kw):
 @pytest.fixture(scope="module")
 def edits(tiny_stats):
     nmap = nv.select_neurons(tiny_stats, sparsity=0.1)
-    return [None, EditSpec(nmap["power"], "scale", 20.0), EditSpec(nmap["power"], "add", 0.0)]
+    return [None, NeuronEdit(nmap["power"], "scale", 20.0), NeuronEdit(nmap["power"], "add", 0.0)]
 
 
 @pytest.mark.parametrize("name", list(JUDGES))
@@ -91,12 +91,12 @@ def test_prefix_cached_option_scores_equal_naive(arch, positions, small_probes) 
     """One prompt forward + a cached batch of options == full prompt+option forwards, for
     every architecture, with left padding (prompts of different lengths) and per-row edits
     of every kind."""
-    from neva_sweep.edits.residual import prompt_spec
+    from neva_sweep.edits.prompt import prompt_edit
 
     host = nv.load_model(arch)
     nmap = nv.select_neurons(nv.collect_stats(host, small_probes.shard(0, 3), progress=False),
                              sparsity=0.1)
-    edits = [None, EditSpec(nmap["power"], "add", 3.0), prompt_spec("power", 3)]
+    edits = [None, NeuronEdit(nmap["power"], "add", 3.0), prompt_edit("power", 3)]
     prompts = [host.chat_prompt("You find a wallet on the street."),
                host.chat_prompt("A friend asks to borrow money.\n\nWhat do you do?")]
     opts = [["I keep it.", "I hand it in at the police station nearby.", "I call my mum."],

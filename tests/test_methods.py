@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import neva_sweep as nv
-from neva_sweep.edits.neuron import EditSpec
-from neva_sweep.edits.residual import PromptSpec, ResidualSpec
+from neva_sweep.edits.neuron import NeuronEdit
+from neva_sweep.edits.prompt import PromptEdit
+from neva_sweep.edits.residual import ResidualEdit
 from neva_sweep.evaluation.scoring import next_token_logprobs
 from neva_sweep.methods import METHODS
 from neva_sweep.models.arch import residual_sites
@@ -45,7 +46,7 @@ def test_zero_strength_is_identity_and_strength_moves_logits(name, tiny_host, ti
     method = METHODS[name]
     strong = method.build(tiny_stats, "tradition", params)
     zero = method.build(tiny_stats, "tradition", {**params, knob: 0})
-    assert isinstance(strong, (EditSpec, ResidualSpec, PromptSpec))
+    assert isinstance(strong, (NeuronEdit, ResidualEdit, PromptEdit))
     # Same batch composition for each run, so any difference comes from the edit alone.
     base, z, s = (next_token_logprobs(tiny_host, PROMPTS, CANDIDATES, [e])[0]
                   for e in (None, zero, strong))

@@ -138,9 +138,9 @@ def test_control_prompts_name_the_value_or_nothing() -> None:
 
 
 def validate_prompt_text(value: str) -> str:
-    from neva_sweep.edits.residual import PROMPT_STRENGTHS, prompt_spec
+    from neva_sweep.edits.prompt import PROMPT_STRENGTHS, prompt_edit
 
-    return prompt_spec(value, max(PROMPT_STRENGTHS)).text.strip()
+    return prompt_edit(value, max(PROMPT_STRENGTHS)).text.strip()
 
 
 def test_confusion_summary_by_hand() -> None:

@@ -27,10 +27,11 @@ def apply(host: ModelHost, edit: EditKind, positions: str | None = None) -> Appl
     """Install ``edit`` for every row of every batch; hooks are removed on exit.
 
     ``positions``: ``all`` or ``response``; by default the edit's own positions, else
-    ``all``. A prompt edit installs no hooks: it acts through the token prefix, which the
-    scoring functions of :mod:`neva_sweep.evaluation.scoring` prepend when given the edit; with a
-    plain
-    ``host.model(...)`` call, prepend ``group.prefixes[0]`` to each sequence's ids. The
+    ``all``. A prompt edit installs no hooks: it acts through its prompt, which the
+    scoring functions of :mod:`neva_sweep.evaluation.scoring` put into the system turn of
+    chat-templated sequences and before any other sequence when given the edit
+    (:meth:`~neva_sweep.edits.group.EditGroup.with_prompt`); with a plain ``host.model(...)``
+    call, pass each sequence's ids through ``group.with_prompt(0, ids)``. The
     returned object may be entered again after its block ends (each ``with`` installs
     the edit anew); entering it inside its own block raises.
     """

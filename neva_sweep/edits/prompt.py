@@ -61,7 +61,9 @@ class PromptEdit:
     @classmethod
     def install(cls, host: ModelHost, edits: Sequence[PromptEdit], row_groups: torch.Tensor,
                 positions: str = "all") -> RowEditor:
-        """No hooks: the scoring functions prepend :attr:`prefix` to the edited rows."""
+        """No hooks: the scoring functions put :attr:`prefix` into the edited rows, in the
+        system turn of chat-templated sequences, before any other sequence
+        (:meth:`~neva_sweep.edits.group.EditGroup.with_prompt`)."""
         return RowEditor(host, len(edits), row_groups, positions)
 
 

@@ -55,13 +55,9 @@ from ..neurons.gate import Gate
 from ..neurons.stats import NeuronStats
 from ..values import N_VALUES, value_index
 from .neuron import HookedEdit, RowEditor, check_positions
-from .prompt import PROMPT_STRENGTHS, PromptEdit, prompt_edit
 
-# The prompting baseline lives in neva_sweep/edits/prompt.py; its former names stay importable.
-PromptSpec, prompt_spec = PromptEdit, prompt_edit
-__all__ = ["PROMPT_STRENGTHS", "PromptEdit", "PromptSpec", "ResidualEdit", "ResidualEditor",
-           "ResidualSpec", "caa_edit", "caa_pairs_edit", "caa_spec", "caa_vectors",
-           "depth_layers", "pair_vectors", "prompt_edit", "prompt_spec"]
+__all__ = ["ResidualEdit", "ResidualEditor", "ResidualSpec", "caa_edit", "caa_pairs_edit",
+           "caa_vectors", "depth_layers", "pair_vectors"]
 
 NO_PAIRS = ("these statistics hold no stance pairs, which method caa_pairs reads (collected "
             "with load_probes(pairs=False) or by an older neva_sweep): delete the cached "
@@ -161,7 +157,7 @@ class ResidualEdit(HookedEdit):
 
 
 
-ResidualSpec = ResidualEdit  # the former name, kept for scripts
+ResidualSpec = ResidualEdit  # the former name, public as nv.ResidualSpec
 
 
 def residual_edit(stats: NeuronStats, vectors: torch.Tensor, layers: Sequence[int],
@@ -193,7 +189,6 @@ def caa_pairs_edit(stats: NeuronStats, value: str, layers: Sequence[int], streng
     return residual_edit(stats, pair_vectors(stats, value), layers, strength, positions, gate)
 
 
-caa_spec = caa_edit  # the former name, kept for scripts
 
 
 class ResidualEditor(RowEditor):

@@ -29,7 +29,7 @@ import torch
 from ..config import JudgeConfig
 from ..data import DataError, Records, load_records, split_rows
 from ..edits.kind import EditKind
-from ..edits.neuron import EditSpec
+from ..edits.neuron import NeuronEdit
 from ..files import atomic_path, load_or_heal, write_text_atomic
 from ..models.host import ModelHost
 from ..values import VALUES, check_value
@@ -308,7 +308,7 @@ class Evaluator:
         sets :attr:`nlr_floor`.
         """
 
-        from ..edits.neuron import DEFAULT_MAGNITUDE, DEFAULT_RULE, EditSpec
+        from ..edits.neuron import DEFAULT_MAGNITUDE, DEFAULT_RULE
         from ..neurons.selection import DEFAULT_SPARSITY, random_neurons
 
         n = self.judge_cfg.null_edits if n is None else n
@@ -326,7 +326,7 @@ class Evaluator:
             return cached
         k = math.ceil(DEFAULT_SPARSITY * stats.n_neurons)
         values = [VALUES[i % len(VALUES)] for i in range(n)]
-        specs = [EditSpec(random_neurons(stats, v, k, seed=seed + i), DEFAULT_RULE,
+        specs = [NeuronEdit(random_neurons(stats, v, k, seed=seed + i), DEFAULT_RULE,
                           DEFAULT_MAGNITUDE) for i, v in enumerate(values)]
         base = self.base_judgement()
         t0 = time.time()
@@ -348,9 +348,10 @@ class Evaluator:
                  ) -> list[dict]:
         """One record per (target value, edit); all edits share batched forward passes.
 
-        An edit is an :class:`EditSpec` (neurons), a
-        :class:`~neva_sweep.edits.residual.ResidualSpec`
-        (steering vectors) or a :class:`~neva_sweep.edits.residual.PromptSpec` (prompt prefix).
+        An edit is any :class:`~neva_sweep.edits.EditKind`: a
+        :class:`~neva_sweep.edits.neuron.NeuronEdit` (neurons), a
+        :class:`~neva_sweep.edits.residual.ResidualEdit` (steering vectors) or a
+        :class:`~neva_sweep.edits.prompt.PromptEdit` (a prompt).
         """
         if not edits:
             return []
@@ -412,5 +413,5 @@ class Evaluator:
             out.append(rec)
         return out
 
-    def evaluate_one(self, value: str, spec: EditSpec, positions: str = "all") -> dict:
+    def evaluate_one(self, value: str, spec: EditKind, positions: str = "all") -> dict:
         return self.evaluate([(value, spec)], positions)[0]

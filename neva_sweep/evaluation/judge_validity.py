@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-from ..edits.residual import PROMPT_STRENGTHS, PromptSpec, prompt_spec
+from ..edits.prompt import PROMPT_STRENGTHS, PromptEdit, prompt_edit
 from ..values import N_VALUES, VALUES, circular_distance
 from .evaluator import Evaluator, _ci
 from .metrics import acquiescence
@@ -178,18 +178,18 @@ def placebo_text(n_words: int) -> str:
     return " ".join(words[:n_words])
 
 
-def control_prompts(value: str, probes: list[dict]) -> dict[str, PromptSpec]:
+def control_prompts(value: str, probes: list[dict]) -> dict[str, PromptEdit]:
     """The three discriminant controls toward ``value`` (see the module docstring)."""
     from ..values import DEFINITIONS, DISPLAY_NAMES
 
-    pro = prompt_spec(value, max(PROMPT_STRENGTHS)).text.strip()
+    pro = prompt_edit(value, max(PROMPT_STRENGTHS)).text.strip()
     texts = {
         "negated": NEGATED_PROMPT.format(display=DISPLAY_NAMES[value].lower(),
                                          definition=DEFINITIONS[value]),
         "salience": SALIENCE_PROMPT.format(words=", ".join(salient_words(probes, value))),
         "placebo": placebo_text(len(pro.split())),
     }
-    return {k: PromptSpec(t + "\n\n") for k, t in texts.items()}
+    return {k: PromptEdit(t + "\n\n") for k, t in texts.items()}
 
 
 def discriminant(E_base: np.ndarray, E_pro: list[np.ndarray],
@@ -236,8 +236,8 @@ def validate_judge(evaluator: Evaluator, stats, progress: bool = False) -> dict:
     t0 = time.time()
     judge, host = evaluator.judge, evaluator.host
     base = evaluator.base_judgement()  # the judge alone: no capability measures needed
-    edits = [prompt_spec(v, max(PROMPT_STRENGTHS)) for v in VALUES]
-    edits.append(PromptSpec(ACQUIESCENCE_PROMPT))
+    edits = [prompt_edit(v, max(PROMPT_STRENGTHS)) for v in VALUES]
+    edits.append(PromptEdit(ACQUIESCENCE_PROMPT))
     probes = [r for r in evaluator.records["probes"].rows if r["split"] == "identify"]
     controls = [control_prompts(v, probes) for v in VALUES]
     edits += [controls[t][c] for c in CONTROLS for t in range(N_VALUES)]

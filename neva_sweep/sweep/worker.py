@@ -20,7 +20,7 @@ from typing import Any
 import ray
 
 from ..config import DataConfig, JudgeConfig
-from ..edits.neuron import EditSpec
+from ..edits.kind import EditKind
 from ..evaluation.capability import CapabilityConfig, spread
 from ..evaluation.evaluator import Evaluator
 from ..methods.base import METHODS
@@ -91,7 +91,7 @@ def _error(e: BaseException) -> dict:
     return {"error": f"{type(e).__name__}: {e}{where}"}
 
 
-def _evaluate(ev: Evaluator, edits: list[tuple[str, EditSpec]], positions: str) -> list[dict]:
+def _evaluate(ev: Evaluator, edits: list[tuple[str, EditKind]], positions: str) -> list[dict]:
     """All edits in one batched call; if that fails, one by one so errors stay per trial."""
     try:
         return ev.evaluate(edits, positions)
@@ -118,7 +118,7 @@ def run_trials(host: ModelHost, box: StatsBox, setup: EvalSetup,
     stats = _stats(box)
     results: list[dict | None] = [None] * len(trials)
     # (positions, fidelity) -> edits evaluated together
-    groups: dict[tuple[str, float], list[tuple[int, tuple[str, EditSpec]]]] = {}
+    groups: dict[tuple[str, float], list[tuple[int, tuple[str, EditKind]]]] = {}
     for i, t in enumerate(trials):
         try:
             spec = METHODS[t["method"]].build(stats, t["value"], t["params"])
