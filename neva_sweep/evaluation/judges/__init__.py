@@ -29,12 +29,15 @@ active only while the edited rows are generated or scored; judging is never edit
 from . import forced_choice, questionnaire, lexicon, llm, classifier  # noqa: F401
 # isort: on
 
+from ...registry import import_package
 from .base import JUDGES, Judge, Judgement, make_judge, pick_queries, split_sentences
 from .classifier import ClassifierJudge
 from .forced_choice import ForcedChoiceJudge
 from .lexicon import LexiconJudge
 from .llm import LLMJudge
 from .questionnaire import QuestionnaireJudge
+
+import_package(__name__, __path__)  # a judge in a new module registers itself
 
 __all__ = ["JUDGES", "ClassifierJudge", "ForcedChoiceJudge", "Judge", "Judgement",
            "LLMJudge", "LexiconJudge", "QuestionnaireJudge", "make_judge", "pick_queries",
