@@ -51,7 +51,7 @@ lint:
 	$(PYTHON) -m ruff check neva_sweep tests benchmarks
 
 bench:
-	$(PYTHON) benchmarks/stats_throughput.py
-	$(PYTHON) benchmarks/steering_effect.py
-	$(PYTHON) benchmarks/sweep_scheduler.py
-	$(PYTHON) benchmarks/trial_batching.py
+	$(PYTHON) benchmarks/perf/stats_throughput.py
+	$(PYTHON) benchmarks/experiments/steering_effect.py
+	$(PYTHON) benchmarks/perf/sweep_scheduler.py
+	$(PYTHON) benchmarks/perf/trial_batching.py

@@ -40,8 +40,10 @@ if TYPE_CHECKING:  # the model stack (torch, transformers) is imported inside th
     from .models.host import ModelHost
     from .neurons.selection import NeuronMap
     from .neurons.stats import NeuronStats
+    from .sweep.plan import SweepPlan
 
-TASKS: Registry[Callable[[DictConfig, Path], None]] = Registry("task")
+# task(cfg, out, **what its preflight built): only task=sweep takes something (plan=)
+TASKS: Registry[Callable[..., None]] = Registry("task")
 
 
 def edit_value(cfg: DictConfig) -> str:
@@ -331,14 +333,15 @@ def validate_judge(cfg: DictConfig, out: Path) -> None:
 
 
 @TASKS.add("sweep")
-def sweep(cfg: DictConfig, out: Path) -> None:
+def sweep(cfg: DictConfig, out: Path, plan: SweepPlan | None = None) -> None:
     """Optuna studies per (model, value, method) on Ray replicas -> trials.csv, pareto.json,
-    best_edits.json, optuna.db and W&B (see neva_sweep.sweep)."""
+    best_edits.json, optuna.db and W&B (see neva_sweep.sweep). ``plan``: the one the
+    preflight built and checked (None: planned here)."""
     from .report import build_report
     from .sweep import run_sweep
 
     try:
-        run_sweep(cfg, out, report=build_report)
+        run_sweep(cfg, out, report=build_report, plan=plan)
     except KeyboardInterrupt:
         log.warning("sweep interrupted: trials in flight were marked FAIL; run the same "
                     "command (same run directory and search.storage) to resume")
@@ -438,5 +441,5 @@ def run(cfg: DictConfig, out: str | Path = ".") -> None:
     load_plugins(cfg.get("plugins") or [])  # the user's registrations, before any check
     from .preflight import preflight  # (imports the model stack)
 
-    preflight(cfg, Path(out))
-    task(cfg, Path(out))
+    built = preflight(cfg, Path(out))  # task=sweep: its plan, not planned twice
+    task(cfg, Path(out), **built)

@@ -1,13 +1,23 @@
 """Typed configuration: dataclass schemas registered in Hydra's ConfigStore.
 
-The YAML groups in ``neva_sweep/conf/`` mirror these classes; ``neva_sweep/conf/config.yaml``
-composes them. The YAML files ship inside the package (as package data), so an installed
-wheel finds them wherever it runs: read them through :func:`packaged_configs` or
-:func:`compose_config`, never through a path relative to a checkout.
+These classes are the single source of every default: the Python API
+(``SearchConfig()``, ``EditConfig``) and Hydra's ConfigStore read them, and the YAML group
+options in ``neva_sweep/conf/`` set only what differs from them (``judge=lexicon`` its
+name, ``logger=wandb`` its mode; ``search=default`` nothing), which
+``neva_sweep/conf/config.yaml`` composes over the schema; tests/test_config_schema.py
+refuses an option that restates a default. The YAML files ship inside the package (as
+package data), so an installed wheel finds them wherever it runs: read them through
+:func:`packaged_configs` or :func:`compose_config`, never through a path relative to a
+checkout.
+
+Search-space keys are the methods' parameter names; the former flat keys
+(:data:`DEPRECATED_SPACE_KEYS`) are mapped onto them for one release
+(:func:`upgrade_search_space`, run by the sweep's plan before any check).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
@@ -19,6 +29,8 @@ from .values import VALUES
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
+log = logging.getLogger(__name__)
+
 CONFIG_PACKAGE = "neva_sweep.conf"  # the YAML configs, shipped as package data
 
 # Edit defaults, shared by the schema and the Python API (neva_sweep.edits.neuron,
@@ -26,8 +38,10 @@ CONFIG_PACKAGE = "neva_sweep.conf"  # the YAML configs, shipped as package data
 # re-export them). They live here, with every schema, because this module must import
 # without torch: `python -m neva_sweep --help` and a mistyped task answer in a second.
 DEFAULT_RULE = "add"
-DEFAULT_MAGNITUDE = 4.0  # chosen with benchmarks/steering_effect.py on the embedded model
-DEFAULT_SPARSITY = 2e-3  # 93 of SmolLM2's 46,080 neurons (benchmarks/steering_effect.py)
+# chosen with benchmarks/experiments/steering_effect.py on the embedded model
+DEFAULT_MAGNITUDE = 4.0
+# 93 of SmolLM2's 46,080 neurons (benchmarks/experiments/steering_effect.py)
+DEFAULT_SPARSITY = 2e-3
 DEFAULT_SCORE = "mean_diff"  # lape ignores neurons that fire for less than 5% of the value's tokens
 # Value-relevance gates (neva_sweep/neurons/gate.py): none = every row fully edited; context = each
 # row's edit scaled by a probe's P(value-laden prompt); value = by a probe's P(prompt about
@@ -37,6 +51,28 @@ GATES = ("none", "context", "value")
 
 class ConfigError(ValueError):
     """An invalid configuration; the message starts with the key (or file) to fix."""
+
+
+def check_layer_window(key: str, window: Any, n_layers: int | None, model: str = "") -> None:
+    """The one check of a layer window ``[start, stop)`` (``edit.layer_window``, each of
+    ``search.space.layer_windows``): well formed, and inside the model's ``n_layers`` when
+    that is known (None: only the form is checked; the model's load checks the rest).
+
+    >>> check_layer_window("edit.layer_window", [0, 2], 2, "tiny-llama")
+    >>> check_layer_window("edit.layer_window", [1, 3], 2, "tiny-llama")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    neva_sweep.config.ConfigError: edit.layer_window: window [1, 3] reaches past the 2 layers...
+    """
+    if window is None:
+        return
+    w = list(window)
+    if len(w) != 2 or not all(isinstance(x, int) for x in w) or not 0 <= w[0] < w[1]:
+        raise ConfigError(f"{key}: a layer window is [start, stop) with 0 <= start < stop, "
+                          f"got {w}")
+    if n_layers is not None and w[1] > n_layers:
+        raise ConfigError(f"{key}: window {w} reaches past the {n_layers} layers of model "
+                          f"{model!r}; valid: 0 <= start < stop <= {n_layers}")
 
 
 @dataclass
@@ -149,38 +185,195 @@ class EditConfig:
 
 
 @dataclass
+class ResidualSpace:
+    """The searched layers of a residual steering method (``diffmean``, ``caa_pairs``)."""
+
+    # the first edited layer as a fraction of depth [lo, hi], uniform (one space fits every
+    # model); a fraction in [0, 1]
+    layer_frac: list[float] = field(default_factory=lambda: [0.2, 0.8])
+    # consecutive layers edited; several entries = searched
+    n_layers: list[int] = field(default_factory=lambda: [1])
+
+
+@dataclass
+class DiffMeanSpace(ResidualSpace):
+    """diffmean's searched ranges (``search.space.diffmean.*``; its former name caa too)."""
+
+    # search.space.scaled: the coefficient as a strength, log-uniform (recentred by the
+    # calibration when search.calibrate)
+    strength: list[float] = field(default_factory=lambda: [0.25, 4.0])
+    coefficient: list[float] = field(default_factory=lambda: [0.5, 6.0])  # scaled: false; uniform
+
+
+@dataclass
+class CaaPairsSpace(ResidualSpace):
+    """caa_pairs' searched ranges (``search.space.caa_pairs.*``)."""
+
+    # the fraction of the residual norm added, log-uniform even when scaled: false
+    # (calibrated when scaled). Measured on SmolLM2-135M, real pairs, 2 values x layers
+    # 0.2/0.5/0.8: KL on neutral text 0.004-0.006 at 0.05, 0.06-0.10 at 0.2 (near max_kl),
+    # 2.3-3.2 at 1.0, alike across layers; the tiny random model stays under KL 1e-4 at
+    # every strength, so it cannot set the box
+    strength: list[float] = field(default_factory=lambda: [0.05, 1.0])
+
+
+@dataclass
+class PromptSpace:
+    """prompt's searched wordings (``search.space.prompt.*``)."""
+
+    strength: list[int] = field(default_factory=lambda: [1, 2, 3])  # 0 = no prefix, up to 3
+
+
+# The search.space keys of the flat layout, each moved under the method(s) it configured
+# (keys equal to the methods' parameter names). Accepted for one release: mapped onto the
+# new keys with a deprecation warning (upgrade_space).
+DEPRECATED_SPACE_KEYS: dict[str, tuple[str, ...]] = {
+    "caa_layer": ("diffmean.layer_frac", "caa_pairs.layer_frac"),
+    "caa_n_layers": ("diffmean.n_layers", "caa_pairs.n_layers"),
+    "caa_coefficient": ("diffmean.coefficient",),
+    "caa_strength": ("diffmean.strength",),
+    "caa_pairs_strength": ("caa_pairs.strength",),
+    "prompt_strengths": ("prompt.strength",),
+}
+# Until removed, a deprecated key not given reads as its (first) new key: an interpolation,
+# so a script that reads search.space.caa_layer still gets the layers searched.
+SPACE_ALIASES = {old: f"${{.{new[0]}}}" for old, new in DEPRECATED_SPACE_KEYS.items()}
+
+
+@dataclass
 class SearchSpace:
     """What Optuna searches per (model, value, method) (``search.space.*``).
 
-    A list with one entry is fixed; with several entries it is searched categorically.
+    A ``[lo, hi]`` pair is a searched range; a list of choices with one entry is fixed,
+    with several entries it is searched categorically. The keys at the top are the neuron
+    methods' (``neva``; ``random_neurons`` shares them but ``scores`` and ``polarities``)
+    and the ones every method that takes them shares (``scaled``, ``positions``,
+    ``gates``); a method with parameters of its own searches them under its name, with
+    the parameter's own name: ``search.space.diffmean.layer_frac``,
+    ``search.space.caa_pairs.strength``, ``search.space.prompt.strength``.
     """
 
-    sparsity: list[float] = field(default_factory=lambda: [5e-4, 1e-2])  # [lo, hi], log-uniform
+    # fraction of the MLP neurons, (0, 1), log-uniform; the strength keeps one dose per count
+    sparsity: list[float] = field(default_factory=lambda: [5e-4, 0.2])
     # scaled: search the dose as a strength (neva_sweep/methods/strength.py), log-uniform in
-    # ``strength`` (neuron methods) and ``caa_strength`` (diffmean), recentred by the
-    # calibration (search.calibrate); false: the raw magnitude and coefficient below, uniform
+    # ``strength`` (neuron methods: ||E[delta] / sd||_2 of the edited neurons) and in each
+    # method's own strength range, recentred by the calibration (search.calibrate); false:
+    # the raw ``magnitude`` (uniform) and diffmean's ``coefficient`` instead
     scaled: bool = True
     strength: list[float] = field(default_factory=lambda: [4.0, 64.0])
-    caa_strength: list[float] = field(default_factory=lambda: [0.25, 4.0])
-    # caa_pairs: fraction of the residual norm added, always log-uniform (calibrated when
-    # scaled); see conf/search/default.yaml for how the box was chosen
-    caa_pairs_strength: list[float] = field(default_factory=lambda: [0.05, 1.0])
     magnitude: list[float] = field(default_factory=lambda: [1.0, 8.0])  # [lo, hi], uniform
     # edit rules (edits/neuron.py; also add_sd), searched; the first is the calibration reference
     rules: list[str] = field(
         default_factory=lambda: [DEFAULT_RULE, "scale", "set", "gate_neuron"])
-    scores: list[str] = field(default_factory=lambda: [DEFAULT_SCORE])  # mean_diff | ...
-    polarities: list[str] = field(default_factory=lambda: ["positive"])  # positive | both
+    # mean_diff | contrast_d | prob_diff | lape | attribution
+    scores: list[str] = field(default_factory=lambda: [DEFAULT_SCORE])
+    # positive | both (also damps the most anti-specific neurons; drawn only with a signed
+    # score and a rule other than set)
+    polarities: list[str] = field(default_factory=lambda: ["positive"])
     positions: list[str] = field(default_factory=lambda: ["all"])  # all | response
-    # none | context | value (neurons/gate.py); the prompt method takes no gate
+    # none | context | value (neurons/gate.py); every method but prompt
     gates: list[str] = field(default_factory=lambda: ["none", "value"])
     layer_windows: list[list[int]] | None = None  # [[start, stop], ...]; None = all layers
-    # methods diffmean and caa_pairs: first layer as a fraction of depth [lo, hi],
-    # consecutive layers; diffmean, scaled: false: its coefficient
-    caa_layer: list[float] = field(default_factory=lambda: [0.2, 0.8])
-    caa_n_layers: list[int] = field(default_factory=lambda: [1])
-    caa_coefficient: list[float] = field(default_factory=lambda: [0.5, 6.0])
-    prompt_strengths: list[int] = field(default_factory=lambda: [1, 2, 3])  # method prompt
+    diffmean: DiffMeanSpace = field(default_factory=DiffMeanSpace)
+    caa_pairs: CaaPairsSpace = field(default_factory=CaaPairsSpace)
+    prompt: PromptSpace = field(default_factory=PromptSpace)
+    # Deprecated (DEPRECATED_SPACE_KEYS), kept in the schema for one release so that
+    # overrides and presets that set them still compose; not given, each reads as its new
+    # key (SPACE_ALIASES). Typed Any: the value is checked under its new key.
+    caa_layer: Any = SPACE_ALIASES["caa_layer"]
+    caa_n_layers: Any = SPACE_ALIASES["caa_n_layers"]
+    caa_coefficient: Any = SPACE_ALIASES["caa_coefficient"]
+    caa_strength: Any = SPACE_ALIASES["caa_strength"]
+    caa_pairs_strength: Any = SPACE_ALIASES["caa_pairs_strength"]
+    prompt_strengths: Any = SPACE_ALIASES["prompt_strengths"]
+
+
+_warned_keys: set[str] = set()  # deprecated keys already warned about in this process
+
+
+def _at(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _put(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
+def upgrade_space(space: dict[str, Any], warn: bool = True) -> dict[str, Any]:
+    """A plain, unresolved ``search.space`` dict with the value of every deprecated key
+    that is given (:data:`DEPRECATED_SPACE_KEYS`; not null, not its alias) moved onto its
+    new key(s) and the old key reset to its alias; a copy. A new key that differs from its
+    default counts as given too: both given is a :class:`ConfigError` naming both.
+    ``warn``: log a deprecation warning naming the old and new keys, once per key and
+    process.
+
+    >>> new = upgrade_space({"caa_layer": [0.3, 0.6], "prompt": {"strength": [1, 2, 3]}},
+    ...                     warn=False)
+    >>> new["diffmean"]["layer_frac"], new["caa_pairs"]["layer_frac"], new["caa_layer"]
+    ([0.3, 0.6], [0.3, 0.6], '${.diffmean.layer_frac}')
+    >>> upgrade_space({"prompt_strengths": [1], "prompt": {"strength": [2]}},
+    ...               warn=False)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    neva_sweep.config.ConfigError: search.space.prompt_strengths, search.space.prompt.strength: ...
+    """
+    import copy
+
+    out = copy.deepcopy(space)
+    defaults = OmegaConf.to_container(OmegaConf.structured(SearchSpace))
+    for old, new_keys in DEPRECATED_SPACE_KEYS.items():
+        value = out.get(old)
+        if value is None or value == SPACE_ALIASES[old]:
+            continue
+        names = " and ".join(f"search.space.{n}" for n in new_keys)
+        for new in new_keys:
+            given = _at(out, new)
+            if given is not None and given != _at(defaults, new):
+                raise ConfigError(f"search.space.{old}, search.space.{new}: both given, and "
+                                  f"{old} is the deprecated name of {names}; drop "
+                                  f"search.space.{old} and give {names} instead")
+        if warn and old not in _warned_keys:
+            _warned_keys.add(old)
+            log.warning("search.space.%s is deprecated and will be removed: it is now %s "
+                        "(the parameter's own name, under its method)", old, names)
+        for new in new_keys:
+            _put(out, new, copy.deepcopy(value))
+        out[old] = SPACE_ALIASES[old]
+    return out
+
+
+def current_space(space: dict[str, Any]) -> dict[str, Any]:
+    """A resolved ``search.space`` dict as the current schema lays it out: deprecated keys
+    that merely echo their new key (the alias, resolved) dropped, given ones upgraded
+    (silently) and dropped. Compares a run directory's recorded setup with a new one
+    whichever layout either was written in (sweep/identity.py)."""
+    echo = {old for old, new in DEPRECATED_SPACE_KEYS.items()
+            if old in space and space[old] == _at(space, new[0])}
+    plain = {k: v for k, v in space.items() if k not in echo}
+    return {k: v for k, v in upgrade_space(plain, warn=False).items()
+            if k not in DEPRECATED_SPACE_KEYS}
+
+
+def upgrade_search_space(search: DictConfig) -> None:
+    """Map the deprecated ``search.space`` keys given in ``search`` onto their new keys,
+    in place (:func:`upgrade_space`); a no-op when none is given, so calling it twice is
+    harmless. The sweep's plan does it first, so every later reader sees the new keys."""
+    plain = OmegaConf.to_container(search.space, resolve=False)
+    upgraded = upgrade_space(plain)
+    if upgraded == plain:
+        return
+    for old, new_keys in DEPRECATED_SPACE_KEYS.items():
+        if plain.get(old) != upgraded[old]:
+            for new in new_keys:
+                OmegaConf.update(search.space, new, _at(upgraded, new), merge=False)
+            search.space[old] = SPACE_ALIASES[old]
 
 
 @dataclass
@@ -204,8 +397,9 @@ class SearchConfig:
     sampler: str = "tpe"  # tpe (multivariate, multi-objective) | nsga2 | gp
     seed: int = 0
     # finished (COMPLETE or PRUNED) trials per study; re-running tops studies up to it. 24:
-    # NeVA's best feasible edit reached 93% of a dense grid's by 24 trials, 72% by 12
-    # (benchmarks/search_convergence.py, docs/results.md section 0d)
+    # searching rule add only, NeVA's best feasible edit reached 93% of a dense grid's by
+    # 24 trials (2 values x 2 seeds), 72% by 12; with the four rules and two gates of the
+    # default space, 84% (4 values, 1 seed): docs/results.md section 0d
     n_trials: int = 24
     n_startup_trials: int = 4  # random trials before tpe/gp model the results
     population_size: int = 8  # nsga2 generation size
@@ -238,7 +432,9 @@ class SearchConfig:
     calibrate: bool = True
     calibration: CalibrationConfig = field(default_factory=lambda: CalibrationConfig())
     # multi-fidelity trials (neva_sweep/sweep/pruning.py): none | median | sha | hyperband;
-    # a trial is first scored on ``fidelity`` of the scenarios and continues only if promising
+    # a trial is first scored on ``fidelity`` of the scenarios and continues only if
+    # promising. none by measurement: sha saved 34% of the CPU time but NeVA's search
+    # reached 78% of the reference by 24 trials instead of 95%
     pruner: str = "none"
     fidelity: float = 0.34
 

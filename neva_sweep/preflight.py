@@ -12,85 +12,40 @@ not the minutes of a model load and a statistics pass. What it checks:
   ``method`` picking one of its edits;
 - for ``task=compare``: ``run_dirs`` (two or more distinct directories) and
   ``+compare_judges``;
-- for sweeps: the whole plan (:func:`neva_sweep.sweep.plan.make_plan`), the layer
-  windows of ``search.space`` against every model, the storage (driver importable,
-  server reachable, an existing SQLite file really a database);
-- ``model.device``, ``model.device_map`` (not with ``model.tp_size`` > 1) and ``model.tp_load``;
+- for sweeps: the whole plan (:func:`neva_sweep.sweep.plan.make_plan`: every sweep key,
+  each model's placement, the layer windows of ``search.space`` against every model),
+  built once and handed to the sweep, and the storage (driver importable, server
+  reachable, an existing SQLite file really a database);
+- ``model.tp_size``, ``model.dtype``, ``model.device``, ``model.device_map`` (not with
+  ``model.tp_size`` > 1) and ``model.tp_load``
+  (:func:`neva_sweep.models.host.check_placement`);
 - the run directory is writable.
 
-Every error is a :class:`~neva_sweep.sweep.plan.ConfigError` whose message starts with
-the key (or file) to fix.
+Each key has one check function, run once: a layer window is checked by
+:func:`neva_sweep.config.check_layer_window` wherever it is given. Every error is a
+:class:`~neva_sweep.config.ConfigError` whose message starts with the key (or file) to fix.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import uuid
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
 from .redact import redact_text
 
+if TYPE_CHECKING:
+    from .sweep.plan import SweepPlan
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # Tasks that edit with edit.* when no best_edits= is given, and whether a value is needed.
 EDIT_TASKS = {"identify": False, "steer": True, "evaluate": False}
-
-
-def model_n_layers(model: dict[str, Any]) -> int | None:
-    """The layer count of ``model`` (a ``model.*`` dict) from its config alone, or None when
-    it cannot be read without loading the model (then the load itself checks)."""
-    from .models.registry import MODELS, TINY_CONFIGS, embedded_model_path
-
-    name = str(model["name"])
-    if name in TINY_CONFIGS:
-        spec = TINY_CONFIGS[name]
-        return int(spec.get("num_hidden_layers", spec.get("n_layer", 2)))
-    if name == "smollm2-135m" or name.endswith(".gguf"):
-        return _gguf_block_count(embedded_model_path() if name in MODELS else Path(name))
-    if name in MODELS:
-        return None
-    try:
-        from transformers import AutoConfig
-
-        conf = AutoConfig.from_pretrained(name, trust_remote_code=bool(
-            model.get("trust_remote_code", False)), local_files_only=True)
-    except Exception:  # not local: the load names the problem
-        return None
-    text = getattr(conf, "get_text_config", lambda: conf)()
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if getattr(text, key, None) is not None:
-            return int(getattr(text, key))
-    return None
-
-
-def _gguf_block_count(path: Path) -> int | None:
-    """``<arch>.block_count`` from a GGUF file's header (memory-mapped, no tensors read)."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
-    for name, field in reader.fields.items():
-        if name.endswith(".block_count"):
-            return int(field.parts[field.data[0]][0])
-    return None
-
-
-def check_window(key: str, window: Any, n_layers: int | None, model: str) -> None:
-    """A layer window [start, stop) inside the model's layers."""
-    if window is None:
-        return
-    w = list(window)
-    if len(w) != 2 or not all(isinstance(x, int) for x in w) or not 0 <= w[0] < w[1]:
-        raise ConfigError(f"{key}: a layer window is [start, stop) with 0 <= start < stop, "
-                          f"got {w}")
-    if n_layers is not None and w[1] > n_layers:
-        raise ConfigError(f"{key}: window {w} reaches past the {n_layers} layers of model "
-                          f"{model!r}; valid: 0 <= start < stop <= {n_layers}")
 
 
 def check_edit(cfg: DictConfig, model: dict[str, Any], need_value: bool) -> None:
@@ -110,8 +65,6 @@ def check_edit(cfg: DictConfig, model: dict[str, Any], need_value: bool) -> None
                           f"neurons, e.g. 0.002), got {e.sparsity}")
     if not math.isfinite(float(e.magnitude)):
         raise ConfigError(f"edit.magnitude: must be a finite number, got {e.magnitude}")
-    if cfg.max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens: must be >= 1, got {cfg.max_new_tokens}")
     from .config import GATES
     from .edits.neuron import POSITIONS, RULES
     from .neurons.selection import POLARITIES, SCORES
@@ -130,29 +83,11 @@ def check_edit(cfg: DictConfig, model: dict[str, Any], need_value: bool) -> None
         raise ConfigError(f"edit.polarity: both needs a signed score (edit.score: "
                           f"{', '.join(SIGNED_SCORES)}); {e.score!r} has no anti-specific side")
     if e.layer_window is not None:
-        check_window("edit.layer_window", e.layer_window, model_n_layers(model),
-                     str(model["name"]))
+        from .config import check_layer_window
+        from .models.registry import model_n_layers
 
-
-def check_device(device: Any) -> None:
-    """``model.device``: cpu, cuda or cuda:<index>, before the model loads."""
-    d = str(device)
-    if d != "cpu" and not re.fullmatch(r"cuda(:\d+)?", d):
-        raise ConfigError(f"model.device: {d!r}; valid choices: cpu, cuda, cuda:<index>")
-
-
-def check_placement(model: Any, where: str = "") -> None:
-    """``model.device``, ``model.device_map`` (well formed, and not with ``model.tp_size``
-    > 1) and ``model.tp_load`` of one ``model.*`` config."""
-    from .models.host import check_device_map
-    from .models.sharded import TP_LOADS
-
-    check_device(model.get("device", "cpu"))
-    check_device_map(model.get("device_map"), model.get("tp_size", 1), where)
-    tp_load = model.get("tp_load", "auto")
-    if tp_load not in TP_LOADS:
-        at = f" ({where})" if where else ""
-        raise ConfigError(f"model.tp_load: {tp_load!r}{at}; valid choices: {', '.join(TP_LOADS)}")
+        check_layer_window("edit.layer_window", e.layer_window, model_n_layers(model),
+                           str(model["name"]))
 
 
 def check_stats(cfg: DictConfig) -> None:
@@ -297,20 +232,29 @@ def _connect_timeout(url: str) -> dict:
     return {"connect_timeout": 10} if url.startswith(("postgresql", "mysql")) else {}
 
 
-def preflight(cfg: DictConfig, out: Path) -> None:
-    """Validate what ``cfg.task`` will read; raise :class:`ConfigError` before any work."""
+def preflight(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Validate what ``cfg.task`` will read; raise :class:`ConfigError` before any work.
+
+    Returns what the checks built that the task needs, as keyword arguments of the task
+    (``task=sweep``: ``{"plan": SweepPlan}``, so that the sweep is planned once); ``{}``
+    for the other tasks.
+    """
     task = cfg.task
     if task == "report":
-        return  # reads an existing run; checked by the report task itself
+        return {}  # reads an existing run; checked by the report task itself
     if task == "compare":  # reads existing runs: their trials and judges by the task itself
         from .report.compare import check_compare
 
         check_compare(cfg.run_dirs, cfg.get("compare_judges"))
-        return check_writable("hydra.run.dir", out)
+        check_writable("hydra.run.dir", out)
+        return {}
     if task == "sweep":
-        return preflight_sweep(cfg, out)
+        return {"plan": preflight_sweep(cfg, out)}
     if task == "export":
-        return preflight_export(cfg, out)
+        preflight_export(cfg, out)
+        return {}
+    from .models.host import check_placement
+
     check_data_files(cfg)
     check_stats(cfg)
     check_split(cfg)
@@ -325,6 +269,7 @@ def preflight(cfg: DictConfig, out: Path) -> None:
         raise ConfigError("prompt: task=steer needs a prompt to answer (prompt=\"...\"); "
                           "got an empty one")
     check_writable("hydra.run.dir", out)
+    return {}
 
 
 def check_export(cfg: DictConfig) -> None:
@@ -364,6 +309,8 @@ def check_export(cfg: DictConfig) -> None:
 
 
 def preflight_export(cfg: DictConfig, out: Path) -> None:
+    from .models.host import check_placement
+
     check_export(cfg)
     check_data_files(cfg)  # the edit may be rebuilt from statistics on these
     check_stats(cfg)
@@ -371,16 +318,15 @@ def preflight_export(cfg: DictConfig, out: Path) -> None:
     check_writable("hydra.run.dir", out)
 
 
-def preflight_sweep(cfg: DictConfig, out: Path) -> None:
+def preflight_sweep(cfg: DictConfig, out: Path) -> SweepPlan:
+    """The sweep's plan, built and checked once (:func:`~neva_sweep.sweep.plan.make_plan`:
+    every sweep key, each model's placement and the layer windows against its layer
+    count), then what the plan cannot see: data files, gate texts, the storage."""
     from .sweep.plan import make_plan
 
     check_writable("hydra.run.dir", out)
     plan = make_plan(cfg, out)
-    for m in plan.models:
-        check_placement(m.config, f"model.* of {m.label!r}")
-        n_layers = model_n_layers(m.config)
-        for w in cfg.search.space.layer_windows or []:
-            check_window("search.space.layer_windows", w, n_layers, m.label)
     check_data_files(cfg)
     check_stats(cfg)
     check_storage(plan.storage)
+    return plan

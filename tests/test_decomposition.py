@@ -1,5 +1,5 @@
-"""benchmarks/dose_decomposition.py --tiny: every variant at one bisected KL, scored on the
-test split beside dose-matched nulls (a subprocess, as users run it)."""
+"""benchmarks/experiments/dose_decomposition.py --tiny: every variant at one bisected KL,
+scored on the test split beside dose-matched nulls (a subprocess, as users run it)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "experiments" / "dose_decomposition.py"
 
 
 def test_dose_decomposition_on_a_tiny_model(tmp_path):
     out = tmp_path / "dd.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "dose_decomposition.py"), "--tiny",
+        [sys.executable, str(SCRIPT), "--tiny",
          "--values", "power", "--variants", "neva_add", "dense_all", "diffmean_1",
          "caa_pairs", "--json", str(out), "--cache-dir", ""],
         capture_output=True, text=True, cwd=tmp_path)
@@ -44,7 +45,7 @@ def test_dose_decomposition_on_a_tiny_model(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps(other))
     merged_path = tmp_path / "merged.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "dose_decomposition.py"), "--merge",
+        [sys.executable, str(SCRIPT), "--merge",
          str(out), str(tmp_path / "other.json"), "--json", str(merged_path)],
         capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -68,8 +69,7 @@ def test_lock_step_bisection_equals_one_by_one(tiny_host, tiny_stats):
     from neva_sweep.evaluation.capability import base_distribution, mean_kl, neutral_texts
     from neva_sweep.sweep.calibrate import bisect_dose
 
-    spec = importlib.util.spec_from_file_location("dd", ROOT / "benchmarks" /
-                                                  "dose_decomposition.py")
+    spec = importlib.util.spec_from_file_location("dd", SCRIPT)
     dd = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dd)
     texts = neutral_texts(load_records("neutral"), 3, "search")

@@ -20,11 +20,11 @@ from neva_sweep.edits.neuron import NeuronEdit
 from neva_sweep.edits.residual import caa_edit
 from neva_sweep.evaluation.scoring import next_token_logprobs
 from neva_sweep.methods.nulls import edit_push
-from neva_sweep.models.host import host_from_model, load_model, module_device
+from neva_sweep.models.host import check_placement, host_from_model, load_model, module_device
 from neva_sweep.models.registry import tiny_model
 from neva_sweep.models.tp import load_tp_host
 from neva_sweep.neurons.gate import gate_of
-from neva_sweep.preflight import check_placement, preflight
+from neva_sweep.preflight import preflight
 
 OFFLOADED = {"model.embed_tokens": "disk", "model.layers.0": "cpu", "model.layers.1": "disk",
              "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}

@@ -14,7 +14,8 @@ import optuna
 import pytest
 
 from neva_sweep.cli import run
-from neva_sweep.preflight import model_n_layers, preflight
+from neva_sweep.models.registry import model_n_layers
+from neva_sweep.preflight import preflight
 from neva_sweep.report.build import ReportError
 from neva_sweep.sweep.plan import ConfigError
 from neva_sweep.values import VALUES

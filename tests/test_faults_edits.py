@@ -68,14 +68,12 @@ def test_corrupt_evaluation_caches_are_recomputed(tiny_host, tiny_stats, tmp_pat
 
 
 def test_statistics_write_without_space_leaves_no_temporary(tiny_stats, tmp_path, monkeypatch):
-    import neva_sweep.neurons.stats as stats_module
-
     def full_disk(tensors, filename, metadata=None):
         with open(filename, "wb") as f:  # half a file, then the disk is full
             f.write(b"\0" * 64)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(stats_module, "save_file", full_disk)
+    monkeypatch.setattr("safetensors.torch.save_file", full_disk)  # files.save_tensors'
     target = tmp_path / "cache" / "stats.safetensors"
     with pytest.raises(OSError, match=f"no space left on {target}"):
         tiny_stats.save(target)
@@ -89,7 +87,7 @@ def test_statistics_survive_a_full_cache(tiny_host, small_probes, tmp_path, monk
     def full_disk(tensors, filename, metadata=None):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(stats_module, "save_file", full_disk)
+    monkeypatch.setattr("safetensors.torch.save_file", full_disk)  # files.save_tensors'
     cache = tmp_path / "cache"
     stats = stats_module.cached_stats(tiny_host, small_probes, nv.StatsConfig(), cache,
                                       progress=False)

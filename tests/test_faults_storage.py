@@ -27,7 +27,8 @@ from test_sweep import FAST, states_by_study, trials
 from neva_sweep.sweep import ConfigError, run_sweep
 from neva_sweep.sweep.lock import HOST, SUFFIX, NoLock, RunLock, RunLockedError, lock_path, run_lock
 from neva_sweep.sweep.plan import storage_url
-from neva_sweep.sweep.studies import STALE_ERROR, fail_stale_trials, open_storage
+from neva_sweep.sweep.storage import open_storage
+from neva_sweep.sweep.studies import STALE_ERROR, fail_stale_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLD = ("import sys, time; from pathlib import Path; from neva_sweep.sweep.lock import RunLock; "

@@ -74,9 +74,15 @@ def test_a_storage_that_refuses_writes_is_one_line(config, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("override, key", [
-    ("search.space.caa_layer=[0.9,1.5]", "search.space.caa_layer"),
-    ("search.space.caa_n_layers=[0]", "search.space.caa_n_layers"),
-    ("search.space.prompt_strengths=[5,9]", "search.space.prompt_strengths"),
+    ("search.space.diffmean.layer_frac=[0.9,1.5]", "search.space.diffmean.layer_frac"),
+    ("search.space.caa_pairs.layer_frac=[-0.1,0.5]", "search.space.caa_pairs.layer_frac"),
+    ("search.space.diffmean.n_layers=[0]", "search.space.diffmean.n_layers"),
+    ("search.space.caa_pairs.n_layers=[]", "search.space.caa_pairs.n_layers"),
+    ("search.space.diffmean.coefficient=[6.0,0.5]", "search.space.diffmean.coefficient"),
+    ("search.space.caa_pairs.strength=[0.0,1.0]", "search.space.caa_pairs.strength"),
+    ("search.space.prompt.strength=[5,9]", "search.space.prompt.strength"),
+    # a deprecated key is checked under its new name (after a deprecation warning)
+    ("search.space.caa_layer=[0.9,1.5]", "search.space.diffmean.layer_frac"),
 ])
 def test_method_settings_outside_their_range_are_refused_before_any_work(config, override,
                                                                          key):

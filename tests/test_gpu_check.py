@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh --tiny: the GPU check's code paths on CPU, and its JSON contract.
+"""benchmarks/tools/gpu_check.sh --tiny: the GPU check's code paths on CPU, and its JSON contract.
 
 The GPU check is meant to be run later on a large GPU by someone else; this runs the same
 script (the shell wrapper, then every section) on CPU with a 2-layer model, so that a
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "tools" / "gpu_check.sh"
 KS = (1, 2)  # the tiny mode's trials per batch
 NUMBERS = {
     "forward": ("n_parameters", "build_s", "n_tokens", "plain_tokens_per_s",
@@ -47,7 +48,7 @@ def report(tmp_path_factory) -> dict:
     out_dir = tmp_path_factory.mktemp("gpu_check")
     env = {**os.environ, "OUT": str(out_dir), "OMP_NUM_THREADS": "2",
            "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--tiny"],
+    proc = subprocess.run(["bash", str(SCRIPT), "--tiny"],
                           cwd=out_dir, env=env, capture_output=True, text=True, timeout=600)
     path = out_dir / "gpu_check.json"  # the default: $OUT/gpu_check.json
     assert f"figures in {path}" in proc.stdout, proc.stdout + proc.stderr[-3000:]

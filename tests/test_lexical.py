@@ -16,8 +16,8 @@ from neva_sweep.evaluation.lexical import (
 )
 from neva_sweep.values import VALUES
 
-HELD_OUT = sorted((Path(__file__).parents[1] / "benchmarks" / "data").glob(
-    "heldout_scenarios*.jsonl"))
+HELD_OUT = sorted((Path(__file__).parents[1] / "benchmarks" / "experiments" / "data")
+                  .glob("heldout_scenarios*.jsonl"))
 
 # ---------------------------------------------------------------- the functions
 
@@ -111,7 +111,8 @@ def test_test_split_has_no_near_neighbour_in_the_benchmark_sets(scenarios, path)
 
 def test_benchmark_sets_are_present_in_source_checkouts():
     if not HELD_OUT:
-        pytest.skip("benchmarks/data/heldout_scenarios*.jsonl not present (source checkouts only)")
+        pytest.skip("benchmarks/experiments/data/heldout_scenarios*.jsonl not present "
+                    "(source checkouts only)")
     assert len(HELD_OUT) >= 2
 
 

@@ -286,7 +286,7 @@ def test_neva_search_space_never_samples_an_edit_it_refuses(tiny_stats) -> None:
     from omegaconf import OmegaConf
 
     from neva_sweep.config import SearchSpace
-    from neva_sweep.sweep.studies import make_sampler
+    from neva_sweep.sweep.samplers import make_sampler
 
     space = SearchSpace(sparsity=[0.01, 0.9], rules=["add", "set"], scores=["mean_diff", "lape"],
                         polarities=["positive", "both"], gates=["none"])

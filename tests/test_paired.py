@@ -1,5 +1,5 @@
 """Paired held-out comparisons: Holm by hand, the two-level bootstrap, and
-benchmarks/method_comparison.py --seeds on a tiny model."""
+benchmarks/experiments/method_comparison.py --seeds on a tiny model."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from neva_sweep.evaluation.paired import compare_values, holm, p_two_sided, paired_bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "benchmarks" / "experiments"
 
 
 def test_holm_by_hand() -> None:
@@ -46,7 +47,7 @@ def test_wins_need_the_holm_interval_to_exclude_zero() -> None:
 
 
 def test_each_seed_has_its_own_search_seed_and_probe_resample(config) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(EXPERIMENTS))
     try:
         from method_comparison import seed_overrides
     finally:
@@ -66,7 +67,7 @@ def test_method_comparison_seeds_on_a_tiny_model(tmp_path) -> None:
     axis is the overrides above; each seed is one more sweep like this one)."""
     report = tmp_path / "report.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "method_comparison.py"), "--seeds", "1",
+        [sys.executable, str(EXPERIMENTS / "method_comparison.py"), "--seeds", "1",
          "--tiny", "--values", "power", "--run-dir", str(tmp_path / "cmp"), "--json",
          str(report), "--override", f"cache_dir={tmp_path / 'cache'}"],
         capture_output=True, text=True, cwd=tmp_path)

@@ -147,12 +147,34 @@ def test_relative_links_point_at_existing_files_and_headings(page):
     assert not broken, f"{page.name}: broken links {broken}"
 
 
+BENCHMARK_KINDS = ("perf", "experiments", "tools")
+
+
+def benchmark_scripts() -> list[Path]:
+    return sorted(p for p in (ROOT / "benchmarks").rglob("*") if p.suffix in (".py", ".sh"))
+
+
+def test_benchmark_scripts_sit_in_their_kind_folders():
+    misplaced = [str(p.relative_to(ROOT)) for p in benchmark_scripts()
+                 if p.parent.parent != ROOT / "benchmarks"
+                 or p.parent.name not in BENCHMARK_KINDS]
+    assert not misplaced, f"benchmark scripts outside benchmarks/{{perf,experiments,tools}}/: " \
+                          f"{misplaced}"
+
+
 def test_layout_names_every_benchmark_script():
     layout = README.read_text().split("## Layout", 1)[1]
-    scripts = sorted(p.name for p in (ROOT / "benchmarks").iterdir()
-                     if p.suffix in (".py", ".sh"))
+    scripts = [p.name for p in benchmark_scripts()]
     missing = [s for s in scripts if not re.search(rf"\b{re.escape(s)}\b", layout)]
+    missing += [f"{k}/" for k in BENCHMARK_KINDS if f"{k}/" not in layout]
     assert not missing, f"README Layout lacks {missing}"
+
+
+def test_benchmarks_index_has_a_row_per_script():
+    index = (ROOT / "benchmarks" / "README.md").read_text()
+    scripts = [p.relative_to(ROOT).as_posix() for p in benchmark_scripts()]
+    missing = [s for s in scripts if s not in index]
+    assert not missing, f"benchmarks/README.md lacks {missing}"
 
 
 # -- every README command is run by a test ---------------------------------------------------

@@ -89,8 +89,8 @@ def test_options_share_no_8_word_sequence_with_other_value_texts(scenarios):
     assert not shared
 
 
-HELD_OUT = sorted((Path(__file__).parents[1] / "benchmarks" / "data").glob(
-    "heldout_scenarios*.jsonl"))
+HELD_OUT = sorted((Path(__file__).parents[1] / "benchmarks" / "experiments" / "data")
+                  .glob("heldout_scenarios*.jsonl"))
 
 
 def texts_of(rows) -> list[tuple[str, str, str]]:
@@ -103,7 +103,8 @@ def test_scenario_sets_share_no_8_word_sequence(scenarios):
     """The built-in scenarios and each held-out benchmark set were written apart; no text
     of one may repeat an 8-word sequence of another's."""
     if not HELD_OUT:
-        pytest.skip("benchmarks/data/heldout_scenarios*.jsonl not present (source checkouts only)")
+        pytest.skip("benchmarks/experiments/data/heldout_scenarios*.jsonl not present "
+                    "(source checkouts only)")
     sets = {"built-in": scenarios.rows,
             **{p.name: load_scenarios(str(p)).rows for p in HELD_OUT}}
     assert len(sets) >= 3  # the built-in set and the two held-out sets

@@ -1,4 +1,4 @@
-"""A finished trial's attributes reach the storage in one write (studies.set_user_attrs),
+"""A finished trial's attributes reach the storage in one write (storage.set_user_attrs),
 and the scheduler's bookkeeping for many replicas (no Ray, no timing)."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy import event
 
-from neva_sweep.sweep import studies
+from neva_sweep.sweep import storage as sweep_storage
 from neva_sweep.sweep.plan import StudyKey
 from neva_sweep.sweep.scheduler import Scheduler
-from neva_sweep.sweep.studies import open_storage, open_studies, set_user_attrs
+from neva_sweep.sweep.storage import open_storage, set_user_attrs
+from neva_sweep.sweep.studies import open_studies
 
 ATTRS = {"alignment": 0.25, "csr_edited": {"power": 0.5}, "replica": "a#0", "retried": False,
          "duration_s": None, "ci": [0.1, 0.3]}
@@ -80,7 +81,7 @@ def test_set_user_attrs_takes_the_public_route_when_optuna_internals_differ(tmp_
     def moved(*args):
         raise AttributeError("'RDBStorage' object has no attribute 'scoped_session'")
 
-    monkeypatch.setattr(studies, "_rdb_write", moved)
+    monkeypatch.setattr(sweep_storage, "_rdb_write", moved)
     study = _study(f"sqlite:///{tmp_path}/o.db")
     trial = study.ask()
     set_user_attrs(trial, ATTRS, CONSTRAINTS)

@@ -42,7 +42,8 @@ from neva_sweep.sweep.outputs import Outputs
 from neva_sweep.sweep.plan import ConfigError, ModelEntry, StudyKey, check_search
 from neva_sweep.sweep.pruning import RUNG_SUFFIX
 from neva_sweep.sweep.scheduler import Scheduler
-from neva_sweep.sweep.studies import fail_stale_trials, open_storage, open_studies
+from neva_sweep.sweep.storage import open_storage
+from neva_sweep.sweep.studies import fail_stale_trials, open_studies
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,12 +82,14 @@ def test_diffmean_strength_is_its_coefficient(tiny_stats):
 def test_residual_methods_calibrate_their_own_strength_box(config):
     space = config().search.space
     keys = {m: strength_key(m) for m in ("neva", "diffmean", "caa", "caa_pairs", "prompt")}
-    assert keys == {"neva": "strength", "diffmean": "caa_strength", "caa": "caa_strength",
-                    "caa_pairs": "caa_pairs_strength", "prompt": "strength"}
+    assert keys == {"neva": "strength", "diffmean": "diffmean.strength",
+                    "caa": "diffmean.strength", "caa_pairs": "caa_pairs.strength",
+                    "prompt": "strength"}
     assert [is_scaled(m) for m in ("diffmean", "caa", "caa_pairs", "prompt")] == [
         True, True, True, False]
     ref = reference_params("caa_pairs", space)  # its own positions, not search.space's
-    assert ref["positions"] == "response" and ref["layer_frac"] == sum(space.caa_layer) / 2
+    assert ref["positions"] == "response"
+    assert ref["layer_frac"] == sum(space.caa_pairs.layer_frac) / 2
     assert reference_params("caa", space) == reference_params("diffmean", space)
 
 
@@ -126,8 +129,10 @@ def test_bad_search_settings_are_refused_before_any_work(config):
                           ("search.fidelity=1.0", "search.fidelity"),
                           ("search.calibration.span=[2.0,1.0]", "search.calibration.span"),
                           ("search.space.strength=[0.0,4.0]", "search.space.strength"),
-                          ("search.space.caa_pairs_strength=[0.0,1.0]",
-                           "search.space.caa_pairs_strength")):
+                          ("search.space.caa_pairs.strength=[0.0,1.0]",
+                           "search.space.caa_pairs.strength"),
+                          ("search.space.diffmean.strength=[-1.0,1.0]",
+                           "search.space.diffmean.strength")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             check_search(config(override).search)
 
@@ -261,7 +266,8 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
     out = tmp_path / "conv.json"
     run_dir = tmp_path / "conv"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "search_convergence.py"), "--tiny",
+        [sys.executable, str(ROOT / "benchmarks" / "experiments" / "search_convergence.py"),
+         "--tiny",
          "--values", "power", "--seeds", "0", "--budgets", "2", "4", "--pruners", "sha",
          "--run-dir", str(run_dir), "--json", str(out),
          "--override", f"cache_dir={tmp_path / 'cache'}"],

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 from neva_sweep.config import ConfigError
+from neva_sweep.models.host import check_placement
 from neva_sweep.models.sharded import SafetensorsIndex, checkpoint_dir, slice_offsets
 from neva_sweep.models.tp import sharded_source
-from neva_sweep.preflight import check_placement
 
 
 @pytest.fixture

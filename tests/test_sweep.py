@@ -32,7 +32,8 @@ from neva_sweep.sweep import ConfigError, SweepFailed, load_best_edit, run_sweep
 from neva_sweep.sweep.outputs import best_edit_spec
 from neva_sweep.sweep.plan import ModelEntry, Resources, make_plan, replica_counts
 from neva_sweep.sweep.run import eval_setup
-from neva_sweep.sweep.studies import STALE_ERROR, open_storage
+from neva_sweep.sweep.storage import open_storage
+from neva_sweep.sweep.studies import STALE_ERROR
 from neva_sweep.sweep.worker import prepare, run_trials
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

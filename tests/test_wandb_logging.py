@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from neva_sweep.config import ConfigError
+from neva_sweep.registry import Registry
 from neva_sweep.sweep.plan import StudyKey, check_logger
 from neva_sweep.sweep.scheduler import Outcome
 from neva_sweep.sweep.tracking import WandbLogger
@@ -69,3 +70,28 @@ def test_online_accepts_a_login_for_a_self_hosted_server(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_BASE_URL", "https://other.example.org")
     with pytest.raises(ConfigError, match="API key for other.example.org"):
         check_logger(cfg)
+
+
+def test_loggers_are_a_registry_that_logger_kind_names(tmp_path, monkeypatch):
+    """A registered logger is valid in logger.kind and built by make_logger; an unknown
+    kind lists the registered ones."""
+    from neva_sweep.sweep import tracking
+
+    class Recorder(tracking.NullLogger):
+        checked: list = []
+
+        @staticmethod
+        def check(cfg):
+            Recorder.checked.append(cfg.kind)
+
+    monkeypatch.setattr(tracking, "LOGGERS", Registry("logger"))
+    for name, cls in (("wandb", WandbLogger), ("none", tracking.NullLogger),
+                      ("recorder", Recorder)):
+        tracking.LOGGERS.register(name, cls)
+    cfg = OmegaConf.create({"kind": "recorder"})
+    check_logger(cfg)
+    assert Recorder.checked == ["recorder"]
+    assert isinstance(tracking.make_logger(cfg, tmp_path, {}), Recorder)
+    with pytest.raises(ConfigError, match=r"^logger.kind: unknown logger 'mlflow'; valid "
+                                          r"choices: wandb, none, recorder \(or pick a preset"):
+        check_logger(OmegaConf.create({"kind": "mlflow"}))

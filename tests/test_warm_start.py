@@ -86,7 +86,7 @@ def test_caa_pairs_starts_at_its_calibrated_dose_else_its_default_strength(confi
     assert warm_start([fresh, uncalibrated], search) == 2
     (params,) = asked_params(fresh, search.space)
     assert params["strength"] == 0.3 and params["gate"] == "none"
-    assert params["layer_frac"] == pytest.approx(sum(search.space.caa_layer) / 2)
+    assert params["layer_frac"] == pytest.approx(sum(search.space.caa_pairs.layer_frac) / 2)
     (first,) = asked_params(uncalibrated, search.space)
     assert first["strength"] == METHODS["caa_pairs"].defaults["strength"]
 

@@ -103,10 +103,10 @@ def depth_layers(n: int, layer_frac: float, n_layers: int) -> list[int]:
     """
     if not 0.0 <= layer_frac <= 1.0:
         raise ValueError(f"layer_frac is the first layer as a fraction of depth, in [0, 1]; "
-                         f"got {layer_frac} (search.space.caa_layer)")
+                         f"got {layer_frac} (search.space.<method>.layer_frac)")
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
         raise ValueError(f"n_layers is a number of consecutive layers >= 1; got {n_layers!r} "
-                         f"(search.space.caa_n_layers)")
+                         f"(search.space.<method>.n_layers)")
     first = min(n - 1, max(0, round(layer_frac * (n - 1))))
     return list(range(first, min(n, first + n_layers)))
 

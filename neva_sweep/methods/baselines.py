@@ -13,6 +13,10 @@
   norm, added after the prompt; searched over the same layers and the strength.
 - ``prompt``: a prefix asking the model to prioritise the value, at one of three
   strengths (the no-internals baseline; neva_sweep/edits/prompt.py).
+
+A method with parameters of its own searches them in ``search.space.<method>.<parameter>``
+(the parameter's own name: ``search.space.diffmean.layer_frac``); ``random_neurons``
+searches NeVA's keys at the top of ``search.space``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from .neva import NeVA
 if TYPE_CHECKING:
     import optuna
 
-    from ..config import SearchSpace
+    from ..config import ResidualSpace, SearchSpace
 
 
 class RandomNeurons(NeVA):
@@ -58,11 +62,12 @@ class RandomNeurons(NeVA):
                           gate=gate_of(stats, params.get("gate", "none"), value))
 
 
-def layer_params(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
-    """The searched layers of a residual method: ``layer_frac`` (uniform in
-    ``space.caa_layer``) and ``n_layers`` (from ``space.caa_n_layers``)."""
-    return {"layer_frac": trial.suggest_float("layer_frac", *space.caa_layer),
-            "n_layers": choose(trial, "n_layers", list(space.caa_n_layers))}
+def layer_params(trial: optuna.Trial, own: ResidualSpace) -> dict[str, Any]:
+    """The searched layers of a residual method, from its own space (``own``:
+    ``search.space.<method>``): ``layer_frac`` (uniform in ``own.layer_frac``) and
+    ``n_layers`` (from ``own.n_layers``)."""
+    return {"layer_frac": trial.suggest_float("layer_frac", *own.layer_frac),
+            "n_layers": choose(trial, "n_layers", list(own.n_layers))}
 
 
 def chosen_layers(stats: NeuronStats, params: dict[str, Any]) -> list[int]:
@@ -77,10 +82,12 @@ class DiffMean:
     published CAA, which reads contrastive pairs at the answer token: that is ``caa_pairs``.
     Registered as ``diffmean`` and, for one release, under its former name ``caa``.
 
-    The dose is ``strength`` (searched log-uniformly in ``search.space.caa_strength`` and
-    calibrated when ``search.space.scaled``; the coefficient itself, see
-    neva_sweep/methods/strength.py) or ``coefficient`` (uniform); a given strength wins. Defaults:
-    one layer at the middle of the depth, coefficient 2 (a starting point, not a tuned value).
+    The dose is ``strength`` (searched log-uniformly in ``search.space.diffmean.strength``
+    and calibrated when ``search.space.scaled``; the coefficient itself, see
+    neva_sweep/methods/strength.py) or ``coefficient`` (uniform in
+    ``search.space.diffmean.coefficient``); a given strength wins. Its layers are searched
+    in ``search.space.diffmean.layer_frac`` and ``.n_layers``. Defaults: one layer at the
+    middle of the depth, coefficient 2 (a starting point, not a tuned value).
     """
 
     name = "diffmean"
@@ -88,11 +95,12 @@ class DiffMean:
                                 "strength": None, "positions": "all", "gate": "none"}
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
-        dose = ({"strength": trial.suggest_float("strength", *space.caa_strength, log=True)}
+        own = space.diffmean
+        dose = ({"strength": trial.suggest_float("strength", *own.strength, log=True)}
                 if space.scaled else
-                {"coefficient": trial.suggest_float("coefficient", *space.caa_coefficient)})
+                {"coefficient": trial.suggest_float("coefficient", *own.coefficient)})
         return {
-            **layer_params(trial, space),
+            **layer_params(trial, own),
             **dose,
             "positions": choose(trial, "positions", list(space.positions)),
             "gate": choose(trial, "gate", list(space.gates)),
@@ -113,23 +121,25 @@ class CaaPairs:
     the prompt (neva_sweep/edits/residual.py :func:`~neva_sweep.edits.residual.pair_vectors`).
 
     ``strength`` is the fraction of the residual norm added on each chosen layer; it is
-    always searched log-uniformly in ``search.space.caa_pairs_strength`` (there is no raw
+    always searched log-uniformly in ``search.space.caa_pairs.strength`` (there is no raw
     coefficient: the vector's own norm carries no meaning), recentred by the calibration
-    when ``search.space.scaled``. ``positions`` is ``response`` (not searched: published CAA
+    when ``search.space.scaled``; its layers in ``search.space.caa_pairs.layer_frac`` and
+    ``.n_layers``. ``positions`` is ``response`` (not searched: published CAA
     adds after the instruction); ``nv.make_edit`` may still set ``all``. Needs statistics
     with stance pairs (``stats.pair_resid_mean``).
     """
 
     name = "caa_pairs"
     # strength 0.2: KL 0.06-0.10 on SmolLM2's neutral text at every layer measured, at the
-    # default budget (search.max_kl 0.1); conf/search/default.yaml gives the measurement
+    # default budget (search.max_kl 0.1); CaaPairsSpace (config.py) gives the measurement
     defaults: dict[str, Any] = {"layer_frac": 0.5, "n_layers": 1, "strength": 0.2,
                                 "positions": "response", "gate": "none"}
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+        own = space.caa_pairs
         return {
-            **layer_params(trial, space),
-            "strength": trial.suggest_float("strength", *space.caa_pairs_strength, log=True),
+            **layer_params(trial, own),
+            "strength": trial.suggest_float("strength", *own.strength, log=True),
             "positions": "response",
             "gate": choose(trial, "gate", list(space.gates)),
         }
@@ -141,13 +151,14 @@ class CaaPairs:
 
 
 class Prompt:
-    """A system-style prefix asking the model to put the value first."""
+    """A system-style prefix asking the model to put the value first, at a wording
+    ``strength`` searched among ``search.space.prompt.strength``."""
 
     name = "prompt"
     defaults: dict[str, Any] = {"strength": DEFAULT_STRENGTH, "positions": "all"}
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
-        return {"strength": choose(trial, "strength", list(space.prompt_strengths)),
+        return {"strength": choose(trial, "strength", list(space.prompt.strength)),
                 "positions": "all"}
 
     def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> PromptEdit:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..edits.neuron import DEFAULT_MAGNITUDE, DEFAULT_RULE, NeuronEdit
+from ..config import EditConfig
+from ..edits.neuron import NeuronEdit
 from ..neurons.gate import gate_of
-from ..neurons.selection import DEFAULT_SCORE, DEFAULT_SPARSITY, select_neurons
+from ..neurons.selection import select_neurons
 from ..neurons.stats import NeuronStats
 from .base import (
     METHODS,
@@ -28,15 +29,19 @@ class NeVA:
     """Top-k value neurons by a specificity score, edited with one rule.
 
     The dose is ``strength`` (scaled, neva_sweep/methods/strength.py) or ``magnitude`` (raw); a
-    given strength wins over the magnitude.
+    given strength wins over the magnitude. The defaults are ``edit.*``'s
+    (:class:`~neva_sweep.config.EditConfig`, declared once there), so ``task=steer`` and
+    ``nv.make_edit(stats, value)`` build the same edit.
     """
 
     name = "neva"
-    defaults: dict[str, Any] = {"sparsity": DEFAULT_SPARSITY, "magnitude": DEFAULT_MAGNITUDE,
-                                "strength": None,
-                                "rule": DEFAULT_RULE, "score": DEFAULT_SCORE,
-                                "polarity": "positive",
-                                "positions": "all", "layer_window": "all", "gate": "none"}
+    defaults: dict[str, Any] = {
+        "sparsity": EditConfig.sparsity, "magnitude": EditConfig.magnitude,
+        "strength": None,  # None: the magnitude is the dose
+        "rule": EditConfig.rule, "score": EditConfig.score, "polarity": EditConfig.polarity,
+        "positions": EditConfig.positions,
+        "layer_window": window_label(EditConfig.layer_window), "gate": EditConfig.gate,
+    }
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         windows = [window_label(w) for w in (space.layer_windows or [None])]

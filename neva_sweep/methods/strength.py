@@ -22,21 +22,21 @@ monotonically with the magnitude). Doubling the count at a
 fixed strength halves each neuron's share of the squared push, so a strength means
 roughly the same capability cost at every sparsity: on SmolLM2 the strength that reaches
 KL 0.05 moves 1.1-1.9x over sparsities 5e-4 to 0.05 (24 to 2,304 neurons), the raw
-magnitude 2.1-4.6x (benchmarks/strength_scaling.py, four values).
+magnitude 2.1-4.6x (benchmarks/experiments/strength_scaling.py, four values).
 
 **Residual edits, diffmean** (formerly ``caa``). The strength is the coefficient itself: a
 multiple of the value's own steering vector at the edited layer, whose norm already
 follows the layer's scale. Dividing by the norm of the mean residual stream at the layer
 was measured and rejected: across layers 0.2-0.8 of the depth, the coefficient that
 reaches KL 0.05 moves by 1.8-4.3x per value, the relative norm by 4.5-7.7x
-(benchmarks/strength_scaling.py on SmolLM2, four values; docs/strength_scaling.json).
+(benchmarks/experiments/strength_scaling.py on SmolLM2, four values; docs/strength_scaling.json).
 
 **Residual edits, caa_pairs.** The vector is a unit direction (the stance pairs' mean
 difference) times the mean residual norm at the answer position, so the strength is the
 fraction of that norm added (neva_sweep/edits/residual.py
 :func:`~neva_sweep.edits.residual.pair_vectors`): the
 direction's raw norm measures how separable the pairs are, not a dose. The calibration
-recentres its box (``search.space.caa_pairs_strength``) as for the other methods.
+recentres its box (``search.space.caa_pairs.strength``) as for the other methods.
 """
 
 from __future__ import annotations

@@ -24,11 +24,12 @@ import torch
 import torch.nn as nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
-from ..config import ConfigError
+from ..config import ConfigError, ModelConfig
 from ..export import module_device  # one definition; export.py stays standalone
 from .arch import neuron_sites, site_width
 from .identity import fingerprint
 from .registry import MODELS, dispatch
+from .sharded import TP_LOADS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # model.device_map strings, resolved by accelerate from the devices' free memory.
@@ -66,6 +67,35 @@ def check_device_map(device_map: Any, tp_size: int = 1, where: str = "") -> None
             isinstance(dev, str) and _MAP_DEVICE.fullmatch(dev))
         if not ok:
             raise ConfigError(f"model.device_map: module {name!r} on {dev!r}{at}; {valid}")
+
+
+def check_placement(model: Mapping[str, Any], where: str = "") -> None:
+    """The one check of a ``model.*`` config before its load (every task, every model of a
+    sweep): ``tp_size`` >= 1, ``dtype``, ``device`` (cpu, cuda or cuda:<index>),
+    ``device_map`` (well formed, not with ``tp_size`` > 1) and ``tp_load``. ``where`` names
+    the model in a multi-model sweep. Absent keys take :class:`ModelConfig`'s defaults.
+
+    >>> check_placement({"device": "tpu"})
+    Traceback (most recent call last):
+    ...
+    neva_sweep.config.ConfigError: model.device: 'tpu'; valid choices: cpu, cuda, cuda:<index>
+    """
+    at = f" ({where})" if where else ""
+    tp_size = model.get("tp_size", ModelConfig.tp_size)
+    if not isinstance(tp_size, int) or tp_size < 1:
+        raise ConfigError(f"model.tp_size: must be >= 1{at}, got {tp_size}")
+    dtype = model.get("dtype", ModelConfig.dtype)
+    if dtype not in DTYPES:
+        raise ConfigError(f"model.dtype: unknown dtype {dtype!r}{at}; valid choices: "
+                          f"{', '.join(DTYPES)}")
+    device = str(model.get("device", ModelConfig.device))
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ConfigError(f"model.device: {device!r}{at}; valid choices: cpu, cuda, "
+                          "cuda:<index>")
+    check_device_map(model.get("device_map"), tp_size, where)
+    tp_load = model.get("tp_load", ModelConfig.tp_load)
+    if tp_load not in TP_LOADS:
+        raise ConfigError(f"model.tp_load: {tp_load!r}{at}; valid choices: {', '.join(TP_LOADS)}")
 
 
 @dataclass

@@ -6,7 +6,7 @@ import importlib.util
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,41 @@ def dispatch(model: PreTrainedModel, device_map: str | dict[str, Any]) -> PreTra
         offload_dir = tempfile.mkdtemp(prefix="neva_offload_")
         weakref.finalize(model, shutil.rmtree, offload_dir, True)
     return dispatch_model(model, device_map=dict(device_map), offload_dir=offload_dir)
+
+
+def model_n_layers(model: Mapping[str, Any]) -> int | None:
+    """The layer count of ``model`` (a ``model.*`` dict) from its config alone, no weights
+    (checks of layer windows run before any load), or None when it cannot be read that way
+    (a model that is neither local nor registered: then the load itself checks)."""
+    name = str(model["name"])
+    if name in TINY_CONFIGS:
+        spec = TINY_CONFIGS[name]
+        return int(spec.get("num_hidden_layers", spec.get("n_layer", 2)))
+    if name == "smollm2-135m" or name.endswith(".gguf"):
+        return _gguf_block_count(embedded_model_path() if name in MODELS else Path(name))
+    if name in MODELS:
+        return None
+    try:
+        conf = AutoConfig.from_pretrained(name, trust_remote_code=bool(
+            model.get("trust_remote_code", False)), local_files_only=True)
+    except Exception:  # not local: the load names the problem
+        return None
+    text = getattr(conf, "get_text_config", lambda: conf)()
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if getattr(text, key, None) is not None:
+            return int(getattr(text, key))
+    return None
+
+
+def _gguf_block_count(path: Path) -> int | None:
+    """``<arch>.block_count`` from a GGUF file's header (memory-mapped, no tensors read)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    for name, field in reader.fields.items():
+        if name.endswith(".block_count"):
+            return int(field.parts[field.data[0]][0])
+    return None
 
 
 for _name in TINY_CONFIGS:

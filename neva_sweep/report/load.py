@@ -196,7 +196,7 @@ def storage_studies(url: str) -> Iterator[tuple[Key, str, optuna.Study]]:
     study's user attributes (the sweep sets them), else its name ``<model>/<value>/<method>``."""
     import optuna
 
-    from ..sweep.studies import open_storage  # SQLAlchemy URLs and journal:///path
+    from ..sweep.storage import open_storage  # SQLAlchemy URLs and journal:///path
 
     storage = open_storage(url)
     for name in optuna.study.get_all_study_names(storage=storage):

@@ -1,7 +1,9 @@
 """Distributed sweeps: Optuna studies per (model, value, method) on Ray model replicas.
 
 Stages, one file each: ``plan`` (config checks, models, study keys), ``studies``
-(Optuna storage, samplers, constraints), ``cluster`` (Ray, replicas, statistics once per
+(one Optuna study per key, constraints, trial records), ``storage`` (storage URLs and
+every use of Optuna internals, each with a public-API fallback), ``samplers`` (the
+sampler registry), ``cluster`` (Ray, replicas, statistics once per
 model), ``replica`` (the Ray actor hosting a model shard),
 ``worker`` (the trial function on the actors), ``scheduler`` (the ask/tell driver),
 ``front`` (feasibility, Pareto fronts, the best-edit rule and trials rows, on plain data:

@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 MIN_DOSE, MAX_DOSE = 1e-4, 1e4  # the bracket search gives up outside these
 # Methods with a strength to calibrate (registered names; an alias counts as its method).
 SCALED_METHODS = ("neva", "random_neurons", "diffmean", "caa_pairs")
-# The search-space key of each method's strength range (absent: ``strength``).
-STRENGTH_KEYS = {"diffmean": "caa_strength", "caa_pairs": "caa_pairs_strength"}
+# The search-space key of each method's strength range (absent: ``strength``, the neuron
+# methods'); a dotted path: the methods with a space of their own keep it under their name.
+STRENGTH_KEYS = {"diffmean": "diffmean.strength", "caa_pairs": "caa_pairs.strength"}
 
 
 @dataclass
@@ -124,7 +125,8 @@ def reference_params(method: str, space: Any) -> dict[str, Any]:
         if "score" in params:
             params.update(score=space.scores[0], polarity=space.polarities[0])
     elif method in ("diffmean", "caa_pairs"):
-        params.update(layer_frac=sum(space.caa_layer) / 2, n_layers=space.caa_n_layers[0])
+        own = space[method]  # search.space.<method>: its layers
+        params.update(layer_frac=sum(own.layer_frac) / 2, n_layers=own.n_layers[0])
     if method != "caa_pairs":
         params.update(positions=space.positions[0])
     params.update(gate="none")
@@ -140,15 +142,33 @@ def is_scaled(method: str) -> bool:
 
 
 def strength_key(method: str) -> str:
-    """The search-space key of ``method``'s strength range (``method``: a name or alias)."""
+    """The search-space key of ``method``'s strength range (``method``: a name or alias),
+    dotted below ``search.space``: ``strength`` or ``diffmean.strength``."""
     return STRENGTH_KEYS.get(METHODS.canonical(method), "strength")
+
+
+def strength_range(space: Any, method: str) -> list[float] | None:
+    """``method``'s strength range in ``space`` (a config or a plain dict), or None when
+    the space holds none.
+
+    >>> strength_range({"strength": [4, 64], "diffmean": {"strength": [0.25, 4]}}, "caa")
+    [0.25, 4.0]
+    """
+    node = space
+    for part in strength_key(method).split("."):
+        node = node.get(part) if node is not None else None
+    return None if node is None else [float(x) for x in node]
 
 
 def space_with(space: Any, method: str, strength_range: list[float]) -> Any:
     """``space`` with ``method``'s strength range replaced (a copy)."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.merge(space, {strength_key(method): list(strength_range)})
+    *parents, leaf = strength_key(method).split(".")
+    patch: dict[str, Any] = {leaf: list(strength_range)}
+    for part in reversed(parents):
+        patch = {part: patch}
+    return OmegaConf.merge(space, patch)
 
 
 def budget_of(search: Any) -> float:
@@ -158,7 +178,7 @@ def budget_of(search: Any) -> float:
 
 def calibration_job(method: str, value: str, search: Any) -> dict[str, Any]:
     """What the actors need to calibrate one study (:func:`neva_sweep.sweep.worker.calibrate`)."""
-    lo, hi = search.space[strength_key(method)]
+    lo, hi = strength_range(search.space, method)
     return {"value": value, "method": method, "params": reference_params(method, search.space),
             "budget": budget_of(search), "texts": search.calibration.texts,
             "steps": int(search.calibration.steps), "start": math.sqrt(lo * hi)}

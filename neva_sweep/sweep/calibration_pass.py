@@ -16,6 +16,7 @@ from typing import Any
 import ray
 from tqdm.auto import tqdm
 
+from ..config import SearchSpace
 from ..files import write_text_atomic
 from .calibrate import (
     CALIBRATION_ATTR,
@@ -26,6 +27,7 @@ from .calibrate import (
     searched_range,
     space_with,
     strength_key,
+    strength_range,
 )
 from .worker import calibrate
 
@@ -54,7 +56,7 @@ def calibrate_studies(states: list, workers: list, search: Any, setup: Any,
     calibration keeps the configured box. Returns how many studies were calibrated now.
     ``model_keys``: model label -> a key of the model and its statistics (cache key).
     """
-    if not search.space.get("scaled", False):
+    if not search.space.get("scaled", SearchSpace.scaled):
         return 0
     span = tuple(search.calibration.span)
     todo = []
@@ -111,7 +113,7 @@ def _store(state: Any, cal: Calibration, search: Any, span: tuple, path: Any) ->
     if cal.bracketed or cal.kl > cal.budget:
         cal.range = searched_range(cal, span)
     else:
-        cal.range = list(search.space[key])
+        cal.range = strength_range(search.space, state.key.method)
     state.study.set_user_attr(CALIBRATION_ATTR, cal.to_dict())
     state.space = space_with(search.space, state.key.method, cal.range)
     if not cal.bracketed:

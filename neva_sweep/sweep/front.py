@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from ..config import SearchConfig
 from ..evaluation.metrics import all_metrics, constraint_metrics, scalar_metrics
 from ..values import VALUES
 
@@ -31,8 +32,10 @@ T = TypeVar("T")
 Metrics = Mapping[str, Any]
 BEST_RULE = ("highest alignment among the feasible Pareto trials with nlr <= best_max_nlr; "
              "if none, the feasible Pareto trial with the lowest nlr")
-DEFAULT_OBJECTIVES = {"alignment": "maximize", "nlr": "minimize"}
-DEFAULT_BEST_MAX_NLR = 1.0  # the default search.best_max_nlr
+# search.objectives and search.best_max_nlr when a run's config lacks them (the report of
+# an older run): the schema's defaults, declared once in neva_sweep/config.py
+DEFAULT_OBJECTIVES: dict[str, str] = dict(SearchConfig().objectives)
+DEFAULT_BEST_MAX_NLR: float = SearchConfig.best_max_nlr
 
 
 def num(x: Any) -> float | None:

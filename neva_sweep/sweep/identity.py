@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import ConfigError
+from ..config import ConfigError, current_space
 from ..files import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,24 @@ FORCE = "force"  # +resume=force
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved values of :data:`IDENTITY_KEYS` in ``cfg`` (absent keys are None)."""
+    """The resolved values of :data:`IDENTITY_KEYS` in ``cfg`` (absent keys are None), the
+    search space in the current layout (:func:`current_layout`)."""
     out = {}
     for key in IDENTITY_KEYS:
         node = OmegaConf.select(cfg, key, default=None)
         out[key] = (OmegaConf.to_container(node, resolve=True)
                     if OmegaConf.is_config(node) else node)
-    return out
+    return current_layout(out)
+
+
+def current_layout(ident: dict[str, Any]) -> dict[str, Any]:
+    """``ident`` with its ``search.space`` as the current schema lays it out: a run
+    directory recorded with the former flat keys (``caa_layer``, ...) resumes with the
+    same space given under the new ones (:func:`neva_sweep.config.current_space`)."""
+    space = ident.get("search.space")
+    if not isinstance(space, dict):
+        return ident
+    return {**ident, "search.space": current_space(space)}
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -78,7 +89,7 @@ def check_identity(cfg: DictConfig, run_dir: Path) -> None:
         except (OSError, ValueError) as e:
             raise ConfigError(f"{path}: unreadable ({e}); delete it to adopt this run "
                               "directory's setup, or use another hydra.run.dir") from None
-        diff = differences(old, new)
+        diff = differences(current_layout(old), new)
         if not diff:
             return
         if resume != FORCE:

@@ -9,8 +9,7 @@ starts with the config key to fix and says what is valid.
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +17,41 @@ from omegaconf import DictConfig, OmegaConf
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ..config import GATES, ClusterConfig, ConfigError, ModelConfig, load_group_option
+from ..config import (
+    GATES,
+    ClusterConfig,
+    ConfigError,
+    JudgeConfig,
+    ModelConfig,
+    check_layer_window,
+    load_group_option,
+    upgrade_search_space,
+)
 from ..edits.neuron import ONE_SIDED_RULES, POSITIONS, RULES
 from ..edits.prompt import PROMPT_STRENGTHS
 from ..evaluation.judges.base import JUDGES
 from ..evaluation.metrics import METRICS, constraint_metrics, objective_metrics
 from ..methods.base import METHODS
-from ..models.host import DTYPES
+from ..models.host import check_placement
+from ..models.registry import model_n_layers
 from ..neurons.selection import POLARITIES, SCORES, SIGNED_SCORES
 from ..values import VALUES
+from . import samplers  # the registry: a new sampler is one builder there
 from .pruning import PRUNERS
+from .tracking import check_logger
 
 DIRECTIONS = ("maximize", "minimize")
-SAMPLERS = ("tpe", "nsga2", "gp")
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One model of the sweep: its label (study and file names) and its config fields."""
+    """One model of the sweep: its label (study and file names), its config fields and,
+    once the plan checked layer windows against it, its layer count (None: not needed, or
+    not readable without loading the model; the sweep then checks after the load)."""
 
     label: str
     config: dict[str, Any]
+    n_layers: int | None = None
 
     @property
     def tp_size(self) -> int:
@@ -99,20 +112,23 @@ def resolve_models(cfg: DictConfig) -> list[ModelEntry]:
         raise ConfigError(f"models: several models are named {dupes}; give them distinct "
                           "short_name fields")
     for e in entries:
-        _check_model(e)
+        check_placement(e.config, f"model.* of {e.label!r}")
     return entries
 
 
-def _check_model(e: ModelEntry) -> None:
-    where = f"model.* of {e.label!r}"
-    if e.tp_size < 1:
-        raise ConfigError(f"model.tp_size: must be >= 1 ({where}), got {e.tp_size}")
-    if e.config.get("dtype") not in DTYPES:
-        raise ConfigError(f"model.dtype: unknown dtype {e.config.get('dtype')!r} ({where}); "
-                          f"valid choices: {', '.join(DTYPES)}")
-    device = str(e.config.get("device"))
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ConfigError(f"model.device: {device!r} ({where}); valid choices: cpu, cuda")
+def with_layer_counts(models: list[ModelEntry], windows: Any) -> list[ModelEntry]:
+    """``search.space.layer_windows`` checked against every model's layer count, read from
+    its config (no weights); the models come back with the count they were checked
+    against. Without windows nothing is read."""
+    if not windows:
+        return models
+    out = []
+    for m in models:
+        n_layers = model_n_layers(m.config)
+        for w in windows:
+            check_layer_window("search.space.layer_windows", w, n_layers, m.label)
+        out.append(replace(m, n_layers=n_layers))
+    return out
 
 
 def _choices(key: str, given: Any, valid: Any) -> list:
@@ -146,29 +162,52 @@ def _at_least(key: str, x: Any, minimum: float, optional: bool = False) -> None:
         raise ConfigError(f"{key}: must be >= {minimum}{extra}, got {x}")
 
 
+# Every searched range of search.space, each method's: (key, lowest lo, highest hi, open).
+# Log-uniform ranges are open at 0 (their lo must be > 0), fractions lie in [0, 1] (the
+# sparsity in (0, 1): a log-uniform fraction), raw doses need only be finite.
+SPACE_RANGES: tuple[tuple[str, float, float, bool], ...] = (
+    ("sparsity", 0.0, 1.0, True),  # neva, random_neurons
+    ("strength", 0.0, math.inf, True),
+    ("magnitude", -math.inf, math.inf, True),
+    ("diffmean.layer_frac", 0.0, 1.0, False),
+    ("diffmean.strength", 0.0, math.inf, True),
+    ("diffmean.coefficient", -math.inf, math.inf, True),
+    ("caa_pairs.layer_frac", 0.0, 1.0, False),
+    ("caa_pairs.strength", 0.0, math.inf, True),
+)
+RESIDUAL_METHODS = ("diffmean", "caa_pairs")  # their spaces search n_layers too
+
+
+def check_space_ranges(sp: DictConfig) -> None:
+    """Every method's searched ranges in ``search.space`` (:data:`SPACE_RANGES`), the
+    residual methods' layer counts and prompt's wordings. A range ``[lo, hi]`` with
+    lo == hi fixes the parameter (Optuna draws that one value)."""
+    for key, lo_min, hi_max, open_ in SPACE_RANGES:
+        _range(f"search.space.{key}", OmegaConf.select(sp, key), lo_min, hi_max, open_)
+    for method in RESIDUAL_METHODS:
+        counts = list(sp[method].n_layers or [])
+        if not counts or any(not isinstance(n, int) or n < 1 for n in counts):
+            raise ConfigError(f"search.space.{method}.n_layers: each entry is a number of "
+                              f"consecutive layers >= 1 (one entry at least), got {counts}")
+    strengths = list(sp.prompt.strength or [])
+    if not strengths or any(x not in PROMPT_STRENGTHS for x in strengths):
+        raise ConfigError(f"search.space.prompt.strength: got {strengths}; valid entries: "
+                          f"{', '.join(str(k) for k in PROMPT_STRENGTHS)}")
+
+
 def check_search(s: DictConfig) -> None:
+    """Every ``search.*`` key, after mapping the deprecated ``search.space`` keys onto
+    their new names (in place, :func:`~neva_sweep.config.upgrade_search_space`)."""
+    upgrade_search_space(s)
     _at_least("search.n_trials", s.n_trials, 1)
-    if s.sampler not in SAMPLERS:
+
+    if s.sampler not in samplers.SAMPLERS:
         raise ConfigError(f"search.sampler: unknown sampler {s.sampler!r}; valid choices: "
-                          f"{', '.join(SAMPLERS)}")
+                          f"{', '.join(samplers.SAMPLERS.names())}")
     _at_least("search.n_startup_trials", s.n_startup_trials, 0)
     _at_least("search.population_size", s.population_size, 2)
     sp = s.space
-    _range("search.space.sparsity", sp.sparsity, 0.0, 1.0, open_=True)
-    _range("search.space.magnitude", sp.magnitude, -math.inf, math.inf, open_=True)
-    _range("search.space.caa_layer", sp.caa_layer, 0.0, 1.0, open_=False)
-    _range("search.space.caa_coefficient", sp.caa_coefficient, -math.inf, math.inf, open_=True)
-    for n in sp.caa_n_layers or []:
-        if not isinstance(n, int) or n < 1:
-            raise ConfigError(f"search.space.caa_n_layers: each entry is a number of "
-                              f"consecutive layers >= 1, got {list(sp.caa_n_layers)}")
-    strengths = list(sp.prompt_strengths or [])
-    if not strengths or any(x not in PROMPT_STRENGTHS for x in strengths):
-        raise ConfigError(f"search.space.prompt_strengths: got {strengths}; valid entries: "
-                          f"{', '.join(str(k) for k in PROMPT_STRENGTHS)}")
-    _range("search.space.strength", sp.strength, 0.0, math.inf, open_=True)
-    _range("search.space.caa_strength", sp.caa_strength, 0.0, math.inf, open_=True)
-    _range("search.space.caa_pairs_strength", sp.caa_pairs_strength, 0.0, math.inf, open_=True)
+    check_space_ranges(sp)
     if s.pruner not in PRUNERS:
         raise ConfigError(f"search.pruner: unknown pruner {s.pruner!r}; valid choices: "
                           f"{', '.join(PRUNERS)}")
@@ -197,11 +236,8 @@ def check_search(s: DictConfig) -> None:
                               f"search.space.rules / search.space.scores")
     _choices("search.space.positions", sp.positions, POSITIONS)
     _choices("search.space.gates", sp.gates, GATES)
-    for w in sp.layer_windows or []:
-        w = list(w)
-        if len(w) != 2 or not 0 <= w[0] < w[1]:
-            raise ConfigError(f"search.space.layer_windows: each window is [start, stop) with "
-                              f"0 <= start < stop, got {w}")
+    for w in sp.layer_windows or []:  # against each model's layers: with_layer_counts
+        check_layer_window("search.space.layer_windows", w, None)
     check_objectives(s)
     check_constraints(s)
     _at_least("search.best_max_nlr", s.best_max_nlr, 0.0)
@@ -283,7 +319,7 @@ def check_evaluation(cfg: DictConfig) -> None:
                           f"needs a spread); got {cfg.search.test_nulls}")
     ends = JUDGES["forced_choice"].ENDS
     for key, j in (("judge", cfg.judge), ("sweep.judge", judge)):
-        if j.get("ends", "most") not in ends:
+        if j.get("ends", JudgeConfig.ends) not in ends:
             raise ConfigError(f"{key}.ends: must be one of {', '.join(ends)}; got "
                               f"{j.get('ends')!r}")
     _at_least("capability.mc_limit", cap.mc_limit, 0, optional=True)
@@ -310,55 +346,6 @@ def check_cluster(c: DictConfig) -> None:
         raise ConfigError(f"cluster.num_cpus_per_actor: must be > 0, got {c.num_cpus_per_actor}")
     if not c.num_gpus_per_actor > 0:
         raise ConfigError(f"cluster.num_gpus_per_actor: must be > 0, got {c.num_gpus_per_actor}")
-
-
-def check_logger(lg: DictConfig) -> None:
-    if lg.kind not in ("wandb", "none"):
-        raise ConfigError(f"logger.kind: unknown logger {lg.kind!r}; valid choices: wandb, none "
-                          "(or pick a preset: logger=wandb_offline|wandb|none)")
-    mode = wandb_mode(lg)
-    where = "$WANDB_MODE" if os.environ.get("WANDB_MODE") else "logger.mode"
-    if lg.kind == "wandb" and mode not in WANDB_MODES:
-        raise ConfigError(f"{where}: {mode!r}; valid choices: {', '.join(WANDB_MODES)}")
-    if lg.kind == "wandb" and mode == "online" and not _has_wandb_key():
-        raise ConfigError(f"{where}: online needs a W&B API key for {wandb_host()}: export "
-                          "WANDB_API_KEY (or run `wandb login`, with WANDB_BASE_URL for a "
-                          "self-hosted server), or use logger=wandb_offline")
-
-
-WANDB_MODES = ("offline", "online", "disabled")
-
-
-def wandb_mode(lg: DictConfig) -> str:
-    """The W&B mode a sweep runs in: ``$WANDB_MODE`` when set (W&B's own convention, e.g.
-    on a cluster that has no network), else ``logger.mode``; ``dryrun`` is W&B's old name
-    of offline."""
-    mode = os.environ.get("WANDB_MODE") or lg.mode
-    return "offline" if mode == "dryrun" else str(mode)
-
-
-def wandb_host() -> str:
-    """The W&B server's host: ``$WANDB_BASE_URL``'s (a self-hosted server), else W&B's."""
-    from urllib.parse import urlparse
-
-    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
-    return urlparse(url if "://" in url else f"https://{url}").hostname or url
-
-
-def _has_wandb_key() -> bool:
-    """An API key in the environment, or a login (``wandb login`` writes ~/.netrc) for the
-    server the run logs to."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    if not netrc.is_file():
-        return False
-    import netrc as netrc_lib
-
-    try:
-        return netrc_lib.netrc(str(netrc)).authenticators(wandb_host()) is not None
-    except (netrc_lib.NetrcParseError, OSError):
-        return wandb_host() in netrc.read_text(errors="ignore")
 
 
 JOURNAL = "journal://"
@@ -406,11 +393,15 @@ def storage_file(url: str) -> Path | None:
 
 
 def make_plan(cfg: DictConfig, run_dir: Path) -> SweepPlan:
-    """Everything checked that can be checked without a cluster."""
+    """Everything checked that can be checked without a cluster, each key once: the
+    models (placement, and layer windows against their layer counts), values, methods,
+    search, evaluation, cluster and logger settings. ``task=sweep`` builds it in its
+    preflight and hands it to :func:`~neva_sweep.sweep.run.run_sweep`."""
     models = resolve_models(cfg)
     values = _choices("sweep.values", cfg.sweep["values"], VALUES)  # .values is DictConfig.values()
     methods = _choices("sweep.methods", cfg.sweep.methods, METHODS.names())
     check_search(cfg.search)
+    models = with_layer_counts(models, cfg.search.space.layer_windows)
     check_evaluation(cfg)
     check_cluster(cfg.cluster)
     check_logger(cfg.logger)

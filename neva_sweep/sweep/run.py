@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from ..builders import stats_settings
-from ..config import DataConfig, JudgeConfig
+from ..config import DataConfig, JudgeConfig, check_layer_window
 from ..evaluation.capability import CapabilityConfig
 from ..neurons.stats import stats_inputs_hash
 from ..redact import redact
@@ -34,7 +34,6 @@ from .lock import run_lock
 from .outputs import Outputs
 from .phases import phase
 from .plan import (
-    ConfigError,
     Resources,
     SweepPlan,
     make_plan,
@@ -44,7 +43,8 @@ from .plan import (
 )
 from .rescore import has_test_split, pending, rescore
 from .scheduler import Interrupted, Scheduler, reclaim_sigterm, sigterm_stops
-from .studies import StudyState, fail_stale_trials, open_storage, open_studies
+from .storage import open_storage
+from .studies import StudyState, fail_stale_trials, open_studies
 from .tracking import SweepLogger, make_logger
 from .warm import warm_start
 from .worker import EvalSetup
@@ -60,8 +60,13 @@ class SweepResult:
 
 
 def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=(),
-              report: Callable[[Path], Path] | None = None) -> SweepResult:
+              report: Callable[[Path], Path] | None = None,
+              plan: SweepPlan | None = None) -> SweepResult:
     """Run (or resume) the sweep ``cfg`` describes, writing its files into ``run_dir``.
+
+    ``plan``: the checked plan of ``cfg`` (``task=sweep`` passes the one its preflight
+    built, :func:`neva_sweep.preflight.preflight`); None builds and checks it here, as a
+    call from Python needs.
 
     ``callbacks`` get every told trial (:class:`~neva_sweep.sweep.scheduler.Outcome`).
     ``report(run_dir)``: a view of the written files (``task=sweep`` passes
@@ -74,7 +79,8 @@ def run_sweep(cfg: DictConfig, run_dir: str | Path, callbacks=(),
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    plan = make_plan(cfg, run_dir)
+    if plan is None:
+        plan = make_plan(cfg, run_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     if cfg.cluster.kind == "local" and not ray.is_initialized():
         replica_counts(plan.models, cfg.cluster, local_resources(cfg.cluster))  # fail early
@@ -216,7 +222,10 @@ def _run_trials(cfg: DictConfig, plan: SweepPlan, states: list[StudyState], outp
                 with phase(f"{m.label}: statistics ({len(probes)} probe texts on "
                            f"{len(replicas[m.label])} replica(s), or the cache)"):
                     stats = model_stats(replicas[m.label], probes, stats_cfg, stats_cache)
-                _check_windows(cfg, len(stats.layer_sizes), m.label)
+                if m.n_layers is None:  # the plan could not read its layer count
+                    for w in cfg.search.space.layer_windows or []:
+                        check_layer_window("search.space.layer_windows", w,
+                                           len(stats.layer_sizes), m.label)
                 outputs.stats[m.label] = stats
                 model_keys[m.label] = f"{m.label}:{stats_inputs_hash(stats)}"
                 box = [ray.put(stats)]  # one copy in the object store, fetched once per actor
@@ -236,13 +245,6 @@ def _run_trials(cfg: DictConfig, plan: SweepPlan, states: list[StudyState], outp
             for reps in replicas.values():
                 for r in reps:
                     r.kill()
-
-
-def _check_windows(cfg: DictConfig, n_layers: int, model: str) -> None:
-    for w in cfg.search.space.layer_windows or []:
-        if w[1] > n_layers:
-            raise ConfigError(f"search.space.layer_windows: {list(w)} goes past the {n_layers} "
-                              f"layers of {model!r}")
 
 
 def prepare(workers: list[ReplicaWorker]) -> None:

@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 from ..methods.base import METHODS
 from . import pruning
 from .plan import StudyKey
-from .studies import StudyState, objective_values, record_attrs, set_user_attrs
+from .storage import set_user_attrs
+from .studies import StudyState, objective_values, record_attrs
 
 POLL_S = 0.2  # how often a waiting driver looks at Ctrl-C and the checkpoint timer
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both stop the driver at a safe point

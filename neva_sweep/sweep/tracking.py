@@ -19,6 +19,12 @@ concurrent W&B runs cost more than the trials on a small machine. Inside the run
 
 The run's config is the resolved Hydra config.
 
+Loggers are a registry, :data:`LOGGERS` (``logger.kind`` names one): a logger is a class
+built as ``cls(cfg, run_dir, config)`` (``cfg``: ``logger.*``; ``config``: the run's
+redacted config) with ``log_trial`` and ``finish``, and a static ``check(cfg)`` that
+refuses its unusable settings before any work (the sweep's plan runs it). A plugin adds
+one with ``LOGGERS.register("mlflow", MlflowLogger)``.
+
 Mode ``offline`` (default) writes under ``<run dir>/wandb`` and needs no network;
 ``online`` reads WANDB_API_KEY from the environment (or the ``wandb login`` of the server
 ``WANDB_BASE_URL`` names); ``disabled`` logs nothing. ``$WANDB_MODE``, when set, wins over
@@ -29,34 +35,109 @@ printed or written.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from omegaconf import DictConfig
 
+from ..config import ConfigError, group_options
 from ..evaluation.metrics import all_metrics
-from .plan import wandb_mode
-from .scheduler import Outcome
+from ..registry import Registry
 
 TRIAL_METRICS = tuple(m.name for m in all_metrics() if m.headline)
 
 
+class TrialOutcome(Protocol):
+    """What a logger reads of a told trial (:class:`neva_sweep.sweep.scheduler.Outcome`;
+    a protocol, so that the plan can import the loggers' checks without the scheduler)."""
+
+    key: Any  # StudyKey: model, value, method
+    number: int
+    state: str  # COMPLETE | PRUNED | FAIL
+    params: dict[str, Any]
+    metrics: dict[str, Any] | None
+
+
 class SweepLogger(Protocol):
-    def log_trial(self, outcome: Outcome) -> None: ...
+    def log_trial(self, outcome: TrialOutcome) -> None: ...
 
     def finish(self, rows: list[dict], paths: dict[str, Path], exit_code: int) -> None: ...
 
 
+LOGGERS: Registry[Callable[..., SweepLogger]] = Registry("logger")
+"""``logger.kind`` -> a logger class: ``cls(cfg, run_dir, config)``, ``cls.check(cfg)``."""
+
+
 class NullLogger:
-    def log_trial(self, outcome: Outcome) -> None:
+    """``logger=none``: no tracker (trials.csv, pareto.json and best_edits.json are written
+    anyway)."""
+
+    def __init__(self, cfg: DictConfig | None = None, run_dir: Path | None = None,
+                 config: dict[str, Any] | None = None):
+        pass
+
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """Nothing to check."""
+
+    def log_trial(self, outcome: TrialOutcome) -> None:
         pass
 
     def finish(self, rows: list[dict], paths: dict[str, Path], exit_code: int) -> None:
         pass
 
 
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def wandb_mode(lg: DictConfig) -> str:
+    """The W&B mode a sweep runs in: ``$WANDB_MODE`` when set (W&B's own convention, e.g.
+    on a cluster that has no network), else ``logger.mode``; ``dryrun`` is W&B's old name
+    of offline."""
+    mode = os.environ.get("WANDB_MODE") or lg.mode
+    return "offline" if mode == "dryrun" else str(mode)
+
+
+def wandb_host() -> str:
+    """The W&B server's host: ``$WANDB_BASE_URL``'s (a self-hosted server), else W&B's."""
+    from urllib.parse import urlparse
+
+    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    return urlparse(url if "://" in url else f"https://{url}").hostname or url
+
+
+def _has_wandb_key() -> bool:
+    """An API key in the environment, or a login (``wandb login`` writes ~/.netrc) for the
+    server the run logs to."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if not netrc.is_file():
+        return False
+    import netrc as netrc_lib
+
+    try:
+        return netrc_lib.netrc(str(netrc)).authenticators(wandb_host()) is not None
+    except (netrc_lib.NetrcParseError, OSError):
+        return wandb_host() in netrc.read_text(errors="ignore")
+
+
 class WandbLogger:
     """See the module docstring."""
+
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """The W&B mode (``$WANDB_MODE`` or ``logger.mode``), and a key for online runs."""
+        mode = wandb_mode(cfg)
+        where = "$WANDB_MODE" if os.environ.get("WANDB_MODE") else "logger.mode"
+        if mode not in WANDB_MODES:
+            raise ConfigError(f"{where}: {mode!r}; valid choices: {', '.join(WANDB_MODES)}")
+        if mode == "online" and not _has_wandb_key():
+            raise ConfigError(f"{where}: online needs a W&B API key for {wandb_host()}: export "
+                              "WANDB_API_KEY (or run `wandb login`, with WANDB_BASE_URL for a "
+                              "self-hosted server), or use logger=wandb_offline")
 
     def __init__(self, cfg: DictConfig, run_dir: Path, config: dict[str, Any]):
         import wandb
@@ -73,7 +154,7 @@ class WandbLogger:
         self.complete = self.failed = 0
         self.studies: set[str] = set()  # prefixes whose step metric is defined
 
-    def log_trial(self, outcome: Outcome) -> None:
+    def log_trial(self, outcome: TrialOutcome) -> None:
         if outcome.state == "COMPLETE":
             self.complete += 1
         else:
@@ -152,6 +233,10 @@ class WandbLogger:
         self.run.log_artifact(art)
 
 
+LOGGERS.register("wandb", WandbLogger)
+LOGGERS.register("none", NullLogger)
+
+
 def _cell(x: Any) -> Any:
     return json.dumps(x) if isinstance(x, dict | list) else x
 
@@ -179,7 +264,15 @@ def pareto_figure(rows: list[dict], on_front: set[tuple[str, int]], title: str):
     return fig
 
 
+def check_logger(lg: DictConfig) -> None:
+    """``logger.kind`` names a registered logger, whose own check then passes."""
+    if lg.kind not in LOGGERS:
+        presets = "|".join(group_options("logger"))
+        raise ConfigError(f"logger.kind: unknown logger {lg.kind!r}; valid choices: "
+                          f"{', '.join(LOGGERS.names())} (or pick a preset: logger={presets})")
+    LOGGERS[lg.kind].check(lg)
+
+
 def make_logger(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> SweepLogger:
-    if cfg.kind == "none":
-        return NullLogger()
-    return WandbLogger(cfg, run_dir, config)
+    """The logger ``logger.kind`` names (:data:`LOGGERS`), started for ``run_dir``."""
+    return LOGGERS[cfg.kind](cfg, run_dir, config)

@@ -29,9 +29,11 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
+from ..config import SearchConfig, SearchSpace
 from ..methods.base import METHODS
-from .calibrate import CALIBRATION_ATTR, reference_params, strength_key
+from .calibrate import CALIBRATION_ATTR, reference_params, strength_range
 from .front import budgets, is_feasible
+from .storage import distribution_contains
 from .studies import StudyState
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def fit_space(method: str, space: Any, params: dict[str, Any]) -> dict[str, Any]
         if name not in params:
             return None
         try:
-            inside = dist._contains(dist.to_internal_repr(params[name]))
+            inside = distribution_contains(dist, params[name])
         except ValueError:
             return None
         if not inside:
@@ -73,15 +75,15 @@ def with_dose(state: StudyState, params: dict[str, Any], space: Any) -> dict[str
     reference setting (sweep/calibrate.py) at the calibrated dose, an edit at the KL
     budget on the trials' own texts; otherwise the default's own strength (caa_pairs has
     one), else the middle of the strength range."""
-    key = strength_key(state.key.method)
-    if not space.get("scaled") or key not in space or "strength" not in params:
+    box = strength_range(space, state.key.method)
+    if not space.get("scaled", SearchSpace.scaled) or box is None or "strength" not in params:
         return params
     cal = state.study.user_attrs.get(CALIBRATION_ATTR) or {}
     if cal.get("bracketed") and cal.get("dose") is not None:
         return {**params, **reference_params(state.key.method, space), "strength": cal["dose"]}
     if params.get("strength") is not None:
         return params
-    lo, hi = space[key]
+    lo, hi = box
     return {**params, "strength": math.sqrt(lo * hi)}
 
 
@@ -98,7 +100,7 @@ def best_feasible(state: StudyState, limits: dict[str, float]) -> tuple[float, d
 
 def warm_start(states: list[StudyState], search: DictConfig) -> int:
     """Enqueue the starting trials of every fresh study; returns how many were enqueued."""
-    if not search.get("warm_start", True):
+    if not search.get("warm_start", SearchConfig.warm_start):
         return 0
     limits = budgets(search)
     enqueued = 0

@@ -1,6 +1,6 @@
 """Does one scaled strength mean one capability cost whatever the neuron count?
 
-    python benchmarks/strength_scaling.py [--model smollm2-135m] [--tiny]
+    python benchmarks/experiments/strength_scaling.py [--model smollm2-135m] [--tiny]
         [--values power tradition hedonism benevolence] [--kl 0.05]
         [--sparsities 5e-4 2e-3 1e-2 5e-2] [--rule add] [--texts 8] [--json PATH]
 

@@ -5,7 +5,7 @@ one call per trial and four trials per call, alternating the two modes so that m
 load affects both alike; the metrics must agree. Evaluation settings are the sweep's
 defaults (neva_sweep/conf/experiment/default.yaml).
 
-    python benchmarks/trial_batching.py [--trials 8] [--threads 2]
+    python benchmarks/perf/trial_batching.py [--trials 8] [--threads 2]
 """
 
 from __future__ import annotations

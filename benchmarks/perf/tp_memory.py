@@ -1,6 +1,6 @@
 """Per-rank host memory of loading a model through ``load_tp_host`` at tp=1 and tp=2 (CPU, gloo).
 
-    OMP_NUM_THREADS=1 python benchmarks/tp_memory.py [--models smollm2-135m tiny-llama]
+    OMP_NUM_THREADS=1 python benchmarks/perf/tp_memory.py [--models smollm2-135m tiny-llama]
         [--tp 1 2] [--dtype float32] [--safetensors] [--tp-load auto|sharded|full]
         [--json PATH]
 

@@ -1,6 +1,6 @@
 """Statistics pass throughput vs a plain forward pass on the same texts, in one run.
 
-    python benchmarks/stats_throughput.py [--model smollm2-135m] [--repeats 3]
+    python benchmarks/perf/stats_throughput.py [--model smollm2-135m] [--repeats 3]
 
 Both passes tokenise the identification probes in the same length-sorted batches and call
 the model with the same arguments (``logits_to_keep=1``); the statistics pass adds the

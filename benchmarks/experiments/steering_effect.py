@@ -1,6 +1,6 @@
 """Does editing a value's neurons make held-out text of that value more likely?
 
-    python benchmarks/steering_effect.py [--model smollm2-135m] [--sparsity S]
+    python benchmarks/experiments/steering_effect.py [--model smollm2-135m] [--sparsity S]
         [--magnitude M] [--rule add] [--score mean_diff] [--seed 0]
 
 Neurons are selected on the ``identify`` probes; the measurement uses the held-out

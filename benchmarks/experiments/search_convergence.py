@@ -1,14 +1,15 @@
 """Does the default search find each method's best edit within the budgets users run?
 
-    python benchmarks/search_convergence.py [--values power tradition hedonism benevolence]
-        [--methods neva caa] [--seeds 0 1 2] [--budgets 6 12 24 48] [--pruners none sha]
+    python benchmarks/experiments/search_convergence.py
+        [--values power tradition hedonism benevolence] [--methods neva caa] [--seeds 0 1 2]
+        [--budgets 6 12 24 48] [--pruners none sha]
         [--run-dir runs/convergence] [--json PATH] [--figure PATH] [--tiny]
         [--grid-from PATH] [--override KEY=VALUE ...]
 
 **Reference.** Per (value, method) a dense grid scored in this process with the sweep's
 own trial settings (judge, capability texts, budgets): for NeVA five sparsities spread
 log-uniformly over ``search.space.sparsity``, for CAA five layer fractions over
-``search.space.caa_layer``; at each, the strength is bisected to the KL budget
+``search.space.diffmean.layer_frac``; at each, the strength is bisected to the KL budget
 (neva_sweep/sweep/calibrate.py) and the edit scored at 0.5, 0.75 and 1.0 times that
 edge. The reference is the best feasible alignment (every ``search.max_<metric>`` budget
 met) of the grid and of every search run below (so regret is never negative).
@@ -117,7 +118,7 @@ def grid_reference(cfg, values: list[str], methods: list[str], n_points: int = G
         for method in methods:
             job = calibration_job(method, value, cfg.search)
             if method == "caa":
-                lo, hi = space.caa_layer
+                lo, hi = space.diffmean.layer_frac
                 axis = [("layer_frac", lo + (hi - lo) * i / (n_points - 1))
                         for i in range(n_points)]
             else:

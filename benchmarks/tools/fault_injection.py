@@ -20,7 +20,7 @@ trials.csv agrees with the storage, and Ray processes of a killed driver left be
 Rounds cycle through the fault kinds; all share one ``cache_dir``, so the statistics are
 computed once.
 
-    OMP_NUM_THREADS=1 python benchmarks/fault_injection.py --rounds 8 --seed 0 \
+    OMP_NUM_THREADS=1 python benchmarks/tools/fault_injection.py --rounds 8 --seed 0 \
         --json fault_injection.json
 
 The harness imports only Optuna and psutil (not neva_sweep), so it stays light beside the
@@ -46,7 +46,7 @@ from pathlib import Path
 import optuna
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 KINDS = ("SIGINT", "SIGTERM", "SIGKILL", "second_driver")
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
 # A small sweep with the tests' small judge/capability settings (tests/test_sweep.py FAST).
@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = work / "cache"  # shared by every round: statistics computed once
     (work / "logs").mkdir(exist_ok=True)
     t0 = time.monotonic()
-    result: dict = {"command": " ".join(["python", "benchmarks/fault_injection.py",
+    result: dict = {"command": " ".join(["python", "benchmarks/tools/fault_injection.py",
                                          *(argv if argv is not None else sys.argv[1:])]),
                     "sweep": SWEEP, "args": {k: str(v) for k, v in vars(args).items()},
                     "host_cpus": os.cpu_count(), "rounds": []}

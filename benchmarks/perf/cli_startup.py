@@ -4,7 +4,7 @@ Both answer without importing the model stack (torch, transformers, Ray); the te
 that structurally (tests/test_cli.py), this prints wall times, with the import of torch and
 transformers alone as the reference the command no longer pays.
 
-    python benchmarks/cli_startup.py [--runs 5]
+    python benchmarks/perf/cli_startup.py [--runs 5]
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Why NeVA wins or loses: every edit variant at one matched KL, scored on the test split.
 
-    python benchmarks/dose_decomposition.py [--tiny] [--model smollm2-135m]
+    python benchmarks/experiments/dose_decomposition.py [--tiny] [--model smollm2-135m]
         [--values power tradition benevolence hedonism] [--kls 0.01 0.02 0.05]
         [--variants NAME ...] [--texts 8] [--nulls 2] [--steps 4]
         [--json PATH] [--figure PATH]
-    python benchmarks/dose_decomposition.py --merge A.json B.json [--json PATH]
+    python benchmarks/experiments/dose_decomposition.py --merge A.json B.json [--json PATH]
 
 Each variant below is one edit of one method with its other settings fixed; only its
 dose (the scaled ``strength``, neva_sweep/methods/strength.py) is set, by bisection (the sweep's

@@ -2,7 +2,7 @@
 
     python -m neva_sweep "sweep.methods=[neva,random_neurons,caa,prompt]" search.n_trials=3 \\
         logger=none hydra.run.dir=runs/methods
-    python benchmarks/method_comparison.py runs/methods/trials.csv
+    python benchmarks/experiments/method_comparison.py runs/methods/trials.csv
 
 First, per (value, method) at matched capability cost (every feasible trial meets the same
 budgets, e.g. KL <= 0.1): how many trials were feasible, the best feasible alignment with
@@ -29,8 +29,8 @@ method's mean z over the values. ``--max-acq-drop A`` also requires acquiescence
 fluency budget on the scenarios themselves. ``--figure PATH`` draws alignment against KL per method
 for up to three values.
 
-    python benchmarks/method_comparison.py --budgets 0.02 0.05 --figure docs/method_kl.png \
-        runs/methods/trials.csv runs/methods_gated/trials.csv
+    python benchmarks/experiments/method_comparison.py --budgets 0.02 0.05 \
+        --figure docs/method_kl.png runs/methods/trials.csv runs/methods_gated/trials.csv
 
 With ``--seeds N`` it runs the comparison itself, on held-out data: N sweeps
 (``experiment=methods``, or a tiny model with ``--tiny``), repeat s with ``search.seed=s``
@@ -43,9 +43,10 @@ seeds with its Holm-corrected interval (``neva_sweep.evaluation.paired``); a win
 that interval excludes 0, and mean alignments are compared on the values both methods
 reach (a feasible chosen edit in every seed). Sweeps already complete are not rerun.
 
-    python benchmarks/method_comparison.py --seeds 3 --methods neva caa \
+    python benchmarks/experiments/method_comparison.py --seeds 3 --methods neva caa \
         --run-dir runs/compare --json docs/method_comparison.json
-    python benchmarks/method_comparison.py --seeds 2 --tiny --run-dir /tmp/cmp  # minutes
+    python benchmarks/experiments/method_comparison.py --seeds 2 --tiny \
+        --run-dir /tmp/cmp  # minutes
 """
 
 from __future__ import annotations

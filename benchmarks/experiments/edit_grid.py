@@ -6,7 +6,7 @@ For questions a sweep answers only slowly: does NeVA gain from more neurons at a
 magnitude, from a layer window, from the gate? Each grid entry is ``[method, {params}]``;
 missing parameters take the method's defaults.
 
-    OMP_NUM_THREADS=1 python benchmarks/edit_grid.py --values power tradition \\
+    OMP_NUM_THREADS=1 python benchmarks/experiments/edit_grid.py --values power tradition \\
         --grid '[["neva", {"sparsity": 0.1, "magnitude": 1}],
                  ["neva", {"sparsity": 0.1, "magnitude": 1, "layer_window": "8-22"}],
                  ["caa", {"caa_coefficient": 1.0}]]' [--json out.json] [override ...]

@@ -9,8 +9,9 @@ on them, so the two alignments should match), KL on the neutral texts of the cap
 split (never seen by the gate's probe), and MC accuracy on every built-in question
 (a distribution the probe never saw either). Also the mean gate value on each input set.
 
-    OMP_NUM_THREADS=1 python benchmarks/gate_effect.py [--values power tradition benevolence]
-        [--params best.json] [--json gate_effect.json] [override ...]
+    OMP_NUM_THREADS=1 python benchmarks/experiments/gate_effect.py
+        [--values power tradition benevolence] [--params best.json]
+        [--json gate_effect.json] [override ...]
 
 ``--gate-only`` measures the gate alone (no edits): its held-out accuracy on the validate
 probes vs the capability neutral texts, plain and chat-wrapped, and its mean g on the

@@ -1,26 +1,26 @@
 """GPU check: throughput, trial batching and DeepSpeed edits on one large GPU, as one JSON.
 
 Prepared for one H200-class GPU with no network, in at most 8 minutes
-(benchmarks/gpu_check.sh runs it under ``timeout 480``). Sections:
+(benchmarks/tools/gpu_check.sh runs it under ``timeout 480``). Sections:
 
 - ``forward``: a Llama-3-8B-shaped model (LlamaConfig: hidden 4096, 32 layers,
   intermediate 14336, 32 heads, 8 KV heads, vocabulary 128256) built from its config with
   random bfloat16 weights directly on the GPU (nothing downloaded), fed the
   identification probes through the embedded tokenizer: plain forward tokens/s (the
-  statistics pass's batches and ``logits_to_keep=1``, benchmarks/stats_throughput.py),
+  statistics pass's batches and ``logits_to_keep=1``, benchmarks/perf/stats_throughput.py),
   the statistics pass and an edited forward as ratios of it, one default sweep trial
-  against a plain replay of its forward calls (benchmarks/trial_cost.py), peak memory;
+  against a plain replay of its forward calls (benchmarks/perf/trial_cost.py), peak memory;
 - ``deepspeed``: DeepSpeed ``init_inference`` on one device (tp_size 1, no kernel
   injection, called as neva_sweep/models/tp.py calls AutoTP) with edit hooks, on the
   embedded model: magnitude 0 is bitwise the unedited engine, and the engine's logits,
   unedited and edited, equal the plain model's within a bfloat16 tolerance;
 - ``trial_batching``: trials/hour with K = 1, 4, 8 trials per Evaluator call
-  (benchmarks/trial_batching.py) on the 8B-shaped and the embedded model, with the
+  (benchmarks/perf/trial_batching.py) on the 8B-shaped and the embedded model, with the
   sweep's batch sizes (``default``) and with batch sizes scaled by K (``scaled``: on a
   GPU the default forced-choice batch holds one scenario, so K trials cannot fill it).
 - ``sharded_load``: the 8B-shaped model of ``forward`` saved as a safetensors checkpoint,
   then loaded by fresh processes through ``load_tp_host`` at tp=1 and at tp=2 with
-  ``model.tp_load=sharded`` (each rank reads only its slices; benchmarks/tp_memory.py):
+  ``model.tp_load=sharded`` (each rank reads only its slices; benchmarks/perf/tp_memory.py):
   per-rank host memory (the ranks run on CPU with gloo: one GPU cannot hold two NCCL
   ranks) and the tp=2/tp=1 ratio through loading and a first forward pass;
 
@@ -30,7 +30,7 @@ every section, so a run cut short still leaves what was done; sections that woul
 past ``--budget-s`` are recorded as skipped. ``--tiny`` runs the same code on CPU with a
 2-layer model, a few items and K = 1, 2 (tests/test_gpu_check.py runs it).
 
-    python benchmarks/gpu_check.py [--tiny] [--out PATH] [--budget-s 420]
+    python benchmarks/tools/gpu_check.py [--tiny] [--out PATH] [--budget-s 420]
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
+# the perf benchmarks it reuses (benchmarks/perf/)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
 import tp_memory  # noqa: E402
 import trial_batching  # noqa: E402
 import trial_cost  # noqa: E402

@@ -13,8 +13,8 @@ prints one row of a markdown table:
   search split itself: to another search scenario);
 - max cos: the largest such cosine.
 
-    python benchmarks/lexical_leak.py
-    python benchmarks/lexical_leak.py --per-value       # also NB accuracy per value
+    python benchmarks/experiments/lexical_leak.py
+    python benchmarks/experiments/lexical_leak.py --per-value       # also NB accuracy per value
 
 numpy only, no model; about a second.
 """
@@ -58,7 +58,7 @@ def main() -> None:
     search = split_rows(builtin, "search")
     sets = {"built-in search": search, "built-in test": split_rows(builtin, "test")}
     for path in sorted(DATA.glob("heldout_scenarios*.jsonl")):
-        sets[f"benchmarks/data/{path.name}"] = list(load_scenarios(path).rows)
+        sets[f"benchmarks/experiments/data/{path.name}"] = list(load_scenarios(path).rows)
     probes = load_probes(split="identify", neutral=False)
 
     head = ["set", "n", "NB accuracy (chance 0.10)",

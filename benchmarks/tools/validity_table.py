@@ -1,6 +1,6 @@
 """Markdown tables from judge_validity.json files (task=validate_judge), for docs/results.md.
 
-    python benchmarks/validity_table.py runs/validity/*/judge_validity.json
+    python benchmarks/tools/validity_table.py runs/validity/*/judge_validity.json
 
 First one row per file (judge, rows, detected k/10, acquiescence control, null, text
 validity, the discriminant controls: values each raises and pro > negated, verdict), then

@@ -17,7 +17,7 @@ trial machinery (edit hooks, cache reuse, log-softmax and KL on the logits, Pyth
 the bare model work. Trial and plain runs alternate ``--repeats`` times and the best of
 each is kept, so machine load affects both alike; read the ratios, not the absolute times.
 
-    OMP_NUM_THREADS=2 python benchmarks/trial_cost.py [--model smollm2-135m] [--repeats 3]
+    OMP_NUM_THREADS=2 python benchmarks/perf/trial_cost.py [--model smollm2-135m] [--repeats 3]
         [--json trial_cost.json] [override ...]
     # overrides: Hydra overrides of the sweep config, e.g. sweep.capability.mc_limit=40
 """

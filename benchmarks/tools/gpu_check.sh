@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # GPU check of neva_sweep on one large GPU, offline, in at most 8 minutes.
 #
-#   benchmarks/gpu_check.sh [--tiny] [JSON_PATH]
+#   benchmarks/tools/gpu_check.sh [--tiny] [JSON_PATH]
 #
 # Writes one JSON file of figures (default: $OUT/gpu_check.json when $OUT is set, else
-# ./gpu_check.json) and prints where it is. Sections and fields: benchmarks/gpu_check.py.
+# ./gpu_check.json) and prints where it is. Sections and fields: benchmarks/tools/gpu_check.py.
 # --tiny runs the same code on CPU with a 2-layer model (what tests/test_gpu_check.py runs).
 # Exit status: 0 when every section succeeded, 1 when one failed (its error is in the
 # JSON), 124 when the 480 s timeout cut the run (the sections done are in the JSON).
@@ -27,7 +27,7 @@ mkdir -p "$(dirname "$out")"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 # The package from this checkout, also when it is not installed.
-export PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$here/../..${PYTHONPATH:+:$PYTHONPATH}"
 
 # The Python side starts no section (and no trial-batching run) after 420 s; the
 # timeout is the hard limit.

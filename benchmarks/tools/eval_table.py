@@ -4,7 +4,7 @@
       python -m neva_sweep task=evaluate $( [ $v = none ] || echo edit.value=$v ) \\
           hydra.run.dir=runs/eval/$v
     done
-    python benchmarks/eval_table.py runs/eval/*
+    python benchmarks/tools/eval_table.py runs/eval/*
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ value prompts (:func:`neva_sweep.evaluation.judge_validity.prompt_specificity`),
 control,
 and the shift every value prompt causes alike.
 
-    python benchmarks/prompt_placement.py --scenarios benchmarks/data/heldout_scenarios.jsonl
-    python benchmarks/prompt_placement.py --model tiny-llama --limit 4    # a quick check
+    python benchmarks/experiments/prompt_placement.py \
+        --scenarios benchmarks/experiments/data/heldout_scenarios.jsonl
+    python benchmarks/experiments/prompt_placement.py --model tiny-llama --limit 4  # a quick check
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ replica, a max_concurrency=1 actor, queues them) and each takes ``duration`` sec
 ``asyncio.sleep``. The actor's own CPU (Ray's per-call cost) competes with the driver for
 the machine's cores, as a real replica's process would not.
 
-    OMP_NUM_THREADS=1 python benchmarks/sweep_scheduler.py [--replicas 16 64 256]
+    OMP_NUM_THREADS=1 python benchmarks/perf/sweep_scheduler.py [--replicas 16 64 256]
         [--duration 20] [--batches 6] [--trials-per-batch 1] [--storage sqlite|journal]
         [--repeats 1] [--profile PREFIX]
 
@@ -41,7 +41,8 @@ import ray
 from neva_sweep.config import compose_config
 from neva_sweep.sweep.plan import StudyKey
 from neva_sweep.sweep.scheduler import Scheduler
-from neva_sweep.sweep.studies import open_storage, open_studies
+from neva_sweep.sweep.storage import open_storage
+from neva_sweep.sweep.studies import open_studies
 from neva_sweep.values import VALUES
 
 MODELS = ("fake-a", "fake-b", "fake-c")

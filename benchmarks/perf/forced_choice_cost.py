@@ -5,9 +5,9 @@ scenario. Cached: the scenario prompt runs once, its KV cache is repeated for th
 options, which run as one batch. Prints the tokens each computes, the wall time of each
 (same process, same edits, alternating order) and the largest difference of the scores.
 
-    python benchmarks/forced_choice_cost.py                     # SmolLM2, 24 scenarios
-    python benchmarks/forced_choice_cost.py --model tiny-llama --scenarios 8
-    python benchmarks/forced_choice_cost.py --mc 40             # MC capability questions
+    python benchmarks/perf/forced_choice_cost.py                     # SmolLM2, 24 scenarios
+    python benchmarks/perf/forced_choice_cost.py --model tiny-llama --scenarios 8
+    python benchmarks/perf/forced_choice_cost.py --mc 40             # MC capability questions
 
 With ``--mc N`` the same comparison runs on N multiple-choice questions (each question
 once, its cache serving the four choices: neva_sweep.evaluation.capability.mc_scores) instead of the
