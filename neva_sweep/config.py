@@ -4,7 +4,7 @@ These classes are the single source of every default: the Python API
 (``SearchConfig()``, ``EditConfig``) and Hydra's ConfigStore read them, and the YAML group
 options in ``neva_sweep/conf/`` set only what differs from them (``judge=lexicon`` its
 name, ``logger=wandb`` its mode; ``search=default`` nothing), which
-``neva_sweep/conf/config.yaml`` composes over the schema; tests/test_config_schema.py
+``neva_sweep/conf/config.yaml`` composes over the schema; tests/unit/test_config_schema.py
 refuses an option that restates a default. The YAML files ship inside the package (as
 package data), so an installed wheel finds them wherever it runs: read them through
 :func:`packaged_configs` or :func:`compose_config`, never through a path relative to a

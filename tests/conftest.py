@@ -1,4 +1,11 @@
-"""Shared fixtures: composed configs, tiny random models (tier 1) and the built-in probes."""
+"""Shared fixtures: composed configs, tiny random models and the built-in probes.
+
+The tests come in three tiers, one folder each, marked by it: ``unit`` (tiny random
+models in this process: no process, Ray or process group, which tests/unit/conftest.py
+refuses; ``make test-fast``), ``integration`` (real Ray, DeepSpeed AutoTP on gloo, the
+benchmark scripts, the embedded model) and ``e2e`` (the command line as users run it,
+the wheel, a real browser). The package's doctests count as unit tests; those that load
+a model are also marked ``loads_model``."""
 
 from __future__ import annotations
 
@@ -6,11 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from omegaconf import DictConfig
 
 import neva_sweep as nv
 from neva_sweep.config import compose_config
+from tests.helpers import SWEEP_FAST
 
 
 @pytest.fixture(scope="session")
@@ -45,26 +52,6 @@ def batch(tiny_host):
     return tiny_host.tokenize(["I help my neighbour carry boxes.", "The capital is Paris."])
 
 
-def capture_site_inputs(host, fn) -> list[torch.Tensor]:
-    """Run ``fn()`` and return what each neuron site received (after any edit hooks)."""
-    seen: list[torch.Tensor] = [None] * host.n_layers
-
-    def make(layer):
-        def hook(module, args):
-            seen[layer] = args[0].detach().clone()
-
-        return hook
-
-    # Registered last, so it sees the input after edit hooks installed earlier.
-    handles = [s.register_forward_pre_hook(make(i)) for i, s in enumerate(host.sites)]
-    try:
-        fn()
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     """Statistics and unedited sides shared by one module's sweeps."""
@@ -73,8 +60,21 @@ def cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep_cfg(config, cache):
-    """``sweep_cfg(*overrides)``: a fast sweep on tiny-llama (tests/test_sweep.py's FAST)
+    """``sweep_cfg(*overrides)``: a fast sweep on tiny-llama (``SWEEP_FAST``)
     sharing the module's cache."""
-    from tests.test_sweep import FAST
+    return lambda *overrides: config(*SWEEP_FAST, f"cache_dir={cache}", *overrides)
 
-    return lambda *overrides: config(*FAST, f"cache_dir={cache}", *overrides)
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark each test with its tier (its folder); doctests are unit tests, and the ones
+    that load a model are also ``loads_model``."""
+    for item in items:
+        parts = Path(str(item.path)).parts
+        tier = next((t for t in TIERS if "tests" in parts and t in parts), "unit")
+        item.add_marker(tier)
+        if isinstance(item, pytest.DoctestItem) and "load_model(" in "".join(
+                str(ex.source) for ex in item.dtest.examples):
+            item.add_marker("loads_model")

@@ -1,7 +1,7 @@
 """Start-up time of the command line: a mistyped task and ``--help``.
 
 Both answer without importing the model stack (torch, transformers, Ray); the tests check
-that structurally (tests/test_cli.py), this prints wall times, with the import of torch and
+that structurally (tests/e2e/test_cli.py), this prints wall times, with the import of torch and
 transformers alone as the reference the command no longer pays.
 
     python benchmarks/perf/cli_startup.py [--runs 5]

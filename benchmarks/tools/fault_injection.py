@@ -49,7 +49,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]  # the repository root
 KINDS = ("SIGINT", "SIGTERM", "SIGKILL", "second_driver")
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
-# A small sweep with the tests' small judge/capability settings (tests/test_sweep.py FAST).
+# A small sweep with the tests' small judge/capability settings (SWEEP_FAST in tests/helpers.py).
 SWEEP = ["task=sweep", "model=tiny_llama", "sweep.values=[benevolence,power]",
          "sweep.methods=[neva]", "search.n_startup_trials=2", "sweep.capability.mc_limit=8",
          "sweep.judge.scenarios_limit=4", "sweep.judge.null_edits=2",

@@ -28,7 +28,7 @@ Each section runs in its own try/except: a failure becomes the section's ``error
 the last lines of its traceback) and the next section runs. The JSON is rewritten after
 every section, so a run cut short still leaves what was done; sections that would start
 past ``--budget-s`` are recorded as skipped. ``--tiny`` runs the same code on CPU with a
-2-layer model, a few items and K = 1, 2 (tests/test_gpu_check.py runs it).
+2-layer model, a few items and K = 1, 2 (tests/integration/test_gpu_check.py runs it).
 
     python benchmarks/tools/gpu_check.py [--tiny] [--out PATH] [--budget-s 420]
 """

@@ -5,7 +5,7 @@
 #
 # Writes one JSON file of figures (default: $OUT/gpu_check.json when $OUT is set, else
 # ./gpu_check.json) and prints where it is. Sections and fields: benchmarks/tools/gpu_check.py.
-# --tiny runs the same code on CPU with a 2-layer model (what tests/test_gpu_check.py runs).
+# --tiny runs the same code on CPU with a 2-layer model (what tests/integration/test_gpu_check.py runs).
 # Exit status: 0 when every section succeeded, 1 when one failed (its error is in the
 # JSON), 124 when the 480 s timeout cut the run (the sections done are in the JSON).
 set -u

@@ -35,7 +35,7 @@ neva_sweep/neurons/gate.py) adds ``g * coefficient * v`` with g the row's value 
 The ``steering-vectors`` package reads one token per text (``read_token_index``, the last
 by default) from paired (positive, negative) texts and averages the pair differences;
 with one-token texts and negatives drawn equally from the other nine values that equals
-the diffmean vector, which tests/test_caa.py checks.
+the diffmean vector, which tests/unit/test_caa.py checks.
 """
 
 from __future__ import annotations

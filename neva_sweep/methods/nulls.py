@@ -101,7 +101,7 @@ def activation_quadrature(stats: NeuronStats, columns: torch.Tensor
     mean makes the value's points reproduce its recorded mean activation (``stats.mean``)
     exactly: MLP activations below zero pile up near 0 and thin out below (SwiGLU's
     silu(g) u). This is the approximate part: on tiny-llama a log-normal fitted to two
-    moments did worse (tests/test_rules.py measures the whole against captured activations).
+    moments did worse (tests/unit/test_rules.py measures the whole against captured activations).
 
     Args:
         stats: statistics of the whole model (all layers, all shards joined).

@@ -17,7 +17,7 @@ ranks > 0 small, e.g. return None when ``host.meta.get("rank")``); :meth:`call_a
 gives every rank's. If one rank raises while the others wait in a collective, the call
 fails at once but the replica is stuck: :meth:`Replica.restart` it.
 
-Example (needs a Ray cluster; tests/test_tp.py runs it)::
+Example (needs a Ray cluster; tests/integration/test_tp.py runs it)::
 
     ray.init(num_cpus=4)
     rep = Replica({"name": "tiny-llama"}, tp_size=2)

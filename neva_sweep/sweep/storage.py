@@ -3,7 +3,7 @@
 :func:`open_storage` turns ``search.storage`` into an Optuna storage. The other functions
 do what Optuna's public API does, faster or where the public API has no handle, through
 Optuna's private names (``._`` modules and attributes); no other module of ``neva_sweep``
-touches them (tests/test_storage_contract.py checks it).
+touches them (tests/unit/test_storage_contract.py checks it).
 
 Each use of an internal sits in a function named ``_fast_*``, with the public route
 beside it: the route taken when the storage is not a kind the fast path knows (InMemory,

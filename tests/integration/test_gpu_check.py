@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "tools" / "gpu_check.sh"
 KS = (1, 2)  # the tiny mode's trials per batch
 NUMBERS = {

@@ -4,156 +4,26 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
-import yaml
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution
-from optuna.trial import TrialState
 
-from neva_sweep.config import SearchConfig
-from neva_sweep.evaluation.metrics import cwl, nglr, nlr
 from neva_sweep.report import build_report, load_run
-from neva_sweep.sweep.outputs import Outputs
-from neva_sweep.sweep.plan import ModelEntry, StudyKey
-from neva_sweep.sweep.studies import open_studies
-from neva_sweep.values import VALUES, related_values
-
-MODELS = ("tiny-a", "tiny-b")
-METHODS = ("neva", "random")
-SWEPT = ("hedonism", "power", "benevolence")
-CONFIG = """task: sweep
-search:
-  storage: null
-  objectives: {alignment: maximize, nlr: minimize}
-  max_accuracy_drop: 0.1
-  max_kl: null
-  best_max_nlr: 1.0
-logger:
-  kind: wandb_offline
-  base_url: https://api.wandb.ai
-"""
-
-
-def _trial(rng, value: str, method: str, base: np.ndarray):
-    """One plausible COMPLETE trial (as the scheduler stores it): stronger edits align
-    more, leak more and cost more."""
-    sparsity = float(10 ** rng.uniform(-3.3, -2))
-    magnitude = float(rng.uniform(1, 8))
-    strength = magnitude * sparsity * 120 * (1.0 if method == "neva" else 0.4)
-    t = VALUES.index(value)
-    dcsr = rng.normal(0, 0.01, len(VALUES))  # (V,)
-    dcsr[t] = 0.25 * np.tanh(strength) + rng.normal(0, 0.02)
-    near = [VALUES.index(v) for v in related_values(value) if v != value]
-    dcsr[near] += 0.3 * dcsr[t] * rng.uniform(0, 1, len(near))
-    edited = np.clip(base + dcsr, 0, 1)
-    d = edited - base
-    a = float(d[t])
-    attrs = {"params": {"sparsity": sparsity, "magnitude": magnitude, "rule": "add",
-                        "score": "mean_diff", "positions": "all", "layer_window": "all"},
-             "alignment": a, "nlr": nlr(d, value), "nglr": nglr(d, value),
-             "cwl": cwl(d, value), "accuracy_base": 0.5, "accuracy_edited": 0.5 - strength / 20,
-             "accuracy_drop": strength / 20, "kl": strength / 10,
-             "n_neurons": int(sparsity * 4608), "duration_s": float(rng.uniform(1, 3)),
-             "csr_base": dict(zip(VALUES, base.tolist())),
-             "csr_edited": dict(zip(VALUES, edited.tolist())), "replica": "tiny#0",
-             "ci": {"alignment": [a - 0.03, a + 0.03], "accuracy_edited": [0.4, 0.5]}}
-    if method == "neva":  # a newer metric: the other method's records predate it
-        attrs.update(acquiescence=float(d.mean()), nlr_floor=0.01)
-    # the searched parameters with their search space, as trial.suggest_* records them
-    space = {"sparsity": FloatDistribution(5e-4, 1e-2, log=True),
-             "magnitude": FloatDistribution(1, 8), "rule": CategoricalDistribution(["add"])}
-    return optuna.trial.create_trial(values=[a, attrs["nlr"]], user_attrs=attrs,
-                                     params={p: attrs["params"][p] for p in space},
-                                     distributions=space)
-
-
-def _failed():
-    return optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={
-        "params": {"sparsity": 0.001, "magnitude": 2.0}, "replica": "tiny#0",
-        "error": "RuntimeError: CUDA out of memory (see https://example.org)"})
-
-
-def fabricate_run(run_dir: Path, models=MODELS, methods=METHODS, values=SWEPT,
-                  n_trials: int = 8, fail_all: bool = False, neuron_files: bool = True,
-                  seed: int = 0, storage: bool = False) -> Path:
-    """A run directory like a finished sweep's, written by the sweep's own writer from
-    Optuna studies: trials.csv, pareto.json, best_edits.json, .hydra/config.yaml,
-    neurons/<first model>.json and (optionally) the neuron files of the last model's
-    chosen neva edits. Every study has n_trials COMPLETE trials (none with ``fail_all``)
-    and one FAIL trial. ``storage``: the studies live in the run's ``optuna.db`` (as a
-    sweep's do), not in memory."""
-    rng = np.random.default_rng(seed)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    search = OmegaConf.merge(OmegaConf.structured(SearchConfig),
-                             yaml.safe_load(CONFIG)["search"])  # the config below
-    keys = [StudyKey(m, v, k) for m in models for v in values for k in methods]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    store = (optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}") if storage
-             else optuna.storages.InMemoryStorage())
-    states = open_studies(keys, store, search)
-    bases = {m: rng.uniform(0.1, 0.5, len(VALUES)) for m in models}  # unedited CSR per model
-    for state in states:
-        model, value, method = state.key.model, state.key.value, state.key.method
-        trials = [] if fail_all else [_trial(rng, value, method, bases[model])
-                                      for _ in range(n_trials)]
-        for t in [*trials, _failed()]:
-            state.study.add_trial(t)
-        state.complete = len(trials)
-    outputs = Outputs(run_dir, states, [ModelEntry(m, {"name": m}) for m in models], search)
-    outputs.write()
-    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    (run_dir / ".hydra" / "config.yaml").write_text(CONFIG)
-    (run_dir / ".hydra" / "overrides.yaml").write_text("- experiment=smoke\n")
-    edits = json.loads((run_dir / "best_edits.json").read_text())["edits"]
-    _neurons(run_dir, rng, models, edits if neuron_files else [])
-    outputs.write()  # picks up the chosen edits' neuron files
-    return run_dir
-
-
-def _neurons(run_dir: Path, rng, models, edits: list[dict]) -> None:
-    """neurons/<first model>.json as task=identify writes it, and the neuron files of the
-    last model's chosen neva edits (where the sweep keeps them)."""
-    import torch
-
-    from neva_sweep import NeuronMap, ValueNeurons
-
-    sets = {v: {(int(rng.integers(4)), int(rng.integers(40))) for _ in range(12)}
-            for v in VALUES}
-    per_value = {v: {"n_neurons": len(s), "per_layer": [sum(li == i for li, _ in s)
-                                                         for i in range(4)], "top": []}
-                 for v, s in sets.items()}
-    jac = {a: {b: len(sets[a] & sets[b]) / len(sets[a] | sets[b]) for b in VALUES}
-           for a in VALUES}
-    (run_dir / "neurons").mkdir(exist_ok=True)
-    (run_dir / "neurons" / f"{models[0]}.json").write_text(json.dumps(
-        {"meta": {}, "layer_sizes": [40] * 4, "values": per_value, "jaccard": jac}))
-    for e in edits:
-        if e["model"] != models[-1] or e["method"] != "neva":
-            continue
-        ids = sorted(sets[e["value"]])
-        n = len(ids)
-        vn = ValueNeurons(torch.tensor([i for i, _ in ids]), torch.tensor([j for _, j in ids]),
-                          torch.ones(n), torch.ones(n), torch.ones(n))
-        path = run_dir / "best_edits" / e["model"] / f"{e['value']}-neva.safetensors"
-        NeuronMap({e["value"]: vn}, [40] * 4, {"trial": e["trial"]}).save(path)
-
-
-def referenced_files(page: str) -> list[str]:
-    """Every src/href of the page that is not an in-page anchor or a data URI."""
-    refs = re.findall(r'(?:src|href)="([^"]*)"', page)
-    return [r for r in refs if not r.startswith(("#", "data:"))]
-
-
-def assert_offline(page: str) -> None:
-    assert not re.search(r"https?://", page, re.IGNORECASE)
-    assert "<script" not in page and "<link" not in page and "@import" not in page
-    assert not re.search(r'(?:src|href)="//', page)
+from neva_sweep.values import VALUES
+from tests.helpers import (
+    METHODS,
+    MODELS,
+    SWEPT,
+    assert_offline,
+    assert_self_contained,
+    fabricate_run,
+    referenced_files,
+)
 
 
 @pytest.fixture(scope="module")
@@ -181,16 +51,6 @@ def test_report_from_a_synthetic_sweep(full_report):
     assert "python -m neva_sweep task=report run_dir=" in page
     assert "python -m neva_sweep experiment=smoke hydra.run.dir=" in page
     assert "matplotlib" in page and "max_accuracy_drop: 0.1" in page
-
-
-def assert_self_contained(page_path: Path) -> None:
-    """The page references figures and CSVs that all exist beside it, and nothing online."""
-    page = page_path.read_text()
-    refs = referenced_files(page)
-    assert any(r.endswith(".svg") for r in refs) and any(r.endswith(".csv") for r in refs)
-    for ref in refs:
-        assert (page_path.parent / ref).is_file(), ref
-    assert_offline(page)  # the config's wandb URL and the error's URL are escaped
 
 
 def test_every_referenced_file_exists_and_no_external_urls(full_report):

@@ -16,7 +16,7 @@ from neva_sweep.evaluation.lexical import (
 )
 from neva_sweep.values import VALUES
 
-HELD_OUT = sorted((Path(__file__).parents[1] / "benchmarks" / "experiments" / "data")
+HELD_OUT = sorted((Path(__file__).parents[2] / "benchmarks" / "experiments" / "data")
                   .glob("heldout_scenarios*.jsonl"))
 
 # ---------------------------------------------------------------- the functions

@@ -17,6 +17,7 @@ from neva_sweep.methods import METHODS
 from neva_sweep.models.arch import residual_sites
 from neva_sweep.neurons.gate import gate_of
 from neva_sweep.sweep import best_edit_spec
+from tests.helpers import same
 
 # Per method: parameters of a strong edit, and the key that sets its strength to zero.
 PARAMS = {
@@ -60,22 +61,6 @@ def test_build_is_deterministic(name, tiny_stats) -> None:
     a = METHODS[name].build(tiny_stats, "power", params)
     b = METHODS[name].build(tiny_stats, "power", params)
     assert same(a, b)
-
-
-def same(a, b) -> bool:
-    """Equal field by field, tensors compared exactly (values, dtype and shape)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, torch.Tensor):
-        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-    if dataclasses.is_dataclass(a):
-        return all(same(getattr(a, f.name), getattr(b, f.name))
-                   for f in dataclasses.fields(a))
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return a == b
 
 
 def test_same_compares_tensors_exactly(tiny_stats) -> None:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_report import assert_self_contained, fabricate_run, referenced_files
 
 from neva_sweep.cli import run
 from neva_sweep.config import ConfigError
 from neva_sweep.report.compare import compare_runs, judge_differences, run_names
 from neva_sweep.report.load import load_run
+from tests.helpers import assert_self_contained, fabricate_run, referenced_files
 
 TINY = {"models": ("tiny-a",), "values": ("power",), "n_trials": 3, "neuron_files": False}
 

@@ -96,7 +96,7 @@ def test_null_matches_count_and_push(model, kind):
 
 def direct_delta(rule: str, neurons: ValueNeurons, stats, alpha: float) -> torch.Tensor:
     """(k,) expected activation change, written out per rule (not through the rules); the
-    input-dependent rules over the histograms' points (tests/test_rules.py checks those
+    input-dependent rules over the histograms' points (tests/unit/test_rules.py checks those
     against captured activations)."""
     offsets = torch.tensor(layer_offsets(stats.layer_sizes))
     cols = offsets[neurons.layer] + neurons.index

@@ -1,6 +1,7 @@
 """Sharded loading's parts that need no process group: reading slices of a safetensors
 checkpoint, finding which slice a rank holds, choosing the source, converting once.
-(Loading at tp=2 for real, against tp=1: tests/test_tp.py::test_sharded_loading_matches_tp1.)"""
+(Loading at tp=2 for real, against tp=1:
+tests/integration/test_tp.py::test_sharded_loading_matches_tp1.)"""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "neva_sweep"
+PACKAGE = Path(__file__).resolve().parents[2] / "neva_sweep"
 
 # Bottom to top: a module may import its own stage and the ones listed before it.
 STAGES: list[tuple[str, set[str]]] = [
@@ -67,7 +67,7 @@ def stage_of(name: str) -> int:
         if top in members:
             return i
     raise AssertionError(f"module neva_sweep.{name} belongs to no stage: add its package to "
-                         "STAGES in tests/test_layers.py")
+                         "STAGES in tests/unit/test_layers.py")
 
 
 def graph() -> dict[str, set[str]]:

@@ -22,15 +22,16 @@ import pytest
 import ray
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
-from test_sweep import FAST, states_by_study, trials
 
 from neva_sweep.sweep import ConfigError, run_sweep
 from neva_sweep.sweep.lock import HOST, SUFFIX, NoLock, RunLock, RunLockedError, lock_path, run_lock
 from neva_sweep.sweep.plan import storage_url
 from neva_sweep.sweep.storage import open_storage
 from neva_sweep.sweep.studies import STALE_ERROR, fail_stale_trials
+from tests.helpers import SWEEP_FAST as FAST
+from tests.helpers import states_by_study, trials
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOLD = ("import sys, time; from pathlib import Path; from neva_sweep.sweep.lock import RunLock; "
         "RunLock(Path(sys.argv[1]), heartbeat_s=0.2).acquire(); print('held', flush=True); "
         "time.sleep(120)")

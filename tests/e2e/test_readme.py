@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 # the pages whose links and snippets are checked: the README and the docs pages it owns
 PAGES = [README] + [ROOT / "docs" / f"{n}.md" for n in
@@ -35,21 +35,22 @@ MAX_README_LINES = 220
 
 # Heavy commands -> the existing test that runs an equivalent (tiny models, or the wheel).
 HEAVY = {
-    "pip install .": "tests/test_packaging.py::test_installed_command_runs_outside_the_checkout",
+    "pip install .":
+        "tests/e2e/test_packaging.py::test_installed_command_runs_outside_the_checkout",
     "python -m neva_sweep task=identify":
-        "tests/test_cli.py::test_identify_writes_statistics_and_summary",
+        "tests/e2e/test_cli.py::test_identify_writes_statistics_and_summary",
     'python -m neva_sweep task=steer value=benevolence edit.sparsity=0.001 '
     'prompt="My neighbour asked me to water her plants while she is away. Should I?"':
-        "tests/test_cli.py::test_steer_from_the_command_line",
+        "tests/e2e/test_cli.py::test_steer_from_the_command_line",
     "python -m neva_sweep experiment=smoke":
-        "tests/test_sweep.py::test_sweep_writes_its_files_and_steer_loads_the_best_edit",
+        "tests/integration/test_sweep.py::test_sweep_writes_its_files_and_steer_loads_the_best_edit",
     "python -m neva_sweep":
-        "tests/test_sweep.py::test_sweep_writes_its_files_and_steer_loads_the_best_edit",
+        "tests/integration/test_sweep.py::test_sweep_writes_its_files_and_steer_loads_the_best_edit",
     "sbatch --nodes=1 launch/slurm.sbatch experiment=paper_llama3_8b cluster=slurm_8gpu":
-        "tests/test_launch.py::test_sbatch_contract",
+        "tests/e2e/test_launch.py::test_sbatch_contract",
     "python -m neva_sweep cluster=ray model=llama3_8b_instruct "
     "search.storage=journal:///shared/optuna.log":
-        "tests/test_sweep.py::test_launcher_entrypoint_is_a_valid_sweep",
+        "tests/integration/test_sweep.py::test_launcher_entrypoint_is_a_valid_sweep",
 }
 # make targets: each must exist, and CI (.ci/run) runs it, directly or through make install
 MAKE_IN_CI = {"make install", "make test", "make install-models"}
@@ -99,7 +100,7 @@ def readme_commands() -> list[str]:
 
 def cli(command: str) -> list[str]:
     """A README command as argv: ``python`` is this interpreter, ``neva-sweep`` its console
-    script ``python -m neva_sweep`` (the installed script itself: tests/test_packaging.py)."""
+    script ``python -m neva_sweep`` (the installed script itself: tests/e2e/test_packaging.py)."""
     words = shlex.split(command)
     if words[0] == "neva-sweep":
         words = ["python", "-m", "neva_sweep", *words[1:]]

@@ -16,9 +16,9 @@ from neva_sweep.edits.neuron import Editor
 from neva_sweep.edits.prompt import prompt_edit
 from neva_sweep.edits.residual import caa_edit
 from neva_sweep.evaluation.lm_eval_adapter import N_SAMPLES, lm_eval_drop, lm_eval_scores
-from tests.test_edit import n_hooks
+from tests.helpers import n_hooks
 
-TASK_DIR = Path(__file__).parent / "lm_eval_task"
+TASK_DIR = Path(__file__).parents[1] / "lm_eval_task"
 TASK = "neva_general_knowledge"
 N_DOCS = 12
 
@@ -152,7 +152,7 @@ def test_evaluate_with_a_caa_best_edit_scores_lm_eval_with_it(tiny_host, task_di
     from omegaconf import OmegaConf
 
     from neva_sweep import cli as tasks
-    from tests.conftest import compose_config
+    from neva_sweep.config import compose_config
 
     # the entry's model (tasks import load_model when they run)
     monkeypatch.setattr("neva_sweep.models.host.load_model", lambda cfg: tiny_host)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from matplotlib.image import imread
-from test_report import fabricate_run
 
 from neva_sweep.report import build_report
+from tests.helpers import fabricate_run
 
 CHROMIUM = next((p for name in ("chromium", "chromium-browser", "google-chrome", "chrome")
                  if (p := shutil.which(name))), None)

@@ -115,7 +115,7 @@ def test_selection_errors(tiny_stats, kwargs, message):
 
 def test_all_scores_select_for_every_value(tiny_stats):
     # attribution reads the pairs' gradients (stats.attribution): a stand-in here, the score
-    # itself is checked against a real gradient pass in tests/test_attribution.py
+    # itself is checked against a real gradient pass in tests/unit/test_attribution.py
     grad = torch.randn(tiny_stats.mean.shape, generator=torch.Generator().manual_seed(0),
                        dtype=torch.float64)
     stats = replace(tiny_stats, pair_grad=grad)

@@ -13,7 +13,7 @@ import pytest
 
 from neva_sweep.evaluation.paired import compare_values, holm, p_two_sided, paired_bootstrap
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ROOT / "benchmarks" / "experiments"
 
 

@@ -18,7 +18,7 @@ from neva_sweep.neurons.stats import (
     softsign_bins,
 )
 from neva_sweep.values import N_VALUES
-from tests.conftest import capture_site_inputs
+from tests.helpers import capture_site_inputs
 
 
 def brute_force(host, probes, cfg: StatsConfig):

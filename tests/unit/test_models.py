@@ -7,7 +7,7 @@ import neva_sweep as nv
 from neva_sweep.edits.neuron import EditSpec, edit_rows
 from neva_sweep.models import ARCHITECTURES, TINY_CONFIGS, UnsupportedArchitecture
 from neva_sweep.neurons.selection import ValueNeurons
-from tests.conftest import capture_site_inputs
+from tests.helpers import capture_site_inputs
 
 
 def test_every_architecture_has_a_tiny_model():

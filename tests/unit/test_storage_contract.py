@@ -30,7 +30,7 @@ from neva_sweep.sweep.storage import (
 from neva_sweep.sweep.studies import STALE_ERROR, fail_stale
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-PACKAGE = Path(__file__).resolve().parents[1] / "neva_sweep"
+PACKAGE = Path(__file__).resolve().parents[2] / "neva_sweep"
 ATTRS = {"alignment": 0.25, "csr_edited": {"power": 0.5}, "replica": "a#0", "retried": False,
          "duration_s": None, "ci": [0.1, 0.3]}
 CONSTRAINTS = {"kl": -0.09, "accuracy_drop": 0.2}

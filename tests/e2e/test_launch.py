@@ -14,7 +14,7 @@ import yaml
 
 from neva_sweep.config import ModelConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = ROOT / "launch"
 SBATCH = LAUNCH / "slurm.sbatch"
 RAYJOB = LAUNCH / "kuberay-rayjob.yaml"

@@ -19,6 +19,7 @@ from neva_sweep.evaluation.capability import CapabilityConfig
 from neva_sweep.evaluation.evaluator import Evaluator
 from neva_sweep.files import atomic_path
 from neva_sweep.neurons.stats import StatsConfig, cached_stats
+from tests.helpers import n_hooks
 
 
 def small_evaluator(host, cache_dir) -> Evaluator:
@@ -151,11 +152,6 @@ def test_binary_garbage_in_a_data_file_names_it(tmp_path):
         load_records("probes", path)
 
 
-# -- edits that do not fit the model -------------------------------------------------------
-def n_hooks(host) -> int:
-    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in host.model.modules())
-
-
 def neurons(layers: list[int], indices: list[int], model=None) -> nv.ValueNeurons:
     k = len(layers)
     return nv.ValueNeurons(torch.tensor(layers), torch.tensor(indices), torch.ones(k),
@@ -245,12 +241,12 @@ def sweep_run(tmp_path, tiny_stats, config):
     neva trial, with tiny-llama's statistics at hand (so the neurons file is saved)."""
     import optuna
     from omegaconf import OmegaConf
-    from test_report import _trial
 
     from neva_sweep.config import SearchConfig
     from neva_sweep.sweep.outputs import Outputs
     from neva_sweep.sweep.plan import ModelEntry, StudyKey
     from neva_sweep.sweep.studies import open_studies
+    from tests.helpers import _trial
 
     search = OmegaConf.merge(OmegaConf.structured(SearchConfig), {"max_kl": None})
     (state,) = open_studies([StudyKey("tiny-llama", "power", "neva")],

@@ -89,7 +89,7 @@ def test_options_share_no_8_word_sequence_with_other_value_texts(scenarios):
     assert not shared
 
 
-HELD_OUT = sorted((Path(__file__).parents[1] / "benchmarks" / "experiments" / "data")
+HELD_OUT = sorted((Path(__file__).parents[2] / "benchmarks" / "experiments" / "data")
                   .glob("heldout_scenarios*.jsonl"))
 
 

@@ -15,7 +15,7 @@ from neva_sweep.models.arch import residual_sites
 from neva_sweep.neurons.pairs import PAIR_FIELDS, answer_texts
 from neva_sweep.neurons.stats import NeuronStats, StatsConfig, concat, merge, select_columns
 from neva_sweep.values import N_VALUES, VALUES
-from tests.conftest import capture_site_inputs
+from tests.helpers import capture_site_inputs
 
 # Pro and anti of different lengths: the shorter row is padded within its batch.
 PAIR = Pair(VALUES.index("benevolence"), "My friend is ill and lives alone.",

@@ -8,7 +8,6 @@ Ray worker process by ``worker_process_setup_hook``, the way a user's method wou
 from __future__ import annotations
 
 import concurrent.futures
-import csv
 import json
 import logging
 import os
@@ -35,16 +34,11 @@ from neva_sweep.sweep.run import eval_setup
 from neva_sweep.sweep.storage import open_storage
 from neva_sweep.sweep.studies import STALE_ERROR
 from neva_sweep.sweep.worker import prepare, run_trials
+from tests.helpers import SWEEP_FAST, states_by_study, trials
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-ROOT = Path(__file__).resolve().parents[1]
-FAST = ["model=tiny_llama", "sweep.values=[benevolence,power]", "search.n_trials=3",
-        "search.n_startup_trials=2", "sweep.capability.mc_limit=8",
-        "sweep.judge.scenarios_limit=4", "sweep.judge.null_edits=2",
-        "sweep.capability.neutral_limit=4", "sweep.capability.fluency_queries=0",
-        "judge.n_boot=50", "logger=none", "progress=false", "search.test_nulls=0",
-        "cluster.replicas_per_model=2", "cluster.num_cpus_per_actor=1"]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Explode(NeVA):
@@ -77,20 +71,6 @@ def cluster():
     ray.shutdown()
 
 
-def trials(run_dir: Path) -> list[dict]:
-    with (run_dir / "trials.csv").open() as f:
-        return list(csv.DictReader(f))
-
-
-def states_by_study(storage_url: str) -> dict[str, list[TrialState]]:
-    storage = open_storage(storage_url)
-    out = {}
-    for s in optuna.get_all_study_summaries(storage):
-        study = optuna.load_study(study_name=s.study_name, storage=storage)
-        out[s.study_name] = [t.state for t in study.get_trials(deepcopy=False)]
-    return out
-
-
 # -- configuration: errors name the key, before any actor starts -----------------------------
 @pytest.mark.parametrize("override, key", [
     ("search.space.sparsity=[0.0,0.5]", "search.space.sparsity"),
@@ -119,7 +99,7 @@ def states_by_study(storage_url: str) -> dict[str, list[TrialState]]:
 ])
 def test_config_errors_name_the_key(tmp_path, override, key, config):
     assert not ray.is_initialized()
-    cfg = config(*FAST, "cluster.num_cpus=2", override)
+    cfg = config(*SWEEP_FAST, "cluster.num_cpus=2", override)
     with pytest.raises(ConfigError, match=f"^{key}"):
         run_sweep(cfg, tmp_path)
     assert not ray.is_initialized()  # nothing was started
@@ -127,7 +107,7 @@ def test_config_errors_name_the_key(tmp_path, override, key, config):
 
 def test_unknown_model_lists_the_available_ones(tmp_path, config):
     with pytest.raises(ConfigError, match="available: .*smollm2_135m.*tiny_llama"):
-        make_plan(config(*FAST, "models=[nope]"), tmp_path)
+        make_plan(config(*SWEEP_FAST, "models=[nope]"), tmp_path)
 
 
 def test_launcher_entrypoint_is_a_valid_sweep(tmp_path, monkeypatch, config):
@@ -280,7 +260,7 @@ def test_sigterm_stops_safely_exits_143_and_resumes(cluster, cache, sweep_cfg, t
     import time
 
     run, log = tmp_path / "run", tmp_path / "driver.log"
-    overrides = [*FAST, f"cache_dir={cache}", "search.n_trials=4"]
+    overrides = [*SWEEP_FAST, f"cache_dir={cache}", "search.n_trials=4"]
     cmd = [sys.executable, "-m", "neva_sweep", *overrides, f"hydra.run.dir={run}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     url = f"sqlite:///{run / 'optuna.db'}"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # as [tool.setuptools.package-data]
 PACKAGE_DATA = ("conf/**/*.yaml", "data/*.jsonl", "models/tokenizer/*")
 # The venv's sitecustomize hides the embedded model's package (system site-packages would

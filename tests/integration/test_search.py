@@ -46,7 +46,7 @@ from neva_sweep.sweep.storage import open_storage
 from neva_sweep.sweep.studies import fail_stale_trials, open_studies
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- scaled strength ---------------------------------------------------------------------

@@ -11,8 +11,7 @@ from neva_sweep.edits.neuron import POSITIONS, RULES, EditSpec, NeuronEdit, edit
 from neva_sweep.edits.prompt import PromptEdit, prompt_edit
 from neva_sweep.edits.residual import caa_edit
 from neva_sweep.evaluation.scoring import next_token_logprobs
-from tests.conftest import capture_site_inputs
-from tests.test_methods import same
+from tests.helpers import capture_site_inputs, n_hooks, same
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +143,6 @@ def _kinds(stats, nmap) -> dict[str, tuple]:
 
 
 KINDS = ("neurons", "residual", "prompt")
-
-
-def n_hooks(host) -> int:
-    """Forward hooks of every module (transformers may keep its own: compare counts)."""
-    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in host.model.modules())
 
 
 def test_every_edit_kind_is_covered(tiny_stats, nmap):

@@ -17,7 +17,7 @@ from neva_sweep.methods.strength import neuron_magnitude, neuron_strength
 from neva_sweep.neurons.gate import gate_of
 from neva_sweep.neurons.selection import ValueNeurons
 from neva_sweep.neurons.stats import layer_offsets
-from tests.conftest import capture_site_inputs
+from tests.helpers import capture_site_inputs
 
 CONDITIONED = ("set", "gate_neuron")
 TEXTS = ["I help my friends.", "Rules keep order and tradition.", "Taste every dish.",
