@@ -33,10 +33,15 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
+from ..registry import Registry
+
 if TYPE_CHECKING:  # optuna loads with the sweep; the report only needs is_rung_study
     import optuna
 
-PRUNERS = ("none", "median", "sha", "hyperband")
+# search.pruner -> builder of the Optuna pruner (factor: the rungs' reduction factor);
+# "none" builds nothing: trials run whole. A new pruner is one builder here.
+PRUNERS: Registry = Registry("pruner")
+PRUNERS.register("none", None)
 RUNG_SUFFIX = ":rungs"
 FIRST_RUNG_STEP, LAST_RUNG_STEP = 1, 3  # resource units of rung 0 and of the full trial
 SCENARIO_FREE = ("kl", "accuracy_drop")  # budgets measured on the same texts at both rungs
@@ -55,25 +60,39 @@ def enabled(search: DictConfig) -> bool:
     return str(search.get("pruner", "none")) != "none"
 
 
+@PRUNERS.add("median")
+def _median(search: DictConfig, factor: int) -> optuna.pruners.BasePruner:
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=int(search.n_startup_trials),
+                                       n_warmup_steps=0)
+
+
+@PRUNERS.add("sha")
+def _successive_halving(search: DictConfig, factor: int) -> optuna.pruners.BasePruner:
+    import optuna
+
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=FIRST_RUNG_STEP,
+                                                  reduction_factor=factor)
+
+
+@PRUNERS.add("hyperband")
+def _hyperband(search: DictConfig, factor: int) -> optuna.pruners.BasePruner:
+    import optuna
+
+    return optuna.pruners.HyperbandPruner(min_resource=FIRST_RUNG_STEP,
+                                          max_resource=FIRST_RUNG_STEP * factor,
+                                          reduction_factor=factor)
+
+
 def make_pruner(search: DictConfig) -> optuna.pruners.BasePruner:
     """The Optuna pruner ``search.pruner`` names (rung 0 is step 1, the full trial step
     1 / fidelity rounded)."""
-    import optuna
-
     kind = str(search.pruner)
-    factor = max(2, round(1.0 / float(search.fidelity)))
-    if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=int(search.n_startup_trials),
-                                           n_warmup_steps=0)
-    if kind == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=FIRST_RUNG_STEP,
-                                                      reduction_factor=factor)
-    if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=FIRST_RUNG_STEP,
-                                              max_resource=FIRST_RUNG_STEP * factor,
-                                              reduction_factor=factor)
-    raise ValueError(f"search.pruner: unknown pruner {kind!r}; valid choices: "
-                     f"{', '.join(PRUNERS)}")
+    if kind not in PRUNERS or PRUNERS[kind] is None:
+        raise ValueError(f"search.pruner: no pruner {kind!r} to build; valid choices: "
+                         f"{', '.join(n for n in PRUNERS.names() if PRUNERS[n] is not None)}")
+    return PRUNERS[kind](search, max(2, round(1.0 / float(search.fidelity))))
 
 
 def open_rung_study(storage, name: str, search: DictConfig) -> optuna.Study:
