@@ -21,7 +21,7 @@ import time
 import torch
 
 import neva_sweep as nv
-from neva_sweep.evaluation.likelihood import mean_token_logprob
+from neva_sweep.evaluation.scoring import mean_token_logprob
 from neva_sweep.neurons.selection import NeuronMap
 
 

@@ -1,4 +1,5 @@
-"""Batched scoring primitives shared by the judges and the capability measures.
+"""Batched scoring primitives shared by the judges and the capability measures, and the
+mean per-token log-likelihood of texts (:func:`mean_token_logprob`, unbatched by edit).
 
 Every function takes ``edits``: a sequence of G edits of any kind
 (:class:`~neva_sweep.edits.EditKind`), None meaning the unedited model. The n items are
@@ -344,4 +345,28 @@ def greedy_generate(
             )
             for (i, g), row in zip(rows, gen[:, ids.shape[1] :]):
                 out[g][i] = tok.decode(row, skip_special_tokens=True).strip()
+    return out
+
+
+@torch.inference_mode()
+def mean_token_logprob(
+    host: ModelHost, texts: list[str], batch_size: int = 16, max_length: int = 128
+) -> torch.Tensor:
+    """Mean log-probability per predicted token of each text, (len(texts),) float64.
+
+    Texts are right-padded; pad positions are masked out of both the inputs' attention
+    and the average. The first token of each text is context only.
+    """
+    out = torch.empty(len(texts), dtype=torch.float64)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = host.tokenize([texts[i] for i in idx], padding_side="right", max_length=max_length)
+        logits = host.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, S-1, vocab)
+        target = enc.input_ids[:, 1:]
+        tok_lp = logp.gather(-1, target[..., None]).squeeze(-1)  # (B, S-1)
+        mask = enc.attention_mask[:, 1:].to(tok_lp.dtype)
+        per_text = (tok_lp * mask).sum(1) / mask.sum(1).clamp(min=1)
+        out[idx] = per_text.double().cpu()
     return out

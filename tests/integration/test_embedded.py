@@ -15,7 +15,7 @@ from neva_sweep.edits.prompt import prompt_edit
 from neva_sweep.evaluation.capability import mc_correct, mc_questions
 from neva_sweep.evaluation.evaluator import DATA_KINDS, _ci
 from neva_sweep.evaluation.judges.base import JUDGES, make_judge
-from neva_sweep.evaluation.likelihood import mean_token_logprob
+from neva_sweep.evaluation.scoring import mean_token_logprob
 
 pytestmark = pytest.mark.slow
 
