@@ -37,7 +37,9 @@ CANDIDATES = torch.arange(200)
 
 
 def test_every_registered_method_is_covered() -> None:
-    assert set(METHODS) == set(PARAMS) | set(ALIASES)
+    """Every method of the package (other tests may register their own: not counted)."""
+    ours = {n for n in METHODS if type(METHODS[n]).__module__.startswith("neva_sweep.")}
+    assert ours == set(PARAMS) | set(ALIASES)
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
