@@ -399,7 +399,7 @@ class SearchConfig:
     # finished (COMPLETE or PRUNED) trials per study; re-running tops studies up to it. 24:
     # searching rule add only, NeVA's best feasible edit reached 93% of a dense grid's by
     # 24 trials (2 values x 2 seeds), 72% by 12; with the four rules and two gates of the
-    # default space, 84% and 90% (4 values, seeds 0 and 1): docs/results.md section 0d
+    # default space, 82-88% (4 values, 3 seeds): docs/results.md section 0d
     n_trials: int = 24
     n_startup_trials: int = 4  # random trials before tpe/gp model the results
     population_size: int = 8  # nsga2 generation size
