@@ -386,6 +386,12 @@ class CalibrationConfig:
     # so the calibrated dose meets the budget the trials are held to
     texts: int | None = None
     steps: int = 5  # bisection steps once the budget is bracketed
+    # settings of the method's layout each study is calibrated at (sparsity or layer
+    # fraction, spread over the searched range, ends included): the strength box spans
+    # their doses and each is a first trial. 3: one calibration at the middle layer left
+    # DiffMean's box short of the dose its best layer needs (3x across layers on 2 of 4
+    # values) and its search at 55-67% of the reference (docs/results.md section 0d)
+    anchors: int = 3
 
 
 @dataclass

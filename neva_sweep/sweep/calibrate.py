@@ -8,6 +8,16 @@ searches ``strength`` log-uniformly in ``[d* x span[0], d* x span[1]]`` around t
 d*: a box that holds the feasible edge whatever the model, value and method, instead of a
 hand-set box that holds it for some of them.
 
+One dose is not enough across a method's *layout*: the edited layer moves a steering
+vector's budget dose up to 4x, the neuron count a neuron edit's up to 2x
+(docs/results.md, section 0d). So each study is calibrated at ``search.calibration.anchors``
+settings spread over its layout parameter (:func:`anchor_params`: the sparsity, evenly in
+log, for the neuron methods; the layer fraction, evenly, for the residual ones; the ends of
+the range included). The searched strength box spans every anchor's dose
+(:func:`combine`), and each anchor at its dose is a warm-start trial (sweep/warm.py): the
+study starts from edits measured at the budget across its whole layout, where the best
+edits of every method measured lie.
+
 The result is stored as the study's user attribute ``calibration`` (the range of a
 resumed study never moves) and in the run's cache directory
 (``<cache_dir>/eval/calibration/``), keyed by model, statistics, capability and data
@@ -52,6 +62,10 @@ class Calibration:
     bracketed: bool  # False: the budget was not reached (or exceeded at MIN_DOSE)
     steps: list[list[float]] = field(default_factory=list)  # [dose, kl] evaluated, in order
     range: list[float] | None = None  # the searched strength range derived from it
+    params: dict[str, Any] | None = None  # the setting bisected (the method's parameters)
+    # a study's calibration (:func:`combine`): every anchor's own Calibration dict; the
+    # fields above are then the middle anchor's, and ``range`` spans them all
+    anchors: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,7 +73,14 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
         return cls(**{k: d[k] for k in ("dose", "kl", "budget", "bracketed", "steps",
-                                        "range") if k in d})
+                                        "range", "params", "anchors") if k in d})
+
+    @property
+    def reached(self) -> bool:
+        """Whether the budget was met here: bracketed, or exceeded at the smallest dose
+        tried (then the dose is that smallest one). False: a dead edit, under the budget
+        at every dose tried."""
+        return self.bracketed or self.kl > self.budget
 
 
 def bisect_dose(kl_at: Callable[[float], float], budget: float, start: float = 1.0,
@@ -133,6 +154,71 @@ def reference_params(method: str, space: Any) -> dict[str, Any]:
     return params
 
 
+LAYOUT_AXES = {"neva": "sparsity", "random_neurons": "sparsity", "diffmean": "layer_frac",
+               "caa_pairs": "layer_frac"}  # method -> the parameter its anchors spread over
+
+
+def anchor_params(method: str, space: Any, n: int) -> list[dict[str, Any]]:
+    """``n`` settings to calibrate ``method`` at: :func:`reference_params` with its layout
+    parameter (:data:`LAYOUT_AXES`) spread over the searched range, both ends included:
+    the sparsity evenly in log, the layer fraction evenly. ``n = 1``, a method without a
+    layout parameter, or a range with one value give the reference setting alone.
+
+    >>> from omegaconf import OmegaConf
+    >>> from neva_sweep.config import SearchSpace
+    >>> space = OmegaConf.structured(SearchSpace)
+    >>> [round(p["sparsity"], 4) for p in anchor_params("neva", space, 3)]
+    [0.0005, 0.01, 0.2]
+    >>> [p["layer_frac"] for p in anchor_params("diffmean", space, 3)]
+    [0.2, 0.5, 0.8]
+    """
+    ref = reference_params(method, space)
+    axis = LAYOUT_AXES.get(METHODS.canonical(method))
+    if n <= 1 or axis is None:
+        return [ref]
+    if axis == "sparsity":
+        lo, hi = space.sparsity
+        xs = [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+    else:
+        lo, hi = space[METHODS.canonical(method)].layer_frac
+        xs = [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+    xs = [float(round(x, 12)) for x in xs]  # 0.5, not 0.49999999999999994
+    return [{**ref, axis: x} for x in dict.fromkeys(xs)]  # a fixed range: one anchor
+
+
+def combine(cals: list[Calibration], span: tuple[float, float],
+            configured: list[float]) -> Calibration:
+    """One study's calibration from its anchors' (in layout order): the middle anchor's
+    fields, the anchors themselves, and the strength box ``[smallest dose x span[0],
+    largest dose x span[1]]`` over the anchors that met the budget. When none met it (a
+    dead edit everywhere) the box stays ``configured``: every dose in it is within budget.
+
+    >>> a = Calibration(2.0, 0.1, 0.1, True)
+    >>> b = Calibration(8.0, 0.1, 0.1, True)
+    >>> combine([a, b], (0.5, 2.0), [1.0, 4.0]).range
+    [1.0, 16.0]
+    """
+    mid = cals[len(cals) // 2]
+    reached = [c for c in cals if c.reached]
+    if reached:
+        box = [min(c.dose for c in reached) * float(span[0]),
+               max(c.dose for c in reached) * float(span[1])]
+    else:
+        box = [float(x) for x in configured]
+    anchors = [{k: v for k, v in c.to_dict().items() if k != "anchors"} for c in cals]
+    return Calibration(mid.dose, mid.kl, mid.budget, mid.bracketed, mid.steps, box,
+                       mid.params, anchors)
+
+
+def warm_settings(cal: dict[str, Any]) -> list[dict[str, Any]]:
+    """The edits a calibrated study starts from (a stored ``calibration`` attribute): each
+    bracketed anchor's setting at its dose; a calibration stored before anchors existed
+    gives its one dose, without a setting (the caller adds the reference setting)."""
+    anchors = cal.get("anchors") or [cal]
+    return [{**(a.get("params") or {}), "strength": a["dose"]} for a in anchors
+            if a.get("bracketed") and a.get("dose") is not None]
+
+
 CALIBRATION_ATTR = "calibration"  # study user attribute: the Calibration dict with its range
 
 
@@ -176,12 +262,23 @@ def budget_of(search: Any) -> float:
     return float(search.max_kl if search.get("max_kl") is not None else search.calibration.kl)
 
 
-def calibration_job(method: str, value: str, search: Any) -> dict[str, Any]:
-    """What the actors need to calibrate one study (:func:`neva_sweep.sweep.worker.calibrate`)."""
+def calibration_job(method: str, value: str, search: Any,
+                    params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the actors need to calibrate ``method`` at one setting (``params``; default
+    :func:`reference_params`) (:func:`neva_sweep.sweep.worker.calibrate`)."""
     lo, hi = strength_range(search.space, method)
-    return {"value": value, "method": method, "params": reference_params(method, search.space),
+    if params is None:
+        params = reference_params(method, search.space)
+    return {"value": value, "method": method, "params": params,
             "budget": budget_of(search), "texts": search.calibration.texts,
             "steps": int(search.calibration.steps), "start": math.sqrt(lo * hi)}
+
+
+def calibration_jobs(method: str, value: str, search: Any) -> list[dict[str, Any]]:
+    """One :func:`calibration_job` per anchor (:func:`anchor_params`) of a study."""
+    n = int(search.calibration.get("anchors", 1))
+    return [calibration_job(method, value, search, p)
+            for p in anchor_params(method, search.space, n)]
 
 
 def calibrate_edit(host: Any, stats: Any, texts: list[str], cap: Any, job: dict[str, Any]
@@ -199,4 +296,6 @@ def calibrate_edit(host: Any, stats: Any, texts: list[str], cap: Any, job: dict[
         edit = method.build(stats, job["value"], {**params, "strength": dose})
         return float(mean_kl(host, texts, base, [edit], positions, batch)[0])
 
-    return bisect_dose(kl_at, job["budget"], job["start"], job["steps"])
+    cal = bisect_dose(kl_at, job["budget"], job["start"], job["steps"])
+    cal.params = params
+    return cal

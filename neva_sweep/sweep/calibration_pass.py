@@ -22,9 +22,9 @@ from .calibrate import (
     CALIBRATION_ATTR,
     Calibration,
     budget_of,
-    calibration_job,
+    calibration_jobs,
+    combine,
     is_scaled,
-    searched_range,
     space_with,
     strength_key,
     strength_range,
@@ -71,27 +71,40 @@ def calibrate_studies(states: list, workers: list, search: Any, setup: Any,
     by_model: dict[str, list] = {}
     for w in workers:
         by_model.setdefault(w.model, []).append(w)
-    refs, done = [], 0
-    for i, s in enumerate(todo):
-        job = calibration_job(s.key.method, s.key.value, search)
-        path = cache_path(setup, model_keys.get(s.key.model, s.key.model), job)
-        if path is not None and path.is_file():
-            _store(s, Calibration.from_dict(_read_json(path)), search, span, None)
-            done += 1
-            continue
+    # per study: its anchors' jobs, cache files and Calibrations (None: still to measure)
+    pending, done, sent = [], 0, 0
+    for s in todo:
+        jobs = calibration_jobs(s.key.method, s.key.value, search)
+        paths = [cache_path(setup, model_keys.get(s.key.model, s.key.model), j) for j in jobs]
+        cals = [Calibration.from_dict(_read_json(p)) if p is not None and p.is_file() else None
+                for p in paths]
+        missing = [k for k, c in enumerate(cals) if c is None]
         reps = by_model.get(s.key.model)
-        if reps:
-            w = reps[i % len(reps)]
-            refs.append((s, path, w.replica.call(calibrate, w.box, setup, [job])))
-    bar = tqdm(total=len(refs), desc="calibration", unit="study", disable=not progress)
-    for s, path, ref in refs:
-        rec = ray.get(ref)[0]
-        bar.update()
-        if "error" in rec:
-            log.warning("calibration of %s failed (%s); it searches the configured box",
-                        s.key.name(""), rec["error"])
+        if missing and not reps:
             continue
-        _store(s, Calibration.from_dict(rec), search, span, path)
+        refs = []  # one call per anchor, round-robin over the model's replicas
+        for k in missing:
+            w = reps[sent % len(reps)]
+            refs.append(w.replica.call(calibrate, w.box, setup, [jobs[k]]))
+            sent += 1
+        pending.append((s, paths, cals, missing, refs))
+    bar = tqdm(total=sent, desc="calibration", unit="anchor", disable=not progress)
+    for s, paths, cals, missing, refs in pending:
+        recs = []
+        for ref in refs:
+            recs.extend(ray.get(ref))
+            bar.update()
+        failed = [r["error"] for r in recs if "error" in r]
+        if failed:
+            log.warning("calibration of %s failed (%s); it searches the configured box",
+                        s.key.name(""), failed[0])
+            continue
+        for k, rec in zip(missing, recs):
+            cals[k] = Calibration.from_dict(rec)
+            if paths[k] is not None:
+                paths[k].parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(paths[k], json.dumps(rec, indent=2))
+        _store(s, cals, search, span)
         done += 1
     bar.close()
     if done:
@@ -104,24 +117,26 @@ def _read_json(path: Any) -> dict:
     return json.loads(path.read_text())
 
 
-def _store(state: Any, cal: Calibration, search: Any, span: tuple, path: Any) -> None:
-    """Keep ``cal`` on the study and set its box. Unbracketed: an edit that never reaches the
-    budget keeps the configured box (every dose in it is within budget); one over the
-    budget at the smallest dose is searched around that dose (and warned about: no trial
-    of it may be feasible)."""
+def _store(state: Any, cals: list[Calibration], search: Any, span: tuple) -> None:
+    """Keep the study's calibration (its anchors', :func:`~.calibrate.combine`) and set its
+    box. An anchor that never reaches the budget adds nothing to the box (every dose in the
+    configured one is within budget there); one over the budget at the smallest dose adds
+    that dose (no trial of that setting may be feasible). Both are warned about."""
     key = strength_key(state.key.method)
-    if cal.bracketed or cal.kl > cal.budget:
-        cal.range = searched_range(cal, span)
-    else:
-        cal.range = strength_range(search.space, state.key.method)
+    cal = combine(cals, span, strength_range(search.space, state.key.method))
     state.study.set_user_attr(CALIBRATION_ATTR, cal.to_dict())
     state.space = space_with(search.space, state.key.method, cal.range)
-    if not cal.bracketed:
-        lo, hi = min(d for d, _ in cal.steps), max(d for d, _ in cal.steps)
-        what = ("stays under" if cal.kl <= cal.budget else "is over")
-        log.warning("calibration of %s: KL %s the budget %.3g at every strength tried "
-                    "(%.3g to %.3g); searching search.space.%s=[%.3g, %.3g]",
-                    state.key.name(""), what, cal.budget, lo, hi, key, *cal.range)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(cal.to_dict(), indent=2))
+    for a in cals:
+        if not a.bracketed:
+            lo, hi = min(d for d, _ in a.steps), max(d for d, _ in a.steps)
+            what = ("stays under" if a.kl <= a.budget else "is over")
+            log.warning("calibration of %s at %s: KL %s the budget %.3g at every strength "
+                        "tried (%.3g to %.3g); searching search.space.%s=[%.3g, %.3g]",
+                        state.key.name(""), _setting(a.params), what, a.budget, lo, hi, key,
+                        *cal.range)
+
+
+def _setting(params: dict | None) -> str:
+    """The layout of an anchor, for messages: ``sparsity=0.01`` or ``layer_frac=0.5``."""
+    shown = {k: v for k, v in (params or {}).items() if k in ("sparsity", "layer_frac")}
+    return ", ".join(f"{k}={v:.3g}" for k, v in shown.items()) or "the reference setting"

@@ -35,6 +35,7 @@ IDENTITY_KEYS = (
     "search.calibration", "search.pruner", "search.fidelity",
 )
 FORCE = "force"  # +resume=force
+RUN_ONLY_CALIBRATION_KEY = "anchors"  # search.calibration.anchors: how, not what
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
@@ -45,6 +46,10 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
         node = OmegaConf.select(cfg, key, default=None)
         out[key] = (OmegaConf.to_container(node, resolve=True)
                     if OmegaConf.is_config(node) else node)
+    if isinstance(out.get("search.calibration"), dict):
+        # how many settings a fresh study is calibrated at steers the search (its box and
+        # first trials), as the sampler does; a resumed study keeps its stored calibration
+        out["search.calibration"].pop(RUN_ONLY_CALIBRATION_KEY, None)
     return current_layout(out)
 
 

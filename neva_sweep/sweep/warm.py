@@ -1,7 +1,7 @@
 """Warm starts: the first trials of a fresh study come from what already worked.
 
 A study with no trials yet (a new sweep, or a value, method or model added to a resumed
-one) gets up to two enqueued trials (``optuna.Study.enqueue_trial``) before its sampler
+one) gets a few enqueued trials (``optuna.Study.enqueue_trial``) before its sampler
 takes over:
 
 1. the best feasible trial (highest alignment within the capability budgets) among the
@@ -9,8 +9,9 @@ takes over:
    setting that worked for a neighbouring value is a better first guess than a random
    draw;
 2. the method's documented defaults (``METHODS[method].defaults``); in a calibrated study
-   the calibration's reference setting at its calibrated strength instead
-   (sweep/calibrate.py), an edit measured at the KL budget.
+   the calibration's anchors instead, each at its calibrated strength
+   (sweep/calibrate.py): edits measured at the KL budget across the method's layout
+   (``search.calibration.anchors`` sparsities or layers).
 
 Only the parameters the method searches are enqueued, and only values inside the current
 search space (a donor trial from a wider space, or a default outside a narrowed one, is
@@ -31,7 +32,7 @@ from optuna.trial import TrialState
 
 from ..config import SearchConfig, SearchSpace
 from ..methods.base import METHODS
-from .calibrate import CALIBRATION_ATTR, reference_params, strength_range
+from .calibrate import CALIBRATION_ATTR, reference_params, strength_range, warm_settings
 from .front import budgets, is_feasible
 from .storage import distribution_contains
 from .studies import StudyState
@@ -69,22 +70,25 @@ def fit_space(method: str, space: Any, params: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def with_dose(state: StudyState, params: dict[str, Any], space: Any) -> dict[str, Any]:
-    """``params`` with a strength when the space searches one and they have none (the
-    methods' defaults). A calibrated study starts where its calibration measured: the
-    reference setting (sweep/calibrate.py) at the calibrated dose, an edit at the KL
-    budget on the trials' own texts; otherwise the default's own strength (caa_pairs has
-    one), else the middle of the strength range."""
+def start_settings(state: StudyState, params: dict[str, Any], space: Any
+                   ) -> list[dict[str, Any]]:
+    """The method's own starting edits: ``params`` (its defaults) with a strength when the
+    space searches one. A calibrated study starts where its calibration measured: each
+    anchor's setting (sweep/calibrate.py) at its calibrated dose, edits at the KL budget on
+    the trials' own texts spread over the method's layout; otherwise the default's own
+    strength (caa_pairs has one), else the middle of the strength range."""
     box = strength_range(space, state.key.method)
     if not space.get("scaled", SearchSpace.scaled) or box is None or "strength" not in params:
-        return params
+        return [params]
     cal = state.study.user_attrs.get(CALIBRATION_ATTR) or {}
-    if cal.get("bracketed") and cal.get("dose") is not None:
-        return {**params, **reference_params(state.key.method, space), "strength": cal["dose"]}
+    ref = reference_params(state.key.method, space)
+    calibrated = [{**params, **ref, **s} for s in warm_settings(cal)]
+    if calibrated:
+        return calibrated
     if params.get("strength") is not None:
-        return params
+        return [params]
     lo, hi = box
-    return {**params, "strength": math.sqrt(lo * hi)}
+    return [{**params, "strength": math.sqrt(lo * hi)}]
 
 
 def best_feasible(state: StudyState, limits: dict[str, float]) -> tuple[float, dict] | None:
@@ -111,8 +115,8 @@ def warm_start(states: list[StudyState], search: DictConfig) -> int:
                   and o.key.method == s.key.method]
         found = [b for o in donors if (b := best_feasible(o, limits)) is not None]
         candidates = [max(found, key=lambda b: b[0])[1]] if found else []
-        candidates.append(with_dose(s, dict(METHODS[s.key.method].defaults),
-                                    s.space or search.space))
+        candidates += start_settings(s, dict(METHODS[s.key.method].defaults),
+                                     s.space or search.space)
         seen: list[dict] = []
         for params in candidates:
             fitted = fit_space(s.key.method, s.space or search.space, params)

@@ -128,6 +128,7 @@ def test_bad_search_settings_are_refused_before_any_work(config):
     for override, key in (("search.pruner=asha", "search.pruner"),
                           ("search.fidelity=1.0", "search.fidelity"),
                           ("search.calibration.span=[2.0,1.0]", "search.calibration.span"),
+                          ("search.calibration.anchors=0", "search.calibration.anchors"),
                           ("search.space.strength=[0.0,4.0]", "search.space.strength"),
                           ("search.space.caa_pairs.strength=[0.0,1.0]",
                            "search.space.caa_pairs.strength"),
@@ -281,11 +282,22 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
     for st in pareto["studies"]:
         cal = st["calibration"]
         assert cal["bracketed"] and cal["budget"] == 2e-5
+        # three anchors over the layout (search.calibration.anchors), each at the budget;
+        # the box spans their doses
+        anchors = cal["anchors"]
+        axis = "sparsity" if st["method"] == "neva" else "layer_frac"
+        assert len(anchors) == 3 and all(a["bracketed"] for a in anchors)
+        assert len({a["params"][axis] for a in anchors}) == 3
+        doses = [a["dose"] for a in anchors]
         lo, hi = cal["range"]
-        assert lo == pytest.approx(cal["dose"] * 0.25) and hi == pytest.approx(cal["dose"] * 2)
-        mine = [r for r in rows if r["method"] == st["method"]]
+        assert lo == pytest.approx(min(doses) * 0.25) and hi == pytest.approx(max(doses) * 2)
+        mine = sorted((r for r in rows if r["method"] == st["method"]),
+                      key=lambda r: int(r["trial"]))
         assert len(mine) == 4 and st["n_complete"] + st["n_pruned"] == 4
         assert all(lo <= float(r["strength"]) <= hi for r in mine)
+        # the study starts at its anchors, each at its calibrated dose
+        started = [(float(r[axis]), float(r["strength"])) for r in mine[:3]]
+        assert started == [pytest.approx((a["params"][axis], a["dose"])) for a in anchors]
         raw = "magnitude" if st["method"] == "neva" else "coefficient"
         assert all(float(r[raw]) > 0 for r in mine if r["state"] == "COMPLETE")
     best = json.loads((sweep / "best_edits.json").read_text())

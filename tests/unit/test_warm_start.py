@@ -107,3 +107,21 @@ def test_scaled_defaults_start_at_the_calibrated_dose(config):
     (first,) = asked_params(uncalibrated, search.space)
     assert first["sparsity"] == METHODS["neva"].defaults["sparsity"]
     assert first["strength"] == pytest.approx((lo * hi) ** 0.5)
+
+
+def test_a_calibrated_study_starts_at_each_anchor_that_met_the_budget(config):
+    search = config().search
+    fresh = state("power", "diffmean")
+    at = [{"layer_frac": 0.2, "dose": 1.5, "bracketed": True},
+          {"layer_frac": 0.5, "dose": 0.4, "bracketed": True},
+          {"layer_frac": 0.8, "dose": 1e4, "bracketed": False}]  # a dead edit: no start
+    ref = {"layer_frac": 0.5, "n_layers": 1}
+    fresh.study.set_user_attr("calibration", {
+        "dose": 0.4, "bracketed": True, "range": [0.1, 3.0],
+        "anchors": [{"params": {**ref, "layer_frac": a["layer_frac"]}, "dose": a["dose"],
+                     "bracketed": a["bracketed"]} for a in at]})
+    # the study's own space: its box from the calibration (sweep/calibration_pass.py)
+    fresh.space = space = config("search.space.diffmean.strength=[0.1,3.0]").search.space
+    assert warm_start([fresh], search) == 2
+    started = [(p["layer_frac"], p["strength"]) for p in asked_params(fresh, space)]
+    assert started == [(0.2, 1.5), (0.5, 0.4)]

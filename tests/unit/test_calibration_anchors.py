@@ -1,0 +1,73 @@
+"""A study's calibration at several settings of the method's layout (sweep/calibrate.py):
+where the anchors sit, how their doses make the searched box, and what a run's identity
+keeps of them."""
+
+from __future__ import annotations
+
+import pytest
+
+from neva_sweep.sweep.calibrate import (
+    Calibration,
+    anchor_params,
+    calibration_jobs,
+    combine,
+    reference_params,
+    warm_settings,
+)
+from neva_sweep.sweep.identity import identity
+
+
+def test_anchors_spread_over_the_layout_with_the_ends_included(config):
+    space = config().search.space
+    neva = anchor_params("neva", space, 5)
+    lo, hi = space.sparsity
+    assert [p["sparsity"] for p in neva] == pytest.approx(
+        [lo * (hi / lo) ** (i / 4) for i in range(5)])
+    # everything but the layout is the reference setting; the middle anchor is it
+    ref = reference_params("neva", space)
+    assert all({k: v for k, v in p.items() if k != "sparsity"} ==
+               {k: v for k, v in ref.items() if k != "sparsity"} for p in neva)
+    assert neva[2]["sparsity"] == pytest.approx(ref["sparsity"])
+    layers = [p["layer_frac"] for p in anchor_params("caa_pairs", space, 4)]
+    assert layers == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert all(p["positions"] == "response" for p in anchor_params("caa_pairs", space, 4))
+    assert anchor_params("diffmean", space, 1) == [reference_params("diffmean", space)]
+
+
+def test_a_fixed_layout_gives_one_anchor(config):
+    space = config("search.space.diffmean.layer_frac=[0.4,0.4]").search.space
+    assert [p["layer_frac"] for p in anchor_params("diffmean", space, 3)] == [0.4]
+
+
+def test_one_job_per_anchor_each_at_its_setting(config):
+    search = config("search.calibration.anchors=3").search
+    jobs = calibration_jobs("diffmean", "power", search)
+    assert [j["params"]["layer_frac"] for j in jobs] == [0.2, 0.5, 0.8]
+    assert len({(j["budget"], j["start"], j["steps"]) for j in jobs}) == 1
+
+
+def test_the_box_spans_the_anchors_that_met_the_budget():
+    span, configured = (0.25, 2.0), [4.0, 64.0]
+    low = Calibration(2.0, 0.09, 0.1, True, params={"sparsity": 0.2})
+    mid = Calibration(5.0, 0.1, 0.1, True, params={"sparsity": 0.01})
+    dead = Calibration(1e4, 0.01, 0.1, False, params={"sparsity": 5e-4})  # never reaches it
+    hot = Calibration(1e-4, 0.5, 0.1, False, params={"sparsity": 0.2})  # over it at once
+    cal = combine([dead, mid, low], span, configured)
+    assert cal.range == [0.5, 10.0]  # the dead edit adds nothing
+    assert cal.dose == 5.0 and cal.params == {"sparsity": 0.01}  # the middle anchor's
+    assert [a["params"] for a in cal.anchors] == [{"sparsity": 5e-4}, {"sparsity": 0.01},
+                                                  {"sparsity": 0.2}]
+    assert combine([dead], span, configured).range == configured
+    assert combine([hot, mid], span, configured).range == [0.25e-4, 10.0]
+    # the warm start: the anchors that were bracketed, at their doses
+    assert warm_settings(cal.to_dict()) == [{"sparsity": 0.01, "strength": 5.0},
+                                            {"sparsity": 0.2, "strength": 2.0}]
+    # a calibration stored before anchors existed: its one dose
+    assert warm_settings({"dose": 3.0, "bracketed": True}) == [{"strength": 3.0}]
+
+
+def test_the_anchor_count_is_not_part_of_a_runs_identity(config, tmp_path):
+    a = identity(config("search.calibration.anchors=1"))
+    b = identity(config("search.calibration.anchors=5"))
+    assert a == b and "anchors" not in a["search.calibration"]
+    assert identity(config("search.calibration.steps=2")) != a
