@@ -66,6 +66,9 @@ class Calibration:
     # a study's calibration (:func:`combine`): every anchor's own Calibration dict; the
     # fields above are then the middle anchor's, and ``range`` spans them all
     anchors: list[dict[str, Any]] = field(default_factory=list)
+    # True: the study searches its strength as a multiple of :func:`edge_dose`, and
+    # ``range`` is that multiple's box
+    relative: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +76,8 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
         return cls(**{k: d[k] for k in ("dose", "kl", "budget", "bracketed", "steps",
-                                        "range", "params", "anchors") if k in d})
+                                        "range", "params", "anchors", "relative")
+                   if k in d})
 
     @property
     def reached(self) -> bool:
@@ -186,37 +190,86 @@ def anchor_params(method: str, space: Any, n: int) -> list[dict[str, Any]]:
     return [{**ref, axis: x} for x in dict.fromkeys(xs)]  # a fixed range: one anchor
 
 
-def combine(cals: list[Calibration], span: tuple[float, float],
-            configured: list[float]) -> Calibration:
+def combine(cals: list[Calibration], span: tuple[float, float], configured: list[float],
+            relative: bool = False) -> Calibration:
     """One study's calibration from its anchors' (in layout order): the middle anchor's
-    fields, the anchors themselves, and the strength box ``[smallest dose x span[0],
-    largest dose x span[1]]`` over the anchors that met the budget. When none met it (a
-    dead edit everywhere) the box stays ``configured``: every dose in it is within budget.
+    fields, the anchors themselves, and the strength box over the anchors that met the
+    budget: ``[smallest dose x span[0], largest dose x span[1]]``, or, ``relative``,
+    ``span`` itself, a multiple of :func:`edge_dose`. When no anchor met the budget (a dead
+    edit everywhere) the box stays ``configured`` and the strength absolute: every dose in
+    it is within budget.
 
-    >>> a = Calibration(2.0, 0.1, 0.1, True)
-    >>> b = Calibration(8.0, 0.1, 0.1, True)
+    >>> a = Calibration(2.0, 0.1, 0.1, True, params={"sparsity": 0.01})
+    >>> b = Calibration(8.0, 0.1, 0.1, True, params={"sparsity": 0.2})
     >>> combine([a, b], (0.5, 2.0), [1.0, 4.0]).range
     [1.0, 16.0]
+    >>> combine([a, b], (0.5, 2.0), [1.0, 4.0], relative=True).range
+    [0.5, 2.0]
     """
     mid = cals[len(cals) // 2]
     reached = [c for c in cals if c.reached]
-    if reached:
+    relative = relative and bool(reached)
+    if relative:
+        box = [float(span[0]), float(span[1])]
+    elif reached:
         box = [min(c.dose for c in reached) * float(span[0]),
                max(c.dose for c in reached) * float(span[1])]
     else:
         box = [float(x) for x in configured]
     anchors = [{k: v for k, v in c.to_dict().items() if k != "anchors"} for c in cals]
     return Calibration(mid.dose, mid.kl, mid.budget, mid.bracketed, mid.steps, box,
-                       mid.params, anchors)
+                       mid.params, anchors, relative)
+
+
+def _coordinate(axis: str, x: float) -> float:
+    """Where the budget dose is interpolated linearly: log sparsity, the layer fraction."""
+    return math.log(x) if axis == "sparsity" else float(x)
+
+
+def edge_dose(cal: dict[str, Any], method: str, params: dict[str, Any]) -> float:
+    """The strength at which ``params``' layout meets the budget, from a study's stored
+    calibration: the log of the anchors' doses interpolated linearly in the layout
+    coordinate (log sparsity, layer fraction), flat beyond the outer anchors. Anchors that
+    never reached the budget take no part.
+
+    >>> cal = {"anchors": [{"params": {"layer_frac": 0.2}, "dose": 1.0, "bracketed": True},
+    ...                    {"params": {"layer_frac": 0.6}, "dose": 4.0, "bracketed": True}]}
+    >>> [edge_dose(cal, "diffmean", {"layer_frac": x}) for x in (0.1, 0.4, 0.9)]
+    [1.0, 2.0, 4.0]
+    """
+    axis = LAYOUT_AXES[METHODS.canonical(method)]
+    points = sorted((_coordinate(axis, a["params"][axis]), math.log(a["dose"]))
+                    for a in (cal.get("anchors") or [])
+                    if a.get("bracketed") or a.get("kl", 0.0) > a.get("budget", math.inf))
+    if not points:
+        raise ValueError(f"calibration of {method} has no anchor that met the budget")
+    x = _coordinate(axis, params[axis])
+    if x <= points[0][0]:
+        return math.exp(points[0][1])
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x <= x1:
+            t = (x - x0) / (x1 - x0) if x1 > x0 else 1.0
+            return math.exp(y0 + t * (y1 - y0))
+    return math.exp(points[-1][1])
+
+
+def absolute_params(cal: dict[str, Any], method: str, params: dict[str, Any]
+                    ) -> tuple[dict[str, Any], float]:
+    """``params`` whose ``strength`` is a multiple of the budget dose (a relative study's
+    draw) with the strength it stands for, and that multiple."""
+    frac = float(params["strength"])
+    return {**params, "strength": frac * edge_dose(cal, method, params)}, frac
 
 
 def warm_settings(cal: dict[str, Any]) -> list[dict[str, Any]]:
     """The edits a calibrated study starts from (a stored ``calibration`` attribute): each
-    bracketed anchor's setting at its dose; a calibration stored before anchors existed
-    gives its one dose, without a setting (the caller adds the reference setting)."""
+    bracketed anchor's setting at its dose (in a relative study, at 1 x the budget dose);
+    a calibration stored before anchors existed gives its one dose, without a setting (the
+    caller adds the reference setting)."""
     anchors = cal.get("anchors") or [cal]
-    return [{**(a.get("params") or {}), "strength": a["dose"]} for a in anchors
-            if a.get("bracketed") and a.get("dose") is not None]
+    rel = bool(cal.get("relative"))
+    return [{**(a.get("params") or {}), "strength": 1.0 if rel else a["dose"]}
+            for a in anchors if a.get("bracketed") and a.get("dose") is not None]
 
 
 CALIBRATION_ATTR = "calibration"  # study user attribute: the Calibration dict with its range

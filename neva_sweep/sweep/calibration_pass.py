@@ -16,7 +16,7 @@ from typing import Any
 import ray
 from tqdm.auto import tqdm
 
-from ..config import SearchSpace
+from ..config import CalibrationConfig, SearchSpace
 from ..files import write_text_atomic
 from .calibrate import (
     CALIBRATION_ATTR,
@@ -66,6 +66,7 @@ def calibrate_studies(states: list, workers: list, search: Any, setup: Any,
         stored = s.study.user_attrs.get(CALIBRATION_ATTR)
         if stored and stored.get("range"):
             s.space = space_with(search.space, s.key.method, stored["range"])
+            s.edge = stored if stored.get("relative") else None
         elif search.calibrate and not s.study.get_trials(deepcopy=False):
             todo.append(s)
     by_model: dict[str, list] = {}
@@ -119,13 +120,15 @@ def _read_json(path: Any) -> dict:
 
 def _store(state: Any, cals: list[Calibration], search: Any, span: tuple) -> None:
     """Keep the study's calibration (its anchors', :func:`~.calibrate.combine`) and set its
-    box. An anchor that never reaches the budget adds nothing to the box (every dose in the
+    box (with ``search.calibration.relative``: a multiple of the budget dose). An anchor that never reaches the budget adds nothing to the box (every dose in the
     configured one is within budget there); one over the budget at the smallest dose adds
     that dose (no trial of that setting may be feasible). Both are warned about."""
     key = strength_key(state.key.method)
-    cal = combine(cals, span, strength_range(search.space, state.key.method))
+    relative = bool(search.calibration.get("relative", CalibrationConfig.relative))
+    cal = combine(cals, span, strength_range(search.space, state.key.method), relative)
     state.study.set_user_attr(CALIBRATION_ATTR, cal.to_dict())
     state.space = space_with(search.space, state.key.method, cal.range)
+    state.edge = cal.to_dict() if cal.relative else None
     for a in cals:
         if not a.bracketed:
             lo, hi = min(d for d, _ in a.steps), max(d for d, _ in a.steps)

@@ -35,7 +35,8 @@ IDENTITY_KEYS = (
     "search.calibration", "search.pruner", "search.fidelity",
 )
 FORCE = "force"  # +resume=force
-RUN_ONLY_CALIBRATION_KEY = "anchors"  # search.calibration.anchors: how, not what
+# search.calibration.anchors and .relative: how the search proceeds, not what it measures
+RUN_ONLY_CALIBRATION_KEYS = ("anchors", "relative")
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
@@ -47,9 +48,11 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
         out[key] = (OmegaConf.to_container(node, resolve=True)
                     if OmegaConf.is_config(node) else node)
     if isinstance(out.get("search.calibration"), dict):
-        # how many settings a fresh study is calibrated at steers the search (its box and
-        # first trials), as the sampler does; a resumed study keeps its stored calibration
-        out["search.calibration"].pop(RUN_ONLY_CALIBRATION_KEY, None)
+        # where a fresh study is calibrated and how its strength is drawn steer the search
+        # (its box and first trials), as the sampler does; a resumed study keeps its stored
+        # calibration
+        for k in RUN_ONLY_CALIBRATION_KEYS:
+            out["search.calibration"].pop(k, None)
     return current_layout(out)
 
 

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..methods.base import METHODS
 from . import pruning
+from .calibrate import absolute_params
 from .plan import StudyKey
 from .storage import set_user_attrs
 from .studies import StudyState, objective_values, record_attrs
@@ -330,9 +331,13 @@ class Scheduler:
     def _ask(self, state: StudyState) -> Pending:
         trial = state.study.ask()
         params = METHODS[state.key.method].suggest(trial, state.space or self.search.space)
+        extra = {}
+        if state.edge is not None:  # a multiple of the budget dose at this layout was drawn
+            params, extra["edge_frac"] = absolute_params(state.edge, state.key.method, params)
         twin = state.rungs.ask() if state.rungs is not None else None
-        set_user_attrs(trial, {"params": params,
-                               **({"rung_trial": twin.number} if twin is not None else {})})
+        if twin is not None:
+            extra["rung_trial"] = twin.number
+        set_user_attrs(trial, {"params": params, **extra})
         state.running += 1
         return Pending(state, trial, params, twin=twin,
                        fidelity=float(self.search.get("fidelity", 1.0)))

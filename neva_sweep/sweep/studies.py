@@ -61,6 +61,9 @@ class StudyState:
     stopped: str | None = None  # why no more trials are asked in this run (None: not stopped)
     rungs: optuna.Study | None = None  # the rung study when pruning (sweep/pruning.py)
     space: Any = None  # the searched space when calibrated (sweep/calibrate.py); None: search.space
+    # the study's calibration when its strength is searched relative to the budget's edge
+    # (sweep/calibrate.py, edge_dose); None: the strength is searched as it is
+    edge: dict | None = None
     storage: BaseStorage | None = None  # the storage open_studies opened the study in
 
     @property

@@ -30,11 +30,15 @@ from neva_sweep.evaluation.capability import (
 )
 from neva_sweep.methods.strength import neuron_magnitude, neuron_strength
 from neva_sweep.sweep.calibrate import (
+    Calibration,
     bisect_dose,
     calibrate_edit,
     calibration_job,
+    combine,
+    edge_dose,
     is_scaled,
     reference_params,
+    space_with,
     strength_key,
 )
 from neva_sweep.sweep.lock import NoLock
@@ -227,6 +231,33 @@ def test_pruned_trials_are_stored_pruned_counted_and_never_chosen(config, tmp_pa
     assert sum(",PRUNED," in r for r in rows) == sum(s.pruned for s in states)
 
 
+def test_a_relative_study_evaluates_the_strength_its_multiple_stands_for(config, tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/o.db")
+    w = RungWorker()
+    search, states, _, sched = rung_sweep(config, storage, [w], "search.pruner=none")
+    cal = combine([Calibration(10.0, 0.03, 0.03, True, params={"sparsity": 5e-4}),
+                   Calibration(20.0, 0.03, 0.03, True, params={"sparsity": 0.2})],
+                  (0.25, 2.0), [4.0, 64.0], relative=True).to_dict()
+    for s in states:  # as the calibration pass leaves a relative study
+        s.edge, s.space = cal, space_with(search.space, "neva", cal["range"])
+    sched.run()
+    for s in states:
+        trials = s.study.get_trials(states=(TrialState.COMPLETE,))
+        assert len(trials) == 9
+        for t in trials:
+            frac, params = t.params["strength"], t.user_attrs["params"]  # drawn, evaluated
+            assert 0.25 <= frac <= 2.0 and t.user_attrs["edge_frac"] == frac
+            assert params["strength"] == pytest.approx(frac * edge_dose(cal, "neva", params))
+            assert t.user_attrs["alignment"] == pytest.approx(params["strength"] / 100)
+    Outputs(tmp_path, states, [ModelEntry("a", {"name": "a"})], search).write()
+    with (tmp_path / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 18 and all(
+        float(r["strength"]) == pytest.approx(
+            float(r["edge_frac"]) * edge_dose(cal, "neva", {"sparsity": float(r["sparsity"])}))
+        for r in rows)
+
+
 def test_resume_after_a_kill_with_pruned_trials_in_storage(config, tmp_path):
     url = f"sqlite:///{tmp_path}/o.db"
     search, states, _, sched = rung_sweep(config, open_storage(url), [RungWorker(stop_after=7)])
@@ -288,13 +319,17 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
         axis = "sparsity" if st["method"] == "neva" else "layer_frac"
         assert len(anchors) == 3 and all(a["bracketed"] for a in anchors)
         assert len({a["params"][axis] for a in anchors}) == 3
-        doses = [a["dose"] for a in anchors]
-        lo, hi = cal["range"]
-        assert lo == pytest.approx(min(doses) * 0.25) and hi == pytest.approx(max(doses) * 2)
+        # the strength is searched as a multiple of the budget dose at the trial's layout
+        # (search.calibration.relative), in search.calibration.span
+        assert cal["relative"] and cal["range"] == [0.25, 2.0]
         mine = sorted((r for r in rows if r["method"] == st["method"]),
                       key=lambda r: int(r["trial"]))
         assert len(mine) == 4 and st["n_complete"] + st["n_pruned"] == 4
-        assert all(lo <= float(r["strength"]) <= hi for r in mine)
+        for r in mine:
+            frac = float(r["edge_frac"])
+            assert 0.25 <= frac <= 2.0
+            assert float(r["strength"]) == pytest.approx(
+                frac * edge_dose(cal, st["method"], {axis: float(r[axis])}))
         # the study starts at its anchors, each at its calibrated dose
         started = [(float(r[axis]), float(r["strength"])) for r in mine[:3]]
         assert started == [pytest.approx((a["params"][axis], a["dose"])) for a in anchors]

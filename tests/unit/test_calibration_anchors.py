@@ -8,9 +8,11 @@ import pytest
 
 from neva_sweep.sweep.calibrate import (
     Calibration,
+    absolute_params,
     anchor_params,
     calibration_jobs,
     combine,
+    edge_dose,
     reference_params,
     warm_settings,
 )
@@ -67,7 +69,30 @@ def test_the_box_spans_the_anchors_that_met_the_budget():
 
 
 def test_the_anchor_count_is_not_part_of_a_runs_identity(config, tmp_path):
-    a = identity(config("search.calibration.anchors=1"))
+    a = identity(config("search.calibration.anchors=1", "search.calibration.relative=false"))
     b = identity(config("search.calibration.anchors=5"))
-    assert a == b and "anchors" not in a["search.calibration"]
+    assert a == b and not {"anchors", "relative"} & set(a["search.calibration"])
     assert identity(config("search.calibration.steps=2")) != a
+
+
+def test_a_relative_study_draws_a_multiple_of_the_budget_dose_at_its_layout():
+    span = (0.25, 2.0)
+    cals = [Calibration(8.0, 0.1, 0.1, True, params={"sparsity": 5e-4}),
+            Calibration(2.0, 0.1, 0.1, True, params={"sparsity": 0.01}),
+            Calibration(1e4, 0.01, 0.1, False, params={"sparsity": 0.2})]  # dead: no part
+    cal = combine(cals, span, [4.0, 64.0], relative=True).to_dict()
+    assert cal["relative"] and cal["range"] == [0.25, 2.0]
+    # log dose, linear in log sparsity; flat past the last anchor that met the budget
+    mid = (5e-4 * 0.01) ** 0.5
+    assert edge_dose(cal, "neva", {"sparsity": mid}) == pytest.approx(4.0)
+    assert edge_dose(cal, "neva", {"sparsity": 0.1}) == pytest.approx(2.0)
+    params, frac = absolute_params(cal, "neva", {"sparsity": mid, "strength": 1.5})
+    assert frac == 1.5 and params == {"sparsity": mid, "strength": pytest.approx(6.0)}
+    # the first trials: each anchor that met the budget, at 1 x its dose
+    assert warm_settings(cal) == [{"sparsity": 5e-4, "strength": 1.0},
+                                  {"sparsity": 0.01, "strength": 1.0}]
+    # no anchor met the budget: the configured box, absolute
+    dead = combine(cals[2:], span, [4.0, 64.0], relative=True)
+    assert not dead.relative and dead.range == [4.0, 64.0]
+    with pytest.raises(ValueError, match="no anchor that met the budget"):
+        edge_dose(dead.to_dict(), "neva", {"sparsity": 0.01})
