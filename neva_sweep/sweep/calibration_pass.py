@@ -119,8 +119,9 @@ def _read_json(path: Any) -> dict:
 
 
 def _store(state: Any, cals: list[Calibration], search: Any, span: tuple) -> None:
-    """Keep the study's calibration (its anchors', :func:`~.calibrate.combine`) and set its
-    box (with ``search.calibration.relative``: a multiple of the budget dose). An anchor that never reaches the budget adds nothing to the box (every dose in the
+    """Keep the study's calibration (its anchors', :func:`~.calibrate.combine`) and set
+    its box (with ``search.calibration.relative``: a multiple of the budget dose). An
+    anchor that never reaches the budget adds nothing to the box (every dose in the
     configured one is within budget there); one over the budget at the smallest dose adds
     that dose (no trial of that setting may be feasible). Both are warned about."""
     key = strength_key(state.key.method)
@@ -129,14 +130,15 @@ def _store(state: Any, cals: list[Calibration], search: Any, span: tuple) -> Non
     state.study.set_user_attr(CALIBRATION_ATTR, cal.to_dict())
     state.space = space_with(search.space, state.key.method, cal.range)
     state.edge = cal.to_dict() if cal.relative else None
+    box = (f"{cal.range[0]:.3g} to {cal.range[1]:.3g} x the budget dose" if cal.relative
+           else f"search.space.{key}=[{cal.range[0]:.3g}, {cal.range[1]:.3g}]")
     for a in cals:
         if not a.bracketed:
             lo, hi = min(d for d, _ in a.steps), max(d for d, _ in a.steps)
             what = ("stays under" if a.kl <= a.budget else "is over")
             log.warning("calibration of %s at %s: KL %s the budget %.3g at every strength "
-                        "tried (%.3g to %.3g); searching search.space.%s=[%.3g, %.3g]",
-                        state.key.name(""), _setting(a.params), what, a.budget, lo, hi, key,
-                        *cal.range)
+                        "tried (%.3g to %.3g); searching %s", state.key.name(""),
+                        _setting(a.params), what, a.budget, lo, hi, box)
 
 
 def _setting(params: dict | None) -> str:
