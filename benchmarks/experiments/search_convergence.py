@@ -4,7 +4,7 @@
         [--values power tradition hedonism benevolence] [--methods neva caa] [--seeds 0 1 2]
         [--budgets 6 12 24 48] [--pruners none sha]
         [--run-dir runs/convergence] [--json PATH] [--figure PATH] [--tiny]
-        [--grid-from PATH] [--override KEY=VALUE ...]
+        [--grid-from PATH] [--references-from PATH ...] [--override KEY=VALUE ...]
 
 **Reference.** Per (value, method) a dense grid scored in this process with the sweep's
 own trial settings (judge, capability texts, budgets): for NeVA five sparsities spread
@@ -13,7 +13,9 @@ log-uniformly over ``search.space.sparsity``, for CAA five layer fractions over
 (neva_sweep/sweep/calibrate.py) and the edit scored at 0.5, 0.75 and 1.0 times that
 edge. The reference is the best feasible alignment (every ``search.max_<metric>`` budget
 met) of the grid and of every search run below (so regret is never negative).
-``--grid-from`` reuses the grid of an earlier ``--json`` output (more seeds later).
+``--grid-from`` reuses the grid of an earlier ``--json`` output (more seeds later);
+``--references-from`` raises each reference to the best that earlier outputs' runs found
+(so that runs of other seeds or spaces are all measured against one reference).
 
 **Searches.** One sweep per (pruner, seed) with the default search
 (``python -m neva_sweep experiment=default``, the values and methods above,
@@ -236,6 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--grid-from", default=None,
                     help="reuse the reference grid of an earlier --json output (values it "
                     "does not cover are measured)")
+    ap.add_argument("--references-from", nargs="*", default=[],
+                    help="earlier --json outputs (same model and trial settings) whose "
+                    "references also bound this one: regret against the best any run found")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model (minutes)")
     ap.add_argument("--override", nargs="*", default=[], help="more sweep overrides")
     args = ap.parse_args(argv)
@@ -266,12 +271,18 @@ def main(argv: list[str] | None = None) -> dict:
     if missing:  # values the saved grid does not cover are measured here
         grid.update(grid_reference(cfg, missing, args.methods,
                                    args.grid_points or (2 if args.tiny else GRID_POINTS)))
+    earlier_refs: dict[str, float] = {}
+    for path in args.references_from:
+        for k, r in json.loads(Path(path).read_text())["reference"].items():
+            if r is not None:
+                earlier_refs[k] = max(r, earlier_refs.get(k, r))
     ref = {}
     for key, g in grid.items():
         found = [float(x["alignment"]) for rows in runs.values() for x in rows
                  if (x["value"], x["method"]) == key and x["state"] == "COMPLETE"
                  and x["feasible"] == "True" and x["alignment"]]
-        cands = [a for a in [g["best"], *found] if a is not None]
+        earlier = [earlier_refs.get("/".join(key))]
+        cands = [a for a in [g["best"], *found, *earlier] if a is not None]
         ref[key] = max(cands) if cands else None
         shown = "-" if ref[key] is None else format(ref[key], "+.4f")
         grid_best = "-" if g["best"] is None else format(g["best"], "+.4f")
