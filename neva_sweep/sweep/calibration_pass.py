@@ -77,8 +77,7 @@ def calibrate_studies(states: list, workers: list, search: Any, setup: Any,
     for s in todo:
         jobs = calibration_jobs(s.key.method, s.key.value, search)
         paths = [cache_path(setup, model_keys.get(s.key.model, s.key.model), j) for j in jobs]
-        cals = [Calibration.from_dict(_read_json(p)) if p is not None and p.is_file() else None
-                for p in paths]
+        cals = [_cached(p, j) for p, j in zip(paths, jobs)]
         missing = [k for k, c in enumerate(cals) if c is None]
         reps = by_model.get(s.key.model)
         if missing and not reps:
@@ -101,7 +100,7 @@ def calibrate_studies(states: list, workers: list, search: Any, setup: Any,
                         s.key.name(""), failed[0])
             continue
         for k, rec in zip(missing, recs):
-            cals[k] = Calibration.from_dict(rec)
+            cals[k] = _with_setting(Calibration.from_dict(rec), jobs[k])
             if paths[k] is not None:
                 paths[k].parent.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(paths[k], json.dumps(rec, indent=2))
@@ -114,8 +113,19 @@ def calibrate_studies(states: list, workers: list, search: Any, setup: Any,
     return done
 
 
-def _read_json(path: Any) -> dict:
-    return json.loads(path.read_text())
+def _cached(path: Path | None, job: dict[str, Any]) -> Calibration | None:
+    """The cached calibration of ``job``, or None when there is none."""
+    if path is None or not path.is_file():
+        return None
+    return _with_setting(Calibration.from_dict(json.loads(path.read_text())), job)
+
+
+def _with_setting(cal: Calibration, job: dict[str, Any]) -> Calibration:
+    """``cal`` with the setting it was bisected at (a calibration cached by an earlier
+    version does not record it)."""
+    if cal.params is None:
+        cal.params = dict(job["params"])
+    return cal
 
 
 def _store(state: Any, cals: list[Calibration], search: Any, span: tuple) -> None:

@@ -96,3 +96,32 @@ def test_a_relative_study_draws_a_multiple_of_the_budget_dose_at_its_layout():
     assert not dead.relative and dead.range == [4.0, 64.0]
     with pytest.raises(ValueError, match="no anchor that met the budget"):
         edge_dose(dead.to_dict(), "neva", {"sparsity": 0.01})
+
+
+def test_cached_calibrations_of_an_earlier_version_get_their_setting(config, tmp_path):
+    """A cache file written before anchors recorded their setting still gives a study
+    whose every anchor has one (a relative study interpolates between them)."""
+    import json
+    from types import SimpleNamespace
+
+    import optuna
+
+    from neva_sweep.sweep.calibration_pass import cache_path, calibrate_studies
+    from neva_sweep.sweep.plan import StudyKey
+    from neva_sweep.sweep.studies import StudyState
+
+    search = config().search
+    setup = SimpleNamespace(cache_dir=str(tmp_path), capability="cap", data="data")
+    jobs = calibration_jobs("diffmean", "power", search)
+    for dose, job in zip((1.5, 0.4, 0.8), jobs):
+        path = cache_path(setup, "m", job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"dose": dose, "kl": 0.098, "budget": 0.1,
+                                    "bracketed": True, "steps": [[dose, 0.098]]}))
+    s = StudyState(StudyKey("m", "power", "diffmean"),
+                   optuna.create_study(directions=["maximize", "minimize"]), 4, 4)
+    assert calibrate_studies([s], [], search, setup, {"m": "m"}, progress=False) == 1
+    cal = s.study.user_attrs["calibration"]
+    assert [a["params"]["layer_frac"] for a in cal["anchors"]] == [0.2, 0.5, 0.8]
+    assert s.edge == cal and edge_dose(cal, "diffmean", {"layer_frac": 0.5}) == \
+        pytest.approx(0.4)
