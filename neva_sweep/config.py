@@ -392,6 +392,10 @@ class CalibrationConfig:
     # DiffMean's box short of the dose its best layer needs (3x across layers on 2 of 4
     # values) and its search at 55-67% of the reference (docs/results.md section 0d)
     anchors: int = 3
+    # settings calibrated in all (>= anchors; the anchors are spread evenly among them):
+    # more points trace the budget dose across the layout that a relative study
+    # interpolates, at a few seconds each, without spending trials on them
+    points: int = 3
     # search each trial's strength as a multiple of the budget dose at its layout,
     # interpolated between the anchors (sweep/calibrate.py, edge_dose): the searched
     # ``strength`` is then that multiple, in ``span``, and trials.csv records it as

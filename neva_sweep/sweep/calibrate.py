@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..config import CalibrationConfig
 from ..methods.base import METHODS, window_label
 
 log = logging.getLogger(__name__)
@@ -261,15 +262,30 @@ def absolute_params(cal: dict[str, Any], method: str, params: dict[str, Any]
     return {**params, "strength": frac * edge_dose(cal, method, params)}, frac
 
 
-def warm_settings(cal: dict[str, Any]) -> list[dict[str, Any]]:
-    """The edits a calibrated study starts from (a stored ``calibration`` attribute): each
-    bracketed anchor's setting at its dose (in a relative study, at 1 x the budget dose);
-    a calibration stored before anchors existed gives its one dose, without a setting (the
+def spread_indices(n_points: int, n: int) -> list[int]:
+    """``n`` indices spread evenly over ``range(n_points)``, both ends included.
+
+    >>> spread_indices(7, 3), spread_indices(3, 3), spread_indices(5, 1)
+    ([0, 3, 6], [0, 1, 2], [2])
+    """
+    if n >= n_points:
+        return list(range(n_points))
+    if n == 1:
+        return [n_points // 2]
+    return sorted({round(i * (n_points - 1) / (n - 1)) for i in range(n)})
+
+
+def warm_settings(cal: dict[str, Any], n: int | None = None) -> list[dict[str, Any]]:
+    """The edits a calibrated study starts from (a stored ``calibration`` attribute): ``n``
+    of its calibrated settings spread evenly over the layout (all when None), those that
+    were bracketed, each at its dose (in a relative study, at 1 x the budget dose). A
+    calibration stored before anchors existed gives its one dose, without a setting (the
     caller adds the reference setting)."""
-    anchors = cal.get("anchors") or [cal]
+    points = cal.get("anchors") or [cal]
+    chosen = [points[i] for i in spread_indices(len(points), n or len(points))]
     rel = bool(cal.get("relative"))
     return [{**(a.get("params") or {}), "strength": 1.0 if rel else a["dose"]}
-            for a in anchors if a.get("bracketed") and a.get("dose") is not None]
+            for a in chosen if a.get("bracketed") and a.get("dose") is not None]
 
 
 CALIBRATION_ATTR = "calibration"  # study user attribute: the Calibration dict with its range
@@ -329,7 +345,9 @@ def calibration_job(method: str, value: str, search: Any,
 
 def calibration_jobs(method: str, value: str, search: Any) -> list[dict[str, Any]]:
     """One :func:`calibration_job` per anchor (:func:`anchor_params`) of a study."""
-    n = int(search.calibration.get("anchors", 1))
+    c = search.calibration
+    n = max(int(c.get("anchors", CalibrationConfig.anchors)),
+            int(c.get("points", CalibrationConfig.points)))
     return [calibration_job(method, value, search, p)
             for p in anchor_params(method, search.space, n)]
 

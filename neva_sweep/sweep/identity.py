@@ -35,8 +35,9 @@ IDENTITY_KEYS = (
     "search.calibration", "search.pruner", "search.fidelity",
 )
 FORCE = "force"  # +resume=force
-# search.calibration.anchors and .relative: how the search proceeds, not what it measures
-RUN_ONLY_CALIBRATION_KEYS = ("anchors", "relative")
+# search.calibration.anchors, .points and .relative: how the search proceeds, not what it
+# measures
+RUN_ONLY_CALIBRATION_KEYS = ("anchors", "points", "relative")
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:

@@ -221,8 +221,12 @@ def check_search(s: DictConfig) -> None:
     _at_least("search.calibration.texts", c.texts, 1, optional=True)
     _at_least("search.calibration.steps", c.steps, 0)
     if not isinstance(c.anchors, int) or c.anchors < 1:
-        raise ConfigError(f"search.calibration.anchors: the number of settings a study is "
-                          f"calibrated at, an integer >= 1; got {c.anchors}")
+        raise ConfigError(f"search.calibration.anchors: the number of calibrated settings a "
+                          f"study starts from, an integer >= 1; got {c.anchors}")
+    if not isinstance(c.points, int) or c.points < c.anchors:
+        raise ConfigError(f"search.calibration.points: the number of settings a study is "
+                          f"calibrated at, an integer >= search.calibration.anchors "
+                          f"({c.anchors}); got {c.points}")
     if s.calibrate and s.max_kl is not None and not s.max_kl > 0:
         raise ConfigError("search.max_kl: calibration bisects the strength to this budget, "
                           f"which must be > 0 (or set search.calibrate=false); got {s.max_kl}")

@@ -9,9 +9,9 @@ takes over:
    setting that worked for a neighbouring value is a better first guess than a random
    draw;
 2. the method's documented defaults (``METHODS[method].defaults``); in a calibrated study
-   the calibration's anchors instead, each at its calibrated strength
-   (sweep/calibrate.py): edits measured at the KL budget across the method's layout
-   (``search.calibration.anchors`` sparsities or layers).
+   ``search.calibration.anchors`` of its calibrated settings instead, spread evenly over
+   the method's layout, each at its calibrated strength (sweep/calibrate.py): edits
+   measured at the KL budget across the sparsities or layers.
 
 Only the parameters the method searches are enqueued, and only values inside the current
 search space (a donor trial from a wider space, or a default outside a narrowed one, is
@@ -30,7 +30,7 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from ..config import SearchConfig, SearchSpace
+from ..config import CalibrationConfig, SearchConfig, SearchSpace
 from ..methods.base import METHODS
 from .calibrate import CALIBRATION_ATTR, reference_params, strength_range, warm_settings
 from .front import budgets, is_feasible
@@ -70,8 +70,8 @@ def fit_space(method: str, space: Any, params: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def start_settings(state: StudyState, params: dict[str, Any], space: Any
-                   ) -> list[dict[str, Any]]:
+def start_settings(state: StudyState, params: dict[str, Any], space: Any,
+                   n_anchors: int | None = None) -> list[dict[str, Any]]:
     """The method's own starting edits: ``params`` (its defaults) with a strength when the
     space searches one. A calibrated study starts where its calibration measured: each
     anchor's setting (sweep/calibrate.py) at its calibrated dose, edits at the KL budget on
@@ -82,7 +82,7 @@ def start_settings(state: StudyState, params: dict[str, Any], space: Any
         return [params]
     cal = state.study.user_attrs.get(CALIBRATION_ATTR) or {}
     ref = reference_params(state.key.method, space)
-    calibrated = [{**params, **ref, **s} for s in warm_settings(cal)]
+    calibrated = [{**params, **ref, **s} for s in warm_settings(cal, n_anchors)]
     if calibrated:
         return calibrated
     if params.get("strength") is not None:
@@ -107,6 +107,7 @@ def warm_start(states: list[StudyState], search: DictConfig) -> int:
     if not search.get("warm_start", SearchConfig.warm_start):
         return 0
     limits = budgets(search)
+    n_anchors = int(search.calibration.get("anchors", CalibrationConfig.anchors))
     enqueued = 0
     for s in states:
         if s.study.get_trials(deepcopy=False):  # not fresh: its own trials guide it
@@ -116,7 +117,7 @@ def warm_start(states: list[StudyState], search: DictConfig) -> int:
         found = [b for o in donors if (b := best_feasible(o, limits)) is not None]
         candidates = [max(found, key=lambda b: b[0])[1]] if found else []
         candidates += start_settings(s, dict(METHODS[s.key.method].defaults),
-                                     s.space or search.space)
+                                     s.space or search.space, n_anchors)
         seen: list[dict] = []
         for params in candidates:
             fitted = fit_space(s.key.method, s.space or search.space, params)

@@ -125,3 +125,23 @@ def test_cached_calibrations_of_an_earlier_version_get_their_setting(config, tmp
     assert [a["params"]["layer_frac"] for a in cal["anchors"]] == [0.2, 0.5, 0.8]
     assert s.edge == cal and edge_dose(cal, "diffmean", {"layer_frac": 0.5}) == \
         pytest.approx(0.4)
+
+
+def test_more_points_trace_the_budget_dose_but_only_the_anchors_start(config):
+    search = config("search.calibration.points=7", "search.calibration.anchors=3").search
+    jobs = calibration_jobs("diffmean", "power", search)
+    layers = [j["params"]["layer_frac"] for j in jobs]
+    assert layers == pytest.approx([0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    cals = [Calibration(1.0 + i, 0.1, 0.1, True, params=j["params"])
+            for i, j in enumerate(jobs)]
+    cal = combine(cals, (0.25, 2.0), [0.25, 4.0], relative=True).to_dict()
+    assert edge_dose(cal, "diffmean", {"layer_frac": 0.3}) == pytest.approx(2.0)
+    starts = warm_settings(cal, 3)
+    assert [s["layer_frac"] for s in starts] == pytest.approx([0.2, 0.5, 0.8])
+
+
+def test_fewer_points_than_anchors_is_refused(config):
+    from neva_sweep.sweep.plan import ConfigError, check_search
+
+    with pytest.raises(ConfigError, match=r"search\.calibration\.points"):
+        check_search(config("search.calibration.points=2", "search.calibration.anchors=3").search)
