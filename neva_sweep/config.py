@@ -394,8 +394,10 @@ class CalibrationConfig:
     anchors: int = 3
     # settings calibrated in all (>= anchors; the anchors are spread evenly among them):
     # more points trace the budget dose across the layout that a relative study
-    # interpolates, at a few seconds each, without spending trials on them
-    points: int = 3
+    # interpolates, at a few seconds each, without spending trials on them. 7: with 3,
+    # DiffMean's search did not find its best layer (0.72 / 0.86 of the reference on
+    # hedonism / benevolence); with 7 it did (0.96 / 0.91) (docs/results.md section 0d)
+    points: int = 7
     # search each trial's strength as a multiple of the budget dose at its layout,
     # interpolated between the anchors (sweep/calibrate.py, edge_dose): the searched
     # ``strength`` is then that multiple, in ``span``, and trials.csv records it as

@@ -313,12 +313,13 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
     for st in pareto["studies"]:
         cal = st["calibration"]
         assert cal["bracketed"] and cal["budget"] == 2e-5
-        # three anchors over the layout (search.calibration.anchors), each at the budget;
-        # the box spans their doses
-        anchors = cal["anchors"]
+        # seven settings over the layout calibrated (search.calibration.points), each at
+        # the budget; three of them (search.calibration.anchors) start the study
+        points = cal["anchors"]
         axis = "sparsity" if st["method"] == "neva" else "layer_frac"
-        assert len(anchors) == 3 and all(a["bracketed"] for a in anchors)
-        assert len({a["params"][axis] for a in anchors}) == 3
+        assert len(points) == 7 and all(a["bracketed"] for a in points)
+        assert len({a["params"][axis] for a in points}) == 7
+        anchors = [points[i] for i in (0, 3, 6)]
         # the strength is searched as a multiple of the budget dose at the trial's layout
         # (search.calibration.relative), in search.calibration.span
         assert cal["relative"] and cal["range"] == [0.25, 2.0]
