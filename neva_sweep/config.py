@@ -396,7 +396,7 @@ class CalibrationConfig:
     # more points trace the budget dose across the layout that a relative study
     # interpolates, at a few seconds each, without spending trials on them. 7: with 3,
     # DiffMean's search did not find its best layer (0.72 / 0.86 of the reference on
-    # hedonism / benevolence); with 7 it did (0.96 / 0.91) (docs/results.md section 0d)
+    # hedonism / benevolence); with 7 it did (0.99 / 0.91) (docs/results.md section 0d)
     points: int = 7
     # search each trial's strength as a multiple of the budget dose at its layout,
     # interpolated between the anchors (sweep/calibrate.py, edge_dose): the searched
