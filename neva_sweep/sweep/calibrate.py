@@ -10,13 +10,15 @@ hand-set box that holds it for some of them.
 
 One dose is not enough across a method's *layout*: the edited layer moves a steering
 vector's budget dose up to 4x, the neuron count a neuron edit's up to 2x
-(docs/results.md, section 0d). So each study is calibrated at ``search.calibration.anchors``
+(docs/results.md, section 0d). So each study is calibrated at ``search.calibration.points``
 settings spread over its layout parameter (:func:`anchor_params`: the sparsity, evenly in
 log, for the neuron methods; the layer fraction, evenly, for the residual ones; the ends of
-the range included). The searched strength box spans every anchor's dose
-(:func:`combine`), and each anchor at its dose is a warm-start trial (sweep/warm.py): the
-study starts from edits measured at the budget across its whole layout, where the best
-edits of every method measured lie.
+the range included). With ``search.calibration.relative`` a trial searches a multiple of
+the budget dose interpolated at its own layout (:func:`edge_dose`); otherwise the strength
+box spans every point's dose (:func:`combine`). ``search.calibration.anchors`` of the
+points, each at its dose, are warm-start trials (sweep/warm.py): the study starts from
+edits measured at the budget across its whole layout, where the best edits of every
+method measured lie.
 
 The result is stored as the study's user attribute ``calibration`` (the range of a
 resumed study never moves) and in the run's cache directory
@@ -39,6 +41,8 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ..config import CalibrationConfig
 from ..methods.base import METHODS, window_label
@@ -82,10 +86,15 @@ class Calibration:
 
     @property
     def reached(self) -> bool:
-        """Whether the budget was met here: bracketed, or exceeded at the smallest dose
-        tried (then the dose is that smallest one). False: a dead edit, under the budget
-        at every dose tried."""
-        return self.bracketed or self.kl > self.budget
+        """:func:`met_budget` of this calibration."""
+        return met_budget(self.to_dict())
+
+
+def met_budget(cal: dict[str, Any]) -> bool:
+    """Whether a (stored) calibration met the budget: bracketed, or exceeded at the
+    smallest dose tried (then the dose is that smallest one). False: a dead edit, under the
+    budget at every dose tried."""
+    return bool(cal.get("bracketed")) or cal.get("kl", 0.0) > cal.get("budget", math.inf)
 
 
 def bisect_dose(kl_at: Callable[[float], float], budget: float, start: float = 1.0,
@@ -240,18 +249,11 @@ def edge_dose(cal: dict[str, Any], method: str, params: dict[str, Any]) -> float
     """
     axis = LAYOUT_AXES[METHODS.canonical(method)]
     points = sorted((_coordinate(axis, a["params"][axis]), math.log(a["dose"]))
-                    for a in (cal.get("anchors") or [])
-                    if a.get("bracketed") or a.get("kl", 0.0) > a.get("budget", math.inf))
+                    for a in (cal.get("anchors") or []) if met_budget(a))
     if not points:
         raise ValueError(f"calibration of {method} has no anchor that met the budget")
-    x = _coordinate(axis, params[axis])
-    if x <= points[0][0]:
-        return math.exp(points[0][1])
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if x <= x1:
-            t = (x - x0) / (x1 - x0) if x1 > x0 else 1.0
-            return math.exp(y0 + t * (y1 - y0))
-    return math.exp(points[-1][1])
+    xs, ys = zip(*points)
+    return math.exp(float(np.interp(_coordinate(axis, params[axis]), xs, ys)))
 
 
 def absolute_params(cal: dict[str, Any], method: str, params: dict[str, Any]
