@@ -19,6 +19,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
 from optuna.trial import TrialState
+from sqlalchemy import event
 
 from neva_sweep.sweep import storage as sweep_storage
 from neva_sweep.sweep.storage import (
@@ -138,6 +139,15 @@ def test_set_user_attrs_stores_what_one_public_call_per_attribute_stores(case, r
     # one write on the storages the fast path knows; one call per attribute elsewhere
     fast = {"sqlite": True, "journal": True, "memory": False, "public": MOVED}[case.kind]
     assert routes["_fast_set_user_attrs"] == [fast]
+
+
+def test_set_user_attrs_is_one_transaction_in_sqlite(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    trial = optuna.create_study(storage=storage, study_name="s").ask()
+    commits = []
+    event.listen(storage.engine, "commit", lambda conn: commits.append(1))
+    set_user_attrs(trial, ATTRS, CONSTRAINTS)
+    assert len(commits) == 1
 
 
 def test_set_user_attrs_with_nothing_to_set_writes_nothing(case, routes):

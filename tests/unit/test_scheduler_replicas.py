@@ -1,0 +1,65 @@
+"""The scheduler's bookkeeping for many replicas of few models, on a real SQLite storage
+(no Ray, no timing). What storage.set_user_attrs writes is storage.py's contract:
+test_storage_contract.py."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+from optuna.trial import TrialState
+
+from neva_sweep.sweep.plan import StudyKey
+from neva_sweep.sweep.scheduler import Scheduler
+from neva_sweep.sweep.storage import open_storage
+from neva_sweep.sweep.studies import open_studies
+
+
+class DoneBackend:
+    """Handles are concurrent futures, done when submitted."""
+
+    def wait(self, handles, timeout):
+        return [h for h in handles if h.done()]
+
+    def get(self, handle):
+        return handle.result()
+
+
+class Replica:
+    tp_size = 1
+
+    def __init__(self, model: str, i: int):
+        self.model, self.name, self.batches = model, f"{model}#{i}", 0
+
+    def submit(self, trials):
+        self.batches += 1
+        fut = concurrent.futures.Future()
+        fut.set_result([{"alignment": t["params"]["strength"] / 10, "nlr": 0.1, "kl": 0.01}
+                        if t["value"] != "power" else {"error": "ValueError: no edit"}
+                        for t in trials])
+        return fut
+
+    def restart(self):
+        raise RuntimeError("no restarts here")
+
+
+def test_scheduler_with_many_replicas_stores_every_trial_with_its_attributes(config, tmp_path):
+    search = config("search.n_trials=3", "search.max_failures=2").search
+    keys = [StudyKey(m, v, "neva") for m in ("a", "b") for v in ("power", "tradition")]
+    states = open_studies(keys, open_storage(f"sqlite:///{tmp_path}/o.db"), search)
+    workers = [Replica(m, i) for m in ("a", "b") for i in range(4)]
+    sched = Scheduler(states, workers, search, progress=False, backend=DoneBackend())
+    sched.run()
+    assert sched.n_inflight == 0 and not sched.inflight
+    assert all(w.batches for w in workers)  # ties go round-robin: every replica had a turn
+    for s in states:
+        trials = s.study.get_trials()
+        if s.key.value == "power":
+            assert trials and all(t.state == TrialState.FAIL for t in trials)
+            assert all(t.user_attrs["error"] == "ValueError: no edit" and
+                       t.user_attrs["replica"].startswith(s.key.model) for t in trials)
+        else:
+            assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+            for t in trials:
+                assert {"alignment", "kl", "params", "replica", "retried", "batch_wall_s"} <= \
+                    set(t.user_attrs)
+                assert t.user_attrs["alignment"] == t.params["strength"] / 10
