@@ -184,13 +184,29 @@ class EditConfig:
     allow_other_model: bool = False
 
 
+# The bounds a searched [lo, hi] range must lie in, declared on its schema field so that a
+# method's own ranges are one dataclass here (the sweep's plan checks every field that
+# carries them): log-uniform ranges are open at 0 (lo > 0), fractions lie in [0, 1] (the
+# sparsity in (0, 1): a log-uniform fraction), raw doses need only be finite.
+LOG_DOSE = (0.0, float("inf"), True)  # log-uniform: 0 < lo <= hi
+RAW_DOSE = (-float("inf"), float("inf"), True)  # uniform, any finite pair
+LOG_FRACTION = (0.0, 1.0, True)  # log-uniform share: 0 < lo <= hi < 1
+FRACTION = (0.0, 1.0, False)  # uniform share: 0 <= lo <= hi <= 1
+
+
+def searched(default: list[float], bounds: tuple[float, float, bool]) -> Any:
+    """A searched ``[lo, hi]`` schema field whose range must lie within ``bounds``
+    (:data:`LOG_DOSE`, :data:`RAW_DOSE`, :data:`LOG_FRACTION`, :data:`FRACTION`)."""
+    return field(default_factory=lambda: list(default), metadata={"bounds": bounds})
+
+
 @dataclass
 class ResidualSpace:
     """The searched layers of a residual steering method (``diffmean``, ``caa_pairs``)."""
 
     # the first edited layer as a fraction of depth [lo, hi], uniform (one space fits every
     # model); a fraction in [0, 1]
-    layer_frac: list[float] = field(default_factory=lambda: [0.2, 0.8])
+    layer_frac: list[float] = searched([0.2, 0.8], FRACTION)
     # consecutive layers edited; several entries = searched
     n_layers: list[int] = field(default_factory=lambda: [1])
 
@@ -201,8 +217,8 @@ class DiffMeanSpace(ResidualSpace):
 
     # search.space.scaled: the coefficient as a strength, log-uniform (recentred by the
     # calibration when search.calibrate)
-    strength: list[float] = field(default_factory=lambda: [0.25, 4.0])
-    coefficient: list[float] = field(default_factory=lambda: [0.5, 6.0])  # scaled: false; uniform
+    strength: list[float] = searched([0.25, 4.0], LOG_DOSE)
+    coefficient: list[float] = searched([0.5, 6.0], RAW_DOSE)  # scaled: false; uniform
 
 
 @dataclass
@@ -214,7 +230,7 @@ class CaaPairsSpace(ResidualSpace):
     # 0.2/0.5/0.8: KL on neutral text 0.004-0.006 at 0.05, 0.06-0.10 at 0.2 (near max_kl),
     # 2.3-3.2 at 1.0, alike across layers; the tiny random model stays under KL 1e-4 at
     # every strength, so it cannot set the box
-    strength: list[float] = field(default_factory=lambda: [0.05, 1.0])
+    strength: list[float] = searched([0.05, 1.0], LOG_DOSE)
 
 
 @dataclass
@@ -254,14 +270,14 @@ class SearchSpace:
     """
 
     # fraction of the MLP neurons, (0, 1), log-uniform; the strength keeps one dose per count
-    sparsity: list[float] = field(default_factory=lambda: [5e-4, 0.2])
+    sparsity: list[float] = searched([5e-4, 0.2], LOG_FRACTION)
     # scaled: search the dose as a strength (neva_sweep/methods/strength.py), log-uniform in
     # ``strength`` (neuron methods: ||E[delta] / sd||_2 of the edited neurons) and in each
     # method's own strength range, recentred by the calibration (search.calibrate); false:
     # the raw ``magnitude`` (uniform) and diffmean's ``coefficient`` instead
     scaled: bool = True
-    strength: list[float] = field(default_factory=lambda: [4.0, 64.0])
-    magnitude: list[float] = field(default_factory=lambda: [1.0, 8.0])  # [lo, hi], uniform
+    strength: list[float] = searched([4.0, 64.0], LOG_DOSE)
+    magnitude: list[float] = searched([1.0, 8.0], RAW_DOSE)  # [lo, hi], uniform
     # edit rules (edits/neuron.py; also add_sd), searched; the first is the calibration reference
     rules: list[str] = field(
         default_factory=lambda: [DEFAULT_RULE, "scale", "set", "gate_neuron"])

@@ -9,9 +9,10 @@ starts with the config key to fix and says what is valid.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 from sqlalchemy.engine import make_url
@@ -23,6 +24,8 @@ from ..config import (
     ConfigError,
     JudgeConfig,
     ModelConfig,
+    ResidualSpace,
+    SearchSpace,
     check_layer_window,
     load_group_option,
     upgrade_search_space,
@@ -162,33 +165,29 @@ def _at_least(key: str, x: Any, minimum: float, optional: bool = False) -> None:
         raise ConfigError(f"{key}: must be >= {minimum}{extra}, got {x}")
 
 
-# Every searched range of search.space, each method's: (key, lowest lo, highest hi, open).
-# Log-uniform ranges are open at 0 (their lo must be > 0), fractions lie in [0, 1] (the
-# sparsity in (0, 1): a log-uniform fraction), raw doses need only be finite.
-SPACE_RANGES: tuple[tuple[str, float, float, bool], ...] = (
-    ("sparsity", 0.0, 1.0, True),  # neva, random_neurons
-    ("strength", 0.0, math.inf, True),
-    ("magnitude", -math.inf, math.inf, True),
-    ("diffmean.layer_frac", 0.0, 1.0, False),
-    ("diffmean.strength", 0.0, math.inf, True),
-    ("diffmean.coefficient", -math.inf, math.inf, True),
-    ("caa_pairs.layer_frac", 0.0, 1.0, False),
-    ("caa_pairs.strength", 0.0, math.inf, True),
-)
-RESIDUAL_METHODS = ("diffmean", "caa_pairs")  # their spaces search n_layers too
+def searched_ranges(schema: type = SearchSpace, prefix: str = "") -> Iterator[tuple[str, tuple]]:
+    """``(dotted key under search.space, bounds)`` of every searched range the schema
+    declares (:func:`~neva_sweep.config.searched`), the methods' own dataclasses included."""
+    types = get_type_hints(schema)  # the annotations are strings (postponed evaluation)
+    for f in fields(schema):
+        if "bounds" in f.metadata:
+            yield prefix + f.name, f.metadata["bounds"]
+        elif is_dataclass(types[f.name]):
+            yield from searched_ranges(types[f.name], f"{prefix}{f.name}.")
 
 
 def check_space_ranges(sp: DictConfig) -> None:
-    """Every method's searched ranges in ``search.space`` (:data:`SPACE_RANGES`), the
-    residual methods' layer counts and prompt's wordings. A range ``[lo, hi]`` with
-    lo == hi fixes the parameter (Optuna draws that one value)."""
-    for key, lo_min, hi_max, open_ in SPACE_RANGES:
+    """Every searched range in ``search.space`` (:func:`searched_ranges`), the residual
+    methods' layer counts and prompt's wordings. A range ``[lo, hi]`` with lo == hi fixes
+    the parameter (Optuna draws that one value)."""
+    for key, (lo_min, hi_max, open_) in searched_ranges():
         _range(f"search.space.{key}", OmegaConf.select(sp, key), lo_min, hi_max, open_)
-    for method in RESIDUAL_METHODS:
-        counts = list(sp[method].n_layers or [])
-        if not counts or any(not isinstance(n, int) or n < 1 for n in counts):
-            raise ConfigError(f"search.space.{method}.n_layers: each entry is a number of "
-                              f"consecutive layers >= 1 (one entry at least), got {counts}")
+    for name, kind in get_type_hints(SearchSpace).items():
+        if isinstance(kind, type) and issubclass(kind, ResidualSpace):
+            counts = list(sp[name].n_layers or [])
+            if not counts or any(not isinstance(n, int) or n < 1 for n in counts):
+                raise ConfigError(f"search.space.{name}.n_layers: each entry is a number "
+                                  f"of consecutive layers >= 1 (one entry at least), got {counts}")
     strengths = list(sp.prompt.strength or [])
     if not strengths or any(x not in PROMPT_STRENGTHS for x in strengths):
         raise ConfigError(f"search.space.prompt.strength: got {strengths}; valid entries: "

@@ -103,6 +103,25 @@ def test_search_space_keys_are_the_methods_parameter_names(config):
     assert set(space.prompt) <= set(METHODS["prompt"].defaults)
 
 
+def test_every_searched_range_of_the_schema_declares_its_bounds(config):
+    """A method's own [lo, hi] range is checked once it is declared with ``searched``: no
+    two-number range of search.space (float ones; prompt.strength lists wordings) escapes
+    the plan's check."""
+    from neva_sweep.sweep.plan import searched_ranges
+
+    def float_pairs(node, prefix=""):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                yield from float_pairs(v, f"{prefix}{k}.")
+            elif isinstance(v, list) and len(v) == 2 and any(isinstance(x, float) for x in v):
+                yield prefix + k
+
+    space = OmegaConf.to_container(config().search.space)  # deprecated aliases stay "${..}"
+    declared = dict(searched_ranges())
+    assert set(float_pairs(space)) == set(declared)
+    assert {"sparsity", "diffmean.layer_frac", "caa_pairs.strength"} <= set(declared)
+
+
 # -- one check pipeline ------------------------------------------------------------------------
 def test_a_sweep_is_planned_once_and_its_plan_reaches_run_sweep(tmp_path, monkeypatch, config):
     """task=sweep: the preflight builds and checks the plan; run_sweep gets it, not a
