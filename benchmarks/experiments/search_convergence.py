@@ -27,7 +27,9 @@ rung 0 of a pruned one); trials per hour follow from it.
 
 Printed per (method, pruner, budget): the mean ratio over values and seeds, how many
 (value, seed) pairs reach 90% of the reference, and the CPU seconds to reach 90%
-(median over the pairs that reach it). ``--tiny`` runs the same code on a tiny random
+(median over the pairs that reach it); the JSON's ``summary`` adds, per (method,
+pruner), the ratio per value and seed at the largest budget, and the trials finished,
+pruned and complete but over a budget. ``--tiny`` runs the same code on a tiny random
 model in a few minutes (the test suite runs it).
 """
 
@@ -158,7 +160,7 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets) -> di
         for pruner in pruners:
             ratios = {k: [] for k in budgets}
             reach, to90, cpu_total, n_trials = 0, [], 0.0, 0
-            pairs = 0
+            pairs, n_pruned, n_infeasible, per_value = 0, 0, 0, {}
             for value in values:
                 r = ref[(value, method)]
                 if r is None or r <= 0:
@@ -170,18 +172,25 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets) -> di
                     pairs += 1
                     for k, b in zip(budgets, bests):
                         ratios[k].append(0.0 if b is None else max(0.0, b) / r)
+                    # ratio at the largest budget, one per seed
+                    per_value.setdefault(value, []).append(ratios[budgets[-1]][-1])
                     reach += bool(bests[-1] is not None and bests[-1] >= 0.9 * r)
                     t = first_reaching(rows, 0.9 * r)
                     if t is not None:
                         to90.append(t)
                     cpu_total += cpus[-1]
                     n_trials += sum(x["state"] in ("COMPLETE", "PRUNED") for x in rows)
+                    n_pruned += sum(x["state"] == "PRUNED" for x in rows)
+                    n_infeasible += sum(x["state"] == "COMPLETE" and x["feasible"] != "True"
+                                        for x in rows)
             mean = {k: statistics.fmean(v) if v else None for k, v in ratios.items()}
             med90 = statistics.median(to90) if to90 else None
             per_hour = n_trials / (cpu_total / 3600) if cpu_total else None
             summary[f"{method}/{pruner}"] = {"ratio": mean, "reach90": reach, "pairs": pairs,
                                              "cpu_to_90_s": med90, "cpu_s": cpu_total,
-                                             "trials_per_hour": per_hour}
+                                             "trials_per_hour": per_hour,
+                                             "per_value": per_value, "trials": n_trials,
+                                             "pruned": n_pruned, "infeasible": n_infeasible}
             cells = "".join(f"{'-' if mean[k] is None else format(mean[k], '.2f'):>9}"
                             for k in budgets)
             print(f"{method:<8}{pruner:<10}{cells}{f'{reach}/{pairs}':>12}"

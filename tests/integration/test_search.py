@@ -346,9 +346,16 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
         found = [float(r["alignment"]) for r in rows if r["method"] == method
                  and r["feasible"] == "True"]
         assert all(a <= ref for a in found)
-        ratio = rep["summary"][f"{method}/sha"]["ratio"]
+        summary = rep["summary"][f"{method}/sha"]
+        ratio = summary["ratio"]
+        mine = [r for r in rows if r["method"] == method]
+        assert summary["trials"] == len(mine) == 4
+        assert summary["pruned"] == sum(r["state"] == "PRUNED" for r in mine)
+        assert summary["infeasible"] == sum(r["state"] == "COMPLETE" and r["feasible"] != "True"
+                                            for r in mine)
         if ref is not None and ref > 0:  # regret needs a positive reference
             assert all(0 <= ratio[k] <= 1 for k in ("2", "4")) and ratio["2"] <= ratio["4"]
+            assert summary["per_value"] == {"power": [pytest.approx(ratio["4"])]}
         else:
             assert ratio == {"2": None, "4": None}
     assert "CPU s to 90%" in proc.stdout
