@@ -18,6 +18,7 @@ first use; ``caa`` is ``diffmean``); a study keeps the name its config gave it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..edits.kind import EditKind
@@ -33,15 +34,34 @@ if TYPE_CHECKING:  # optuna and the config schema load with the sweep, not with 
     from ..config import SearchSpace
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What the sweep's calibration (neva_sweep/sweep/calibrate.py) reads of a method whose
+    dose it bisects to the KL budget: where its strength range lies in ``search.space``,
+    and the parameter that moves its budget dose most (its *layout*: the neuron count, the
+    edited layer), over whose range the calibrated settings are spread."""
+
+    strength: str  # search.space key of the strength range, dotted: "diffmean.strength"
+    axis: str  # the layout parameter: "sparsity", "layer_frac"
+    axis_range: str  # search.space key of its [lo, hi], dotted: "diffmean.layer_frac"
+    log: bool  # settings evenly in log (a share of neurons) or linearly (a depth)
+
+
 class Method(Protocol):
     name: str
     defaults: dict[str, Any]  # every parameter, with its default
+    # a strength the sweep calibrates (search.space.scaled), or None: searched as it is
+    layout: Layout | None
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         """The trial's parameters (``trial.suggest_*`` for searched ones)."""
 
     def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> EditKind:
         """The edit toward ``value`` that ``params`` describe."""
+
+    def reference(self, space: SearchSpace) -> dict[str, Any]:
+        """With a ``layout``: the setting calibrated at, but the layout parameter (the
+        first choice of each categorical parameter the method searches)."""
 
 
 def choose(trial: optuna.Trial, name: str, choices: list) -> Any:

@@ -30,7 +30,7 @@ from ..edits.residual import ResidualEdit, caa_edit, caa_pairs_edit, depth_layer
 from ..neurons.gate import gate_of
 from ..neurons.selection import random_neurons
 from ..neurons.stats import NeuronStats
-from .base import METHODS, choose, parse_window, resolve_magnitude
+from .base import METHODS, Layout, choose, parse_window, resolve_magnitude
 from .neva import NeVA
 
 if TYPE_CHECKING:
@@ -45,6 +45,11 @@ class RandomNeurons(NeVA):
     name = "random_neurons"
     defaults: dict[str, Any] = {**{k: v for k, v in NeVA.defaults.items()
                                    if k not in ("score", "polarity")}, "seed": 0}
+
+    def reference(self, space: SearchSpace) -> dict[str, Any]:
+        ref = super().reference(space)
+        del ref["score"], ref["polarity"]
+        return ref
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         params = super().suggest(trial, space)
@@ -93,6 +98,12 @@ class DiffMean:
     name = "diffmean"
     defaults: dict[str, Any] = {"layer_frac": 0.5, "n_layers": 1, "coefficient": 2.0,
                                 "strength": None, "positions": "all", "gate": "none"}
+    # the edited layer moves the budget dose up to 7x on SmolLM2 (docs/results.md 0d)
+    layout = Layout(strength="diffmean.strength", axis="layer_frac",
+                    axis_range="diffmean.layer_frac", log=False)
+
+    def reference(self, space: SearchSpace) -> dict[str, Any]:
+        return {"n_layers": space.diffmean.n_layers[0], "positions": space.positions[0]}
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         own = space.diffmean
@@ -134,6 +145,11 @@ class CaaPairs:
     # default budget (search.max_kl 0.1); CaaPairsSpace (config.py) gives the measurement
     defaults: dict[str, Any] = {"layer_frac": 0.5, "n_layers": 1, "strength": 0.2,
                                 "positions": "response", "gate": "none"}
+    layout = Layout(strength="caa_pairs.strength", axis="layer_frac",
+                    axis_range="caa_pairs.layer_frac", log=False)
+
+    def reference(self, space: SearchSpace) -> dict[str, Any]:
+        return {"n_layers": space.caa_pairs.n_layers[0]}  # positions: response, its own
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         own = space.caa_pairs
@@ -156,6 +172,7 @@ class Prompt:
 
     name = "prompt"
     defaults: dict[str, Any] = {"strength": DEFAULT_STRENGTH, "positions": "all"}
+    layout = None  # a wording, not a dose: nothing to calibrate
 
     def suggest(self, trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         return {"strength": choose(trial, "strength", list(space.prompt.strength)),

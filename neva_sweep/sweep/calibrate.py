@@ -45,16 +45,11 @@ from typing import Any
 import numpy as np
 
 from ..config import CalibrationConfig
-from ..methods.base import METHODS, window_label
+from ..methods.base import METHODS, Layout
 
 log = logging.getLogger(__name__)
 
 MIN_DOSE, MAX_DOSE = 1e-4, 1e4  # the bracket search gives up outside these
-# Methods with a strength to calibrate (registered names; an alias counts as its method).
-SCALED_METHODS = ("neva", "random_neurons", "diffmean", "caa_pairs")
-# The search-space key of each method's strength range (absent: ``strength``, the neuron
-# methods'); a dotted path: the methods with a space of their own keep it under their name.
-STRENGTH_KEYS = {"diffmean": "diffmean.strength", "caa_pairs": "caa_pairs.strength"}
 
 
 @dataclass
@@ -147,36 +142,42 @@ def searched_range(cal: Calibration, span: tuple[float, float]) -> list[float]:
     return [cal.dose * float(span[0]), cal.dose * float(span[1])]
 
 
+def layout_of(method: str) -> Layout | None:
+    """How ``method`` (a registered name or alias) is calibrated, or None: it has no
+    strength to calibrate (:class:`~neva_sweep.methods.base.Layout`, declared by the
+    method)."""
+    return getattr(METHODS[method], "layout", None)
+
+
+def _at(space: Any, dotted: str) -> Any:
+    """``space``'s entry at a dotted key (a config or a plain dict), or None."""
+    node = space
+    for part in dotted.split("."):
+        node = node.get(part) if node is not None else None
+    return node
+
+
 def reference_params(method: str, space: Any) -> dict[str, Any]:
-    """The setting a method is calibrated at: the geometric middle of the sparsity range,
-    the middle layer fraction, and the first choice of every categorical parameter
-    (caa_pairs keeps its ``response`` positions: it searches no others)."""
+    """The setting a method is calibrated at: its defaults with the middle of its layout
+    range (geometric for a log layout: the sparsity; arithmetic: the layer fraction), the
+    first choice of every categorical parameter it searches (its ``reference``) and the
+    gate off."""
     params = dict(METHODS[method].defaults)
-    method = METHODS.canonical(method)
-    if method in ("neva", "random_neurons"):
-        lo, hi = space.sparsity
-        params.update(sparsity=math.sqrt(lo * hi), rule=space.rules[0],
-                      layer_window=window_label((space.layer_windows or [None])[0]))
-        if "score" in params:
-            params.update(score=space.scores[0], polarity=space.polarities[0])
-    elif method in ("diffmean", "caa_pairs"):
-        own = space[method]  # search.space.<method>: its layers
-        params.update(layer_frac=sum(own.layer_frac) / 2, n_layers=own.n_layers[0])
-    if method != "caa_pairs":
-        params.update(positions=space.positions[0])
-    params.update(gate="none")
+    layout = layout_of(method)
+    if layout is not None:
+        lo, hi = (float(x) for x in _at(space, layout.axis_range))
+        params.update(METHODS[method].reference(space))
+        params[layout.axis] = math.sqrt(lo * hi) if layout.log else (lo + hi) / 2
+    if "gate" in params:
+        params["gate"] = "none"
     return params
-
-
-LAYOUT_AXES = {"neva": "sparsity", "random_neurons": "sparsity", "diffmean": "layer_frac",
-               "caa_pairs": "layer_frac"}  # method -> the parameter its anchors spread over
 
 
 def anchor_params(method: str, space: Any, n: int) -> list[dict[str, Any]]:
     """``n`` settings to calibrate ``method`` at: :func:`reference_params` with its layout
-    parameter (:data:`LAYOUT_AXES`) spread over the searched range, both ends included:
-    the sparsity evenly in log, the layer fraction evenly. ``n = 1``, a method without a
-    layout parameter, or a range with one value give the reference setting alone.
+    parameter spread over the searched range, both ends included: evenly in log for a log
+    layout (the sparsity), evenly otherwise (the layer fraction). ``n = 1``, a method
+    without a layout, or a range with one value give the reference setting alone.
 
     >>> from omegaconf import OmegaConf
     >>> from neva_sweep.config import SearchSpace
@@ -187,17 +188,16 @@ def anchor_params(method: str, space: Any, n: int) -> list[dict[str, Any]]:
     [0.2, 0.5, 0.8]
     """
     ref = reference_params(method, space)
-    axis = LAYOUT_AXES.get(METHODS.canonical(method))
-    if n <= 1 or axis is None:
+    layout = layout_of(method)
+    if n <= 1 or layout is None:
         return [ref]
-    if axis == "sparsity":
-        lo, hi = space.sparsity
+    lo, hi = (float(x) for x in _at(space, layout.axis_range))
+    if layout.log:
         xs = [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
     else:
-        lo, hi = space[METHODS.canonical(method)].layer_frac
         xs = [lo + (hi - lo) * i / (n - 1) for i in range(n)]
     xs = [float(round(x, 12)) for x in xs]  # 0.5, not 0.49999999999999994
-    return [{**ref, axis: x} for x in dict.fromkeys(xs)]  # a fixed range: one anchor
+    return [{**ref, layout.axis: x} for x in dict.fromkeys(xs)]  # a fixed range: one anchor
 
 
 def combine(cals: list[Calibration], span: tuple[float, float], configured: list[float],
@@ -231,9 +231,9 @@ def combine(cals: list[Calibration], span: tuple[float, float], configured: list
                        mid.params, anchors, relative)
 
 
-def _coordinate(axis: str, x: float) -> float:
+def _coordinate(layout: Layout, x: float) -> float:
     """Where the budget dose is interpolated linearly: log sparsity, the layer fraction."""
-    return math.log(x) if axis == "sparsity" else float(x)
+    return math.log(x) if layout.log else float(x)
 
 
 def edge_dose(cal: dict[str, Any], method: str, params: dict[str, Any]) -> float:
@@ -247,13 +247,16 @@ def edge_dose(cal: dict[str, Any], method: str, params: dict[str, Any]) -> float
     >>> [edge_dose(cal, "diffmean", {"layer_frac": x}) for x in (0.1, 0.4, 0.9)]
     [1.0, 2.0, 4.0]
     """
-    axis = LAYOUT_AXES[METHODS.canonical(method)]
-    points = sorted((_coordinate(axis, a["params"][axis]), math.log(a["dose"]))
+    layout = layout_of(method)
+    if layout is None:
+        raise ValueError(f"method {method!r} declares no layout: it has no calibrated dose")
+    axis = layout.axis
+    points = sorted((_coordinate(layout, a["params"][axis]), math.log(a["dose"]))
                     for a in (cal.get("anchors") or []) if met_budget(a))
     if not points:
         raise ValueError(f"calibration of {method} has no anchor that met the budget")
     xs, ys = zip(*points)
-    return math.exp(float(np.interp(_coordinate(axis, params[axis]), xs, ys)))
+    return math.exp(float(np.interp(_coordinate(layout, params[axis]), xs, ys)))
 
 
 def absolute_params(cal: dict[str, Any], method: str, params: dict[str, Any]
@@ -295,25 +298,26 @@ CALIBRATION_ATTR = "calibration"  # study user attribute: the Calibration dict w
 
 def is_scaled(method: str) -> bool:
     """Whether ``method`` (a registered name or alias) has a strength to calibrate."""
-    return METHODS.canonical(method) in SCALED_METHODS
+    return layout_of(method) is not None
 
 
-def strength_key(method: str) -> str:
+def strength_key(method: str) -> str | None:
     """The search-space key of ``method``'s strength range (``method``: a name or alias),
-    dotted below ``search.space``: ``strength`` or ``diffmean.strength``."""
-    return STRENGTH_KEYS.get(METHODS.canonical(method), "strength")
+    dotted below ``search.space``: ``strength`` or ``diffmean.strength``; None for a
+    method without a calibrated strength."""
+    layout = layout_of(method)
+    return None if layout is None else layout.strength
 
 
 def strength_range(space: Any, method: str) -> list[float] | None:
     """``method``'s strength range in ``space`` (a config or a plain dict), or None when
-    the space holds none.
+    the method has none or the space holds none.
 
     >>> strength_range({"strength": [4, 64], "diffmean": {"strength": [0.25, 4]}}, "caa")
     [0.25, 4.0]
     """
-    node = space
-    for part in strength_key(method).split("."):
-        node = node.get(part) if node is not None else None
+    key = strength_key(method)
+    node = None if key is None else _at(space, key)
     return None if node is None else [float(x) for x in node]
 
 
@@ -321,7 +325,10 @@ def space_with(space: Any, method: str, strength_range: list[float]) -> Any:
     """``space`` with ``method``'s strength range replaced (a copy)."""
     from omegaconf import OmegaConf
 
-    *parents, leaf = strength_key(method).split(".")
+    key = strength_key(method)
+    if key is None:
+        raise ValueError(f"method {method!r} declares no layout: it has no strength range")
+    *parents, leaf = key.split(".")
     patch: dict[str, Any] = {leaf: list(strength_range)}
     for part in reversed(parents):
         patch = {part: patch}

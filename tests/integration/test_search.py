@@ -88,7 +88,7 @@ def test_residual_methods_calibrate_their_own_strength_box(config):
     keys = {m: strength_key(m) for m in ("neva", "diffmean", "caa", "caa_pairs", "prompt")}
     assert keys == {"neva": "strength", "diffmean": "diffmean.strength",
                     "caa": "diffmean.strength", "caa_pairs": "caa_pairs.strength",
-                    "prompt": "strength"}
+                    "prompt": None}
     assert [is_scaled(m) for m in ("diffmean", "caa", "caa_pairs", "prompt")] == [
         True, True, True, False]
     ref = reference_params("caa_pairs", space)  # its own positions, not search.space's

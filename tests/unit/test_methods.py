@@ -65,6 +65,35 @@ def test_build_is_deterministic(name, tiny_stats) -> None:
     assert same(a, b)
 
 
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_a_calibrated_method_builds_at_every_setting_its_layout_names(name, tiny_stats
+                                                                     ) -> None:
+    """A method's ``layout`` is all the sweep's calibration reads of it: its keys exist in
+    the search space and every calibrated setting builds (at a strength), for a plug-in
+    method as for these."""
+    from omegaconf import OmegaConf
+
+    from neva_sweep.config import SearchSpace
+    from neva_sweep.sweep.calibrate import anchor_params, strength_range
+
+    method = METHODS[name]
+    layout = method.layout
+    space = OmegaConf.structured(SearchSpace)
+    if layout is None:  # nothing to calibrate: searched as it is
+        assert strength_range(space, name) is None
+        return
+    assert layout.axis in method.defaults
+    assert set(method.reference(space)) <= set(method.defaults)
+    lo, hi = strength_range(space, name)
+    settings = anchor_params(name, space, 4)
+    assert [p[layout.axis] for p in settings] == sorted({p[layout.axis] for p in settings})
+    assert len(settings) == 4 and settings[0][layout.axis] == OmegaConf.select(
+        space, layout.axis_range)[0]
+    for params in settings:
+        assert set(params) == set(method.defaults)
+        method.build(tiny_stats, "power", {**params, "strength": (lo * hi) ** 0.5})
+
+
 def test_same_compares_tensors_exactly(tiny_stats) -> None:
     params, _ = PARAMS["neva"]
     a = METHODS["neva"].build(tiny_stats, "power", params)
