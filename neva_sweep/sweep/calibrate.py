@@ -9,9 +9,10 @@ d*: a box that holds the feasible edge whatever the model, value and method, ins
 hand-set box that holds it for some of them.
 
 One dose is not enough across a method's *layout*: the edited layer moves a steering
-vector's budget dose up to 4x, the neuron count a neuron edit's up to 2x
+vector's budget dose up to 7x, the neuron count a neuron edit's up to 2x
 (docs/results.md, section 0d). So each study is calibrated at ``search.calibration.points``
-settings spread over its layout parameter (:func:`anchor_params`: the sparsity, evenly in
+settings spread over its layout parameter, which the method declares
+(:class:`~neva_sweep.methods.base.Layout`; :func:`anchor_params`: the sparsity, evenly in
 log, for the neuron methods; the layer fraction, evenly, for the residual ones; the ends of
 the range included). With ``search.calibration.relative`` a trial searches a multiple of
 the budget dose interpolated at its own layout (:func:`edge_dose`); otherwise the strength
