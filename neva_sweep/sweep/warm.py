@@ -120,6 +120,8 @@ def warm_start(states: list[StudyState], search: DictConfig) -> int:
                                      s.space or search.space, n_anchors)
         seen: list[dict] = []
         for params in candidates:
+            if len(seen) >= s.target:  # never more starts than the study will run
+                break
             fitted = fit_space(s.key.method, s.space or search.space, params)
             if fitted is None or fitted in seen:
                 continue

@@ -125,3 +125,17 @@ def test_a_calibrated_study_starts_at_each_anchor_that_met_the_budget(config):
     assert warm_start([fresh], search) == 2
     started = [(p["layer_frac"], p["strength"]) for p in asked_params(fresh, space)]
     assert started == [(0.2, 1.5), (0.5, 0.4)]
+
+
+def test_a_study_gets_no_more_starts_than_trials_it_will_run(config):
+    search = config().search
+    small = StudyState(StudyKey("m", "power", "diffmean"),
+                       optuna.create_study(directions=["maximize", "minimize"]),
+                       target=2, max_failures=2)
+    small.study.set_user_attr("calibration", {
+        "dose": 0.4, "bracketed": True, "range": [0.1, 3.0],
+        "anchors": [{"params": {"layer_frac": x, "n_layers": 1}, "dose": 0.4,
+                     "bracketed": True} for x in (0.2, 0.5, 0.8)]})
+    small.space = space = config("search.space.diffmean.strength=[0.1,3.0]").search.space
+    assert warm_start([small], search) == 2
+    assert [p["layer_frac"] for p in asked_params(small, space)] == [0.2, 0.5]
