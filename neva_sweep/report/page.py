@@ -60,7 +60,9 @@ def esc(x: object) -> str:
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
+    # not platform.platform(): its first call runs `uname -p` in a subprocess
+    out = {"python": platform.python_version(),
+           "platform": f"{platform.system()}-{platform.release()}-{platform.machine()}"}
     for name in PACKAGES:
         try:
             out[name] = metadata.version(name)
