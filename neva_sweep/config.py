@@ -412,7 +412,8 @@ class CalibrationConfig:
     # more points trace the budget dose across the layout that a relative study
     # interpolates, at a few seconds each, without spending trials on them. 7: with 3,
     # DiffMean's search did not find its best layer (0.72 / 0.86 of the reference on
-    # hedonism / benevolence); with 7 it did (0.99 / 0.91) (docs/results.md section 0d)
+    # hedonism / benevolence); with 7, one seed of three did (0.99 / 0.91)
+    # (docs/results.md section 0d)
     points: int = 7
     # search each trial's strength as a multiple of the budget dose at its layout,
     # interpolated between the anchors (sweep/calibrate.py, edge_dose): the searched
@@ -431,9 +432,9 @@ class SearchConfig:
     sampler: str = "tpe"  # tpe (multivariate, multi-objective) | nsga2 | gp
     seed: int = 0
     # finished (COMPLETE or PRUNED) trials per study; re-running tops studies up to it. 24:
-    # searching rule add only, NeVA's best feasible edit reached 93% of a dense grid's by
-    # 24 trials (2 values x 2 seeds), 72% by 12; with the four rules and two gates of the
-    # default space, 82-88% (4 values, 3 seeds): docs/results.md section 0d
+    # with the calibrated starts NeVA's best feasible edit reached 0.96 and DiffMean's
+    # 0.89-0.97 of the reference by 24 trials (4 values x 3 seeds), mostly from the starts
+    # (docs/results.md section 0d)
     n_trials: int = 24
     n_startup_trials: int = 4  # random trials before tpe/gp model the results
     population_size: int = 8  # nsga2 generation size
