@@ -160,8 +160,16 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets) -> di
         for pruner in pruners:
             ratios = {k: [] for k in budgets}
             reach, to90, cpu_total, n_trials = 0, [], 0.0, 0
-            pairs, n_pruned, n_infeasible, per_value = 0, 0, 0, {}
+            pairs, per_value = 0, {}
+            counts = {"trials": 0, "pruned": 0, "infeasible": 0}  # every value, rated or not
             for value in values:
+                for seed in seeds:
+                    rows = [x for x in runs[(pruner, seed)]
+                            if x["value"] == value and x["method"] == method]
+                    counts["trials"] += sum(x["state"] in ("COMPLETE", "PRUNED") for x in rows)
+                    counts["pruned"] += sum(x["state"] == "PRUNED" for x in rows)
+                    counts["infeasible"] += sum(x["state"] == "COMPLETE"
+                                                and x["feasible"] != "True" for x in rows)
                 r = ref[(value, method)]
                 if r is None or r <= 0:
                     continue
@@ -180,17 +188,13 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets) -> di
                         to90.append(t)
                     cpu_total += cpus[-1]
                     n_trials += sum(x["state"] in ("COMPLETE", "PRUNED") for x in rows)
-                    n_pruned += sum(x["state"] == "PRUNED" for x in rows)
-                    n_infeasible += sum(x["state"] == "COMPLETE" and x["feasible"] != "True"
-                                        for x in rows)
             mean = {k: statistics.fmean(v) if v else None for k, v in ratios.items()}
             med90 = statistics.median(to90) if to90 else None
             per_hour = n_trials / (cpu_total / 3600) if cpu_total else None
             summary[f"{method}/{pruner}"] = {"ratio": mean, "reach90": reach, "pairs": pairs,
                                              "cpu_to_90_s": med90, "cpu_s": cpu_total,
                                              "trials_per_hour": per_hour,
-                                             "per_value": per_value, "trials": n_trials,
-                                             "pruned": n_pruned, "infeasible": n_infeasible}
+                                             "per_value": per_value, **counts}
             cells = "".join(f"{'-' if mean[k] is None else format(mean[k], '.2f'):>9}"
                             for k in budgets)
             print(f"{method:<8}{pruner:<10}{cells}{f'{reach}/{pairs}':>12}"
