@@ -404,17 +404,19 @@ class CalibrationConfig:
     steps: int = 5  # bisection steps once the budget is bracketed
     # settings of the method's layout each study is calibrated at (sparsity or layer
     # fraction, spread over the searched range, ends included): the strength box spans
-    # their doses and each is a first trial. 3: one calibration at the middle layer left
-    # DiffMean's box short of the dose its best layer needs (3x across layers on 2 of 4
-    # values) and its search at 55-67% of the reference (docs/results.md section 0d)
-    anchors: int = 3
+    # their doses and each is a first trial. One calibration at the middle layer left
+    # DiffMean's box short of the dose its best layer needs and its search at 55-67% of
+    # the reference; three starts (layers 0.2 / 0.5 / 0.8) missed its best layers
+    # (0.34-0.36) unless TPE drew them: 0.72-0.99 on hedonism over seeds. 5 (layers 0.2 /
+    # 0.35 / 0.5 / 0.65 / 0.8; sparsities 5e-4 to 0.2 a factor 4.5 apart): see
+    # docs/results.md section 0d
+    anchors: int = 5
     # settings calibrated in all (>= anchors; the anchors are spread evenly among them):
     # more points trace the budget dose across the layout that a relative study
-    # interpolates, at a few seconds each, without spending trials on them. 7: with 3,
-    # DiffMean's search did not find its best layer (0.72 / 0.86 of the reference on
-    # hedonism / benevolence); with 7, one seed of three did (0.99 / 0.91)
-    # (docs/results.md section 0d)
-    points: int = 7
+    # interpolates, at a few seconds each, without spending trials on them. 13: a layer
+    # fraction every 0.05 (SmolLM2's budget dose falls 3-7x between layers 0.3 and 0.4),
+    # so that 5 anchors sit on points (docs/results.md section 0d)
+    points: int = 13
     # search each trial's strength as a multiple of the budget dose at its layout,
     # interpolated between the anchors (sweep/calibrate.py, edge_dose): the searched
     # ``strength`` is then that multiple, in ``span``, and trials.csv records it as

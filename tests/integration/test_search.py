@@ -21,6 +21,7 @@ import torch
 from optuna.trial import TrialState
 
 import neva_sweep as nv
+from neva_sweep.config import CalibrationConfig
 from neva_sweep.data import load_records
 from neva_sweep.evaluation.capability import (
     CapabilityConfig,
@@ -39,6 +40,7 @@ from neva_sweep.sweep.calibrate import (
     is_scaled,
     reference_params,
     space_with,
+    spread_indices,
     strength_key,
 )
 from neva_sweep.sweep.lock import NoLock
@@ -300,7 +302,7 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "experiments" / "search_convergence.py"),
          "--tiny",
-         "--values", "power", "--seeds", "0", "--budgets", "2", "4", "--pruners", "sha",
+         "--values", "power", "--seeds", "0", "--budgets", "2", "6", "--pruners", "sha",
          "--run-dir", str(run_dir), "--json", str(out),
          "--override", f"cache_dir={tmp_path / 'cache'}"],
         capture_output=True, text=True, cwd=tmp_path)
@@ -313,26 +315,28 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
     for st in pareto["studies"]:
         cal = st["calibration"]
         assert cal["bracketed"] and cal["budget"] == 2e-5
-        # seven settings over the layout calibrated (search.calibration.points), each at
-        # the budget; three of them (search.calibration.anchors) start the study
+        # the default settings over the layout calibrated (search.calibration.points),
+        # each at the budget; the anchors among them (search.calibration.anchors) start
+        # the study, as many as it runs trials
         points = cal["anchors"]
         axis = "sparsity" if st["method"] == "neva" else "layer_frac"
-        assert len(points) == 7 and all(a["bracketed"] for a in points)
-        assert len({a["params"][axis] for a in points}) == 7
-        anchors = [points[i] for i in (0, 3, 6)]
+        n_points, n_anchors = CalibrationConfig.points, CalibrationConfig.anchors
+        assert len(points) == n_points and all(a["bracketed"] for a in points)
+        assert len({a["params"][axis] for a in points}) == n_points
+        anchors = [points[i] for i in spread_indices(n_points, n_anchors)]
         # the strength is searched as a multiple of the budget dose at the trial's layout
         # (search.calibration.relative), in search.calibration.span
         assert cal["relative"] and cal["range"] == [0.25, 2.0]
         mine = sorted((r for r in rows if r["method"] == st["method"]),
                       key=lambda r: int(r["trial"]))
-        assert len(mine) == 4 and st["n_complete"] + st["n_pruned"] == 4
+        assert len(mine) == 6 and st["n_complete"] + st["n_pruned"] == 6
         for r in mine:
             frac = float(r["edge_frac"])
             assert 0.25 <= frac <= 2.0
             assert float(r["strength"]) == pytest.approx(
                 frac * edge_dose(cal, st["method"], {axis: float(r[axis])}))
         # the study starts at its anchors, each at its calibrated dose
-        started = [(float(r[axis]), float(r["strength"])) for r in mine[:3]]
+        started = [(float(r[axis]), float(r["strength"])) for r in mine[:len(anchors)]]
         assert started == [pytest.approx((a["params"][axis], a["dose"])) for a in anchors]
         raw = "magnitude" if st["method"] == "neva" else "coefficient"
         assert all(float(r[raw]) > 0 for r in mine if r["state"] == "COMPLETE")
@@ -349,13 +353,13 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
         summary = rep["summary"][f"{method}/sha"]
         ratio = summary["ratio"]
         mine = [r for r in rows if r["method"] == method]
-        assert summary["trials"] == len(mine) == 4
+        assert summary["trials"] == len(mine) == 6
         assert summary["pruned"] == sum(r["state"] == "PRUNED" for r in mine)
         assert summary["infeasible"] == sum(r["state"] == "COMPLETE" and r["feasible"] != "True"
                                             for r in mine)
         if ref is not None and ref > 0:  # regret needs a positive reference
-            assert all(0 <= ratio[k] <= 1 for k in ("2", "4")) and ratio["2"] <= ratio["4"]
-            assert summary["per_value"] == {"power": [pytest.approx(ratio["4"])]}
+            assert all(0 <= ratio[k] <= 1 for k in ("2", "6")) and ratio["2"] <= ratio["6"]
+            assert summary["per_value"] == {"power": [pytest.approx(ratio["6"])]}
         else:
-            assert ratio == {"2": None, "4": None}
+            assert ratio == {"2": None, "6": None}
     assert "CPU s to 90%" in proc.stdout

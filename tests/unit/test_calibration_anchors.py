@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from neva_sweep.config import CalibrationConfig
 from neva_sweep.sweep.calibrate import (
     Calibration,
     absolute_params,
@@ -45,7 +46,8 @@ def test_one_job_per_anchor_each_at_its_setting(config):
     search = config("search.calibration.anchors=3", "search.calibration.points=3").search
     jobs = calibration_jobs("diffmean", "power", search)
     assert [j["params"]["layer_frac"] for j in jobs] == [0.2, 0.5, 0.8]
-    assert len(calibration_jobs("diffmean", "power", config().search)) == 7  # the default
+    n_default = len(calibration_jobs("diffmean", "power", config().search))
+    assert n_default == CalibrationConfig.points
     assert len({(j["budget"], j["start"], j["steps"]) for j in jobs}) == 1
 
 
@@ -111,7 +113,7 @@ def test_cached_calibrations_of_an_earlier_version_get_their_setting(config, tmp
     from neva_sweep.sweep.plan import StudyKey
     from neva_sweep.sweep.studies import StudyState
 
-    search = config("search.calibration.points=3").search
+    search = config("search.calibration.points=3", "search.calibration.anchors=3").search
     setup = SimpleNamespace(cache_dir=str(tmp_path), capability="cap", data="data")
     jobs = calibration_jobs("diffmean", "power", search)
     for dose, job in zip((1.5, 0.4, 0.8), jobs):
