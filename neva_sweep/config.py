@@ -18,6 +18,7 @@ Search-space keys are the methods' parameter names; the former flat keys
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
@@ -307,9 +308,10 @@ class SearchSpace:
 _warned_keys: set[str] = set()  # deprecated keys already warned about in this process
 
 
-def _at(tree: dict[str, Any], dotted: str) -> Any:
+def value_at(tree: Mapping[str, Any], dotted: str) -> Any:
+    """``tree``'s entry at a dotted key (a plain dict or a config), or None when absent."""
     for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
+        if not isinstance(tree, Mapping) or part not in tree:
             return None
         tree = tree[part]
     return tree
@@ -350,8 +352,8 @@ def upgrade_space(space: dict[str, Any], warn: bool = True) -> dict[str, Any]:
             continue
         names = " and ".join(f"search.space.{n}" for n in new_keys)
         for new in new_keys:
-            given = _at(out, new)
-            if given is not None and given != _at(defaults, new):
+            given = value_at(out, new)
+            if given is not None and given != value_at(defaults, new):
                 raise ConfigError(f"search.space.{old}, search.space.{new}: both given, and "
                                   f"{old} is the deprecated name of {names}; drop "
                                   f"search.space.{old} and give {names} instead")
@@ -371,7 +373,7 @@ def current_space(space: dict[str, Any]) -> dict[str, Any]:
     (silently) and dropped. Compares a run directory's recorded setup with a new one
     whichever layout either was written in (sweep/identity.py)."""
     echo = {old for old, new in DEPRECATED_SPACE_KEYS.items()
-            if old in space and space[old] == _at(space, new[0])}
+            if old in space and space[old] == value_at(space, new[0])}
     plain = {k: v for k, v in space.items() if k not in echo}
     return {k: v for k, v in upgrade_space(plain, warn=False).items()
             if k not in DEPRECATED_SPACE_KEYS}
@@ -388,7 +390,7 @@ def upgrade_search_space(search: DictConfig) -> None:
     for old, new_keys in DEPRECATED_SPACE_KEYS.items():
         if plain.get(old) != upgraded[old]:
             for new in new_keys:
-                OmegaConf.update(search.space, new, _at(upgraded, new), merge=False)
+                OmegaConf.update(search.space, new, value_at(upgraded, new), merge=False)
             search.space[old] = SPACE_ALIASES[old]
 
 

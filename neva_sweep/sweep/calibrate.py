@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import CalibrationConfig
+from ..config import CalibrationConfig, value_at
 from ..methods.base import METHODS, Layout
 
 log = logging.getLogger(__name__)
@@ -150,14 +150,6 @@ def layout_of(method: str) -> Layout | None:
     return getattr(METHODS[method], "layout", None)
 
 
-def _at(space: Any, dotted: str) -> Any:
-    """``space``'s entry at a dotted key (a config or a plain dict), or None."""
-    node = space
-    for part in dotted.split("."):
-        node = node.get(part) if node is not None else None
-    return node
-
-
 def reference_params(method: str, space: Any) -> dict[str, Any]:
     """The setting a method is calibrated at: its defaults with the middle of its layout
     range (geometric for a log layout: the sparsity; arithmetic: the layer fraction), the
@@ -166,7 +158,7 @@ def reference_params(method: str, space: Any) -> dict[str, Any]:
     params = dict(METHODS[method].defaults)
     layout = layout_of(method)
     if layout is not None:
-        lo, hi = (float(x) for x in _at(space, layout.axis_range))
+        lo, hi = (float(x) for x in value_at(space, layout.axis_range))
         params.update(METHODS[method].reference(space))
         params[layout.axis] = math.sqrt(lo * hi) if layout.log else (lo + hi) / 2
     if "gate" in params:
@@ -192,7 +184,7 @@ def anchor_params(method: str, space: Any, n: int) -> list[dict[str, Any]]:
     layout = layout_of(method)
     if n <= 1 or layout is None:
         return [ref]
-    lo, hi = (float(x) for x in _at(space, layout.axis_range))
+    lo, hi = (float(x) for x in value_at(space, layout.axis_range))
     if layout.log:
         xs = [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
     else:
@@ -318,7 +310,7 @@ def strength_range(space: Any, method: str) -> list[float] | None:
     [0.25, 4.0]
     """
     key = strength_key(method)
-    node = None if key is None else _at(space, key)
+    node = None if key is None else value_at(space, key)
     return None if node is None else [float(x) for x in node]
 
 
