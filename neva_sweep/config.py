@@ -454,6 +454,10 @@ class SearchConfig:
     # a gated edit costs, which KL on neutral text cannot see
     max_suppression: float | None = None
     max_inflation: float | None = None  # constraint on the rise of all ten readings together
+    # after the search, score each chosen edit on the test split (best_edits.json "test");
+    # false skips that pass (a benchmark of the search alone): a later run with true
+    # scores the chosen edits that lack it, running no trial
+    heldout: bool = True
     # dose-matched random edits scored with each chosen edit on the test split
     # (best_edits.json "test", neva_sweep/evaluation/heldout.py); 0 = the edit alone
     test_nulls: int = 4

@@ -72,7 +72,7 @@ SWEEP_FAST = ["model=tiny_llama", "sweep.values=[benevolence,power]", "search.n_
         "sweep.capability.neutral_limit=4", "sweep.capability.fluency_queries=0",
         "judge.n_boot=50", "logger=none", "progress=false", "search.test_nulls=0",
         "cluster.replicas_per_model=2", "cluster.num_cpus_per_actor=1",
-        "search.calibration.points=3", "search.calibration.anchors=2"]
+        "search.calibration.points=3", "search.calibration.anchors=2", "search.heldout=false"]
 
 def trials(run_dir: Path) -> list[dict]:
     with (run_dir / "trials.csv").open() as f:

@@ -54,7 +54,7 @@ def sweep_overrides(run_dir: Path, values: list[str], methods: list[str], n_tria
                     pruner: str, seed: int, tiny: bool, extra: list[str]) -> list[str]:
     return ["experiment=default", f"sweep.values=[{','.join(values)}]",
             f"sweep.methods=[{','.join(methods)}]", f"search.n_trials={n_trials}",
-            f"search.pruner={pruner}", f"search.seed={seed}", "search.test_nulls=0",
+            f"search.pruner={pruner}", f"search.seed={seed}", "search.heldout=false",
             "logger=none", "progress=false", f"hydra.run.dir={run_dir}",
             *(TINY if tiny else []), *extra]
 

@@ -143,9 +143,10 @@ def _drive(cfg: DictConfig, plan: SweepPlan, run_dir: Path, states: list[StudySt
         done = sum(s.complete for s in states)
         log.info("sweep: %d studies in %s storage, %d trials complete, %d to run",
                  len(states), plan.storage.split("://")[0], done, missing)
-        # models whose chosen edits still lack a held-out score (a resumed sweep)
-        unscored = ({k.model for k in pending(outputs)} if has_test_split(cfg.data)
-                    else None)
+        # models whose chosen edits still lack a held-out score (a resumed sweep); None:
+        # no held-out pass (search.heldout=false, or data without a test split)
+        unscored = ({k.model for k in pending(outputs)}
+                    if cfg.search.heldout and has_test_split(cfg.data) else None)
         if missing or unscored:
             _run_trials(cfg, plan, states, outputs, [logger.log_trial, *callbacks], unscored)
         exit_code = 0

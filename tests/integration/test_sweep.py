@@ -142,8 +142,7 @@ def test_replica_counts_fill_the_cluster_or_fail(config):
 def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sweep_cfg, config,
                                                               tmp_path, capsys, caplog):
     run = tmp_path / "run"
-    run_sweep(sweep_cfg("logger=wandb_offline", "search.trials_per_batch=2",
-                        "search.test_nulls=2"), run, report=build_report)
+    run_sweep(sweep_cfg("logger=wandb_offline", "search.trials_per_batch=2"), run)
     rows = trials(run)
     assert len(rows) == 6 and {r["state"] for r in rows} == {"COMPLETE"}
     for col in ("model", "value", "method", "trial", "state", "sparsity", "magnitude", "rule",
@@ -169,7 +168,14 @@ def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sw
     raw = best_edit_spec(entry).magnitude
     derived = best_edit_spec({**entry, "raw": None}).magnitude
     assert raw == entry["raw"]["magnitude"] and derived == pytest.approx(raw, rel=1e-5)
-    # Every chosen edit re-scored on the held-out test split against dose-matched nulls.
+    # search.heldout=false (the fast preset): no held-out pass; a later run with true
+    # scores every chosen edit on the test split against dose-matched nulls, no trial run
+    assert not any("test" in e for e in json.loads((run / "best_edits.json").read_text())[
+        "edits"]) and all(r["test_alignment"] == "" for r in rows)
+    run_sweep(sweep_cfg("search.heldout=true", "search.test_nulls=2"), run,
+              report=build_report)
+    rows = trials(run)
+    assert len(rows) == 6
     for e in json.loads((run / "best_edits.json").read_text())["edits"]:
         test = e["test"]
         assert test["split"] == "test" and test["n_queries"] == 36  # every test scenario
@@ -198,7 +204,8 @@ def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sw
 
     # Re-running finds nothing to do and starts no actor.
     caplog.set_level(logging.INFO, logger="neva_sweep")
-    run_sweep(sweep_cfg("logger=wandb_offline", "search.test_nulls=2"), run)
+    run_sweep(sweep_cfg("logger=wandb_offline", "search.heldout=true", "search.test_nulls=2"),
+              run)
     assert len(trials(run)) == 6
     assert "0 to run" in caplog.text  # the run's log (INFO)
 
