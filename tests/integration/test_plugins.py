@@ -57,7 +57,7 @@ def test_plugin_method_runs_in_a_ray_sweep(tmp_path):
            f"{os.environ.get('PYTHONPATH', '')}", "PLUGIN_MARKS": str(marks)}
     cmd = [sys.executable, "-m", "neva_sweep", "model=tiny_llama", "plugins=[myplug.wider]",
            "sweep.methods=[wider]", "sweep.values=[power]", "search.n_trials=2",
-           "search.n_startup_trials=1", "search.calibrate=false", "search.test_nulls=0",
+           "search.n_startup_trials=1", "search.calibrate=false", "search.heldout=false",
            "sweep.capability.mc_limit=0", "sweep.judge.scenarios_limit=3",
            "sweep.judge.null_edits=2", "sweep.capability.neutral_limit=3",
            "sweep.capability.fluency_queries=0", "judge.n_boot=50", "logger=none",
