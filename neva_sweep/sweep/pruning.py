@@ -13,6 +13,10 @@ rungs, so the full evaluation cannot change them), or when the configured Optuna
 says so from its rung-0 alignment: ``median`` (:class:`optuna.pruners.MedianPruner`),
 ``sha`` (:class:`optuna.pruners.SuccessiveHalvingPruner`, reduction factor
 1 / fidelity) or ``hyperband`` (:class:`optuna.pruners.HyperbandPruner`).
+The warm starts (sweep/warm.py, the enqueued trials) are pruned only over budget, never
+by the pruner: they are the search's floor, and a rung-0 alignment on a third of the
+scenarios is too noisy a verdict to drop one (the median pruner dropped 3 of 12 starts
+before this rule).
 
 Optuna's pruners read single-objective studies (``Trial.report`` is refused in
 multi-objective ones, and the sweep's studies have two or more objectives), so every

@@ -41,7 +41,7 @@ from ..methods.base import METHODS
 from . import pruning
 from .calibrate import absolute_params
 from .plan import StudyKey
-from .storage import set_user_attrs
+from .storage import is_enqueued, set_user_attrs
 from .studies import StudyState, objective_values, record_attrs
 
 POLL_S = 0.2  # how often a waiting driver looks at Ctrl-C and the checkpoint timer
@@ -160,6 +160,7 @@ class Pending:
     fidelity: float = 1.0
     rung: int = 0
     rung0_s: float = 0.0  # rung 0's evaluation time
+    start: bool = False  # an enqueued warm start: the pruner never prunes it
 
     def request(self) -> dict:
         req = {"value": self.state.key.value, "method": self.state.key.method,
@@ -337,10 +338,13 @@ class Scheduler:
         twin = state.rungs.ask() if state.rungs is not None else None
         if twin is not None:
             extra["rung_trial"] = twin.number
+        start = is_enqueued(state.study, trial)
+        if start:
+            extra["warm_start"] = True
         set_user_attrs(trial, {"params": params, **extra})
         state.running += 1
         return Pending(state, trial, params, twin=twin,
-                       fidelity=float(self.search.get("fidelity", 1.0)))
+                       fidelity=float(self.search.get("fidelity", 1.0)), start=start)
 
     def _submit(self, worker: Worker, batch: list[Pending]) -> None:
         try:
@@ -387,7 +391,9 @@ class Scheduler:
                                  "rung0_queries": metrics.get("n_queries")})
         p.twin.report(float(a), pruning.FIRST_RUNG_STEP)
         reason = pruning.over_budget(metrics, self.search)
-        if reason is None and p.twin.should_prune():
+        # A warm start is measured in full whatever its rung-0 alignment: the starts are
+        # the search's floor (results.md 0d), and a few rung-0 rows are a noisy verdict.
+        if reason is None and not p.start and p.twin.should_prune():
             reason = (f"search.pruner={self.search.pruner}: rung-0 alignment {float(a):+.4f} "
                       f"on {metrics.get('n_queries')} judge rows")
         if reason is not None:

@@ -188,6 +188,15 @@ def _fast_trial_id(study: optuna.Study, trial: FrozenTrial) -> tuple[BaseStorage
 
 
 # -- search spaces ----------------------------------------------------------------------------
+def is_enqueued(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether ``trial`` (just asked) came from ``study.enqueue_trial``: a warm start.
+
+    Optuna marks such a trial with the ``fixed_params`` system attribute and exposes no
+    public reader of a live trial's system attributes, hence the storage call."""
+    attrs = study._storage.get_trial_system_attrs(trial._trial_id)
+    return "fixed_params" in attrs
+
+
 def distribution_contains(dist: BaseDistribution, value: Any) -> bool:
     """Whether ``value`` (a parameter's external value) can be sampled from ``dist``:
     inside its range and on its step, or among its choices. Raises ``ValueError`` where

@@ -233,6 +233,28 @@ def test_pruned_trials_are_stored_pruned_counted_and_never_chosen(config, tmp_pa
     assert sum(",PRUNED," in r for r in rows) == sum(s.pruned for s in states)
 
 
+def test_warm_starts_are_pruned_over_budget_only(config, tmp_path):
+    """The enqueued starts run in full however poor their rung 0 (the median pruner would
+    drop the weak ones: two earlier trials reached 0.5), unless over the KL budget."""
+    storage = open_storage(f"sqlite:///{tmp_path}/o.db")
+    search, states, _, sched = rung_sweep(config, storage, [RungWorker()], "search.pruner=median",
+                                          "search.n_startup_trials=1")
+    s = states[0]
+    for _ in range(2):  # finished trials whose rung 0 read 0.5: the median to beat
+        s.rungs.add_trial(optuna.trial.create_trial(value=0.5, intermediate_values={1: 0.5}))
+    starts = {4.5: "COMPLETE", 5.0: "COMPLETE", 40.0: "PRUNED"}  # KL 0.04 > max_kl 0.03
+    for strength in starts:
+        s.study.enqueue_trial({"sparsity": 0.01, "strength": strength})
+    sched.run()
+    by_start = {t.params["strength"]: t for t in s.study.get_trials()
+                if t.user_attrs.get("warm_start")}
+    assert {k: t.state.name for k, t in by_start.items()} == starts
+    assert "kl" in by_start[40.0].user_attrs["pruned"]
+    sampled = [t for t in s.study.get_trials() if not t.user_attrs.get("warm_start")]
+    assert len(sampled) == 6 and any("median" in (t.user_attrs.get("pruned") or "")
+                                     for t in sampled)  # the pruner still prunes the rest
+
+
 def test_a_relative_study_evaluates_the_strength_its_multiple_stands_for(config, tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path}/o.db")
     w = RungWorker()
