@@ -47,6 +47,13 @@ reach (a feasible chosen edit in every seed). Sweeps already complete are not re
         --run-dir runs/compare --json docs/method_comparison.json
     python benchmarks/experiments/method_comparison.py --seeds 2 --tiny \
         --run-dir /tmp/cmp  # minutes
+
+``--dirs D1 D2 ...`` compares sweeps already run (one run directory per seed, each with
+both methods and its held-out pass: ``search.heldout=true``) the same way, e.g. a default
+sweep (``experiment=default search.n_trials=24``) instead of ``experiment=methods``:
+
+    python benchmarks/experiments/method_comparison.py --dirs runs/ten_default \
+        --methods neva caa --json docs/method_comparison_default.json
 """
 
 from __future__ import annotations
@@ -68,7 +75,8 @@ from neva_sweep.values import VALUES
 TINY = ["model=tiny_llama", "search.n_trials=2", "search.n_startup_trials=1",
         "sweep.judge.scenarios_limit=4", "sweep.judge.null_edits=2",
         "sweep.capability.neutral_limit=2", "search.test_nulls=2", "search.max_kl=null",
-        "search.max_suppression=null", "cluster.num_cpus=2", "cluster.replicas_per_model=1"]
+        "search.max_suppression=null", "cluster.num_cpus=2", "cluster.replicas_per_model=1",
+        "search.calibration.points=3", "search.calibration.anchors=2"]  # 2 trials: 2 starts
 
 
 def num(r: dict, key: str) -> float:
@@ -459,11 +467,23 @@ if __name__ == "__main__":
     ap.add_argument("--json", default=None, help="with --seeds: also write the report here")
     ap.add_argument("--override", nargs="*", default=[], help="with --seeds: more sweep "
                     "overrides, e.g. search.n_trials=24")
+    ap.add_argument("--dirs", nargs="+", default=None, help="compare these run directories "
+                    "(one per seed, held-out pass done) instead of running --seeds sweeps")
     args = ap.parse_args()
     MAX_ACQ_DROP = args.max_acq_drop
-    if args.seeds:
-        dirs = run_seeds(Path(args.run_dir), args.seeds, args.methods, args.values,
-                         args.tiny, args.override)
+    if args.seeds or args.dirs:
+        dirs = ([Path(d) for d in args.dirs] if args.dirs else
+                run_seeds(Path(args.run_dir), args.seeds, args.methods, args.values,
+                          args.tiny, args.override))
+        files = [d / "best_edits.json" for d in dirs]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            ap.error(f"--dirs: no {', '.join(missing)} (run the sweep first)")
+        unscored = [str(f) for f in files if not any(
+            e.get("test") for e in json.loads(f.read_text())["edits"])]
+        if unscored:
+            ap.error(f"--dirs: no held-out scores in {', '.join(unscored)} (run the sweep "
+                     "again with search.heldout=true: it scores the chosen edits only)")
         report = paired_report(dirs, *args.methods)
         curse_table(dirs)
         print_paired(report)
