@@ -253,6 +253,10 @@ def test_warm_starts_are_pruned_over_budget_only(config, tmp_path):
     sampled = [t for t in s.study.get_trials() if not t.user_attrs.get("warm_start")]
     assert len(sampled) == 6 and any("median" in (t.user_attrs.get("pruned") or "")
                                      for t in sampled)  # the pruner still prunes the rest
+    Outputs(tmp_path, states, [ModelEntry("a", {"name": "a"})], search).write()
+    with (tmp_path / "trials.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["value"] == s.key.value]
+    assert sorted(float(r["strength"]) for r in rows if r["warm_start"] == "True") == [4.5, 5, 40]
 
 
 def test_a_relative_study_evaluates_the_strength_its_multiple_stands_for(config, tmp_path):
