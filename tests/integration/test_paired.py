@@ -82,3 +82,25 @@ def test_method_comparison_seeds_on_a_tiny_model(tmp_path) -> None:
     assert paired["win"] in (-1, 0, 1) and 0 <= paired["p"] <= paired["p_holm"] <= 1
     assert rep["values"]["power"]["neva"]["nglr_chance"] == pytest.approx(7 / 9)
     assert "neva - caa [Holm CI]" in proc.stdout
+    # --dirs: the same comparison of a sweep already run, no sweep started
+    again = tmp_path / "again.json"
+    proc = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / "method_comparison.py"), "--dirs",
+         str(tmp_path / "cmp" / "seed0"), "--json", str(again)],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(again.read_text()) == rep
+
+
+def test_method_comparison_dirs_needs_held_out_scores(tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best_edits.json").write_text(json.dumps(
+        {"edits": [{"value": "power", "method": "neva", "metrics": {"alignment": 0.01}}],
+         "missing": []}))
+    for d, why in ((tmp_path / "absent", "run the sweep first"),
+                   (run, "search.heldout=true")):
+        proc = subprocess.run(
+            [sys.executable, str(EXPERIMENTS / "method_comparison.py"), "--dirs", str(d)],
+            capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 2 and why in proc.stderr, proc.stderr[-2000:]
