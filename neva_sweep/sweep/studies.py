@@ -130,11 +130,16 @@ def fail_stale_trials(states: list[StudyState], lock: RunLock | NoLock) -> int:
 
 def fail_stale(study: optuna.Study, storage: BaseStorage | None = None) -> list[int]:
     """Mark RUNNING trials FAIL (one driver per storage: they belong to a dead driver);
-    ``storage``: the one the study was opened in (see :func:`.storage.set_stale_user_attr`)."""
+    ``storage``: the one the study was opened in (see :func:`.storage.set_stale_user_attr`).
+
+    A stale warm start (an enqueued trial, sweep/warm.py) is enqueued again: the starts
+    are the search's floor, and a kill must not cost one."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
         set_stale_user_attr(study, t, "error", STALE_ERROR, storage)
         study.tell(t.number, state=TrialState.FAIL)
+        if t.system_attrs.get("fixed_params"):
+            study.enqueue_trial(t.system_attrs["fixed_params"])
     return [t.number for t in stale]
 
 

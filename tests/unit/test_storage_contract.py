@@ -217,6 +217,17 @@ def test_fail_stale_marks_running_trials_failed_with_the_stale_error(case):
     assert (t.state, t.user_attrs) == (TrialState.FAIL, {"error": STALE_ERROR})
 
 
+def test_fail_stale_enqueues_a_stale_warm_start_again(case):
+    study = case.study()
+    study.enqueue_trial({"x": 0.25})
+    study.ask({"x": FloatDistribution(0.0, 1.0)})  # the start, killed mid-flight
+    study.ask({"x": FloatDistribution(0.0, 1.0)})  # a sampled trial, killed too
+    assert fail_stale(case.reload("s"), case.storage) == [0, 1]
+    trials = case.reload("s").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
+    assert trials[2].system_attrs["fixed_params"] == {"x": 0.25}  # only the start comes back
+
+
 def test_the_public_route_of_set_stale_user_attr_needs_the_storage(monkeypatch, tmp_path):
     monkeypatch.setattr(sweep_storage, "_fast_trial_id", _moved)
     storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
