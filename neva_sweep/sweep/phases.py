@@ -32,15 +32,17 @@ def phase(what: str, every: float = HEARTBEAT_S) -> Iterator[None]:
         while not done.wait(every):
             log.info("%s: still running (%.0f s)", what, time.monotonic() - t0)
 
+    def stop() -> None:  # before the last line: no heartbeat may follow it
+        done.set()
+        thread.join()
+
     thread = threading.Thread(target=beat, name="phase-heartbeat", daemon=True)
     thread.start()
     try:
         yield
     except BaseException:
+        stop()
         log.info("%s: stopped after %.1f s", what, time.monotonic() - t0)
         raise
-    else:
-        log.info("%s: done in %.1f s", what, time.monotonic() - t0)
-    finally:
-        done.set()
-        thread.join()
+    stop()
+    log.info("%s: done in %.1f s", what, time.monotonic() - t0)
