@@ -187,7 +187,6 @@ def _fast_trial_id(study: optuna.Study, trial: FrozenTrial) -> tuple[BaseStorage
     return study._storage, trial._trial_id
 
 
-# -- search spaces ----------------------------------------------------------------------------
 def is_enqueued(study: optuna.Study, trial: optuna.Trial) -> bool:
     """Whether ``trial`` (just asked) came from ``study.enqueue_trial``: a warm start.
 
@@ -197,6 +196,7 @@ def is_enqueued(study: optuna.Study, trial: optuna.Trial) -> bool:
     return "fixed_params" in attrs
 
 
+# -- search spaces ----------------------------------------------------------------------------
 def distribution_contains(dist: BaseDistribution, value: Any) -> bool:
     """Whether ``value`` (a parameter's external value) can be sampled from ``dist``:
     inside its range and on its step, or among its choices. Raises ``ValueError`` where
