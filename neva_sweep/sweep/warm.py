@@ -83,6 +83,11 @@ def start_settings(state: StudyState, params: dict[str, Any], space: Any,
     cal = state.study.user_attrs.get(CALIBRATION_ATTR) or {}
     ref = reference_params(state.key.method, space)
     calibrated = [{**params, **ref, **s} for s in warm_settings(cal, n_anchors)]
+    # calibrated with the gate off (KL on neutral text is what a gate hides); a space
+    # that searches gated edits only starts gated, at the same doses, else no start fits
+    gates = list(space.get("gates") or [])
+    if gates and "none" not in gates:
+        calibrated = [{**c, "gate": gates[0]} if "gate" in c else c for c in calibrated]
     if calibrated:
         return calibrated
     if params.get("strength") is not None:

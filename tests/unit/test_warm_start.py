@@ -127,6 +127,23 @@ def test_a_calibrated_study_starts_at_each_anchor_that_met_the_budget(config):
     assert started == [(0.2, 1.5), (0.5, 0.4)]
 
 
+def test_a_gated_space_starts_gated_at_the_calibrated_doses(config):
+    """Calibration measures the edits ungated; a space that searches only gated edits
+    (``search.space.gates=[context,value]``) starts from the same settings and doses, with
+    the first gate searched."""
+    search = config("search.space.gates=[context,value]").search
+    fresh = state("power", "diffmean")
+    fresh.study.set_user_attr("calibration", {
+        "dose": 0.4, "bracketed": True, "range": [0.1, 3.0],
+        "anchors": [{"params": {"layer_frac": x, "n_layers": 1, "gate": "none"}, "dose": d,
+                     "bracketed": True} for x, d in ((0.2, 1.5), (0.5, 0.4))]})
+    fresh.space = space = config("search.space.gates=[context,value]",
+                                 "search.space.diffmean.strength=[0.1,3.0]").search.space
+    assert warm_start([fresh], search) == 2
+    started = [(p["layer_frac"], p["strength"], p["gate"]) for p in asked_params(fresh, space)]
+    assert started == [(0.2, 1.5, "context"), (0.5, 0.4, "context")]
+
+
 def test_a_study_gets_no_more_starts_than_trials_it_will_run(config):
     search = config().search
     small = StudyState(StudyKey("m", "power", "diffmean"),
