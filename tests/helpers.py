@@ -86,6 +86,18 @@ def states_by_study(storage_url: str) -> dict[str, list[TrialState]]:
         out[s.study_name] = [t.state for t in study.get_trials(deepcopy=False)]
     return out
 
+def n_studies(db: Path) -> int:
+    """Studies in an SQLite storage, read-only: opening it through Optuna while a driver
+    creates it races on the schema's creation (both insert alembic's version row)."""
+    import sqlite3
+    from contextlib import closing
+
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
+            return c.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
+    except sqlite3.Error:  # not there yet, or its tables not yet created
+        return 0
+
 MODELS = ("tiny-a", "tiny-b")
 
 METHODS = ("neva", "random")

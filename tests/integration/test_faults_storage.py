@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -28,7 +27,6 @@ from neva_sweep.sweep.lock import HOST, SUFFIX, NoLock, RunLock, RunLockedError,
 from neva_sweep.sweep.plan import storage_url
 from neva_sweep.sweep.storage import open_storage
 from neva_sweep.sweep.studies import STALE_ERROR, fail_stale_trials
-from tests.helpers import SWEEP_FAST as FAST
 from tests.helpers import states_by_study, trials
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,63 +165,11 @@ def cluster():
     ray.shutdown()
 
 
-def wait_for(condition, timeout_s: float, what: str, proc: subprocess.Popen, log: Path):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"{what}: not reached (driver rc {proc.returncode})\n"
-                        f"{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
 def states(url: str) -> list[TrialState]:
     try:
         return [s for v in states_by_study(url).values() for s in v]
     except Exception:  # the driver has not created the studies yet
         return []
-
-
-def n_studies(db: Path) -> int:
-    """Studies in an SQLite storage, read-only: opening it through Optuna while the driver
-    creates it races on the schema's creation (both insert alembic's version row)."""
-    import sqlite3
-
-    try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
-            return c.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
-    except sqlite3.Error:  # not there yet, or its tables not yet created
-        return 0
-
-
-def test_second_driver_is_refused_while_the_first_runs(tmp_path, cache, config):
-    """A second driver on a live run fails before opening a study; the first one's
-    trials (not yet finished at that moment) are untouched and all end COMPLETE."""
-    run, log = tmp_path / "run", tmp_path / "driver.log"
-    overrides = [*FAST, f"cache_dir={cache}", "search.n_trials=1"]  # one trial per value
-    cmd = [sys.executable, "-m", "neva_sweep", *overrides, f"hydra.run.dir={run}"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-    url, lock = f"sqlite:///{run / 'optuna.db'}", run / "optuna.db.driver.lock"
-    # Wait for the lock and the studies, not for a RUNNING trial: a tiny-model trial can
-    # start and finish between two polls, while the lock is held from before the studies
-    # open until after the last trial ends (Ray and the replicas start in between).
-    wait_for(lambda: lock.exists() and n_studies(run / "optuna.db") == 2, 240,
-             "the lock and the studies", proc, log)
-    assert TrialState.COMPLETE not in states(url)
-
-    ray_before, t0 = ray.is_initialized(), time.monotonic()
-    with pytest.raises(RunLockedError, match=f"pid {proc.pid}, .*holds the lock "
-                       f"{lock}"):
-        run_sweep(config(*overrides), run)
-    assert time.monotonic() - t0 < 10
-    assert ray.is_initialized() == ray_before  # refused before anything started
-
-    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
-    assert states(url) == [TrialState.COMPLETE] * 2
-    assert not lock.exists()
 
 
 def test_journal_storage_resumes_after_an_interruption_and_a_dead_driver(

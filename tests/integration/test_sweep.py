@@ -28,13 +28,14 @@ from neva_sweep.cli import run as run_task
 from neva_sweep.methods.neva import NeVA
 from neva_sweep.report import build_report
 from neva_sweep.sweep import ConfigError, SweepFailed, load_best_edit, run_sweep, worker
+from neva_sweep.sweep.lock import RunLockedError
 from neva_sweep.sweep.outputs import best_edit_spec
 from neva_sweep.sweep.plan import ModelEntry, Resources, make_plan, replica_counts
 from neva_sweep.sweep.run import eval_setup
 from neva_sweep.sweep.storage import open_storage
 from neva_sweep.sweep.studies import STALE_ERROR
 from neva_sweep.sweep.worker import prepare, run_trials
-from tests.helpers import SWEEP_FAST, states_by_study, trials
+from tests.helpers import SWEEP_FAST, n_studies, states_by_study, trials
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -258,8 +259,10 @@ def test_killed_actor_is_restarted_and_its_trial_retried(cluster, sweep_cfg, tmp
     assert retried and all(t.state == TrialState.COMPLETE for t in retried)
 
 
-def test_sigterm_stops_safely_exits_143_and_resumes(cluster, cache, sweep_cfg, tmp_path):
-    """SIGTERM (Slurm's time limit, scancel) to a real driver process takes Ctrl-C's path,
+def test_second_driver_refused_then_sigterm_stops_safely_exits_143_and_resumes(
+        cluster, cache, sweep_cfg, config, tmp_path):
+    """A second driver on a live run fails before opening a study or starting anything.
+    SIGTERM (Slurm's time limit, scancel) to the real driver process takes Ctrl-C's path,
     also when repeated: no RUNNING trial left, files written, lock released, exit code 143;
     re-running resumes, neither losing nor duplicating a trial, and fails the RUNNING trial
     a driver killed hard left behind. (Ctrl-C in process: the journal-storage test.)"""
@@ -278,13 +281,29 @@ def test_sigterm_stops_safely_exits_143_and_resumes(cluster, cache, sweep_cfg, t
         except Exception:  # no studies yet
             return 0
 
+    def wait_for(condition) -> None:
+        deadline = time.monotonic() + 240
+        while not condition():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"driver rc {proc.wait()}\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=ROOT, env=env)
-    deadline = time.monotonic() + 240
-    while complete() < 2:
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.5)
+    # The lock is held from before the studies open until after the last trial ends (Ray
+    # and the replicas start in between): wait for the lock and the studies, not for a
+    # RUNNING trial, which a tiny model can start and finish between two polls.
+    lock = run / "optuna.db.driver.lock"
+    wait_for(lambda: lock.exists() and n_studies(run / "optuna.db") == 2)
+    t0 = time.monotonic()
+    with pytest.raises(RunLockedError, match=f"pid {proc.pid}, .*holds the lock {lock}"):
+        run_sweep(config(*overrides), run)
+    assert time.monotonic() - t0 < 10
+    assert proc.poll() is None and complete() < 8  # the first driver goes on
+
+    wait_for(lambda: complete() >= 2)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)  # scancel signals the driver and the job script forwards
@@ -296,7 +315,7 @@ def test_sigterm_stops_safely_exits_143_and_resumes(cluster, cache, sweep_cfg, t
     assert 2 <= done < 8
     rows = trials(run)  # rewritten on the way out
     assert len(rows) == sum(map(len, before.values()))
-    assert not (run / "optuna.db.driver.lock").exists()
+    assert not lock.exists()
     assert "stopped by SIGTERM" in log.read_text()
     complete_numbers = {(r["study"], r["trial"]) for r in rows if r["state"] == "COMPLETE"}
 
