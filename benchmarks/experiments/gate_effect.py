@@ -16,7 +16,9 @@ split (never seen by the gate's probe), and MC accuracy on every built-in questi
 ``--gate-only`` measures the gate alone (no edits): its held-out accuracy on the validate
 probes vs the capability neutral texts, plain and chat-wrapped, and its mean g on the
 scenario prompts, MC questions and neutral texts (plain and chat-wrapped); e.g.
-``--gate-only stats.gate_chat=false`` for a probe trained on plain texts only.
+``--gate-only stats.gate_chat=false`` for a probe trained on plain texts only. With
+``--gate-only`` also the value gate (``gate=value``) of each of ``--values``: its mean g on
+the scenario prompts and the chat-wrapped neutral texts.
 """
 
 from __future__ import annotations
@@ -69,9 +71,19 @@ def main() -> None:
     if args.gate_only:
         acc = gate_accuracy(stats, host)
         print(json.dumps(acc, indent=1))
+        # the value gate (gate=value) of each value on the same inputs: where it opens
+        by_value = {v: {"scenarios": mean_gate(host, gate_of(stats, "value", v), prompts),
+                        "neutral_chat": mean_gate(host, gate_of(stats, "value", v),
+                                                  [host.chat_prompt(t) for t in ev.neutral])}
+                    for v in args.values}
+        print("| value | value gate: mean g on the scenario prompts | on chat-wrapped neutral |")
+        print("|---|---|---|")
+        for v, r in by_value.items():
+            print(f"| {v} | {r['scenarios']:.3f} | {r['neutral_chat']:.3f} |")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"mean_gate": g, "accuracy": acc}, f, indent=2)
+                json.dump({"mean_gate": g, "accuracy": acc, "value_gate": by_value}, f,
+                          indent=2)
         return
     given = json.load(open(args.params)) if args.params else {}
     edits, labels = [], []
