@@ -28,9 +28,10 @@ def smollm():
 @pytest.fixture(scope="module")
 def stats(smollm):
     # no neutral texts: these tests use no gate, so the statistics pass trains none; a
-    # quarter of the identify probes (90 of 360) select neurons good enough for every test
-    # here (the steering effect: 0.16 with 90 texts, 0.21 with 180)
-    probes = nv.load_probes(split="identify", neutral=False).shard(0, 4)
+    # third of the identify probes (120 of 360) select neurons good enough for every test
+    # here (the steering effect: 0.19 with 120 texts, 0.21 with 180; with 90 the
+    # questionnaire's benevolence agreement no longer rises)
+    probes = nv.load_probes(split="identify", neutral=False).shard(0, 3)
     return nv.collect_stats(smollm, probes, progress=False)
 
 
@@ -57,7 +58,7 @@ def test_steering_makes_held_out_value_text_more_likely(smollm, stats):
 
     neva = effect(nmap[value])
     rand = effect(nv.random_neurons(stats, value, len(nmap[value]), seed=0))
-    assert neva > 0.05 and neva > 5 * abs(rand)  # measured 0.16 and 0.003
+    assert neva > 0.05 and neva > 5 * abs(rand)  # measured 0.19 and 0.004
 
 
 def test_mc_accuracy_clearly_above_chance(smollm):
