@@ -8,6 +8,7 @@ starts with the config key to fix and says what is valid.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, is_dataclass, replace
@@ -194,6 +195,27 @@ def check_space_ranges(sp: DictConfig) -> None:
                           f"{', '.join(str(k) for k in PROMPT_STRENGTHS)}")
 
 
+# budgets a gate cannot hide: measured on the value-laden prompts or the MC questions
+GATE_BUDGETS = ("max_suppression", "max_inflation", "max_acquiescence", "max_accuracy_drop")
+
+
+def warn_unbounded_gates(s: DictConfig) -> bool:
+    """Whether the search draws gated edits only (``search.space.gates`` without ``none``)
+    with no budget a gate cannot hide (:data:`GATE_BUDGETS`); logged as a warning. A gate
+    closed on neutral text keeps a gated edit's KL near 0 at any strength, so the KL budget
+    and its calibration do not bound it: the top of the strength box decides the chosen
+    edit (docs/results.md, section 0c, measured with the value gate)."""
+    gates = list(s.space.gates or [])
+    if not gates or "none" in gates or any(s.get(k) is not None for k in GATE_BUDGETS):
+        return False
+    logging.getLogger(__name__).warning(
+        "search.space.gates=%s: every edit is gated and no budget binds a gated edit "
+        "(KL on neutral text stays near 0 under a gate), so the strength box, not a "
+        "budget, decides the best edit; set search.max_suppression (e.g. 0.1), "
+        "search.max_inflation or search.max_accuracy_drop", gates)
+    return True
+
+
 def check_search(s: DictConfig) -> None:
     """Every ``search.*`` key, after mapping the deprecated ``search.space`` keys onto
     their new names (in place, :func:`~neva_sweep.config.upgrade_search_space`)."""
@@ -250,6 +272,7 @@ def check_search(s: DictConfig) -> None:
     _at_least("search.trials_per_batch", s.trials_per_batch, 1)
     _at_least("search.max_in_flight", s.max_in_flight, 1, optional=True)
     _at_least("search.max_failures", s.max_failures, 0, optional=True)
+    warn_unbounded_gates(s)
 
 
 def check_objectives(s: DictConfig) -> None:

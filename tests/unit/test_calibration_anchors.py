@@ -148,3 +148,14 @@ def test_fewer_points_than_anchors_is_refused(config):
 
     with pytest.raises(ConfigError, match=r"search\.calibration\.points"):
         check_search(config("search.calibration.points=2", "search.calibration.anchors=3").search)
+
+
+def test_gated_only_search_without_a_budget_a_gate_cannot_hide_is_warned(config, caplog):
+    from neva_sweep.sweep.plan import check_search, warn_unbounded_gates
+
+    with caplog.at_level("WARNING", logger="neva_sweep.sweep.plan"):
+        check_search(config("search.space.gates=[value]").search)
+    assert "search.max_suppression" in caplog.text and "['value']" in caplog.text
+    for ok in ([], ["search.space.gates=[none,value]"],
+               ["search.space.gates=[value]", "search.max_suppression=0.1"]):
+        assert not warn_unbounded_gates(config(*ok).search), ok
