@@ -50,6 +50,16 @@ DEFAULT_SCORE = "mean_diff"  # lape ignores neurons that fire for less than 5% o
 GATES = ("none", "context", "value")
 
 
+def only_gated(gates: Any) -> list[str]:
+    """``search.space.gates`` when every edit it allows is gated (no ``none``), else [].
+
+    >>> only_gated(["context", "value"]), only_gated(["none", "value"])
+    (['context', 'value'], [])
+    """
+    gates = list(gates or [])
+    return [] if "none" in gates else gates
+
+
 class ConfigError(ValueError):
     """An invalid configuration; the message starts with the key (or file) to fix."""
 

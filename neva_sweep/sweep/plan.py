@@ -29,6 +29,7 @@ from ..config import (
     SearchSpace,
     check_layer_window,
     load_group_option,
+    only_gated,
     upgrade_search_space,
 )
 from ..edits.neuron import ONE_SIDED_RULES, POSITIONS, RULES
@@ -205,14 +206,14 @@ def warn_unbounded_gates(s: DictConfig) -> bool:
     closed on neutral text keeps a gated edit's KL near 0 at any strength, so the KL budget
     and its calibration do not bound it: the top of the strength box decides the chosen
     edit (docs/results.md, section 0c, measured with the value gate)."""
-    gates = list(s.space.gates or [])
-    if not gates or "none" in gates or any(s.get(k) is not None for k in GATE_BUDGETS):
+    gates = only_gated(s.space.gates)
+    if not gates or any(s.get(k) is not None for k in GATE_BUDGETS):
         return False
     logging.getLogger(__name__).warning(
         "search.space.gates=%s: every edit is gated and no budget binds a gated edit "
         "(KL on neutral text stays near 0 under a gate), so the strength box, not a "
-        "budget, decides the best edit; set search.max_suppression (e.g. 0.1), "
-        "search.max_inflation or search.max_accuracy_drop", gates)
+        "budget, decides the best edit; set one of %s (e.g. search.max_suppression=0.1)",
+        gates, ", ".join(f"search.{k}" for k in GATE_BUDGETS))
     return True
 
 

@@ -30,7 +30,7 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from ..config import CalibrationConfig, SearchConfig, SearchSpace
+from ..config import CalibrationConfig, SearchConfig, SearchSpace, only_gated
 from ..methods.base import METHODS
 from .calibrate import CALIBRATION_ATTR, reference_params, strength_range, warm_settings
 from .front import budgets, is_feasible
@@ -85,8 +85,8 @@ def start_settings(state: StudyState, params: dict[str, Any], space: Any,
     calibrated = [{**params, **ref, **s} for s in warm_settings(cal, n_anchors)]
     # calibrated with the gate off (KL on neutral text is what a gate hides); a space
     # that searches gated edits only starts gated, at the same doses, else no start fits
-    gates = list(space.get("gates") or [])
-    if gates and "none" not in gates:
+    gates = only_gated(space.get("gates"))
+    if gates:
         calibrated = [{**c, "gate": gates[0]} if "gate" in c else c for c in calibrated]
     if calibrated:
         return calibrated
