@@ -465,6 +465,11 @@ class SearchConfig:
     # a gated edit costs, which KL on neutral text cannot see
     max_suppression: float | None = None
     max_inflation: float | None = None  # constraint on the rise of all ten readings together
+    # constraint on KL(base || edited) on value-laden replies (metric kl_value, nats/token):
+    # where a value-relevance gate opens, so a budget a gated edit cannot hide; when set
+    # (or for a gated edit) calibration bisects to the first of it and search.max_kl to
+    # bind (sweep/calibrate.py). Needs scored replies (capability.fluency_queries >= 1)
+    max_kl_value: float | None = None
     # after the search, score each chosen edit on the test split (best_edits.json "test");
     # false skips that pass (a benchmark of the search alone): a later run with true
     # scores the chosen edits that lack it, running no trial

@@ -44,6 +44,7 @@ from .capability import (
     perplexity,
     reply_nll,
     spread,
+    value_texts,
 )
 from .judges.base import Judge, Judgement, make_judge, pick_queries
 from .metrics import EPS, acquiescence, bootstrap_ci, edit_metrics, inflation, mean_ci, suppression
@@ -51,7 +52,7 @@ from .scoring import greedy_generate
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: the base distribution on value-laden replies (kl_value)
 DATA_KINDS = ("scenarios", "questionnaire", "queries", "neutral", "mc", "probes")
 MIN_NLR_FLOOR = 1e-4  # the floor when the null has no spread (e.g. a judge that never moves)
 
@@ -66,6 +67,8 @@ class BaseSide:
     fluency_prompts: list[str]
     fluency_replies: list[str]
     ppl: float | None
+    # top-k next-token distributions on the value-laden replies (capability.value_texts)
+    value: BaseDistribution | None = None
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +84,8 @@ class BaseSide:
             "fluency_prompts": self.fluency_prompts,
             "fluency_replies": self.fluency_replies,
             "ppl": self.ppl,
+            "value_ids": None if self.value is None else self.value.ids,
+            "value_logp": None if self.value is None else self.value.logp,
         }
         with atomic_path(path) as tmp:  # concurrent evaluators never read half a file
             torch.save(blob, tmp)
@@ -92,10 +97,12 @@ class BaseSide:
         def arr(key: str) -> np.ndarray | None:
             return None if b.get(key) is None else b[key].numpy()
 
+        value = (None if b.get("value_ids") is None
+                 else BaseDistribution(b["value_ids"], b["value_logp"]))
         return cls(Judgement(b["E"].numpy(), b["replies"], arr("raw"), arr("hard")),
                    b["mc_correct"].numpy(),
                    BaseDistribution(b["neutral_ids"], b["neutral_logp"]),
-                   b["fluency_prompts"], b["fluency_replies"], b["ppl"])
+                   b["fluency_prompts"], b["fluency_replies"], b["ppl"], value)
 
 
 def of_split(records: Records, split: str) -> Records:
@@ -223,7 +230,10 @@ class Evaluator:
             replies = greedy_generate(self.host, prompts, (None,), "all",
                                       self.cap.max_new_tokens, self.cap.batch_size)[0]
         ppl = perplexity(*reply_nll(self.host, prompts, replies, self.cap.batch_size))
-        self._base = BaseSide(judgement, correct, neutral, prompts, replies, ppl)
+        texts = value_texts(prompts, replies)
+        value = (base_distribution(self.host, texts, self.cap.kl_top_k,
+                                   max(1, self.cap.batch_size // 2)) if texts else None)
+        self._base = BaseSide(judgement, correct, neutral, prompts, replies, ppl, value)
         if path is not None:
             self._base.save(path)
         log.info("unedited side of %s: %.1f s", self.host.name, time.time() - t0)
@@ -255,6 +265,12 @@ class Evaluator:
             return [self.host.chat_prompt(r["text"]) for r in rows], judgement.replies
         return self.fluency_prompts, None
 
+    def value_texts(self) -> list[str]:
+        """The value-laden texts ``kl_value`` is measured on (capability.value_texts of the
+        unedited side's fluency prompts and replies; [] when it scores none)."""
+        base = self.base()
+        return value_texts(base.fluency_prompts, base.fluency_replies)
+
     def base_record(self) -> dict:
         """The eval.json record of the unedited model."""
         base = self.base()
@@ -272,6 +288,7 @@ class Evaluator:
             "nlr_floor": self.nlr_floor,
             "accuracy_base": acc, "accuracy_edited": acc,
             "accuracy_drop": 0.0 if self.questions else None, "kl": 0.0,
+            "kl_value": None if base.value is None else 0.0,
             "kl_coverage": base.neutral.coverage, "ppl_base": base.ppl, "ppl_edited": base.ppl,
             "n_queries": int(base.judgement.E.shape[0]), "n_mc": len(self.questions),
             "n_neutral_tokens": base.neutral.n_tokens,
@@ -363,6 +380,9 @@ class Evaluator:
         correct = mc_correct(self.host, self.questions, specs, positions, self.cap.batch_size)
         kl = mean_kl(self.host, self.neutral, base.neutral, specs, positions,
                      max(1, self.cap.batch_size // 2))
+        kl_value = (None if base.value is None else
+                    mean_kl(self.host, self.value_texts(), base.value, specs, positions,
+                            max(1, self.cap.batch_size // 2)))
         if judgements[0].replies is not None:
             replies = [j.replies for j in judgements]
         elif base.fluency_prompts:
@@ -397,6 +417,7 @@ class Evaluator:
                 accuracy_base=acc_base, accuracy_edited=acc,
                 accuracy_drop=None if acc is None else acc_base - acc,
                 kl=float(kl[g]), kl_coverage=base.neutral.coverage,
+                kl_value=None if kl_value is None else float(kl_value[g]),
                 ppl_base=base.ppl, ppl_edited=ppl[g],
                 n_queries=int(E.shape[0]), n_mc=len(self.questions),
                 n_neutral_tokens=base.neutral.n_tokens,

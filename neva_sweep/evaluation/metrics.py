@@ -21,6 +21,9 @@ the evaluator sets ``eps`` from the judge's null (``nlr_floor``).
   value-laden prompts themselves). Budget it with ``search.max_suppression``.
 - ``inflation = max(0, acquiescence)``: how far it raised all ten together (an edit that
   makes every option likelier pays nothing in suppression). ``search.max_inflation``.
+- ``kl_value`` (the evaluator's): KL(base || edited) on value-laden replies, where a
+  value-relevance gate opens; ``kl`` is on neutral text, where it closes. Budget it with
+  ``search.max_kl_value``.
 - ``nglr_chance``: NGLR when the leakage falls on the nine other values at random (the
   share of them outside every group of t: 7/9 for most values). ``leakage_tests`` gives
   the exact permutation interval of NGLR for the edit's own leakage amounts and a
@@ -492,6 +495,10 @@ register_metric("accuracy_drop", "accuracy drop", direction=_MIN, objective=True
                 constraint=True, fmt="+.3f", headline=True, group="capability")
 register_metric("kl", "KL (nats/token)", direction=_MIN, objective=True, constraint=True,
                 fmt=".4f", headline=True, group="capability")
+# KL where a gate opens: on the fluency prompts (chat-wrapped value-laden queries) and the
+# unedited model's replies to them; None when no replies are scored (fluency_queries 0)
+register_metric("kl_value", "KL on value-laden replies (nats/token)", direction=_MIN,
+                objective=True, constraint=True, fmt=".4f", group="capability")
 register_metric("kl_coverage", "KL coverage", report=False, group="capability")
 register_metric("ppl_base", "perplexity, base", fmt=".2f", report=False, group="capability")
 register_metric("ppl_edited", "perplexity, edited", direction=_MIN, fmt=".2f",

@@ -21,6 +21,16 @@ points, each at its dose, are warm-start trials (sweep/warm.py): the study start
 edits measured at the budget across its whole layout, where the best edits of every
 method measured lie.
 
+A *gated* edit (``search.space.gates`` other than ``none``, neurons/gate.py) is scaled by
+its gate, which is closed on the neutral texts KL is measured on: at any dose its KL
+there stays near 0, so the anchors' doses say nothing about it. Each gate the space
+searches is therefore calibrated once more, at the middle anchor's setting with that gate,
+on the first budget to bind of KL on neutral text and KL on value-laden replies
+(``kl_value``, where the gate opens; its budget ``search.max_kl_value``, else the KL
+budget): its dose over the middle anchor's is the gate's *factor*, and a gated trial's
+budget dose is the ungated one times it (:func:`gate_factor`). With
+``search.max_kl_value`` set, every anchor is bisected to that first binding budget too.
+
 The result is stored as the study's user attribute ``calibration`` (the range of a
 resumed study never moves) and in the run's cache directory
 (``<cache_dir>/eval/calibration/``), keyed by model, statistics, capability and data
@@ -58,8 +68,10 @@ class Calibration:
     """Where one method's edit reaches the KL budget."""
 
     dose: float  # the strength at which KL is closest to the budget from below
-    kl: float  # KL at that dose (nats/token)
-    budget: float  # the KL aimed at
+    # KL at that dose (nats/token); with a value budget, the binding cost in the units of
+    # ``budget``: max(KL on neutral text, kl_value x budget / value_budget)
+    kl: float
+    budget: float  # the KL aimed at (on neutral text)
     bracketed: bool  # False: the budget was not reached (or exceeded at MIN_DOSE)
     steps: list[list[float]] = field(default_factory=list)  # [dose, kl] evaluated, in order
     range: list[float] | None = None  # the searched strength range derived from it
@@ -70,6 +82,11 @@ class Calibration:
     # True: the study searches its strength as a multiple of :func:`edge_dose`, and
     # ``range`` is that multiple's box
     relative: bool = False
+    value_budget: float | None = None  # the budget on kl_value bisected to, if any
+    kl_value: float | None = None  # kl_value at ``dose`` (nats/token), when measured
+    # per gate searched (:func:`gate_factor`): the gated Calibration dict with its
+    # ``factor``, its dose over the middle anchor's (None: it never met a budget)
+    gates: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,7 +94,8 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
         return cls(**{k: d[k] for k in ("dose", "kl", "budget", "bracketed", "steps",
-                                        "range", "params", "anchors", "relative")
+                                        "range", "params", "anchors", "relative",
+                                        "value_budget", "kl_value", "gates")
                    if k in d})
 
     @property
@@ -193,14 +211,32 @@ def anchor_params(method: str, space: Any, n: int) -> list[dict[str, Any]]:
     return [{**ref, layout.axis: x} for x in dict.fromkeys(xs)]  # a fixed range: one anchor
 
 
+def is_gated(params: dict[str, Any] | None) -> bool:
+    """Whether a setting's edit is gated (``gate`` other than ``none``)."""
+    return (params or {}).get("gate", "none") != "none"
+
+
+def gated_params(method: str, space: Any, anchors: list[dict[str, Any]]
+                 ) -> list[dict[str, Any]]:
+    """The gated settings a study is calibrated at besides its ``anchors``: the middle
+    anchor with each gate ``search.space.gates`` searches (none for a method without a
+    gate)."""
+    mid = anchors[len(anchors) // 2]
+    if "gate" not in mid:
+        return []
+    return [{**mid, "gate": g} for g in space.get("gates") or [] if g != "none"]
+
+
 def combine(cals: list[Calibration], span: tuple[float, float], configured: list[float],
-            relative: bool = False) -> Calibration:
+            relative: bool = False, gated: list[Calibration] | None = None) -> Calibration:
     """One study's calibration from its anchors' (in layout order): the middle anchor's
     fields, the anchors themselves, and the strength box over the anchors that met the
     budget: ``[smallest dose x span[0], largest dose x span[1]]``, or, ``relative``,
     ``span`` itself, a multiple of :func:`edge_dose`. When no anchor met the budget (a dead
     edit everywhere) the box stays ``configured`` and the strength absolute: every dose in
-    it is within budget.
+    it is within budget. ``gated``: the calibrations of :func:`gated_params`, kept per
+    gate with their factor over the middle anchor's dose (an absolute box then spans their
+    doses too).
 
     >>> a = Calibration(2.0, 0.1, 0.1, True, params={"sparsity": 0.01})
     >>> b = Calibration(8.0, 0.1, 0.1, True, params={"sparsity": 0.2})
@@ -212,16 +248,35 @@ def combine(cals: list[Calibration], span: tuple[float, float], configured: list
     mid = cals[len(cals) // 2]
     reached = [c for c in cals if c.reached]
     relative = relative and bool(reached)
+    gates = {}
+    for g in gated or []:
+        ok = g.reached and mid.reached
+        gates[g.params["gate"]] = {**g.to_dict(), "factor": g.dose / mid.dose if ok else None}
+    doses = [c.dose for c in reached] + [g.dose for g in gated or [] if g.reached]
     if relative:
         box = [float(span[0]), float(span[1])]
     elif reached:
-        box = [min(c.dose for c in reached) * float(span[0]),
-               max(c.dose for c in reached) * float(span[1])]
+        box = [min(doses) * float(span[0]), max(doses) * float(span[1])]
     else:
         box = [float(x) for x in configured]
-    anchors = [{k: v for k, v in c.to_dict().items() if k != "anchors"} for c in cals]
+    anchors = [{k: v for k, v in c.to_dict().items() if k not in ("anchors", "gates")}
+               for c in cals]
     return Calibration(mid.dose, mid.kl, mid.budget, mid.bracketed, mid.steps, box,
-                       mid.params, anchors, relative)
+                       mid.params, anchors, relative, mid.value_budget, mid.kl_value, gates)
+
+
+def gate_factor(cal: dict[str, Any], gate: str | None) -> float:
+    """How many times the ungated budget dose a ``gate``-gated edit of a study reaches its
+    budget at (its stored calibration's ``gates``); 1 for an ungated edit, a gate not
+    calibrated (an earlier calibration) or one that never met a budget.
+
+    >>> gate_factor({"gates": {"context": {"factor": 1.5}}}, "context")
+    1.5
+    >>> gate_factor({"gates": {"value": {"factor": None}}}, "value"), gate_factor({}, "none")
+    (1.0, 1.0)
+    """
+    factor = ((cal.get("gates") or {}).get(gate or "none") or {}).get("factor")
+    return float(factor) if factor else 1.0
 
 
 def _coordinate(layout: Layout, x: float) -> float:
@@ -232,8 +287,9 @@ def _coordinate(layout: Layout, x: float) -> float:
 def edge_dose(cal: dict[str, Any], method: str, params: dict[str, Any]) -> float:
     """The strength at which ``params``' layout meets the budget, from a study's stored
     calibration: the log of the anchors' doses interpolated linearly in the layout
-    coordinate (log sparsity, layer fraction), flat beyond the outer anchors. Anchors that
-    never reached the budget take no part.
+    coordinate (log sparsity, layer fraction), flat beyond the outer anchors, times the
+    :func:`gate_factor` of ``params``' gate. Anchors that never reached the budget take no
+    part.
 
     >>> cal = {"anchors": [{"params": {"layer_frac": 0.2}, "dose": 1.0, "bracketed": True},
     ...                    {"params": {"layer_frac": 0.6}, "dose": 4.0, "bracketed": True}]}
@@ -249,7 +305,8 @@ def edge_dose(cal: dict[str, Any], method: str, params: dict[str, Any]) -> float
     if not points:
         raise ValueError(f"calibration of {method} has no anchor that met the budget")
     xs, ys = zip(*points)
-    return math.exp(float(np.interp(_coordinate(layout, params[axis]), xs, ys)))
+    dose = math.exp(float(np.interp(_coordinate(layout, params[axis]), xs, ys)))
+    return dose * gate_factor(cal, params.get("gate"))
 
 
 def absolute_params(cal: dict[str, Any], method: str, params: dict[str, Any]
@@ -333,6 +390,15 @@ def budget_of(search: Any) -> float:
     return float(search.max_kl if search.get("max_kl") is not None else search.calibration.kl)
 
 
+def value_budget_of(search: Any, gated: bool) -> float | None:
+    """The budget on ``kl_value`` a calibration also bisects to: ``search.max_kl_value``;
+    unset, :func:`budget_of` for a gated edit (whose KL on neutral text its gate hides) and
+    none for an ungated one."""
+    if search.get("max_kl_value") is not None:
+        return float(search.max_kl_value)
+    return budget_of(search) if gated else None
+
+
 def calibration_job(method: str, value: str, search: Any,
                     params: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the actors need to calibrate ``method`` at one setting (``params``; default
@@ -340,35 +406,57 @@ def calibration_job(method: str, value: str, search: Any,
     lo, hi = strength_range(search.space, method)
     if params is None:
         params = reference_params(method, search.space)
-    return {"value": value, "method": method, "params": params,
-            "budget": budget_of(search), "texts": search.calibration.texts,
-            "steps": int(search.calibration.steps), "start": math.sqrt(lo * hi)}
+    job = {"value": value, "method": method, "params": params,
+           "budget": budget_of(search), "texts": search.calibration.texts,
+           "steps": int(search.calibration.steps), "start": math.sqrt(lo * hi)}
+    value_budget = value_budget_of(search, is_gated(params))
+    if value_budget is not None:  # absent otherwise: earlier jobs' cache keys still hold
+        job["value_budget"] = value_budget
+    return job
 
 
 def calibration_jobs(method: str, value: str, search: Any) -> list[dict[str, Any]]:
-    """One :func:`calibration_job` per anchor (:func:`anchor_params`) of a study."""
+    """One :func:`calibration_job` per anchor (:func:`anchor_params`) of a study, then one
+    per gate it searches (:func:`gated_params`)."""
     c = search.calibration
     n = max(int(c.get("anchors", CalibrationConfig.anchors)),
             int(c.get("points", CalibrationConfig.points)))
+    anchors = anchor_params(method, search.space, n)
     return [calibration_job(method, value, search, p)
-            for p in anchor_params(method, search.space, n)]
+            for p in anchors + gated_params(method, search.space, anchors)]
 
 
-def calibrate_edit(host: Any, stats: Any, texts: list[str], cap: Any, job: dict[str, Any]
-                   ) -> Calibration:
+def calibrate_edit(host: Any, stats: Any, texts: list[str], cap: Any, job: dict[str, Any],
+                   value_texts: list[str] | None = None) -> Calibration:
     """Bisect one job's dose on ``host`` (:func:`calibration_job` describes the job): the
-    strength at which the method's edit moves ``texts`` by the job's KL budget."""
+    strength at which the method's edit moves ``texts`` by the job's KL budget, or, when
+    the job has a ``value_budget``, the first at which it moves ``texts`` by the budget or
+    ``value_texts`` (value-laden replies, capability.value_texts) by the value budget."""
     from ..evaluation.capability import base_distribution, mean_kl
 
+    value_budget = job.get("value_budget")
+    if value_budget is not None and not value_texts:
+        raise ValueError("a calibration with a value budget (search.max_kl_value, or a "
+                         "gated edit) needs value-laden replies: capability.fluency_queries"
+                         " >= 1")
     batch = max(1, cap.batch_size // 2)
     base = base_distribution(host, texts, cap.kl_top_k, batch)
+    base_v = (None if value_budget is None
+              else base_distribution(host, value_texts, cap.kl_top_k, batch))
     method, params = METHODS[job["method"]], dict(job["params"])
     positions = params.get("positions", "all")
+    on_value: dict[float, float] = {}  # dose -> kl_value
 
     def kl_at(dose: float) -> float:
         edit = method.build(stats, job["value"], {**params, "strength": dose})
-        return float(mean_kl(host, texts, base, [edit], positions, batch)[0])
+        kl = float(mean_kl(host, texts, base, [edit], positions, batch)[0])
+        if base_v is None:
+            return kl
+        on_value[dose] = float(mean_kl(host, value_texts, base_v, [edit], positions, batch)[0])
+        return max(kl, on_value[dose] * job["budget"] / value_budget)  # in budget units
 
     cal = bisect_dose(kl_at, job["budget"], job["start"], job["steps"])
     cal.params = params
+    cal.value_budget = value_budget
+    cal.kl_value = on_value.get(cal.dose)
     return cal

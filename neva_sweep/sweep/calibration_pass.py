@@ -24,6 +24,7 @@ from .calibrate import (
     budget_of,
     calibration_jobs,
     combine,
+    is_gated,
     is_scaled,
     space_with,
     strength_key,
@@ -87,26 +88,36 @@ def calibrate_studies(states: list, workers: list, search: Any, setup: Any,
             w = reps[sent % len(reps)]
             refs.append(w.replica.call(calibrate, w.box, setup, [jobs[k]]))
             sent += 1
-        pending.append((s, paths, cals, missing, refs))
+        pending.append((s, jobs, paths, cals, missing, refs))
     bar = tqdm(total=sent, desc="calibration", unit="anchor", disable=not progress)
-    for s, paths, cals, missing, refs in pending:
+    ungated_gates: dict[str, str] = {}  # study -> why its gates were not calibrated
+    for s, jobs, paths, cals, missing, refs in pending:
         recs = []
         for ref in refs:
             recs.extend(ray.get(ref))
             bar.update()
-        failed = [r["error"] for r in recs if "error" in r]
+        failed = [r["error"] for k, r in zip(missing, recs)
+                  if "error" in r and not is_gated(jobs[k]["params"])]
         if failed:
             log.warning("calibration of %s failed (%s); it searches the configured box",
                         s.key.name(""), failed[0])
             continue
         for k, rec in zip(missing, recs):
+            if "error" in rec:  # a gate: its edits keep the ungated doses (factor 1)
+                ungated_gates[s.key.name("")] = rec["error"]
+                continue
             cals[k] = _with_setting(Calibration.from_dict(rec), jobs[k])
             if paths[k] is not None:
                 paths[k].parent.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(paths[k], json.dumps(rec, indent=2))
-        _store(s, cals, search, span)
+        _store(s, [c for c in cals if c is not None], search, span)
         done += 1
     bar.close()
+    if ungated_gates:
+        name, why = next(iter(ungated_gates.items()))
+        log.warning("gated edits of %d stud%s (e.g. %s) were not calibrated (%s): they are "
+                    "searched at the ungated doses", len(ungated_gates),
+                    "y" if len(ungated_gates) == 1 else "ies", name, why)
     if done:
         log.info("calibration: %d stud%s centred on the KL budget %.3g", done,
                  "y" if done == 1 else "ies", budget_of(search))
@@ -129,21 +140,30 @@ def _with_setting(cal: Calibration, job: dict[str, Any]) -> Calibration:
 
 
 def _store(state: Any, cals: list[Calibration], search: Any, span: tuple) -> None:
-    """Keep the study's calibration (its anchors', :func:`~.calibrate.combine`) and set
-    its box (with ``search.calibration.relative``: a multiple of the budget dose). An
-    anchor that never reaches the budget adds nothing to the box (every dose in the
+    """Keep the study's calibration (its anchors' and its gates',
+    :func:`~.calibrate.combine`; ``cals`` in :func:`~.calibrate.calibration_jobs` order)
+    and set its box (with ``search.calibration.relative``: a multiple of the budget dose).
+    An anchor that never reaches the budget adds nothing to the box (every dose in the
     configured one is within budget there); one over the budget at the smallest dose adds
-    that dose (no trial of that setting may be feasible). Both are warned about."""
+    that dose (no trial of that setting may be feasible); a gate that meets no budget
+    keeps the ungated doses. All are warned about."""
     key = strength_key(state.key.method)
     relative = bool(search.calibration.get("relative", CalibrationConfig.relative))
-    cal = combine(cals, span, strength_range(search.space, state.key.method), relative)
+    gated = [c for c in cals if is_gated(c.params)]
+    cal = combine([c for c in cals if not is_gated(c.params)], span,
+                  strength_range(search.space, state.key.method), relative, gated)
     state.study.set_user_attr(CALIBRATION_ATTR, cal.to_dict())
     state.space = space_with(search.space, state.key.method, cal.range)
     state.edge = cal.to_dict() if cal.relative else None
     box = (f"{cal.range[0]:.3g} to {cal.range[1]:.3g} x the budget dose" if cal.relative
            else f"search.space.{key}=[{cal.range[0]:.3g}, {cal.range[1]:.3g}]")
+    for gate, g in cal.gates.items():
+        if g["factor"] is None:
+            log.warning("calibration of %s with gate=%s met no budget at %s; its gated "
+                        "edits are searched at the ungated doses", state.key.name(""), gate,
+                        _setting(g["params"]))
     for a in cals:
-        if not a.bracketed:
+        if not a.bracketed and not is_gated(a.params):
             lo, hi = min(d for d, _ in a.steps), max(d for d, _ in a.steps)
             what = ("stays under" if a.kl <= a.budget else "is over")
             log.warning("calibration of %s at %s: KL %s the budget %.3g at every strength "

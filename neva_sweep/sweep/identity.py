@@ -31,7 +31,7 @@ IDENTITY_KEYS = (
     "model.name", "model.dtype", "models", "sweep.values", "sweep.methods", "sweep.judge",
     "sweep.capability", "judge", "capability", "data", "stats", "search.study_prefix",
     "search.space", "search.objectives", "search.max_kl", "search.max_suppression",
-    "search.max_inflation", "search.max_accuracy_drop", "search.calibrate",
+    "search.max_inflation", "search.max_accuracy_drop", "search.max_kl_value", "search.calibrate",
     "search.calibration", "search.pruner", "search.fidelity",
 )
 FORCE = "force"  # +resume=force

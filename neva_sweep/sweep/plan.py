@@ -196,8 +196,9 @@ def check_space_ranges(sp: DictConfig) -> None:
                           f"{', '.join(str(k) for k in PROMPT_STRENGTHS)}")
 
 
-# budgets a gate cannot hide: measured on the value-laden prompts or the MC questions
-GATE_BUDGETS = ("max_suppression", "max_inflation", "max_acquiescence", "max_accuracy_drop")
+# budgets a gate cannot hide: measured on value-laden text or the MC questions
+GATE_BUDGETS = ("max_kl_value", "max_suppression", "max_inflation", "max_acquiescence",
+                "max_accuracy_drop")
 
 
 def warn_unbounded_gates(s: DictConfig) -> bool:
@@ -212,7 +213,7 @@ def warn_unbounded_gates(s: DictConfig) -> bool:
     logging.getLogger(__name__).warning(
         "search.space.gates=%s: every edit is gated and no budget binds a gated edit "
         "(KL on neutral text stays near 0 under a gate), so the strength box, not a "
-        "budget, decides the best edit; set one of %s (e.g. search.max_suppression=0.1)",
+        "budget, decides the best edit; set one of %s (e.g. search.max_kl_value=0.1)",
         gates, ", ".join(f"search.{k}" for k in GATE_BUDGETS))
     return True
 
@@ -363,6 +364,12 @@ def check_evaluation(cfg: DictConfig) -> None:
             f"MC questions per trial (sweep.capability.mc_limit is {cap.mc_limit}; 40 "
             "questions give +-0.15 intervals); raise it, or constrain search.max_kl instead")
     _at_least("capability.fluency_queries", cap.fluency_queries, 0)
+    if (cfg.search.get("max_kl_value") is not None and cap.fluency_queries == 0
+            and getattr(JUDGES[judge.name], "rows", "per instance") is None):
+        raise ConfigError(
+            "search.max_kl_value: KL on value-laden replies needs replies to score; "
+            f"sweep.capability.fluency_queries is 0 and judge {judge.name!r} generates "
+            "none: set fluency_queries >= 1 (8 by default), or drop the budget")
     _at_least("capability.batch_size", cap.batch_size, 1)
     _at_least("judge.batch_size", cfg.judge.batch_size, 1)
 

@@ -32,7 +32,13 @@ from optuna.trial import TrialState
 
 from ..config import CalibrationConfig, SearchConfig, SearchSpace, only_gated
 from ..methods.base import METHODS
-from .calibrate import CALIBRATION_ATTR, reference_params, strength_range, warm_settings
+from .calibrate import (
+    CALIBRATION_ATTR,
+    gate_factor,
+    reference_params,
+    strength_range,
+    warm_settings,
+)
 from .front import budgets, is_feasible
 from .storage import distribution_contains
 from .studies import StudyState
@@ -83,11 +89,14 @@ def start_settings(state: StudyState, params: dict[str, Any], space: Any,
     cal = state.study.user_attrs.get(CALIBRATION_ATTR) or {}
     ref = reference_params(state.key.method, space)
     calibrated = [{**params, **ref, **s} for s in warm_settings(cal, n_anchors)]
-    # calibrated with the gate off (KL on neutral text is what a gate hides); a space
-    # that searches gated edits only starts gated, at the same doses, else no start fits
+    # calibrated with the gate off; a space that searches gated edits only starts gated
+    # (its first gate), else no start fits, at the gate's own budget dose: a relative
+    # study's edge_dose holds the gate's factor, an absolute one's doses are scaled here
     gates = only_gated(space.get("gates"))
     if gates:
-        calibrated = [{**c, "gate": gates[0]} if "gate" in c else c for c in calibrated]
+        k = 1.0 if cal.get("relative") else gate_factor(cal, gates[0])
+        calibrated = [{**c, "gate": gates[0], "strength": c["strength"] * k} if "gate" in c
+                      else c for c in calibrated]
     if calibrated:
         return calibrated
     if params.get("strength") is not None:

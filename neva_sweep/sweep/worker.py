@@ -190,7 +190,8 @@ def steered_samples(host: ModelHost, ev: Evaluator, value: str, edit: Any, posit
 def calibrate(host: ModelHost, box: StatsBox, setup: EvalSetup,
               jobs: Sequence[dict[str, Any]]) -> list[dict] | None:
     """Bisect each job's dose to its KL budget on the trials' neutral texts (an evenly
-    spread ``job["texts"]`` of them when that is not None;
+    spread ``job["texts"]`` of them when that is not None), and, for a job with a value
+    budget, on the value-laden replies ``kl_value`` reads (as many, evenly spread;
     :func:`neva_sweep.sweep.calibrate.calibrate_edit`). Returns one
     :class:`~.calibrate.Calibration` dict per job on rank 0 (``{"error"}`` for a job that
     failed), None on the other ranks.
@@ -200,7 +201,9 @@ def calibrate(host: ModelHost, box: StatsBox, setup: EvalSetup,
     for job in jobs:
         try:
             texts = spread(ev.neutral, job["texts"], "search.calibration.texts")
-            out.append(calibrate_edit(host, stats, texts, ev.cap, job).to_dict())
+            value = (spread(ev.value_texts(), job["texts"], "search.calibration.texts")
+                     if job.get("value_budget") is not None else None)
+            out.append(calibrate_edit(host, stats, texts, ev.cap, job, value).to_dict())
         except Exception as e:
             out.append(_error(e))
     return out if _is_rank0(host) else None

@@ -28,6 +28,7 @@ from neva_sweep.evaluation.capability import (
     base_distribution,
     mean_kl,
     neutral_texts,
+    value_texts,
 )
 from neva_sweep.methods.strength import neuron_magnitude, neuron_strength
 from neva_sweep.sweep.calibrate import (
@@ -35,6 +36,7 @@ from neva_sweep.sweep.calibrate import (
     bisect_dose,
     calibrate_edit,
     calibration_job,
+    calibration_jobs,
     combine,
     edge_dose,
     is_scaled,
@@ -128,6 +130,44 @@ def test_calibration_brackets_the_kl_budget_on_a_tiny_model(config, tiny_host, t
 
     # below the budget at the dose, above it one bisection bracket further (2^(1/32) x)
     assert kl(cal.dose) <= budget < kl(cal.dose * 2 ** (1 / 2 ** job["steps"]) * 1.001)
+
+
+@pytest.mark.parametrize("gates,max_kl_value", [("[none]", 1e-5), ("[context]", None)])
+def test_calibration_brackets_the_first_budget_to_bind_on_a_tiny_model(
+        config, tiny_host, tiny_stats, gates, max_kl_value):
+    """With a budget on KL over value-laden replies (search.max_kl_value), or for a gated
+    edit (whose gate may close on neutral text), the dose is where the first of the two
+    KLs reaches its budget."""
+    budget = 2e-5
+    search = config("model=tiny_llama", f"search.max_kl={budget}", "search.calibration.points=1",
+                    f"search.space.gates={gates}",
+                    *([f"search.max_kl_value={max_kl_value}"] if max_kl_value else [])).search
+    job = calibration_jobs("neva", "power", search)[-1]  # the gated job, or the one anchor
+    value_budget = max_kl_value or budget  # a gated edit: the KL budget on both texts
+    assert job["value_budget"] == value_budget
+    texts = neutral_texts(load_records("neutral"), 4)
+    queries = [r["text"] for r in load_records("queries").rows[::60]]
+    replies = [" I would weigh what matters most to me and decide calmly."] * len(queries)
+    value = value_texts([tiny_host.chat_prompt(q) for q in queries], replies)
+    with pytest.raises(ValueError, match="needs value-laden replies"):
+        calibrate_edit(tiny_host, tiny_stats, texts, CapabilityConfig(), job)
+    cal = calibrate_edit(tiny_host, tiny_stats, texts, CapabilityConfig(), job, value)
+    assert cal.bracketed and cal.value_budget == value_budget and cal.kl_value is not None
+    cap = CapabilityConfig()
+    bases = [base_distribution(tiny_host, t, cap.kl_top_k, 4) for t in (texts, value)]
+
+    def costs(dose):  # (KL on neutral text / its budget, on the value-laden replies / its)
+        edit = nv.make_edit(tiny_stats, "power", "neva", **{**job["params"], "strength": dose})
+        return [float(mean_kl(tiny_host, t, b, [edit], "all", 4)[0]) / bud
+                for t, b, bud in zip((texts, value), bases, (budget, value_budget))]
+
+    assert max(costs(cal.dose)) <= 1 + 1e-6
+    assert max(costs(cal.dose * 2 ** (1 / 2 ** job["steps"]) * 1.001)) > 1
+    assert cal.kl_value == pytest.approx(costs(cal.dose)[1] * value_budget, rel=1e-5)
+    # on this model both settings bind on the value-laden replies first (the ungated edit
+    # reaches KL 2e-5 on neutral text at dose 32, beyond this one)
+    assert cal.kl == pytest.approx(cal.kl_value * budget / value_budget)
+    assert costs(cal.dose)[0] < costs(cal.dose)[1]
 
 
 def test_bad_search_settings_are_refused_before_any_work(config):

@@ -42,13 +42,39 @@ def test_a_fixed_layout_gives_one_anchor(config):
     assert [p["layer_frac"] for p in anchor_params("diffmean", space, 3)] == [0.4]
 
 
-def test_one_job_per_anchor_each_at_its_setting(config):
-    search = config("search.calibration.anchors=3", "search.calibration.points=3").search
+def test_one_job_per_anchor_each_at_its_setting_then_one_per_gate(config):
+    search = config("search.calibration.anchors=3", "search.calibration.points=3",
+                    "search.space.gates=[none,context,value]").search
     jobs = calibration_jobs("diffmean", "power", search)
-    assert [j["params"]["layer_frac"] for j in jobs] == [0.2, 0.5, 0.8]
-    n_default = len(calibration_jobs("diffmean", "power", config().search))
-    assert n_default == CalibrationConfig.points
+    assert [(j["params"]["layer_frac"], j["params"]["gate"]) for j in jobs] == [
+        (0.2, "none"), (0.5, "none"), (0.8, "none"), (0.5, "context"), (0.5, "value")]
     assert len({(j["budget"], j["start"], j["steps"]) for j in jobs}) == 1
+    # a gated edit is also bisected on KL where its gate opens (value-laden replies), at
+    # the KL budget unless search.max_kl_value sets one; an ungated one only with that set
+    assert [j.get("value_budget") for j in jobs] == [None, None, None, 0.1, 0.1]
+    budgeted = calibration_jobs("diffmean", "power", config(
+        "search.calibration.points=3", "search.calibration.anchors=3",
+        "search.max_kl_value=0.3").search)
+    assert [j["value_budget"] for j in budgeted] == [0.3] * 4  # default gates [none, value]
+    ungated = config("search.space.gates=[none]").search
+    assert len(calibration_jobs("diffmean", "power", ungated)) == CalibrationConfig.points
+
+
+def test_a_gated_edit_meets_its_budget_at_its_gates_factor_of_the_ungated_dose():
+    def at(layer, dose, gate="none", reached=True):
+        return Calibration(dose, 0.1, 0.1, reached, params={"layer_frac": layer, "gate": gate})
+
+    anchors = [at(0.2, 1.0), at(0.5, 2.0), at(0.8, 4.0)]
+    gated = [at(0.5, 6.0, "context"), at(0.5, 1e4, "value", reached=False)]
+    cal = combine(anchors, (0.25, 2.0), [0.1, 1.0], relative=True, gated=gated).to_dict()
+    assert cal["gates"]["context"]["factor"] == 3.0 and cal["gates"]["value"]["factor"] is None
+    # the gate's factor scales the interpolated ungated dose at every layout
+    assert edge_dose(cal, "diffmean", {"layer_frac": 0.8, "gate": "context"}) == 12.0
+    assert edge_dose(cal, "diffmean", {"layer_frac": 0.8, "gate": "none"}) == 4.0
+    assert edge_dose(cal, "diffmean", {"layer_frac": 0.8, "gate": "value"}) == 4.0  # dead
+    assert not any("gates" in a for a in cal["anchors"])
+    # an absolute box spans the gated dose too
+    assert combine(anchors, (0.25, 2.0), [0.1, 1.0], gated=gated).range == [0.25, 12.0]
 
 
 def test_the_box_spans_the_anchors_that_met_the_budget():
@@ -113,7 +139,8 @@ def test_cached_calibrations_of_an_earlier_version_get_their_setting(config, tmp
     from neva_sweep.sweep.plan import StudyKey
     from neva_sweep.sweep.studies import StudyState
 
-    search = config("search.calibration.points=3", "search.calibration.anchors=3").search
+    search = config("search.calibration.points=3", "search.calibration.anchors=3",
+                    "search.space.gates=[none]").search
     setup = SimpleNamespace(cache_dir=str(tmp_path), capability="cap", data="data")
     jobs = calibration_jobs("diffmean", "power", search)
     for dose, job in zip((1.5, 0.4, 0.8), jobs):
@@ -131,7 +158,8 @@ def test_cached_calibrations_of_an_earlier_version_get_their_setting(config, tmp
 
 
 def test_more_points_trace_the_budget_dose_but_only_the_anchors_start(config):
-    search = config("search.calibration.points=7", "search.calibration.anchors=3").search
+    search = config("search.calibration.points=7", "search.calibration.anchors=3",
+                    "search.space.gates=[none]").search
     jobs = calibration_jobs("diffmean", "power", search)
     layers = [j["params"]["layer_frac"] for j in jobs]
     assert layers == pytest.approx([0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
@@ -155,7 +183,8 @@ def test_gated_only_search_without_a_budget_a_gate_cannot_hide_is_warned(config,
 
     with caplog.at_level("WARNING", logger="neva_sweep.sweep.plan"):
         check_search(config("search.space.gates=[value]").search)
-    assert "search.max_suppression" in caplog.text and "['value']" in caplog.text
+    assert "search.max_kl_value" in caplog.text and "['value']" in caplog.text
     for ok in ([], ["search.space.gates=[none,value]"],
-               ["search.space.gates=[value]", "search.max_suppression=0.1"]):
+               ["search.space.gates=[value]", "search.max_suppression=0.1"],
+               ["search.space.gates=[value]", "search.max_kl_value=0.1"]):
         assert not warn_unbounded_gates(config(*ok).search), ok
