@@ -139,6 +139,9 @@ class CapabilityConfig:
     # base tokens kept per position for KL (see neva_sweep.evaluation.capability)
     kl_top_k: int = 256
     fluency_queries: int = 8  # replies generated for perplexity when the judge makes none
+    # value-laden queries whose unedited replies kl_value reads (teacher-forced: one
+    # generation for the unedited side, no generation per edit); 0 = no kl_value
+    value_replies: int = 8
     max_new_tokens: int = 48
     batch_size: int = 16
     lm_eval_tasks: list[str] = field(default_factory=list)  # e.g. [mmlu, hellaswag]
@@ -468,7 +471,7 @@ class SearchConfig:
     # constraint on KL(base || edited) on value-laden replies (metric kl_value, nats/token):
     # where a value-relevance gate opens, so a budget a gated edit cannot hide; when set
     # (or for a gated edit) calibration bisects to the first of it and search.max_kl to
-    # bind (sweep/calibrate.py). Needs scored replies (capability.fluency_queries >= 1)
+    # bind (sweep/calibrate.py). Needs capability.value_replies >= 1
     max_kl_value: float | None = None
     # after the search, score each chosen edit on the test split (best_edits.json "test");
     # false skips that pass (a benchmark of the search alone): a later run with true

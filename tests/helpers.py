@@ -70,6 +70,7 @@ SWEEP_FAST = ["model=tiny_llama", "sweep.values=[benevolence,power]", "search.n_
         "search.n_startup_trials=2", "sweep.capability.mc_limit=8",
         "sweep.judge.scenarios_limit=4", "sweep.judge.null_edits=2",
         "sweep.capability.neutral_limit=4", "sweep.capability.fluency_queries=0",
+        "capability.value_replies=2", "capability.max_new_tokens=8",
         "judge.n_boot=50", "logger=none", "progress=false",
         "cluster.replicas_per_model=2", "cluster.num_cpus_per_actor=1",
         "search.calibration.points=3", "search.calibration.anchors=2", "search.heldout=false"]

@@ -10,10 +10,10 @@
   The base side is kept as its top-k tokens plus one bucket for the remaining mass, so it
   can be cached; KL on that coarsened distribution is a lower bound of the full KL and
   equals it when k covers the vocabulary (``coverage`` reports the kept base mass).
-- The same KL on *value-laden* text (``kl_value``, :func:`value_texts`): the fluency
-  prompts followed by the unedited model's replies to them. A value-relevance gate
-  (neurons/gate.py) closes on neutral text and opens here, so this is the capability cost
-  a gated edit cannot hide.
+- The same KL on *value-laden* text (``kl_value``, :func:`value_texts`):
+  ``value_replies`` chat-wrapped queries followed by the unedited model's replies to
+  them. A value-relevance gate (neurons/gate.py) closes on neutral text and opens here,
+  so this is the capability cost a gated edit cannot hide.
 - Fluency: perplexity of (edited) replies under the unedited model.
 - lm-evaluation-harness tasks with the edit active: see
 :mod:`neva_sweep.evaluation.lm_eval_adapter`.
@@ -150,8 +150,8 @@ def mean_kl(host: ModelHost, texts: list[str], base: BaseDistribution, edits: Ed
 
 
 def value_texts(prompts: list[str], replies: list[str]) -> list[str]:
-    """The texts ``kl_value`` is measured on: each (chat-wrapped, value-laden) fluency
-    prompt followed by the unedited model's reply to it; empty replies are skipped.
+    """The texts ``kl_value`` is measured on: each (chat-wrapped, value-laden) query
+    followed by the unedited model's reply to it; empty replies are skipped.
 
     >>> value_texts(["<user>Q1</user>", "<user>Q2</user>"], [" A1", " "])
     ['<user>Q1</user> A1']

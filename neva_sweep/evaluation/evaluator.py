@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +67,9 @@ class BaseSide:
     fluency_prompts: list[str]
     fluency_replies: list[str]
     ppl: float | None
-    # top-k next-token distributions on the value-laden replies (capability.value_texts)
+    # the value-laden replies kl_value reads (capability.value_texts) and the top-k
+    # next-token distributions on them
+    value_texts: list[str] = field(default_factory=list)
     value: BaseDistribution | None = None
 
     def save(self, path: Path) -> None:
@@ -84,6 +86,7 @@ class BaseSide:
             "fluency_prompts": self.fluency_prompts,
             "fluency_replies": self.fluency_replies,
             "ppl": self.ppl,
+            "value_texts": self.value_texts,
             "value_ids": None if self.value is None else self.value.ids,
             "value_logp": None if self.value is None else self.value.logp,
         }
@@ -102,7 +105,8 @@ class BaseSide:
         return cls(Judgement(b["E"].numpy(), b["replies"], arr("raw"), arr("hard")),
                    b["mc_correct"].numpy(),
                    BaseDistribution(b["neutral_ids"], b["neutral_logp"]),
-                   b["fluency_prompts"], b["fluency_replies"], b["ppl"], value)
+                   b["fluency_prompts"], b["fluency_replies"], b["ppl"],
+                   b.get("value_texts") or [], value)
 
 
 def of_split(records: Records, split: str) -> Records:
@@ -188,6 +192,10 @@ class Evaluator:
         self.fluency_prompts = [host.chat_prompt(r["text"]) for r in
                                 spread(queries, self.cap.fluency_queries, "capability."
                                        "fluency_queries")] if self.cap.fluency_queries else []
+        # kl_value's prompts: value-laden queries, replied to once by the unedited model
+        self.value_prompts = [host.chat_prompt(r["text"]) for r in
+                              spread(queries, self.cap.value_replies, "capability."
+                                     "value_replies")] if self.cap.value_replies else []
         self.progress = progress
         self._base: BaseSide | None = None
         self._base_judgement: Judgement | None = None  # the judge's part, when computed alone
@@ -230,10 +238,10 @@ class Evaluator:
             replies = greedy_generate(self.host, prompts, (None,), "all",
                                       self.cap.max_new_tokens, self.cap.batch_size)[0]
         ppl = perplexity(*reply_nll(self.host, prompts, replies, self.cap.batch_size))
-        texts = value_texts(prompts, replies)
+        texts = self._value_texts(prompts, replies)
         value = (base_distribution(self.host, texts, self.cap.kl_top_k,
                                    max(1, self.cap.batch_size // 2)) if texts else None)
-        self._base = BaseSide(judgement, correct, neutral, prompts, replies, ppl, value)
+        self._base = BaseSide(judgement, correct, neutral, prompts, replies, ppl, texts, value)
         if path is not None:
             self._base.save(path)
         log.info("unedited side of %s: %.1f s", self.host.name, time.time() - t0)
@@ -265,11 +273,21 @@ class Evaluator:
             return [self.host.chat_prompt(r["text"]) for r in rows], judgement.replies
         return self.fluency_prompts, None
 
+    def _value_texts(self, prompts: list[str], replies: list[str]) -> list[str]:
+        """The unedited model's replies to the ``value_prompts`` (those of the fluency
+        ``prompts`` / ``replies`` when the same, else generated) as value_texts."""
+        if not self.value_prompts:
+            return []
+        if self.value_prompts != prompts[:len(self.value_prompts)]:
+            replies = greedy_generate(self.host, self.value_prompts, (None,), "all",
+                                      self.cap.max_new_tokens, self.cap.batch_size)[0]
+        return value_texts(self.value_prompts, replies[:len(self.value_prompts)])
+
     def value_texts(self) -> list[str]:
-        """The value-laden texts ``kl_value`` is measured on (capability.value_texts of the
-        unedited side's fluency prompts and replies; [] when it scores none)."""
-        base = self.base()
-        return value_texts(base.fluency_prompts, base.fluency_replies)
+        """The value-laden texts ``kl_value`` is measured on (capability.value_texts:
+        ``capability.value_replies`` chat-wrapped queries and the unedited model's replies;
+        [] when it is 0)."""
+        return self.base().value_texts
 
     def base_record(self) -> dict:
         """The eval.json record of the unedited model."""

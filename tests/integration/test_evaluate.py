@@ -24,7 +24,7 @@ FAST = ["judge.n_boot=100", "judge.scenarios_limit=6", "judge.null_edits=3",
 
 
 def small_evaluator(host, cache_dir=None, judge="questionnaire", **cap) -> Evaluator:
-    cap = {"mc_limit": 12, "fluency_queries": 2, **cap}
+    cap = {"mc_limit": 12, "fluency_queries": 2, "value_replies": 2, **cap}
     return Evaluator(host, JudgeConfig(name=judge, queries_per_value=1, max_new_tokens=4,
                                        n_boot=100, scenarios_limit=6),
                      CapabilityConfig(neutral_limit=4, max_new_tokens=4, **cap),
@@ -47,9 +47,10 @@ def test_record_fields_and_ranges(tiny_host, nmap) -> None:
     assert rec["kl"] > 0 and rec["n_mc"] == 12 and rec["ppl_edited"] > 1
     base = ev.base_record()
     assert FIELDS <= base.keys() and base["alignment"] is None and base["kl"] == 0.0
-    # kl_value: the same KL on the fluency prompts and the unedited model's replies
+    # kl_value: the same KL on value-laden queries and the unedited model's replies
     texts = ev.value_texts()
-    assert len(texts) == 2 and texts[0].startswith(ev.base().fluency_prompts[0])
+    assert len(texts) == 2 and texts[0].startswith(ev.value_prompts[0])
+    assert ev.value_prompts == ev.base().fluency_prompts  # the same queries: one generation
     side = base_distribution(tiny_host, texts, ev.cap.kl_top_k, 4)
     by_hand = mean_kl(tiny_host, texts, side, [EditSpec(nmap["power"], "scale", 10.0)])[0]
     assert rec["kl_value"] == pytest.approx(by_hand, rel=1e-4) and rec["kl_value"] > 0
@@ -81,8 +82,12 @@ def test_no_multiple_choice_gives_no_accuracy(tiny_host, nmap) -> None:
     rec = ev.evaluate_one("power", EditSpec(nmap["power"], "add", 3.0))
     assert rec["n_mc"] == 0 and rec["accuracy_edited"] is None and rec["accuracy_drop"] is None
     assert ev.base_record()["accuracy_base"] is None and rec["kl"] > 0
-    quiet = small_evaluator(tiny_host, mc_limit=0, fluency_queries=0)  # no replies, no kl_value
+    quiet = small_evaluator(tiny_host, mc_limit=0, value_replies=0)  # no replies, no kl_value
     assert quiet.evaluate_one("power", EditSpec(nmap["power"], "add", 3.0))["kl_value"] is None
+    # value replies without fluency replies (a sweep's trials): generated for the base only
+    alone = small_evaluator(tiny_host, mc_limit=0, fluency_queries=0, value_replies=1)
+    rec = alone.evaluate_one("power", EditSpec(nmap["power"], "add", 3.0))
+    assert rec["kl_value"] > 0 and rec["ppl_edited"] is None and len(alone.value_texts()) == 1
 
 
 def test_trial_batching_matches_one_by_one(tiny_host, nmap) -> None:

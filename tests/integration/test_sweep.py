@@ -91,7 +91,7 @@ def cluster():
     ("search.storage=nonsense", "search.storage"),
     ("model.tp_size=3", "model.tp_size"),
     ("search.max_accuracy_drop=0.1", "search.max_accuracy_drop"),  # 8 MC questions
-    ("search.max_kl_value=0.1", "search.max_kl_value"),  # fluency_queries 0: no replies
+    ("capability.value_replies=-1", "capability.value_replies"),
     ("sweep.judge.scenarios_limit=0", "judge.scenarios_limit"),
     ("judge.ends=top", "judge.ends"),
     ("+sweep.judge.ends=least", "sweep.judge.ends"),
@@ -144,9 +144,7 @@ def test_replica_counts_fill_the_cluster_or_fail(config):
 def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sweep_cfg, config,
                                                               tmp_path, capsys, caplog):
     run = tmp_path / "run"
-    # replies to score: KL on value-laden replies (kl_value), and with it a calibrated gate
-    replies = ("sweep.capability.fluency_queries=1", "+sweep.capability.max_new_tokens=4")
-    run_sweep(sweep_cfg("logger=wandb_offline", "search.trials_per_batch=2", *replies), run)
+    run_sweep(sweep_cfg("logger=wandb_offline", "search.trials_per_batch=2"), run)
     rows = trials(run)
     assert len(rows) == 6 and {r["state"] for r in rows} == {"COMPLETE"}
     for col in ("model", "value", "method", "trial", "state", "sparsity", "magnitude", "rule",
@@ -184,7 +182,7 @@ def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sw
     # scores every chosen edit on the test split against dose-matched nulls, no trial run
     assert not any("test" in e for e in json.loads((run / "best_edits.json").read_text())[
         "edits"]) and all(r["test_alignment"] == "" for r in rows)
-    run_sweep(sweep_cfg("search.heldout=true", "search.test_nulls=2", *replies), run,
+    run_sweep(sweep_cfg("search.heldout=true", "search.test_nulls=2"), run,
               report=build_report)
     rows = trials(run)
     assert len(rows) == 6
@@ -216,8 +214,7 @@ def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sw
 
     # Re-running finds nothing to do and starts no actor.
     caplog.set_level(logging.INFO, logger="neva_sweep")
-    run_sweep(sweep_cfg("logger=wandb_offline", "search.heldout=true", "search.test_nulls=2",
-                        *replies), run)
+    run_sweep(sweep_cfg("logger=wandb_offline", "search.heldout=true", "search.test_nulls=2"), run)
     assert len(trials(run)) == 6
     assert "0 to run" in caplog.text  # the run's log (INFO)
 

@@ -188,3 +188,11 @@ def test_gated_only_search_without_a_budget_a_gate_cannot_hide_is_warned(config,
                ["search.space.gates=[value]", "search.max_suppression=0.1"],
                ["search.space.gates=[value]", "search.max_kl_value=0.1"]):
         assert not warn_unbounded_gates(config(*ok).search), ok
+
+
+def test_a_budget_on_value_laden_replies_needs_replies_to_read(config):
+    from neva_sweep.sweep.plan import ConfigError, check_evaluation
+
+    check_evaluation(config("search.max_kl_value=0.1"))  # 8 value replies by default
+    with pytest.raises(ConfigError, match=r"^search\.max_kl_value: .*value_replies is 0"):
+        check_evaluation(config("search.max_kl_value=0.1", "capability.value_replies=0"))
