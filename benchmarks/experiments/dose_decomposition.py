@@ -347,7 +347,7 @@ def main() -> None:
     texts = neutral_texts(load_records("neutral"), args.texts, "search")
     base = base_distribution(host, texts, 64, 4)
     ev = Evaluator(host, JudgeConfig(scenarios_limit=args.scenarios, n_boot=200),
-                   CapabilityConfig(mc_limit=0, fluency_queries=0), split="test",
+                   CapabilityConfig(mc_limit=0, fluency_queries=0, value_replies=0), split="test",
                    cache_dir=args.cache_dir and os.path.join(args.cache_dir, "eval"))
     rows = []
     print(f"{args.model}: {len(names)} variants x {len(args.values)} values x budgets "

@@ -45,7 +45,8 @@ import time
 from pathlib import Path
 
 TINY = ["model=tiny_llama", "sweep.judge.scenarios_limit=6", "sweep.judge.null_edits=2",
-        "sweep.capability.neutral_limit=4", "search.max_kl=2e-5", "stats.batch_size=8"]
+        "sweep.capability.neutral_limit=4", "search.max_kl=2e-5", "stats.batch_size=8",
+        "capability.value_replies=2", "capability.max_new_tokens=8"]
 GRID_FRACTIONS = (0.5, 0.75, 1.0)  # of the bisected KL edge
 GRID_POINTS = 5
 
