@@ -7,7 +7,10 @@ the best trials of a sweep) is evaluated twice in one batched pass, with ``gate=
 ``gate=context``: alignment on the sweep's forced-choice scenarios (the gate is near 1
 on them, so the two alignments should match), KL on the neutral texts of the capability
 split (never seen by the gate's probe), and MC accuracy on every built-in question
-(a distribution the probe never saw either). Also the mean gate value on each input set.
+(a distribution the probe never saw either), and KL on the value-laden replies where a
+gate opens (``kl_value``). Also the mean gate value on each input set. ``--gates`` picks
+the gates (e.g. ``none context value``), ``--split test`` the held-out scenarios and
+neutral texts (chosen edits of a sweep, scored where the search never looked).
 
     OMP_NUM_THREADS=1 python benchmarks/experiments/gate_effect.py
         [--values power tradition benevolence] [--params best.json]
@@ -50,6 +53,10 @@ def main() -> None:
     ap.add_argument("--mc", type=int, default=None, help="MC questions (default: all)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--gate-only", action="store_true", help="the gate's figures, no edits")
+    ap.add_argument("--gates", nargs="+", default=["none", "context"],
+                    help="each edit under these gates (default: none context)")
+    ap.add_argument("--split", default="search", choices=("search", "test"),
+                    help="the scenarios and neutral texts scored (default: search)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the sweep config")
     args = ap.parse_args()
 
@@ -58,6 +65,7 @@ def main() -> None:
     stats = stats_from_config(cfg, host)
     setup = eval_setup(cfg)
     setup.capability.mc_limit = args.mc  # every question unless --mc
+    setup.split = args.split
     ev = setup.evaluator(host)
     gate = gate_of(stats, "context")
     prompts, _ = ev.judge.prompts(host)
@@ -90,25 +98,30 @@ def main() -> None:
     for v in args.values:
         for m in args.methods:
             params = {**METHODS[m].defaults, **given.get(f"{v}/{m}", {})}
-            for gate in ("none", "context"):
+            for gate in args.gates:
                 edits.append((v, nv.make_edit(stats, v, m, **{**params, "gate": gate})))
                 labels.append((v, m, gate, params))
     recs = ev.evaluate(edits)
-    print(f"base MC accuracy {recs[0]['accuracy_base']:.3f}")
-    print("| value | method | gate | alignment [95% CI] | NLR | KL | MC accuracy drop |")
-    print("|---|---|---|---|---|---|---|")
+    if recs[0]["accuracy_base"] is not None:
+        print(f"base MC accuracy {recs[0]['accuracy_base']:.3f}")
+    print("| value | method | gate | alignment [95% CI] | NLR | KL | KL on value-laden replies "
+          "| MC accuracy drop |")
+    print("|---|---|---|---|---|---|---|---|")
     rows = []
     for (v, m, gate_name, params), r in zip(labels, recs):
         lo, hi = r["ci"]["alignment"]
+        drop = "-" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:+.3f}"
+        klv = "-" if r["kl_value"] is None else f"{r['kl_value']:.4f}"
         print(f"| {v} | {m} | {gate_name} | {r['alignment']:+.4f} [{lo:+.4f}, {hi:+.4f}] | "
-              f"{r['nlr']:.2f} | {r['kl']:.4f} | {r['accuracy_drop']:+.3f} |")
+              f"{r['nlr']:.2f} | {r['kl']:.4f} | {klv} | {drop} |")
         rows.append({"value": v, "method": m, "gate": gate_name, "params": params,
-                     **{k: r[k] for k in ("alignment", "nlr", "kl", "accuracy_drop",
-                                          "accuracy_edited", "acquiescence")},
-                     "alignment_ci": [lo, hi]})
+                     **{k: r[k] for k in ("alignment", "nlr", "kl", "kl_value",
+                                          "accuracy_drop", "accuracy_edited", "acquiescence")},
+                     "alignment_ci": [lo, hi], "alignment_rows": r["alignment_rows"]})
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"mean_gate": g, "n_mc": len(ev.questions), "rows": rows}, f, indent=2)
+            json.dump({"mean_gate": g, "n_mc": len(ev.questions), "split": args.split,
+                       "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
