@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import torch
 
@@ -65,7 +66,7 @@ def main() -> None:
     stats = stats_from_config(cfg, host)
     setup = eval_setup(cfg)
     setup.capability.mc_limit = args.mc  # every question unless --mc
-    setup.split = args.split
+    setup = replace(setup, split=args.split)
     ev = setup.evaluator(host)
     gate = gate_of(stats, "context")
     prompts, _ = ev.judge.prompts(host)
