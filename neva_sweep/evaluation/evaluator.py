@@ -278,10 +278,10 @@ class Evaluator:
         ``prompts`` / ``replies`` when the same, else generated) as value_texts."""
         if not self.value_prompts:
             return []
-        if self.value_prompts != prompts[:len(self.value_prompts)]:
+        if self.value_prompts != prompts:
             replies = greedy_generate(self.host, self.value_prompts, (None,), "all",
                                       self.cap.max_new_tokens, self.cap.batch_size)[0]
-        return value_texts(self.value_prompts, replies[:len(self.value_prompts)])
+        return value_texts(self.value_prompts, replies)
 
     def value_texts(self) -> list[str]:
         """The value-laden texts ``kl_value`` is measured on (capability.value_texts:
