@@ -438,6 +438,12 @@ class CalibrationConfig:
     # ``edge_frac`` next to the strength it gave; false: the strength itself, in a box that
     # spans the anchors' doses
     relative: bool = True
+    # points (of ``points``, spread evenly, ends included) each gate that
+    # search.space.gates searches is calibrated at, at the first budget to bind of KL on
+    # neutral text and kl_value; a gated trial's budget dose is the ungated one times the
+    # gate's factor interpolated between them (sweep/calibrate.py, gate_factor). 1: the
+    # middle point alone, whose factor then holds across the layout
+    gate_points: int = 1
 
 
 @dataclass

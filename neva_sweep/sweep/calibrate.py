@@ -24,11 +24,12 @@ method measured lie.
 A *gated* edit (``search.space.gates`` other than ``none``, neurons/gate.py) is scaled by
 its gate, which is closed on the neutral texts KL is measured on: at any dose its KL
 there stays near 0, so the anchors' doses say nothing about it. Each gate the space
-searches is therefore calibrated once more, at the middle anchor's setting with that gate,
-on the first budget to bind of KL on neutral text and KL on value-laden replies
-(``kl_value``, where the gate opens; its budget ``search.max_kl_value``, else the KL
-budget): its dose over the middle anchor's is the gate's *factor*, and a gated trial's
-budget dose is the ungated one times it (:func:`gate_factor`). With
+searches is therefore calibrated again, at ``search.calibration.gate_points`` of the
+points with that gate (the middle one alone by default), on the first budget to bind of
+KL on neutral text and KL on value-laden replies (``kl_value``, where the gate opens; its
+budget ``search.max_kl_value``, else the KL budget): its dose over the ungated point's is
+the gate's *factor* there, and a gated trial's budget dose is the ungated one times the
+factor interpolated at its layout (:func:`gate_factor`). With
 ``search.max_kl_value`` set, every anchor is bisected to that first binding budget too.
 
 The result is stored as the study's user attribute ``calibration`` (the range of a
@@ -84,8 +85,9 @@ class Calibration:
     relative: bool = False
     value_budget: float | None = None  # the budget on kl_value bisected to, if any
     kl_value: float | None = None  # kl_value at ``dose`` (nats/token), when measured
-    # per gate searched (:func:`gate_factor`): the gated Calibration dict with its
-    # ``factor``, its dose over the middle anchor's (None: it never met a budget)
+    # per gate searched (:func:`gate_factor`): the middle gated point's Calibration dict
+    # with its ``factor``, its dose over the ungated point's (None: it never met a budget),
+    # and ``points``, every gated point's dict with its factor, in layout order
     gates: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,15 +218,20 @@ def is_gated(params: dict[str, Any] | None) -> bool:
     return (params or {}).get("gate", "none") != "none"
 
 
-def gated_params(method: str, space: Any, anchors: list[dict[str, Any]]
+def gated_params(method: str, space: Any, anchors: list[dict[str, Any]], n: int = 1
                  ) -> list[dict[str, Any]]:
-    """The gated settings a study is calibrated at besides its ``anchors``: the middle
-    anchor with each gate ``search.space.gates`` searches (none for a method without a
-    gate)."""
-    mid = anchors[len(anchors) // 2]
-    if "gate" not in mid:
+    """The gated settings a study is calibrated at besides its ``anchors``: ``n`` of them,
+    spread evenly (:func:`spread_indices`; 1: the middle one), with each gate
+    ``search.space.gates`` searches (none for a method without a gate)."""
+    if "gate" not in anchors[0]:
         return []
-    return [{**mid, "gate": g} for g in space.get("gates") or [] if g != "none"]
+    points = [anchors[i] for i in spread_indices(len(anchors), n)]
+    return [{**p, "gate": g} for g in space.get("gates") or [] if g != "none" for p in points]
+
+
+def _layout_key(params: dict[str, Any] | None) -> tuple:
+    """A setting without its gate, to match a gated point with its ungated one."""
+    return tuple(sorted((k, repr(v)) for k, v in (params or {}).items() if k != "gate"))
 
 
 def combine(cals: list[Calibration], span: tuple[float, float], configured: list[float],
@@ -248,10 +255,14 @@ def combine(cals: list[Calibration], span: tuple[float, float], configured: list
     mid = cals[len(cals) // 2]
     reached = [c for c in cals if c.reached]
     relative = relative and bool(reached)
-    gates = {}
+    ungated = {_layout_key(c.params): c for c in cals}
+    by_gate: dict[str, list[dict[str, Any]]] = {}
     for g in gated or []:
-        ok = g.reached and mid.reached
-        gates[g.params["gate"]] = {**g.to_dict(), "factor": g.dose / mid.dose if ok else None}
+        u = ungated.get(_layout_key(g.params), mid)
+        ok = g.reached and u.reached
+        by_gate.setdefault(g.params["gate"], []).append(
+            {**g.to_dict(), "factor": g.dose / u.dose if ok else None})
+    gates = {gate: {**pts[len(pts) // 2], "points": pts} for gate, pts in by_gate.items()}
     doses = [c.dose for c in reached] + [g.dose for g in gated or [] if g.reached]
     if relative:
         box = [float(span[0]), float(span[1])]
@@ -265,17 +276,33 @@ def combine(cals: list[Calibration], span: tuple[float, float], configured: list
                        mid.params, anchors, relative, mid.value_budget, mid.kl_value, gates)
 
 
-def gate_factor(cal: dict[str, Any], gate: str | None) -> float:
+def gate_factor(cal: dict[str, Any], gate: str | None, method: str | None = None,
+                params: dict[str, Any] | None = None) -> float:
     """How many times the ungated budget dose a ``gate``-gated edit of a study reaches its
-    budget at (its stored calibration's ``gates``); 1 for an ungated edit, a gate not
-    calibrated (an earlier calibration) or one that never met a budget.
+    budget at (its stored calibration's ``gates``): with ``method`` and ``params``, the
+    log of the gated points' factors interpolated linearly at ``params``' layout (as
+    :func:`edge_dose` interpolates doses; flat beyond the outer points), else the middle
+    point's. 1 for an ungated edit, a gate not calibrated (an earlier calibration) or one
+    that never met a budget; a point that met none takes no part.
 
     >>> gate_factor({"gates": {"context": {"factor": 1.5}}}, "context")
     1.5
     >>> gate_factor({"gates": {"value": {"factor": None}}}, "value"), gate_factor({}, "none")
     (1.0, 1.0)
+    >>> pts = [{"params": {"layer_frac": x}, "factor": f} for x, f in ((0.2, 2.0), (0.8, 8.0))]
+    >>> round(gate_factor({"gates": {"value": {"factor": 2.0, "points": pts}}}, "value",
+    ...                   "diffmean", {"layer_frac": 0.5}), 6)
+    4.0
     """
-    factor = ((cal.get("gates") or {}).get(gate or "none") or {}).get("factor")
+    g = (cal.get("gates") or {}).get(gate or "none") or {}
+    layout = layout_of(method) if method is not None and params is not None else None
+    points = sorted((_coordinate(layout, p["params"][layout.axis]), p["factor"])
+                    for p in g.get("points") or [] if p.get("factor")) if layout else []
+    if len(points) > 1:
+        xs, fs = zip(*points)
+        x = _coordinate(layout, params[layout.axis])
+        return math.exp(float(np.interp(x, xs, np.log(fs))))
+    factor = points[0][1] if points else g.get("factor")
     return float(factor) if factor else 1.0
 
 
@@ -306,7 +333,7 @@ def edge_dose(cal: dict[str, Any], method: str, params: dict[str, Any]) -> float
         raise ValueError(f"calibration of {method} has no anchor that met the budget")
     xs, ys = zip(*points)
     dose = math.exp(float(np.interp(_coordinate(layout, params[axis]), xs, ys)))
-    return dose * gate_factor(cal, params.get("gate"))
+    return dose * gate_factor(cal, params.get("gate"), method, params)
 
 
 def absolute_params(cal: dict[str, Any], method: str, params: dict[str, Any]
@@ -416,14 +443,15 @@ def calibration_job(method: str, value: str, search: Any,
 
 
 def calibration_jobs(method: str, value: str, search: Any) -> list[dict[str, Any]]:
-    """One :func:`calibration_job` per anchor (:func:`anchor_params`) of a study, then one
-    per gate it searches (:func:`gated_params`)."""
+    """One :func:`calibration_job` per anchor (:func:`anchor_params`) of a study, then
+    ``search.calibration.gate_points`` per gate it searches (:func:`gated_params`)."""
     c = search.calibration
     n = max(int(c.get("anchors", CalibrationConfig.anchors)),
             int(c.get("points", CalibrationConfig.points)))
     anchors = anchor_params(method, search.space, n)
-    return [calibration_job(method, value, search, p)
-            for p in anchors + gated_params(method, search.space, anchors)]
+    gated = gated_params(method, search.space, anchors,
+                         int(c.get("gate_points", CalibrationConfig.gate_points)))
+    return [calibration_job(method, value, search, p) for p in anchors + gated]
 
 
 def calibrate_edit(host: Any, stats: Any, texts: list[str], cap: Any, job: dict[str, Any],

@@ -158,10 +158,14 @@ def _store(state: Any, cals: list[Calibration], search: Any, span: tuple) -> Non
     box = (f"{cal.range[0]:.3g} to {cal.range[1]:.3g} x the budget dose" if cal.relative
            else f"search.space.{key}=[{cal.range[0]:.3g}, {cal.range[1]:.3g}]")
     for gate, g in cal.gates.items():
-        if g["factor"] is None:
-            log.warning("calibration of %s with gate=%s met no budget at %s; its gated "
-                        "edits are searched at the ungated doses", state.key.name(""), gate,
-                        _setting(g["params"]))
+        points = g.get("points") or [g]
+        dead = [p for p in points if p["factor"] is None]
+        if dead:
+            rest = ("its gated edits are searched at the ungated doses" if len(dead) == len(points)
+                    else "its factor there is interpolated from the other points")
+            log.warning("calibration of %s with gate=%s met no budget at %s; %s",
+                        state.key.name(""), gate,
+                        "; ".join(_setting(p["params"]) for p in dead), rest)
     for a in cals:
         if not a.bracketed and not is_gated(a.params):
             lo, hi = min(d for d, _ in a.steps), max(d for d, _ in a.steps)

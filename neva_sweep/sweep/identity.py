@@ -35,9 +35,9 @@ IDENTITY_KEYS = (
     "search.calibration", "search.pruner", "search.fidelity",
 )
 FORCE = "force"  # +resume=force
-# search.calibration.anchors, .points and .relative: how the search proceeds, not what it
-# measures
-RUN_ONLY_CALIBRATION_KEYS = ("anchors", "points", "relative")
+# search.calibration.anchors, .points, .relative and .gate_points: how the search proceeds,
+# not what it measures
+RUN_ONLY_CALIBRATION_KEYS = ("anchors", "points", "relative", "gate_points")
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:

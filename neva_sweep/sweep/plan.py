@@ -250,6 +250,9 @@ def check_search(s: DictConfig) -> None:
         raise ConfigError(f"search.calibration.points: the number of settings a study is "
                           f"calibrated at, an integer >= search.calibration.anchors "
                           f"({c.anchors}); got {c.points}")
+    if not isinstance(c.gate_points, int) or c.gate_points < 1:
+        raise ConfigError(f"search.calibration.gate_points: the number of settings each gate "
+                          f"is calibrated at, an integer >= 1; got {c.gate_points}")
     if s.calibrate and s.max_kl is not None and not s.max_kl > 0:
         raise ConfigError("search.max_kl: calibration bisects the strength to this budget, "
                           f"which must be > 0 (or set search.calibrate=false); got {s.max_kl}")

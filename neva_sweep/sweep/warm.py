@@ -94,9 +94,12 @@ def start_settings(state: StudyState, params: dict[str, Any], space: Any,
     # study's edge_dose holds the gate's factor, an absolute one's doses are scaled here
     gates = only_gated(space.get("gates"))
     if gates:
-        k = 1.0 if cal.get("relative") else gate_factor(cal, gates[0])
-        calibrated = [{**c, "gate": gates[0], "strength": c["strength"] * k} if "gate" in c
-                      else c for c in calibrated]
+        def k(c: dict[str, Any]) -> float:
+            return (1.0 if cal.get("relative")
+                    else gate_factor(cal, gates[0], state.key.method, c))
+
+        calibrated = [{**c, "gate": gates[0], "strength": c["strength"] * k(c)}
+                      if "gate" in c else c for c in calibrated]
     if calibrated:
         return calibrated
     if params.get("strength") is not None:

@@ -175,6 +175,8 @@ def test_bad_search_settings_are_refused_before_any_work(config):
                           ("search.fidelity=1.0", "search.fidelity"),
                           ("search.calibration.span=[2.0,1.0]", "search.calibration.span"),
                           ("search.calibration.anchors=0", "search.calibration.anchors"),
+                          ("search.calibration.gate_points=0",
+                           "search.calibration.gate_points"),
                           ("search.space.strength=[0.0,4.0]", "search.space.strength"),
                           ("search.space.caa_pairs.strength=[0.0,1.0]",
                            "search.space.caa_pairs.strength"),

@@ -77,6 +77,42 @@ def test_a_gated_edit_meets_its_budget_at_its_gates_factor_of_the_ungated_dose()
     assert combine(anchors, (0.25, 2.0), [0.1, 1.0], gated=gated).range == [0.25, 12.0]
 
 
+def test_gate_points_calibrate_each_gate_across_the_layout(config):
+    """``search.calibration.gate_points`` gated points per gate, spread over the points;
+    a gated trial's factor is interpolated between them (log factor, linear in the layout
+    coordinate, flat beyond the ends), and a point that met no budget takes no part."""
+    search = config("search.calibration.anchors=3", "search.calibration.points=5",
+                    "search.calibration.gate_points=3",
+                    "search.space.gates=[none,value]").search
+    jobs = calibration_jobs("diffmean", "power", search)
+    assert [(j["params"]["layer_frac"], j["params"]["gate"]) for j in jobs[5:]] == [
+        (0.2, "value"), (0.5, "value"), (0.8, "value")]
+
+    def at(layer, dose, gate="none", reached=True):
+        return Calibration(dose, 0.1, 0.1, reached, params={"layer_frac": layer, "gate": gate})
+
+    anchors = [at(0.2, 1.0), at(0.5, 2.0), at(0.8, 4.0)]
+    gated = [at(0.2, 2.0, "value"), at(0.5, 8.0, "value"), at(0.8, 32.0, "value")]
+    cal = combine(anchors, (0.25, 2.0), [0.1, 1.0], relative=True, gated=gated).to_dict()
+    g = cal["gates"]["value"]
+    assert [p["factor"] for p in g["points"]] == [2.0, 4.0, 8.0] and g["factor"] == 4.0
+    # at a gated point the budget dose is that point's own gated dose
+    for layer, dose in ((0.2, 2.0), (0.5, 8.0), (0.8, 32.0)):
+        assert edge_dose(cal, "diffmean", {"layer_frac": layer, "gate": "value"}) == \
+            pytest.approx(dose)
+    # halfway between 0.2 and 0.5: ungated dose 2^0.5 times factor 2^1.5, both interpolated
+    # in log
+    assert edge_dose(cal, "diffmean", {"layer_frac": 0.35, "gate": "value"}) == \
+        pytest.approx(4.0)
+    assert edge_dose(cal, "diffmean", {"layer_frac": 0.1, "gate": "value"}) == pytest.approx(2.0)
+    # a dead gated point is left out: the factor comes from the others
+    gated[2] = at(0.8, 1e4, "value", reached=False)
+    cal = combine(anchors, (0.25, 2.0), [0.1, 1.0], relative=True, gated=gated).to_dict()
+    assert cal["gates"]["value"]["points"][2]["factor"] is None
+    assert edge_dose(cal, "diffmean", {"layer_frac": 0.8, "gate": "value"}) == \
+        pytest.approx(4.0 * 4.0)
+
+
 def test_the_box_spans_the_anchors_that_met_the_budget():
     span, configured = (0.25, 2.0), [4.0, 64.0]
     low = Calibration(2.0, 0.09, 0.1, True, params={"sparsity": 0.2})
@@ -98,9 +134,10 @@ def test_the_box_spans_the_anchors_that_met_the_budget():
 
 
 def test_the_anchor_count_is_not_part_of_a_runs_identity(config, tmp_path):
-    a = identity(config("search.calibration.anchors=1", "search.calibration.relative=false"))
+    a = identity(config("search.calibration.anchors=1", "search.calibration.relative=false",
+                        "search.calibration.gate_points=3"))
     b = identity(config("search.calibration.anchors=5"))
-    assert a == b and not {"anchors", "relative"} & set(a["search.calibration"])
+    assert a == b and not {"anchors", "relative", "gate_points"} & set(a["search.calibration"])
     assert identity(config("search.calibration.steps=2")) != a
 
 
