@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError
 
 from ..config import (
     GATES,
+    CapabilityConfig,
     ClusterConfig,
     ConfigError,
     JudgeConfig,
@@ -367,12 +368,13 @@ def check_evaluation(cfg: DictConfig) -> None:
             f"MC questions per trial (sweep.capability.mc_limit is {cap.mc_limit}; 40 "
             "questions give +-0.15 intervals); raise it, or constrain search.max_kl instead")
     _at_least("capability.fluency_queries", cap.fluency_queries, 0)
-    _at_least("capability.value_replies", cap.get("value_replies", 8), 0)
-    if cfg.search.get("max_kl_value") is not None and cap.get("value_replies", 8) == 0:
+    replies = cap.get("value_replies", CapabilityConfig.value_replies)
+    _at_least("capability.value_replies", replies, 0)
+    if cfg.search.get("max_kl_value") is not None and replies == 0:
         raise ConfigError(
             "search.max_kl_value: KL on value-laden replies needs replies to read; "
-            "capability.value_replies is 0: set it >= 1 (8 by default), or drop the "
-            "budget")
+            "capability.value_replies is 0: set it >= 1 "
+            f"({CapabilityConfig.value_replies} by default), or drop the budget")
     _at_least("capability.batch_size", cap.batch_size, 1)
     _at_least("judge.batch_size", cfg.judge.batch_size, 1)
 
