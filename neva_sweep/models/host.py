@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 from ..config import ConfigError, ModelConfig
 from ..export import module_device  # one definition; export.py stays standalone
 from .arch import neuron_sites, site_width
+from .gguf import load_gguf
 from .identity import fingerprint
 from .registry import MODELS, dispatch
 from .sharded import TP_LOADS
@@ -231,14 +232,17 @@ def load_model(
             model = dispatch(model, device_map)
     else:
         path = Path(spec)
-        gguf = None
-        if path.suffix == ".gguf":
-            path, gguf = path.parent, path.name
         try:
-            kwargs = dict(trust_remote_code=trust_remote_code, gguf_file=gguf)
-            tok = AutoTokenizer.from_pretrained(str(path), **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype,
-                                                         device_map=device_map, **kwargs)
+            if path.suffix == ".gguf" and device_map is None:  # dequantized once, cached
+                model, tok = load_gguf(spec, path, torch_dtype,
+                                       trust_remote_code=trust_remote_code)
+            else:
+                gguf = path.name if path.suffix == ".gguf" else None
+                kwargs = dict(trust_remote_code=trust_remote_code, gguf_file=gguf)
+                folder = str(path.parent if gguf else path)
+                tok = AutoTokenizer.from_pretrained(folder, **kwargs)
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype,
+                                                             device_map=device_map, **kwargs)
         except (OSError, ValueError) as e:
             raise OSError(
                 f"cannot load model {spec!r} (model.name): not a registry name "

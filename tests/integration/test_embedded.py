@@ -104,16 +104,33 @@ def test_judges_on_embedded_model(smollm, stats, name):
         assert np.isfinite(edited.E).all()
 
 
-def test_embedded_gguf_model_is_castable_for_deepspeed(smollm):
-    """The embedded model comes from a GGUF file: transformers marks it quantized though its
-    weights are dequantized, and DeepSpeed's cast (`.float()`) refused it, so the embedded
-    model could not run at tp_size > 1. Sharding drops that mark first."""
-    from neva_sweep.models.tp import _drop_gguf_quantizer
+def test_gguf_is_dequantized_once_then_read_from_the_cache(smollm, tmp_path, monkeypatch):
+    """The first load of the embedded GGUF model dequantizes it and caches a safetensors
+    checkpoint (models/gguf.py); the next load reads that checkpoint: the same weights and
+    logits, in a fraction of the time. Neither is marked quantized (transformers marks a
+    GGUF model so though its weights are dequantized, and DeepSpeed's cast `.float()`
+    refused it, so the embedded model could not run at tp_size > 1)."""
+    import time
 
-    model = copy.deepcopy(smollm.model)  # the module's model is left as it is
-    assert model.is_quantized
-    with pytest.raises(ValueError, match="not supported for quantized model"):
-        model.float()
-    _drop_gguf_quantizer(model, torch.float32)
-    assert not getattr(model, "is_quantized", False)
-    assert model.float() is model  # what init_inference does
+    monkeypatch.setenv("NEVA_SWEEP_CACHE", str(tmp_path))
+    t0 = time.perf_counter()
+    first = nv.load_model("smollm2-135m")  # from the GGUF file
+    t_gguf = time.perf_counter() - t0
+    [ckpt] = (tmp_path / "checkpoints").iterdir()  # no temporary directory left
+    assert ckpt.name.startswith("smollm2-135m-float32-") and (ckpt / "config.json").is_file()
+    assert list(ckpt.glob("*.safetensors")) and (ckpt / "tokenizer.json").is_file()
+    t0 = time.perf_counter()
+    again = nv.load_model("smollm2-135m")  # from the checkpoint
+    t_cached = time.perf_counter() - t0
+    assert t_cached < t_gguf  # the point of the cache (docs/performance.md has the ratio)
+    ids = first.tokenizer("Tradition matters to me because", return_tensors="pt").input_ids
+    for host in (again, smollm):  # the module's model: cached or dequantized before
+        sd = host.model.state_dict()
+        assert all(torch.equal(v, sd[k]) for k, v in first.model.state_dict().items())
+        with torch.inference_mode():
+            assert torch.equal(first.model(ids).logits, host.model(ids).logits)
+        assert host.meta["fingerprint"] == first.meta["fingerprint"]
+    for host in (first, again):
+        assert not getattr(host.model, "is_quantized", False)
+        model = copy.deepcopy(host.model)
+        assert model.float() is model  # what init_inference does
