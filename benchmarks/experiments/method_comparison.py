@@ -77,6 +77,7 @@ TINY = ["model=tiny_llama", "search.n_trials=2", "search.n_startup_trials=1",
         "sweep.capability.neutral_limit=2", "search.test_nulls=2", "search.max_kl=null",
         "search.max_suppression=null", "cluster.num_cpus=2", "cluster.replicas_per_model=1",
         "search.calibration.points=3", "search.calibration.anchors=2",  # 2 trials: 2 starts
+        "search.calibration.gate_points=1",
         "capability.value_replies=2", "capability.max_new_tokens=8"]
 
 
