@@ -1,10 +1,10 @@
 """GGUF models, dequantized once: a safetensors copy in the cache makes later loads fast.
 
-transformers reads a GGUF file by dequantizing every tensor: about 12 s for the embedded
+transformers reads a GGUF file by dequantizing every tensor: about 15 s for the embedded
 SmolLM2-135M on 2 CPU cores, in every process that loads it (each replica of each sweep).
 The first load therefore saves the dequantized weights, in the dtype asked for, with the
 config and tokenizer, as a safetensors checkpoint in ``$NEVA_SWEEP_CACHE/checkpoints``
-(default ``~/.cache/neva_sweep/checkpoints``, about 540 MB for SmolLM2 in float32); later
+(default ``~/.cache/neva_sweep/checkpoints``, about 520 MB for SmolLM2 in float32); later
 loads read that checkpoint instead (docs/performance.md, model loading). The tensors are
 the same ones: the same dequantization, saved losslessly in that dtype.
 
