@@ -233,3 +233,44 @@ def test_a_budget_on_value_laden_replies_needs_replies_to_read(config):
     check_evaluation(config("search.max_kl_value=0.1"))  # 8 value replies by default
     with pytest.raises(ConfigError, match=r"^search\.max_kl_value: .*value_replies is 0"):
         check_evaluation(config("search.max_kl_value=0.1", "capability.value_replies=0"))
+
+
+def test_a_gated_point_that_met_no_budget_is_warned_about_and_left_out(config, tmp_path,
+                                                                        caplog):
+    """A study calibrated from its (cached) jobs: every gated point keeps its factor, a
+    dead one (under every budget at every dose) none, with a warning naming its setting;
+    the gated trial's budget dose there comes from the other points."""
+    import json
+    from types import SimpleNamespace
+
+    import optuna
+
+    from neva_sweep.sweep.calibration_pass import cache_path, calibrate_studies
+    from neva_sweep.sweep.plan import StudyKey
+    from neva_sweep.sweep.studies import StudyState
+
+    search = config("search.calibration.points=3", "search.calibration.anchors=3",
+                    "search.calibration.gate_points=3",
+                    "search.space.gates=[none,value]").search
+    setup = SimpleNamespace(cache_dir=str(tmp_path), capability="cap", data="data")
+    jobs = calibration_jobs("diffmean", "power", search)
+    assert [j["params"]["gate"] for j in jobs] == ["none"] * 3 + ["value"] * 3
+    # ungated doses 1, 2, 4; gated 3, 8 and a dead one at layer 0.8
+    for (dose, ok), job in zip(((1.0, True), (2.0, True), (4.0, True), (3.0, True),
+                                (8.0, True), (1e4, False)), jobs):
+        path = cache_path(setup, "m", job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"dose": dose, "kl": 0.098 if ok else 0.01, "budget": 0.1,
+                                    "bracketed": ok, "steps": [[dose, 0.098]],
+                                    "params": job["params"]}))
+    s = StudyState(StudyKey("m", "power", "diffmean"),
+                   optuna.create_study(directions=["maximize", "minimize"]), 4, 4)
+    with caplog.at_level("WARNING", logger="neva_sweep.sweep.calibration_pass"):
+        assert calibrate_studies([s], [], search, setup, {"m": "m"}, progress=False) == 1
+    gate = s.study.user_attrs["calibration"]["gates"]["value"]
+    assert [p["factor"] for p in gate["points"]] == [3.0, 4.0, None]
+    assert "gate=value met no budget at layer_frac=0.8" in caplog.text
+    assert "interpolated from the other points" in caplog.text
+    # flat beyond the last live point: 4 x the ungated dose at layer 0.8
+    assert edge_dose(s.edge, "diffmean", {"layer_frac": 0.8, "gate": "value"}) == \
+        pytest.approx(16.0)
