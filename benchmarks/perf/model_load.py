@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 # prints the seconds of load_model alone (after the imports)
-PROBE = ("import time, neva_sweep as nv; from neva_sweep.models import load_model; "
+PROBE = ("import time; from neva_sweep.models import load_model; "
          "t = time.perf_counter(); load_model('smollm2-135m', dtype='{dtype}'); "
          "print(time.perf_counter() - t)")
 

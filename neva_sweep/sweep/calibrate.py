@@ -25,7 +25,7 @@ A *gated* edit (``search.space.gates`` other than ``none``, neurons/gate.py) is 
 its gate, which is closed on the neutral texts KL is measured on: at any dose its KL
 there stays near 0, so the anchors' doses say nothing about it. Each gate the space
 searches is therefore calibrated again, at ``search.calibration.gate_points`` of the
-points with that gate (the middle one alone by default), on the first budget to bind of
+points with that gate (spread evenly like the anchors), on the first budget to bind of
 KL on neutral text and KL on value-laden replies (``kl_value``, where the gate opens; its
 budget ``search.max_kl_value``, else the KL budget): its dose over the ungated point's is
 the gate's *factor* there, and a gated trial's budget dose is the ungated one times the
@@ -296,12 +296,10 @@ def gate_factor(cal: dict[str, Any], gate: str | None, method: str | None = None
     """
     g = (cal.get("gates") or {}).get(gate or "none") or {}
     layout = layout_of(method) if method is not None and params is not None else None
-    points = sorted((_coordinate(layout, p["params"][layout.axis]), p["factor"])
-                    for p in g.get("points") or [] if p.get("factor")) if layout else []
+    points = [(p["params"], p["factor"]) for p in g.get("points") or []
+              if p.get("factor")] if layout else []
     if len(points) > 1:
-        xs, fs = zip(*points)
-        x = _coordinate(layout, params[layout.axis])
-        return math.exp(float(np.interp(x, xs, np.log(fs))))
+        return _log_interp(layout, points, params)
     factor = points[0][1] if points else g.get("factor")
     return float(factor) if factor else 1.0
 
@@ -309,6 +307,15 @@ def gate_factor(cal: dict[str, Any], gate: str | None, method: str | None = None
 def _coordinate(layout: Layout, x: float) -> float:
     """Where the budget dose is interpolated linearly: log sparsity, the layer fraction."""
     return math.log(x) if layout.log else float(x)
+
+
+def _log_interp(layout: Layout, points: list[tuple[dict[str, Any], float]],
+                params: dict[str, Any]) -> float:
+    """A positive quantity at ``params``' layout from ``points`` ((setting, quantity)
+    pairs): its log interpolated linearly in the layout coordinate (:func:`_coordinate`),
+    flat beyond the outer points."""
+    xs, ys = zip(*sorted((_coordinate(layout, p[layout.axis]), math.log(q)) for p, q in points))
+    return math.exp(float(np.interp(_coordinate(layout, params[layout.axis]), xs, ys)))
 
 
 def edge_dose(cal: dict[str, Any], method: str, params: dict[str, Any]) -> float:
@@ -326,14 +333,11 @@ def edge_dose(cal: dict[str, Any], method: str, params: dict[str, Any]) -> float
     layout = layout_of(method)
     if layout is None:
         raise ValueError(f"method {method!r} declares no layout: it has no calibrated dose")
-    axis = layout.axis
-    points = sorted((_coordinate(layout, a["params"][axis]), math.log(a["dose"]))
-                    for a in (cal.get("anchors") or []) if met_budget(a))
+    points = [(a["params"], a["dose"]) for a in (cal.get("anchors") or []) if met_budget(a)]
     if not points:
         raise ValueError(f"calibration of {method} has no anchor that met the budget")
-    xs, ys = zip(*points)
-    dose = math.exp(float(np.interp(_coordinate(layout, params[axis]), xs, ys)))
-    return dose * gate_factor(cal, params.get("gate"), method, params)
+    return _log_interp(layout, points, params) * gate_factor(cal, params.get("gate"), method,
+                                                             params)
 
 
 def absolute_params(cal: dict[str, Any], method: str, params: dict[str, Any]
