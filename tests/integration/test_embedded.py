@@ -27,11 +27,12 @@ def smollm():
 
 @pytest.fixture(scope="module")
 def stats(smollm):
-    # no neutral texts: these tests use no gate, so the statistics pass trains none; a
-    # third of the identify probes (120 of 360) select neurons good enough for every test
-    # here (the steering effect: 0.19 with 120 texts, 0.21 with 180; with 90 the
+    # no neutral texts and no stance pairs: these tests use no gate and no pair score, so
+    # the statistics pass needs neither (the pairs' forced-choice rows would be 5/6 of its
+    # time); a third of the identify probes (120 of 360) select neurons good enough for
+    # every test here (the steering effect: 0.19 with 120 texts, 0.21 with 180; with 90 the
     # questionnaire's benevolence agreement no longer rises)
-    probes = nv.load_probes(split="identify", neutral=False).shard(0, 3)
+    probes = nv.load_probes(split="identify", neutral=False, pairs=False).shard(0, 3)
     return nv.collect_stats(smollm, probes, progress=False)
 
 
@@ -72,10 +73,14 @@ def test_mc_accuracy_clearly_above_chance(smollm):
 def test_judges_on_embedded_model(smollm, stats, name):
     cfg = JudgeConfig(name=name, queries_per_value=1, max_new_tokens=12, scenarios_limit=12)
     records = {k: load_records(k) for k in DATA_KINDS}
-    if name == "llm":  # five values' queries: the judge model asks ten questions per reply
+    if name == "llm":  # two values' queries: the judge model asks ten questions per reply
         q = records["queries"]
         records["queries"] = replace(q, rows=tuple(r for r in q.rows
-                                                   if r["value"] in nv.VALUES[:5]))
+                                                   if r["value"] in nv.VALUES[:2]))
+    if name == "questionnaire":  # the first two of the eight forms (items per value)
+        q = records["questionnaire"]
+        records["questionnaire"] = replace(q, rows=tuple(
+            r for v in nv.VALUES for r in [r for r in q.rows if r["value"] == v][:2]))
     judge = make_judge(cfg, records)
     nmap = nv.select_neurons(stats, "benevolence")
     edits = [None, NeuronEdit(nmap["benevolence"])]
@@ -88,8 +93,9 @@ def test_judges_on_embedded_model(smollm, stats, name):
         low = -1 if name == "questionnaire" else 0  # centred per form
         assert j.E.shape[1] == 10 and ((j.E >= low) & (j.E <= 1)).all()
     if name == "questionnaire":
-        # The default edit raises the raw agreement with benevolence items (measured +0.27
-        # on the eight forms) and every other value's almost as much: see docs/results.md.
+        # The default edit raises the raw agreement with benevolence items (measured +0.088
+        # on these two forms, +0.082 on four) and every other value's almost as much
+        # (+0.073 on average): see docs/results.md.
         assert edited.raw[:, b].mean() - base.raw[:, b].mean() > 0.05
     elif name == "forced_choice":
         # The judge sees an explicit tradition prompt: tradition rises most (measured
