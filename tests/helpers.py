@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+import neva_sweep.data as nv_data
 from neva_sweep.config import SearchConfig
 from neva_sweep.evaluation.metrics import cwl, nglr, nlr
 from neva_sweep.sweep.outputs import Outputs
@@ -237,3 +238,16 @@ def _neurons(run_dir: Path, rng, models, edits: list[dict]) -> None:
                           torch.ones(n), torch.ones(n), torch.ones(n))
         path = run_dir / "best_edits" / e["model"] / f"{e['value']}-neva.safetensors"
         NeuronMap({e["value"]: vn}, [40] * 4, {"trial": e["trial"]}).save(path)
+
+
+def small_scenarios(path: Path, search: int = 8, test: int = 8) -> Path:
+    """A scenario file (``data.scenarios``) holding the first ``search`` search-split and
+    ``test`` test-split scenarios of the built-in file: a held-out pass scores every test
+    scenario, and 8 of the 36 keep a tiny sweep's pass to seconds."""
+    rows = [json.loads(line) for line in
+            (Path(nv_data.__file__).parent / "data" / "scenarios.jsonl").read_text().splitlines()
+            if line.strip()]
+    kept = ([r for r in rows if r.get("split") != "test"][:search]
+            + [r for r in rows if r.get("split") == "test"][:test])
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return path

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from neva_sweep.evaluation.paired import compare_values, holm, p_two_sided, paired_bootstrap
+from tests.helpers import small_scenarios
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ROOT / "benchmarks" / "experiments"
@@ -66,10 +67,12 @@ def test_method_comparison_seeds_on_a_tiny_model(tmp_path) -> None:
     """A tiny two-method sweep compared on the held-out test split (one seed: the seed
     axis is the overrides above; each seed is one more sweep like this one)."""
     report = tmp_path / "report.json"
+    scenarios = small_scenarios(tmp_path / "scenarios.jsonl")  # 8 test scenarios of 36
     proc = subprocess.run(
         [sys.executable, str(EXPERIMENTS / "method_comparison.py"), "--seeds", "1",
          "--tiny", "--values", "power", "--run-dir", str(tmp_path / "cmp"), "--json",
-         str(report), "--override", f"cache_dir={tmp_path / 'cache'}"],
+         str(report), "--override", f"cache_dir={tmp_path / 'cache'}",
+         f"data.scenarios={scenarios}"],
         capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads(report.read_text())
@@ -77,7 +80,7 @@ def test_method_comparison_seeds_on_a_tiny_model(tmp_path) -> None:
     cfg = (tmp_path / "cmp" / "seed0" / ".hydra" / "overrides.yaml").read_text()
     assert "search.seed=0" in cfg and "stats.resample_seed=0" in cfg
     paired = rep["paired"]["power"]
-    assert paired["n_seeds"] == 1 and paired["n_rows"] == 36  # every test scenario
+    assert paired["n_seeds"] == 1 and paired["n_rows"] == 8  # every test scenario
     assert paired["ci"][0] <= paired["mean"] <= paired["ci"][1]
     assert paired["win"] in (-1, 0, 1) and 0 <= paired["p"] <= paired["p_holm"] <= 1
     assert rep["values"]["power"]["neva"]["nglr_chance"] == pytest.approx(7 / 9)
