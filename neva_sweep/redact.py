@@ -1,11 +1,16 @@
 """Secrets never reach a shareable file.
 
 A storage URL with a password (``search.storage=postgresql://user:pw@host/db``) or a key
-whose name says it holds a secret (``password``, ``token``, ``secret``, ``api_key``,
-``apikey``) would otherwise be copied into the run directory's Hydra files
+whose name says it holds a secret would otherwise be copied into the run directory's Hydra files
 (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``), from there into the report
 (config block, "command to reproduce"), and into the config W&B receives. The live
 process keeps the real values; every copy written for people is redacted to ``REDACTED``.
+
+A key says it holds a secret when one of the words of its last part (split at ``_``,
+``-`` and camelCase) is ``password``, ``passwd``, ``secret``, ``token`` or ``apikey``,
+or two of them read ``api key``: ``HF_TOKEN``, ``db_password``, ``wandb_api_key``,
+``accessToken``, but not ``max_new_tokens`` or ``tokenizer`` (whose values a run must
+keep to be reproduced).
 
 A password can also stay off the command line altogether: ``search.storage`` accepts
 ``${oc.env:NEVA_SWEEP_STORAGE}`` (or the database's own environment variables, e.g.
@@ -22,14 +27,17 @@ from typing import Any
 from .files import write_text_atomic
 
 MASK = "REDACTED"  # a plain YAML scalar (a leading * would read as an alias)
-SECRET_WORDS = ("password", "passwd", "token", "secret", "api_key", "apikey")
+SECRET_WORDS = frozenset({"password", "passwords", "passwd", "secret", "secrets", "token",
+                          "apikey"})
 # scheme://user:PASSWORD@host: the password is everything between the user's colon and
 # the last @ before the host (a password may itself contain @ or :)
 _URL = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"]*:)(?P<pw>[^\s'\"]*)"
                   r"(?P<at>@[^\s@/'\"]+)")
-# key: value or key=value for a secret-sounding key (YAML, overrides, dotted keys)
-_KEY = re.compile(r"(?P<key>[\w.\-]*(?:" + "|".join(SECRET_WORDS) + r")[\w.\-]*)"
+# key: value or key=value (YAML, overrides, dotted keys) whose key holds a secret word;
+# masked when is_secret_key agrees (a word, not a part of one: max_new_tokens is kept)
+_KEY = re.compile(r"(?P<key>[\w.\-]*(?:pass|secret|token|api[_\-]?key)[\w.\-]*)"
                   r"(?P<sep>\s*[:=]\s*)(?P<val>(?!REDACTED)[^\s,}\]'\"]+)", re.IGNORECASE)
+_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")  # snake, kebab and camelCase words
 
 
 def redact_text(text: str) -> str:
@@ -41,13 +49,24 @@ def redact_text(text: str) -> str:
     'wandb_api_key: REDACTED\\nseed: 0'
     >>> redact_text("sqlite:////runs/a/optuna.db")
     'sqlite:////runs/a/optuna.db'
+    >>> redact_text("capability.max_new_tokens=8 judge.max_new_tokens: 48")
+    'capability.max_new_tokens=8 judge.max_new_tokens: 48'
     """
     text = _URL.sub(lambda m: f"{m['head']}{MASK}{m['at']}" if m["pw"] else m[0], text)
-    return _KEY.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)
+    return _KEY.sub(lambda m: f"{m['key']}{m['sep']}{MASK}" if is_secret_key(m["key"])
+                    else m[0], text)
 
 
 def is_secret_key(key: str) -> bool:
-    return any(w in key.lower() for w in SECRET_WORDS)
+    """Whether a (dotted) key names a secret, from the words of its last part.
+
+    >>> [is_secret_key(k) for k in ("HF_TOKEN", "logger.wandb_api_key", "accessToken",
+    ...                              "db-password", "max_new_tokens", "tokenizer", "n_tokens")]
+    [True, True, True, True, False, False, False]
+    """
+    words = [w.lower() for w in _WORD.findall(key.rsplit(".", 1)[-1])]
+    return bool(SECRET_WORDS.intersection(words)) or any(
+        a == "api" and b == "key" for a, b in zip(words, words[1:]))
 
 
 def redact(obj: Any) -> Any:

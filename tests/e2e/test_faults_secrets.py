@@ -17,6 +17,11 @@ def test_urls_and_secret_keys_are_masked_everything_else_kept():
         "journal:///runs/a/optuna.log sqlite:////a/b.db"
     assert redact_text("mysql+pymysql://user@host/db") == "mysql+pymysql://user@host/db"
     assert redact_text("HF_TOKEN=hf_abc seed=3") == f"HF_TOKEN={MASK} seed=3"
+    # a secret is a word of the key, not a part of one: token counts are kept
+    kept = "capability.max_new_tokens=8 tokenizer: gpt2 n_tokens: 3"
+    assert redact_text(kept) == kept
+    assert redact_text("accessToken: a db-password=b") == f"accessToken: {MASK} db-password={MASK}"
+    assert redact({"judge": {"max_new_tokens": 48}}) == {"judge": {"max_new_tokens": 48}}
     cfg = {"search": {"storage": "postgresql://u:pw@h/db", "seed": 0},
            "logger": {"api_key": "k", "project": "neva"}, "token": None}
     assert redact(cfg) == {"search": {"storage": f"postgresql://u:{MASK}@h/db", "seed": 0},
@@ -38,3 +43,7 @@ def test_a_password_on_the_command_line_stays_out_of_the_run_directory(tmp_path)
         assert "hunter2" not in text and "abc123" not in text, name
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     assert cfg.search.storage == f"postgresql://neva:{MASK}@127.0.0.1:1/db"
+    assert cfg.wandb_api_key == MASK
+    # what a run needs to be reproduced stays: reply lengths are not secrets
+    assert isinstance(cfg.judge.max_new_tokens, int)
+    assert isinstance(cfg.capability.max_new_tokens, int)
