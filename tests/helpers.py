@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-import neva_sweep.data as nv_data
 from neva_sweep.config import SearchConfig
+from neva_sweep.data import load_records
 from neva_sweep.evaluation.metrics import cwl, nglr, nlr
 from neva_sweep.sweep.outputs import Outputs
 from neva_sweep.sweep.plan import ModelEntry, StudyKey
@@ -244,9 +244,7 @@ def small_scenarios(path: Path, search: int = 8, test: int = 8) -> Path:
     """A scenario file (``data.scenarios``) holding the first ``search`` search-split and
     ``test`` test-split scenarios of the built-in file: a held-out pass scores every test
     scenario, and 8 of the 36 keep a tiny sweep's pass to seconds."""
-    rows = [json.loads(line) for line in
-            (Path(nv_data.__file__).parent / "data" / "scenarios.jsonl").read_text().splitlines()
-            if line.strip()]
+    rows = load_records("scenarios").rows
     kept = ([r for r in rows if r.get("split") != "test"][:search]
             + [r for r in rows if r.get("split") == "test"][:test])
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
