@@ -41,12 +41,16 @@ RUN_DIR ?= runs/default/smollm2_135m
 run:
 	$(PYTHON) -m neva_sweep hydra.run.dir=$(RUN_DIR)
 
+# The suite runs on TEST_WORKERS pytest-xdist workers (tests/conftest.py gives each its share
+# of the cores); worksteal keeps a module's tests on one worker until the other runs dry.
+TEST_WORKERS ?= 2
+
 test:
-	$(PYTHON) -m pytest -q -rs --durations=15
+	$(PYTHON) -m pytest -q -rs --durations=15 -n $(TEST_WORKERS) --dist worksteal
 
 # The unit tier and the doctests: tiny models, no process, Ray or process group.
 test-fast:
-	$(PYTHON) -m pytest -q tests/unit neva_sweep
+	$(PYTHON) -m pytest -q tests/unit neva_sweep -n $(TEST_WORKERS) --dist worksteal
 
 lint:
 	$(PYTHON) -m ruff check neva_sweep tests benchmarks
