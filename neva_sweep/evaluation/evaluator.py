@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ from .capability import (
 )
 from .judges.base import Judge, Judgement, make_judge, pick_queries
 from .metrics import EPS, acquiescence, bootstrap_ci, edit_metrics, inflation, mean_ci, suppression
+from .rungs import carry, first_rung_rows, merge, rest_rows, subset_judge
 from .scoring import greedy_generate
 
 log = logging.getLogger(__name__)
@@ -122,19 +123,6 @@ def of_split(records: Records, split: str) -> Records:
     return Records(records.kind, records.path, rows, tag)
 
 
-def at_fidelity(judge: JudgeConfig, n: int, fidelity: float) -> JudgeConfig:
-    """``judge`` reading ``fidelity`` of the scenarios it would read (``scenarios_limit``
-    of the ``n`` scenarios, else all of them), at least one.
-
-    >>> at_fidelity(JudgeConfig(scenarios_limit=24), 72, 0.34).scenarios_limit
-    9
-    """
-    if not 0 < fidelity <= 1:
-        raise ValueError(f"search.fidelity: must be in (0, 1], got {fidelity}")
-    read = min(n, judge.scenarios_limit or n)
-    return replace(judge, scenarios_limit=max(1, math.ceil(fidelity * read)))
-
-
 def _null_summary(rec: object) -> dict:
     """A cached null as read back, checked for the keys :meth:`Evaluator.null` uses."""
     if not isinstance(rec, dict) or not {"mean", "sd", "n"} <= set(rec):
@@ -180,10 +168,16 @@ class Evaluator:
         # The judge reads the scenarios of this split only (search: what sweeps choose
         # edits on; test: held out, for re-scoring the chosen ones).
         self.records["scenarios"] = of_split(self.records["scenarios"], split)
-        if fidelity < 1:  # rung 0 of a pruned sweep: an evenly spread share of the scenarios
-            self.judge_cfg = at_fidelity(self.judge_cfg, len(self.records["scenarios"].rows),
-                                         fidelity)
         self.judge: Judge = make_judge(self.judge_cfg, self.records, judge_host, self.cache_dir)
+        # rung 0 of a pruned sweep: an evenly spread share of the judge's rows
+        # (evaluation/rungs.py); None when the judge is read whole
+        self.first_rows: list[int] | None = None
+        self.n_rows: int | None = None
+        if fidelity < 1 and getattr(self.judge, "n_rows", None) is not None:
+            self.n_rows = int(self.judge.n_rows)
+            self.first_rows = first_rung_rows(self.n_rows, fidelity)
+            self.judge = subset_judge(self.judge, self.first_rows)
+        self._rest_judges: dict[tuple[int, ...], Judge] = {}  # rung 1: the rows rung 0 left
         # capability.mc_limit = 0: no multiple choice (accuracy fields are None)
         self.questions = (mc_questions(self.records["mc"], self.cap.mc_limit)
                           if self.cap.mc_limit != 0 else [])
@@ -379,14 +373,19 @@ class Evaluator:
         return self.null_summary
 
     # -- edited runs ---------------------------------------------------------------------
-    def evaluate(self, edits: Sequence[tuple[str, object]], positions: str = "all"
-                 ) -> list[dict]:
+    def evaluate(self, edits: Sequence[tuple[str, object]], positions: str = "all",
+                 first: Sequence[dict] | None = None) -> list[dict]:
         """One record per (target value, edit); all edits share batched forward passes.
 
         An edit is any :class:`~neva_sweep.edits.EditKind`: a
         :class:`~neva_sweep.edits.neuron.NeuronEdit` (neurons), a
         :class:`~neva_sweep.edits.residual.ResidualEdit` (steering vectors) or a
         :class:`~neva_sweep.edits.prompt.PromptEdit` (a prompt).
+
+        ``first``: per edit, its rung-0 record's ``first_rung`` (a pruned trial's rung 1,
+        evaluation/rungs.py): only the judge rows rung 0 did not read are judged, and the
+        capability measures are rung 0's. A rung-0 evaluator (``fidelity`` < 1 on a judge
+        with subsets) adds ``first_rung`` to its records.
         """
         if not edits:
             return []
@@ -394,7 +393,61 @@ class Evaluator:
         specs = [s for _, s in edits]
         base = self.base()
         t0 = time.time()
-        judgements = self.judge.judge(self.host, specs, positions)
+        if first is None:
+            judgements = self.judge.judge(self.host, specs, positions)
+            caps = self._capability(specs, positions, judgements)
+        else:
+            if len(first) != len(specs):
+                raise ValueError(f"rung 1: {len(first)} rung-0 records for {len(specs)} edits")
+            judgements = self._continue(first, specs, positions)
+            caps = [dict(f["capability"]) for f in first]
+        share = (time.time() - t0) / len(edits)  # batched: each edit's share of the time
+        acc_base = float(base.mc_correct.mean()) if self.questions else None
+        out = []
+        for g, (value, spec) in enumerate(zip(targets, specs)):
+            E, cap = judgements[g].E, caps[g]
+            about = describe_edit(spec)
+            rec = {"value": value, "judge": self.judge.name,
+                   **edit_metrics(base.judgement.E, E, value, eps=self.nlr_floor),
+                   "acquiescence": acquiescence(base.judgement.reading, judgements[g].reading),
+                   "nlr_floor": self.nlr_floor}
+            rec["suppression"] = suppression(rec["acquiescence"])
+            rec["inflation"] = inflation(rec["acquiescence"])
+            if judgements[g].hard is not None:
+                rec["choice_share_base"] = dict(zip(VALUES, base.judgement.hard.mean(0).tolist()))
+                rec["choice_share_edited"] = dict(zip(VALUES,
+                                                      judgements[g].hard.mean(0).tolist()))
+            ci = bootstrap_ci(base.judgement.E, E, value, n_boot=self.judge_cfg.n_boot)
+            acc = cap["accuracy_edited"]
+            rec.update(
+                edit={"value": value, "positions": positions, **about},
+                n_neurons=about.get("n_neurons", 0),
+                accuracy_base=acc_base, accuracy_edited=acc,
+                accuracy_drop=None if acc is None else acc_base - acc,
+                kl=cap["kl"], kl_coverage=base.neutral.coverage, kl_value=cap["kl_value"],
+                ppl_base=base.ppl, ppl_edited=cap["ppl_edited"],
+                n_queries=int(E.shape[0]), n_mc=len(self.questions),
+                n_neutral_tokens=base.neutral.n_tokens,
+                # the target's change per judge row (Q,): paired comparisons of edits
+                alignment_rows=(E[:, VALUES.index(value)]
+                                - base.judgement.E[:, VALUES.index(value)]).tolist(),
+                ci={**ci, "accuracy_edited": cap["accuracy_ci"]},
+                duration_s=share,
+            )
+            if not np.isfinite([rec["alignment"], rec["nlr"], rec["kl"]]).all():
+                raise FloatingPointError(f"non-finite metrics for the edit toward {value}: "
+                                         f"alignment={rec['alignment']}, kl={rec['kl']}")
+            if self.first_rows is not None:  # rung 0: what rung 1 continues from
+                rec["first_rung"] = carry(self.first_rows, self.n_rows, judgements[g], cap)
+            out.append(rec)
+        return out
+
+    def _capability(self, specs: list, positions: str, judgements: list[Judgement]
+                    ) -> list[dict]:
+        """Per edit, the capability measures (evaluation/rungs.py ``CAPABILITY_KEYS``):
+        MC accuracy and its interval, KL on the neutral and the value-laden texts, and
+        the perplexity of its replies (a generating judge's, else the fluency prompts')."""
+        base = self.base()
         correct = mc_correct(self.host, self.questions, specs, positions, self.cap.batch_size)
         kl = mean_kl(self.host, self.neutral, base.neutral, specs, positions,
                      max(1, self.cap.batch_size // 2))
@@ -408,49 +461,38 @@ class Evaluator:
                                       self.cap.max_new_tokens, self.cap.batch_size)
         else:
             replies = [[] for _ in specs]
-        # Fluency is judged by the unedited model: no edit is installed here.
-        ppl = [perplexity(*reply_nll(self.host, base.fluency_prompts, r, self.cap.batch_size))
-               for r in replies]
-        share = (time.time() - t0) / len(edits)  # batched: each edit's share of the time
-        acc_base = float(base.mc_correct.mean()) if self.questions else None
         out = []
-        for g, (value, spec) in enumerate(zip(targets, specs)):
-            E = judgements[g].E
-            about = describe_edit(spec)
-            rec = {"value": value, "judge": self.judge.name,
-                   **edit_metrics(base.judgement.E, E, value, eps=self.nlr_floor),
-                   "acquiescence": acquiescence(base.judgement.reading, judgements[g].reading),
-                   "nlr_floor": self.nlr_floor}
-            rec["suppression"] = suppression(rec["acquiescence"])
-            rec["inflation"] = inflation(rec["acquiescence"])
-            if judgements[g].hard is not None:
-                rec["choice_share_base"] = dict(zip(VALUES, base.judgement.hard.mean(0).tolist()))
-                rec["choice_share_edited"] = dict(zip(VALUES,
-                                                      judgements[g].hard.mean(0).tolist()))
-            ci = bootstrap_ci(base.judgement.E, E, value, n_boot=self.judge_cfg.n_boot)
-            acc = float(correct[g].mean()) if self.questions else None
-            rec.update(
-                edit={"value": value, "positions": positions, **about},
-                n_neurons=about.get("n_neurons", 0),
-                accuracy_base=acc_base, accuracy_edited=acc,
-                accuracy_drop=None if acc is None else acc_base - acc,
-                kl=float(kl[g]), kl_coverage=base.neutral.coverage,
-                kl_value=None if kl_value is None else float(kl_value[g]),
-                ppl_base=base.ppl, ppl_edited=ppl[g],
-                n_queries=int(E.shape[0]), n_mc=len(self.questions),
-                n_neutral_tokens=base.neutral.n_tokens,
-                # the target's change per judge row (Q,): paired comparisons of edits
-                alignment_rows=(E[:, VALUES.index(value)]
-                                - base.judgement.E[:, VALUES.index(value)]).tolist(),
-                ci={**ci, "accuracy_edited": _ci(correct[g].astype(float), self.judge_cfg.n_boot)
-                    if self.questions else None},
-                duration_s=share,
-            )
-            if not np.isfinite([rec["alignment"], rec["nlr"], rec["kl"]]).all():
-                raise FloatingPointError(f"non-finite metrics for the edit toward {value}: "
-                                         f"alignment={rec['alignment']}, kl={rec['kl']}")
-            out.append(rec)
+        for g, r in enumerate(replies):
+            # Fluency is judged by the unedited model: no edit is installed here.
+            ppl = perplexity(*reply_nll(self.host, base.fluency_prompts, r, self.cap.batch_size))
+            out.append({
+                "accuracy_edited": float(correct[g].mean()) if self.questions else None,
+                "accuracy_ci": (_ci(correct[g].astype(float), self.judge_cfg.n_boot)
+                                if self.questions else None),
+                "kl": float(kl[g]),
+                "kl_value": None if kl_value is None else float(kl_value[g]),
+                "ppl_edited": ppl})
         return out
+
+    def _continue(self, first: Sequence[dict], specs: list, positions: str) -> list[Judgement]:
+        """Rung 1: judge the rows each edit's rung 0 left, merged with rung 0's."""
+        n = int(self.base().judgement.E.shape[0])
+        done = first[0]["rows"]
+        if any(f["rows"] != done or f["n"] != n for f in first):
+            raise ValueError(f"rung 1: rung-0 records of other rows than {done} of {n} "
+                             f"(a different search.fidelity or judge)")
+        rest = rest_rows(n, done)
+        key = tuple(rest)
+        if key not in self._rest_judges:
+            judge = subset_judge(self.judge, rest)
+            if judge is None:
+                raise ValueError(f"rung 1: the {self.judge.name} judge cannot read a subset "
+                                 f"of its rows, so no rung 0 can be continued")
+            self._rest_judges[key] = judge
+        none = np.empty((0, len(VALUES)))  # rung 0 read every row: nothing left to judge
+        judged = (self._rest_judges[key].judge(self.host, specs, positions) if rest else
+                  [Judgement(E=none, raw=none, hard=none) for _ in specs])
+        return [merge(f, rest, j) for f, j in zip(first, judged)]
 
     def evaluate_one(self, value: str, spec: EditKind, positions: str = "all") -> dict:
         return self.evaluate([(value, spec)], positions)[0]

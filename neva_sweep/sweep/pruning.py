@@ -3,9 +3,14 @@ if it is promising.
 
 With ``search.pruner`` other than ``none`` every trial runs in two rungs:
 
-1. **rung 0**: the edit is scored on ``search.fidelity`` of the search split's scenarios
-   (an evenly spread subset, the same for every trial) and on the full neutral texts;
-2. **rung 1**: the full evaluation, as an unpruned trial gets.
+1. **rung 0**: the edit is scored on ``search.fidelity`` of the judge rows a full trial
+   reads (an evenly spread subset of them, the same for every trial) and on the full
+   neutral texts (and MC questions, value-laden replies, fluency prompts);
+2. **rung 1**: the rest of the full evaluation. It judges only the rows rung 0 did not,
+   merges them with rung 0's, and keeps rung 0's capability measures
+   (neva_sweep/evaluation/rungs.py), so a trial that survives rung 0 costs what an
+   unpruned trial costs and its result is the unpruned result. A judge that cannot read
+   a subset of its rows (only forced_choice can) is read whole at both rungs.
 
 After rung 0 the trial is pruned (told PRUNED, never a best edit) when its KL or MC
 accuracy drop is over budget already (they are measured on the same texts at both

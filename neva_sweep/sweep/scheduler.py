@@ -149,8 +149,9 @@ class Pending:
     """A trial asked from its study and not yet told.
 
     With pruning (sweep/pruning.py) it runs twice: ``rung`` 0 on ``fidelity`` of the
-    scenarios, then, unless pruned, rung 1 on all of them; ``twin`` is its trial in the
-    study's rung study."""
+    scenarios, then, unless pruned, rung 1 on the rest of them, continuing from
+    ``first_rung`` (rung 0's rows and capability measures, evaluation/rungs.py); ``twin``
+    is its trial in the study's rung study."""
 
     state: StudyState
     trial: optuna.Trial
@@ -160,6 +161,7 @@ class Pending:
     fidelity: float = 1.0
     rung: int = 0
     rung0_s: float = 0.0  # rung 0's evaluation time
+    first_rung: dict | None = None  # what rung 1 continues from (None: it runs in full)
     start: bool = False  # an enqueued warm start: the pruner never prunes it
 
     def request(self) -> dict:
@@ -167,6 +169,8 @@ class Pending:
                "params": self.params}
         if self.twin is not None and self.rung == 0:
             req["fidelity"] = self.fidelity
+        elif self.first_rung is not None:
+            req["first_rung"] = self.first_rung
         return req
 
 
@@ -400,6 +404,7 @@ class Scheduler:
             self._prune(p, metrics, worker, reason, wall_s)
             return
         p.rung, p.rung0_s = 1, float(metrics.get("duration_s") or 0.0)
+        p.first_rung = metrics.get("first_rung")
         self.retry[p.state.key.model].appendleft(p)  # taken before any new ask
 
     def _prune(self, p: Pending, metrics: dict, worker: Worker, reason: str,

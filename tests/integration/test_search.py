@@ -197,13 +197,16 @@ class DoneBackend:
 
 class RungWorker:
     """In-process scores: alignment = strength / 100 (a slice reads it 0.01 lower), KL =
-    strength / 1000; ``stop_after`` batches, then Ctrl-C (a killed driver)."""
+    strength / 1000; a slice's record carries what the full rung continues from
+    (``first_rung``), and the full rungs' requests are kept (``continued``);
+    ``stop_after`` batches, then Ctrl-C (a killed driver)."""
 
     tp_size = 1
 
     def __init__(self, model="a", i=0, stop_after=None):
         self.model, self.name = model, f"{model}#{i}"
         self.fidelities: list[float] = []
+        self.continued: list[tuple[float, dict | None]] = []  # (strength, first_rung)
         self.stop_after, self.batches = stop_after, 0
 
     def submit(self, trials):
@@ -219,6 +222,10 @@ class RungWorker:
             out.append({"alignment": s / 100 - (0.01 if f < 1 else 0.0), "nlr": 0.1,
                         "kl": s / 1000, "n_queries": 8 if f < 1 else 24,
                         "edit": {"kind": "neurons", "magnitude": s / 7}})
+            if f < 1:
+                out[-1]["first_rung"] = {"rows": [0, 3], "of": s}
+            else:
+                self.continued.append((s, t.get("first_rung")))
         fut.set_result(out)
         return fut
 
@@ -263,6 +270,8 @@ def test_pruned_trials_are_stored_pruned_counted_and_never_chosen(config, tmp_pa
     # rung 0 at the fidelity, rung 1 in full: one full evaluation per COMPLETE trial
     assert w.fidelities.count(search.fidelity) == 18
     assert w.fidelities.count(1.0) == sum(s.complete for s in states)
+    # each full rung continues its own rung 0 (its rows and capability measures)
+    assert w.continued and all(first == {"rows": [0, 3], "of": s} for s, first in w.continued)
     out = Outputs(tmp_path, states, [ModelEntry("a", {"name": "a"})], search)
     out.write()
     best = json.loads((tmp_path / "best_edits.json").read_text())

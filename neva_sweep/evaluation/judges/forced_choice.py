@@ -43,7 +43,7 @@ class ForcedChoiceJudge(OneDataKind):
                       "sentence.")
     ENDS = ("most", "both")
 
-    def __init__(self, cfg: JudgeConfig, scenarios: Records):
+    def __init__(self, cfg: JudgeConfig, scenarios: Records, picked: list[int] | None = None):
         from ..capability import spread
 
         if cfg.ends not in self.ENDS:
@@ -56,10 +56,30 @@ class ForcedChoiceJudge(OneDataKind):
         if len({record_split(r) for r in rows}) > 1:
             rows = split_rows(scenarios, "search")
         self.items = spread(list(rows), cfg.scenarios_limit, "judge.scenarios_limit")
+        # a pruned trial's rung reads some of these rows only (evaluation/rungs.py)
+        self.picked = None if picked is None else [int(i) for i in picked]
+        if self.picked is not None:
+            if any(not 0 <= i < len(self.items) for i in self.picked):
+                raise ValueError(f"forced_choice: rows {self.picked} out of its "
+                                 f"{len(self.items)} scenarios")
+            self.items = [self.items[i] for i in self.picked]
+
+    @property
+    def n_rows(self) -> int:
+        """The rows (scenarios) it judges: the range of :meth:`subset`'s positions."""
+        return len(self.items)
+
+    def subset(self, rows: list[int]) -> ForcedChoiceJudge:
+        """This judge reading only its scenarios ``rows`` (positions in its own rows)."""
+        if self.picked is not None:
+            rows = [self.picked[i] for i in rows]
+        return type(self)(self.cfg, self.scenarios, rows)
 
     def key(self) -> dict:
         key = {"judge": self.name, "scenarios": self.scenarios.sha256,
                "limit": self.cfg.scenarios_limit, "question": self.QUESTION}
+        if self.picked is not None:
+            key["rows"] = self.picked
         if self.cfg.ends != "most":  # keys of single-ended judges stay as they were
             key.update(ends=self.cfg.ends, least_question=self.LEAST_QUESTION)
         return key
