@@ -42,15 +42,16 @@ run:
 	$(PYTHON) -m neva_sweep hydra.run.dir=$(RUN_DIR)
 
 # The suite runs on TEST_WORKERS pytest-xdist workers (tests/conftest.py gives each its share
-# of the cores); worksteal keeps a module's tests on one worker until the other runs dry.
+# of the cores); loadfile keeps each module on one worker (its module fixtures: a Ray
+# instance, a loaded model) and hands the next module to the first worker free.
 TEST_WORKERS ?= 2
 
 test:
-	$(PYTHON) -m pytest -q -rs --durations=15 -n $(TEST_WORKERS) --dist worksteal
+	$(PYTHON) -m pytest -q -rs --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 # The unit tier and the doctests: tiny models, no process, Ray or process group.
 test-fast:
-	$(PYTHON) -m pytest -q tests/unit neva_sweep -n $(TEST_WORKERS) --dist worksteal
+	$(PYTHON) -m pytest -q tests/unit neva_sweep -n $(TEST_WORKERS) --dist loadfile
 
 lint:
 	$(PYTHON) -m ruff check neva_sweep tests benchmarks

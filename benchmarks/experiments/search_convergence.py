@@ -28,8 +28,10 @@ rung 0 of a pruned one); trials per hour follow from it.
 Printed per (method, pruner, budget): the mean ratio over values and seeds, how many
 (value, seed) pairs reach 90% of the reference, and the CPU seconds to reach 90%
 (median over the pairs that reach it); the JSON's ``summary`` adds, per (method,
-pruner), the ratio per value and seed at the largest budget, and the trials finished,
-pruned and complete but over a budget. ``--tiny`` runs the same code on a tiny random
+pruner), the ratio per value and seed at the largest budget, the trials finished,
+pruned (and of those, pruned over a budget at rung 0) and complete but over a budget,
+and with ``none`` among the pruners each one's CPU time over the unpruned run's
+(``cpu_vs_none``). ``--tiny`` runs the same code on a tiny random
 model in a few minutes (the test suite runs it).
 """
 
@@ -162,13 +164,18 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets) -> di
             ratios = {k: [] for k in budgets}
             reach, to90, cpu_total, n_trials = 0, [], 0.0, 0
             pairs, per_value = 0, {}
-            counts = {"trials": 0, "pruned": 0, "infeasible": 0}  # every value, rated or not
+            # every value, rated or not; pruned_over_budget: pruned on a budget at rung 0,
+            # not by the pruner
+            counts = {"trials": 0, "pruned": 0, "pruned_over_budget": 0, "infeasible": 0}
             for value in values:
                 for seed in seeds:
                     rows = [x for x in runs[(pruner, seed)]
                             if x["value"] == value and x["method"] == method]
                     counts["trials"] += sum(x["state"] in ("COMPLETE", "PRUNED") for x in rows)
                     counts["pruned"] += sum(x["state"] == "PRUNED" for x in rows)
+                    counts["pruned_over_budget"] += sum(
+                        x["state"] == "PRUNED" and "over the budget" in (x.get("error") or "")
+                        for x in rows)
                     counts["infeasible"] += sum(x["state"] == "COMPLETE"
                                                 and x["feasible"] != "True" for x in rows)
                 r = ref[(value, method)]
@@ -201,6 +208,16 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets) -> di
             print(f"{method:<8}{pruner:<10}{cells}{f'{reach}/{pairs}':>12}"
                   f"{'-' if med90 is None else format(med90, '.0f'):>14}"
                   f"{'-' if per_hour is None else format(per_hour, '.0f'):>10}")
+    if "none" in pruners:  # the pruners' CPU time against the unpruned run's, same seeds
+        print()
+        for method in methods:
+            base = summary[f"{method}/none"]["cpu_s"]
+            for pruner in pruners:
+                row = summary[f"{method}/{pruner}"]
+                row["cpu_vs_none"] = row["cpu_s"] / base if base else None
+                if pruner != "none" and base:
+                    print(f"{method} {pruner}: {row['cpu_s']:.0f} CPU s, "
+                          f"{row['cpu_vs_none']:.2f}x the unpruned {base:.0f}")
     return summary
 
 

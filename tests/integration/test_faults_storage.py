@@ -177,7 +177,8 @@ def test_journal_storage_resumes_after_an_interruption_and_a_dead_driver(
     """Journal storage: interrupted, then resumed over a dead driver's lock and RUNNING
     trial, then re-run with nothing left to do; the report reads the same journal."""
     run = tmp_path / "run"
-    cfg = sweep_cfg("search.storage=journal://optuna.log", "search.n_trials=2")
+    cfg = sweep_cfg("search.storage=journal://optuna.log", "search.n_trials=2",
+                    "cluster.replicas_per_model=1")  # the storage is under test, not replicas
     url = f"journal://{(run / 'optuna.log').resolve()}"
     seen = []
 

@@ -46,7 +46,9 @@ def lookup(section: dict, dotted: str):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
     out_dir = tmp_path_factory.mktemp("gpu_check")
-    env = {**os.environ, "OUT": str(out_dir), "OMP_NUM_THREADS": "2",
+    # two threads, or the test worker's share of the cores (tests/conftest.py)
+    env = {**os.environ, "OUT": str(out_dir),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
            "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(SCRIPT), "--tiny"],
                           cwd=out_dir, env=env, capture_output=True, text=True, timeout=600)

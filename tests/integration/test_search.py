@@ -381,7 +381,8 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
          "--tiny",
          "--values", "power", "--seeds", "0", "--budgets", "2", "6", "--pruners", "sha",
          "--run-dir", str(run_dir), "--json", str(out),
-         "--override", f"cache_dir={tmp_path / 'cache'}"],
+         # one replica: the two cores are shared with the other test worker
+         "--override", f"cache_dir={tmp_path / 'cache'}", "cluster.replicas_per_model=1"],
         capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads(out.read_text())
@@ -432,6 +433,9 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
         mine = [r for r in rows if r["method"] == method]
         assert summary["trials"] == len(mine) == 6
         assert summary["pruned"] == sum(r["state"] == "PRUNED" for r in mine)
+        assert summary["pruned_over_budget"] == sum(
+            r["state"] == "PRUNED" and "over the budget search.max_" in r["error"] for r in mine)
+        assert "cpu_vs_none" not in summary  # no unpruned run to compare with
         assert summary["infeasible"] == sum(r["state"] == "COMPLETE" and r["feasible"] != "True"
                                             for r in mine)
         if ref is not None and ref > 0:  # regret needs a positive reference

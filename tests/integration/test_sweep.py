@@ -231,6 +231,7 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(cluster, sweep_cfg, t
     raised = None
     try:  # a study where most trials failed is a failed sweep, after the files are written
         run_sweep(sweep_cfg("sweep.methods=[explode]", "sweep.values=[power]",
+                            "cluster.replicas_per_model=1",
                             "search.n_trials=4", "search.n_startup_trials=1000",
                             "search.max_failures=50", "search.space.scaled=false",
                             "search.space.magnitude=[1.0,8.0]"), run)
@@ -283,7 +284,8 @@ def test_second_driver_refused_then_sigterm_stops_safely_exits_143_and_resumes(
     import time
 
     run, log = tmp_path / "run", tmp_path / "driver.log"
-    overrides = [*SWEEP_FAST, f"cache_dir={cache}", "search.n_trials=4"]
+    overrides = [*SWEEP_FAST, f"cache_dir={cache}", "search.n_trials=4",
+                 "cluster.replicas_per_model=1"]
     cmd = [sys.executable, "-m", "neva_sweep", *overrides, f"hydra.run.dir={run}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     url = f"sqlite:///{run / 'optuna.db'}"
@@ -335,7 +337,7 @@ def test_second_driver_refused_then_sigterm_stops_safely_exits_143_and_resumes(
     # A driver killed hard leaves a RUNNING trial: the resumed run marks it FAIL.
     optuna.load_study(study_name="tiny-llama/power/neva", storage=open_storage(url)).ask()
 
-    res = run_sweep(sweep_cfg("search.n_trials=4"), run)
+    res = run_sweep(sweep_cfg("search.n_trials=4", "cluster.replicas_per_model=1"), run)
     after = states_by_study(url)
     assert [v.count(TrialState.COMPLETE) for v in after.values()] == [4, 4]
     assert TrialState.RUNNING not in {s for v in after.values() for s in v}
