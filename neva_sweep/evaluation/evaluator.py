@@ -48,7 +48,7 @@ from .capability import (
 )
 from .judges.base import Judge, Judgement, make_judge, pick_queries
 from .metrics import EPS, acquiescence, bootstrap_ci, edit_metrics, inflation, mean_ci, suppression
-from .rungs import carry, first_rung_rows, merge, rest_rows, subset_judge
+from .rungs import carry, first_rung_rows, merge, rest_rows, splittable
 from .scoring import greedy_generate
 
 log = logging.getLogger(__name__)
@@ -172,11 +172,10 @@ class Evaluator:
         # rung 0 of a pruned sweep: an evenly spread share of the judge's rows
         # (evaluation/rungs.py); None when the judge is read whole
         self.first_rows: list[int] | None = None
-        self.n_rows: int | None = None
-        if fidelity < 1 and getattr(self.judge, "n_rows", None) is not None:
-            self.n_rows = int(self.judge.n_rows)
+        self.n_rows = splittable(self.judge) if fidelity < 1 else None
+        if self.n_rows is not None:
             self.first_rows = first_rung_rows(self.n_rows, fidelity)
-            self.judge = subset_judge(self.judge, self.first_rows)
+            self.judge = self.judge.subset(self.first_rows)
         self._rest_judges: dict[tuple[int, ...], Judge] = {}  # rung 1: the rows rung 0 left
         # capability.mc_limit = 0: no multiple choice (accuracy fields are None)
         self.questions = (mc_questions(self.records["mc"], self.cap.mc_limit)
@@ -484,11 +483,10 @@ class Evaluator:
         rest = rest_rows(n, done)
         key = tuple(rest)
         if key not in self._rest_judges:
-            judge = subset_judge(self.judge, rest)
-            if judge is None:
+            if splittable(self.judge) is None:
                 raise ValueError(f"rung 1: the {self.judge.name} judge cannot read a subset "
                                  f"of its rows, so no rung 0 can be continued")
-            self._rest_judges[key] = judge
+            self._rest_judges[key] = self.judge.subset(rest)
         none = np.empty((0, len(VALUES)))  # rung 0 read every row: nothing left to judge
         judged = (self._rest_judges[key].judge(self.host, specs, positions) if rest else
                   [Judgement(E=none, raw=none, hard=none) for _ in specs])

@@ -57,10 +57,12 @@ def rest_rows(n: int, done: Sequence[int]) -> list[int]:
     return [i for i in range(n) if i not in skip]
 
 
-def subset_judge(judge: Judge, rows: Sequence[int]) -> Judge | None:
-    """``judge`` reading only its rows ``rows``; None when the judge cannot."""
-    make = getattr(judge, "subset", None)
-    return None if make is None else make(list(rows))
+def splittable(judge: Judge) -> int | None:
+    """How many rows ``judge`` reads, when it can read a subset of them
+    (``judge.subset``); None when it cannot."""
+    if callable(getattr(judge, "subset", None)) and getattr(judge, "n_rows", None) is not None:
+        return int(judge.n_rows)
+    return None
 
 
 def carry(rows: Sequence[int], n: int, judgement: Judgement, capability: dict) -> dict:
