@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from .capability import (
 )
 from .judges.base import Judge, Judgement, make_judge, pick_queries
 from .metrics import EPS, acquiescence, bootstrap_ci, edit_metrics, inflation, mean_ci, suppression
-from .rungs import carry, first_rung_rows, merge, rest_rows, splittable
+from .rungs import carry, first_rung_rows, merge, over_budget, rest_rows, splittable
 from .scoring import greedy_generate
 
 log = logging.getLogger(__name__)
@@ -373,7 +373,8 @@ class Evaluator:
 
     # -- edited runs ---------------------------------------------------------------------
     def evaluate(self, edits: Sequence[tuple[str, object]], positions: str = "all",
-                 first: Sequence[dict] | None = None) -> list[dict]:
+                 first: Sequence[dict] | None = None,
+                 budgets: Mapping[str, float] | None = None) -> list[dict]:
         """One record per (target value, edit); all edits share batched forward passes.
 
         An edit is any :class:`~neva_sweep.edits.EditKind`: a
@@ -385,31 +386,48 @@ class Evaluator:
         evaluation/rungs.py): only the judge rows rung 0 did not read are judged, and the
         capability measures are rung 0's. A rung-0 evaluator (``fidelity`` < 1 on a judge
         with subsets) adds ``first_rung`` to its records.
+
+        ``budgets``: ``{measure: limit}`` on the measures read on fixed texts
+        (rungs.FIXED_TEXT_BUDGETS; a pruned trial's rung 0). They are measured first, in
+        that order, and an edit over one is neither measured further nor judged: its record
+        holds the measures taken, ``over_budget`` (why) and no judge metrics.
         """
         if not edits:
             return []
         targets = [check_value(v) for v, _ in edits]
         specs = [s for _, s in edits]
+        n = len(specs)
         base = self.base()
         t0 = time.time()
+        why: list[str | None] = [None] * n
         if first is None:
-            judgements = self.judge.judge(self.host, specs, positions)
-            caps = self._capability(specs, positions, judgements)
+            caps, why, spent = self._fixed_text(specs, positions, budgets or {})
+            live = [g for g in range(n) if why[g] is None]
+            live_specs = [specs[g] for g in live]
+            t1 = time.time()
+            judged = self.judge.judge(self.host, live_specs, positions) if live else []
+            judgements: list[Judgement | None] = [None] * n
+            for g, j, ppl in zip(live, judged, self._fluency(live_specs, positions, judged)):
+                judgements[g], caps[g]["ppl_edited"] = j, ppl
+            if live:  # batched: each judged edit's share of the judge's time
+                spent[live] += (time.time() - t1) / len(live)
         else:
-            if len(first) != len(specs):
-                raise ValueError(f"rung 1: {len(first)} rung-0 records for {len(specs)} edits")
+            if len(first) != n:
+                raise ValueError(f"rung 1: {len(first)} rung-0 records for {n} edits")
             judgements = self._continue(first, specs, positions)
             caps = [dict(f["capability"]) for f in first]
-        share = (time.time() - t0) / len(edits)  # batched: each edit's share of the time
-        acc_base = float(base.mc_correct.mean()) if self.questions else None
+            spent = np.full(n, (time.time() - t0) / n)
         out = []
         for g, (value, spec) in enumerate(zip(targets, specs)):
-            E, cap = judgements[g].E, caps[g]
-            about = describe_edit(spec)
+            rec = self._capability_fields(value, spec, positions, caps[g])
+            if why[g] is not None:  # settled at rung 0 on its costs alone
+                out.append({**rec, "over_budget": why[g], "duration_s": float(spent[g])})
+                continue
+            E = judgements[g].E
             rec = {"value": value, "judge": self.judge.name,
                    **edit_metrics(base.judgement.E, E, value, eps=self.nlr_floor),
                    "acquiescence": acquiescence(base.judgement.reading, judgements[g].reading),
-                   "nlr_floor": self.nlr_floor}
+                   "nlr_floor": self.nlr_floor, **rec}
             rec["suppression"] = suppression(rec["acquiescence"])
             rec["inflation"] = inflation(rec["acquiescence"])
             if judgements[g].hard is not None:
@@ -417,42 +435,96 @@ class Evaluator:
                 rec["choice_share_edited"] = dict(zip(VALUES,
                                                       judgements[g].hard.mean(0).tolist()))
             ci = bootstrap_ci(base.judgement.E, E, value, n_boot=self.judge_cfg.n_boot)
-            acc = cap["accuracy_edited"]
             rec.update(
-                edit={"value": value, "positions": positions, **about},
-                n_neurons=about.get("n_neurons", 0),
-                accuracy_base=acc_base, accuracy_edited=acc,
-                accuracy_drop=None if acc is None else acc_base - acc,
-                kl=cap["kl"], kl_coverage=base.neutral.coverage, kl_value=cap["kl_value"],
-                ppl_base=base.ppl, ppl_edited=cap["ppl_edited"],
-                n_queries=int(E.shape[0]), n_mc=len(self.questions),
-                n_neutral_tokens=base.neutral.n_tokens,
+                n_queries=int(E.shape[0]),
                 # the target's change per judge row (Q,): paired comparisons of edits
                 alignment_rows=(E[:, VALUES.index(value)]
                                 - base.judgement.E[:, VALUES.index(value)]).tolist(),
-                ci={**ci, "accuracy_edited": cap["accuracy_ci"]},
-                duration_s=share,
+                ci={**ci, "accuracy_edited": caps[g]["accuracy_ci"]},
+                duration_s=float(spent[g]),
             )
             if not np.isfinite([rec["alignment"], rec["nlr"], rec["kl"]]).all():
                 raise FloatingPointError(f"non-finite metrics for the edit toward {value}: "
                                          f"alignment={rec['alignment']}, kl={rec['kl']}")
             if self.first_rows is not None:  # rung 0: what rung 1 continues from
-                rec["first_rung"] = carry(self.first_rows, self.n_rows, judgements[g], cap)
+                rec["first_rung"] = carry(self.first_rows, self.n_rows, judgements[g], caps[g])
             out.append(rec)
         return out
 
-    def _capability(self, specs: list, positions: str, judgements: list[Judgement]
-                    ) -> list[dict]:
-        """Per edit, the capability measures (evaluation/rungs.py ``CAPABILITY_KEYS``):
-        MC accuracy and its interval, KL on the neutral and the value-laden texts, and
-        the perplexity of its replies (a generating judge's, else the fluency prompts')."""
+    def _capability_fields(self, value: str, spec, positions: str, cap: dict) -> dict:
+        """A record's edit description and capability fields from ``cap``
+        (rungs.CAPABILITY_KEYS; ``ppl_edited`` may be missing: not measured)."""
         base = self.base()
+        about = describe_edit(spec)
+        return dict(
+            value=value, edit={"value": value, "positions": positions, **about},
+            n_neurons=about.get("n_neurons", 0),
+            accuracy_base=self._accuracy_base(), accuracy_edited=cap["accuracy_edited"],
+            accuracy_drop=self._accuracy_drop(cap["accuracy_edited"]),
+            kl=cap["kl"], kl_coverage=base.neutral.coverage, kl_value=cap["kl_value"],
+            ppl_base=base.ppl, ppl_edited=cap.get("ppl_edited"),
+            n_mc=len(self.questions), n_neutral_tokens=base.neutral.n_tokens)
+
+    def _fixed_text(self, specs: list, positions: str, budgets: Mapping[str, float]
+                    ) -> tuple[list[dict], list[str | None], np.ndarray]:
+        """Per edit, the capability measures read on fixed texts (MC accuracy and its
+        interval, KL on the neutral and on the value-laden texts), why it is over one of
+        ``budgets`` (None: it is not), and the seconds spent on it. Measured in the order of
+        rungs.FIXED_TEXT_BUDGETS; an edit over a budget is not measured further (its later
+        measures stay None)."""
+        n = len(specs)
+        caps = [dict.fromkeys(("accuracy_edited", "accuracy_ci", "kl", "kl_value"))
+                for _ in range(n)]
+        why: list[str | None] = [None] * n
+        spent = np.zeros(n)
+        for stage in (self._accuracy, self._kl, self._kl_value):
+            live = [g for g in range(n) if why[g] is None]
+            if not live:
+                break
+            t = time.time()
+            measured = stage([specs[g] for g in live], positions)
+            spent[live] += (time.time() - t) / len(live)  # batched: each edit's share
+            for g, m in zip(live, measured):
+                caps[g].update(m)
+                why[g] = over_budget({"accuracy_drop": self._accuracy_drop(
+                                          caps[g]["accuracy_edited"]),
+                                      "kl": caps[g]["kl"], "kl_value": caps[g]["kl_value"]},
+                                     budgets)
+        return caps, why, spent
+
+    def _accuracy_base(self) -> float | None:
+        return float(self.base().mc_correct.mean()) if self.questions else None
+
+    def _accuracy_drop(self, accuracy: float | None) -> float | None:
+        return None if accuracy is None else self._accuracy_base() - accuracy
+
+    def _accuracy(self, specs: list, positions: str) -> list[dict]:
+        if not self.questions:  # capability.mc_limit = 0
+            return [{"accuracy_edited": None, "accuracy_ci": None} for _ in specs]
         correct = mc_correct(self.host, self.questions, specs, positions, self.cap.batch_size)
-        kl = mean_kl(self.host, self.neutral, base.neutral, specs, positions,
+        return [{"accuracy_edited": float(c.mean()),
+                 "accuracy_ci": _ci(c.astype(float), self.judge_cfg.n_boot)} for c in correct]
+
+    def _kl(self, specs: list, positions: str) -> list[dict]:
+        kl = mean_kl(self.host, self.neutral, self.base().neutral, specs, positions,
                      max(1, self.cap.batch_size // 2))
-        kl_value = (None if base.value is None else
-                    mean_kl(self.host, self.value_texts(), base.value, specs, positions,
-                            max(1, self.cap.batch_size // 2)))
+        return [{"kl": float(x)} for x in kl]
+
+    def _kl_value(self, specs: list, positions: str) -> list[dict]:
+        base = self.base()
+        if base.value is None:  # capability.value_replies = 0
+            return [{"kl_value": None} for _ in specs]
+        kl = mean_kl(self.host, self.value_texts(), base.value, specs, positions,
+                     max(1, self.cap.batch_size // 2))
+        return [{"kl_value": float(x)} for x in kl]
+
+    def _fluency(self, specs: list, positions: str, judgements: list[Judgement]
+                 ) -> list[float | None]:
+        """Per edit, the perplexity of its replies under the unedited model: a generating
+        judge's replies, else the fluency prompts'."""
+        if not specs:
+            return []
+        base = self.base()
         if judgements[0].replies is not None:
             replies = [j.replies for j in judgements]
         elif base.fluency_prompts:
@@ -460,18 +532,9 @@ class Evaluator:
                                       self.cap.max_new_tokens, self.cap.batch_size)
         else:
             replies = [[] for _ in specs]
-        out = []
-        for g, r in enumerate(replies):
-            # Fluency is judged by the unedited model: no edit is installed here.
-            ppl = perplexity(*reply_nll(self.host, base.fluency_prompts, r, self.cap.batch_size))
-            out.append({
-                "accuracy_edited": float(correct[g].mean()) if self.questions else None,
-                "accuracy_ci": (_ci(correct[g].astype(float), self.judge_cfg.n_boot)
-                                if self.questions else None),
-                "kl": float(kl[g]),
-                "kl_value": None if kl_value is None else float(kl_value[g]),
-                "ppl_edited": ppl})
-        return out
+        # Fluency is judged by the unedited model: no edit is installed here.
+        return [perplexity(*reply_nll(self.host, base.fluency_prompts, r, self.cap.batch_size))
+                for r in replies]
 
     def _continue(self, first: Sequence[dict], specs: list, positions: str) -> list[Judgement]:
         """Rung 1: judge the rows each edit's rung 0 left, merged with rung 0's."""

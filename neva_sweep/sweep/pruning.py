@@ -3,19 +3,21 @@ if it is promising.
 
 With ``search.pruner`` other than ``none`` every trial runs in two rungs:
 
-1. **rung 0**: the edit is scored on ``search.fidelity`` of the judge rows a full trial
-   reads (an evenly spread subset of them, the same for every trial) and on the full
-   neutral texts (and MC questions, value-laden replies, fluency prompts);
+1. **rung 0**: the edit's costs on fixed texts are measured in full first (MC accuracy,
+   KL on the neutral texts, KL on the value-laden replies); an edit over one of their
+   budgets (``search.max_accuracy_drop``, ``max_kl``, ``max_kl_value``) is pruned there,
+   unjudged: the full evaluation reads the same texts, so it could not become feasible.
+   The others are judged on ``search.fidelity`` of the judge rows a full trial reads (an
+   evenly spread subset of them, the same for every trial);
 2. **rung 1**: the rest of the full evaluation. It judges only the rows rung 0 did not,
    merges them with rung 0's, and keeps rung 0's capability measures
    (neva_sweep/evaluation/rungs.py), so a trial that survives rung 0 costs what an
    unpruned trial costs and its result is the unpruned result. A judge that cannot read
    a subset of its rows (only forced_choice can) is read whole at both rungs.
 
-After rung 0 the trial is pruned (told PRUNED, never a best edit) when its KL or MC
-accuracy drop is over budget already (they are measured on the same texts at both
-rungs, so the full evaluation cannot change them), or when the configured Optuna pruner
-says so from its rung-0 alignment: ``median`` (:class:`optuna.pruners.MedianPruner`),
+After rung 0 the trial is pruned (told PRUNED, never a best edit) when it is over one of
+those budgets, or when the configured Optuna pruner says so from its rung-0 alignment:
+``median`` (:class:`optuna.pruners.MedianPruner`),
 ``sha`` (:class:`optuna.pruners.SuccessiveHalvingPruner`, reduction factor
 1 / fidelity) or ``hyperband`` (:class:`optuna.pruners.HyperbandPruner`).
 The warm starts (sweep/warm.py, the enqueued trials) are pruned only over budget, never
@@ -28,7 +30,10 @@ multi-objective ones, and the sweep's studies have two or more objectives), so e
 study has a *rung study* beside it, ``<study name>:rungs``, maximising alignment: each
 trial has a twin there that carries its rung-0 alignment (``report`` at step 1) and its
 final alignment, and whose ``should_prune()`` decides. The main trial records its twin's
-number (``rung_trial``) and its rung-0 scores (``rung0_alignment``, ``rung0_kl``).
+number (``rung_trial``) and its rung-0 scores (``rung0_kl``; ``rung0_alignment`` when it
+was judged). A trial pruned over budget reports nothing to its twin, which changes no
+pruner's verdict: the median pruner reads finished trials only, and successive halving
+and Hyperband the trials they were asked about.
 
 A pruned trial counts toward ``search.n_trials`` (the budget is trials started, so pruning
 saves time instead of adding trials) and is counted in the progress bar, the summary and
@@ -37,11 +42,11 @@ saves time instead of adding trials) and is counted in the progress bar, the sum
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
+from ..evaluation.rungs import FIXED_TEXT_BUDGETS
 from ..registry import Registry
 
 if TYPE_CHECKING:  # optuna loads with the sweep; the report only needs is_rung_study
@@ -53,7 +58,6 @@ PRUNERS: Registry = Registry("pruner")
 PRUNERS.register("none", None)
 RUNG_SUFFIX = ":rungs"
 FIRST_RUNG_STEP, LAST_RUNG_STEP = 1, 3  # resource units of rung 0 and of the full trial
-SCENARIO_FREE = ("kl", "accuracy_drop")  # budgets measured on the same texts at both rungs
 
 
 def rung_study_name(name: str) -> str:
@@ -115,12 +119,8 @@ def open_rung_study(storage, name: str, search: DictConfig) -> optuna.Study:
                                load_if_exists=True)
 
 
-def over_budget(metrics: dict, search: DictConfig) -> str | None:
-    """Why a rung-0 result is infeasible whatever the full evaluation gives (a budget on
-    the neutral texts or the MC questions exceeded), or None."""
-    for name in SCENARIO_FREE:
-        limit, value = search.get(f"max_{name}"), metrics.get(name)
-        if limit is not None and value is not None and math.isfinite(float(value)) \
-                and float(value) > float(limit):
-            return f"{name} {float(value):.4g} over the budget search.max_{name}={limit}"
-    return None
+def rung0_budgets(search: DictConfig) -> dict[str, float]:
+    """The budgets rung 0 settles (evaluation/rungs.py ``FIXED_TEXT_BUDGETS``, those set):
+    sent with every rung-0 request, so that an edit over one is not judged."""
+    return {name: float(search[f"max_{name}"]) for name in FIXED_TEXT_BUDGETS
+            if search.get(f"max_{name}") is not None}

@@ -149,9 +149,9 @@ class Pending:
     """A trial asked from its study and not yet told.
 
     With pruning (sweep/pruning.py) it runs twice: ``rung`` 0 on ``fidelity`` of the
-    scenarios, then, unless pruned, rung 1 on the rest of them, continuing from
-    ``first_rung`` (rung 0's rows and capability measures, evaluation/rungs.py); ``twin``
-    is its trial in the study's rung study."""
+    scenarios (unjudged when over one of ``budgets``), then, unless pruned, rung 1 on the
+    rest of them, continuing from ``first_rung`` (rung 0's rows and capability measures,
+    evaluation/rungs.py); ``twin`` is its trial in the study's rung study."""
 
     state: StudyState
     trial: optuna.Trial
@@ -163,12 +163,14 @@ class Pending:
     rung0_s: float = 0.0  # rung 0's evaluation time
     first_rung: dict | None = None  # what rung 1 continues from (None: it runs in full)
     start: bool = False  # an enqueued warm start: the pruner never prunes it
+    budgets: dict[str, float] = field(default_factory=dict)  # what rung 0 settles
 
     def request(self) -> dict:
         req = {"value": self.state.key.value, "method": self.state.key.method,
                "params": self.params}
         if self.twin is not None and self.rung == 0:
             req["fidelity"] = self.fidelity
+            req["budgets"] = self.budgets
         elif self.first_rung is not None:
             req["first_rung"] = self.first_rung
         return req
@@ -348,7 +350,8 @@ class Scheduler:
         set_user_attrs(trial, {"params": params, **extra})
         state.running += 1
         return Pending(state, trial, params, twin=twin,
-                       fidelity=float(self.search.get("fidelity", 1.0)), start=start)
+                       fidelity=float(self.search.get("fidelity", 1.0)), start=start,
+                       budgets=pruning.rung0_budgets(self.search) if twin is not None else {})
 
     def _submit(self, worker: Worker, batch: list[Pending]) -> None:
         try:
@@ -387,19 +390,24 @@ class Scheduler:
 
     def _first_rung(self, p: Pending, metrics: dict, worker: Worker, wall_s: float) -> None:
         """Rung 0 is back: prune the trial, or queue its full evaluation first in line."""
-        a = metrics.get("alignment")
-        if a is None or not math.isfinite(float(a)):
-            self._fail(p, f"rung 0: alignment is {a} (not a finite number)", worker)
-            return
-        set_user_attrs(p.trial, {"rung0_alignment": float(a), "rung0_kl": metrics.get("kl"),
-                                 "rung0_queries": metrics.get("n_queries")})
-        p.twin.report(float(a), pruning.FIRST_RUNG_STEP)
-        reason = pruning.over_budget(metrics, self.search)
-        # A warm start is measured in full whatever its rung-0 alignment: the starts are
-        # the search's floor (results.md 0d), and a few rung-0 rows are a noisy verdict.
-        if reason is None and not p.start and p.twin.should_prune():
-            reason = (f"search.pruner={self.search.pruner}: rung-0 alignment {float(a):+.4f} "
-                      f"on {metrics.get('n_queries')} judge rows")
+        set_user_attrs(p.trial, {"rung0_kl": metrics.get("kl")})
+        # Over a budget on fixed texts: measured and settled at rung 0, never judged
+        # (evaluation/rungs.py), so the twin has no alignment to report.
+        reason = metrics.get("over_budget")
+        if reason is None:
+            a = metrics.get("alignment")
+            if a is None or not math.isfinite(float(a)):
+                self._fail(p, f"rung 0: alignment is {a} (not a finite number)", worker)
+                return
+            set_user_attrs(p.trial, {"rung0_alignment": float(a),
+                                     "rung0_queries": metrics.get("n_queries")})
+            p.twin.report(float(a), pruning.FIRST_RUNG_STEP)
+            # A warm start is measured in full whatever its rung-0 alignment: the starts
+            # are the search's floor (results.md 0d), and a few rung-0 rows are a noisy
+            # verdict.
+            if not p.start and p.twin.should_prune():
+                reason = (f"search.pruner={self.search.pruner}: rung-0 alignment "
+                          f"{float(a):+.4f} on {metrics.get('n_queries')} judge rows")
         if reason is not None:
             self._prune(p, metrics, worker, reason, wall_s)
             return

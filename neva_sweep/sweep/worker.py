@@ -92,17 +92,18 @@ def _error(e: BaseException) -> dict:
 
 
 def _evaluate(ev: Evaluator, edits: list[tuple[str, EditKind]], positions: str,
-              first: list[dict] | None = None) -> list[dict]:
+              first: list[dict] | None = None, budgets: dict | None = None) -> list[dict]:
     """All edits in one batched call; if that fails, one by one so errors stay per trial."""
     try:
-        return ev.evaluate(edits, positions, first)
+        return ev.evaluate(edits, positions, first, budgets)
     except Exception:
         if len(edits) == 1:
             raise
     out = []
     for i, edit in enumerate(edits):
         try:
-            out.append(ev.evaluate([edit], positions, None if first is None else [first[i]])[0])
+            out.append(ev.evaluate([edit], positions, None if first is None else [first[i]],
+                                   budgets)[0])
         except Exception as e:
             out.append(_error(e))
     return out
@@ -113,28 +114,31 @@ def run_trials(host: ModelHost, box: StatsBox, setup: EvalSetup,
     """Evaluate ``trials`` (each ``{"value", "method", "params"}``) in shared forward passes.
 
     A trial with ``"fidelity": f`` (rung 0 of a pruned sweep) is judged on that share of
-    the judge's rows only, and its record carries ``first_rung``; a trial with
-    ``"first_rung"`` (its rung 1) judges the rows left and takes the rest from it
-    (evaluation/rungs.py). Returns one dict per trial (the evaluator's record, or
+    the judge's rows only, and its record carries ``first_rung``; with ``"budgets"`` it is
+    not judged at all when over one of them (its record says why: ``over_budget``). A
+    trial with ``"first_rung"`` (its rung 1) judges the rows left and takes the rest from
+    it (evaluation/rungs.py). Returns one dict per trial (the evaluator's record, or
     ``{"error": ...}``) on rank 0, None on the other ranks.
     """
     stats = _stats(box)
     results: list[dict | None] = [None] * len(trials)
-    # (positions, fidelity, continues rung 0) -> edits evaluated together
-    groups: dict[tuple[str, float, bool], list[tuple[int, tuple[str, EditKind]]]] = {}
+    # (positions, fidelity, continues rung 0, budgets) -> edits evaluated together
+    groups: dict[tuple, list[tuple[int, tuple[str, EditKind]]]] = {}
     for i, t in enumerate(trials):
         try:
             spec = METHODS[t["method"]].build(stats, t["value"], t["params"])
             group = (t["params"].get("positions", "all"), float(t.get("fidelity", 1.0)),
-                     t.get("first_rung") is not None)
+                     t.get("first_rung") is not None, tuple(sorted((t.get("budgets") or {})
+                                                                   .items())))
             groups.setdefault(group, []).append((i, (t["value"], spec)))
         except Exception as e:
             results[i] = _error(e)
-    for (positions, fidelity, continues), items in groups.items():
+    for (positions, fidelity, continues, budgets), items in groups.items():
         try:
             ev = _evaluator(host, replace(setup, fidelity=fidelity))
             first = [trials[i]["first_rung"] for i, _ in items] if continues else None
-            records = _evaluate(ev, [edit for _, edit in items], positions, first)
+            records = _evaluate(ev, [edit for _, edit in items], positions, first,
+                                dict(budgets) or None)
         except Exception as e:
             records = [_error(e)] * len(items)
         for (i, _), rec in zip(items, records):

@@ -30,6 +30,7 @@ from neva_sweep.evaluation.capability import (
     neutral_texts,
     value_texts,
 )
+from neva_sweep.evaluation.rungs import over_budget
 from neva_sweep.methods.strength import neuron_magnitude, neuron_strength
 from neva_sweep.sweep.calibrate import (
     Calibration,
@@ -197,7 +198,8 @@ class DoneBackend:
 
 class RungWorker:
     """In-process scores: alignment = strength / 100 (a slice reads it 0.01 lower), KL =
-    strength / 1000; a slice's record carries what the full rung continues from
+    strength / 1000; a slice over its request's ``budgets`` is not judged (as the
+    evaluator leaves it); a slice's record carries what the full rung continues from
     (``first_rung``), and the full rungs' requests are kept (``continued``);
     ``stop_after`` batches, then Ctrl-C (a killed driver)."""
 
@@ -207,6 +209,7 @@ class RungWorker:
         self.model, self.name = model, f"{model}#{i}"
         self.fidelities: list[float] = []
         self.continued: list[tuple[float, dict | None]] = []  # (strength, first_rung)
+        self.budgets: list[dict] = []  # the rung-0 requests' budgets
         self.stop_after, self.batches = stop_after, 0
 
     def submit(self, trials):
@@ -219,6 +222,12 @@ class RungWorker:
             f = t.get("fidelity", 1.0)
             self.fidelities.append(f)
             s = t["params"]["strength"]
+            if f < 1:
+                self.budgets.append(t["budgets"])
+                why = over_budget({"kl": s / 1000}, t["budgets"])
+                if why:
+                    out.append({"kl": s / 1000, "over_budget": why})
+                    continue
             out.append({"alignment": s / 100 - (0.01 if f < 1 else 0.0), "nlr": 0.1,
                         "kl": s / 1000, "n_queries": 8 if f < 1 else 24,
                         "edit": {"kind": "neurons", "magnitude": s / 7}})
@@ -255,10 +264,10 @@ def test_pruned_trials_are_stored_pruned_counted_and_never_chosen(config, tmp_pa
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         assert len(trials) == 9 and len(pruned) == s.pruned > 0 and len(complete) == s.complete
         assert s.complete + s.pruned == 9 and s.missing == 0
-        for t in pruned:  # why, and its rung-0 scores
-            assert t.user_attrs["pruned"] and "rung0_alignment" in t.user_attrs
-        over = [t for t in pruned if t.user_attrs["rung0_kl"] > 0.03]
-        assert all("kl" in t.user_attrs["pruned"] for t in over)
+        for t in pruned:  # why, and its rung-0 scores (over budget: never judged)
+            over = t.user_attrs["rung0_kl"] > 0.03
+            assert ("over the budget search.max_kl" in t.user_attrs["pruned"]) == over
+            assert ("rung0_alignment" in t.user_attrs) != over
         for t in complete:  # both rungs ran; the full result is what was told
             assert t.user_attrs["alignment"] == pytest.approx(t.params["strength"] / 100)
             assert t.user_attrs["raw"] == {"magnitude": t.params["strength"] / 7}
@@ -268,7 +277,8 @@ def test_pruned_trials_are_stored_pruned_counted_and_never_chosen(config, tmp_pa
         assert [states_of[t.user_attrs["rung_trial"]] for t in trials] == [t.state for t in trials]
     assert sum(o.state == "PRUNED" for o in told) == sum(s.pruned for s in states)
     # rung 0 at the fidelity, rung 1 in full: one full evaluation per COMPLETE trial
-    assert w.fidelities.count(search.fidelity) == 18
+    assert w.fidelities.count(search.fidelity) == 18 and w.budgets == [{"kl": 0.03}] * 18
+    assert any(t.user_attrs["rung0_kl"] > 0.03 for s in states for t in s.study.get_trials())
     assert w.fidelities.count(1.0) == sum(s.complete for s in states)
     # each full rung continues its own rung 0 (its rows and capability measures)
     assert w.continued and all(first == {"rows": [0, 3], "of": s} for s, first in w.continued)

@@ -61,7 +61,8 @@ def test_rung_one_continuing_rung_zero_gives_the_full_evaluation(tiny_host, edit
         return real(judge, host, specs, positions)
 
     monkeypatch.setattr(ForcedChoiceJudge, "judge", counting)
-    monkeypatch.setattr(full, "_capability", lambda *a: pytest.fail("capability re-measured"))
+    for measure in ("_fixed_text", "_fluency"):
+        monkeypatch.setattr(full, measure, lambda *a: pytest.fail("capability re-measured"))
     rung1 = full.evaluate(edits, first=[r["first_rung"] for r in rung0])
     assert judged == [N_SCENARIOS - len(rows)]  # one call: the rows rung 0 left
     for r1, w in zip(rung1, whole):
@@ -72,6 +73,47 @@ def test_rung_one_continuing_rung_zero_gives_the_full_evaluation(tiny_host, edit
         assert r1["alignment_rows"] == pytest.approx(w["alignment_rows"], abs=1e-5)
         assert r1["choice_share_edited"] == pytest.approx(w["choice_share_edited"])
         assert "first_rung" not in r1 and "first_rung" not in w
+
+
+def test_rung_zero_settles_the_fixed_text_budgets_before_judging(tiny_host, edits, tmp_path,
+                                                                   monkeypatch):
+    """An edit over a budget on fixed texts is neither judged nor measured further at
+    rung 0; one within them gets the record it gets without budgets."""
+    ev = evaluator(tiny_host, tmp_path, FIDELITY)
+    plain = ev.evaluate(edits)
+    kl = [r["kl"] for r in plain]
+    assert kl[0] != kl[1]
+    over, within = int(np.argmax(kl)), int(np.argmin(kl))
+    calls: dict[str, list[int]] = {"judge": [], "kl": [], "kl_value": []}
+    real_judge, real_kl, real_kl_value = ForcedChoiceJudge.judge, ev._kl, ev._kl_value
+
+    def counted(name, real):
+        def call(*args):
+            calls[name].append(len(args[-2]))  # the edits passed: (..., specs, positions)
+            return real(*args)
+        return call
+
+    monkeypatch.setattr(ForcedChoiceJudge, "judge", counted("judge", real_judge))
+    monkeypatch.setattr(ev, "_kl", counted("kl", real_kl))
+    monkeypatch.setattr(ev, "_kl_value", counted("kl_value", real_kl_value))
+    recs = ev.evaluate(edits, budgets={"kl": sum(kl) / 2})
+    assert calls == {"judge": [1], "kl": [2], "kl_value": [1]}  # the edit within budget
+    out = recs[over]
+    assert out["over_budget"] == f"kl {kl[over]:.4g} over the budget search.max_kl={sum(kl) / 2:g}"
+    assert out["kl"] == pytest.approx(kl[over]) and out["kl_value"] is None
+    assert "alignment" not in out and "first_rung" not in out and out["duration_s"] > 0
+    ok = recs[within]
+    assert "over_budget" not in ok
+    assert ok["first_rung"]["rows"] == plain[within]["first_rung"]["rows"]
+    for k in ("alignment", "nlr", "acquiescence", "kl", "kl_value", "ppl_edited",
+              "accuracy_edited", "n_queries"):
+        assert ok[k] == pytest.approx(plain[within][k], rel=1e-4, abs=1e-6), k
+    # the MC accuracy comes first: over its budget (every drop is >= -1), nothing else runs
+    calls.update(judge=[], kl=[], kl_value=[])
+    recs = ev.evaluate(edits, budgets={"accuracy_drop": -2.0, "kl": 0.0})
+    assert calls == {"judge": [], "kl": [], "kl_value": []}
+    assert all(r["over_budget"].startswith("accuracy_drop ") and r["kl"] is None
+               and r["accuracy_edited"] == p["accuracy_edited"] for r, p in zip(recs, plain))
 
 
 def test_rung_one_refuses_rung_zero_rows_of_another_split(tiny_host, edits, tmp_path):
