@@ -7,7 +7,8 @@ concurrent W&B runs cost more than the trials on a small machine. Inside the run
 
 - per trial: ``<model>/<value>/<method>/<metric>`` for the headline metrics of the schema
   (:data:`neva_sweep.evaluation.metrics.METRICS`: alignment, nlr, nglr, cwl, acquiescence,
-  accuracy_drop, kl) and the parameters, plus ``trials/complete`` and ``trials/failed``;
+  accuracy_drop, kl) and the parameters, plus ``trials/complete``, ``trials/pruned`` and
+  ``trials/failed``;
   each study's charts use its trial number (``<study>/trial``) as their x axis
   (``define_metric``), so a resumed study continues its curves;
 - at the end: the ``trials`` table (every trial of the studies, as in trials.csv), native
@@ -151,20 +152,19 @@ class WandbLogger:
             # console off: tqdm owns the terminal; no system-metrics sampler on small machines.
             settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
         )
-        self.complete = self.failed = 0
+        self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
         self.studies: set[str] = set()  # prefixes whose step metric is defined
 
     def log_trial(self, outcome: TrialOutcome) -> None:
-        if outcome.state == "COMPLETE":
-            self.complete += 1
-        else:
-            self.failed += 1
+        self.counts[outcome.state] += 1
         prefix = f"{outcome.key.model}/{outcome.key.value}/{outcome.key.method}/"
         if prefix not in self.studies:  # the study's trial number is its charts' x axis
             self.run.define_metric(prefix + "trial", hidden=True)
             self.run.define_metric(prefix + "*", step_metric=prefix + "trial")
             self.studies.add(prefix)
-        data: dict[str, Any] = {"trials/complete": self.complete, "trials/failed": self.failed,
+        data: dict[str, Any] = {"trials/complete": self.counts["COMPLETE"],
+                                "trials/pruned": self.counts["PRUNED"],
+                                "trials/failed": self.counts["FAIL"],
                                 prefix + "trial": outcome.number}
         if outcome.metrics is not None:
             data.update({prefix + k: outcome.metrics[k] for k in TRIAL_METRICS

@@ -25,6 +25,11 @@ def test_offline_run_holds_step_metrics_scatters_and_the_report(tmp_path):
         logger.log_trial(Outcome(key, i, "COMPLETE", {"magnitude": 2.0}, metrics, None, "w#0"))
         rows.append({"model": "tiny", "value": "power", "method": "neva",
                      "study": "tiny/power/neva", "trial": i, "state": "COMPLETE", **metrics})
+    # a trial pruned over budget at rung 0 carries its costs only; a failed one nothing
+    logger.log_trial(Outcome(key, 3, "PRUNED", {"magnitude": 9.0}, {"kl": 0.4},
+                             "kl 0.4 over the budget search.max_kl=0.1", "w#0"))
+    logger.log_trial(Outcome(key, 4, "FAIL", {"magnitude": 9.0}, None, "oom", "w#0"))
+    assert logger.counts == {"COMPLETE": 3, "PRUNED": 1, "FAIL": 1}
     report = tmp_path / "report"
     report.mkdir()
     (report / "index.html").write_text("<html>report</html>")
@@ -38,6 +43,7 @@ def test_offline_run_holds_step_metrics_scatters_and_the_report(tmp_path):
     assert [r[2] for r in table["data"]] == [0, 1, 2]
     log = next(run_dir.glob("run-*.wandb")).read_bytes()  # protobuf records: strings verbatim
     assert b"tiny/power/neva/trial" in log  # the study's step metric (define_metric)
+    assert b"trials/pruned" in log and b"trials/failed" in log
     assert b"scatter/power/alignment_vs_kl" in log and b"scatter/power/alignment_vs_nlr" in log
     assert b"index.html" in log  # the report artifact's manifest
 
