@@ -30,8 +30,9 @@ Printed per (method, pruner, budget): the mean ratio over values and seeds, how 
 (median over the pairs that reach it); the JSON's ``summary`` adds, per (method,
 pruner), the ratio per value and seed at the largest budget, the trials finished,
 pruned (and of those, pruned over a budget at rung 0) and complete but over a budget,
-and with ``none`` among the pruners each one's CPU time over the unpruned run's
-(``cpu_vs_none``). ``--tiny`` runs the same code on a tiny random
+and with ``none`` among the pruners each one's CPU time over the unpruned run's, over
+all seeds (``cpu_vs_none``) and per seed (``cpu_vs_none_per_seed``, from
+``cpu_s_per_seed``). ``--tiny`` runs the same code on a tiny random
 model in a few minutes (the test suite runs it).
 """
 
@@ -163,7 +164,7 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets) -> di
         for pruner in pruners:
             ratios = {k: [] for k in budgets}
             reach, to90, cpu_total, n_trials = 0, [], 0.0, 0
-            pairs, per_value = 0, {}
+            pairs, per_value, cpu_seed = 0, {}, dict.fromkeys(seeds, 0.0)
             # every value, rated or not; pruned_over_budget: pruned on a budget at rung 0,
             # not by the pruner
             counts = {"trials": 0, "pruned": 0, "pruned_over_budget": 0, "infeasible": 0}
@@ -195,12 +196,14 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets) -> di
                     if t is not None:
                         to90.append(t)
                     cpu_total += cpus[-1]
+                    cpu_seed[seed] += cpus[-1]
                     n_trials += sum(x["state"] in ("COMPLETE", "PRUNED") for x in rows)
             mean = {k: statistics.fmean(v) if v else None for k, v in ratios.items()}
             med90 = statistics.median(to90) if to90 else None
             per_hour = n_trials / (cpu_total / 3600) if cpu_total else None
             summary[f"{method}/{pruner}"] = {"ratio": mean, "reach90": reach, "pairs": pairs,
                                              "cpu_to_90_s": med90, "cpu_s": cpu_total,
+                                             "cpu_s_per_seed": cpu_seed,
                                              "trials_per_hour": per_hour,
                                              "per_value": per_value, **counts}
             cells = "".join(f"{'-' if mean[k] is None else format(mean[k], '.2f'):>9}"
@@ -215,9 +218,16 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets) -> di
             for pruner in pruners:
                 row = summary[f"{method}/{pruner}"]
                 row["cpu_vs_none"] = row["cpu_s"] / base if base else None
+                per_seed = summary[f"{method}/none"]["cpu_s_per_seed"]
+                row["cpu_vs_none_per_seed"] = {
+                    seed: c / per_seed[seed] if per_seed[seed] else None
+                    for seed, c in row["cpu_s_per_seed"].items()}
                 if pruner != "none" and base:
+                    seeds_x = ", ".join(f"{x:.2f}" for x in row["cpu_vs_none_per_seed"].values()
+                                        if x is not None)
                     print(f"{method} {pruner}: {row['cpu_s']:.0f} CPU s, "
-                          f"{row['cpu_vs_none']:.2f}x the unpruned {base:.0f}")
+                          f"{row['cpu_vs_none']:.2f}x the unpruned {base:.0f} "
+                          f"(per seed: {seeds_x})")
     return summary
 
 

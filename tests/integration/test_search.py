@@ -446,6 +446,7 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
         assert summary["pruned_over_budget"] == sum(
             r["state"] == "PRUNED" and "over the budget search.max_" in r["error"] for r in mine)
         assert "cpu_vs_none" not in summary  # no unpruned run to compare with
+        assert sum(summary["cpu_s_per_seed"].values()) == pytest.approx(summary["cpu_s"])
         assert summary["infeasible"] == sum(r["state"] == "COMPLETE" and r["feasible"] != "True"
                                             for r in mine)
         if ref is not None and ref > 0:  # regret needs a positive reference
