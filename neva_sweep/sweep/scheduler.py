@@ -206,6 +206,7 @@ class Scheduler:
                  progress: bool = True, backend: Backend | None = None):
         self.studies, self.workers, self.search = studies, list(workers), search
         self.tpb = int(search.trials_per_batch)
+        self.rung0_budgets = pruning.rung0_budgets(search)  # the same for every trial
         self.backend = backend or RayBackend()
         self.callbacks, self.checkpoint = list(callbacks), checkpoint
         self.checkpoint_every_s, self.progress = checkpoint_every_s, progress
@@ -351,7 +352,7 @@ class Scheduler:
         state.running += 1
         return Pending(state, trial, params, twin=twin,
                        fidelity=float(self.search.get("fidelity", 1.0)), start=start,
-                       budgets=pruning.rung0_budgets(self.search) if twin is not None else {})
+                       budgets=self.rung0_budgets if twin is not None else {})
 
     def _submit(self, worker: Worker, batch: list[Pending]) -> None:
         try:
