@@ -17,7 +17,9 @@ With ``search.pruner`` other than ``none`` every trial runs in two rungs:
 
 After rung 0 the trial is pruned (told PRUNED, never a best edit) when it is over one of
 those budgets, or when the configured Optuna pruner says so from its rung-0 alignment:
-``median`` (:class:`optuna.pruners.MedianPruner`),
+``median`` (:class:`optuna.pruners.MedianPruner`), ``front`` (sweep/front_pruner.py:
+prune only a trial whose rung-0 objectives, alignment and NLR by default, another trial
+past rung 0 dominates, so the low-leakage end of the front is kept),
 ``sha`` (:class:`optuna.pruners.SuccessiveHalvingPruner`, reduction factor
 1 / fidelity) or ``hyperband`` (:class:`optuna.pruners.HyperbandPruner`).
 The warm starts (sweep/warm.py, the enqueued trials) are pruned only over budget, never
@@ -79,6 +81,13 @@ def _median(search: DictConfig, factor: int) -> optuna.pruners.BasePruner:
 
     return optuna.pruners.MedianPruner(n_startup_trials=int(search.n_startup_trials),
                                        n_warmup_steps=0)
+
+
+@PRUNERS.add("front")
+def _front(search: DictConfig, factor: int) -> optuna.pruners.BasePruner:
+    from .front_pruner import FrontPruner
+
+    return FrontPruner(search.objectives, n_startup_trials=int(search.n_startup_trials))
 
 
 @PRUNERS.add("sha")

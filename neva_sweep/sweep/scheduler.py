@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from ..methods.base import METHODS
 from . import pruning
 from .calibrate import absolute_params
+from .front_pruner import RUNG0_POINT
 from .plan import StudyKey
 from .storage import is_enqueued, set_user_attrs
 from .studies import StudyState, objective_values, record_attrs
@@ -403,6 +404,7 @@ class Scheduler:
             set_user_attrs(p.trial, {"rung0_alignment": float(a),
                                      "rung0_queries": metrics.get("n_queries")})
             p.twin.report(float(a), pruning.FIRST_RUNG_STEP)
+            p.twin.set_user_attr(RUNG0_POINT, rung0_point(metrics, self.search.objectives))
             # A warm start is measured in full whatever its rung-0 alignment: the starts
             # are the search's floor (results.md 0d), and a few rung-0 rows are a noisy
             # verdict.
@@ -537,6 +539,21 @@ class Scheduler:
         parts = [f"failed={failed}"] + ([f"pruned={pruned}"] if pruned else [])
         parts += [f"{v[:5]}={a:+.3f}" for v, a in best.items()]
         self.bar.set_postfix_str(" ".join(parts), refresh=False)
+
+
+def rung0_point(metrics: dict, objectives: dict) -> dict[str, float]:
+    """Rung 0's finite objectives, which the front pruner compares (sweep/front_pruner.py).
+
+    >>> rung0_point({"alignment": 0.02, "nlr": float("nan")}, {"alignment": "maximize",
+    ...             "nlr": "minimize"})
+    {'alignment': 0.02}
+    """
+    out = {}
+    for k in objectives:
+        v = metrics.get(k)
+        if v is not None and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
 
 
 def raw_dose(metrics: dict) -> dict[str, Any]:

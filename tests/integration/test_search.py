@@ -201,12 +201,12 @@ class RungWorker:
     strength / 1000; a slice over its request's ``budgets`` is not judged (as the
     evaluator leaves it); a slice's record carries what the full rung continues from
     (``first_rung``), and the full rungs' requests are kept (``continued``);
-    ``stop_after`` batches, then Ctrl-C (a killed driver)."""
+    ``stop_after`` batches, then Ctrl-C (a killed driver). NLR is 0.1, or ``nlr(strength)``."""
 
     tp_size = 1
 
-    def __init__(self, model="a", i=0, stop_after=None):
-        self.model, self.name = model, f"{model}#{i}"
+    def __init__(self, model="a", i=0, stop_after=None, nlr=lambda s: 0.1):
+        self.model, self.name, self.nlr = model, f"{model}#{i}", nlr
         self.fidelities: list[float] = []
         self.continued: list[tuple[float, dict | None]] = []  # (strength, first_rung)
         self.budgets: list[dict] = []  # the rung-0 requests' budgets
@@ -228,7 +228,7 @@ class RungWorker:
                 if why:
                     out.append({"kl": s / 1000, "over_budget": why})
                     continue
-            out.append({"alignment": s / 100 - (0.01 if f < 1 else 0.0), "nlr": 0.1,
+            out.append({"alignment": s / 100 - (0.01 if f < 1 else 0.0), "nlr": self.nlr(s),
                         "kl": s / 1000, "n_queries": 8 if f < 1 else 24,
                         "edit": {"kind": "neurons", "magnitude": s / 7}})
             if f < 1:
@@ -376,6 +376,34 @@ def test_median_and_hyperband_pruners_run_through_the_scheduler(config, tmp_path
         sched.run()
         assert all(s.complete + s.pruned == 9 and s.complete >= 1 for s in states)
         assert math.isfinite(max(s.best_alignment for s in states))
+
+
+def test_front_pruner_keeps_the_rung_zero_front_and_prunes_the_dominated(config, tmp_path):
+    """search.pruner=front: with NLR rising with the strength every rung-0 point is on the
+    front, so none is pruned; with NLR flat, exactly the trials some trial past rung 0
+    dominated (a higher rung-0 alignment) are."""
+    for name, nlr, prunes in (("rising", lambda s: s / 50, False), ("flat", lambda s: 0.1, True)):
+        storage = open_storage(f"sqlite:///{tmp_path}/{name}.db")
+        _, states, _, sched = rung_sweep(config, storage, [RungWorker(nlr=nlr)],
+                                         "search.pruner=front", "search.max_kl=null",
+                                         "search.n_startup_trials=1", "search.max_in_flight=1")
+        sched.run()  # one trial at a time: the trials that went on before each are exact
+        for s in states:
+            trials = sorted(s.study.get_trials(), key=lambda t: t.datetime_complete)
+            assert s.complete + s.pruned == 9 and s.complete >= 1
+            assert (s.pruned > 0) is prunes
+            for t in trials:  # each verdict against the trials that went on before it
+                before = [u.user_attrs["rung0_alignment"] for u in trials
+                          if u.state == TrialState.COMPLETE
+                          and u.datetime_complete < t.datetime_complete]
+                dominated = prunes and len(before) >= 1 and \
+                    max(before) > t.user_attrs["rung0_alignment"]
+                assert (t.state == TrialState.PRUNED) is dominated, (name, t.number)
+            # the twins carry the rung-0 objectives the pruner compared
+            twins = optuna.load_study(study_name=s.study.study_name + RUNG_SUFFIX,
+                                      storage=storage)
+            assert all(set(t.user_attrs["rung0_point"]) == {"alignment", "nlr"}
+                       for t in twins.get_trials())
 
 
 # --- the convergence benchmark, end to end on a tiny model -------------------------------------
