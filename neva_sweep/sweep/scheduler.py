@@ -404,13 +404,15 @@ class Scheduler:
             set_user_attrs(p.trial, {"rung0_alignment": float(a),
                                      "rung0_queries": metrics.get("n_queries")})
             p.twin.report(float(a), pruning.FIRST_RUNG_STEP)
-            p.twin.set_user_attr(RUNG0_POINT, rung0_point(metrics, self.search.objectives))
+            point = rung0_point(metrics, self.search.objectives)
+            p.twin.set_user_attr(RUNG0_POINT, point)
             # A warm start is measured in full whatever its rung-0 alignment: the starts
             # are the search's floor (results.md 0d), and a few rung-0 rows are a noisy
             # verdict.
             if not p.start and p.twin.should_prune():
-                reason = (f"search.pruner={self.search.pruner}: rung-0 alignment "
-                          f"{float(a):+.4f} on {metrics.get('n_queries')} judge rows")
+                scores = ", ".join(f"{k} {v:+.4f}" for k, v in point.items())
+                reason = (f"search.pruner={self.search.pruner}: rung-0 {scores} on "
+                          f"{metrics.get('n_queries')} judge rows")
         if reason is not None:
             self._prune(p, metrics, worker, reason, wall_s)
             return

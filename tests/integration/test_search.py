@@ -399,6 +399,10 @@ def test_front_pruner_keeps_the_rung_zero_front_and_prunes_the_dominated(config,
                 dominated = prunes and len(before) >= 1 and \
                     max(before) > t.user_attrs["rung0_alignment"]
                 assert (t.state == TrialState.PRUNED) is dominated, (name, t.number)
+                if dominated:  # the reason names the rung-0 objectives compared
+                    assert t.user_attrs["pruned"].startswith(
+                        "search.pruner=front: rung-0 alignment ")
+                    assert "nlr +0.1000 on 8 judge rows" in t.user_attrs["pruned"]
             # the twins carry the rung-0 objectives the pruner compared
             twins = optuna.load_study(study_name=s.study.study_name + RUNG_SUFFIX,
                                       storage=storage)
