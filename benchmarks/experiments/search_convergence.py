@@ -3,7 +3,8 @@
     python benchmarks/experiments/search_convergence.py
         [--values power tradition hedonism benevolence] [--methods neva caa] [--seeds 0 1 2]
         [--budgets 6 12 24 48] [--pruners none sha]
-        [--run-dir runs/convergence] [--json PATH] [--figure PATH] [--tiny]
+        [--run-dir runs/convergence] [--json PATH] [--figure PATH] [--fronts-figure PATH]
+        [--tiny]
         [--grid-from PATH] [--references-from PATH ...] [--override KEY=VALUE ...]
 
 **Reference.** Per (value, method) a dense grid scored in this process with the sweep's
@@ -32,8 +33,14 @@ pruner), the ratio per value and seed at the largest budget, the trials finished
 pruned (and of those, pruned over a budget at rung 0) and complete but over a budget,
 and with ``none`` among the pruners each one's CPU time over the unpruned run's, over
 all seeds (``cpu_vs_none``) and per seed (``cpu_vs_none_per_seed``, from
-``cpu_s_per_seed``). ``--tiny`` runs the same code on a tiny random
-model in a few minutes (the test suite runs it).
+``cpu_s_per_seed``). It also gives each study's front over its feasible COMPLETE trials
+(alignment up, NLR down): the trials on it per seed (``front_trials_per_seed``) and its
+hypervolume, the area it dominates above alignment 0 and below NLR
+``search.best_max_nlr`` (``hypervolume_per_seed``, and ``hypervolume_vs_none_per_seed``
+against the unpruned run): a pruner that keeps the best edit but stops the low-leakage
+trials loses front, not regret. ``--fronts-figure`` draws each pruner's feasible trials
+and front for the first seed. ``--tiny`` runs the same code on a tiny random model in a
+few minutes (the test suite runs it).
 """
 
 from __future__ import annotations
@@ -105,6 +112,37 @@ def first_reaching(rows: list[dict], target: float) -> float | None:
     return None
 
 
+def feasible_points(rows: list[dict]) -> list[tuple[float, float]]:
+    """(alignment, NLR) of a study's feasible COMPLETE trials: what its front is made of."""
+    return [(float(r["alignment"]), float(r["nlr"])) for r in rows
+            if r["state"] == "COMPLETE" and r["feasible"] == "True" and r["alignment"]
+            and r["nlr"]]
+
+
+def front_of(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point dominates (alignment up, NLR down), by NLR.
+
+    >>> front_of([(0.02, 0.1), (0.01, 0.05), (0.01, 0.2), (0.03, 0.3)])
+    [(0.01, 0.05), (0.02, 0.1), (0.03, 0.3)]
+    """
+    fr = {p for p in points if not any(q[0] >= p[0] and q[1] <= p[1] and q != p
+                                       for q in points)}
+    return sorted(fr, key=lambda p: p[1])
+
+
+def hypervolume(points: list[tuple[float, float]], max_nlr: float) -> float:
+    """Area of the (alignment, NLR) plane the front dominates, above alignment 0 and below
+    NLR ``max_nlr`` (search.best_max_nlr): one number for a whole front, which a
+    search that finds the best edit but drops the low-leakage trials loses part of.
+
+    >>> hypervolume([(0.02, 0.1), (0.01, 0.05)], 1.0)  # 0.01 x 0.05 + 0.02 x 0.9
+    0.0185
+    """
+    fr = [p for p in front_of(points) if p[0] > 0 and p[1] < max_nlr]
+    edges = [n for _, n in fr[1:]] + [max_nlr]
+    return round(sum(a * (nxt - n) for (a, n), nxt in zip(fr, edges)), 12)
+
+
 def grid_reference(cfg, values: list[str], methods: list[str], n_points: int = GRID_POINTS
                    ) -> dict:
     """(value, method) -> the grid's points and best feasible alignment (module docstring)."""
@@ -155,8 +193,10 @@ def grid_reference(cfg, values: list[str], methods: list[str], n_points: int = G
     return out
 
 
-def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets) -> dict:
-    """Per (method, pruner): ratio at every budget, pairs at >= 90%, CPU to 90%."""
+def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets,
+          max_nlr: float = 1.0) -> dict:
+    """Per (method, pruner): ratio at every budget, pairs at >= 90%, CPU to 90%, and the
+    fronts (trials on them, hypervolume)."""
     summary = {}
     print(f"\n{'method':<8}{'pruner':<10}" + "".join(f"{'@' + str(k):>9}" for k in budgets)
           + f"{'>=90% @' + str(budgets[-1]):>12}{'CPU s to 90%':>14}{'trials/h':>10}")
@@ -168,10 +208,15 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets) -> di
             # every value, rated or not; pruned_over_budget: pruned on a budget at rung 0,
             # not by the pruner
             counts = {"trials": 0, "pruned": 0, "pruned_over_budget": 0, "infeasible": 0}
+            fronts = {seed: 0 for seed in seeds}  # Pareto-front trials, all values
+            volumes: dict = {seed: {} for seed in seeds}  # seed -> value -> hypervolume
             for value in values:
                 for seed in seeds:
                     rows = [x for x in runs[(pruner, seed)]
                             if x["value"] == value and x["method"] == method]
+                    points = feasible_points(rows)
+                    fronts[seed] += len(front_of(points))
+                    volumes[seed][value] = hypervolume(points, max_nlr)
                     counts["trials"] += sum(x["state"] in ("COMPLETE", "PRUNED") for x in rows)
                     counts["pruned"] += sum(x["state"] == "PRUNED" for x in rows)
                     counts["pruned_over_budget"] += sum(
@@ -205,7 +250,9 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets) -> di
                                              "cpu_to_90_s": med90, "cpu_s": cpu_total,
                                              "cpu_s_per_seed": cpu_seed,
                                              "trials_per_hour": per_hour,
-                                             "per_value": per_value, **counts}
+                                             "per_value": per_value, **counts,
+                                             "front_trials_per_seed": fronts,
+                                             "hypervolume_per_seed": volumes}
             cells = "".join(f"{'-' if mean[k] is None else format(mean[k], '.2f'):>9}"
                             for k in budgets)
             print(f"{method:<8}{pruner:<10}{cells}{f'{reach}/{pairs}':>12}"
@@ -222,12 +269,25 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets) -> di
                 row["cpu_vs_none_per_seed"] = {
                     seed: c / per_seed[seed] if per_seed[seed] else None
                     for seed, c in row["cpu_s_per_seed"].items()}
+                none_hv = summary[f"{method}/none"]["hypervolume_per_seed"]
+                row["hypervolume_vs_none_per_seed"] = {
+                    seed: {v: h / none_hv[seed][v] if none_hv[seed][v] else None
+                           for v, h in hv.items()}
+                    for seed, hv in row["hypervolume_per_seed"].items()}
                 if pruner != "none" and base:
                     seeds_x = ", ".join(f"{x:.2f}" for x in row["cpu_vs_none_per_seed"].values()
                                         if x is not None)
+                    hv_x = [x for hv in row["hypervolume_vs_none_per_seed"].values()
+                            for x in hv.values() if x is not None]
+                    hv_range = f"{min(hv_x):.2f}-{max(hv_x):.2f}" if hv_x else "-"
+                    n_front = {p: "/".join(str(n) for n in summary[f"{method}/{p}"]
+                                           ["front_trials_per_seed"].values())
+                               for p in (pruner, "none")}
                     print(f"{method} {pruner}: {row['cpu_s']:.0f} CPU s, "
                           f"{row['cpu_vs_none']:.2f}x the unpruned {base:.0f} "
-                          f"(per seed: {seeds_x})")
+                          f"(per seed: {seeds_x}); front trials per seed {n_front[pruner]} "
+                          f"(unpruned {n_front['none']}), hypervolume {hv_range} of the "
+                          f"unpruned")
     return summary
 
 
@@ -263,6 +323,35 @@ def figure(runs, ref, values, methods, pruners, seeds, budgets, out: str) -> Non
     print(f"figure: {out}")
 
 
+def fronts_figure(runs, values, methods, pruners, seed, out: str) -> None:
+    """Per (value, method) the feasible trials of one seed and each pruner's front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(methods), len(values), squeeze=False,
+                             figsize=(3.6 * len(values), 3.2 * len(methods)))
+    for row, method in zip(axes, methods):
+        for ax, value in zip(row, values):
+            for i, pruner in enumerate(pruners):
+                rows = [x for x in runs[(pruner, seed)]
+                        if x["value"] == value and x["method"] == method]
+                pts, fr = feasible_points(rows), front_of(feasible_points(rows))
+                line, = ax.plot([n for _, n in fr], [a for a, _ in fr], marker="osD^v"[i % 5],
+                                ms=5 - i, ls=("-", "--", ":", "-.")[i % 4],
+                                drawstyle="steps-post", label=f"{pruner} ({len(fr)})")
+                ax.scatter([n for _, n in pts], [a for a, _ in pts], s=6 + 4 * i,
+                           color=line.get_color(), alpha=0.35)
+            ax.set(title=f"{value} / {method}", xlabel="NLR (lower: less leakage)",
+                   ylabel="alignment")
+            ax.legend(fontsize=7, title="front trials", title_fontsize=7)
+    fig.suptitle(f"feasible trials and Pareto fronts, seed {seed}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"fronts figure: {out}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--values", nargs="+",
@@ -273,6 +362,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pruners", nargs="+", default=["none", "sha"])
     ap.add_argument("--run-dir", default="runs/convergence")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--fronts-figure", default=None,
+                    help="a figure of each pruner's feasible trials and front, first seed")
     ap.add_argument("--figure", default=None)
     ap.add_argument("--grid-points", type=int, default=None,
                     help=f"reference grid points per method (default {GRID_POINTS}, --tiny 2)")
@@ -328,7 +419,11 @@ def main(argv: list[str] | None = None) -> dict:
         shown = "-" if ref[key] is None else format(ref[key], "+.4f")
         grid_best = "-" if g["best"] is None else format(g["best"], "+.4f")
         print(f"reference {key[0]}/{key[1]}: {shown} (grid {grid_best})")
-    summary = table(runs, ref, args.values, args.methods, args.pruners, args.seeds, budgets)
+    summary = table(runs, ref, args.values, args.methods, args.pruners, args.seeds, budgets,
+                    float(cfg.search.best_max_nlr))
+    if args.fronts_figure:
+        fronts_figure(runs, args.values, args.methods, args.pruners, args.seeds[0],
+                      args.fronts_figure)
     if args.figure:
         figure(runs, ref, args.values, args.methods, args.pruners, args.seeds, budgets,
                args.figure)

@@ -46,6 +46,7 @@ from neva_sweep.sweep.calibrate import (
     spread_indices,
     strength_key,
 )
+from neva_sweep.sweep.front import DEFAULT_OBJECTIVES, pareto_front
 from neva_sweep.sweep.lock import NoLock
 from neva_sweep.sweep.outputs import Outputs
 from neva_sweep.sweep.plan import ConfigError, ModelEntry, StudyKey, check_search
@@ -423,6 +424,7 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
          "--tiny",
          "--values", "power", "--seeds", "0", "--budgets", "2", "6", "--pruners", "sha",
          "--run-dir", str(run_dir), "--json", str(out),
+         "--fronts-figure", str(tmp_path / "fronts.png"),
          # one replica: the two cores are shared with the other test worker
          "--override", f"cache_dir={tmp_path / 'cache'}", "cluster.replicas_per_model=1"],
         capture_output=True, text=True, cwd=tmp_path)
@@ -481,9 +483,18 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
         assert sum(summary["cpu_s_per_seed"].values()) == pytest.approx(summary["cpu_s"])
         assert summary["infeasible"] == sum(r["state"] == "COMPLETE" and r["feasible"] != "True"
                                             for r in mine)
+        # the study's front, as the outputs' own Pareto code finds it
+        feasible = [{k: float(r[k]) for k in ("alignment", "nlr")} for r in mine
+                    if r["state"] == "COMPLETE" and r["feasible"] == "True"]
+        assert summary["front_trials_per_seed"] == {
+            "0": len(pareto_front(feasible, DEFAULT_OBJECTIVES))}
+        hv = summary["hypervolume_per_seed"]["0"]["power"]
+        assert hv >= 0 and (hv > 0) == any(x["alignment"] > 0 and x["nlr"] < 1
+                                           for x in feasible)
         if ref is not None and ref > 0:  # regret needs a positive reference
             assert all(0 <= ratio[k] <= 1 for k in ("2", "6")) and ratio["2"] <= ratio["6"]
             assert summary["per_value"] == {"power": [pytest.approx(ratio["6"])]}
         else:
             assert ratio == {"2": None, "6": None}
     assert "CPU s to 90%" in proc.stdout
+    assert (tmp_path / "fronts.png").stat().st_size > 0
