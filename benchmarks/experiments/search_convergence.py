@@ -120,13 +120,14 @@ def feasible_points(rows: list[dict]) -> list[tuple[float, float]]:
 
 
 def front_of(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point dominates (alignment up, NLR down), by NLR.
+    """The points no other point dominates (alignment up, NLR down), by NLR; equal points
+    are all kept (two trials that score the same are both on the front).
 
-    >>> front_of([(0.02, 0.1), (0.01, 0.05), (0.01, 0.2), (0.03, 0.3)])
-    [(0.01, 0.05), (0.02, 0.1), (0.03, 0.3)]
+    >>> front_of([(0.02, 0.1), (0.01, 0.05), (0.01, 0.2), (0.03, 0.3), (0.02, 0.1)])
+    [(0.01, 0.05), (0.02, 0.1), (0.02, 0.1), (0.03, 0.3)]
     """
-    fr = {p for p in points if not any(q[0] >= p[0] and q[1] <= p[1] and q != p
-                                       for q in points)}
+    fr = [p for p in points if not any(q[0] >= p[0] and q[1] <= p[1] and q != p
+                                       for q in points)]
     return sorted(fr, key=lambda p: p[1])
 
 
