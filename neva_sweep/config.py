@@ -503,8 +503,10 @@ class SearchConfig:
     calibration: CalibrationConfig = field(default_factory=lambda: CalibrationConfig())
     # multi-fidelity trials (neva_sweep/sweep/pruning.py): none | median | front | sha |
     # hyperband; a trial is first scored on ``fidelity`` of the scenarios and continues
-    # only if promising (front: not dominated on the objectives at rung 0). none by measurement: sha saved 34% of the CPU time but NeVA's search
-    # reached 78% of the reference by 24 trials instead of 95%
+    # only if promising (front: not dominated on the objectives at rung 0). none by
+    # measurement (docs/results.md 0d): median keeps the best edits at 0.42-0.45x the CPU
+    # time but thins the fronts; front keeps most of them at 0.51-0.56x, over 0.6x on one
+    # of three seeds
     pruner: str = "none"
     fidelity: float = 0.34
 
