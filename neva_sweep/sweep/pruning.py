@@ -16,12 +16,12 @@ With ``search.pruner`` other than ``none`` every trial runs in two rungs:
    a subset of its rows (only forced_choice can) is read whole at both rungs.
 
 After rung 0 the trial is pruned (told PRUNED, never a best edit) when it is over one of
-those budgets, or when the configured Optuna pruner says so from its rung-0 alignment:
-``median`` (:class:`optuna.pruners.MedianPruner`), ``front`` (sweep/front_pruner.py:
-prune only a trial whose rung-0 objectives, alignment and NLR by default, another trial
-past rung 0 dominates, so the low-leakage end of the front is kept),
-``sha`` (:class:`optuna.pruners.SuccessiveHalvingPruner`, reduction factor
-1 / fidelity) or ``hyperband`` (:class:`optuna.pruners.HyperbandPruner`).
+those budgets, or when the configured pruner says so: from its rung-0 alignment
+``median`` (:class:`optuna.pruners.MedianPruner`), ``sha``
+(:class:`optuna.pruners.SuccessiveHalvingPruner`, reduction factor 1 / fidelity) or
+``hyperband`` (:class:`optuna.pruners.HyperbandPruner`); from all its rung-0 objectives
+``front`` (sweep/front_pruner.py: only a trial that another trial past rung 0 dominates,
+so the low-leakage end of the front is kept).
 The warm starts (sweep/warm.py, the enqueued trials) are pruned only over budget, never
 by the pruner: they are the search's floor, and a rung-0 alignment on a third of the
 scenarios is too noisy a verdict to drop one (the median pruner dropped 3 of 12 starts
