@@ -126,9 +126,11 @@ def front_of(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     >>> front_of([(0.02, 0.1), (0.01, 0.05), (0.01, 0.2), (0.03, 0.3), (0.02, 0.1)])
     [(0.01, 0.05), (0.02, 0.1), (0.02, 0.1), (0.03, 0.3)]
     """
-    fr = [p for p in points if not any(q[0] >= p[0] and q[1] <= p[1] and q != p
-                                       for q in points)]
-    return sorted(fr, key=lambda p: p[1])
+    from neva_sweep.sweep.front import dominates
+
+    signs = (1.0, -1.0)  # alignment maximised, NLR minimised
+    return sorted((p for p in points if not any(dominates(q, p, signs) for q in points)),
+                  key=lambda p: p[1])
 
 
 def hypervolume(points: list[tuple[float, float]], max_nlr: float) -> float:
