@@ -1,11 +1,17 @@
 """Statistics pass throughput vs a plain forward pass on the same texts, in one run.
 
     python benchmarks/perf/stats_throughput.py [--model smollm2-135m] [--repeats 3]
+    python benchmarks/perf/stats_throughput.py --pairs [--repeats 2]
 
 Both passes tokenise the identification probes in the same length-sorted batches and call
 the model with the same arguments (``logits_to_keep=1``); the statistics pass adds the
 neuron hooks. Prints tokens/s of each and their ratio (target: >= 0.9). Passes alternate
 and the best of ``--repeats`` is kept for each, so machine noise affects both alike.
+
+``--pairs`` times the stance pairs' answer batches instead (neurons/pairs.py): their
+prompts run once with the cache kept and the letters on it, against the four whole rows
+per pair; prints tokens and wall time of each, their ratio and the largest difference of
+the fields they fold.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import time
 import torch
 
 import neva_sweep as nv
+from neva_sweep.neurons.pairs import PairAccumulator, pair_batches
 from neva_sweep.neurons.stats import (
     StatsConfig,
     collect_stats,
@@ -35,15 +42,52 @@ def plain_pass(host, probes, cfg: StatsConfig) -> int:
     return n
 
 
+@torch.inference_mode()
+def answer_pass(host, batches, shared: bool) -> tuple[int, float, dict]:
+    """Tokens, wall seconds and fields of the answer batches, shared prompts or not."""
+    acc = PairAccumulator(host)
+    acc.shared_prompts = shared
+    kwargs = forward_kwargs(host)
+    t = time.perf_counter()
+    n = sum(acc.step(b, kwargs) for b in batches)
+    return n, time.perf_counter() - t, acc.fields()
+
+
+def compare_pairs(host, probes, cfg: StatsConfig, repeats: int) -> None:
+    batches = [b for b in pair_batches(host, probes.pairs, cfg.batch_size)
+               if b.kind == "answer"]
+    n_split = sum(b.letter_ids is not None for b in batches)
+    answer_pass(host, batches[:1], True)  # warm-up
+    best = {True: float("inf"), False: float("inf")}
+    tokens, fields = {}, {}
+    for _ in range(repeats):
+        for shared in (False, True):
+            tokens[shared], wall, fields[shared] = answer_pass(host, batches, shared)
+            best[shared] = min(best[shared], wall)
+    diff = max(float((fields[True][k] - fields[False][k]).abs().max()) for k in fields[True])
+    print(f"model {host.name}, {len(probes.pairs)} pairs, {len(batches)} answer batches "
+          f"({n_split} with shared prompts), batch {cfg.batch_size}, "
+          f"{torch.get_num_threads()} threads, best of {repeats}")
+    print(f"whole rows     : {tokens[False]:7d} tokens {best[False]:7.2f} s")
+    print(f"shared prompts : {tokens[True]:7d} tokens {best[True]:7.2f} s")
+    print(f"ratio          : {tokens[True] / tokens[False]:7.3f} tokens "
+          f"{best[True] / best[False]:7.3f} time; max abs difference {diff:.2e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--pairs", action="store_true",
+                    help="time the stance pairs' answer batches, shared prompts vs whole rows")
     args = ap.parse_args()
     host = nv.load_model(args.model)
     probes = nv.load_probes()
     cfg = StatsConfig(batch_size=args.batch_size)
+    if args.pairs:
+        compare_pairs(host, probes, cfg, args.repeats)
+        return
     n_tokens = plain_pass(host, probes, cfg)  # warm-up
     best_plain = best_stats = float("inf")
     for _ in range(args.repeats):

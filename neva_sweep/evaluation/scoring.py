@@ -21,7 +21,6 @@ fail with an IndexError there).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Iterator
 
@@ -31,11 +30,6 @@ from ..edits.group import EditGroup, Edits, encode, grouped
 from ..models.host import ModelHost
 
 log = logging.getLogger(__name__)
-
-
-def model_accepts(host: ModelHost, name: str) -> bool:
-    model = getattr(host.model, "module", host.model)
-    return name in inspect.signature(model.forward).parameters
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
@@ -101,8 +95,8 @@ def _forward(host: ModelHost, seqs: list[list[int]], keep: int, group: EditGroup
         response_start = [r + len(e) - len(s) for r, e, s in zip(response_start, edited, seqs)]
     seqs = edited
     ids, mask, pos = left_pad(seqs, host.tokenizer.pad_token_id, host.device)
-    kwargs = {"logits_to_keep": keep} if model_accepts(host, "logits_to_keep") else {}
-    if model_accepts(host, "position_ids"):
+    kwargs = {"logits_to_keep": keep} if host.accepts("logits_to_keep") else {}
+    if host.accepts("position_ids"):
         kwargs["position_ids"] = pos
     group.set_rows(groups)
     if response_start is not None:
@@ -235,10 +229,9 @@ def option_logprobs(
     out = torch.empty(len(edits), len(prompts), n_opt, dtype=torch.float64)
     order = sorted(range(len(ctx)), key=lambda i: len(ctx[i]))
     pad = host.tokenizer.pad_token_id
-    kw_pos = model_accepts(host, "position_ids")
-    kw_keep = model_accepts(host, "logits_to_keep")
-    # transformers >= 5.2x names the cache argument ``cache``; older versions past_key_values
-    cache_kw = "cache" if model_accepts(host, "cache") else "past_key_values"
+    kw_pos = host.accepts("position_ids")
+    kw_keep = host.accepts("logits_to_keep")
+    cache_kw = host.cache_kwarg
     with grouped(host, edits, positions) as group:
         for rows in tiled_batches(len(ctx), len(edits), max(1, batch_size // n_opt), order):
             groups = [g for _, g in rows]

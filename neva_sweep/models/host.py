@@ -14,6 +14,7 @@ and gates give what they give on one device.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -137,6 +138,17 @@ class ModelHost:
         cfg = getattr(getattr(self.model, "module", self.model), "config", None)
         limit = getattr(cfg, "max_position_embeddings", None)
         return limit if isinstance(limit, int) and limit > 0 else None
+
+    def accepts(self, name: str) -> bool:
+        """Whether the model's forward takes the keyword argument ``name``."""
+        model = getattr(self.model, "module", self.model)  # a DeepSpeed engine wraps it
+        return name in inspect.signature(model.forward).parameters
+
+    @property
+    def cache_kwarg(self) -> str:
+        """The forward's key-value cache argument: ``cache`` from transformers 5.2x on,
+        ``past_key_values`` before."""
+        return "cache" if self.accepts("cache") else "past_key_values"
 
     @property
     def device(self) -> torch.device:

@@ -37,6 +37,15 @@ scenarios: with a chat template the question is the user turn (``host.chat_promp
 options; a model without one gets ``question + "\\nAnswer: (" + letter``, the judge's plain
 ``"...\\nAnswer:"`` form. Vectors read elsewhere would steer a different position.
 
+**Shared prompts.** The two rows of one order differ only in their last token, the letter,
+so when every row of a batch tokenises as its prompt's tokens plus one letter token, the
+prompts run once (2 rows per pair, not 4) with the key-value cache kept, and the four
+letters run as one more token on the cache, each at its own row's position. This reads the
+same residuals as the four whole rows (up to float rounding) at about half the answer
+rows' tokens, which are most of the pass's. A batch where a letter merges with the
+token before it (``"(A"`` as one token), or a model whose cache cannot be repeated per
+row, runs its four whole rows instead.
+
 Pair texts are read whole (``stats.max_length`` does not cut them: a cut would drop the
 reply or the answer letter); a text longer than the model's context is refused before any
 work. Tensor-parallel ranks all read the same pairs: the (V, N) sums hold their own
@@ -127,14 +136,19 @@ class PairBatch:
     """Rows of one forward pass over stance pairs.
 
     ``kind`` "reply": texts alternate pro, anti (two per pair), ``n_reply`` (B,) their
-    reply token counts. ``kind`` "answer": four texts per pair (:func:`answer_texts`).
-    ``labels``: one value index per pair.
+    reply token counts. ``kind`` "answer": four texts per pair (:func:`answer_texts`), and
+    when they split, their ``prompts`` and ``letter_ids``. ``labels``: one value index per
+    pair.
     """
 
     kind: str
     texts: list[str]
     labels: list[int]
     n_reply: list[int] | None = None
+    # "answer" batches whose rows split as prompt + one letter token (see "Shared prompts"
+    # above): the two prompts per pair and each row's letter token id (4 per pair).
+    prompts: list[str] | None = None
+    letter_ids: list[int] | None = None
 
 
 def pair_batches(host: ModelHost, pairs: Sequence[Pair], batch_size: int) -> list[PairBatch]:
@@ -157,9 +171,31 @@ def pair_batches(host: ModelHost, pairs: Sequence[Pair], batch_size: int) -> lis
     for start in range(0, len(order), per):
         chunk = [pairs[k] for k in order[start : start + per]]
         texts = [t for p in chunk for t in answer_texts(host, p)]
-        check_context(host, texts, [len(ids) for ids in tok(texts).input_ids])
-        out.append(PairBatch("answer", texts, [p.label for p in chunk]))
+        full = tok(texts).input_ids
+        check_context(host, texts, [len(ids) for ids in full])
+        prompts = [t[:-1] for t in texts[0::2]]  # per pair, each order's text before its letter
+        letters = split_letters(tok(prompts).input_ids, full)
+        out.append(PairBatch("answer", texts, [p.label for p in chunk],
+                             prompts=prompts if letters else None, letter_ids=letters))
     return out
+
+
+def split_letters(prompts: list[list[int]], rows: list[list[int]]) -> list[int] | None:
+    """Each row's last token id when every row ``r`` tokenises as ``prompts[r // 2]`` plus
+    that one token; None when any does not (the letter merged with the token before it).
+
+    >>> split_letters([[5, 6], [5, 7]], [[5, 6, 1], [5, 6, 2], [5, 7, 2], [5, 7, 1]])
+    [1, 2, 2, 1]
+    >>> split_letters([[5, 6]], [[5, 6, 1], [5, 9]]) is None
+    True
+    """
+    letters = []
+    for r, ids in enumerate(rows):
+        prompt = prompts[r // 2]
+        if len(ids) != len(prompt) + 1 or ids[:-1] != prompt:
+            return None
+        letters.append(ids[-1])
+    return letters
 
 
 def check_context(host: ModelHost, texts: list[str], lengths: list[int]) -> None:
@@ -191,11 +227,17 @@ class PairAccumulator:
         self.resid_count = torch.zeros(N_VALUES, **f64)
         self.norm_sum = torch.zeros(len(self.blocks), **f64)
         self.rows = 0  # answer rows seen
+        self.shared_prompts = True  # off once the model's cache cannot be repeated per row
 
     def step(self, batch: PairBatch, forward_kwargs: dict) -> int:
-        """One forward pass over ``batch``; returns its number of tokens."""
-        enc = self.host.tokenize(batch.texts)  # right-padded, never cut
+        """One forward pass over ``batch`` (two for shared prompts); returns its number of
+        tokens."""
         labels = torch.tensor(batch.labels)  # (P,)
+        if batch.letter_ids is not None and self.shared_prompts:
+            n_tokens = self._shared_answers(batch, labels, forward_kwargs)
+            if n_tokens is not None:
+                return n_tokens
+        enc = self.host.tokenize(batch.texts)  # right-padded, never cut
         if batch.kind == "reply":
             mask = reply_mask(enc.attention_mask, torch.tensor(batch.n_reply)).float()
             weights = mask / mask.sum(1, keepdim=True).clamp(min=1)  # (B, S), rows sum to 1
@@ -214,10 +256,44 @@ class PairAccumulator:
         if batch.kind == "reply":
             self.count.index_add_(0, labels, torch.ones(len(labels), dtype=torch.float64))
         else:
-            self.resid_count.index_add_(0, labels, torch.full((len(labels),), 2.0,
-                                                              dtype=torch.float64))
-            self.rows += len(batch.texts)
+            self._count_answers(labels, len(batch.texts))
         return int(enc.attention_mask.sum())
+
+    def _count_answers(self, labels: torch.Tensor, rows: int) -> None:
+        self.resid_count.index_add_(0, labels, torch.full((len(labels),), 2.0,
+                                                          dtype=torch.float64))
+        self.rows += rows
+
+    def _shared_answers(self, batch: PairBatch, labels: torch.Tensor,
+                        forward_kwargs: dict) -> int | None:
+        """The answer rows as their prompts (one pass, cache kept) and then their letters
+        (one token each on the cache repeated per row); None, with nothing accumulated,
+        when the model's cache cannot be repeated per row."""
+        enc = self.host.tokenize(batch.prompts)  # (2P, S) right-padded
+        out = self.host.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                              use_cache=True, **forward_kwargs)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        if not hasattr(cache, "batch_repeat_interleave"):
+            self.shared_prompts = False  # a legacy cache: whole rows from now on
+            return None
+        cache.batch_repeat_interleave(2)  # (4P, ...): row r reads prompt r // 2
+        prompt_mask = enc.attention_mask.repeat_interleave(2, dim=0)  # (4P, S)
+        letters = torch.tensor(batch.letter_ids, device=enc.input_ids.device)[:, None]
+        mask = torch.cat([prompt_mask, torch.ones_like(letters)], dim=1)  # (4P, S + 1)
+        kwargs = {**forward_kwargs, self.host.cache_kwarg: cache}
+        if self.host.accepts("position_ids"):
+            # Right padding: each letter sits right after its prompt's last real token.
+            kwargs["position_ids"] = prompt_mask.sum(1, keepdim=True)  # (4P, 1)
+        at = torch.zeros(len(batch.letter_ids), dtype=torch.long)  # the one new position
+        handles = [block.register_forward_hook(self._answer_hook(layer, at, labels))
+                   for layer, block in enumerate(self.blocks)]
+        try:
+            self.host.model(input_ids=letters, attention_mask=mask, use_cache=True, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        self._count_answers(labels, len(batch.letter_ids))
+        return int(enc.attention_mask.sum()) + len(batch.letter_ids)
 
     def _reply_hook(self, offset: int, weights: torch.Tensor, labels: torch.Tensor):
         def hook(module, args):

@@ -40,7 +40,6 @@ a deterministic subsample, so merges stay exact, at a fraction of the cost.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -484,9 +483,7 @@ class _Accumulator:
 
 def forward_kwargs(host: ModelHost) -> dict:
     """Keyword arguments that keep the LM head to the last position when the model allows it."""
-    model = getattr(host.model, "module", host.model)
-    params = inspect.signature(model.forward).parameters
-    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    return {"logits_to_keep": 1} if host.accepts("logits_to_keep") else {}
 
 
 def length_sorted_batches(probes: ProbeSet, batch_size: int) -> list[list[int]]:

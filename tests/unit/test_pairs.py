@@ -11,9 +11,17 @@ import torch
 
 import neva_sweep as nv
 from neva_sweep.data import DataError, Pair, ProbeSet, load_pairs, load_probes, load_records
+from neva_sweep.models import TINY_CONFIGS
 from neva_sweep.models.arch import residual_sites
-from neva_sweep.neurons.pairs import PAIR_FIELDS, answer_texts
-from neva_sweep.neurons.stats import NeuronStats, StatsConfig, concat, merge, select_columns
+from neva_sweep.neurons.pairs import PAIR_FIELDS, PairAccumulator, answer_texts, pair_batches
+from neva_sweep.neurons.stats import (
+    NeuronStats,
+    StatsConfig,
+    concat,
+    forward_kwargs,
+    merge,
+    select_columns,
+)
 from neva_sweep.values import N_VALUES, VALUES
 from tests.helpers import capture_site_inputs
 
@@ -135,6 +143,45 @@ def test_answer_letter_residuals_equal_a_direct_forward(tiny_host, one_pair_stat
     assert one_pair_stats.pair_resid_count[t] == 2 and one_pair_stats.pair_resid_count.sum() == 2
     torch.testing.assert_close(one_pair_stats.pair_resid_norm, letter.norm(dim=-1).mean(0),
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
+def test_shared_prompts_read_the_residuals_of_the_whole_rows(name):
+    """Several pairs of different lengths per answer batch (so prompts are padded): the
+    prompts-then-letters pass folds the same fields as the four whole rows per pair."""
+    host = nv.load_model(name)
+    pairs = [Pair(t, *(load_pairs().by_value(VALUES[t])[k][f]
+                       for f in ("situation", "pro", "anti")))
+             for t in (1, 8) for k in range(3)]
+    batches = [b for b in pair_batches(host, pairs, batch_size=12) if b.kind == "answer"]
+    assert [len(b.texts) for b in batches] == [12, 12]
+    assert all(b.letter_ids is not None for b in batches)  # the letters split off here
+    whole, shared = PairAccumulator(host), PairAccumulator(host)
+    whole.shared_prompts = False
+    kwargs = forward_kwargs(host)
+    with torch.inference_mode():
+        n_whole = sum(whole.step(b, kwargs) for b in batches)
+        n_shared = sum(shared.step(b, kwargs) for b in batches)
+    assert shared.shared_prompts and n_shared < 0.6 * n_whole  # half the rows, plus letters
+    for field, a in whole.fields().items():
+        torch.testing.assert_close(shared.fields()[field], a, atol=1e-5, rtol=1e-5,
+                                   msg=f"{name}: {field}")
+
+
+def test_a_letter_that_merges_runs_the_whole_rows(tiny_host, monkeypatch):
+    """When "(" and the letter tokenise as one token the prompts cannot be shared: the batch
+    keeps its whole rows, and the statistics are those of the direct forward (above)."""
+    tok = tiny_host.tokenizer
+    real = type(tok).__call__
+
+    def merging(self, text, *args, **kwargs):  # "(A" as "[A": the prompt's "(" is gone
+        if isinstance(text, list):
+            text = [t[:-2] + "[" + t[-1] if t.endswith(("(A", "(B")) else t for t in text]
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(tok), "__call__", merging)
+    batch, = [b for b in pair_batches(tiny_host, [PAIR], 8) if b.kind == "answer"]
+    assert batch.letter_ids is None and batch.prompts is None and len(batch.texts) == 4
 
 
 def test_answer_texts_without_a_chat_template(tiny_host, monkeypatch):
