@@ -10,8 +10,8 @@ and the best of ``--repeats`` is kept for each, so machine noise affects both al
 
 ``--pairs`` times the stance pairs' answer batches instead (neurons/pairs.py): their
 prompts run once with the cache kept and the letters on it, against the four whole rows
-per pair; prints tokens and wall time of each, their ratio and the largest difference of
-the fields they fold.
+per pair; prints tokens and wall time of each, their ratio, the largest difference of
+the fields they fold, and the whole statistics pass's time with either.
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ def compare_pairs(host, probes, cfg: StatsConfig, repeats: int) -> None:
             tokens[shared], wall, fields[shared] = answer_pass(host, batches, shared)
             best[shared] = min(best[shared], wall)
     diff = max(float((fields[True][k] - fields[False][k]).abs().max()) for k in fields[True])
+    t = time.perf_counter()
+    collect_stats(host, probes, cfg, progress=False)  # the whole pass, shared prompts on
+    whole_pass = time.perf_counter() - t
     print(f"model {host.name}, {len(probes.pairs)} pairs, {len(batches)} answer batches "
           f"({n_split} with shared prompts), batch {cfg.batch_size}, "
           f"{torch.get_num_threads()} threads, best of {repeats}")
@@ -72,6 +75,8 @@ def compare_pairs(host, probes, cfg: StatsConfig, repeats: int) -> None:
     print(f"shared prompts : {tokens[True]:7d} tokens {best[True]:7.2f} s")
     print(f"ratio          : {tokens[True] / tokens[False]:7.3f} tokens "
           f"{best[True] / best[False]:7.3f} time; max abs difference {diff:.2e}")
+    print(f"whole statistics pass (probes, gate texts, pairs): {whole_pass:.2f} s with shared "
+          f"prompts, {whole_pass - best[True] + best[False]:.2f} s with whole rows")
 
 
 def main() -> None:
