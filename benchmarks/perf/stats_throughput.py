@@ -5,8 +5,9 @@
 
 Both passes tokenise the identification probes in the same length-sorted batches and call
 the model with the same arguments (``logits_to_keep=1``); the statistics pass adds the
-neuron hooks. Prints tokens/s of each and their ratio (target: >= 0.9). Passes alternate
-and the best of ``--repeats`` is kept for each, so machine noise affects both alike.
+neuron hooks (its probe part: no gate texts, no stance pairs). Prints tokens/s of each and
+their ratio (target: >= 0.9). Passes alternate and the best of ``--repeats`` is kept for
+each, so machine noise affects both alike.
 
 ``--pairs`` times the stance pairs' answer batches instead (neurons/pairs.py): their
 prompts run once with the cache kept and the letters on it, against the four whole rows
@@ -88,11 +89,13 @@ def main() -> None:
                     help="time the stance pairs' answer batches, shared prompts vs whole rows")
     args = ap.parse_args()
     host = nv.load_model(args.model)
-    probes = nv.load_probes()
     cfg = StatsConfig(batch_size=args.batch_size)
     if args.pairs:
-        compare_pairs(host, probes, cfg, args.repeats)
+        compare_pairs(host, nv.load_probes(), cfg, args.repeats)
         return
+    # The probe part of the pass alone: the gate's neutral texts and the stance pairs are
+    # other texts, which the plain pass does not read.
+    probes = nv.load_probes(neutral=False, pairs=False)
     n_tokens = plain_pass(host, probes, cfg)  # warm-up
     best_plain = best_stats = float("inf")
     for _ in range(args.repeats):

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -218,12 +219,15 @@ def section_forward(ctx: Context) -> dict:
     reset_peak(dev)
     build_s, host = timed(lambda: build_llama(s, "llama3-8b-shaped"), dev)
     probes, cfg = ctx.probes(), StatsConfig()
+    # The timed statistics pass reads the texts the plain pass reads: the probes, without
+    # the gate's neutral texts and the stance pairs.
+    probe_part = dataclasses.replace(probes, neutral=(), pairs=())
     n_tokens = plain_pass(host, probes, cfg)  # warm-up
     stats = collect_stats(host, probes, cfg, progress=False)  # warm-up; gives the neurons
     nmap = nv.select_neurons(stats, VALUE, sparsity=DEFAULT_SPARSITY)
     spec = NeuronEdit(nmap[VALUE], "add", DEFAULT_MAGNITUDE)
     passes = {"plain": lambda: plain_pass(host, probes, cfg),
-              "stats": lambda: collect_stats(host, probes, cfg, progress=False),
+              "stats": lambda: collect_stats(host, probe_part, cfg, progress=False),
               "edited": lambda: edited_pass(host, probes, cfg, spec)}
     best = dict.fromkeys(passes, math.inf)
     repeats = 0
