@@ -6,6 +6,7 @@
         [--run-dir runs/convergence] [--json PATH] [--figure PATH] [--fronts-figure PATH]
         [--tiny]
         [--grid-from PATH] [--references-from PATH ...] [--override KEY=VALUE ...]
+    python benchmarks/experiments/search_convergence.py --pool A.json B.json [--json PATH]
 
 **Reference.** Per (value, method) a dense grid scored in this process with the sweep's
 own trial settings (judge, capability texts, budgets): for NeVA five sparsities spread
@@ -40,7 +41,10 @@ hypervolume, the area it dominates above alignment 0 and below NLR
 against the unpruned run): a pruner that keeps the best edit but stops the low-leakage
 trials loses front, not regret. ``--fronts-figure`` draws each pruner's feasible trials
 and front for the first seed. ``--tiny`` runs the same code on a tiny random model in a
-few minutes (the test suite runs it).
+few minutes (the test suite runs it). ``--pool A.json B.json`` runs nothing and adds up
+earlier outputs on other values (same methods and pruners) over the seeds they all ran:
+each pruner's CPU time over the unpruned run's per seed and in all, and the front trials,
+over all their values.
 """
 
 from __future__ import annotations
@@ -294,6 +298,57 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets,
     return summary
 
 
+def pool(summaries: list[dict]) -> dict:
+    """The CPU time and front trials of several outputs' ``summary`` (other values, the same
+    methods and pruners) added up over the seeds they all ran: per ``method/pruner``,
+    ``cpu_s_per_seed`` and ``front_trials_per_seed`` summed, and each pruner's CPU time
+    over the unpruned run's, per seed (``cpu_vs_none_per_seed``) and over all seeds
+    (``cpu_vs_none``).
+
+    >>> one = {"neva/none": {"cpu_s_per_seed": {"0": 100.0}, "front_trials_per_seed": {"0": 4}},
+    ...        "neva/front": {"cpu_s_per_seed": {"0": 70.0}, "front_trials_per_seed": {"0": 3}}}
+    >>> two = {"neva/none": {"cpu_s_per_seed": {"0": 300.0}, "front_trials_per_seed": {"0": 5}},
+    ...        "neva/front": {"cpu_s_per_seed": {"0": 130.0}, "front_trials_per_seed": {"0": 5}}}
+    >>> pool([one, two])["neva/front"]["cpu_vs_none_per_seed"]
+    {'0': 0.5}
+    >>> three = {k: {f: {**v, "1": 1} for f, v in r.items()} for k, r in two.items()}
+    >>> pool([one, three])["neva/front"]["front_trials_per_seed"]  # seed 1: not in one
+    {'0': 8}
+    """
+    keys = [k for k in summaries[0] if all(k in s for s in summaries)]
+    out: dict = {}
+    for key in keys:
+        row = out[key] = {}
+        for field in ("cpu_s_per_seed", "front_trials_per_seed"):
+            row[field] = {seed: sum(s[key][field][seed] for s in summaries)
+                          for seed in summaries[0][key][field]
+                          if all(seed in s[key][field] for s in summaries)}
+        row["cpu_s"] = sum(row["cpu_s_per_seed"].values())
+    for key, row in out.items():
+        base = out.get(key.split("/")[0] + "/none")
+        if base is None:
+            continue
+        row["cpu_vs_none"] = row["cpu_s"] / base["cpu_s"] if base["cpu_s"] else None
+        row["cpu_vs_none_per_seed"] = {
+            seed: c / base["cpu_s_per_seed"][seed] if base["cpu_s_per_seed"][seed] else None
+            for seed, c in row["cpu_s_per_seed"].items()}
+    return out
+
+
+def print_pool(pooled: dict, paths: list[str]) -> None:
+    print(f"pooled over {', '.join(paths)}:")
+    for key, row in pooled.items():
+        if key.endswith("/none") or row.get("cpu_vs_none") is None:
+            continue
+        base = pooled[key.split("/")[0] + "/none"]
+        per_seed = ", ".join("-" if x is None else f"{x:.2f}"
+                             for x in row["cpu_vs_none_per_seed"].values())
+        fronts = "/".join(str(n) for n in row["front_trials_per_seed"].values())
+        none_fronts = "/".join(str(n) for n in base["front_trials_per_seed"].values())
+        print(f"{key}: {row['cpu_vs_none']:.2f}x the unpruned CPU time (per seed: {per_seed});"
+              f" front trials per seed {fronts} (unpruned {none_fronts})")
+
+
 def figure(runs, ref, values, methods, pruners, seeds, budgets, out: str) -> None:
     import matplotlib
 
@@ -378,7 +433,18 @@ def main(argv: list[str] | None = None) -> dict:
                     "references also bound this one: regret against the best any run found")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model (minutes)")
     ap.add_argument("--override", nargs="*", default=[], help="more sweep overrides")
+    ap.add_argument("--pool", nargs="+", default=None, metavar="JSON",
+                    help="run nothing: add up the CPU time and front trials of earlier "
+                    "--json outputs on other values (same methods and pruners), over the "
+                    "seeds they all ran")
     args = ap.parse_args(argv)
+    if args.pool:
+        pooled = pool([json.loads(Path(p).read_text())["summary"] for p in args.pool])
+        print_pool(pooled, args.pool)
+        result = {"args": vars(args), "pooled": pooled}
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+        return result
     budgets = sorted(args.budgets)
     run_dir = Path(args.run_dir)
     runs, wall = {}, {}
