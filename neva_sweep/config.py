@@ -504,9 +504,9 @@ class SearchConfig:
     # multi-fidelity trials (neva_sweep/sweep/pruning.py): none | median | front | sha |
     # hyperband; a trial is first scored on ``fidelity`` of the scenarios and continues
     # only if promising (front: not dominated on the objectives at rung 0). none by
-    # measurement (docs/results.md 0d): median keeps the best edits at 0.42-0.45x the CPU
-    # time but thins the fronts; front keeps most of them at 0.51-0.56x, over 0.6x on one
-    # of three seeds
+    # measurement (docs/results.md 0d, four values x three seeds): median keeps the best
+    # edits at 0.44-0.47x the CPU time but thins the fronts; front keeps them at
+    # 0.56-0.58x, over 0.6x on one seed
     pruner: str = "none"
     fidelity: float = 0.34
 
