@@ -246,7 +246,7 @@ def option_logprobs(
             group.set_rows(groups)
             res = host.model(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)
             first = torch.log_softmax(res.logits[:, -1].float(), -1)  # (P, vocab)
-            cache = getattr(res, "cache", None) or res.past_key_values
+            cache = host.returned_cache(res)
             cache.batch_repeat_interleave(n_opt)  # (P * O) rows, option o of row p at p*O+o
             o_ids = [o for i, _ in rows for o in opts[i]]  # P * O option token lists
             width = max(len(o) for o in o_ids)

@@ -150,6 +150,14 @@ class ModelHost:
         ``past_key_values`` before."""
         return "cache" if self.accepts("cache") else "past_key_values"
 
+    @staticmethod
+    def returned_cache(out: Any) -> Any:
+        """The key-value cache a forward with ``use_cache=True`` returned (``out.cache``
+        from transformers 5.2x on, ``out.past_key_values`` before); None when there is
+        none."""
+        cache = getattr(out, "cache", None)
+        return cache if cache is not None else getattr(out, "past_key_values", None)
+
     @property
     def device(self) -> torch.device:
         """Where inputs go: the input embedding's device (with ``model.device_map`` the

@@ -272,7 +272,7 @@ class PairAccumulator:
         enc = self.host.tokenize(batch.prompts)  # (2P, S) right-padded
         out = self.host.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
                               use_cache=True, **forward_kwargs)
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        cache = self.host.returned_cache(out)
         if not hasattr(cache, "batch_repeat_interleave"):
             self.shared_prompts = False  # a legacy cache: whole rows from now on
             return None
