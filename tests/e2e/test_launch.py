@@ -20,6 +20,8 @@ SBATCH = LAUNCH / "slurm.sbatch"
 RAYJOB = LAUNCH / "kuberay-rayjob.yaml"
 RAY_CLUSTER = LAUNCH / "ray-cluster.yaml"
 LAUNCH_YAMLS = sorted(LAUNCH.glob("*.yaml"))
+# every shell script users or CI run: the launcher, the GPU check's wrapper, the CI entry
+SHELL_SCRIPTS = [SBATCH, ROOT / "benchmarks" / "tools" / "gpu_check.sh", ROOT / ".ci" / "run"]
 
 # name -> (hub id, dtype, tp_size)
 BIG_MODELS = {
@@ -49,9 +51,11 @@ def test_sbatch_bash_syntax():
     subprocess.run(["bash", "-n", str(SBATCH)], check=True)
 
 
+# make install-system installs shellcheck (apt-get, as root)
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
-def test_sbatch_shellcheck():
-    result = subprocess.run(["shellcheck", str(SBATCH)], capture_output=True, text=True)
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
+def test_shell_scripts_pass_shellcheck(script):
+    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
