@@ -42,7 +42,7 @@ from . import pruning
 from .calibrate import absolute_params
 from .front_pruner import RUNG0_POINT
 from .plan import StudyKey
-from .storage import is_enqueued, set_user_attrs
+from .storage import enqueued_params, set_user_attrs
 from .studies import StudyState, objective_values, record_attrs
 
 POLL_S = 0.2  # how often a waiting driver looks at Ctrl-C and the checkpoint timer
@@ -163,7 +163,9 @@ class Pending:
     rung: int = 0
     rung0_s: float = 0.0  # rung 0's evaluation time
     first_rung: dict | None = None  # what rung 1 continues from (None: it runs in full)
-    start: bool = False  # an enqueued warm start: the pruner never prunes it
+    # an enqueued warm start's parameters (None: a sampled trial): the pruner never prunes
+    # it, and an interrupted one is enqueued again
+    fixed: dict | None = None
     budgets: dict[str, float] = field(default_factory=dict)  # what rung 0 settles
 
     def request(self) -> dict:
@@ -346,13 +348,13 @@ class Scheduler:
         twin = state.rungs.ask() if state.rungs is not None else None
         if twin is not None:
             extra["rung_trial"] = twin.number
-        start = is_enqueued(state.study, trial)
-        if start:
+        fixed = enqueued_params(state.study, trial)
+        if fixed is not None:
             extra["warm_start"] = True
         set_user_attrs(trial, {"params": params, **extra})
         state.running += 1
         return Pending(state, trial, params, twin=twin,
-                       fidelity=float(self.search.get("fidelity", 1.0)), start=start,
+                       fidelity=float(self.search.get("fidelity", 1.0)), fixed=fixed,
                        budgets=self.rung0_budgets if twin is not None else {})
 
     def _submit(self, worker: Worker, batch: list[Pending]) -> None:
@@ -409,7 +411,7 @@ class Scheduler:
             # A warm start is measured in full whatever its rung-0 alignment: the starts
             # are the search's floor (results.md 0d), and a few rung-0 rows are a noisy
             # verdict.
-            if not p.start and p.twin.should_prune():
+            if p.fixed is None and p.twin.should_prune():
                 scores = ", ".join(f"{k} {v:+.4f}" for k, v in point.items())
                 reason = (f"search.pruner={self.search.pruner}: rung-0 {scores} on "
                           f"{metrics.get('n_queries')} judge rows")
@@ -514,7 +516,10 @@ class Scheduler:
                 s.stopped = "no replica of the model is left"
 
     def _abandon(self, reason: str) -> None:
-        """Tell every trial in flight or waiting for a retry FAIL with ``reason``."""
+        """Tell every trial in flight or waiting for a retry FAIL with ``reason``; a warm
+        start among them is enqueued again, so the next run of the same command runs it
+        first (the starts are the search's floor, results.md 0d: a stop must not cost one,
+        as a dead driver's does not, sweep/studies.py fail_stale)."""
         pending = [p for b in self.inflight.values() for p in b.trials]
         pending += [p for q in self.retry.values() for p in q]
         self.inflight.clear()
@@ -524,6 +529,8 @@ class Scheduler:
         for p in pending:
             try:
                 self._fail(p, reason, None)
+                if p.fixed is not None:
+                    p.state.study.enqueue_trial(p.fixed)
             except Exception as e:  # keep failing the others
                 tqdm.write(f"could not mark trial {p.trial.number} FAIL: {e!r}")
 

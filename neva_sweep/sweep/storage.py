@@ -187,13 +187,14 @@ def _fast_trial_id(study: optuna.Study, trial: FrozenTrial) -> tuple[BaseStorage
     return study._storage, trial._trial_id
 
 
-def is_enqueued(study: optuna.Study, trial: optuna.Trial) -> bool:
-    """Whether ``trial`` (just asked) came from ``study.enqueue_trial``: a warm start.
+def enqueued_params(study: optuna.Study, trial: optuna.Trial) -> dict | None:
+    """The parameters ``trial`` (just asked) was enqueued with by ``study.enqueue_trial``
+    (a warm start, sweep/warm.py); None for a sampled trial.
 
     Optuna marks such a trial with the ``fixed_params`` system attribute and exposes no
     public reader of a live trial's system attributes, hence the storage call."""
     attrs = study._storage.get_trial_system_attrs(trial._trial_id)
-    return "fixed_params" in attrs
+    return attrs.get("fixed_params")
 
 
 # -- search spaces ----------------------------------------------------------------------------

@@ -626,3 +626,48 @@ def test_scheduler_drops_a_worker_that_cannot_restart(config):
                                            FakeWorker("b", 0), FakeWorker("b", 1)],
                                   ("power",), "search.n_trials=2")
     assert sched.max_in_flight == 2 * 2  # the default follows the workers left
+
+
+def test_an_interrupted_warm_start_runs_again_when_the_sweep_resumes(config):
+    """Ctrl-C or SIGTERM with a warm start in flight: the start is told FAIL (interrupted)
+    and enqueued again, so re-running the same command runs it (the starts are the
+    search's floor; a dead driver's stale start is enqueued again the same way)."""
+    from neva_sweep.sweep.plan import StudyKey
+    from neva_sweep.sweep.scheduler import Scheduler
+    from neva_sweep.sweep.studies import open_studies
+    from neva_sweep.sweep.warm import warm_start
+
+    search = config("search.n_startup_trials=100", "search.n_trials=2").search
+    keys = [StudyKey("a", v, "neva") for v in ("power", "benevolence")]
+    storage = optuna.storages.InMemoryStorage()
+    states = open_studies(keys, storage, search)
+    assert warm_start(states, search) == 2  # one start per study
+    starts = {s.key.value: s.study.get_trials(deepcopy=False)[0].system_attrs["fixed_params"]
+              for s in states}
+
+    told = []
+
+    def stop(outcome):  # Ctrl-C once the first trial is told; the other is in flight
+        told.append(outcome)
+        if len(told) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Scheduler(states, [FakeWorker("a", 0)], search, callbacks=[stop], progress=False,
+                  backend=FutureBackend()).run()
+    failed = {s.key.value: s.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+              for s in states}
+    (value,) = [v for v, f in failed.items() if f]  # the start that was in flight
+    assert failed[value][0].user_attrs["error"].startswith("interrupted (Ctrl-C)")
+    study = states[[s.key.value for s in states].index(value)].study
+    (waiting,) = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert waiting.system_attrs["fixed_params"] == starts[value]
+
+    resumed = open_studies(keys, storage, search)
+    Scheduler(resumed, [FakeWorker("a", 0)], search, progress=False,
+              backend=FutureBackend()).run()
+    for s in resumed:
+        done = s.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        assert len(done) == 2
+        assert starts[s.key.value] in [t.system_attrs.get("fixed_params") for t in done]
+        assert not s.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
