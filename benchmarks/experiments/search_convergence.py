@@ -28,23 +28,24 @@ the sum of the trials' evaluation times (``duration_s``: both rungs of a promote
 rung 0 of a pruned one); trials per hour follow from it.
 
 Printed per (method, pruner, budget): the mean ratio over values and seeds, how many
-(value, seed) pairs reach 90% of the reference, and the CPU seconds to reach 90%
-(median over the pairs that reach it); the JSON's ``summary`` adds, per (method,
-pruner), the ratio per value and seed at the largest budget, the trials finished,
-pruned (and of those, pruned over a budget at rung 0) and complete but over a budget,
-and with ``none`` among the pruners each one's CPU time over the unpruned run's, over
-all seeds (``cpu_vs_none``) and per seed (``cpu_vs_none_per_seed``, from
+(value, seed) pairs reach 90% of the reference, and the CPU seconds to reach 90% (median
+over the pairs that reach it); the JSON's ``summary`` adds, per (method, pruner), the
+ratio per value and seed at the largest budget, the trials finished, pruned (and of those,
+pruned over a budget at rung 0) and complete but over a budget, where the sampled trials
+(all but the warm starts) went (``sampled``: gated, ungated below 0.7 of the budget dose,
+over a budget, better than their study's best start, and in how many studies; also
+printed), and with ``none`` among the pruners each one's CPU time over the unpruned run's,
+over all seeds (``cpu_vs_none``) and per seed (``cpu_vs_none_per_seed``, from
 ``cpu_s_per_seed``). It also gives each study's front over its feasible COMPLETE trials
 (alignment up, NLR down): the trials on it per seed (``front_trials_per_seed``) and its
-hypervolume, the area it dominates above alignment 0 and below NLR
-``search.best_max_nlr`` (``hypervolume_per_seed``, and ``hypervolume_vs_none_per_seed``
-against the unpruned run): a pruner that keeps the best edit but stops the low-leakage
-trials loses front, not regret. ``--fronts-figure`` draws each pruner's feasible trials
-and front for the first seed. ``--tiny`` runs the same code on a tiny random model in a
-few minutes (the test suite runs it). ``--pool A.json B.json`` runs nothing and adds up
-earlier outputs on other values (same methods and pruners) over the seeds they all ran:
-each pruner's CPU time over the unpruned run's per seed and in all, and the front trials,
-over all their values.
+hypervolume, the area it dominates above alignment 0 and below NLR ``search.best_max_nlr``
+(``hypervolume_per_seed``, and ``hypervolume_vs_none_per_seed`` against the unpruned run):
+a pruner that keeps the best edit but stops the low-leakage trials loses front, not
+regret. ``--fronts-figure`` draws each pruner's feasible trials and front for the first
+seed. ``--tiny`` runs the same code on a tiny random model in a few minutes (the test
+suite runs it). ``--pool A.json B.json`` runs nothing and adds up earlier outputs on other
+values (same methods and pruners) over the seeds they all ran: each pruner's CPU time over
+the unpruned run's per seed and in all, and the front trials, over all their values.
 """
 
 from __future__ import annotations
@@ -114,6 +115,51 @@ def first_reaching(rows: list[dict], target: float) -> float | None:
                 and float(r["alignment"]) >= target):
             return cpu
     return None
+
+
+LOW_DOSE = 0.7  # a sampled ungated trial below this multiple of its budget dose is "low"
+
+
+def sampled_trials(rows: list[dict]) -> dict:
+    """Where one study's sampled trials (all but the warm starts) went, against its starts:
+    finished, value- or context-gated, ungated below ``LOW_DOSE`` of the budget dose
+    (``edge_frac``), over a budget (complete but infeasible, or pruned on a budget), and
+    better than the best feasible start (feasible, higher alignment); with the best
+    feasible alignment of each kind (None: none feasible).
+
+    >>> row = lambda n, warm, a, gate="none", frac="1.0", feasible="True": {
+    ...     "trial": str(n), "state": "COMPLETE", "warm_start": warm, "alignment": a,
+    ...     "gate": gate, "edge_frac": frac, "feasible": feasible, "error": ""}
+    >>> s = sampled_trials([row(0, "True", "0.02"), row(1, "False", "0.03"),
+    ...                     row(2, "False", "0.01", gate="value"),
+    ...                     row(3, "False", "0.01", frac="0.5"),
+    ...                     row(4, "False", "0.05", feasible="False")])
+    >>> s["sampled"], s["gated"], s["low_dose"], s["over_budget"], s["beat_starts"]
+    (4, 1, 1, 1, 1)
+    >>> s["best_start"], s["best_sampled"]
+    (0.02, 0.03)
+    """
+    done = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
+
+    def best(rs: list[dict]) -> float | None:
+        a = [float(r["alignment"]) for r in rs if r["state"] == "COMPLETE"
+             and r["feasible"] == "True" and r["alignment"]]
+        return max(a) if a else None
+
+    starts = [r for r in done if r.get("warm_start") == "True"]
+    sampled = [r for r in done if r.get("warm_start") != "True"]
+    gated = [r for r in sampled if r.get("gate") not in (None, "", "none")]
+    bar = best(starts)
+    return {
+        "starts": len(starts), "sampled": len(sampled), "gated": len(gated),
+        "low_dose": sum(r not in gated and bool(r.get("edge_frac"))
+                        and float(r["edge_frac"]) < LOW_DOSE for r in sampled),
+        "over_budget": sum((r["state"] == "COMPLETE" and r["feasible"] != "True")
+                           or "over the budget" in (r.get("error") or "") for r in sampled),
+        "beat_starts": sum(r["state"] == "COMPLETE" and r["feasible"] == "True"
+                           and bool(r["alignment"]) and bar is not None
+                           and float(r["alignment"]) > bar for r in sampled),
+        "best_start": bar, "best_sampled": best(sampled)}
 
 
 def feasible_points(rows: list[dict]) -> list[tuple[float, float]]:
@@ -215,6 +261,10 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets,
             # every value, rated or not; pruned_over_budget: pruned on a budget at rung 0,
             # not by the pruner
             counts = {"trials": 0, "pruned": 0, "pruned_over_budget": 0, "infeasible": 0}
+            # the sampled trials (all but the starts) over every value and seed, and the
+            # studies where one of them beat the best start
+            sampled = dict.fromkeys(("sampled", "gated", "low_dose", "over_budget",
+                                     "beat_starts", "studies_beaten"), 0)
             fronts = {seed: 0 for seed in seeds}  # Pareto-front trials, all values
             volumes: dict = {seed: {} for seed in seeds}  # seed -> value -> hypervolume
             for value in values:
@@ -223,6 +273,10 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets,
                             if x["value"] == value and x["method"] == method]
                     points = feasible_points(rows)
                     fronts[seed] += len(front_of(points))
+                    where = sampled_trials(rows)
+                    for k in sampled:
+                        sampled[k] += where.get(k, 0)
+                    sampled["studies_beaten"] += where["beat_starts"] > 0
                     volumes[seed][value] = hypervolume(points, max_nlr)
                     counts["trials"] += sum(x["state"] in ("COMPLETE", "PRUNED") for x in rows)
                     counts["pruned"] += sum(x["state"] == "PRUNED" for x in rows)
@@ -258,6 +312,7 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets,
                                              "cpu_s_per_seed": cpu_seed,
                                              "trials_per_hour": per_hour,
                                              "per_value": per_value, **counts,
+                                             "sampled": sampled,
                                              "front_trials_per_seed": fronts,
                                              "hypervolume_per_seed": volumes}
             cells = "".join(f"{'-' if mean[k] is None else format(mean[k], '.2f'):>9}"
@@ -265,6 +320,15 @@ def table(runs: dict, ref: dict, values, methods, pruners, seeds, budgets,
             print(f"{method:<8}{pruner:<10}{cells}{f'{reach}/{pairs}':>12}"
                   f"{'-' if med90 is None else format(med90, '.0f'):>14}"
                   f"{'-' if per_hour is None else format(per_hour, '.0f'):>10}")
+    print()
+    for method in methods:
+        for pruner in pruners:
+            x = summary[f"{method}/{pruner}"]["sampled"]
+            print(f"{method} {pruner}: {x['sampled']} sampled trials: {x['gated']} gated, "
+                  f"{x['low_dose']} ungated below {LOW_DOSE} of the budget dose, "
+                  f"{x['over_budget']} over a budget; {x['beat_starts']} beat their study's "
+                  f"best start, in {x['studies_beaten']} of "
+                  f"{len(values) * len(seeds)} studies")
     if "none" in pruners:  # the pruners' CPU time against the unpruned run's, same seeds
         print()
         for method in methods:

@@ -483,6 +483,17 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
         assert sum(summary["cpu_s_per_seed"].values()) == pytest.approx(summary["cpu_s"])
         assert summary["infeasible"] == sum(r["state"] == "COMPLETE" and r["feasible"] != "True"
                                             for r in mine)
+        # the sampled trials are all but the starts (trials.csv's warm_start), none of
+        # them counted better than the best start unless it is
+        where = summary["sampled"]
+        assert where["sampled"] == sum(r["warm_start"] != "True" for r in mine) >= 1
+        best_start = max((float(r["alignment"]) for r in mine if r["warm_start"] == "True"
+                          and r["state"] == "COMPLETE" and r["feasible"] == "True"),
+                         default=None)
+        assert where["beat_starts"] == sum(
+            best_start is not None and r["warm_start"] != "True" and r["state"] == "COMPLETE"
+            and r["feasible"] == "True" and float(r["alignment"]) > best_start for r in mine)
+        assert where["studies_beaten"] == (where["beat_starts"] > 0)
         # the study's front, as the outputs' own Pareto code finds it
         feasible = [{k: float(r[k]) for k in ("alignment", "nlr")} for r in mine
                     if r["state"] == "COMPLETE" and r["feasible"] == "True"]
@@ -496,5 +507,5 @@ def test_search_convergence_benchmark_on_a_tiny_model(tmp_path):
             assert summary["per_value"] == {"power": [pytest.approx(ratio["6"])]}
         else:
             assert ratio == {"2": None, "6": None}
-    assert "CPU s to 90%" in proc.stdout
+    assert "CPU s to 90%" in proc.stdout and "beat their study's best start" in proc.stdout
     assert (tmp_path / "fronts.png").stat().st_size > 0
