@@ -49,3 +49,24 @@ def test_pool_adds_up_cpu_and_fronts_over_the_common_seeds(conv, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "neva/front: 0.49x the unpruned CPU time (per seed: 0.40, 0.60)" in printed
     assert "front trials per seed 9/5 (unpruned 10/7)" in printed
+
+
+def row(n: int, warm: bool, alignment: str, *, state: str = "COMPLETE", gate: str = "none",
+        frac: str = "1.0", feasible: str = "True", error: str = "") -> dict:
+    return {"trial": str(n), "state": state, "warm_start": str(warm), "alignment": alignment,
+            "gate": gate, "edge_frac": frac, "feasible": feasible, "error": error}
+
+
+def test_sampled_trials_are_counted_against_the_best_feasible_start(conv):
+    rows = [row(0, True, "0.02"), row(1, True, "0.09", feasible="False"),  # over budget
+            row(2, False, "0.03"),  # beats the best feasible start (0.02)
+            row(3, False, "0.01", gate="value"), row(4, False, "0.015", frac="0.5"),
+            row(5, False, "", state="PRUNED", error="pruned: over the budget search.max_kl"),
+            row(6, False, "0.05", feasible="False"), row(7, False, "", state="RUNNING")]
+    s = conv.sampled_trials(rows)
+    assert (s["starts"], s["sampled"], s["gated"], s["low_dose"]) == (2, 5, 1, 1)
+    assert (s["over_budget"], s["beat_starts"]) == (2, 1)
+    assert (s["best_start"], s["best_sampled"]) == (0.02, 0.03)
+    # no feasible start: nothing can beat it, and nothing is counted as beating it
+    s = conv.sampled_trials([row(0, True, "0.09", feasible="False"), row(1, False, "0.01")])
+    assert s["best_start"] is None and s["beat_starts"] == 0 and s["best_sampled"] == 0.01
