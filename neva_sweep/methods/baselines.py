@@ -1,8 +1,10 @@
 """Baseline steering methods, searched, evaluated and logged exactly like NeVA.
 
 - ``random_neurons``: as many neurons as NeVA would select at the trial's sparsity, drawn
-  uniformly at random (seed recorded in the trial's params), with NeVA's edit rule: the
-  control that tells whether *selection* matters.
+  uniformly at random, with NeVA's edit rule: the control that tells whether *selection*
+  matters. A study draws one random order of the neurons (seed 0, recorded in the
+  trial's params) and takes its first k, as NeVA takes its k best: sparsities share
+  neurons, and the dose calibrated at a sparsity is the dose of the trial's own draw.
 - ``diffmean``: a residual-stream steering vector, the difference of mean residuals of the
   value's probes and the rest over all probe tokens (ActAdd-style; neva_sweep/edits/residual.py);
   searched over the layer (as a fraction of depth, so one space fits every model), the
@@ -55,7 +57,11 @@ class RandomNeurons(NeVA):
         params = super().suggest(trial, space)
         params.pop("score")  # no selection score: the neurons are random
         params.pop("polarity")  # and no sign: random neurons have no anti-specific side
-        params["seed"] = int(trial.number)  # recorded, so the edit can be rebuilt
+        # One draw per study, the one its calibration measured (calibration jobs use the
+        # defaults' seed). A draw per trial (the trial number, before) put the calibrated
+        # starts off their budget: KL 0.05-0.14 at 0.1 and up to 6.9 at sparsity 0.045
+        # (docs/results.md 0c, controls). Recorded, so the edit can be rebuilt.
+        params["seed"] = int(self.defaults["seed"])
         return params
 
     def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> NeuronEdit:

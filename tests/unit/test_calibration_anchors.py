@@ -4,9 +4,11 @@ keeps of them."""
 
 from __future__ import annotations
 
+import optuna
 import pytest
 
 from neva_sweep.config import CalibrationConfig
+from neva_sweep.methods import METHODS
 from neva_sweep.sweep.calibrate import (
     Calibration,
     absolute_params,
@@ -274,3 +276,30 @@ def test_a_gated_point_that_met_no_budget_is_warned_about_and_left_out(config, t
     # flat beyond the last live point: 4 x the ungated dose at layer 0.8
     assert edge_dose(s.edge, "diffmean", {"layer_frac": 0.8, "gate": "value"}) == \
         pytest.approx(16.0)
+
+
+def test_random_neuron_trials_draw_the_neurons_their_calibration_measured(config, tiny_stats):
+    """A random-neuron study's starts are its calibrated anchors: each must run on the draw
+    the calibration bisected, or its dose is another edit's (before, a draw per trial left
+    the starts at KL 0.05 to 6.9 where the budget was 0.1). Sampled trials draw from the
+    same order, so a sparsity between anchors takes neurons the anchors' draws share."""
+    search = config("search.calibration.anchors=3", "search.calibration.points=3").search
+    jobs = [j for j in calibration_jobs("random_neurons", "power", search)
+            if j["params"]["gate"] == "none"]
+    method = METHODS["random_neurons"]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for job in jobs:  # the warm start enqueues each anchor's searched parameters
+        study.enqueue_trial({k: v for k, v in job["params"].items()
+                             if k != "seed" and v is not None})
+    ids = lambda e: set(zip(e.neurons.layer.tolist(), e.neurons.index.tolist()))  # noqa: E731
+    for job in jobs:
+        params = method.suggest(study.ask(), search.space)
+        assert params["sparsity"] == job["params"]["sparsity"]
+        assert params["seed"] == job["params"]["seed"]
+        assert ids(method.build(tiny_stats, "power", params)) == ids(
+            method.build(tiny_stats, "power", {**params, **job["params"]}))
+    small, large = (method.build(tiny_stats, "power", {**jobs[0]["params"], "sparsity": s})
+                    for s in (0.01, 0.05))
+    sampled = method.suggest(study.ask(), search.space)  # not enqueued: drawn by the sampler
+    assert sampled["seed"] == jobs[0]["params"]["seed"]
+    assert ids(small) < ids(large)  # nested: the first k of one order
