@@ -63,6 +63,10 @@ class Method(Protocol):
         """With a ``layout``: the setting calibrated at, but the layout parameter (the
         first choice of each categorical parameter the method searches)."""
 
+    # Optional: ``starts(space) -> list[dict]``, the settings a fresh study runs first in
+    # place of its defaults (sweep/warm.py), for a method whose space is a few settings
+    # (``prompt``: each wording once).
+
 
 def choose(trial: optuna.Trial, name: str, choices: list) -> Any:
     """A categorical parameter when there are several choices, else the only one."""

@@ -184,6 +184,12 @@ class Prompt:
         return {"strength": choose(trial, "strength", list(space.prompt.strength)),
                 "positions": "all"}
 
+    def starts(self, space: SearchSpace) -> list[dict[str, Any]]:
+        """A study's first trials (sweep/warm.py): every searched wording once, strongest
+        first, since three settings are cheaper to run than to sample."""
+        return [{"strength": s, "positions": "all"}
+                for s in sorted(space.prompt.strength, reverse=True)]
+
     def build(self, stats: NeuronStats, value: str, params: dict[str, Any]) -> PromptEdit:
         if params.get("gate", "none") != "none":
             raise ValueError("method prompt takes no gate: a prompt edit acts through tokens, "

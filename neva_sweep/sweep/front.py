@@ -180,6 +180,8 @@ def trial_row(key: Sequence[str], study: str, trial: Any,
     if a.get("edge_frac") is not None:  # the searched multiple of the budget dose
         row["edge_frac"] = a["edge_frac"]
     row["warm_start"] = bool(a.get("warm_start"))  # an enqueued start, not a sampled trial
+    # the trial whose result a repeat of its parameters was told (never run again); None
+    row["repeat_of"] = a.get("repeat_of")
     row.update(metric_fields(a))
     lo, hi = ((a.get("ci") or {}).get("alignment") or [None, None])[:2]
     row.update(alignment_ci_lo=lo, alignment_ci_hi=hi)  # 95% bootstrap interval

@@ -43,7 +43,13 @@ from .calibrate import absolute_params
 from .front_pruner import RUNG0_POINT
 from .plan import StudyKey
 from .storage import enqueued_params, set_user_attrs
-from .studies import StudyState, objective_values, record_attrs
+from .studies import (
+    ATTR_KEYS,
+    StudyState,
+    objective_values,
+    record_attrs,
+    repeated_trial,
+)
 
 POLL_S = 0.2  # how often a waiting driver looks at Ctrl-C and the checkpoint timer
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both stop the driver at a safe point
@@ -315,7 +321,8 @@ class Scheduler:
             if worker is None:
                 return
             batch = self._take(worker.model, min(self.tpb, room))
-            self._submit(worker, batch)
+            if batch:  # empty when every trial asked repeated a finished one
+                self._submit(worker, batch)
 
     def _take(self, model: str, n: int) -> list[Pending]:
         """Up to ``n`` trials of ``model``: retries first, then new asks round-robin."""
@@ -328,7 +335,9 @@ class Scheduler:
             state = self._next_study(model, mine)
             if state is None:
                 break
-            batch.append(self._ask(state))
+            pending = self._ask(state)
+            if pending is not None:
+                batch.append(pending)
         return batch
 
     def _next_study(self, model: str, mine: list[StudyState]) -> StudyState | None:
@@ -339,18 +348,24 @@ class Scheduler:
                 return state
         return None
 
-    def _ask(self, state: StudyState) -> Pending:
+    def _ask(self, state: StudyState) -> Pending | None:
+        """Ask ``state``'s study for a trial to run; None when the trial repeats a COMPLETE
+        one and was told its result at once (:meth:`_repeat`)."""
         trial = state.study.ask()
         params = METHODS[state.key.method].suggest(trial, state.space or self.search.space)
         extra = {}
         if state.edge is not None:  # a multiple of the budget dose at this layout was drawn
             params, extra["edge_frac"] = absolute_params(state.edge, state.key.method, params)
-        twin = state.rungs.ask() if state.rungs is not None else None
-        if twin is not None:
-            extra["rung_trial"] = twin.number
         fixed = enqueued_params(state.study, trial)
         if fixed is not None:
             extra["warm_start"] = True
+        same = repeated_trial(state.study, trial.params)
+        if same is not None:
+            self._repeat(state, trial, params, extra, same)
+            return None
+        twin = state.rungs.ask() if state.rungs is not None else None
+        if twin is not None:
+            extra["rung_trial"] = twin.number
         set_user_attrs(trial, {"params": params, **extra})
         state.running += 1
         return Pending(state, trial, params, twin=twin,
@@ -462,6 +477,23 @@ class Scheduler:
         self.bar.update(1)
         self._told(Outcome(s.key, p.trial.number, "COMPLETE", p.params, metrics, None,
                            worker.name))
+
+    def _repeat(self, state: StudyState, trial: optuna.Trial, params: dict[str, Any],
+                extra: dict[str, Any], same: optuna.trial.FrozenTrial) -> None:
+        """Tell ``trial`` the result of ``same``, a COMPLETE trial with the same searched
+        parameters (evaluation is deterministic: running it again would cost a trial's
+        time for the same numbers). It counts as a COMPLETE trial of zero duration, with
+        ``repeat_of`` (trials.csv) naming the trial that measured it."""
+        a = same.user_attrs
+        metrics = {k: a[k] for k in ATTR_KEYS if k in a}
+        set_user_attrs(trial, {"params": params, **extra})
+        record_attrs(trial, metrics, {"replica": a.get("replica"), "repeat_of": same.number,
+                                      "duration_s": 0.0, "raw": a.get("raw")}, self.search)
+        state.study.tell(trial, objective_values(metrics, self.search.objectives))
+        state.complete += 1
+        self.bar.update(1)
+        self._told(Outcome(state.key, trial.number, "COMPLETE", params, metrics, None,
+                           "repeat"))
 
     def _fail(self, p: Pending, error: str, worker: Worker | None) -> None:
         attrs = {"error": str(error)[:2000]}

@@ -172,6 +172,20 @@ def record_attrs(trial: optuna.Trial, metrics: dict, extra: dict, search: DictCo
                    constraint_values(metrics, budgets(search)))
 
 
+def repeated_trial(study: optuna.Study, params: dict[str, Any]
+                   ) -> optuna.trial.FrozenTrial | None:
+    """The study's first COMPLETE trial whose searched parameters (Optuna's ``params``)
+    equal ``params``, or None. A trial's evaluation is a deterministic function of the
+    (value, method, parameters) it runs, so the scheduler tells such a repeat the earlier
+    result instead of running it again: a finite space (the ``prompt`` method's three
+    wordings) is then evaluated once per setting however many trials its study asks.
+    PRUNED trials are not reused (they were judged on part of the rows only)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.params == params and "alignment" in t.user_attrs:
+            return t
+    return None
+
+
 def heldout_attr(trial: int) -> str:
     """The study user attribute holding trial ``trial``'s held-out score (a COMPLETE
     trial's own attributes can no longer be written, a study's can)."""

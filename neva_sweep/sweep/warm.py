@@ -8,7 +8,8 @@ takes over:
    studies of the same model and method for the *other* values, when any has one: a
    setting that worked for a neighbouring value is a better first guess than a random
    draw;
-2. the method's documented defaults (``METHODS[method].defaults``); in a calibrated study
+2. the method's documented defaults (``METHODS[method].defaults``), or each of its own
+   ``starts(space)`` where it has them (``prompt``: every wording); in a calibrated study
    ``search.calibration.anchors`` of its calibrated settings instead, spread evenly over
    the method's layout, each at its calibrated strength (sweep/calibrate.py): edits
    measured at the KL budget across the sparsities or layers.
@@ -83,6 +84,9 @@ def start_settings(state: StudyState, params: dict[str, Any], space: Any,
     anchor's setting (sweep/calibrate.py) at its calibrated dose, edits at the KL budget on
     the trials' own texts spread over the method's layout; otherwise the default's own
     strength (caa_pairs has one), else the middle of the strength range."""
+    starts = getattr(METHODS[state.key.method], "starts", None)
+    if starts is not None:  # a method of few settings starts at each (prompt's wordings)
+        return [{**params, **s} for s in starts(space)]
     box = strength_range(space, state.key.method)
     if not space.get("scaled", SearchSpace.scaled) or box is None or "strength" not in params:
         return [params]

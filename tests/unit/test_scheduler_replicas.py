@@ -63,3 +63,38 @@ def test_scheduler_with_many_replicas_stores_every_trial_with_its_attributes(con
                 assert {"alignment", "kl", "params", "replica", "retried", "batch_wall_s"} <= \
                     set(t.user_attrs)
                 assert t.user_attrs["alignment"] == t.params["strength"] / 10
+
+
+def test_a_repeated_setting_is_told_its_earlier_result_not_run_again(config, tmp_path):
+    """prompt searches three wordings: a study of 8 trials starts at each (warm start) and
+    tells the later draws of a wording the first result; trials.csv names the source."""
+    from neva_sweep.sweep.front import trial_row
+    from neva_sweep.sweep.warm import warm_start
+
+    search = config("search.n_trials=8", "search.trials_per_batch=1").search
+    key = StudyKey("a", "tradition", "prompt")
+    states = open_studies([key], open_storage(f"sqlite:///{tmp_path}/o.db"), search)
+    assert warm_start(states, search) == 3
+    evaluated = []  # the strengths the replica was sent, in order
+
+    class Counting(Replica):
+        def submit(self, trials):
+            evaluated.extend(t["params"]["strength"] for t in trials)
+            return super().submit(trials)
+
+    replica = Counting("a", 0)
+    Scheduler(states, [replica], search, progress=False, backend=DoneBackend()).run()
+
+    trials = states[0].study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    assert evaluated[:3] == [3, 2, 1]  # the starts, strongest first
+    repeats = [t for t in trials if t.user_attrs.get("repeat_of") is not None]
+    # in flight: at most 2 asked before their results are told, so at most 2 run twice
+    assert len(evaluated) + len(repeats) == 8 and len(evaluated) <= 5 and len(repeats) >= 3
+    for t in repeats:
+        source = trials[t.user_attrs["repeat_of"]]
+        assert "repeat_of" not in source.user_attrs and source.params == t.params
+        assert t.values == source.values and t.user_attrs["alignment"] == t.params["strength"] / 10
+        assert t.user_attrs["duration_s"] == 0.0
+        assert trial_row(("a", "tradition", "prompt"), "s", t, None)["repeat_of"] == source.number
+    assert trial_row(("a", "tradition", "prompt"), "s", trials[0], None)["repeat_of"] is None
