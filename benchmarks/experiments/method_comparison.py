@@ -54,6 +54,10 @@ sweep (``experiment=default search.n_trials=24``) instead of ``experiment=method
 
     python benchmarks/experiments/method_comparison.py --dirs runs/ten_default \
         --methods neva caa --json docs/method_comparison_default.json
+
+A seed's edits may come from several sweeps, joined by commas: ``--dirs runs/a,runs/b``
+(e.g. NeVA's sweep and a prompt sweep under another budget; the first directory's edit
+where both chose one for a (value, method)).
 """
 
 from __future__ import annotations
@@ -353,15 +357,33 @@ def seed_overrides(s: int, run_dir: Path, methods: list[str], values: list[str] 
             *([f"sweep.values=[{','.join(values)}]"] if values else []), *extra]
 
 
+def run_dirs(seed_dir: Path) -> list[Path]:
+    """A seed's run directories: ``D`` or several joined by commas (``D1,D2``: e.g. a NeVA
+    sweep and a prompt sweep of the same seed run under different budgets)."""
+    return [Path(d) for d in str(seed_dir).split(",")]
+
+
+def edits_of(seed_dir: Path) -> list[dict]:
+    """best_edits.json ``edits`` of a seed's run directories, the first directory's edit
+    where two chose one for the same (value, method)."""
+    seen, out = set(), []
+    for d in run_dirs(seed_dir):
+        for e in json.loads((d / "best_edits.json").read_text())["edits"]:
+            if (e["value"], e["method"]) not in seen:
+                seen.add((e["value"], e["method"]))
+                out.append(e)
+    return out
+
+
 def held_out(dirs: list[Path]) -> dict[tuple[str, str], list[dict | None]]:
     """(value, method) -> per seed the chosen edit's ``test`` record (None: no edit)."""
     out: dict[tuple[str, str], list[dict | None]] = defaultdict(lambda: [None] * len(dirs))
     for s, d in enumerate(dirs):
-        doc = json.loads((d / "best_edits.json").read_text())
-        for e in doc["edits"]:
+        for e in edits_of(d):
             out[(e["value"], e["method"])][s] = e.get("test")
-        for e in doc["missing"]:
-            out[(e["value"], e["method"])][s] = None
+        for rd in run_dirs(d):  # studies with no feasible trial: listed, without a record
+            for e in json.loads((rd / "best_edits.json").read_text())["missing"]:
+                out[(e["value"], e["method"])]  # noqa: B018 (the defaultdict adds the key)
     return out
 
 
@@ -404,7 +426,7 @@ def curse_table(dirs: list[Path]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     shrink = defaultdict(list)
     for s, d in enumerate(dirs):
-        for e in json.loads((d / "best_edits.json").read_text())["edits"]:
+        for e in edits_of(d):
             t = e.get("test")
             if not t:
                 continue
@@ -470,14 +492,15 @@ if __name__ == "__main__":
     ap.add_argument("--override", nargs="*", default=[], help="with --seeds: more sweep "
                     "overrides, e.g. search.n_trials=24")
     ap.add_argument("--dirs", nargs="+", default=None, help="compare these run directories "
-                    "(one per seed, held-out pass done) instead of running --seeds sweeps")
+                    "(one per seed, held-out pass done; D1,D2: a seed's edits from two "
+                    "sweeps) instead of running --seeds sweeps")
     args = ap.parse_args()
     MAX_ACQ_DROP = args.max_acq_drop
     if args.seeds or args.dirs:
         dirs = ([Path(d) for d in args.dirs] if args.dirs else
                 run_seeds(Path(args.run_dir), args.seeds, args.methods, args.values,
                           args.tiny, args.override))
-        files = [d / "best_edits.json" for d in dirs]
+        files = [d / "best_edits.json" for seed_dir in dirs for d in run_dirs(seed_dir)]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             ap.error(f"--dirs: no {', '.join(missing)} (run the sweep first)")

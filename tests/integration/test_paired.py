@@ -107,3 +107,31 @@ def test_method_comparison_dirs_needs_held_out_scores(tmp_path) -> None:
             [sys.executable, str(EXPERIMENTS / "method_comparison.py"), "--dirs", str(d)],
             capture_output=True, text=True, cwd=tmp_path)
         assert proc.returncode == 2 and why in proc.stderr, proc.stderr[-2000:]
+
+
+def test_method_comparison_joins_a_seeds_sweeps_given_with_commas(tmp_path) -> None:
+    """--dirs A,B: NeVA's edits from one sweep, prompt's from another, paired per seed."""
+    def edit(method, rows, z):
+        test = {"alignment": float(np.mean(rows)), "alignment_rows": rows, "z": z,
+                "nglr": 0.5, "nglr_chance": 7 / 9, "push": None if z is None else 1.0}
+        return {"value": "power", "method": method, "metrics": {"alignment": 0.02},
+                "test": test}
+
+    for name, edits, missing in (
+            ("neva", [edit("neva", [0.03, 0.01, 0.02, 0.04], 3.0)], []),
+            ("prompt", [edit("prompt", [0.01, 0.0, 0.01, 0.02], None)],
+             [{"value": "tradition", "method": "prompt"}])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "best_edits.json").write_text(
+            json.dumps({"edits": edits, "missing": missing}))
+    out = tmp_path / "rep.json"
+    proc = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / "method_comparison.py"), "--dirs",
+         f"{tmp_path / 'neva'},{tmp_path / 'prompt'}", "--methods", "neva", "prompt",
+         "--json", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    assert rep["n_seeds"] == 1 and rep["both_reach"] == ["power"]
+    assert rep["paired"]["power"]["mean"] == pytest.approx(0.015)  # 0.06 / 4 rows
+    assert rep["values"]["power"]["prompt"]["z"] is None
+    assert rep["values"]["tradition"]["prompt"]["n_seeds"] == 0  # listed, not reached
