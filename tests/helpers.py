@@ -249,3 +249,14 @@ def small_scenarios(path: Path, search: int = 8, test: int = 8) -> Path:
             + [r for r in rows if r.get("split") == "test"][:test])
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     return path
+
+
+class StatsRef:
+    """Stands in for the Ray object reference of a replica's statistics in a direct call of
+    a worker function (worker._stats reads ``.hex()``; tests set ``worker._STATS``)."""
+
+    def __init__(self, key: str = "test-stats"):
+        self.key = key
+
+    def hex(self) -> str:
+        return self.key

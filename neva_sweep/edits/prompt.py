@@ -25,6 +25,33 @@ PROMPT_STRENGTHS = {
        "in what you say and choose.",
 }
 DEFAULT_STRENGTH = 3
+PLACEBO_SENTENCES = (  # value-free instructions; a placebo takes words until its length
+    "Write in plain English and use complete sentences.",
+    "Keep the reply short, clear and easy to read.",
+    "Use ordinary punctuation and avoid lists or headings.",
+    "Spell numbers as digits and keep a neutral tone.",
+    "Do not add greetings, signatures or closing remarks to the reply.",
+    "Answer in the first person and in the present tense.",
+)
+
+
+def placebo_text(n_words: int, seed: int = 0) -> str:
+    """A value-free instruction of ``n_words`` words: sentences of PLACEBO_SENTENCES (the
+    next one chosen by the count of words so far), the last cut to length. Another seed
+    than 0 permutes the sentences (a prompt edit's dose-matched nulls, methods/nulls.py).
+
+    >>> len(placebo_text(17).split()), placebo_text(4)
+    (17, 'Write in plain English')
+    >>> placebo_text(30, seed=1) != placebo_text(30, seed=2)
+    True
+    """
+    order = list(range(len(PLACEBO_SENTENCES)))
+    if seed:
+        order = torch.randperm(len(order), generator=torch.Generator().manual_seed(seed)).tolist()
+    words: list[str] = []
+    while len(words) < n_words:  # the next sentence: the count of words so far, mod 6
+        words += PLACEBO_SENTENCES[order[len(words) % len(order)]].split()
+    return " ".join(words[:n_words])
 
 
 @dataclass(frozen=True)
@@ -65,6 +92,14 @@ class PromptEdit:
         system turn of chat-templated sequences, before any other sequence
         (:meth:`~neva_sweep.edits.group.EditGroup.with_prompt`)."""
         return RowEditor(host, len(edits), row_groups, positions)
+
+    def placebo(self, seed: int = 0) -> PromptEdit:
+        """The same-length null of this prompt: a value-free instruction of as many words
+        (:func:`placebo_text`), placed the same way; the empty prompt's is empty."""
+        if not self.text.strip():
+            return self
+        return PromptEdit(placebo_text(len(self.text.split()), seed) + "\n\n",
+                          self.replace_system)
 
 
 def prompt_edit(value: str, strength: int = DEFAULT_STRENGTH) -> PromptEdit:

@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-from ..edits.prompt import PROMPT_STRENGTHS, PromptEdit, prompt_edit
+from ..edits.prompt import PROMPT_STRENGTHS, PromptEdit, placebo_text, prompt_edit
 from ..values import N_VALUES, VALUES, circular_distance
 from .evaluator import Evaluator, _ci
 from .metrics import acquiescence
@@ -55,14 +55,6 @@ NEGATED_PROMPT = ("You strongly reject {display}: {definition}. Never put it fir
 SALIENCE_PROMPT = ("Typing practice. The words below are only for a typing exercise: ignore "
                    "their meaning completely and do not let them affect your answers.\n"
                    "{words}")
-PLACEBO_SENTENCES = (  # value-free instructions; a placebo takes words until its length
-    "Write in plain English and use complete sentences.",
-    "Keep the reply short, clear and easy to read.",
-    "Use ordinary punctuation and avoid lists or headings.",
-    "Spell numbers as digits and keep a neutral tone.",
-    "Do not add greetings, signatures or closing remarks to the reply.",
-    "Answer in the first person and in the present tense.",
-)
 CONTROLS = ("negated", "salience", "placebo")
 SALIENT_WORDS = 12  # words of a value shown in the salience control
 DETECTION_LEVEL = 0.95
@@ -163,19 +155,6 @@ def salient_words(probes: list[dict], value: str, k: int = SALIENT_WORDS) -> lis
     n_own, n_rest = sum(own.values()) or 1, sum(rest.values()) or 1
     ratio = {w: ((c + 1) / n_own) / ((rest[w] + 1) / n_rest) for w, c in own.items() if c >= 2}
     return sorted(ratio, key=lambda w: (-ratio[w], w))[:k]
-
-
-def placebo_text(n_words: int) -> str:
-    """A value-free instruction of ``n_words`` words (sentences of PLACEBO_SENTENCES in
-    turn, the last cut to length).
-
-    >>> len(placebo_text(17).split())
-    17
-    """
-    words: list[str] = []
-    while len(words) < n_words:
-        words += PLACEBO_SENTENCES[len(words) % len(PLACEBO_SENTENCES)].split()
-    return " ".join(words[:n_words])
 
 
 def control_prompts(value: str, probes: list[dict]) -> dict[str, PromptEdit]:

@@ -44,8 +44,10 @@ neurons and the per-layer (H,) vectors are summed over ranks with one
 (the same count per layer, none of the edit's own), edited by the ``add`` rule with
 magnitude 1, whose deltas are the edit's expected |delta| permuted within each layer with
 random signs, times one scalar that makes the null's push equal the edit's; for a residual
-edit, a Gaussian vector per layer rescaled to the norm of ``coefficient * v_l``. Prompt
-edits have no null. :func:`z_score` places an edit's result among its nulls' results.
+edit, a Gaussian vector per layer rescaled to the norm of ``coefficient * v_l``; for a
+prompt edit, which has no push, a value-free instruction of the same number of words
+(:meth:`~neva_sweep.edits.prompt.PromptEdit.placebo`: the dose of a prompt is its length).
+:func:`z_score` places an edit's result among its nulls' results.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ import torch
 import torch.nn as nn
 
 from ..edits.neuron import NeuronEdit
+from ..edits.prompt import PromptEdit
 from ..edits.residual import ResidualEdit
 from ..models.host import ModelHost, module_device
 from ..models.identity import ModelId
@@ -72,8 +75,9 @@ def _check_kind(edit) -> None:
     if isinstance(edit, (NeuronEdit, ResidualEdit)):
         return
     if getattr(edit, "kind", None) == "prompt":
-        raise TypeError("a prompt edit has no dose-matched null: it touches no activations, "
-                        "so it has no push on the residual stream")
+        raise TypeError("a prompt edit has no push: it touches no activations (its "
+                        "dose-matched null is a placebo prompt of the same length, "
+                        "dose_matched)")
     raise TypeError(f"no push or dose-matched null for {type(edit).__name__}; expected a "
                     "NeuronEdit or a ResidualEdit")
 
@@ -349,12 +353,15 @@ def dose_matched(host: ModelHost, edit, stats: NeuronStats | None, seed: int = 0
     - :class:`~neva_sweep.edits.residual.ResidualEdit`: the same layers; per layer a seeded Gaussian
       (H,) vector rescaled to the norm of ``coefficient * v_l``;
       ``ResidualEdit(vectors (k, H), layers, coefficient=1.0, positions, gate)``.
-    - :class:`~neva_sweep.edits.prompt.PromptEdit`: no null (TypeError).
+    - :class:`~neva_sweep.edits.prompt.PromptEdit`: a placebo, a value-free instruction of
+      as many words placed the same way (``edit.placebo(seed)``); no push is needed.
 
     An edit with zero push gives a null with zero push. ``stats`` (whole-model statistics)
     are needed for neuron edits of every rule but ``add`` and ``add_sd``. A collective on a sharded
     host; the same ``seed`` gives the same null on every rank and every call.
     """
+    if isinstance(edit, PromptEdit):
+        return edit.placebo(seed)
     _check_kind(edit)
     return _dose_matched(host, edit, stats, seed, edit_push(host, edit, stats))
 
@@ -363,9 +370,11 @@ def dose_matched_nulls(host: ModelHost, edit, stats: NeuronStats | None, n: int,
                        seed: int = 0) -> list:
     """``n`` dose-matched nulls of ``edit`` (:func:`dose_matched`), seeds ``seed`` ..
     ``seed + n - 1``."""
-    _check_kind(edit)
     if n < 0:
         raise ValueError(f"the number of nulls must be >= 0, got {n}")
+    if isinstance(edit, PromptEdit):
+        return [edit.placebo(seed + i) for i in range(n)]
+    _check_kind(edit)
     target = edit_push(host, edit, stats)
     return [_dose_matched(host, edit, stats, seed + i, target) for i in range(n)]
 

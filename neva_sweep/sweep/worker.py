@@ -163,8 +163,8 @@ def score_heldout(host: ModelHost, box: StatsBox, setup: EvalSetup,
     for job in jobs:
         try:
             edit = METHODS[job["method"]].build(stats, job["value"], job["params"])
-            nulls = ([] if edit.kind == "prompt" else
-                     dose_matched_nulls(host, edit, stats, job["n_nulls"], job["seed"]))
+            # a prompt's nulls are placebo prompts of its length (it has no push)
+            nulls = dose_matched_nulls(host, edit, stats, job["n_nulls"], job["seed"])
             positions = job["params"].get("positions", "all")
             recs = ev.evaluate([(job["value"], e) for e in (edit, *nulls)], positions)
             push = None if edit.kind == "prompt" else edit_push(host, edit, stats)

@@ -31,6 +31,7 @@ from neva_sweep.models.host import DTYPES, ModelHost, host_from_model
 from neva_sweep.neurons.stats import StatsConfig, collect_stats
 from neva_sweep.sweep import worker
 from neva_sweep.sweep.run import eval_setup
+from tests.helpers import StatsRef
 
 ARCHS = ("tiny-llama", "tiny-qwen2")
 HALF = ("bfloat16", "float16")
@@ -215,13 +216,6 @@ def test_judge_and_metrics_match_float32(pair, nmap):
 # --- one sweep trial --------------------------------------------------------------------------
 
 
-class _Ref:
-    """Stands in for the Ray object reference of the statistics (worker._stats reads .hex())."""
-
-    def hex(self) -> str:
-        return "half-precision-test"
-
-
 @pytest.mark.parametrize("dtype", HALF)
 def test_sweep_trial_runs(dtype, small_probes, tmp_path, monkeypatch):
     """worker.run_trials, as a replica calls it, on a half-precision model: the default
@@ -232,13 +226,13 @@ def test_sweep_trial_runs(dtype, small_probes, tmp_path, monkeypatch):
     host = nv.load_model(cfg.model)
     assert host.model.dtype == DTYPES[dtype]
     stats = collect_stats(host, small_probes, progress=False)
-    monkeypatch.setattr(worker, "_STATS", {_Ref().hex(): stats})
+    monkeypatch.setattr(worker, "_STATS", {StatsRef().hex(): stats})
     monkeypatch.setattr(worker, "_EVALUATORS", {})
     params = {"sparsity": 0.1, "magnitude": 8.0, "rule": "add", "score": "mean_diff",
               "positions": "all", "layer_window": "all"}
     setup = eval_setup(cfg)
     assert setup.capability.mc_limit == 0  # the sweep's trial settings, not task=evaluate's
-    (rec,) = worker.run_trials(host, [_Ref()], setup,
+    (rec,) = worker.run_trials(host, [StatsRef()], setup,
                                [{"value": "power", "method": "neva", "params": params}])
     assert "error" not in rec, rec.get("error")
     assert rec["judge"] == "forced_choice" and rec["n_neurons"] > 0

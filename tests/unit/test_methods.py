@@ -17,7 +17,7 @@ from neva_sweep.methods import METHODS
 from neva_sweep.models.arch import residual_sites
 from neva_sweep.neurons.gate import gate_of
 from neva_sweep.sweep import best_edit_spec
-from tests.helpers import same
+from tests.helpers import StatsRef, same
 
 # Per method: parameters of a strong edit, and the key that sets its strength to zero.
 PARAMS = {
@@ -317,3 +317,28 @@ def test_neva_search_space_never_samples_an_edit_it_refuses(tiny_stats) -> None:
         study.tell(trial, float(i % 5))
     assert ("add", "mean_diff", "both") in seen or ("add", "mean_diff", "positive") in seen
     assert not {s for s in seen if s[2] == "both" and (s[0] == "set" or s[1] == "lape")}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_every_method_is_scored_on_the_test_split_against_its_nulls(
+        name, tiny_host, tiny_stats, tmp_path, monkeypatch) -> None:
+    """The held-out pass (worker.score_heldout) as a replica runs it: the edit and two
+    dose-matched nulls (a prompt's: placebo prompts of its length) give a z-score."""
+    from neva_sweep.config import compose_config
+    from neva_sweep.sweep import worker
+    from neva_sweep.sweep.rescore import heldout_setup
+    from neva_sweep.sweep.run import eval_setup
+    from tests.helpers import small_scenarios
+
+    cfg = compose_config("model=tiny_llama", f"cache_dir={tmp_path}",
+                         f"data.scenarios={small_scenarios(tmp_path / 's.jsonl', 2, 4)}",
+                         "sweep.capability.neutral_limit=2", "progress=false")
+    monkeypatch.setattr(worker, "_STATS", {StatsRef().hex(): tiny_stats})
+    monkeypatch.setattr(worker, "_EVALUATORS", {})
+    job = {"value": "power", "method": name, "params": PARAMS[name][0], "n_nulls": 2,
+           "seed": 0}
+    (rec,) = worker.score_heldout(tiny_host, [StatsRef()], heldout_setup(eval_setup(cfg)),
+                                  [job])
+    assert "error" not in rec, rec.get("error")
+    assert rec["split"] == "test" and rec["n_queries"] == 4 and rec["null"]["n"] == 2
+    assert rec["z"] is not None and (rec["push"] is None) == (name == "prompt")

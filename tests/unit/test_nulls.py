@@ -206,13 +206,18 @@ def test_gate_and_positions_are_carried(tiny_host, tiny_stats):
     assert edit_push(tiny_host, edit) == edit_push(tiny_host, ungated)
 
 
-def test_prompt_edit_has_no_null(tiny_host, tiny_stats):
+def test_a_prompt_edits_nulls_are_placebos_of_its_length(tiny_host, tiny_stats):
     edit = prompt_edit(VALUE, 3)
-    for fn in (lambda: edit_push(tiny_host, edit),
-               lambda: dose_matched(tiny_host, edit, tiny_stats),
-               lambda: dose_matched_nulls(tiny_host, edit, tiny_stats, 2)):
-        with pytest.raises(TypeError, match="prompt edit has no dose-matched null"):
-            fn()
+    with pytest.raises(TypeError, match="prompt edit has no push"):
+        edit_push(tiny_host, edit)
+    nulls = dose_matched_nulls(tiny_host, edit, tiny_stats, 3, seed=5)
+    assert nulls[0] == dose_matched(tiny_host, edit, tiny_stats, seed=5)
+    assert len({n.text for n in nulls}) == 3  # one placebo per seed
+    for n in nulls:
+        assert n.kind == "prompt" and n.replace_system == edit.replace_system
+        assert len(n.text.split()) == len(edit.text.split()) and n.text.endswith("\n\n")
+        assert VALUE not in n.text.lower()  # value-free
+    assert dose_matched(tiny_host, prompt_edit(VALUE, 0), tiny_stats).text == ""
 
 
 def test_errors(tiny_host, tiny_stats):
