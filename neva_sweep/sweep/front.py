@@ -91,6 +91,22 @@ def is_feasible(metrics: Metrics, budgets: Mapping[str, float]) -> bool:
     return all(c <= 0 for c in constraint_values(metrics, budgets).values())
 
 
+def closest_misses(metrics: Sequence[Metrics], budgets: Mapping[str, float]) -> str:
+    """Why no trial is feasible, said with numbers: per budget that every trial broke, the
+    lowest value any reached against its budget.
+
+    >>> closest_misses([{"kl": 0.6, "accuracy_drop": 0.0}, {"kl": 0.7}],
+    ...                {"kl": 0.1, "accuracy_drop": 0.1})
+    'lowest kl 0.6 > search.max_kl 0.1'
+    """
+    out = []
+    for k, b in budgets.items():
+        seen = [num(m.get(k)) or 0.0 for m in metrics]
+        if seen and min(seen) > b:
+            out.append(f"lowest {k} {min(seen):.3g} > search.max_{k} {b:g}")
+    return ", ".join(out)
+
+
 # -- Pareto front and the chosen edit -------------------------------------------------------------
 def dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[float]) -> bool:
     """Whether a is at least as good as b everywhere and better somewhere (signs: +1 = max).

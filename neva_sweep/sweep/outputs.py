@@ -43,6 +43,7 @@ from .front import (
     BEST_RULE,
     budgets,
     choose_best,
+    closest_misses,
     constraint_settings,
     is_feasible,
     pareto_front,
@@ -175,10 +176,14 @@ class Outputs:
             best = chosen[s.key]
             if best is None:
                 n = len(self._feasible_complete(s))
+                done = [t.user_attrs for t in self.trials[s.key]
+                        if t.state == TrialState.COMPLETE]
+                why = closest_misses(done, self.budgets) if done and not n else ""
                 missing.append({"model": s.key.model, "value": s.key.value,
                                 "method": s.key.method,
-                                "reason": "no COMPLETE trial" if not s.complete else
-                                f"no COMPLETE trial meets the constraints ({n} feasible)"})
+                                "reason": "no COMPLETE trial" if not done else
+                                f"no COMPLETE trial meets the constraints ({n} feasible"
+                                + (f"; {why})" if why else ")")})
                 continue
             edits.append(self._edit_entry(s, best))
         return {"rule": BEST_RULE, "best_max_nlr": self.search.best_max_nlr,

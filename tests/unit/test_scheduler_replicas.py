@@ -98,3 +98,27 @@ def test_a_repeated_setting_is_told_its_earlier_result_not_run_again(config, tmp
         assert t.user_attrs["duration_s"] == 0.0
         assert trial_row(("a", "tradition", "prompt"), "s", t, None)["repeat_of"] == source.number
     assert trial_row(("a", "tradition", "prompt"), "s", trials[0], None)["repeat_of"] is None
+
+
+def test_a_study_with_no_feasible_trial_says_which_budget_every_trial_broke(config, tmp_path):
+    import json
+
+    from neva_sweep.sweep.outputs import Outputs
+    from neva_sweep.sweep.plan import ModelEntry
+
+    class OverBudget(Replica):  # every edit costs KL 0.5 (the budget: search.max_kl 0.1)
+        def submit(self, trials):
+            fut = concurrent.futures.Future()
+            fut.set_result([{"alignment": 0.01, "nlr": 0.1, "kl": 0.5 + t["params"]["strength"]}
+                            for t in trials])
+            return fut
+
+    search = config("search.n_trials=2", "search.max_kl=0.1").search
+    states = open_studies([StudyKey("a", "power", "prompt")],
+                          open_storage(f"sqlite:///{tmp_path}/o.db"), search)
+    Scheduler(states, [OverBudget("a", 0)], search, progress=False, backend=DoneBackend()).run()
+    Outputs(tmp_path, states, [ModelEntry("a", {"name": "a"})], search).write()
+    (missing,) = json.loads((tmp_path / "best_edits.json").read_text())["missing"]
+    lowest = min(0.5 + t.params.get("strength", 3) for t in states[0].study.get_trials())
+    assert missing["reason"] == ("no COMPLETE trial meets the constraints (0 feasible; "
+                                 f"lowest kl {lowest:.3g} > search.max_kl 0.1)")
