@@ -8,6 +8,9 @@ driver talks to the storage); (2) waits for any batch to finish and tells Optuna
 Workers hand back a handle per batch that a :class:`Backend` waits on: Ray object refs
 (:class:`RayBackend`, the default), or anything else a test or another executor provides.
 
+A trial whose searched parameters repeat a COMPLETE trial's is told that result at once
+and never sent to a replica (``repeat_of``; evaluation is deterministic).
+
 Failures are data: a trial whose evaluation raised or returned a non-finite objective is
 told FAIL with the reason in its ``error`` user attribute. A worker whose actor died is
 restarted and its trials are retried once (on whichever replica of the model is free
