@@ -372,8 +372,8 @@ def dose_matched_nulls(host: ModelHost, edit, stats: NeuronStats | None, n: int,
     ``seed + n - 1``."""
     if n < 0:
         raise ValueError(f"the number of nulls must be >= 0, got {n}")
-    if isinstance(edit, PromptEdit):
-        return [edit.placebo(seed + i) for i in range(n)]
+    if isinstance(edit, PromptEdit):  # no push to match: dose_matched's placebos
+        return [dose_matched(host, edit, stats, seed + i) for i in range(n)]
     _check_kind(edit)
     target = edit_push(host, edit, stats)
     return [_dose_matched(host, edit, stats, seed + i, target) for i in range(n)]
