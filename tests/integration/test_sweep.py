@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -349,7 +350,7 @@ def test_second_driver_refused_then_sigterm_stops_safely_exits_143_and_resumes(
     assert sum(len(s.stale) for s in res.studies) == 1
 
 
-def test_models_and_methods_get_their_own_studies(cluster, sweep_cfg, tmp_path):
+def test_models_and_methods_get_their_own_studies(cluster, sweep_cfg, cache, tmp_path):
     run = tmp_path / "run"
     methods = ("neva", "caa", "prompt", "random_neurons")
     run_sweep(sweep_cfg("models=[tiny_llama,tiny_qwen2]", f"sweep.methods=[{','.join(methods)}]",
@@ -366,6 +367,27 @@ def test_models_and_methods_get_their_own_studies(cluster, sweep_cfg, tmp_path):
         (m, method) for m in models for method in methods}
     caa = next(r for r in rows if r["method"] == "caa")
     assert caa["coefficient"] and caa["layer_frac"] and caa["n_neurons"] in ("0", 0)
+    # benchmarks/experiments/mc_cost.py re-scores the chosen edits on the MC questions the
+    # trials scored (mc_limit 8): the same accuracies as the sweep recorded
+    out = tmp_path / "mc_cost.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "experiments" / "mc_cost.py"), "--dirs",
+         str(run), "--model", "tiny-llama", "--methods", "neva", "prompt", "--placebo",
+         "--json", str(out), "--override", "capability.mc_limit=8", f"cache_dir={cache}"],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    chosen = {e["method"]: e["metrics"] for e in best["edits"] if e["model"] == "tiny-llama"}
+    assert rep["n_questions"] == 8
+    assert rep["base_accuracy"] == pytest.approx(chosen["neva"]["accuracy_base"])
+    for method in ("neva", "prompt"):
+        r = rep["values"]["security"][method]
+        assert r["accuracy"] == pytest.approx(chosen[method]["accuracy_edited"])
+        assert r["drop"] == pytest.approx(rep["base_accuracy"] - r["accuracy"])
+        assert r["ci"][0] <= r["drop"] <= r["ci"][1]
+    assert "placebo" in rep["values"]["security"]["prompt"]
+    assert "placebo" not in rep["values"]["security"]["neva"]
+    assert "drop neva - prompt [95% CI]" in proc.stdout
 
 
 def test_tensor_parallel_sweep_matches_tp1(cluster, sweep_cfg, tmp_path, monkeypatch):
