@@ -19,8 +19,8 @@ from .metrics import EPS, cwl, nlr
 
 MIN_FLOOR = 1e-4
 TEST_FIELDS = ("alignment", "nlr", "nglr", "nglr_chance", "cwl", "kl", "suppression",
-               "inflation", "acquiescence", "accuracy_drop", "n_queries", "alignment_rows",
-               "leakage_tests")
+               "inflation", "acquiescence", "accuracy_drop", "n_mc", "n_queries",
+               "alignment_rows", "leakage_tests")
 
 
 def null_summary(alignments: list[float]) -> dict:
@@ -54,7 +54,11 @@ def heldout_record(rec: dict, nulls: list[dict], push: float | None, split: str 
     floor = max(2 * sd, MIN_FLOOR) if sd else EPS
     dcsr = np.array([rec["csr_edited"][v] - rec["csr_base"][v] for v in VALUES])
     out = {k: rec.get(k) for k in TEST_FIELDS}
-    out.update(split=split, ci={"alignment": rec["ci"]["alignment"]},
+    ci = {"alignment": rec["ci"]["alignment"]}
+    if rec.get("accuracy_drop") is not None:  # MC scored (search.test_capability.mc_limit)
+        ci["accuracy_edited"] = rec["ci"].get("accuracy_edited")
+        null["accuracy_drop"] = [n.get("accuracy_drop") for n in nulls]
+    out.update(split=split, ci=ci,
                nlr=nlr(dcsr, rec["value"], floor), cwl=cwl(dcsr, rec["value"], floor),
                nlr_floor=floor, push=push, null=null,
                z=z_score(rec["alignment"], null["alignment"]),

@@ -358,6 +358,13 @@ def check_evaluation(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}.ends: must be one of {', '.join(ends)}; got "
                               f"{j.get('ends')!r}")
     _at_least("capability.mc_limit", cap.mc_limit, 0, optional=True)
+    test_cap = OmegaConf.to_container(cfg.search.test_capability, resolve=True) or {}
+    unknown = sorted(set(test_cap) - set(cap))
+    if unknown:
+        raise ConfigError(f"search.test_capability: unknown keys {unknown}; valid keys: "
+                          f"{', '.join(cap)}")
+    _at_least("search.test_capability.mc_limit", test_cap.get("mc_limit", 0), 0,
+              optional=True)
     _at_least("capability.neutral_limit", cap.neutral_limit, 1, optional=True)
     _at_least("judge.scenarios_limit", judge.get("scenarios_limit"), 1, optional=True)
     _at_least("judge.null_edits", judge.get("null_edits"), 2)

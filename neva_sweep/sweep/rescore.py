@@ -15,7 +15,7 @@ import logging
 from dataclasses import replace
 
 import ray
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial
 from tqdm.auto import tqdm
 
@@ -29,10 +29,12 @@ from .worker import EvalSetup, score_heldout
 log = logging.getLogger(__name__)
 
 
-def heldout_setup(setup: EvalSetup) -> EvalSetup:
+def heldout_setup(setup: EvalSetup, capability: dict | None = None) -> EvalSetup:
     """The trials' evaluation setup on the test split, with every test scenario (the
-    trials' ``judge.scenarios_limit`` thins the search split only)."""
-    return replace(setup, judge=replace(setup.judge, scenarios_limit=None), split="test")
+    trials' ``judge.scenarios_limit`` thins the search split only) and ``capability``
+    (``search.test_capability``) over the trials' capability settings."""
+    return replace(setup, judge=replace(setup.judge, scenarios_limit=None), split="test",
+                   capability=replace(setup.capability, **(capability or {})))
 
 
 def has_test_split(data) -> bool:
@@ -64,7 +66,7 @@ def rescore(outputs: Outputs, workers: list[ReplicaWorker], search: DictConfig,
     todo = pending(outputs)
     if not todo:
         return 0
-    test = heldout_setup(setup)
+    test = heldout_setup(setup, OmegaConf.to_container(search.test_capability, resolve=True))
     by_model: dict[str, list[ReplicaWorker]] = {}
     for w in workers:
         by_model.setdefault(w.model, []).append(w)

@@ -97,6 +97,8 @@ def cluster():
     ("judge.ends=top", "judge.ends"),
     ("+sweep.judge.ends=least", "sweep.judge.ends"),
     ("search.test_nulls=1", "search.test_nulls"),
+    ("+search.test_capability.mc_limt=10", "search.test_capability"),  # misspelt key
+    ("+search.test_capability.mc_limit=-1", "search.test_capability.mc_limit"),
     ("split=test", "split"),
     ("+sweep.judge.centred=true", "sweep.judge"),  # not a judge.* key
 ])
@@ -187,13 +189,17 @@ def test_sweep_writes_its_files_and_steer_loads_the_best_edit(cluster, cache, sw
     # scores every chosen edit on the test split against dose-matched nulls, no trial run
     assert not any("test" in e for e in json.loads((run / "best_edits.json").read_text())[
         "edits"]) and all(r["test_alignment"] == "" for r in rows)
-    run_sweep(sweep_cfg("search.heldout=true", "search.test_nulls=2", scenarios), run,
-              report=build_report)
+    # search.test_capability: the held-out pass on more MC questions than the trials' 8
+    run_sweep(sweep_cfg("search.heldout=true", "search.test_nulls=2", scenarios,
+                        "+search.test_capability.mc_limit=12"), run, report=build_report)
     rows = trials(run)
     assert len(rows) == 6
     for e in json.loads((run / "best_edits.json").read_text())["edits"]:
         test = e["test"]
         assert test["split"] == "test" and test["n_queries"] == 8  # every test scenario
+        assert e["metrics"]["n_mc"] == 8 and test["n_mc"] == 12
+        assert isinstance(test["accuracy_drop"], float) and len(test["ci"]["accuracy_edited"]) == 2
+        assert len(test["null"]["accuracy_drop"]) == 2  # each null's drop on the same questions
         for k in ("alignment", "nlr", "nglr", "nglr_chance", "kl", "suppression", "push"):
             assert isinstance(test[k], float), k
         lo, hi = test["ci"]["alignment"]
