@@ -91,7 +91,8 @@ def measure(dirs: list[str], methods: list[str], values: list[str], placebo: boo
         return stats
 
     rows: dict[str, dict] = {}
-    for (value, method), entry in sorted(entries.items()):
+    order = lambda kv: (VALUES.index(kv[0][0]), methods.index(kv[0][1]))  # noqa: E731
+    for (value, method), entry in sorted(entries.items(), key=order):
         edit = best_edit_spec(entry, stats=get_stats, inputs_hash=stats_inputs_hash_of(cfg))
         positions = getattr(edit, "positions", None) or "all"
         correct = mc_correct(host, questions, (edit,), positions)[0]
