@@ -492,7 +492,7 @@ class SearchConfig:
     # (best_edits.json "test", neva_sweep/evaluation/heldout.py); 0 = the edit alone
     test_nulls: int = 4
     # capability settings of the held-out pass only, over the trials' (sweep.capability):
-    # 'search.test_capability={mc_limit: null}' scores each chosen edit and its nulls on
+    # '+search.test_capability={mc_limit: null}' scores each chosen edit and its nulls on
     # every MC question (best_edits.json "test" accuracy_drop, null.accuracy_drop), a
     # cost every method pays in the same units, which trials skip for speed
     test_capability: dict[str, Any] = field(default_factory=dict)

@@ -31,14 +31,30 @@ def dotted_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return out
 
 
+def free_dicts(cfg: DictConfig, prefix: str = "") -> set[str]:
+    """The dotted keys of ``cfg`` whose nodes take keys of the user's choosing (typed
+    ``dict``, e.g. ``sweep.capability``, ``search.test_capability``), not a schema's."""
+    out = set()
+    for k in cfg:
+        node = OmegaConf.select(cfg, str(k), throw_on_missing=False)
+        if isinstance(node, DictConfig):
+            path = f"{prefix}{k}"
+            if OmegaConf.get_type(node) is dict:
+                out.add(path)
+            out |= free_dicts(node, f"{path}.")
+    return out
+
+
 def _override_key(text: str) -> str | None:
     m = re.search(r"Could not override '([^']+)'", text) or re.search(
         r"Error merging override ([^=\s]+)=", text) or re.search(r"full_key: (\S+)", text)
     return m[1] if m else None
 
 
-def explain(e: Exception, keys: list[str]) -> str:
-    """One line for a Hydra composition error ``e``; ``keys``: the valid dotted keys."""
+def explain(e: Exception, keys: list[str], free: set[str] = frozenset()) -> str:
+    """One line for a Hydra composition error ``e``; ``keys``: the valid dotted keys;
+    ``free``: those that take keys of the user's choosing (:func:`free_dicts`), which are
+    added with a leading ``+``."""
     text = "\n".join(str(x) for x in (e, e.__cause__) if x is not None)
     missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
     if missing:  # an unknown option of a config group (model=..., judge=...)
@@ -48,6 +64,11 @@ def explain(e: Exception, keys: list[str]) -> str:
         return (f"{group}: unknown option {option!r}; valid choices: {', '.join(choices)}{own}"
                 if choices else f"{group}: unknown option {option!r}{own}")
     key = _override_key(text)
+    append = re.search(r"To append to your config use (.+)$", text, re.M)
+    if key and append and (key in free or key.rpartition(".")[0] in free):
+        where = "a dict" if key in free else f"in the dict {key.rpartition('.')[0]}"
+        return (f"{key}: {where}, whose keys are added with a leading +: "
+                f"{append[1].strip()}")
     if key and ("not in" in text or "Could not override" in text):
         close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
@@ -88,4 +109,5 @@ def check_overrides(args: list[str]) -> None:
     except Exception as e:
         if type(e).__module__.split(".")[0] not in ("hydra", "omegaconf"):
             raise
-        raise ConfigError(explain(e, dotted_keys(compose_config()))) from None
+        base = compose_config()
+        raise ConfigError(explain(e, dotted_keys(base), free_dicts(base))) from None

@@ -20,6 +20,11 @@ from neva_sweep.overrides import check_overrides
     (["judge=oracle"], "judge: unknown option 'oracle'; valid choices: "),
     (["search.n_trials=abc"],
      "search.n_trials: Value 'abc' of type 'str' could not be converted to Integer"),
+    # a dict's keys (not a schema's) are added with +: the line says how
+    (["search.test_capability={mc_limit: null}"], "search.test_capability: a dict, whose keys "
+     "are added with a leading +: +search.test_capability={mc_limit: null}"),
+    (["sweep.judge.ends=least"], "sweep.judge.ends: in the dict sweep.judge, whose keys are "
+     "added with a leading +: +sweep.judge.ends=least"),
 ])
 def test_composition_errors_are_one_line_naming_the_key(args, message):
     with pytest.raises(ConfigError) as e:
