@@ -403,7 +403,11 @@ def paired_report(dirs: list[Path], a: str, b: str) -> dict:
                       "z": float(np.mean([r["z"] for r in got if r["z"] is not None]))
                       if any(r["z"] is not None for r in got) else None,
                       "nglr": float(np.mean([r["nglr"] for r in got])) if got else None,
-                      "nglr_chance": got[0]["nglr_chance"] if got else None}
+                      "nglr_chance": got[0]["nglr_chance"] if got else None,
+                      # the test split's costs (accuracy_drop: search.test_capability)
+                      **{k: float(np.mean([r[k] for r in got]))
+                         if got and all(r.get(k) is not None for r in got) else None
+                         for k in ("kl", "accuracy_drop")}}
         if all(x is not None for x in (*ra, *rb)):  # both reach the value in every seed
             diffs[v] = np.array([np.subtract(x["alignment_rows"], y["alignment_rows"])
                                  for x, y in zip(ra, rb)])  # (S, Q)
@@ -461,6 +465,14 @@ def print_paired(rep: dict) -> None:
               f"{f(rb['alignment'], '+.4f')} | {f(rb['z'], '+.1f')} | "
               f"{f(ra['nglr'], '.2f')} ({f(ra['nglr_chance'], '.2f')}) | {diff} | "
               f"{f(p['p_holm'], '.3f') if p else '–'} | {verdict} |")
+    for k, what, fmt in (("kl", "KL on neutral text", ".3f"),
+                         ("accuracy_drop", "MC accuracy drop", "+.3f")):
+        got = {m: [row[m][k] for row in rep["values"].values() if row[m].get(k) is not None]
+               for m in (a, b)}
+        if any(got.values()):
+            print(f"test {what}: " + ", ".join(
+                f"{m} {min(x):{fmt}}..{max(x):{fmt}} ({len(x)} values)" if x else f"{m} –"
+                for m, x in got.items()))
     m = rep["mean_on_both"]
     print(f"wins: {a} {rep['wins'][a]}, {b} {rep['wins'][b]} of {len(rep['values'])} values; "
           f"mean test alignment on the {len(rep['both_reach'])} values both reach: "
