@@ -90,10 +90,11 @@ def measure(dirs: list[str], methods: list[str], values: list[str], placebo: boo
         stats = stats or stats_from_config(cfg, host)
         return stats
 
+    inputs_hash = stats_inputs_hash_of(cfg)  # what the sweep's statistics were built from
     rows: dict[str, dict] = {}
     order = lambda kv: (VALUES.index(kv[0][0]), methods.index(kv[0][1]))  # noqa: E731
     for (value, method), entry in sorted(entries.items(), key=order):
-        edit = best_edit_spec(entry, stats=get_stats, inputs_hash=stats_inputs_hash_of(cfg))
+        edit = best_edit_spec(entry, stats=get_stats, inputs_hash=inputs_hash)
         positions = getattr(edit, "positions", None) or "all"
         correct = mc_correct(host, questions, (edit,), positions)[0]
         test = entry.get("test") or {}
@@ -106,6 +107,12 @@ def measure(dirs: list[str], methods: list[str], values: list[str], placebo: boo
         rows.setdefault(value, {})[method] = row
         print(f"{value:15s} {method:15s} accuracy drop {row['drop']:+.3f} "
               f"[{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}]", flush=True)
+    if len(methods) == 2:  # drop A - drop B = correct B - correct A, question by question
+        for by in rows.values():
+            if all(m in by for m in methods):
+                a, b = (np.array(by[m]["correct"]) for m in methods)
+                d = drop_ci(b, a)
+                by["paired"] = {"drop_a_minus_b": d["drop"], "ci": d["ci"]}
     return {"model": host.name, "n_questions": len(questions),
             "base_accuracy": float(base.mean()), "base_correct": base.astype(int).tolist(),
             "methods": methods, "values": rows}
@@ -113,8 +120,7 @@ def measure(dirs: list[str], methods: list[str], values: list[str], placebo: boo
 
 def report(rep: dict) -> str:
     """The table: per value, each method's test alignment and MC accuracy drop, and (two
-    methods) the difference of their drops, paired over the questions; fills
-    ``rep["values"][value]["paired"]``."""
+    methods) the difference of their drops, paired over the questions."""
     methods = rep["methods"]
     ci = lambda r: f"{r['drop']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]"  # noqa: E731
     cols = ["value"] + [f"{m} {c}" for m in methods for c in ("test A", "MC drop [95% CI]")]
@@ -130,14 +136,8 @@ def report(rep: dict) -> str:
             a = r and r["test_alignment"]
             cells += ["–" if a is None else f"{a:+.4f}", ci(r) if r else "–"]
         if len(methods) == 2:
-            ra, rb = by.get(methods[0]), by.get(methods[1])
-            if ra and rb:  # drop A - drop B = correct B - correct A, question by question
-                d = np.array(rb["correct"], float) - np.array(ra["correct"], float)
-                lo, hi = np.quantile(paired_bootstrap(d), [0.025, 0.975])
-                by["paired"] = {"drop_a_minus_b": float(d.mean()), "ci": [float(lo), float(hi)]}
-                cells.append(ci({"drop": d.mean(), "ci": [lo, hi]}))
-            else:
-                cells.append("–")
+            p = by.get("paired")
+            cells.append(ci({"drop": p["drop_a_minus_b"], "ci": p["ci"]}) if p else "–")
         lines.append("| " + " | ".join(cells) + " |")
     placebos = [(v, r["placebo"]) for v, by in rep["values"].items()
                 for r in by.values() if "placebo" in r]
