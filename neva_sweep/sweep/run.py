@@ -266,7 +266,7 @@ def prepare(workers: list[ReplicaWorker]) -> None:
 
 
 def summary(states: list[StudyState]) -> str:
-    lines = [f"{'study':<44}{'complete':>10}{'pruned':>8}{'failed':>8}{'best alignment':>16}"]
+    lines = [f"{'study':<44}{'complete':>10}{'pruned':>8}{'failed':>8}{'best feasible A':>16}"]
     for s in states:
         best = f"{s.best_alignment:+.4f}" if s.best_alignment is not None else "-"
         name = f"{s.key.model}/{s.key.value}/{s.key.method}"

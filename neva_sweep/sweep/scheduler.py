@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from ..methods.base import METHODS
 from . import pruning
 from .calibrate import absolute_params
+from .front import budgets, is_feasible
 from .front_pruner import RUNG0_POINT
 from .plan import StudyKey
 from .storage import enqueued_params, set_user_attrs
@@ -219,6 +220,7 @@ class Scheduler:
         self.studies, self.workers, self.search = studies, list(workers), search
         self.tpb = int(search.trials_per_batch)
         self.rung0_budgets = pruning.rung0_budgets(search)  # the same for every trial
+        self.limits = budgets(search)  # a trial over one is never shown as a study's best
         self.backend = backend or RayBackend()
         self.callbacks, self.checkpoint = list(callbacks), checkpoint
         self.checkpoint_every_s, self.progress = checkpoint_every_s, progress
@@ -475,7 +477,8 @@ class Scheduler:
         s.running -= 1
         s.complete += 1
         a = metrics.get("alignment")
-        if a is not None and (s.best_alignment is None or a > s.best_alignment):
+        if a is not None and is_feasible(metrics, self.limits) and (
+                s.best_alignment is None or a > s.best_alignment):
             s.best_alignment = a
         self.bar.update(1)
         self._told(Outcome(s.key, p.trial.number, "COMPLETE", p.params, metrics, None,

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from ..evaluation.metrics import METRICS
 from . import pruning
-from .front import budgets, constraint_values
+from .front import budgets, constraint_values, is_feasible
 from .lock import NoLock, RunLock
 from .plan import StudyKey
 from .samplers import make_sampler
@@ -56,7 +56,7 @@ class StudyState:
     pruned: int = 0  # PRUNED in storage (all runs)
     running: int = 0  # asked in this run, not yet told
     failed: int = 0  # FAIL in this run
-    best_alignment: float | None = None
+    best_alignment: float | None = None  # the best within the budgets (best_alignment)
     stale: list[int] = field(default_factory=list)  # trial numbers failed as stale on open
     stopped: str | None = None  # why no more trials are asked in this run (None: not stopped)
     rungs: optuna.Study | None = None  # the rung study when pruning (sweep/pruning.py)
@@ -99,7 +99,7 @@ def open_studies(keys: list[StudyKey], storage: BaseStorage, search: DictConfig
         state.pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
         if pruning.enabled(search):
             state.rungs = pruning.open_rung_study(storage, name, search)
-        state.best_alignment = best_alignment(study)
+        state.best_alignment = best_alignment(study, budgets(search))
         states.append(state)
     return states
 
@@ -143,9 +143,13 @@ def fail_stale(study: optuna.Study, storage: BaseStorage | None = None) -> list[
     return [t.number for t in stale]
 
 
-def best_alignment(study: optuna.Study) -> float | None:
+def best_alignment(study: optuna.Study, limits: dict[str, float]) -> float | None:
+    """The highest alignment of the study's COMPLETE trials within ``limits`` (front.budgets
+    of the search: a trial over a capability budget is never the sweep's edit, so it is not
+    shown as the study's best); None when no trial is."""
     values = [t.user_attrs.get("alignment") for t in
-              study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+              study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if is_feasible(t.user_attrs, limits)]
     values = [v for v in values if v is not None]
     return max(values) if values else None
 

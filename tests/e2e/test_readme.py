@@ -29,8 +29,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 # the pages whose links and snippets are checked: the README and the docs pages it owns
-PAGES = [README] + [ROOT / "docs" / f"{n}.md" for n in
-                    ("guide", "definitions", "extending", "performance")]
+PAGES = [README, ROOT / "benchmarks" / "README.md", ROOT / "launch" / "README.md"] + [
+    ROOT / "docs" / f"{n}.md" for n in
+    ("guide", "definitions", "extending", "performance", "results", "data", "reliability")]
 MAX_README_LINES = 220
 
 # Heavy commands -> the existing test that runs an equivalent (tiny models, or the wheel).
@@ -132,7 +133,7 @@ def test_readme_is_short_with_a_table_of_contents_whose_anchors_exist():
     assert not re.search(r"\b\d{3,} tests\b", text), "no exact test count in the README"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_point_at_existing_files_and_headings(page):
     text = without_code(page.read_text())
     broken = []
@@ -296,7 +297,7 @@ def free_names(codes: list[str]) -> list[str]:
     return free
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_python_snippets_use_only_defined_names(page):
     codes = fenced(page.read_text(), "python")
     missing = [f"{m}.{a}" for code in codes

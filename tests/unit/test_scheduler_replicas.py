@@ -65,6 +65,39 @@ def test_scheduler_with_many_replicas_stores_every_trial_with_its_attributes(con
                 assert t.user_attrs["alignment"] == t.params["strength"] / 10
 
 
+def test_a_study_s_best_alignment_is_its_best_within_the_budgets(config, tmp_path):
+    """The bar's and the summary's best alignment: every other trial is over the KL budget
+    (0.1) with the higher alignment; neither the scheduler nor a reopened study shows it."""
+    search = config("search.n_trials=6", "search.trials_per_batch=1").search
+    keys = [StudyKey("a", v, "neva") for v in ("tradition", "hedonism")]
+    url = f"sqlite:///{tmp_path}/o.db"
+    states = open_studies(keys, open_storage(url), search)
+
+    seen: dict[str, int] = {}  # trials sent per value: every second one is over the budget
+
+    class OverBudget(Replica):
+        def submit(self, trials):
+            out = []
+            for t in trials:
+                over = seen.setdefault(t["value"], 0) % 2 == 1
+                seen[t["value"]] += 1
+                out.append({"alignment": t["params"]["strength"] / 10 + (1.0 if over else 0.0),
+                            "nlr": 0.1, "kl": 0.5 if over else 0.01})
+            fut = concurrent.futures.Future()
+            fut.set_result(out)
+            return fut
+
+    Scheduler(states, [OverBudget("a", 0)], search, progress=False,
+              backend=DoneBackend()).run()
+    reopened = {s.key: s.best_alignment for s in open_studies(keys, open_storage(url), search)}
+    for s in states:
+        done = s.study.get_trials(states=(TrialState.COMPLETE,))
+        within = [t.user_attrs["alignment"] for t in done if t.user_attrs["kl"] <= 0.1]
+        assert within and len(within) < len(done)
+        assert s.best_alignment == reopened[s.key] == max(within)
+        assert s.best_alignment < max(t.user_attrs["alignment"] for t in done)
+
+
 def test_a_repeated_setting_is_told_its_earlier_result_not_run_again(config, tmp_path):
     """prompt searches three wordings: a study of 8 trials starts at each (warm start) and
     tells the later draws of a wording the first result; trials.csv names the source."""
