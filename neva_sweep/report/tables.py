@@ -242,14 +242,15 @@ def studies_table(run: Run, out: Path) -> Table:
         done = [r for r in trials if is_complete(r)]
         failed = [r for r in trials if r.get("state") == "FAIL"]
         pruned = [r for r in trials if r.get("state") == "PRUNED"]
-        aligns = [a for r in done if (a := num(r.get("alignment"))) is not None]
+        within = [r for r in done if feasible(r, run.constraints)]  # a chosen edit's pool
+        aligns = [a for r in within if (a := num(r.get("alignment"))) is not None]
         durations = [d for r in done if (d := num(r.get("duration_s"))) is not None]
         errors = [str(r["error"]) for r in sorted(failed, key=lambda r: r["trial"])
                   if r.get("error")]  # a pruned trial's reason is not an error
         rows.append([*model_cells(run, k[0]), *k[1:], len(trials), len(done), len(pruned),
                      len(failed),
                      len(trials) - len(done) - len(pruned) - len(failed),
-                     sum(feasible(r, run.constraints) for r in done),
+                     len(within),
                      len(run.fronts.get(k, [])), max(aligns, default=None),
                      statistics.median(durations) if durations else None,
                      errors[-1][:300] if errors else None])
@@ -259,7 +260,8 @@ def studies_table(run: Run, out: Path) -> Table:
     return Table("studies", "Studies",
                  "Every Optuna study: trials by state (PRUNED: stopped after the first rung "
                  "of a pruned sweep; other = RUNNING or WAITING), "
-                 "trials within the budgets, Pareto front size, best alignment and the last "
+                 "trials within the budgets, Pareto front size, the best alignment within the "
+                 "budgets and the last "
                  "error message.", columns, rows, path, notes)
 
 

@@ -77,6 +77,16 @@ def test_tables(full_report):
     with (tables / "studies.csv").open() as f:
         studies = list(csv.DictReader(f))
     assert all(r["failed"] == "1" and "out of memory" in r["last_error"] for r in studies)
+    # best alignment within the budget (max_accuracy_drop 0.1), which the stronger, better
+    # aligned trials exceed
+    run = load_run(full_report.parent.parent)
+    done = [[r for r in run.trials(k) if r.get("state") == "COMPLETE"] for k in run.keys()]
+    best = [max((float(r["alignment"]) for r in d if float(r["accuracy_drop"]) <= 0.1),
+                default=None) for d in done]
+    assert sorted(float(r["best_alignment"]) for r in studies if r["best_alignment"]) == \
+        pytest.approx(sorted(b for b in best if b is not None))
+    assert any(b is None or b < max(float(r["alignment"]) for r in d)
+               for b, d in zip(best, done))
 
 
 def test_base_csr_and_leakage_from_the_trials(tmp_path):
