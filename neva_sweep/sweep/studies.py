@@ -143,15 +143,20 @@ def fail_stale(study: optuna.Study, storage: BaseStorage | None = None) -> list[
     return [t.number for t in stale]
 
 
+def best_feasible_trial(study: optuna.Study, limits: dict[str, float]
+                        ) -> optuna.trial.FrozenTrial | None:
+    """The study's COMPLETE trial of highest alignment within ``limits`` (front.budgets of
+    the search), or None: a trial over a capability budget is never the sweep's edit."""
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.user_attrs.get("alignment") is not None
+              and is_feasible(t.user_attrs, limits)]
+    return max(trials, key=lambda t: t.user_attrs["alignment"], default=None)
+
+
 def best_alignment(study: optuna.Study, limits: dict[str, float]) -> float | None:
-    """The highest alignment of the study's COMPLETE trials within ``limits`` (front.budgets
-    of the search: a trial over a capability budget is never the sweep's edit, so it is not
-    shown as the study's best); None when no trial is."""
-    values = [t.user_attrs.get("alignment") for t in
-              study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if is_feasible(t.user_attrs, limits)]
-    values = [v for v in values if v is not None]
-    return max(values) if values else None
+    """The alignment of :func:`best_feasible_trial` (what the bar and summary show)."""
+    best = best_feasible_trial(study, limits)
+    return None if best is None else best.user_attrs["alignment"]
 
 
 def objective_values(metrics: dict, objectives: DictConfig) -> list[float]:

@@ -29,7 +29,6 @@ from typing import Any
 
 import optuna
 from omegaconf import DictConfig
-from optuna.trial import TrialState
 
 from ..config import CalibrationConfig, SearchConfig, SearchSpace, only_gated
 from ..methods.base import METHODS
@@ -40,9 +39,9 @@ from .calibrate import (
     strength_range,
     warm_settings,
 )
-from .front import budgets, is_feasible
+from .front import budgets
 from .storage import distribution_contains
-from .studies import StudyState
+from .studies import StudyState, best_feasible_trial
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +113,8 @@ def start_settings(state: StudyState, params: dict[str, Any], space: Any,
 
 def best_feasible(state: StudyState, limits: dict[str, float]) -> tuple[float, dict] | None:
     """(alignment, Optuna parameters) of the study's best feasible COMPLETE trial."""
-    trials = [t for t in state.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.user_attrs.get("alignment") is not None
-              and is_feasible(t.user_attrs, limits)]
-    if not trials:
-        return None
-    best = max(trials, key=lambda t: t.user_attrs["alignment"])
-    return best.user_attrs["alignment"], dict(best.params)
+    best = best_feasible_trial(state.study, limits)
+    return None if best is None else (best.user_attrs["alignment"], dict(best.params))
 
 
 def warm_start(states: list[StudyState], search: DictConfig) -> int:
